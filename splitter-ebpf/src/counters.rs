@@ -1,0 +1,34 @@
+//! Counter updates. Every counter map is per-CPU, so updates need no atomics (the BPF target has
+//! no 64-bit fetch-add in `core`) and never contend; userspace sums the CPUs.
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use splitter_common::{DestKey, DestStats, ParseOutcome};
+
+use crate::maps::{DEST_STATS, PARSE_STATS};
+
+#[inline(always)]
+pub fn count_outcome(outcome: ParseOutcome) {
+    if let Some(slot) = PARSE_STATS.get_ptr_mut(outcome as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one packet of `bytes` to `key`. Returns false when the map is full and the destination is
+/// new, so the caller can count the miss instead of losing it silently.
+#[inline(always)]
+pub fn count_destination(key: &DestKey, bytes: u64) -> bool {
+    if let Some(stats) = DEST_STATS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a per-CPU hash entry, alive for the program's run.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+        }
+        return true;
+    }
+    let first = DestStats { packets: 1, bytes };
+    // NOEXIST: a concurrent insert of the same key from another CPU must not reset its counts;
+    // losing this one packet's count in that race is the cheaper outcome.
+    DEST_STATS.insert(key, first, BPF_NOEXIST as u64).is_ok()
+        || DEST_STATS.get_ptr_mut(key).is_some()
+}

@@ -1,0 +1,92 @@
+//! Loading the embedded object into the kernel.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use splitter_common::maps::{DEST_STATS, PARSE_STATS, XDP_PROGRAM};
+
+/// The kernel object built by `build.rs` (aya-build), aligned so aya can parse it in place.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
+
+/// Maps that are pinned (and so survive an agent restart) when a pin directory is given.
+const PINNED_MAPS: [&str; 2] = [DEST_STATS, PARSE_STATS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfLoadError {
+    #[error("creating pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {name} is missing from the object or has the wrong type")]
+    MissingProgram { name: &'static str },
+    #[error("loading program {name} into the kernel (verifier): {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching XDP to {iface} in {mode:?} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// A loaded object whose programs passed the verifier.
+pub struct KernelObject {
+    pub ebpf: Ebpf,
+}
+
+/// Creates the maps (adopting pinned ones under `pin_dir` when given) and loads every program.
+pub fn load_object(pin_dir: Option<&Path>) -> Result<KernelObject, EbpfLoadError> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        std::fs::create_dir_all(dir).map_err(|source| EbpfLoadError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader.load(OBJECT)?;
+    xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|source| EbpfLoadError::Program {
+            name: XDP_PROGRAM,
+            source,
+        })?;
+    Ok(KernelObject { ebpf })
+}
+
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfLoadError> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(EbpfLoadError::MissingProgram { name: XDP_PROGRAM })
+}
+
+/// Attaches the XDP program to `iface`, in driver mode when the driver supports it and in generic
+/// (skb) mode otherwise. Returns the link and the mode that worked.
+pub fn attach_xdp(
+    obj: &mut KernelObject,
+    iface: &str,
+) -> Result<(XdpLinkId, XdpMode), EbpfLoadError> {
+    let prog = xdp_program(&mut obj.ebpf)?;
+    match prog.attach(iface, XdpMode::Driver) {
+        Ok(link) => Ok((link, XdpMode::Driver)),
+        Err(_) => prog
+            .attach(iface, XdpMode::Skb)
+            .map(|link| (link, XdpMode::Skb))
+            .map_err(|source| EbpfLoadError::Attach {
+                iface: iface.to_owned(),
+                mode: XdpMode::Skb,
+                source,
+            }),
+    }
+}

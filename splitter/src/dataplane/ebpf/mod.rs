@@ -1,0 +1,7 @@
+//! The kernel object: embedding, loading (with or without pinned maps) and reading counters.
+
+mod counters;
+mod loader;
+
+pub use counters::{DestCount, ParseCounts, read_dest_stats, read_parse_stats};
+pub use loader::{EbpfLoadError, KernelObject, attach_xdp, load_object, xdp_program};

@@ -1,0 +1,3 @@
+//! Actuators: the parts that touch the kernel or the network.
+
+pub mod ebpf;

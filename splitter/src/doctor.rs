@@ -1,0 +1,254 @@
+//! `splitter doctor`: can this node run the agent? Each check is one pass/fail line.
+
+use std::{fmt, path::Path};
+
+use crate::dataplane::ebpf;
+
+/// Oldest kernel with everything the data path uses: BTF-defined maps, bpf_link for XDP (5.9),
+/// BPF_PROG_TEST_RUN for XDP and atomic adds. 5.15 is the oldest LTS that has all of them.
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.ok { "PASS" } else { "FAIL" };
+        write!(f, "{verdict} {:<12} {}", self.name, self.detail)
+    }
+}
+
+fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// Parses "6.18.44-fc-v657" into (6, 18).
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Effective capability set from a `/proc/<pid>/status` text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+/// Whether `mountinfo`-style `/proc/mounts` text has a bpf filesystem at or above `path`.
+pub fn bpffs_mounted_at(mounts: &str, path: &Path) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let _dev = f.next()?;
+            let mount_point = f.next()?;
+            let fs_type = f.next()?;
+            (fs_type == "bpf").then(|| mount_point.to_owned())
+        })
+        .filter(|mp| path.starts_with(mp))
+        .max_by_key(|mp| mp.len())
+}
+
+fn kernel_check() -> Check {
+    let uts = nix::sys::utsname::uname();
+    let release = match uts {
+        Ok(u) => u.release().to_string_lossy().into_owned(),
+        Err(e) => return check("kernel", false, format!("uname failed: {e}")),
+    };
+    match parse_kernel_release(&release) {
+        Some(v) if v >= MIN_KERNEL => check(
+            "kernel",
+            true,
+            format!("{release} (>= {}.{} needed)", MIN_KERNEL.0, MIN_KERNEL.1),
+        ),
+        Some(_) => check(
+            "kernel",
+            false,
+            format!("{release} is older than {}.{}", MIN_KERNEL.0, MIN_KERNEL.1),
+        ),
+        None => check(
+            "kernel",
+            false,
+            format!("cannot read version from {release:?}"),
+        ),
+    }
+}
+
+fn btf_check() -> Check {
+    let path = Path::new("/sys/kernel/btf/vmlinux");
+    if path.exists() {
+        check("btf", true, format!("{} present", path.display()))
+    } else {
+        check(
+            "btf",
+            false,
+            format!(
+                "{} missing: kernel built without CONFIG_DEBUG_INFO_BTF",
+                path.display()
+            ),
+        )
+    }
+}
+
+fn bpffs_check(pin_dir: &Path) -> Check {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    match bpffs_mounted_at(&mounts, pin_dir) {
+        Some(mp) => check(
+            "bpffs",
+            true,
+            format!("bpf filesystem at {mp} (pins under {})", pin_dir.display()),
+        ),
+        None => check(
+            "bpffs",
+            false,
+            format!(
+                "no bpf filesystem above {}: mount -t bpf bpf /sys/fs/bpf",
+                pin_dir.display()
+            ),
+        ),
+    }
+}
+
+fn caps_check() -> Check {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) = parse_cap_eff(&status) else {
+        return check(
+            "capabilities",
+            false,
+            "cannot read CapEff from /proc/self/status",
+        );
+    };
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    let named = [
+        ("CAP_BPF", CAP_BPF),
+        ("CAP_NET_ADMIN", CAP_NET_ADMIN),
+        ("CAP_PERFMON", CAP_PERFMON),
+        ("CAP_SYS_ADMIN", CAP_SYS_ADMIN),
+    ];
+    let held: Vec<&str> = named
+        .iter()
+        .filter(|(_, b)| has(*b))
+        .map(|(n, _)| *n)
+        .collect();
+    let missing: Vec<&str> = named
+        .iter()
+        .filter(|(_, b)| !has(*b))
+        .map(|(n, _)| *n)
+        .collect();
+    // CAP_SYS_ADMIN implies the BPF and perfmon powers on kernels that predate CAP_BPF.
+    let ok = has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN));
+    let detail = if missing.is_empty() {
+        format!("held: {}", held.join(", "))
+    } else {
+        format!("held: {}; missing: {}", held.join(", "), missing.join(", "))
+    };
+    check("capabilities", ok, detail)
+}
+
+/// Runs every check. With `iface`, also attaches the XDP program there (driver mode, falling back
+/// to generic) and detaches it again.
+pub fn run(iface: Option<&str>, pin_dir: &Path) -> Vec<Check> {
+    let mut checks = vec![
+        kernel_check(),
+        btf_check(),
+        bpffs_check(pin_dir),
+        caps_check(),
+    ];
+    match ebpf::load_object(None) {
+        Ok(mut obj) => {
+            checks.push(check(
+                "load",
+                true,
+                format!("{} passed the verifier", splitter_common::maps::XDP_PROGRAM),
+            ));
+            if let Some(iface) = iface {
+                checks.push(attach_check(&mut obj, iface));
+            }
+        }
+        Err(e) => {
+            checks.push(check("load", false, format!("{e:#}")));
+            if let Some(iface) = iface {
+                checks.push(check(
+                    "attach",
+                    false,
+                    format!("{iface}: not tried, the program did not load"),
+                ));
+            }
+        }
+    }
+    checks
+}
+
+fn attach_check(obj: &mut ebpf::KernelObject, iface: &str) -> Check {
+    match ebpf::attach_xdp(obj, iface) {
+        Ok((link, mode)) => {
+            let detached = ebpf::xdp_program(&mut obj.ebpf)
+                .ok()
+                .map(|p| p.detach(link).is_ok())
+                .unwrap_or(false);
+            let mode = match mode {
+                aya::programs::XdpMode::Driver => "driver (native) mode",
+                _ => "generic (skb) mode; the driver has no native XDP",
+            };
+            let tail = if detached {
+                "detached again"
+            } else {
+                "detach FAILED"
+            };
+            check(
+                "attach",
+                detached,
+                format!("{iface}: attached in {mode}, {tail}"),
+            )
+        }
+        Err(e) => check("attach", false, format!("{e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_release_versions() {
+        assert_eq!(parse_kernel_release("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_kernel_release("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_kernel_release("garbage"), None);
+    }
+
+    #[test]
+    fn cap_eff_parsing() {
+        let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn bpffs_is_found_above_pin_dir() {
+        let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";
+        assert_eq!(
+            bpffs_mounted_at(mounts, Path::new("/sys/fs/bpf/splitter/v1")).as_deref(),
+            Some("/sys/fs/bpf")
+        );
+        assert_eq!(bpffs_mounted_at(mounts, Path::new("/tmp/x")), None);
+        assert_eq!(
+            bpffs_mounted_at("sysfs /sys sysfs rw 0 0\n", Path::new("/sys/fs/bpf")),
+            None
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! splitter: an eBPF/XDP-accelerated L4/L7 traffic splitter for the Kubernetes Gateway API.
+//!
+//! Data flows one way: source -> index -> plan -> actuators. This crate holds the agent: the
+//! actuators under [`dataplane`], the node checks in [`doctor`].
+
+pub mod dataplane;
+pub mod doctor;
+pub mod inspect;

@@ -1,0 +1,36 @@
+//! `cargo xtask`: splitter's developer tasks.
+
+mod build_ebpf;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "splitter developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build needs on a fresh machine (idempotent).
+    Setup,
+    /// Build the kernel object and print its path.
+    BuildEbpf {
+        /// Take the object from the release build of the agent.
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf { release } => {
+            let object = build_ebpf::run(release)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+    }
+}
