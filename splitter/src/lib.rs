@@ -6,3 +6,4 @@
 pub mod dataplane;
 pub mod doctor;
 pub mod inspect;
+pub mod plan;
