@@ -2,6 +2,7 @@
 
 mod build_ebpf;
 mod setup;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Install what the build needs on a fresh machine (idempotent).
     Setup,
+    /// Install what is missing, then fmt, clippy (userspace and kernel) and every test.
+    Test,
     /// Build the kernel object and print its path.
     BuildEbpf {
         /// Take the object from the release build of the agent.
@@ -27,6 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
+        Command::Test => test::run(),
         Command::BuildEbpf { release } => {
             let object = build_ebpf::run(release)?;
             println!("{}", object.display());

@@ -1,0 +1,79 @@
+//! Maps pinned on a private bpffs: bpftool dumps them with named fields, a second load adopts
+//! them (counts survive), and `splitter inspect` reads them from the pins.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+use splitter::dataplane::ebpf;
+use splitter_common::maps::{DEST_STATS, PARSE_STATS};
+use testbed::BpfFs;
+
+fn bpftool_dump(path: &std::path::Path) -> Value {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "dump", "pinned"])
+        .arg(path)
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+}
+
+#[test]
+fn pinned_maps_dump_with_named_fields_and_survive_reload() {
+    if !testbed::require_root("pinned_maps_dump_with_named_fields_and_survive_reload") {
+        return;
+    }
+    let fs = BpfFs::new().expect("private bpffs");
+    let pin_dir = fs.path().join("splitter").join("v1");
+    let frame = ipv4_tcp([10, 7, 7, 7], 443, b"x");
+
+    {
+        let mut obj = ebpf::load_object(Some(&pin_dir)).expect("load with pins");
+        assert_eq!(run_xdp(&mut obj, &frame).expect("run"), XDP_PASS);
+    }
+    assert!(pin_dir.join(DEST_STATS).exists() && pin_dir.join(PARSE_STATS).exists(), "maps pinned");
+
+    // A new load adopts the pinned maps: the count continues instead of restarting.
+    let mut obj = ebpf::load_object(Some(&pin_dir)).expect("reload adopting pins");
+    assert_eq!(run_xdp(&mut obj, &frame).expect("run"), XDP_PASS);
+    let d = dest_counts(&obj);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].stats.packets, 2, "count survived the reload");
+
+    // bpftool shows BTF field names for key and per-CPU values.
+    let dump = bpftool_dump(&pin_dir.join(DEST_STATS));
+    let text = dump.to_string();
+    for field in ["\"addr\"", "\"port\"", "\"proto\"", "\"packets\"", "\"bytes\""] {
+        assert!(text.contains(field), "bpftool dump lacks {field}: {text}");
+    }
+    let entry = &dump.as_array().expect("array of entries")[0];
+    let formatted = entry.get("formatted").unwrap_or(entry);
+    assert_eq!(formatted["key"]["port"], 443, "key printed by field: {formatted}");
+
+    // The operator's view through the real binary.
+    let out = Command::new(env!("CARGO_BIN_EXE_splitter"))
+        .args(["inspect", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .expect("run splitter inspect");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("10.7.7.7:443/tcp"), "{stdout}");
+    assert!(stdout.contains("packets          2"), "{stdout}");
+}
+
+#[test]
+fn inspect_reports_missing_pins_precisely() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_splitter"))
+        .args(["inspect", "--pin-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run splitter inspect");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PARSE_STATS") && stderr.contains("--pin-dir"), "{stderr}");
+}
