@@ -6,6 +6,9 @@
 #![no_std]
 
 pub mod counters;
+pub mod csum;
+pub mod hash;
+pub mod l4;
 pub mod maps;
 pub mod pin;
 

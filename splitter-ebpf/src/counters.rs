@@ -32,3 +32,43 @@ pub fn count_destination(key: &DestKey, bytes: u64) -> bool {
     DEST_STATS.insert(key, first, BPF_NOEXIST as u64).is_ok()
         || DEST_STATS.get_ptr_mut(key).is_some()
 }
+
+use splitter_common::l4::{FlowStats, L4Event};
+
+use crate::maps::{BACKEND_STATS, L4_DROPS, ROUTE_STATS};
+
+#[inline(always)]
+pub fn count_event(event: L4Event) {
+    if let Some(slot) = L4_DROPS.get_ptr_mut(event as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn add(stats: Option<*mut FlowStats>, bytes: u64, new_flow: bool, reject: bool) {
+    if let Some(s) = stats {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+            (*s).new_flows += new_flow as u64;
+            (*s).rejects += reject as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_route(route_id: u32, bytes: u64, new_flow: bool, reject: bool) {
+    add(ROUTE_STATS.get_ptr_mut(route_id), bytes, new_flow, reject);
+}
+
+#[inline(always)]
+pub fn count_backend(backend_id: u32, bytes: u64, new_flow: bool) {
+    add(
+        BACKEND_STATS.get_ptr_mut(backend_id),
+        bytes,
+        new_flow,
+        false,
+    );
+}

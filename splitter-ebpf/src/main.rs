@@ -6,27 +6,53 @@
 #![no_main]
 
 mod counters;
+mod forward;
 mod maps;
 mod parse;
+mod reject;
+mod rewrite;
+mod select;
+mod tc;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use splitter_common::ParseOutcome;
 
-/// XDP ingress on each client-facing interface. For now it observes only: every frame is counted
-/// by parse outcome, TCP/UDP frames by destination, and every frame is passed to the stack.
+/// XDP ingress on each client-facing interface: every frame is counted by parse outcome and
+/// TCP/UDP frames by destination; packets for an L4 VIP are split to a backend (DNAT, then
+/// passed to the stack, which routes them) or rejected; everything else passes untouched.
 #[xdp]
 pub fn splitter_xdp(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    match parse::parse_frame(&ctx) {
-        Ok(meta) => {
+    let Some(meta) = maps::SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch slot; nothing else uses slot 0 while this program runs.
+    let meta = unsafe { &mut *meta };
+    match parse::parse_frame(&ctx, meta) {
+        Ok(()) => {
             counters::count_outcome(ParseOutcome::Ok);
             if !counters::count_destination(&meta.dest_key(), frame_len) {
                 counters::count_outcome(ParseOutcome::DestTableFull);
             }
+            forward::on_packet(&ctx, meta, frame_len)
         }
-        Err(outcome) => counters::count_outcome(outcome),
+        Err(outcome) => {
+            counters::count_outcome(outcome);
+            xdp_action::XDP_PASS
+        }
     }
-    xdp_action::XDP_PASS
+}
+
+/// TC egress on the same interfaces: replies of tracked flows get the VIP back as source.
+#[classifier]
+pub fn splitter_tc_egress(ctx: TcContext) -> i32 {
+    // A reply that cannot be rewritten is still sent: dropping it would not help the client.
+    let _ = tc::reverse_nat(&ctx);
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

@@ -12,3 +12,43 @@ pub static DEST_STATS: PerCpuHashMap<DestKey, DestStats, { DEST_STATS_MAX_ENTRIE
 
 #[btf_map]
 pub static PARSE_STATS: PerCpuArray<u64, { ParseOutcome::COUNT as usize }> = PerCpuArray::new();
+
+use aya_ebpf::btf_maps::{Array, HashMap, LruHashMap};
+use splitter_common::l4::{
+    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowStats, FlowValue, L4Event, MAX_BACKENDS,
+    MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
+};
+
+#[btf_map]
+pub static VIPS: HashMap<VipKey, VipValue, { MAX_VIPS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static ROUTES: Array<RouteMeta, { MAX_ROUTES as usize }> = Array::new();
+
+/// Backend id per slot; two halves per route (see `splitter_common::l4`).
+#[btf_map]
+pub static TABLES: Array<u32, { TABLES_LEN as usize }> = Array::new();
+
+#[btf_map]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// One shared LRU (not per-CPU): on veth the receiving CPU follows the sender, so a flow's
+/// packets may arrive on different CPUs.
+#[btf_map]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowValue, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static ROUTE_STATS: PerCpuArray<FlowStats, { MAX_ROUTES as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<FlowStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// Per-CPU scratch space for the parsed packet: slot 0 for XDP, slot 1 for TC (TC egress runs
+/// with bottom halves disabled, so XDP never interrupts it on the same CPU, but separate slots
+/// make that argument unnecessary).
+#[btf_map]
+pub static SCRATCH: PerCpuArray<crate::parse::PacketMeta, 2> = PerCpuArray::new();
+
+#[btf_map]
+pub static L4_DROPS: PerCpuArray<u64, { L4Event::COUNT as usize }> = PerCpuArray::new();

@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use splitter_common::{
     DestKey, ParseOutcome,
     counters::{IPPROTO_TCP, IPPROTO_UDP},
@@ -20,26 +20,68 @@ const IPV6_HDR_LEN: usize = 40;
 const TCP_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
 const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
+const MAX_HEADER_OFFSET: usize = 128;
+const MAX_HEADER_LEN: usize = 64;
 
-/// What the data path needs to know about a TCP/UDP packet.
-pub struct PacketMeta {
-    #[allow(dead_code)] // read by the L4 rewrite path
-    pub family: Family,
-    pub dst: [u8; 16],
-    pub dst_port: u16,
-    pub proto: u8,
-    /// Offset of the IP header from the start of the frame.
-    #[allow(dead_code)] // read by the L4 rewrite path
-    pub l3_offset: usize,
-    /// Offset of the TCP/UDP header from the start of the frame.
-    #[allow(dead_code)] // read by the L4 rewrite path
-    pub l4_offset: usize,
+/// A frame the parser can read: XDP and TC contexts both expose direct packet access.
+pub trait Frame {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
 }
 
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// What the data path needs to know about a TCP/UDP packet. It lives in a per-CPU scratch map
+/// (`maps::SCRATCH`), not on the stack: the 512-byte BPF stack cannot hold it next to the
+/// conntrack keys and values.
+#[repr(C)]
+pub struct PacketMeta {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    pub family: Family,
+    pub _pad: u8,
+    /// Offset of the IP header from the start of the frame.
+    pub l3_offset: u32,
+    /// IPv4 header length in bytes (40 for IPv6).
+    pub l3_len: u32,
+    /// Offset of the TCP/UDP header from the start of the frame.
+    pub l4_offset: u32,
+}
+
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    V4,
-    V6,
+    V4 = 4,
+    V6 = 6,
 }
 
 impl PacketMeta {
@@ -52,17 +94,22 @@ impl PacketMeta {
 /// A pointer to `len` readable bytes at `offset`, or `Truncated`. Every read goes through this
 /// check so the verifier sees a bound for each access.
 #[inline(always)]
-fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Result<*const u8, ParseOutcome> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn bytes_at<F: Frame>(ctx: &F, offset: usize, len: usize) -> Result<*mut u8, ParseOutcome> {
+    // Offsets read back from the scratch map are unknown scalars to the verifier: bound them
+    // before any pointer arithmetic. No header we touch starts beyond byte 128.
+    if offset > MAX_HEADER_OFFSET || len > MAX_HEADER_LEN {
+        return Err(ParseOutcome::Truncated);
+    }
+    let start = ctx.start();
+    let end = ctx.end();
     if start + offset + len > end {
         return Err(ParseOutcome::Truncated);
     }
-    Ok((start + offset) as *const u8)
+    Ok((start + offset) as *mut u8)
 }
 
 #[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, ParseOutcome> {
+fn read_be16<F: Frame>(ctx: &F, offset: usize) -> Result<u16, ParseOutcome> {
     let p = bytes_at(ctx, offset, size_of::<u16>())?;
     // SAFETY: bytes_at checked that both bytes lie inside the frame.
     Ok(u16::from_be_bytes(unsafe { [*p, *p.add(1)] }))
@@ -70,7 +117,7 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, ParseOutcome> {
 
 /// Parses Ethernet, at most one VLAN tag (802.1Q or 802.1ad), IPv4 or IPv6, and TCP or UDP.
 #[inline(always)]
-pub fn parse_frame(ctx: &XdpContext) -> Result<PacketMeta, ParseOutcome> {
+pub fn parse_frame<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
     let mut ether_type = read_be16(ctx, 12)?;
     let mut l3_offset = ETH_HDR_LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
@@ -78,24 +125,18 @@ pub fn parse_frame(ctx: &XdpContext) -> Result<PacketMeta, ParseOutcome> {
         l3_offset += VLAN_HDR_LEN;
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4(ctx, l3_offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3_offset),
+        ETH_P_IPV4 => parse_ipv4(ctx, l3_offset, meta),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_offset, meta),
         _ => Err(ParseOutcome::NonIp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<PacketMeta, ParseOutcome> {
+fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
     let p = bytes_at(ctx, l3, IPV4_MIN_HDR_LEN)?;
     // SAFETY: the fixed 20-byte header is inside the frame (checked above).
-    let (version_ihl, frag, proto, dst) = unsafe {
-        (
-            *p,
-            u16::from_be_bytes([*p.add(6), *p.add(7)]),
-            *p.add(9),
-            [*p.add(16), *p.add(17), *p.add(18), *p.add(19)],
-        )
-    };
+    let (version_ihl, frag, proto) =
+        unsafe { (*p, u16::from_be_bytes([*p.add(6), *p.add(7)]), *p.add(9)) };
     if version_ihl >> 4 != 4 {
         return Err(ParseOutcome::Malformed);
     }
@@ -109,51 +150,75 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<PacketMeta, ParseOutcome> {
         return Err(ParseOutcome::Fragment);
     }
     let l4 = l3 + hdr_len;
-    let dst_port = parse_l4_dst_port(ctx, l4, proto)?;
-    Ok(PacketMeta {
-        family: Family::V4,
-        dst: DestKey::v4(dst, 0, 0).addr,
-        dst_port,
-        proto,
-        l3_offset: l3,
-        l4_offset: l4,
-    })
+    parse_l4(ctx, l4, proto, meta)?;
+    // v4-mapped (::ffff:a.b.c.d), written in place.
+    for i in 0..10 {
+        meta.src[i] = 0;
+        meta.dst[i] = 0;
+    }
+    meta.src[10] = 0xff;
+    meta.src[11] = 0xff;
+    meta.dst[10] = 0xff;
+    meta.dst[11] = 0xff;
+    // SAFETY: the fixed 20-byte header is inside the frame (checked above).
+    unsafe {
+        for i in 0..4 {
+            meta.src[12 + i] = *p.add(12 + i);
+            meta.dst[12 + i] = *p.add(16 + i);
+        }
+    }
+    meta.family = Family::V4;
+    meta.proto = proto;
+    meta.l3_offset = l3 as u32;
+    meta.l3_len = hdr_len as u32;
+    meta.l4_offset = l4 as u32;
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<PacketMeta, ParseOutcome> {
+fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
     let p = bytes_at(ctx, l3, IPV6_HDR_LEN)?;
-    let mut dst = [0u8; 16];
     // SAFETY: the fixed 40-byte header is inside the frame (checked above).
-    let (version, next_header) = unsafe {
-        for (i, b) in dst.iter_mut().enumerate() {
-            *b = *p.add(24 + i);
-        }
-        (*p >> 4, *p.add(6))
-    };
+    let (version, next_header) = unsafe { (*p >> 4, *p.add(6)) };
     if version != 6 {
         return Err(ParseOutcome::Malformed);
     }
     let l4 = l3 + IPV6_HDR_LEN;
     // Extension headers are not walked: such packets count as OtherL4 and pass untouched.
-    let dst_port = parse_l4_dst_port(ctx, l4, next_header)?;
-    Ok(PacketMeta {
-        family: Family::V6,
-        dst,
-        dst_port,
-        proto: next_header,
-        l3_offset: l3,
-        l4_offset: l4,
-    })
+    parse_l4(ctx, l4, next_header, meta)?;
+    // SAFETY: the fixed 40-byte header is inside the frame (checked above).
+    unsafe {
+        for i in 0..16 {
+            meta.src[i] = *p.add(8 + i);
+            meta.dst[i] = *p.add(24 + i);
+        }
+    }
+    meta.family = Family::V6;
+    meta.proto = next_header;
+    meta.l3_offset = l3 as u32;
+    meta.l3_len = IPV6_HDR_LEN as u32;
+    meta.l4_offset = l4 as u32;
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_l4_dst_port(ctx: &XdpContext, l4: usize, proto: u8) -> Result<u16, ParseOutcome> {
+fn parse_l4<F: Frame>(
+    ctx: &F,
+    l4: usize,
+    proto: u8,
+    meta: &mut PacketMeta,
+) -> Result<(), ParseOutcome> {
     let hdr_len = match proto {
         IPPROTO_TCP => TCP_MIN_HDR_LEN,
         IPPROTO_UDP => UDP_HDR_LEN,
         _ => return Err(ParseOutcome::OtherL4),
     };
-    bytes_at(ctx, l4, hdr_len)?;
-    read_be16(ctx, l4 + 2)
+    let p = bytes_at(ctx, l4, hdr_len)?;
+    // SAFETY: the whole minimal L4 header is inside the frame (checked above).
+    unsafe {
+        meta.src_port = u16::from_be_bytes([*p, *p.add(1)]);
+        meta.dst_port = u16::from_be_bytes([*p.add(2), *p.add(3)]);
+        meta.tcp_flags = if proto == IPPROTO_TCP { *p.add(13) } else { 0 };
+    }
+    Ok(())
 }

@@ -174,7 +174,11 @@ pub fn run(iface: Option<&str>, pin_dir: &Path) -> Vec<Check> {
             checks.push(check(
                 "load",
                 true,
-                format!("{} passed the verifier", splitter_common::maps::XDP_PROGRAM),
+                format!(
+                    "{} and {} passed the verifier",
+                    splitter_common::maps::XDP_PROGRAM,
+                    splitter_common::l4::TC_PROGRAM
+                ),
             ));
             if let Some(iface) = iface {
                 checks.push(attach_check(&mut obj, iface));

@@ -17,7 +17,11 @@ fn bpftool_dump(path: &std::path::Path) -> Value {
         .arg(path)
         .output()
         .expect("run bpftool (cargo xtask setup installs it)");
-    assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("bpftool JSON")
 }
 
@@ -34,7 +38,10 @@ fn pinned_maps_dump_with_named_fields_and_survive_reload() {
         let mut obj = ebpf::load_object(Some(&pin_dir)).expect("load with pins");
         assert_eq!(run_xdp(&mut obj, &frame).expect("run"), XDP_PASS);
     }
-    assert!(pin_dir.join(DEST_STATS).exists() && pin_dir.join(PARSE_STATS).exists(), "maps pinned");
+    assert!(
+        pin_dir.join(DEST_STATS).exists() && pin_dir.join(PARSE_STATS).exists(),
+        "maps pinned"
+    );
 
     // A new load adopts the pinned maps: the count continues instead of restarting.
     let mut obj = ebpf::load_object(Some(&pin_dir)).expect("reload adopting pins");
@@ -46,12 +53,21 @@ fn pinned_maps_dump_with_named_fields_and_survive_reload() {
     // bpftool shows BTF field names for key and per-CPU values.
     let dump = bpftool_dump(&pin_dir.join(DEST_STATS));
     let text = dump.to_string();
-    for field in ["\"addr\"", "\"port\"", "\"proto\"", "\"packets\"", "\"bytes\""] {
+    for field in [
+        "\"addr\"",
+        "\"port\"",
+        "\"proto\"",
+        "\"packets\"",
+        "\"bytes\"",
+    ] {
         assert!(text.contains(field), "bpftool dump lacks {field}: {text}");
     }
     let entry = &dump.as_array().expect("array of entries")[0];
     let formatted = entry.get("formatted").unwrap_or(entry);
-    assert_eq!(formatted["key"]["port"], 443, "key printed by field: {formatted}");
+    assert_eq!(
+        formatted["key"]["port"], 443,
+        "key printed by field: {formatted}"
+    );
 
     // The operator's view through the real binary.
     let out = Command::new(env!("CARGO_BIN_EXE_splitter"))
@@ -60,7 +76,11 @@ fn pinned_maps_dump_with_named_fields_and_survive_reload() {
         .output()
         .expect("run splitter inspect");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("10.7.7.7:443/tcp"), "{stdout}");
     assert!(stdout.contains("packets          2"), "{stdout}");
 }
@@ -75,5 +95,8 @@ fn inspect_reports_missing_pins_precisely() {
         .expect("run splitter inspect");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("PARSE_STATS") && stderr.contains("--pin-dir"), "{stderr}");
+    assert!(
+        stderr.contains("PARSE_STATS") && stderr.contains("--pin-dir"),
+        "{stderr}"
+    );
 }

@@ -19,7 +19,8 @@ const UDP_PACKETS: u64 = 50;
 fn counts_real_traffic(mode: XdpMode) {
     let client = NetNs::new("cli").expect("client netns");
     let gateway = NetNs::new("gw").expect("gateway netns");
-    let veth = VethPair::new(&client, &["10.231.0.1/24"], &gateway, &["10.231.0.2/24"]).expect("veth pair");
+    let veth = VethPair::new(&client, &["10.231.0.1/24"], &gateway, &["10.231.0.2/24"])
+        .expect("veth pair");
 
     let mut obj: KernelObject = ebpf::load_object(None).expect("load object");
     let link = gateway.run(|| {
@@ -34,7 +35,8 @@ fn counts_real_traffic(mode: XdpMode) {
     client.run(|| {
         let sock = UdpSocket::bind("10.231.0.1:0").expect("bind udp");
         for i in 0..UDP_PACKETS {
-            sock.send_to(&i.to_be_bytes(), "10.231.0.2:9999").expect("send udp");
+            sock.send_to(&i.to_be_bytes(), "10.231.0.2:9999")
+                .expect("send udp");
         }
     });
 
@@ -52,17 +54,36 @@ fn counts_real_traffic(mode: XdpMode) {
         .iter()
         .find(|d| d.key == DestKey::v4([10, 231, 0, 2], 9999, IPPROTO_UDP))
         .expect("the UDP destination was counted");
-    assert_eq!(udp.stats.packets, UDP_PACKETS, "every datagram counted once");
-    assert_eq!(udp.stats.bytes, UDP_PACKETS * (14 + 20 + 8 + 8), "frame bytes");
+    assert_eq!(
+        udp.stats.packets, UDP_PACKETS,
+        "every datagram counted once"
+    );
+    assert_eq!(
+        udp.stats.bytes,
+        UDP_PACKETS * (14 + 20 + 8 + 8),
+        "frame bytes"
+    );
     let tcp = dests
         .iter()
         .find(|d| d.key == DestKey::v4([10, 231, 0, 2], 8080, IPPROTO_TCP))
         .expect("the TCP destination was counted");
-    assert!(tcp.stats.packets >= 2, "at least SYN and ACK: {:?}", tcp.stats);
+    assert!(
+        tcp.stats.packets >= 2,
+        "at least SYN and ACK: {:?}",
+        tcp.stats
+    );
     // ARP resolution of 10.231.0.2 came in through the hook too.
-    assert!(parse_counts(&obj).get(ParseOutcome::NonIp) >= 1, "ARP counted as non-IP");
+    assert!(
+        parse_counts(&obj).get(ParseOutcome::NonIp) >= 1,
+        "ARP counted as non-IP"
+    );
 
-    gateway.run(|| ebpf::xdp_program(&mut obj.ebpf).expect("program").detach(link).expect("detach"));
+    gateway.run(|| {
+        ebpf::xdp_program(&mut obj.ebpf)
+            .expect("program")
+            .detach(link)
+            .expect("detach")
+    });
 }
 
 #[test]

@@ -11,7 +11,10 @@ fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     println!("xtask test: {name}: {cmd:?}");
     let start = std::time::Instant::now();
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    println!("xtask test: {name}: {status} in {:.1}s", start.elapsed().as_secs_f64());
+    println!(
+        "xtask test: {name}: {status} in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
     if !status.success() {
         bail!("{name} failed");
     }
@@ -20,11 +23,20 @@ fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
 
 pub fn run() -> anyhow::Result<()> {
     crate::setup::run()?;
-    step("fmt", Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "fmt",
+        Command::new("cargo").args(["fmt", "--all", "--", "--check"]),
+    )?;
     step(
         "clippy (userspace)",
         Command::new("cargo").args([
-            "clippy", "--workspace", "--exclude", "splitter-ebpf", "--all-targets", "--", "-D",
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "splitter-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
             "warnings",
         ]),
     )?;
@@ -33,12 +45,25 @@ pub fn run() -> anyhow::Result<()> {
         "clippy (kernel)",
         Command::new("cargo")
             .args([
-                "+nightly", "clippy", "--package", "splitter-ebpf", "--target",
-                "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+                "+nightly",
+                "clippy",
+                "--package",
+                "splitter-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
             ])
             .env_remove("RUSTUP_TOOLCHAIN")
             .env("CARGO_TARGET_DIR", "target/clippy-ebpf"),
     )?;
-    step("test", Command::new("cargo").args(["test", "--workspace", "--exclude", "splitter-ebpf"]))?;
+    step(
+        "test",
+        Command::new("cargo").args(["test", "--workspace", "--exclude", "splitter-ebpf"]),
+    )?;
     Ok(())
 }

@@ -81,11 +81,13 @@ pub fn v6(segments: [u16; 8]) -> [u8; 16] {
 }
 
 pub fn parse_counts(obj: &KernelObject) -> ParseCounts {
-    ebpf::read_parse_stats(obj.ebpf.map(PARSE_STATS).expect("PARSE_STATS map")).expect("read PARSE_STATS")
+    ebpf::read_parse_stats(obj.ebpf.map(PARSE_STATS).expect("PARSE_STATS map"))
+        .expect("read PARSE_STATS")
 }
 
 pub fn dest_counts(obj: &KernelObject) -> Vec<DestCount> {
-    ebpf::read_dest_stats(obj.ebpf.map(DEST_STATS).expect("DEST_STATS map")).expect("read DEST_STATS")
+    ebpf::read_dest_stats(obj.ebpf.map(DEST_STATS).expect("DEST_STATS map"))
+        .expect("read DEST_STATS")
 }
 
 /// Runs the XDP program once on `frame`.

@@ -4,15 +4,34 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
-use splitter_common::maps::{DEST_STATS, PARSE_STATS, XDP_PROGRAM};
+use splitter_common::{
+    l4::{
+        BACKEND_STATS, BACKENDS, CONNTRACK, L4_DROPS, ROUTE_STATS, ROUTES, TABLES, TC_PROGRAM, VIPS,
+    },
+    maps::{DEST_STATS, PARSE_STATS, XDP_PROGRAM},
+};
 
 /// The kernel object built by `build.rs` (aya-build), aligned so aya can parse it in place.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
 
-/// Maps that are pinned (and so survive an agent restart) when a pin directory is given.
-const PINNED_MAPS: [&str; 2] = [DEST_STATS, PARSE_STATS];
+/// Maps that are pinned (and so survive an agent restart) when a pin directory is given: all of
+/// them, so conntrack and tables outlive the process and established flows keep flowing.
+pub const PINNED_MAPS: [&str; 10] = [
+    DEST_STATS,
+    PARSE_STATS,
+    VIPS,
+    ROUTES,
+    TABLES,
+    BACKENDS,
+    CONNTRACK,
+    ROUTE_STATS,
+    BACKEND_STATS,
+    L4_DROPS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfLoadError {
@@ -28,6 +47,11 @@ pub enum EbpfLoadError {
     #[error("loading program {name} into the kernel (verifier): {source}")]
     Program {
         name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching TC egress to {iface}: {source}")]
+    AttachTc {
+        iface: String,
         source: aya::programs::ProgramError,
     },
     #[error("attaching XDP to {iface} in {mode:?} mode: {source}")]
@@ -62,7 +86,34 @@ pub fn load_object(pin_dir: Option<&Path>) -> Result<KernelObject, EbpfLoadError
             name: XDP_PROGRAM,
             source,
         })?;
+    tc_program(&mut ebpf)?
+        .load()
+        .map_err(|source| EbpfLoadError::Program {
+            name: TC_PROGRAM,
+            source,
+        })?;
     Ok(KernelObject { ebpf })
+}
+
+pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, EbpfLoadError> {
+    ebpf.program_mut(TC_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(EbpfLoadError::MissingProgram { name: TC_PROGRAM })
+}
+
+/// Attaches the reverse-NAT program to `iface` egress (adding the clsact qdisc if needed).
+pub fn attach_tc_egress(
+    obj: &mut KernelObject,
+    iface: &str,
+) -> Result<SchedClassifierLinkId, EbpfLoadError> {
+    // EEXIST: the qdisc is already there (another program or an earlier run): fine.
+    let _ = tc::qdisc_add_clsact(iface);
+    tc_program(&mut obj.ebpf)?
+        .attach(iface, TcAttachType::Egress)
+        .map_err(|source| EbpfLoadError::AttachTc {
+            iface: iface.to_owned(),
+            source,
+        })
 }
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfLoadError> {

@@ -1,0 +1,233 @@
+//! Maps of the L4 data path: VIPs, routes with double-buffered weighted tables, backends,
+//! conntrack and counters.
+//!
+//! A route's table is `M` slots of backend ids (Maglev, built in userspace). `TABLES` holds two
+//! halves per route; userspace fills the inactive half, then flips `RouteMeta::active` with one
+//! 4-byte write, so a packet sees the old table or the new one, never a mix.
+
+/// Most L4 routes (VIPs may share a route).
+pub const MAX_ROUTES: u32 = 32;
+/// Largest table a route may have (the Maglev M for large sets). Smaller M use a prefix of it.
+pub const MAX_TABLE_SIZE: u32 = 65537;
+/// Slots per route in `TABLES`: two halves of `MAX_TABLE_SIZE`.
+pub const ROUTE_TABLE_STRIDE: u32 = 2 * MAX_TABLE_SIZE;
+pub const TABLES_LEN: u32 = MAX_ROUTES * ROUTE_TABLE_STRIDE;
+/// Backend ids are indices into `BACKENDS`.
+pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_VIPS: u32 = 1024;
+/// Default conntrack size (flows, both directions count one entry each).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
+
+/// A table slot holding this id rejects the connection (TCP RST, UDP drop): the share of
+/// invalid or endpoint-less backendRefs, which must not be redistributed.
+pub const REJECT: u32 = u32::MAX;
+
+pub const VIPS: &str = "VIPS";
+pub const ROUTES: &str = "ROUTES";
+pub const TABLES: &str = "TABLES";
+pub const BACKENDS: &str = "BACKENDS";
+pub const CONNTRACK: &str = "CONNTRACK";
+pub const ROUTE_STATS: &str = "ROUTE_STATS";
+pub const BACKEND_STATS: &str = "BACKEND_STATS";
+pub const L4_DROPS: &str = "L4_DROPS";
+pub const TC_PROGRAM: &str = "splitter_tc_egress";
+
+/// Index of slot `slot` of half `half` of route `route` in `TABLES`.
+pub const fn table_index(route: u32, half: u32, slot: u32) -> u32 {
+    route * ROUTE_TABLE_STRIDE + half * MAX_TABLE_SIZE + slot
+}
+
+/// Key of `VIPS`: the listener address as the client names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    /// IPv6, or IPv4 mapped into `::ffff:0:0/96`.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    pub route_id: u32,
+    pub flags: u32,
+}
+
+/// Value of `ROUTES`, indexed by route id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteMeta {
+    /// Slots in the table (Maglev M); 0 = route not programmed (its VIPs reject).
+    pub table_size: u32,
+    /// Which half of the route's `TABLES` stride is live: 0 or 1.
+    pub active: u32,
+    /// Bumped on every publish, for operators and tests.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+pub const BACKEND_EMPTY: u8 = 0;
+/// Takes new connections (from table slots) and serves established ones.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Out of every table: serves established connections only.
+pub const BACKEND_DRAINING: u8 = 2;
+
+/// Value of `BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// `BACKEND_EMPTY`, `BACKEND_ACTIVE` or `BACKEND_DRAINING`.
+    pub state: u8,
+    pub _pad: u8,
+}
+
+pub const DIR_FORWARD: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// Key of `CONNTRACK`, as the packet carries it. Forward: (client, VIP); reply: (backend, client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// `DIR_FORWARD` or `DIR_REPLY`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `CONNTRACK`: where to rewrite to. Forward entries name the backend; reply entries
+/// name the VIP the client used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
+    pub route_id: u32,
+    pub _pad2: u32,
+}
+
+/// Per-route and per-backend counters (per CPU; userspace sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that selected from the table (new conntrack entries).
+    pub new_flows: u64,
+    /// Flows answered with RST or dropped because their slot is REJECT.
+    pub rejects: u64,
+}
+
+/// Index into `L4_DROPS`: why the L4 path did not forward a VIP packet (or did something
+/// noteworthy).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum L4Event {
+    /// TCP connection to a REJECT slot, answered with RST.
+    RejectRst = 0,
+    /// UDP datagram to a REJECT slot, dropped.
+    RejectDrop = 1,
+    /// VIP whose route has no table yet (or an empty slot): rejected like REJECT.
+    NoTable = 2,
+    /// Conntrack named a backend that is gone: TCP gets RST, UDP re-selects.
+    BackendGone = 3,
+    /// A non-SYN TCP packet with no conntrack entry (agent restart with lost state, LRU eviction):
+    /// selected from the current table.
+    NonSynMiss = 4,
+    /// IPv4 fragment or IPv4 with options to a VIP: passed to the stack untouched.
+    PassedUnparsed = 5,
+    /// Reject of a SYN that cannot be answered in place (IPv4 options, TCP payload): dropped.
+    RejectDropTcp = 6,
+}
+
+impl L4Event {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [L4Event; Self::COUNT as usize] = [
+        L4Event::RejectRst,
+        L4Event::RejectDrop,
+        L4Event::NoTable,
+        L4Event::BackendGone,
+        L4Event::NonSynMiss,
+        L4Event::PassedUnparsed,
+        L4Event::RejectDropTcp,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            L4Event::RejectRst => "reject_rst",
+            L4Event::RejectDrop => "reject_drop",
+            L4Event::NoTable => "no_table",
+            L4Event::BackendGone => "backend_gone",
+            L4Event::NonSynMiss => "non_syn_miss",
+            L4Event::PassedUnparsed => "passed_unparsed",
+            L4Event::RejectDropTcp => "reject_drop_tcp",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integer fields only, explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::RouteMeta {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowStats {}
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn sizes_and_offsets_are_pinned() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(offset_of!(VipKey, port), 16);
+        assert_eq!(offset_of!(VipKey, proto), 18);
+        assert_eq!(size_of::<VipValue>(), 8);
+        assert_eq!(size_of::<RouteMeta>(), 16);
+        assert_eq!(offset_of!(RouteMeta, active), 4);
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(offset_of!(Backend, state), 18);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(offset_of!(FlowKey, src_port), 32);
+        assert_eq!(offset_of!(FlowKey, dst_port), 34);
+        assert_eq!(offset_of!(FlowKey, proto), 36);
+        assert_eq!(offset_of!(FlowKey, dir), 37);
+        assert_eq!(size_of::<FlowValue>(), 32);
+        assert_eq!(offset_of!(FlowValue, backend_id), 20);
+        assert_eq!(size_of::<FlowStats>(), 32);
+    }
+
+    #[test]
+    fn table_halves_do_not_overlap() {
+        assert_eq!(table_index(0, 1, 0), MAX_TABLE_SIZE);
+        assert_eq!(table_index(1, 0, 0), ROUTE_TABLE_STRIDE);
+        assert_eq!(
+            table_index(MAX_ROUTES - 1, 1, MAX_TABLE_SIZE - 1),
+            TABLES_LEN - 1
+        );
+    }
+
+    #[test]
+    fn events_are_dense_indices() {
+        for (i, e) in L4Event::ALL.iter().enumerate() {
+            assert_eq!(*e as u32, i as u32);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The L4 policy for a parsed packet at XDP ingress: VIP lookup, backend choice, NAT or reject.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use splitter_common::{
+    counters::IPPROTO_TCP,
+    l4::{L4Event, VipKey},
+};
+
+use crate::{
+    counters::{count_backend, count_event, count_route},
+    maps::VIPS,
+    parse::{PacketMeta, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN},
+    reject, rewrite,
+    select::{self, Choice},
+};
+
+#[inline(always)]
+pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> u32 {
+    let vip_key = VipKey {
+        addr: meta.dst,
+        port: meta.dst_port,
+        proto: meta.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(vip) = (unsafe { VIPS.get(&vip_key) }).copied() else {
+        return xdp_action::XDP_PASS;
+    };
+    let is_tcp = meta.proto == IPPROTO_TCP;
+    let flags = meta.tcp_flags;
+    let is_syn = is_tcp && flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
+
+    let key = select::forward_key(meta);
+    let choice = match select::tracked(&key) {
+        Some(Choice::Gone) => {
+            count_event(L4Event::BackendGone);
+            if is_tcp && !is_syn {
+                // The connection's backend is gone: tell the client now rather than let it hang.
+                return reject_tcp(ctx, meta, vip.route_id, bytes);
+            }
+            select::from_table(meta, vip.route_id)
+        }
+        Some(c) => c,
+        None => {
+            if is_tcp && !is_syn && flags & TCP_FLAG_RST == 0 {
+                count_event(L4Event::NonSynMiss);
+            }
+            select::from_table(meta, vip.route_id)
+        }
+    };
+
+    match choice {
+        Choice::Backend {
+            id,
+            backend,
+            new_flow,
+        } => {
+            if rewrite::dnat(ctx, meta, &backend.addr, backend.port).is_err() {
+                return reject_any(ctx, meta, vip.route_id, bytes, is_tcp);
+            }
+            if new_flow {
+                select::track(meta, &key, id, &backend, vip.route_id);
+            }
+            count_route(vip.route_id, bytes, new_flow, false);
+            count_backend(id, bytes, new_flow);
+            xdp_action::XDP_PASS
+        }
+        Choice::Reject { no_table } => {
+            if no_table {
+                count_event(L4Event::NoTable);
+            }
+            reject_any(ctx, meta, vip.route_id, bytes, is_tcp)
+        }
+        Choice::Gone => reject_any(ctx, meta, vip.route_id, bytes, is_tcp),
+    }
+}
+
+#[inline(always)]
+fn reject_any(ctx: &XdpContext, meta: &PacketMeta, route_id: u32, bytes: u64, is_tcp: bool) -> u32 {
+    if is_tcp {
+        reject_tcp(ctx, meta, route_id, bytes)
+    } else {
+        count_route(route_id, bytes, false, true);
+        count_event(L4Event::RejectDrop);
+        xdp_action::XDP_DROP
+    }
+}
+
+#[inline(always)]
+fn reject_tcp(ctx: &XdpContext, meta: &PacketMeta, route_id: u32, bytes: u64) -> u32 {
+    count_route(route_id, bytes, false, true);
+    if meta.tcp_flags & TCP_FLAG_RST != 0 {
+        // Never answer a RST with a RST.
+        return xdp_action::XDP_DROP;
+    }
+    match reject::rst_in_place(ctx, meta) {
+        Ok(()) => {
+            count_event(L4Event::RejectRst);
+            xdp_action::XDP_TX
+        }
+        Err(()) => {
+            count_event(L4Event::RejectDropTcp);
+            xdp_action::XDP_DROP
+        }
+    }
+}

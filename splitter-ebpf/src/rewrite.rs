@@ -1,0 +1,107 @@
+//! XDP destination NAT with incremental checksum updates (RFC 1624).
+//!
+//! XDP has no checksum helpers and sees the bytes as they arrived, so this assumes complete
+//! checksums on the wire, as NICs deliver them. Locally generated packets on a veth can carry
+//! partial checksums (CHECKSUM_PARTIAL); the tests turn tx checksum offload off on the sender.
+
+use aya_ebpf::programs::XdpContext;
+use splitter_common::{
+    counters::IPPROTO_UDP,
+    csum::{replace, words4, words16},
+};
+
+use crate::parse::{Family, PacketMeta, bytes_at};
+
+const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+#[inline(always)]
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..12] == V4_MAPPED_PREFIX
+}
+
+/// The checksum field offset within the L4 header.
+#[inline(always)]
+pub fn l4_csum_offset(proto: u8) -> usize {
+    if proto == IPPROTO_UDP { 6 } else { 16 }
+}
+
+#[inline(always)]
+unsafe fn read16(p: *const u8) -> u16 {
+    unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
+}
+
+#[inline(always)]
+unsafe fn write16(p: *mut u8, v: u16) {
+    let b = v.to_be_bytes();
+    unsafe {
+        *p = b[0];
+        *p.add(1) = b[1];
+    }
+}
+
+/// A rewritten UDP checksum that came out 0 must be sent as 0xffff: 0 means "no checksum".
+#[inline(always)]
+fn udp_nonzero(proto: u8, c: u16) -> u16 {
+    if proto == IPPROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// Rewrites the destination address and port to `(addr, port)`. Fails (leaving the packet
+/// untouched) when the families differ: NAT46/64 is not done.
+#[inline(always)]
+pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> Result<(), ()> {
+    let l4 = bytes_at(ctx, meta.l4_offset as usize, 8).map_err(|_| ())?;
+    let csum_off = l4_csum_offset(meta.proto);
+    let csum_ptr = bytes_at(ctx, meta.l4_offset as usize + csum_off, 2).map_err(|_| ())?;
+    match meta.family {
+        Family::V4 => {
+            if !is_v4_mapped(addr) {
+                return Err(());
+            }
+            let ip = bytes_at(ctx, meta.l3_offset as usize, 20).map_err(|_| ())?;
+            let old = words4(&meta.dst);
+            let new = words4(addr);
+            // SAFETY: every pointer was bounds-checked by bytes_at above.
+            unsafe {
+                let ip_check = read16(ip.add(10));
+                write16(ip.add(10), replace(ip_check, &old, &new));
+                for i in 0..4 {
+                    *ip.add(16 + i) = addr[12 + i];
+                }
+                let l4_check = read16(csum_ptr);
+                if !(meta.proto == IPPROTO_UDP && l4_check == 0) {
+                    let c = replace(
+                        l4_check,
+                        &[old[0], old[1], meta.dst_port],
+                        &[new[0], new[1], port],
+                    );
+                    write16(csum_ptr, udp_nonzero(meta.proto, c));
+                }
+                write16(l4.add(2), port);
+            }
+        }
+        Family::V6 => {
+            if is_v4_mapped(addr) {
+                return Err(());
+            }
+            let ip = bytes_at(ctx, meta.l3_offset as usize, 40).map_err(|_| ())?;
+            let old = words16(&meta.dst);
+            let new = words16(addr);
+            // SAFETY: every pointer was bounds-checked by bytes_at above.
+            unsafe {
+                for i in 0..16 {
+                    *ip.add(24 + i) = addr[i];
+                }
+                let mut c = read16(csum_ptr);
+                c = replace(c, &old, &new);
+                c = replace(c, &[meta.dst_port], &[port]);
+                write16(csum_ptr, udp_nonzero(meta.proto, c));
+                write16(l4.add(2), port);
+            }
+        }
+    }
+    Ok(())
+}

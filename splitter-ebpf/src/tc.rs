@@ -1,0 +1,87 @@
+//! TC egress: replies from a backend to a client leave with the VIP as their source.
+//!
+//! TC has checksum helpers that know the skb's checksum state (CHECKSUM_PARTIAL from a local
+//! stack included), so the reverse path uses them instead of hand-made incremental updates.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use splitter_common::{
+    counters::IPPROTO_UDP,
+    l4::{DIR_REPLY, FlowKey},
+};
+
+use crate::{
+    maps::{CONNTRACK, SCRATCH},
+    parse::{Family, parse_frame},
+    rewrite::l4_csum_offset,
+};
+
+#[inline(always)]
+pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
+    let meta = SCRATCH.get_ptr_mut(1).ok_or(())?;
+    // SAFETY: this CPU's TC scratch slot.
+    let meta = unsafe { &mut *meta };
+    parse_frame(ctx, meta).map_err(|_| ())?;
+    let key = FlowKey {
+        src: meta.src,
+        dst: meta.dst,
+        src_port: meta.src_port,
+        dst_port: meta.dst_port,
+        proto: meta.proto,
+        dir: DIR_REPLY,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let Some(ct) = (unsafe { CONNTRACK.get(&key) }).copied() else {
+        return Ok(());
+    };
+    let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.proto);
+    let mangled0 = if meta.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0;
+    match meta.family {
+        Family::V4 => {
+            let old = u32::from_ne_bytes([meta.src[12], meta.src[13], meta.src[14], meta.src[15]]);
+            let new_bytes = [ct.addr[12], ct.addr[13], ct.addr[14], ct.addr[15]];
+            let new = u32::from_ne_bytes(new_bytes);
+            ctx.l4_csum_replace(csum_off, old as u64, new as u64, pseudo | 4)
+                .map_err(|_| ())?;
+            ctx.l3_csum_replace(meta.l3_offset as usize + 10, old as u64, new as u64, 4)
+                .map_err(|_| ())?;
+            ctx.store(meta.l3_offset as usize + 12, &new_bytes, 0)
+                .map_err(|_| ())?;
+        }
+        Family::V6 => {
+            for i in 0..4 {
+                let o = u32::from_ne_bytes([
+                    meta.src[4 * i],
+                    meta.src[4 * i + 1],
+                    meta.src[4 * i + 2],
+                    meta.src[4 * i + 3],
+                ]);
+                let n = u32::from_ne_bytes([
+                    ct.addr[4 * i],
+                    ct.addr[4 * i + 1],
+                    ct.addr[4 * i + 2],
+                    ct.addr[4 * i + 3],
+                ]);
+                ctx.l4_csum_replace(csum_off, o as u64, n as u64, pseudo | 4)
+                    .map_err(|_| ())?;
+            }
+            ctx.store(meta.l3_offset as usize + 8, &ct.addr, 0)
+                .map_err(|_| ())?;
+        }
+    }
+    let old_port = meta.src_port.to_be();
+    let new_port = ct.port.to_be();
+    ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled0 | 2)
+        .map_err(|_| ())?;
+    ctx.store(meta.l4_offset as usize, &new_port, 0)
+        .map_err(|_| ())?;
+    Ok(())
+}
