@@ -1,6 +1,8 @@
 //! Helpers shared by the kernel tests: crafted frames and counter snapshots.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod l4;
+
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{PacketBuilder, VlanId};
 use splitter::dataplane::ebpf::{self, DestCount, KernelObject, ParseCounts};

@@ -1,9 +1,13 @@
 //! The kernel object: embedding, loading (with or without pinned maps) and reading counters.
 
 mod counters;
+mod l4_actuator;
 mod loader;
 
 pub use counters::{DestCount, ParseCounts, read_dest_stats, read_parse_stats};
+pub use l4_actuator::{
+    ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, addr16, vip_key,
+};
 pub use loader::{
     EbpfLoadError, KernelObject, PINNED_MAPS, attach_tc_egress, attach_xdp, load_object,
     tc_program, xdp_program,
