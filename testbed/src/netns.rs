@@ -116,6 +116,28 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Spawns a detached thread inside this namespace (for servers that outlive one call).
+    /// The namespace file stays open in the thread, so the namespace lives as long as it runs.
+    pub fn spawn<F>(&self, f: F) -> std::thread::JoinHandle<()>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let file = self.file.try_clone().expect("dup netns fd");
+        std::thread::spawn(move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns into test netns");
+            f()
+        })
+    }
+
+    /// Writes a sysctl of this namespace (e.g. `net/ipv4/ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        let path = format!("/proc/sys/{key}");
+        let value = value.to_owned();
+        self.run(move || std::fs::write(&path, value))
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         match Command::new("ip")

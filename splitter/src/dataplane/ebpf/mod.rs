@@ -2,11 +2,15 @@
 
 mod counters;
 mod l4_actuator;
+mod links;
 mod loader;
 
 pub use counters::{DestCount, ParseCounts, read_dest_stats, read_parse_stats};
 pub use l4_actuator::{
     ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, addr16, vip_key,
+};
+pub use links::{
+    Attachment, LinkPinError, attach_pinned, detach_pinned, tc_pin_path, xdp_pin_path,
 };
 pub use loader::{
     EbpfLoadError, KernelObject, PINNED_MAPS, attach_tc_egress, attach_xdp, load_object,
