@@ -23,7 +23,7 @@ pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> u32 {
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { VIPS.get(&vip_key) }).copied() else {
+    let Some(vip) = (unsafe { VIPS.get(vip_key) }).copied() else {
         return xdp_action::XDP_PASS;
     };
     let is_tcp = meta.proto == IPPROTO_TCP;

@@ -34,7 +34,7 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
         _pad: [0; 2],
     };
     // SAFETY: copied out at once.
-    let Some(ct) = (unsafe { CONNTRACK.get(&key) }).copied() else {
+    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
         return Ok(());
     };
     let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.proto);

@@ -10,7 +10,7 @@ use splitter_common::{
     maps::{DEST_STATS, PARSE_STATS},
 };
 
-use crate::dataplane::ebpf::{read_dest_stats, read_parse_stats};
+use crate::dataplane::ebpf::{read_dest_stats, read_l4_state, read_parse_stats};
 
 fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = pin_dir.join(name);
@@ -46,6 +46,43 @@ pub fn render(pin_dir: &Path) -> anyhow::Result<String> {
     writeln!(out, "parse outcomes:")?;
     for outcome in ParseOutcome::ALL {
         writeln!(out, "  {:<16} {}", outcome.name(), parse.get(outcome))?;
+    }
+    let l4 = read_l4_state(&|name| open_pinned(pin_dir, name))?;
+    writeln!(
+        out,
+        "l4 routes ({}), tracked flows {}:",
+        l4.routes.len(),
+        l4.flows
+    )?;
+    for r in &l4.routes {
+        writeln!(
+            out,
+            "  route {} [{}] table {} slots, half {}, generation {}; packets {} bytes {} new flows {} rejects {}",
+            r.route_id,
+            r.vips.join(", "),
+            r.table_size,
+            r.active_half,
+            r.generation,
+            r.packets,
+            r.bytes,
+            r.new_flows,
+            r.rejects
+        )?;
+        for s in &r.shares {
+            let who = s
+                .addr
+                .map_or_else(|| "REJECT".to_owned(), |a| a.to_string());
+            let pct = 100.0 * f64::from(s.slots) / f64::from(r.table_size.max(1));
+            writeln!(
+                out,
+                "    {who:<44} {pct:6.2}%  ({} slots, {})",
+                s.slots, s.state
+            )?;
+        }
+    }
+    writeln!(out, "l4 events:")?;
+    for (name, n) in &l4.events {
+        writeln!(out, "  {name:<16} {n}")?;
     }
     writeln!(out, "destinations ({}):", dests.len())?;
     for d in &dests {

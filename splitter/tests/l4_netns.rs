@@ -199,6 +199,32 @@ fn fresh_connections_split_three_to_one_and_match_the_prediction() {
         "b0 got {:.1}% ({per_backend:?})",
         b0 * 100.0
     );
+
+    // The operator's view: the live table read back from the pinned maps.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitter"))
+        .args(["inspect", "--pin-dir"])
+        .arg(fs.path().join("maps"))
+        .output()
+        .expect("run splitter inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("[10.210.0.2:80/tcp] table 251 slots"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.211.0.2:8080") && text.contains("75.30%  (189 slots, active)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.211.1.2:8080") && text.contains("24.70%  (62 slots, active)"),
+        "{text}"
+    );
+    assert!(text.contains("new flows 2000"), "{text}");
 }
 
 #[test]

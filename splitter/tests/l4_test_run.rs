@@ -393,7 +393,7 @@ fn truncated_and_random_frames_only_pass_or_drop() {
 /// `(7g + s) mod N`, so a packet that combined one generation's size and active half with another
 /// generation's slots lands on a backend no single generation would give it.
 fn flip_table(backends: &[SocketAddr], g: usize) -> Vec<Option<SocketAddr>> {
-    let m = if g % 2 == 0 { 251 } else { 241 };
+    let m = if g.is_multiple_of(2) { 251 } else { 241 };
     (0..m)
         .map(|s| Some(backends[(7 * g + s) % backends.len()]))
         .collect()

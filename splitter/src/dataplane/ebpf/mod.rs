@@ -2,6 +2,7 @@
 
 mod counters;
 mod l4_actuator;
+mod l4_state;
 mod links;
 mod loader;
 
@@ -9,6 +10,7 @@ pub use counters::{DestCount, ParseCounts, read_dest_stats, read_parse_stats};
 pub use l4_actuator::{
     ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, addr16, vip_key,
 };
+pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
 pub use links::{
     Attachment, LinkPinError, attach_pinned, detach_pinned, tc_pin_path, xdp_pin_path,
 };

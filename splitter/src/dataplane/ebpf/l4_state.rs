@@ -1,0 +1,160 @@
+//! Reading the L4 state back from the kernel: routes with the share each backend holds in the
+//! live table half, conntrack size, counters. What `splitter inspect` prints.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use serde::Serialize;
+use splitter_common::l4::{
+    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, DIR_FORWARD, FlowKey, FlowStats, FlowValue,
+    L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES, RouteMeta, TABLES, VIPS,
+    VipKey, VipValue, table_index,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendShare {
+    pub backend_id: u32,
+    /// `None` for the REJECT share.
+    pub addr: Option<SocketAddr>,
+    pub state: &'static str,
+    pub slots: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteState {
+    pub route_id: u32,
+    /// `addr:port/proto` of each VIP on this route.
+    pub vips: Vec<String>,
+    pub table_size: u32,
+    pub active_half: u32,
+    pub generation: u32,
+    pub shares: Vec<BackendShare>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub rejects: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct L4State {
+    pub routes: Vec<RouteState>,
+    /// Forward conntrack entries (one per tracked flow).
+    pub flows: usize,
+    pub events: Vec<(&'static str, u64)>,
+}
+
+fn sum(stats: &[FlowStats]) -> FlowStats {
+    stats.iter().fold(FlowStats::default(), |a, s| FlowStats {
+        packets: a.packets + s.packets,
+        bytes: a.bytes + s.bytes,
+        new_flows: a.new_flows + s.new_flows,
+        rejects: a.rejects + s.rejects,
+    })
+}
+
+fn state_name(b: &Backend) -> &'static str {
+    match b.state {
+        splitter_common::l4::BACKEND_ACTIVE => "active",
+        splitter_common::l4::BACKEND_DRAINING => "draining",
+        _ => "empty",
+    }
+}
+
+fn vip_text(k: &VipKey) -> String {
+    let ip = std::net::IpAddr::from(k.addr).to_canonical();
+    let proto = match k.proto {
+        splitter_common::counters::IPPROTO_TCP => "tcp",
+        splitter_common::counters::IPPROTO_UDP => "udp",
+        _ => "?",
+    };
+    format!("{}/{proto}", SocketAddr::new(ip, k.port))
+}
+
+/// Reads the L4 maps through `open` (pinned maps, or a live object's).
+pub fn read_l4_state(
+    open: &dyn Fn(&'static str) -> anyhow::Result<Map>,
+) -> anyhow::Result<L4State> {
+    let vips_map = open(VIPS)?;
+    let vips = HashMap::<&MapData, VipKey, VipValue>::try_from(&vips_map)?;
+    let mut by_route: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for e in vips.iter() {
+        let (k, v) = e?;
+        by_route.entry(v.route_id).or_default().push(vip_text(&k));
+    }
+    let routes_map = open(ROUTES)?;
+    let routes = Array::<&MapData, RouteMeta>::try_from(&routes_map)?;
+    let tables_map = open(TABLES)?;
+    let tables = Array::<&MapData, u32>::try_from(&tables_map)?;
+    let backends_map = open(BACKENDS)?;
+    let backends = Array::<&MapData, Backend>::try_from(&backends_map)?;
+    let rstats_map = open(ROUTE_STATS)?;
+    let rstats = PerCpuArray::<&MapData, FlowStats>::try_from(&rstats_map)?;
+
+    let mut out = Vec::new();
+    for (route_id, mut vip_names) in by_route {
+        vip_names.sort();
+        let meta = routes.get(&route_id, 0)?;
+        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+        if meta.table_size > 0 && meta.table_size <= MAX_TABLE_SIZE && meta.active <= 1 {
+            for slot in 0..meta.table_size {
+                let id = tables.get(&table_index(route_id, meta.active, slot), 0)?;
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        let shares = counts
+            .into_iter()
+            .map(|(id, slots)| {
+                if id == REJECT {
+                    return Ok(BackendShare {
+                        backend_id: id,
+                        addr: None,
+                        state: "reject",
+                        slots,
+                    });
+                }
+                let b = backends.get(&id, 0)?;
+                let ip = std::net::IpAddr::from(b.addr).to_canonical();
+                Ok(BackendShare {
+                    backend_id: id,
+                    addr: Some(SocketAddr::new(ip, b.port)),
+                    state: state_name(&b),
+                    slots,
+                })
+            })
+            .collect::<Result<Vec<_>, MapError>>()?;
+        let s = sum(&rstats.get(&route_id, 0)?);
+        out.push(RouteState {
+            route_id,
+            vips: vip_names,
+            table_size: meta.table_size,
+            active_half: meta.active,
+            generation: meta.generation,
+            shares,
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            rejects: s.rejects,
+        });
+    }
+
+    let ct_map = open(CONNTRACK)?;
+    let ct = HashMap::<&MapData, FlowKey, FlowValue>::try_from(&ct_map)?;
+    let flows = ct
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.dir == DIR_FORWARD)
+        .count();
+
+    let ev_map = open(L4_DROPS)?;
+    let ev = PerCpuArray::<&MapData, u64>::try_from(&ev_map)?;
+    let events = L4Event::ALL
+        .iter()
+        .map(|e| Ok((e.name(), ev.get(&(*e as u32), 0)?.iter().sum())))
+        .collect::<Result<Vec<_>, MapError>>()?;
+    let _ = open(BACKEND_STATS)?; // presence check: a partial pin set means a layout mismatch
+    Ok(L4State {
+        routes: out,
+        flows,
+        events,
+    })
+}
