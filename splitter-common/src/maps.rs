@@ -11,3 +11,5 @@ pub const PARSE_STATS: &str = "PARSE_STATS";
 
 /// Name of the XDP ingress program in the object.
 pub const XDP_PROGRAM: &str = "splitter_xdp";
+/// An empty XDP program (returns XDP_PASS), the floor benchmarks compare against.
+pub const XDP_FLOOR_PROGRAM: &str = "splitter_xdp_floor";

@@ -14,38 +14,41 @@ use crate::{
     select::{self, Choice},
 };
 
+/// Handles a packet if it belongs to the L4 path; `None` when it is not for a VIP.
+///
+/// Conntrack is looked up first: an established flow (the common case) then costs one hash
+/// lookup, not two. A flow whose VIP was removed keeps its backend until it ends or is evicted,
+/// like any established connection.
 #[inline(always)]
-pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> u32 {
-    let vip_key = VipKey {
-        addr: meta.dst,
-        port: meta.dst_port,
-        proto: meta.proto,
-        _pad: 0,
-    };
-    // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { VIPS.get(vip_key) }).copied() else {
-        return xdp_action::XDP_PASS;
-    };
-    let is_tcp = meta.proto == IPPROTO_TCP;
+pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> Option<u32> {
+    let is_tcp = meta.key.proto == IPPROTO_TCP;
     let flags = meta.tcp_flags;
     let is_syn = is_tcp && flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
+    let key = &meta.key;
 
-    let key = select::forward_key(meta);
-    let choice = match select::tracked(&key) {
-        Some(Choice::Gone) => {
+    let (choice, route_id) = match select::tracked(key) {
+        Some((Choice::Gone, route_id)) => {
             count_event(L4Event::BackendGone);
             if is_tcp && !is_syn {
                 // The connection's backend is gone: tell the client now rather than let it hang.
-                return reject_tcp(ctx, meta, vip.route_id, bytes);
+                return Some(reject_tcp(ctx, meta, route_id, bytes));
             }
-            select::from_table(meta, vip.route_id)
+            (select::from_table(meta, route_id), route_id)
         }
-        Some(c) => c,
+        Some(hit) => hit,
         None => {
+            let vip_key = VipKey {
+                addr: meta.key.dst,
+                port: meta.key.dst_port,
+                proto: meta.key.proto,
+                _pad: 0,
+            };
+            // SAFETY: copied out at once.
+            let vip = unsafe { VIPS.get(vip_key) }.copied()?;
             if is_tcp && !is_syn && flags & TCP_FLAG_RST == 0 {
                 count_event(L4Event::NonSynMiss);
             }
-            select::from_table(meta, vip.route_id)
+            (select::from_table(meta, vip.route_id), vip.route_id)
         }
     };
 
@@ -56,22 +59,22 @@ pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> u32 {
             new_flow,
         } => {
             if rewrite::dnat(ctx, meta, &backend.addr, backend.port).is_err() {
-                return reject_any(ctx, meta, vip.route_id, bytes, is_tcp);
+                return Some(reject_any(ctx, meta, route_id, bytes, is_tcp));
             }
             if new_flow {
-                select::track(meta, &key, id, &backend, vip.route_id);
+                select::track(meta, key, id, &backend, route_id);
             }
-            count_route(vip.route_id, bytes, new_flow, false);
+            count_route(route_id, bytes, new_flow, false);
             count_backend(id, bytes, new_flow);
-            xdp_action::XDP_PASS
+            Some(xdp_action::XDP_PASS)
         }
         Choice::Reject { no_table } => {
             if no_table {
                 count_event(L4Event::NoTable);
             }
-            reject_any(ctx, meta, vip.route_id, bytes, is_tcp)
+            Some(reject_any(ctx, meta, route_id, bytes, is_tcp))
         }
-        Choice::Gone => reject_any(ctx, meta, vip.route_id, bytes, is_tcp),
+        Choice::Gone => Some(reject_any(ctx, meta, route_id, bytes, is_tcp)),
     }
 }
 

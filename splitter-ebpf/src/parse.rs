@@ -7,6 +7,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use splitter_common::{
     DestKey, ParseOutcome,
     counters::{IPPROTO_TCP, IPPROTO_UDP},
+    l4::{DIR_FORWARD, FlowKey},
 };
 
 const ETH_HDR_LEN: usize = 14;
@@ -58,17 +59,15 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 /// What the data path needs to know about a TCP/UDP packet. It lives in a per-CPU scratch map
 /// (`maps::SCRATCH`), not on the stack: the 512-byte BPF stack cannot hold it next to the
 /// conntrack keys and values.
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct PacketMeta {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub proto: u8,
+    /// The packet's 5-tuple, already in conntrack key form (`dir` = forward), so the
+    /// established path looks it up in place instead of copying 40 bytes to the stack.
+    pub key: FlowKey,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
     pub family: Family,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
     /// Offset of the IP header from the start of the frame.
     pub l3_offset: u32,
     /// IPv4 header length in bytes (40 for IPv6).
@@ -87,7 +86,7 @@ pub enum Family {
 impl PacketMeta {
     #[inline(always)]
     pub fn dest_key(&self) -> DestKey {
-        DestKey::v6(self.dst, self.dst_port, self.proto)
+        DestKey::v6(self.key.dst, self.key.dst_port, self.key.proto)
     }
 }
 
@@ -151,24 +150,31 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(),
     }
     let l4 = l3 + hdr_len;
     parse_l4(ctx, l4, proto, meta)?;
-    // v4-mapped (::ffff:a.b.c.d), written in place.
-    for i in 0..10 {
-        meta.src[i] = 0;
-        meta.dst[i] = 0;
+    // v4-mapped (::ffff:a.b.c.d), written in place. The 12-byte prefix is stored as one u64 and
+    // one u32: `meta` lives in map memory, which the kernel aligns to 8, and `key` is its first
+    // field with `src` at offset 0 and `dst` at 16.
+    const MAPPED_HI: u64 = 0;
+    const MAPPED_LO: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    // SAFETY: see above for alignment; both arrays are 16 bytes long.
+    unsafe {
+        let src = meta.key.src.as_mut_ptr();
+        let dst = meta.key.dst.as_mut_ptr();
+        (src as *mut u64).write(MAPPED_HI);
+        (src.add(8) as *mut u32).write(MAPPED_LO);
+        (dst as *mut u64).write(MAPPED_HI);
+        (dst.add(8) as *mut u32).write(MAPPED_LO);
     }
-    meta.src[10] = 0xff;
-    meta.src[11] = 0xff;
-    meta.dst[10] = 0xff;
-    meta.dst[11] = 0xff;
     // SAFETY: the fixed 20-byte header is inside the frame (checked above).
     unsafe {
         for i in 0..4 {
-            meta.src[12 + i] = *p.add(12 + i);
-            meta.dst[12 + i] = *p.add(16 + i);
+            meta.key.src[12 + i] = *p.add(12 + i);
+            meta.key.dst[12 + i] = *p.add(16 + i);
         }
     }
+    meta.key.dir = DIR_FORWARD;
+    meta.key._pad = [0; 2];
     meta.family = Family::V4;
-    meta.proto = proto;
+    meta.key.proto = proto;
     meta.l3_offset = l3 as u32;
     meta.l3_len = hdr_len as u32;
     meta.l4_offset = l4 as u32;
@@ -189,12 +195,14 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(),
     // SAFETY: the fixed 40-byte header is inside the frame (checked above).
     unsafe {
         for i in 0..16 {
-            meta.src[i] = *p.add(8 + i);
-            meta.dst[i] = *p.add(24 + i);
+            meta.key.src[i] = *p.add(8 + i);
+            meta.key.dst[i] = *p.add(24 + i);
         }
     }
+    meta.key.dir = DIR_FORWARD;
+    meta.key._pad = [0; 2];
     meta.family = Family::V6;
-    meta.proto = next_header;
+    meta.key.proto = next_header;
     meta.l3_offset = l3 as u32;
     meta.l3_len = IPV6_HDR_LEN as u32;
     meta.l4_offset = l4 as u32;
@@ -216,8 +224,8 @@ fn parse_l4<F: Frame>(
     let p = bytes_at(ctx, l4, hdr_len)?;
     // SAFETY: the whole minimal L4 header is inside the frame (checked above).
     unsafe {
-        meta.src_port = u16::from_be_bytes([*p, *p.add(1)]);
-        meta.dst_port = u16::from_be_bytes([*p.add(2), *p.add(3)]);
+        meta.key.src_port = u16::from_be_bytes([*p, *p.add(1)]);
+        meta.key.dst_port = u16::from_be_bytes([*p.add(2), *p.add(3)]);
         meta.tcp_flags = if proto == IPPROTO_TCP { *p.add(13) } else { 0 };
     }
     Ok(())

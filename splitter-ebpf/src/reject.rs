@@ -67,8 +67,8 @@ pub fn rst_in_place(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
         }
     }
     let mut hdr = [0u16; 10];
-    hdr[0] = meta.dst_port;
-    hdr[1] = meta.src_port;
+    hdr[0] = meta.key.dst_port;
+    hdr[1] = meta.key.src_port;
     hdr[2] = (seq >> 16) as u16;
     hdr[3] = seq as u16;
     hdr[4] = (ack >> 16) as u16;
@@ -78,8 +78,8 @@ pub fn rst_in_place(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
     let pseudo = match meta.family {
         Family::V4 => {
             let ip = bytes_at(ctx, meta.l3_offset as usize, 20).map_err(|_| ())?;
-            let src = words4(&meta.dst);
-            let dst = words4(&meta.src);
+            let src = words4(&meta.key.dst);
+            let dst = words4(&meta.key.src);
             let mut iph = [0u16; 10];
             iph[0] = 0x4500;
             iph[1] = 40;
@@ -113,12 +113,14 @@ pub fn rst_in_place(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
                 *ip.add(6) = IPPROTO_TCP;
                 *ip.add(7) = 64;
                 for i in 0..16 {
-                    *ip.add(8 + i) = meta.dst[i];
-                    *ip.add(24 + i) = meta.src[i];
+                    *ip.add(8 + i) = meta.key.dst[i];
+                    *ip.add(24 + i) = meta.key.src[i];
                 }
             }
-            sum_words(sum_words(0, &words16(&meta.dst)), &words16(&meta.src))
-                + IPPROTO_TCP as u32
+            sum_words(
+                sum_words(0, &words16(&meta.key.dst)),
+                &words16(&meta.key.src),
+            ) + IPPROTO_TCP as u32
                 + TCP_HDR_LEN as u32
         }
     };

@@ -54,7 +54,7 @@ fn udp_nonzero(proto: u8, c: u16) -> u16 {
 #[inline(always)]
 pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> Result<(), ()> {
     let l4 = bytes_at(ctx, meta.l4_offset as usize, 8).map_err(|_| ())?;
-    let csum_off = l4_csum_offset(meta.proto);
+    let csum_off = l4_csum_offset(meta.key.proto);
     let csum_ptr = bytes_at(ctx, meta.l4_offset as usize + csum_off, 2).map_err(|_| ())?;
     match meta.family {
         Family::V4 => {
@@ -62,7 +62,7 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> 
                 return Err(());
             }
             let ip = bytes_at(ctx, meta.l3_offset as usize, 20).map_err(|_| ())?;
-            let old = words4(&meta.dst);
+            let old = words4(&meta.key.dst);
             let new = words4(addr);
             // SAFETY: every pointer was bounds-checked by bytes_at above.
             unsafe {
@@ -72,13 +72,13 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> 
                     *ip.add(16 + i) = addr[12 + i];
                 }
                 let l4_check = read16(csum_ptr);
-                if !(meta.proto == IPPROTO_UDP && l4_check == 0) {
+                if !(meta.key.proto == IPPROTO_UDP && l4_check == 0) {
                     let c = replace(
                         l4_check,
-                        &[old[0], old[1], meta.dst_port],
+                        &[old[0], old[1], meta.key.dst_port],
                         &[new[0], new[1], port],
                     );
-                    write16(csum_ptr, udp_nonzero(meta.proto, c));
+                    write16(csum_ptr, udp_nonzero(meta.key.proto, c));
                 }
                 write16(l4.add(2), port);
             }
@@ -88,7 +88,7 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> 
                 return Err(());
             }
             let ip = bytes_at(ctx, meta.l3_offset as usize, 40).map_err(|_| ())?;
-            let old = words16(&meta.dst);
+            let old = words16(&meta.key.dst);
             let new = words16(addr);
             // SAFETY: every pointer was bounds-checked by bytes_at above.
             unsafe {
@@ -97,8 +97,8 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> 
                 }
                 let mut c = read16(csum_ptr);
                 c = replace(c, &old, &new);
-                c = replace(c, &[meta.dst_port], &[port]);
-                write16(csum_ptr, udp_nonzero(meta.proto, c));
+                c = replace(c, &[meta.key.dst_port], &[port]);
+                write16(csum_ptr, udp_nonzero(meta.key.proto, c));
                 write16(l4.add(2), port);
             }
         }

@@ -3,8 +3,7 @@
 use splitter_common::{
     hash::flow_hash,
     l4::{
-        BACKEND_ACTIVE, BACKEND_EMPTY, Backend, DIR_FORWARD, DIR_REPLY, FlowKey, FlowValue, REJECT,
-        table_index,
+        BACKEND_ACTIVE, BACKEND_EMPTY, Backend, DIR_REPLY, FlowKey, FlowValue, REJECT, table_index,
     },
 };
 
@@ -27,38 +26,27 @@ pub enum Choice {
 }
 
 #[inline(always)]
-pub fn forward_key(meta: &PacketMeta) -> FlowKey {
-    FlowKey {
-        src: meta.src,
-        dst: meta.dst,
-        src_port: meta.src_port,
-        dst_port: meta.dst_port,
-        proto: meta.proto,
-        dir: DIR_FORWARD,
-        _pad: [0; 2],
-    }
-}
-
-#[inline(always)]
 fn backend(id: u32) -> Option<Backend> {
     BACKENDS.get(id).copied()
 }
 
-/// The backend an established flow is pinned to, if conntrack knows the flow.
+/// The backend an established flow is pinned to, and the flow's route, if conntrack knows the
+/// flow.
 #[inline(always)]
-pub fn tracked(key: &FlowKey) -> Option<Choice> {
+pub fn tracked(key: &FlowKey) -> Option<(Choice, u32)> {
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a stale copy.
-    let ct = unsafe { CONNTRACK.get(key) }.copied()?;
-    match backend(ct.backend_id) {
-        Some(b) if b.state != BACKEND_EMPTY && b.addr == ct.addr && b.port == ct.port => {
-            Some(Choice::Backend {
+    let ct = unsafe { CONNTRACK.get(key) }?;
+    let choice = match BACKENDS.get(ct.backend_id) {
+        Some(b) if b.state != BACKEND_EMPTY && b.port == ct.port && b.addr == ct.addr => {
+            Choice::Backend {
                 id: ct.backend_id,
-                backend: b,
+                backend: *b,
                 new_flow: false,
-            })
+            }
         }
-        _ => Some(Choice::Gone),
-    }
+        _ => Choice::Gone,
+    };
+    Some((choice, ct.route_id))
 }
 
 /// Selects from the route's live table by the shared flow hash.
@@ -72,11 +60,11 @@ pub fn from_table(meta: &PacketMeta, route_id: u32) -> Choice {
         return Choice::Reject { no_table: true };
     }
     let h = flow_hash(
-        &meta.src,
-        &meta.dst,
-        meta.src_port,
-        meta.dst_port,
-        meta.proto,
+        &meta.key.src,
+        &meta.key.dst,
+        meta.key.src_port,
+        meta.key.dst_port,
+        meta.key.proto,
     );
     let slot = h % m;
     let Some(id) = TABLES
@@ -113,16 +101,16 @@ pub fn track(meta: &PacketMeta, key: &FlowKey, id: u32, b: &Backend, route_id: u
     };
     let reply_key = FlowKey {
         src: b.addr,
-        dst: meta.src,
+        dst: meta.key.src,
         src_port: b.port,
-        dst_port: meta.src_port,
-        proto: meta.proto,
+        dst_port: meta.key.src_port,
+        proto: meta.key.proto,
         dir: DIR_REPLY,
         _pad: [0; 2],
     };
     let reply = FlowValue {
-        addr: meta.dst,
-        port: meta.dst_port,
+        addr: meta.key.dst,
+        port: meta.key.dst_port,
         _pad: 0,
         backend_id: id,
         route_id,

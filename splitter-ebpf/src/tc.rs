@@ -7,10 +7,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use splitter_common::{
-    counters::IPPROTO_UDP,
-    l4::{DIR_REPLY, FlowKey},
-};
+use splitter_common::{counters::IPPROTO_UDP, l4::DIR_REPLY};
 
 use crate::{
     maps::{CONNTRACK, SCRATCH},
@@ -24,21 +21,14 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     // SAFETY: this CPU's TC scratch slot.
     let meta = unsafe { &mut *meta };
     parse_frame(ctx, meta).map_err(|_| ())?;
-    let key = FlowKey {
-        src: meta.src,
-        dst: meta.dst,
-        src_port: meta.src_port,
-        dst_port: meta.dst_port,
-        proto: meta.proto,
-        dir: DIR_REPLY,
-        _pad: [0; 2],
-    };
+    // The reply entry is keyed by the tuple as the reply carries it: look it up in place.
+    meta.key.dir = DIR_REPLY;
     // SAFETY: copied out at once.
-    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
+    let Some(ct) = (unsafe { CONNTRACK.get(&meta.key) }).copied() else {
         return Ok(());
     };
-    let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.proto);
-    let mangled0 = if meta.proto == IPPROTO_UDP {
+    let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.key.proto);
+    let mangled0 = if meta.key.proto == IPPROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64
     } else {
         0
@@ -46,7 +36,12 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0;
     match meta.family {
         Family::V4 => {
-            let old = u32::from_ne_bytes([meta.src[12], meta.src[13], meta.src[14], meta.src[15]]);
+            let old = u32::from_ne_bytes([
+                meta.key.src[12],
+                meta.key.src[13],
+                meta.key.src[14],
+                meta.key.src[15],
+            ]);
             let new_bytes = [ct.addr[12], ct.addr[13], ct.addr[14], ct.addr[15]];
             let new = u32::from_ne_bytes(new_bytes);
             ctx.l4_csum_replace(csum_off, old as u64, new as u64, pseudo | 4)
@@ -59,10 +54,10 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
         Family::V6 => {
             for i in 0..4 {
                 let o = u32::from_ne_bytes([
-                    meta.src[4 * i],
-                    meta.src[4 * i + 1],
-                    meta.src[4 * i + 2],
-                    meta.src[4 * i + 3],
+                    meta.key.src[4 * i],
+                    meta.key.src[4 * i + 1],
+                    meta.key.src[4 * i + 2],
+                    meta.key.src[4 * i + 3],
                 ]);
                 let n = u32::from_ne_bytes([
                     ct.addr[4 * i],
@@ -77,7 +72,7 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
                 .map_err(|_| ())?;
         }
     }
-    let old_port = meta.src_port.to_be();
+    let old_port = meta.key.src_port.to_be();
     let new_port = ct.port.to_be();
     ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled0 | 2)
         .map_err(|_| ())?;

@@ -110,8 +110,10 @@ fn load_and_attach(t: &Topology, pin_dir: &Path) -> (KernelObject, L4Actuator, A
     let mut obj = ebpf::load_object(Some(&pin_dir.join("maps"))).expect("load with pinned maps");
     let iface = t.gw_iface.clone();
     let links = pin_dir.join("links");
-    let att =
-        t.gw.run(|| ebpf::attach_pinned(&mut obj, &iface, &links).expect("attach pinned"));
+    let att = t.gw.run(|| {
+        ebpf::attach_pinned(&mut obj, &iface, &links, ebpf::XdpAttachMode::Auto)
+            .expect("attach pinned")
+    });
     let act = L4Actuator::new(&mut obj).expect("actuator");
     (obj, act, att)
 }

@@ -15,6 +15,16 @@ use aya::programs::{
 
 use super::{EbpfLoadError, KernelObject, tc_program, xdp_program};
 
+/// Which XDP mode to attach in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the driver supports it, generic (skb) mode otherwise.
+    #[default]
+    Auto,
+    Driver,
+    Generic,
+}
+
 /// How an interface got its programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attachment {
@@ -71,6 +81,7 @@ pub fn attach_pinned(
     obj: &mut KernelObject,
     iface: &str,
     link_dir: &Path,
+    mode: XdpAttachMode,
 ) -> Result<Attachment, LinkPinError> {
     std::fs::create_dir_all(link_dir).map_err(|source| LinkPinError::Dir {
         path: link_dir.to_owned(),
@@ -104,13 +115,18 @@ pub fn attach_pinned(
             Attachment::Replaced
         }
         None => {
-            let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
-                Ok(id) => (id, XdpMode::Driver),
-                Err(_) => (
+            let first = match mode {
+                XdpAttachMode::Generic => XdpMode::Skb,
+                XdpAttachMode::Auto | XdpAttachMode::Driver => XdpMode::Driver,
+            };
+            let (id, mode) = match (xdp.attach(iface, first), mode) {
+                (Ok(id), _) => (id, first),
+                (Err(_), XdpAttachMode::Auto) => (
                     xdp.attach(iface, XdpMode::Skb)
                         .map_err(prog_err("attaching XDP"))?,
                     XdpMode::Skb,
                 ),
+                (Err(e), _) => return Err(prog_err("attaching XDP")(e)),
             };
             let link = xdp.take_link(id).map_err(prog_err("taking XDP link"))?;
             let fd: FdLink = link

@@ -12,7 +12,8 @@ pub use l4_actuator::{
 };
 pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
 pub use links::{
-    Attachment, LinkPinError, attach_pinned, detach_pinned, tc_pin_path, xdp_pin_path,
+    Attachment, LinkPinError, XdpAttachMode, attach_pinned, detach_pinned, tc_pin_path,
+    xdp_pin_path,
 };
 pub use loader::{
     EbpfLoadError, KernelObject, PINNED_MAPS, attach_tc_egress, attach_xdp, load_object,

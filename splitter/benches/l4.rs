@@ -1,0 +1,323 @@
+//! `cargo xtask bench l4` (or `cargo bench -p splitter --bench l4`): the L4 data path against
+//! its floor and its peer, measured in the same run. Root only. Prints figures and ratios; it
+//! asserts nothing about speed (these machines are noisy).
+//!
+//! (a) ns per packet through BPF_PROG_TEST_RUN, against an empty XDP program:
+//!     - established: an ACK of a tracked flow, `repeat` 1e6. The kernel reruns the program on
+//!       the same buffer, which the first run already rewrote, so the VIP here is the backend's
+//!       own address: every rerun is a VIP hit, a conntrack hit and a full rewrite with checksum
+//!       updates (to the same values), i.e. exactly the established path.
+//!     - new flow (SYN): conntrack miss, table lookup, two conntrack inserts, rewrite. A rerun
+//!       would hit conntrack, so each SYN is its own run (repeat 1, distinct source ports), and
+//!       the floor is measured the same way.
+//! (b) new TCP connections per second from a client namespace through a gateway namespace to
+//!     two backends, split 3:1 by splitter (XDP + TC) and by iptables DNAT with
+//!     `-m statistic --mode random` as kube-proxy does it: same topology, backends and client.
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use etherparse::PacketBuilder;
+use splitter::dataplane::ebpf::{self, L4Actuator, L4Proto, L4RouteProgram};
+use splitter_common::maps::XDP_FLOOR_PROGRAM;
+use testbed::{NetNs, VethPair};
+
+const REPEAT: u32 = 1_000_000;
+const SYN_RUNS: u16 = 10_000;
+const PER_PACKET_ROUNDS: usize = 5;
+const CPS_SECONDS: u64 = 5;
+const CPS_CLIENT_THREADS: usize = 4;
+const CPS_ROUNDS: usize = 3;
+
+fn frame(src: SocketAddr, dst: SocketAddr, syn: bool) -> Vec<u8> {
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("v4 only")
+    };
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(s.octets(), d.octets(), 64)
+        .tcp(src.port(), dst.port(), 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("frame");
+    out
+}
+
+fn run(prog: &Xdp, data: &[u8], repeat: u32) -> Duration {
+    prog.test_run(TestRunOptions {
+        data_in: Some(data),
+        repeat,
+        ..Default::default()
+    })
+    .expect("test_run")
+    .duration
+}
+
+fn per_packet() {
+    let mut obj = ebpf::load_object(None).expect("load");
+    let mut act = L4Actuator::new(&mut obj).expect("actuator");
+    let backend: SocketAddr = "10.1.0.1:8080".parse().expect("addr");
+    let vip: SocketAddr = "10.0.0.100:80".parse().expect("addr");
+    act.apply(&[
+        L4RouteProgram {
+            key: "established".into(),
+            vips: vec![(backend, L4Proto::Tcp)],
+            table: vec![Some(backend); 16381],
+        },
+        L4RouteProgram {
+            key: "syn".into(),
+            vips: vec![(vip, L4Proto::Tcp)],
+            table: vec![Some(backend); 16381],
+        },
+    ])
+    .expect("apply");
+    let client: SocketAddr = "192.0.2.1:40000".parse().expect("addr");
+    let ack = frame(client, backend, false);
+    {
+        let floor: &mut Xdp = obj
+            .ebpf
+            .program_mut(XDP_FLOOR_PROGRAM)
+            .expect("floor")
+            .try_into()
+            .expect("xdp");
+        floor.load().expect("load floor");
+    }
+    let n = |d: Duration| d.as_nanos() as f64;
+    let syn_frame = |round: usize, p: u16| {
+        // Distinct source ports in every round: each SYN is a new flow.
+        let port = 1024 + (round as u16) * SYN_RUNS + p;
+        frame(SocketAddr::new(client.ip(), port), vip, true)
+    };
+    // Interleaved rounds, medians: other work on the machine drifts during a run.
+    let (mut floor_reps, mut floor_singles, mut ests, mut syns) = (vec![], vec![], vec![], vec![]);
+    for round in 0..PER_PACKET_ROUNDS {
+        let floor: &Xdp = obj
+            .ebpf
+            .program(XDP_FLOOR_PROGRAM)
+            .expect("floor")
+            .try_into()
+            .expect("xdp");
+        floor_reps.push(n(run(floor, &ack, REPEAT)));
+        let t: Duration = (0..SYN_RUNS)
+            .map(|p| run(floor, &syn_frame(round, p), 1))
+            .sum();
+        floor_singles.push(n(t) / f64::from(SYN_RUNS));
+        let prog = ebpf::xdp_program(&mut obj.ebpf).expect("xdp");
+        run(prog, &ack, 1); // creates the flow
+        ests.push(n(run(prog, &ack, REPEAT)));
+        let t: Duration = (0..SYN_RUNS)
+            .map(|p| run(prog, &syn_frame(round, p), 1))
+            .sum();
+        syns.push(n(t) / f64::from(SYN_RUNS));
+    }
+    let (floor_rep, floor_syn, est, syn) = (
+        median(floor_reps),
+        median(floor_singles),
+        median(ests),
+        median(syns),
+    );
+    println!("l4 per packet (BPF_PROG_TEST_RUN, median of {PER_PACKET_ROUNDS} interleaved rounds)");
+    println!("  empty XDP program, repeat {REPEAT}:   {floor_rep:>7.1} ns");
+    println!(
+        "  established (conntrack hit + NAT):   {est:>7.1} ns   {:.2}x the floor",
+        est / floor_rep.max(0.1)
+    );
+    println!("  empty XDP program, one run each:     {floor_syn:>7.1} ns");
+    println!(
+        "  new flow (SYN: miss, table, insert): {syn:>7.1} ns   {:.2}x the floor",
+        syn / floor_syn.max(0.1)
+    );
+}
+
+struct Cps {
+    client: NetNs,
+    gw: NetNs,
+    _backends: Vec<NetNs>,
+    gw_iface: String,
+    _links: Vec<VethPair>,
+}
+
+const VIP: &str = "10.220.0.2:80";
+
+fn cps_topology() -> Cps {
+    let client = NetNs::new("bc").expect("ns");
+    let gw = NetNs::new("bg").expect("ns");
+    let front = VethPair::new(&client, &["10.220.0.1/24"], &gw, &["10.220.0.2/24"]).expect("veth");
+    client
+        .exec("ethtool", &["-K", &front.a, "tx", "off"])
+        .expect("ethtool");
+    client
+        .sysctl("net/ipv4/ip_local_port_range", "1024 65000")
+        .expect("sysctl");
+    client.sysctl("net/ipv4/tcp_tw_reuse", "1").expect("sysctl");
+    gw.sysctl("net/ipv4/ip_forward", "1").expect("sysctl");
+    let mut backends = Vec::new();
+    let mut links = Vec::new();
+    for i in 0..2 {
+        let b = NetNs::new("bb").expect("ns");
+        links.push(
+            VethPair::new(
+                &gw,
+                &[&format!("10.221.{i}.1/24")],
+                &b,
+                &[&format!("10.221.{i}.2/24")],
+            )
+            .expect("veth"),
+        );
+        b.ip(&["route", "add", "default", "via", &format!("10.221.{i}.1")])
+            .expect("route");
+        let l = b.run(|| TcpListener::bind("0.0.0.0:8080").expect("listen"));
+        b.spawn(move || {
+            // Accept and close: the cost measured is the connection, not the backend.
+            for c in l.incoming().flatten() {
+                drop(c);
+            }
+        });
+        backends.push(b);
+    }
+    let gw_iface = front.b.clone();
+    links.push(front);
+    Cps {
+        client,
+        gw,
+        _backends: backends,
+        gw_iface,
+        _links: links,
+    }
+}
+
+fn connections_per_second(t: &Cps) -> f64 {
+    let vip: SocketAddr = VIP.parse().expect("vip");
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..CPS_CLIENT_THREADS)
+        .map(|_| {
+            let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            t.client.spawn(move || {
+                let mut buf = [0u8; 16];
+                while !stop.load(Ordering::Relaxed) {
+                    match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
+                        Ok(mut s) => {
+                            let _ = s.read(&mut buf); // EOF once the backend closes
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(CPS_SECONDS));
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let f = failed.load(Ordering::Relaxed);
+    if f > 0 {
+        println!("    ({f} connections failed)");
+    }
+    done.load(Ordering::Relaxed) as f64 / elapsed
+}
+
+fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
+    let pins = testbed::BpfFs::new().expect("bpffs");
+    {
+        let t = cps_topology();
+        let mut obj = ebpf::load_object(Some(&pins.path().join("maps"))).expect("load");
+        let links = pins.path().join("links");
+        let iface = t.gw_iface.clone();
+        t.gw.run(|| ebpf::attach_pinned(&mut obj, &iface, &links, mode).expect("attach"));
+        let mut act = L4Actuator::new(&mut obj).expect("actuator");
+        let b: Vec<SocketAddr> = (0..2)
+            .map(|i| format!("10.221.{i}.2:8080").parse().expect("addr"))
+            .collect();
+        let table = (0..16381)
+            .map(|s| Some(if s % 4 < 3 { b[0] } else { b[1] }))
+            .collect();
+        act.apply(&[L4RouteProgram {
+            key: "bench".into(),
+            vips: vec![(VIP.parse().expect("vip"), L4Proto::Tcp)],
+            table,
+        }])
+        .expect("apply");
+        let r = connections_per_second(&t);
+        let _ = ebpf::detach_pinned(&t.gw_iface, &links);
+        r
+    }
+}
+
+fn iptables_cps() -> f64 {
+    let t = cps_topology();
+    let rule = |prob: Option<&str>, to: &str| {
+        let mut args = vec![
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "10.220.0.2",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+        ];
+        if let Some(p) = prob {
+            args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+        }
+        args.extend(["-j", "DNAT", "--to-destination", to]);
+        t.gw.exec("iptables", &args)
+            .expect("iptables (cargo xtask bench installs it)");
+    };
+    rule(Some("0.75"), "10.221.0.2:8080");
+    rule(None, "10.221.1.2:8080");
+    connections_per_second(&t)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn cps() {
+    // Interleaved rounds, medians: the machine's background load drifts during a run.
+    let (mut native, mut generic, mut iptables) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..CPS_ROUNDS {
+        native.push(splitter_cps(ebpf::XdpAttachMode::Driver));
+        generic.push(splitter_cps(ebpf::XdpAttachMode::Generic));
+        iptables.push(iptables_cps());
+    }
+    let (native, generic, iptables) = (median(native), median(generic), median(iptables));
+    println!(
+        "l4 new connections per second ({CPS_CLIENT_THREADS} client threads, {CPS_SECONDS} s runs, median of {CPS_ROUNDS} interleaved rounds, same topology)"
+    );
+    println!("  iptables DNAT -m statistic (kube-proxy): {iptables:>9.0} /s");
+    println!(
+        "  splitter, native XDP + TC:               {native:>9.0} /s   {:.2}x iptables",
+        native / iptables.max(1.0)
+    );
+    println!(
+        "  splitter, generic XDP + TC:              {generic:>9.0} /s   {:.2}x iptables",
+        generic / iptables.max(1.0)
+    );
+}
+
+fn main() {
+    if !testbed::is_root() {
+        eprintln!("bench l4 needs root (BPF, network namespaces)");
+        std::process::exit(1);
+    }
+    per_packet();
+    cps();
+}
