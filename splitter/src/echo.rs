@@ -134,7 +134,10 @@ async fn answer(
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "echo: request body failed");
-                return Ok(plain(StatusCode::BAD_REQUEST, Bytes::from_static(b"bad body")));
+                return Ok(plain(
+                    StatusCode::BAD_REQUEST,
+                    Bytes::from_static(b"bad body"),
+                ));
             }
         }
     }
@@ -152,7 +155,12 @@ async fn answer(
             headers: parts
                 .headers
                 .iter()
-                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             peer: peer.to_string(),
             body_bytes,

@@ -16,7 +16,11 @@ use splitter::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_pages() {
     let e = echo("e").await;
-    let t = table(vec![prefix_route("metered", "/", vec![backend("e", 1, &[e.local_addr()])])]);
+    let t = table(vec![prefix_route(
+        "metered",
+        "/",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]);
     let metrics = ProxyMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -60,7 +64,10 @@ async fn admin_pages() {
         })
         .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
     assert!(line.ends_with(" 3"), "{line}");
-    assert!(text.contains("splitter_l7_request_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("splitter_l7_request_duration_seconds_bucket{"),
+        "{text}"
+    );
 
     let plan = get_once(addr, "/debug/plan").await;
     assert_eq!(plan.headers["content-type"], "application/json");

@@ -21,10 +21,13 @@ async fn echo_binary() {
         .expect("start splitter-echo");
     let stdout = child.stdout.take().unwrap();
     let mut first = String::new();
-    tokio::time::timeout(Duration::from_secs(10), BufReader::new(stdout).read_line(&mut first))
-        .await
-        .expect("splitter-echo prints its address")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut first),
+    )
+    .await
+    .expect("splitter-echo prints its address")
+    .unwrap();
     let addr: std::net::SocketAddr = first
         .trim()
         .strip_prefix("listening on ")
@@ -35,7 +38,11 @@ async fn echo_binary() {
     let mut conn = Connection::open(addr).await;
     let r = conn.get("/hostname").await;
     assert_eq!(r.status, 200);
-    assert_eq!(&r.body[..], b"echo-7d9f", "the name with no trailing newline");
+    assert_eq!(
+        &r.body[..],
+        b"echo-7d9f",
+        "the name with no trailing newline"
+    );
     let mut req = request("PUT", "/some/path?a=1", "example.test");
     req.headers_mut().insert("x-test", "yes".parse().unwrap());
     let seen = conn.send(req).await.unwrap().echo();

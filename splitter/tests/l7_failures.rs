@@ -16,15 +16,21 @@ async fn route_timeout_gives_504() {
     let mut conn = Connection::open(listener.local_addr()).await;
 
     let mut late = get("/slow");
-    late.headers_mut().insert("x-echo-delay-ms", "5000".parse().unwrap());
+    late.headers_mut()
+        .insert("x-echo-delay-ms", "5000".parse().unwrap());
     let started = Instant::now();
     let reply = conn.send(late).await.expect("the proxy answers");
     assert_eq!(reply.status, 504);
-    assert!(started.elapsed() < Duration::from_secs(4), "answered at the timeout, not after the backend");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered at the timeout, not after the backend"
+    );
 
     // Within the timeout the same route works, on the same client connection.
     let mut prompt = get("/fast");
-    prompt.headers_mut().insert("x-echo-delay-ms", "10".parse().unwrap());
+    prompt
+        .headers_mut()
+        .insert("x-echo-delay-ms", "10".parse().unwrap());
     assert_eq!(conn.send(prompt).await.unwrap().status, 200);
 }
 
@@ -36,7 +42,8 @@ async fn backend_request_timeout_gives_504() {
     r.timeouts.backend_request = Some(Duration::from_millis(300));
     let (_proxy, listener) = start_proxy(&table(vec![r])).await;
     let mut late = get("/slow");
-    late.headers_mut().insert("x-echo-delay-ms", "5000".parse().unwrap());
+    late.headers_mut()
+        .insert("x-echo-delay-ms", "5000".parse().unwrap());
     assert_eq!(send_once(listener.local_addr(), late).await.status, 504);
 }
 
@@ -72,8 +79,12 @@ async fn dead_endpoint_gives_502_and_live_one_keeps_serving() {
 async fn backend_dying_mid_flight_gives_502() {
     let doomed = echo("doomed").await;
     let addr = doomed.local_addr();
-    let (_proxy, listener) =
-        start_proxy(&table(vec![prefix_route("d", "/", vec![backend("d", 1, &[addr])])])).await;
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "d",
+        "/",
+        vec![backend("d", 1, &[addr])],
+    )]))
+    .await;
     let mut conn = Connection::open(listener.local_addr()).await;
     assert_eq!(conn.get("/hostname").await.text(), "doomed");
     doomed.shutdown().await;

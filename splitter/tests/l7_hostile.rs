@@ -13,7 +13,10 @@ use std::{
 };
 
 use l7_support::*;
-use splitter::{dataplane::proxy::{ProxyConfig, ProxyListener}, echo::EchoServer};
+use splitter::{
+    dataplane::proxy::{ProxyConfig, ProxyListener},
+    echo::EchoServer,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -22,9 +25,15 @@ use tokio::{
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(800);
 
-async fn setup(config: ProxyConfig) -> (EchoServer, splitter::dataplane::proxy::Proxy, ProxyListener) {
+async fn setup(
+    config: ProxyConfig,
+) -> (EchoServer, splitter::dataplane::proxy::Proxy, ProxyListener) {
     let e = echo("good").await;
-    let t = table(vec![prefix_route("r", "/", vec![backend("e", 1, &[e.local_addr()])])]);
+    let t = table(vec![prefix_route(
+        "r",
+        "/",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]);
     let (proxy, listener) = start_proxy_with(config, &t).await;
     (e, proxy, listener)
 }
@@ -78,7 +87,10 @@ async fn with_good_client<F: Future<Output = ()>>(addr: SocketAddr, attack: F) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (served, failures) = good.await.expect("good client task");
-    assert!(failures.is_empty(), "the good client saw failures: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "the good client saw failures: {failures:?}"
+    );
     assert!(served > 3, "the good client kept being served ({served})");
 }
 
@@ -87,7 +99,9 @@ async fn slowloris_is_cut_off() {
     let (_e, _p, listener) = setup(hostile_config()).await;
     with_good_client(listener.local_addr(), async {
         let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n")
+            .await
+            .unwrap();
         let started = Instant::now();
         let mut buf = [0u8; 1024];
         // Drip one header line every 100 ms, forever; the server must hang up.
@@ -106,7 +120,10 @@ async fn slowloris_is_cut_off() {
             }
         };
         assert!(closed, "a dripping client was not cut off");
-        assert!(started.elapsed() >= HEADER_TIMEOUT / 2, "cut off too early to be the timeout");
+        assert!(
+            started.elapsed() >= HEADER_TIMEOUT / 2,
+            "cut off too early to be the timeout"
+        );
     })
     .await;
 }
@@ -154,7 +171,11 @@ async fn oversized_head_is_refused() {
 async fn garbage_is_refused() {
     let (_e, _p, listener) = setup(hostile_config()).await;
     with_good_client(listener.local_addr(), async {
-        for junk in [&b"\x00\x01\x02\xff\xfe garbage\r\n\r\n"[..], b"GET / FTP/9.9\r\n\r\n", b"G\xc3\x28T /\r\n\r\n"] {
+        for junk in [
+            &b"\x00\x01\x02\xff\xfe garbage\r\n\r\n"[..],
+            b"GET / FTP/9.9\r\n\r\n",
+            b"G\xc3\x28T /\r\n\r\n",
+        ] {
             let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
             s.write_all(junk).await.unwrap();
             let got = read_until_closed(&mut s, Duration::from_secs(5))
@@ -184,12 +205,18 @@ async fn connections_over_the_limit_are_closed_at_accept() {
     let mut good = Connection::open(addr).await;
     assert_eq!(good.get("/hostname").await.text(), "good");
     let mut over = TcpStream::connect(addr).await.unwrap();
-    let _ = over.write_all(b"GET /hostname HTTP/1.1\r\nHost: g\r\n\r\n").await;
+    let _ = over
+        .write_all(b"GET /hostname HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await;
     // Closed long before the 30 s header timeout could have done it.
     let got = read_until_closed(&mut over, Duration::from_secs(5))
         .await
         .expect("the fourth connection is closed");
-    assert!(got.is_empty(), "no response over the limit: {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "no response over the limit: {:?}",
+        String::from_utf8_lossy(&got)
+    );
     assert_eq!(good.get("/hostname").await.text(), "good");
 }
 
@@ -202,20 +229,30 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
     assert_eq!(idle.get("/hostname").await.status, 200);
     let in_flight = tokio::spawn(async move {
         let mut slow = get("/slow");
-        slow.headers_mut().insert("x-echo-delay-ms", "1000".parse().unwrap());
+        slow.headers_mut()
+            .insert("x-echo-delay-ms", "1000".parse().unwrap());
         busy.send(slow).await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let shutdown = tokio::spawn(listener.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    assert!(TcpStream::connect(addr).await.is_err(), "new connections are refused while draining");
-    let reply = in_flight.await.unwrap().expect("the in-flight request completes");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "new connections are refused while draining"
+    );
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(reply.status, 200);
     assert_eq!(reply.echo().path, "/slow");
     tokio::time::timeout(Duration::from_secs(5), shutdown)
         .await
         .expect("drain ends once the last request is answered")
         .unwrap();
-    assert!(idle.send(get("/hostname")).await.is_err(), "idle keep-alive connections are closed");
+    assert!(
+        idle.send(get("/hostname")).await.is_err(),
+        "idle keep-alive connections are closed"
+    );
 }

@@ -7,7 +7,12 @@ mod l7_support;
 use l7_support::*;
 use splitter::plan::l7::{L7RouteTable, PathMatch};
 
-fn guide_table(echo: std::net::SocketAddr, echo2: std::net::SocketAddr, w1: u32, w2: u32) -> L7RouteTable {
+fn guide_table(
+    echo: std::net::SocketAddr,
+    echo2: std::net::SocketAddr,
+    w1: u32,
+    w2: u32,
+) -> L7RouteTable {
     let mut r = prefix_route(
         "echo",
         "/echo",
@@ -38,7 +43,12 @@ async fn guide_default_weights_then_patched_weights() {
     assert_eq!(counts.len(), 2, "only the two pod names answer: {counts:?}");
 
     // `kubectl patch` the weights to 200/100; the same curl (a new keep-alive connection).
-    let issues = listener.install(&guide_table(echo.local_addr(), echo2.local_addr(), 200, 100));
+    let issues = listener.install(&guide_table(
+        echo.local_addr(),
+        echo2.local_addr(),
+        200,
+        100,
+    ));
     assert!(issues.is_empty(), "{issues:?}");
     let mut conn = Connection::open(listener.local_addr()).await;
     let counts = tally(&two_hundred(&mut conn).await);
@@ -49,8 +59,13 @@ async fn guide_default_weights_then_patched_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strip_path_forwards_the_rest_of_the_path() {
     let backend_srv = echo("echo").await;
-    let (_proxy, listener) =
-        start_proxy(&guide_table(backend_srv.local_addr(), backend_srv.local_addr(), 1, 0)).await;
+    let (_proxy, listener) = start_proxy(&guide_table(
+        backend_srv.local_addr(),
+        backend_srv.local_addr(),
+        1,
+        0,
+    ))
+    .await;
     let mut conn = Connection::open(listener.local_addr()).await;
     let seen = conn.get("/echo/some/deep/path?x=1").await.echo();
     assert_eq!(seen.path, "/some/deep/path");

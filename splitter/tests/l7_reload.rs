@@ -23,7 +23,10 @@ async fn fifty_swaps_under_load_lose_nothing() {
         let mut r = prefix_route(
             "svc",
             "/svc",
-            vec![backend("a", 200, &[a.local_addr()]), backend("b", 100, &[b.local_addr()])],
+            vec![
+                backend("a", 200, &[a.local_addr()]),
+                backend("b", 100, &[b.local_addr()]),
+            ],
         );
         r.filters.push(strip_path());
         table(vec![r])
@@ -57,7 +60,10 @@ async fn fifty_swaps_under_load_lose_nothing() {
                 let reply = if client % 2 == 0 {
                     conn.send(get("/svc/hostname")).await
                 } else {
-                    Connection::open(addr).await.send(get("/svc/hostname")).await
+                    Connection::open(addr)
+                        .await
+                        .send(get("/svc/hostname"))
+                        .await
                 };
                 match reply {
                     Ok(r) if r.status == 200 && ["a", "b", "c"].contains(&r.text().as_str()) => {
@@ -81,8 +87,16 @@ async fn fifty_swaps_under_load_lose_nothing() {
     for c in clients {
         failures.extend(c.await.expect("client task"));
     }
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(ok.load(Ordering::Relaxed) > 100, "traffic kept flowing through the swaps");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "traffic kept flowing through the swaps"
+    );
     // The last install wins: plan_one.
     let mut conn = Connection::open(addr).await;
     let mut names = Vec::new();

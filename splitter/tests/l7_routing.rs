@@ -14,7 +14,12 @@ use splitter::plan::l7::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_matching_route_wins() {
-    let (x, y, z, h) = (echo("exact").await, echo("prefix").await, echo("root").await, echo("header").await);
+    let (x, y, z, h) = (
+        echo("exact").await,
+        echo("prefix").await,
+        echo("root").await,
+        echo("header").await,
+    );
     let mut by_header = prefix_route("by-header", "/a", vec![backend("h", 1, &[h.local_addr()])]);
     by_header.matched.headers.push(HeaderMatch {
         name: "x-canary".into(),
@@ -22,7 +27,11 @@ async fn first_matching_route_wins() {
     });
     // The plan hands the routes over in precedence order; the proxy takes the first match.
     let t = table(vec![
-        route("exact", PathMatch::Exact("/a/b".into()), vec![backend("x", 1, &[x.local_addr()])]),
+        route(
+            "exact",
+            PathMatch::Exact("/a/b".into()),
+            vec![backend("x", 1, &[x.local_addr()])],
+        ),
         by_header,
         prefix_route("prefix", "/a", vec![backend("y", 1, &[y.local_addr()])]),
         prefix_route("root", "/", vec![backend("z", 1, &[z.local_addr()])]),
@@ -36,7 +45,9 @@ async fn first_matching_route_wins() {
     assert_eq!(name(conn.get("/ab").await), "root");
     assert_eq!(name(conn.get("/").await), "root");
     let mut canary = get("/a/c");
-    canary.headers_mut().insert("X-Canary", "yes".parse().unwrap());
+    canary
+        .headers_mut()
+        .insert("X-Canary", "yes".parse().unwrap());
     assert_eq!(name(conn.send(canary).await.unwrap()), "header");
 }
 
@@ -80,28 +91,35 @@ async fn url_rewrites() {
     assert_eq!(seen.header("host"), vec!["internal.svc"]);
     let seen = conn.get("/full/anything").await.echo();
     assert_eq!(seen.path, "/replaced");
-    assert_eq!(seen.header("host"), vec!["gateway.test"], "Host kept unless rewritten");
+    assert_eq!(
+        seen.header("host"),
+        vec!["gateway.test"],
+        "Host kept unless rewritten"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_modifiers() {
     let e = echo("e").await;
     let mut r = prefix_route("hdr", "/", vec![backend("e", 1, &[e.local_addr()])]);
-    r.filters.push(Filter::RequestHeaderModifier(HeaderModifier {
-        set: vec![("x-set".into(), "set-value".into())],
-        add: vec![("x-add".into(), "added".into())],
-        remove: vec!["x-remove".into()],
-    }));
-    r.filters.push(Filter::ResponseHeaderModifier(HeaderModifier {
-        set: vec![("x-echo-name".into(), "hidden".into())],
-        add: vec![("x-resp-add".into(), "1".into())],
-        remove: vec!["content-type".into()],
-    }));
+    r.filters
+        .push(Filter::RequestHeaderModifier(HeaderModifier {
+            set: vec![("x-set".into(), "set-value".into())],
+            add: vec![("x-add".into(), "added".into())],
+            remove: vec!["x-remove".into()],
+        }));
+    r.filters
+        .push(Filter::ResponseHeaderModifier(HeaderModifier {
+            set: vec![("x-echo-name".into(), "hidden".into())],
+            add: vec![("x-resp-add".into(), "1".into())],
+            remove: vec!["content-type".into()],
+        }));
     let (_proxy, listener) = start_proxy(&table(vec![r])).await;
     let mut req = get("/h");
     req.headers_mut().insert("x-set", "client".parse().unwrap());
     req.headers_mut().insert("x-add", "client".parse().unwrap());
-    req.headers_mut().insert("x-remove", "client".parse().unwrap());
+    req.headers_mut()
+        .insert("x-remove", "client".parse().unwrap());
     let reply = send_once(listener.local_addr(), req).await;
     let seen = reply.echo();
     assert_eq!(seen.header("x-set"), vec!["set-value"]);
@@ -135,7 +153,10 @@ async fn request_redirect() {
     let mut conn = Connection::open(listener.local_addr()).await;
     let reply = conn.get("/old/page?a=b").await;
     assert_eq!(reply.status, StatusCode::MOVED_PERMANENTLY);
-    assert_eq!(reply.headers["location"], "https://new.example.com/new/page?a=b");
+    assert_eq!(
+        reply.headers["location"],
+        "https://new.example.com/new/page?a=b"
+    );
     let reply = conn.get("/port/x").await;
     assert_eq!(reply.status, StatusCode::FOUND);
     assert_eq!(
@@ -147,16 +168,24 @@ async fn request_redirect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_and_hop_by_hop_headers() {
     let e = echo("e").await;
-    let (_proxy, listener) =
-        start_proxy(&table(vec![prefix_route("fwd", "/", vec![backend("e", 1, &[e.local_addr()])])]))
-            .await;
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "fwd",
+        "/",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]))
+    .await;
     let mut req = get("/");
-    req.headers_mut().insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
-    req.headers_mut().insert("connection", "x-hop".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+    req.headers_mut()
+        .insert("connection", "x-hop".parse().unwrap());
     req.headers_mut().insert("x-hop", "secret".parse().unwrap());
     req.headers_mut().insert("te", "trailers".parse().unwrap());
     let seen = send_once(listener.local_addr(), req).await.echo();
-    assert_eq!(seen.header("x-forwarded-for"), vec!["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        vec!["203.0.113.7, 127.0.0.1"]
+    );
     assert_eq!(seen.header("x-forwarded-proto"), vec!["http"]);
     assert!(seen.header("x-hop").is_empty(), "{seen:?}");
     assert!(seen.header("te").is_empty(), "{seen:?}");
@@ -166,10 +195,15 @@ async fn forwarded_and_hop_by_hop_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_is_served() {
     let e = echo("h2-backend").await;
-    let (_proxy, listener) =
-        start_proxy(&table(vec![prefix_route("h2", "/", vec![backend("e", 1, &[e.local_addr()])])]))
-            .await;
-    let stream = tokio::net::TcpStream::connect(listener.local_addr()).await.unwrap();
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "h2",
+        "/",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]))
+    .await;
+    let stream = tokio::net::TcpStream::connect(listener.local_addr())
+        .await
+        .unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -193,9 +227,12 @@ async fn h2c_prior_knowledge_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_is_streamed_through() {
     let e = echo("e").await;
-    let (_proxy, listener) =
-        start_proxy(&table(vec![prefix_route("up", "/", vec![backend("e", 1, &[e.local_addr()])])]))
-            .await;
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "up",
+        "/",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]))
+    .await;
     const SIZE: usize = 8 << 20;
     let req = Request::builder()
         .method("POST")

@@ -36,8 +36,16 @@ async fn seventy_thirty_zero_over_fresh_connections() {
     let share = |x: usize| x as f64 * 100.0 / N as f64;
     let (a, b) = (n("a1") + n("a2"), n("b1") + n("b2"));
     assert_eq!(a + b, N, "every request answered by a or b: {counts:?}");
-    assert!((share(a) - 70.0).abs() <= 5.0, "a got {}%: {counts:?}", share(a));
-    assert!((share(b) - 30.0).abs() <= 5.0, "b got {}%: {counts:?}", share(b));
+    assert!(
+        (share(a) - 70.0).abs() <= 5.0,
+        "a got {}%: {counts:?}",
+        share(a)
+    );
+    assert!(
+        (share(b) - 30.0).abs() <= 5.0,
+        "b got {}%: {counts:?}",
+        share(b)
+    );
     assert_eq!(n("c1"), 0, "weight 0 gets nothing: {counts:?}");
     // The Service weight is split evenly over its endpoints; replica counts never skew it.
     assert!(n("a1").abs_diff(n("a2")) <= 1, "{counts:?}");
@@ -54,7 +62,11 @@ async fn endpoint_count_does_not_skew_the_split() {
             backend(
                 "x",
                 1,
-                &[eps[0].local_addr(), eps[1].local_addr(), eps[2].local_addr()],
+                &[
+                    eps[0].local_addr(),
+                    eps[1].local_addr(),
+                    eps[2].local_addr(),
+                ],
             ),
             backend("y", 1, &[eps[3].local_addr()]),
         ],
@@ -87,7 +99,10 @@ async fn invalid_share_gets_500_and_is_not_redistributed() {
     let t = table(vec![prefix_route(
         "half-invalid",
         "/",
-        vec![backend("good", 1, &[good.local_addr()]), invalid("missing", 1)],
+        vec![
+            backend("good", 1, &[good.local_addr()]),
+            invalid("missing", 1),
+        ],
     )]);
     let (_proxy, listener) = start_proxy(&t).await;
     let mut conn = Connection::open(listener.local_addr()).await;
@@ -98,12 +113,20 @@ async fn invalid_share_gets_500_and_is_not_redistributed() {
     let counts = tally(&replies);
     let errors = counts.get("500").copied().unwrap_or(0);
     assert!((180..=220).contains(&errors), "about half 500: {counts:?}");
-    assert_eq!(counts.get("good").copied().unwrap_or(0) + errors, 400, "{counts:?}");
+    assert_eq!(
+        counts.get("good").copied().unwrap_or(0) + errors,
+        400,
+        "{counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_endpoints_gets_503() {
-    let t = table(vec![prefix_route("empty", "/", vec![no_endpoints("scaled-to-zero", 1)])]);
+    let t = table(vec![prefix_route(
+        "empty",
+        "/",
+        vec![no_endpoints("scaled-to-zero", 1)],
+    )]);
     let (_proxy, listener) = start_proxy(&t).await;
     let mut conn = Connection::open(listener.local_addr()).await;
     for _ in 0..3 {
@@ -127,7 +150,11 @@ async fn all_zero_weights_and_no_backends_get_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_matching_route_gets_404() {
     let e = echo("e").await;
-    let t = table(vec![prefix_route("only", "/api", vec![backend("e", 1, &[e.local_addr()])])]);
+    let t = table(vec![prefix_route(
+        "only",
+        "/api",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]);
     let (_proxy, listener) = start_proxy(&t).await;
     let mut conn = Connection::open(listener.local_addr()).await;
     assert_eq!(conn.get("/other").await.status, 404);

@@ -44,7 +44,11 @@ pub(super) async fn answer(
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    with_type(status, Bytes::copy_from_slice(body.as_bytes()), "text/plain; charset=utf-8")
+    with_type(
+        status,
+        Bytes::copy_from_slice(body.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
 }
 
 fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {

@@ -7,7 +7,10 @@ use clap::Parser;
 use splitter::echo::EchoServer;
 
 #[derive(Parser)]
-#[command(name = "splitter-echo", about = "HTTP echo backend: GET /hostname answers NAME")]
+#[command(
+    name = "splitter-echo",
+    about = "HTTP echo backend: GET /hostname answers NAME"
+)]
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:8080 or [::]:8080.
     #[arg(long)]

@@ -15,8 +15,8 @@ use splitter::{
     plan::{
         ObjectRef,
         l7::{
-            BackendTarget, Filter, InvalidReason, L7Route, L7RouteTable, PathMatch,
-            PathModifier, PlannedBackend, RouteMatch, Timeouts, UrlRewrite,
+            BackendTarget, Filter, InvalidReason, L7Route, L7RouteTable, PathMatch, PathModifier,
+            PlannedBackend, RouteMatch, Timeouts, UrlRewrite,
         },
     },
 };
@@ -154,7 +154,9 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect to the proxy");
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .expect("HTTP/1.1 handshake");
@@ -175,7 +177,9 @@ impl Connection {
     }
 
     pub async fn get(&mut self, path: &str) -> Reply {
-        self.send(get(path)).await.expect("request over the connection")
+        self.send(get(path))
+            .await
+            .expect("request over the connection")
     }
 }
 

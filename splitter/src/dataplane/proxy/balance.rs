@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn exact_over_a_cycle() {
         assert_eq!(counts(&[70, 30, 0], 100), vec![70, 30, 0]);
-        assert_eq!(counts(&[5, 0, 3, 1_000_000], 1_000_008), vec![5, 0, 3, 1_000_000]);
+        assert_eq!(
+            counts(&[5, 0, 3, 1_000_000], 1_000_008),
+            vec![5, 0, 3, 1_000_000]
+        );
     }
 
     #[test]

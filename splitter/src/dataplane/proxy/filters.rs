@@ -210,7 +210,9 @@ impl RouteFilters {
         let mut out = Self::default();
         for f in filters {
             match f {
-                Filter::RequestHeaderModifier(m) => out.request_headers.push(HeaderEdits::compile(m)?),
+                Filter::RequestHeaderModifier(m) => {
+                    out.request_headers.push(HeaderEdits::compile(m)?)
+                }
                 Filter::ResponseHeaderModifier(m) => {
                     out.response_headers.push(HeaderEdits::compile(m)?)
                 }
@@ -307,7 +309,10 @@ mod tests {
     #[test]
     fn redirect_ports() {
         let r = redirect(None, None);
-        assert_eq!(r.location("h", "/p", Some("q=1"), None, 8080), "http://h:8080/p?q=1");
+        assert_eq!(
+            r.location("h", "/p", Some("q=1"), None, 8080),
+            "http://h:8080/p?q=1"
+        );
         assert_eq!(r.location("h", "/p", None, None, 80), "http://h/p");
         let r = redirect(Some("https"), None);
         assert_eq!(r.location("h", "/p", None, None, 8080), "https://h/p");

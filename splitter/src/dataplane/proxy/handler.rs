@@ -4,10 +4,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{
-    HeaderValue, Request, Response, StatusCode, Version, header,
-    uri::PathAndQuery,
-};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri::PathAndQuery};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -119,7 +116,10 @@ async fn dispatch(
             },
             b.name.clone(),
         )),
-        Pick::NoEndpoints(b) => Err((ForwardError::NoEndpoints(b.name.to_string()), b.name.clone())),
+        Pick::NoEndpoints(b) => Err((
+            ForwardError::NoEndpoints(b.name.to_string()),
+            b.name.clone(),
+        )),
         Pick::Endpoint { backend, authority } => {
             match forward(shared, route, peer, req, authority, start).await {
                 Ok(resp) => Ok((resp, backend.name.clone())),
@@ -157,7 +157,12 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    if let Some(host) = route.filters.rewrite.as_ref().and_then(|r| r.hostname.clone()) {
+    if let Some(host) = route
+        .filters
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.hostname.clone())
+    {
         parts.headers.insert(header::HOST, host);
     }
     for edits in &route.filters.request_headers {

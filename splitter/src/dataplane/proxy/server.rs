@@ -9,11 +9,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use prometheus_client::metrics::gauge::Gauge;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
+use prometheus_client::metrics::gauge::Gauge;
 use socket2::{Domain, Socket, Type};
 use tokio::{
     net::TcpListener,

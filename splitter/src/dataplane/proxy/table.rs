@@ -38,7 +38,10 @@ impl RuleState {
         let weights: Vec<u32> = signature.iter().map(|(_, w)| *w).collect();
         Self {
             wrr: SmoothWrr::new(&weights),
-            cursors: signature.iter().map(|_| EndpointCursor::default()).collect(),
+            cursors: signature
+                .iter()
+                .map(|_| EndpointCursor::default())
+                .collect(),
             signature,
         }
     }
@@ -158,8 +161,11 @@ impl ServingTable {
             PathMatch::Exact(p) => Some(p.clone()),
             PathMatch::Regex(_) => None,
         };
-        let signature: Vec<(String, u32)> =
-            r.backends.iter().map(|b| (b.name.clone(), b.weight)).collect();
+        let signature: Vec<(String, u32)> = r
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.weight))
+            .collect();
         let key = RuleKey {
             route: r.route.clone(),
             rule_index: r.rule_index,
