@@ -1,6 +1,7 @@
 //! The L7 data path: a hyper reverse proxy serving the plan's [`L7RouteTable`]s.
 //!
-//! One [`Proxy`] owns the upstream connection pool and the metrics; each L7 listener is a
+//! [`L7Listeners`] is the actuator: it keeps the running listeners equal to the plan's map of
+//! bind address to table. Underneath, one [`Proxy`] owns the upstream connection pool and the metrics; each L7 listener is a
 //! [`ProxyListener`] made by [`Proxy::listen`]. A new plan is applied with
 //! [`ProxyListener::install`], which swaps the listener's compiled table atomically
 //! (`arc-swap`): requests already routed finish where they were going, keep-alive connections
@@ -18,6 +19,7 @@ mod balance;
 mod error;
 mod filters;
 mod handler;
+mod listeners;
 mod metrics;
 mod server;
 mod table;
@@ -26,6 +28,7 @@ mod upstream;
 pub use balance::{EndpointCursor, SmoothWrr};
 pub use error::{ForwardError, ProxyError, RouteError};
 pub use handler::ProxyBody;
+pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
 pub use server::{Proxy, ProxyConfig, ProxyListener};
 pub use table::TableIssue;
