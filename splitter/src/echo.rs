@@ -4,7 +4,8 @@
 //! reference guide. Any other request gets a JSON description of itself: server name, method,
 //! path, query, headers, peer address and the number of body bytes read. A request header
 //! `x-echo-delay-ms: N` delays the answer by N milliseconds (at most one minute), which is how
-//! tests make a slow backend.
+//! tests make a slow backend. A request with `Connection: upgrade` and `Upgrade: P` is answered
+//! 101 and the connection then echoes raw bytes, which is how tests check upgrade passthrough.
 
 use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -98,7 +99,7 @@ async fn serve(listener: TcpListener, name: Arc<str>, mut stop: watch::Receiver<
         let svc = service_fn(move |req| answer(name.clone(), peer, req));
         let conn = graceful.watch(
             builder
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .into_owned(),
         );
         tokio::spawn(async move {
@@ -114,8 +115,28 @@ async fn serve(listener: TcpListener, name: Arc<str>, mut stop: watch::Receiver<
 async fn answer(
     name: Arc<str>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(protocol) = upgrade_protocol(&req) {
+        let upgraded = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match upgraded.await {
+                Ok(io) => {
+                    let (mut rx, mut tx) = tokio::io::split(TokioIo::new(io));
+                    if let Err(e) = tokio::io::copy(&mut rx, &mut tx).await {
+                        tracing::debug!(%peer, error = %e, "echo: upgraded connection failed");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "echo: upgrade failed"),
+            }
+        });
+        let mut resp = plain(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::UPGRADE, protocol);
+        return Ok(resp);
+    }
     let delay = req
         .headers()
         .get("x-echo-delay-ms")
@@ -184,6 +205,22 @@ async fn answer(
         resp.headers_mut().insert("x-echo-name", v);
     }
     Ok(resp)
+}
+
+/// `Connection: upgrade` plus `Upgrade: P` asks to switch to protocol P; the echo accepts any
+/// and then echoes raw bytes.
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {

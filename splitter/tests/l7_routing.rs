@@ -244,3 +244,43 @@ async fn large_upload_is_streamed_through() {
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.body_bytes, SIZE as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_upgrade_is_spliced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = echo("e").await;
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "ws",
+        "/",
+        vec![backend("e", 1, &[e.local_addr()])],
+    )]))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(listener.local_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade\r\nUpgrade: echo-bytes\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo-bytes"), "{head}");
+    for msg in [&b"ping"[..], b"a longer second message"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}

@@ -70,6 +70,8 @@ pub enum ForwardError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    #[error("upstream {0} switched protocols without being asked to")]
+    UnaskedUpgrade(String),
     #[error("upstream {0} did not answer in time")]
     Timeout(String),
 }
@@ -82,7 +84,9 @@ impl ForwardError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Connect { .. } | Self::Upstream { .. } | Self::UnaskedUpgrade(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }

@@ -13,6 +13,7 @@ use super::{
     error::ForwardError,
     metrics::{ProxyMetrics, RequestLabels, RouteLabels},
     table::{Pick, ServingRoute, ServingTable},
+    upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{Upstream, add_forwarded, strip_hop_by_hop, upstream_uri},
 };
 use crate::plan::l7_match::{RequestView, strip_port};
@@ -133,10 +134,12 @@ async fn forward(
     shared: &ListenerShared,
     route: &ServingRoute,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     authority: &http::uri::Authority,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ForwardError> {
+    let upgrade = requested_upgrade(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let rewritten = match &route.filters.rewrite {
         Some(rw) => rw
@@ -149,6 +152,9 @@ async fn forward(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        restore_upgrade_headers(&mut parts.headers, protocol);
+    }
     // HTTP/2 clients send the host as `:authority`; an HTTP/1.1 backend needs it as Host, or the
     // client would fill in the endpoint address.
     if !parts.headers.contains_key(header::HOST)
@@ -188,6 +194,18 @@ async fn forward(
         None => sent.await,
     };
     match result {
+        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            // A backend may only switch protocols when asked to.
+            let (Some(client), Some(protocol)) =
+                (client_upgrade, resp.headers().get(header::UPGRADE).cloned())
+            else {
+                return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
+            };
+            splice(client, hyper::upgrade::on(&mut resp));
+            strip_hop_by_hop(resp.headers_mut());
+            restore_upgrade_headers(resp.headers_mut(), protocol);
+            Ok(resp.map(Either::Left))
+        }
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             Ok(resp.map(Either::Left))

@@ -23,6 +23,7 @@ mod listeners;
 mod metrics;
 mod server;
 mod table;
+mod upgrade;
 mod upstream;
 
 pub use balance::{EndpointCursor, SmoothWrr};

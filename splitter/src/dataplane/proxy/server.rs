@@ -287,7 +287,7 @@ async fn accept_loop(
                         handler::handle(shared.clone(), peer, req)
                     })
                 };
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
                 let guard = ConnectionGuard::new(
                     shared.metrics.open_connections.get_or_create(&labels).clone(),
                     permit,
