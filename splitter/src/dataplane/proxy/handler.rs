@@ -179,7 +179,8 @@ async fn forward(
     parts.version = Version::HTTP_11;
 
     // The two HTTPRoute timeouts collapse into one deadline: with no retries, one backend try
-    // is the whole request.
+    // is the whole request. It runs until the response head arrives; a body that is already
+    // streaming is not cut (long downloads and event streams stay possible).
     let deadline = [route.timeouts.request, route.timeouts.backend_request]
         .into_iter()
         .flatten()

@@ -222,3 +222,101 @@ impl ServingTable {
         self.routes.iter().find(|r| r.accepts(host, req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::plan::l7::{PlannedBackend, RouteMatch};
+
+    fn rule(path: &str, weights: &[u32]) -> L7Route {
+        L7Route {
+            route: ObjectRef {
+                kind: "HTTPRoute".into(),
+                namespace: "ns".into(),
+                name: "r".into(),
+            },
+            rule_index: 0,
+            hostnames: vec![],
+            matched: RouteMatch {
+                path: PathMatch::Prefix(path.into()),
+                headers: vec![],
+                query: vec![],
+                method: None,
+            },
+            filters: vec![],
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| PlannedBackend {
+                    name: format!("ns/svc{i}:80"),
+                    weight,
+                    target: BackendTarget::Endpoints(vec![SocketAddr::from((
+                        [127, 0, 0, 1],
+                        8000 + i as u16,
+                    ))]),
+                })
+                .collect(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn picks(route: &ServingRoute, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| match route.pick() {
+                Pick::Endpoint { backend, .. } => backend.name.to_string(),
+                _ => "none".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_of_one_rule_share_one_sequence() {
+        let t = L7RouteTable {
+            routes: vec![rule("/a", &[2, 1]), rule("/b", &[2, 1])],
+        };
+        let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
+        assert!(issues.is_empty());
+        let (a, b) = (&s.routes[0], &s.routes[1]);
+        let seq = [picks(a, 1), picks(b, 1), picks(a, 1)].concat();
+        assert_eq!(seq, vec!["ns/svc0:80", "ns/svc1:80", "ns/svc0:80"]);
+    }
+
+    #[test]
+    fn state_carries_over_only_when_backends_are_unchanged() {
+        let t = L7RouteTable {
+            routes: vec![rule("/", &[2, 1])],
+        };
+        let (first, _) = ServingTable::compile(&t, &ServingTable::default());
+        assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
+        // Same rule, same backendRefs: the sequence goes on where it was.
+        let (second, _) = ServingTable::compile(&t, &first);
+        assert_eq!(
+            picks(&second.routes[0], 2),
+            vec!["ns/svc1:80", "ns/svc0:80"]
+        );
+        // New weights: a fresh sequence.
+        let changed = L7RouteTable {
+            routes: vec![rule("/", &[1, 2])],
+        };
+        let (third, _) = ServingTable::compile(&changed, &second);
+        assert_eq!(
+            picks(&third.routes[0], 3),
+            vec!["ns/svc1:80", "ns/svc0:80", "ns/svc1:80"]
+        );
+    }
+
+    #[test]
+    fn a_bad_route_is_left_out_and_reported() {
+        let mut bad = rule("/", &[1]);
+        bad.matched.path = PathMatch::Regex("([".into());
+        let t = L7RouteTable {
+            routes: vec![bad, rule("/ok", &[1])],
+        };
+        let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].to_string().contains("rule 0"), "{}", issues[0]);
+    }
+}
