@@ -4,6 +4,7 @@
 //! actuators under [`dataplane`], the node checks in [`doctor`].
 
 pub mod admin;
+pub mod agent;
 pub mod dataplane;
 pub mod doctor;
 pub mod echo;
