@@ -3,7 +3,11 @@
 //! Data flows one way: source -> index -> plan -> actuators. This crate holds the agent: the
 //! actuators under [`dataplane`], the node checks in [`doctor`].
 
+pub mod admin;
+pub mod agent;
 pub mod dataplane;
 pub mod doctor;
+pub mod echo;
 pub mod inspect;
 pub mod plan;
+pub mod signal;

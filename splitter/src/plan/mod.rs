@@ -1,6 +1,7 @@
 //! The plan: a pure function from the index to what every actuator should do. No I/O here.
 
 pub mod l7;
+pub mod l7_match;
 
 use serde::Serialize;
 

@@ -1,0 +1,93 @@
+//! Errors of the L7 proxy, one enum per layer: starting a listener, compiling a route, and
+//! serving one request.
+
+use std::{io, net::SocketAddr};
+
+use http::StatusCode;
+
+use crate::plan::{l7::InvalidReason, l7_match::MatchError};
+
+/// Starting or running a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why one route of a table cannot be served. The route is left out of the installed table
+/// (its requests fall through to later routes or 404) and the error is reported.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Match(#[from] MatchError),
+    #[error("invalid header name {0:?} in a filter")]
+    HeaderName(String),
+    #[error("invalid header value {0:?} in a filter")]
+    HeaderValue(String),
+    #[error("unsupported redirect scheme {0:?} (http or https)")]
+    RedirectScheme(String),
+    #[error("unsupported redirect status code {0}")]
+    RedirectStatus(u16),
+    #[error("more than one {0} filter in a rule")]
+    DuplicateFilter(&'static str),
+    #[error("a rule cannot both redirect and rewrite")]
+    RedirectWithRewrite,
+    #[error("endpoint {0} cannot be written as a URI authority")]
+    Endpoint(SocketAddr),
+    #[error("rewritten path is not a valid URI path: {0}")]
+    RewrittenPath(String),
+}
+
+/// Why a request was answered by the proxy instead of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("the rule has no backend with a non-zero weight")]
+    NoBackends,
+    #[error("backend {backend} is invalid: {reason:?}")]
+    InvalidBackend {
+        backend: String,
+        reason: InvalidReason,
+    },
+    #[error("backend {0} has no ready endpoints")]
+    NoEndpoints(String),
+    #[error("cannot rewrite the request: {0}")]
+    Rewrite(#[source] RouteError),
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream {endpoint} failed: {source}")]
+    Upstream {
+        endpoint: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream {0} switched protocols without being asked to")]
+    UnaskedUpgrade(String),
+    #[error("upstream {0} did not answer in time")]
+    Timeout(String),
+}
+
+impl ForwardError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoBackends | Self::InvalidBackend { .. } | Self::Rewrite(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect { .. } | Self::Upstream { .. } | Self::UnaskedUpgrade(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! HTTPRoute filters in serving form: header names and values parsed once per table install.
+
+use std::fmt::Write as _;
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue, StatusCode,
+    uri::{PathAndQuery, Scheme},
+};
+
+use super::error::RouteError;
+use crate::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+
+/// A RequestHeaderModifier or ResponseHeaderModifier.
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    fn compile(m: &HeaderModifier) -> Result<Self, RouteError> {
+        let pair = |(n, v): &(String, String)| Ok((header_name(n)?, header_value(v)?));
+        Ok(Self {
+            set: m.set.iter().map(pair).collect::<Result<_, RouteError>>()?,
+            add: m.add.iter().map(pair).collect::<Result<_, RouteError>>()?,
+            remove: m
+                .remove
+                .iter()
+                .map(|n| header_name(n))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Order as Envoy and the conformance tests expect: set, then add, then remove.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            headers.remove(n);
+        }
+    }
+}
+
+fn header_name(n: &str) -> Result<HeaderName, RouteError> {
+    HeaderName::from_bytes(n.as_bytes()).map_err(|_| RouteError::HeaderName(n.to_owned()))
+}
+
+fn header_value(v: &str) -> Result<HeaderValue, RouteError> {
+    HeaderValue::from_str(v).map_err(|_| RouteError::HeaderValue(v.to_owned()))
+}
+
+/// A RequestRedirect: answered by the proxy itself, no backend involved.
+#[derive(Debug)]
+pub struct RedirectSpec {
+    scheme: Option<Scheme>,
+    hostname: Option<String>,
+    port: Option<u16>,
+    path: Option<PathModifier>,
+    status: StatusCode,
+}
+
+impl RedirectSpec {
+    fn compile(r: &Redirect) -> Result<Self, RouteError> {
+        let scheme = r
+            .scheme
+            .as_deref()
+            .map(|s| match s.to_ascii_lowercase().as_str() {
+                "http" => Ok(Scheme::HTTP),
+                "https" => Ok(Scheme::HTTPS),
+                _ => Err(RouteError::RedirectScheme(s.to_owned())),
+            })
+            .transpose()?;
+        let status = match r.status_code {
+            301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(r.status_code)
+                .map_err(|_| RouteError::RedirectStatus(r.status_code))?,
+            other => return Err(RouteError::RedirectStatus(other)),
+        };
+        Ok(Self {
+            scheme,
+            hostname: r.hostname.clone(),
+            port: r.port,
+            path: r.path.clone(),
+            status,
+        })
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The Location for a request to `host` (port stripped) and `path?query` on a listener
+    /// bound to `listener_port`.
+    ///
+    /// Port rules of the spec: an explicit port wins; otherwise a redirect that names a scheme
+    /// goes to that scheme's well-known port, and one that does not keeps the listener's port.
+    /// The well-known port of the final scheme is left out of the Location.
+    pub fn location(
+        &self,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        prefix: Option<&str>,
+        listener_port: u16,
+    ) -> String {
+        let scheme = self.scheme.as_ref().unwrap_or(&Scheme::HTTP);
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        let port = match (self.port, &self.scheme) {
+            (Some(p), _) => p,
+            (None, Some(_)) => default_port,
+            (None, None) => listener_port,
+        };
+        let host = self.hostname.as_deref().unwrap_or(host);
+        let path = match &self.path {
+            Some(m) => rewrite_path(m, path, prefix),
+            None => path.to_owned(),
+        };
+        let mut out = format!("{scheme}://{host}");
+        if port != default_port {
+            // Writing to a String cannot fail.
+            let _ = write!(out, ":{port}");
+        }
+        out.push_str(&path);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// A URLRewrite.
+#[derive(Debug)]
+pub struct RewriteSpec {
+    pub hostname: Option<HeaderValue>,
+    path: Option<PathModifier>,
+}
+
+impl RewriteSpec {
+    fn compile(r: &UrlRewrite) -> Result<Self, RouteError> {
+        Ok(Self {
+            hostname: r.hostname.as_deref().map(header_value).transpose()?,
+            path: r.path.clone(),
+        })
+    }
+
+    /// The upstream path and query, or `None` when the path is kept as it is.
+    pub fn path_and_query(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<Option<PathAndQuery>, RouteError> {
+        let Some(m) = &self.path else {
+            return Ok(None);
+        };
+        let mut p = rewrite_path(m, path, prefix);
+        if let Some(q) = query {
+            p.push('?');
+            p.push_str(q);
+        }
+        PathAndQuery::try_from(p)
+            .map(Some)
+            .map_err(|e| RouteError::RewrittenPath(e.to_string()))
+    }
+}
+
+/// Applies a path modifier. `prefix` is the route's matched path prefix without a trailing `/`
+/// (empty for the root prefix); without one, ReplacePrefixMatch leaves the path alone.
+///
+/// ReplacePrefixMatch keeps element boundaries: prefix `/echo` replaced by `/` turns `/echo`
+/// into `/` and `/echo/hostname` into `/hostname`; replaced by `/v2` it gives `/v2/hostname`.
+pub fn rewrite_path(m: &PathModifier, path: &str, prefix: Option<&str>) -> String {
+    match m {
+        PathModifier::ReplaceFullPath(full) => full.clone(),
+        PathModifier::ReplacePrefixMatch(replacement) => {
+            let Some(rest) = prefix.and_then(|p| path.strip_prefix(p)) else {
+                return path.to_owned();
+            };
+            let base = replacement.trim_end_matches('/');
+            let mut out = String::with_capacity(base.len() + rest.len() + 1);
+            out.push_str(base);
+            if !rest.is_empty() && !rest.starts_with('/') {
+                out.push('/');
+            }
+            out.push_str(rest);
+            if out.is_empty() {
+                out.push('/');
+            }
+            out
+        }
+    }
+}
+
+/// All filters of a rule, compiled.
+#[derive(Debug, Default)]
+pub struct RouteFilters {
+    pub request_headers: Vec<HeaderEdits>,
+    pub response_headers: Vec<HeaderEdits>,
+    pub redirect: Option<RedirectSpec>,
+    pub rewrite: Option<RewriteSpec>,
+}
+
+impl RouteFilters {
+    pub fn compile(filters: &[Filter]) -> Result<Self, RouteError> {
+        let mut out = Self::default();
+        for f in filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => {
+                    out.request_headers.push(HeaderEdits::compile(m)?)
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    out.response_headers.push(HeaderEdits::compile(m)?)
+                }
+                // The spec allows one of each; a second one is a plan bug we refuse loudly.
+                Filter::RequestRedirect(r) => {
+                    if out.redirect.replace(RedirectSpec::compile(r)?).is_some() {
+                        return Err(RouteError::DuplicateFilter("RequestRedirect"));
+                    }
+                }
+                Filter::UrlRewrite(r) => {
+                    if out.rewrite.replace(RewriteSpec::compile(r)?).is_some() {
+                        return Err(RouteError::DuplicateFilter("URLRewrite"));
+                    }
+                }
+            }
+        }
+        if out.redirect.is_some() && out.rewrite.is_some() {
+            return Err(RouteError::RedirectWithRewrite);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix_rewrite(replacement: &str, path: &str, prefix: &str) -> String {
+        rewrite_path(
+            &PathModifier::ReplacePrefixMatch(replacement.into()),
+            path,
+            Some(prefix),
+        )
+    }
+
+    #[test]
+    fn replace_prefix_match() {
+        assert_eq!(prefix_rewrite("/", "/echo/hostname", "/echo"), "/hostname");
+        assert_eq!(prefix_rewrite("/", "/echo", "/echo"), "/");
+        assert_eq!(prefix_rewrite("/", "/echo/", "/echo"), "/");
+        assert_eq!(prefix_rewrite("/v2", "/echo/x/y", "/echo"), "/v2/x/y");
+        assert_eq!(prefix_rewrite("/v2/", "/echo/x", "/echo"), "/v2/x");
+        assert_eq!(prefix_rewrite("/v2", "/echo", "/echo"), "/v2");
+        assert_eq!(prefix_rewrite("/x", "/a", ""), "/x/a");
+    }
+
+    #[test]
+    fn replace_full_path() {
+        let m = PathModifier::ReplaceFullPath("/new".into());
+        assert_eq!(rewrite_path(&m, "/old/deep", Some("/old")), "/new");
+    }
+
+    #[test]
+    fn header_edits_order() {
+        let edits = HeaderEdits::compile(&HeaderModifier {
+            set: vec![("x-set".into(), "1".into())],
+            add: vec![("x-add".into(), "2".into())],
+            remove: vec!["x-gone".into()],
+        })
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-set", HeaderValue::from_static("old"));
+        h.insert("x-add", HeaderValue::from_static("first"));
+        h.insert("x-gone", HeaderValue::from_static("bye"));
+        edits.apply(&mut h);
+        assert_eq!(h.get_all("x-set").iter().count(), 1);
+        assert_eq!(h["x-set"], "1");
+        let adds: Vec<_> = h.get_all("x-add").iter().collect();
+        assert_eq!(adds, vec!["first", "2"]);
+        assert!(h.get("x-gone").is_none());
+    }
+
+    #[test]
+    fn bad_header_value_is_an_error() {
+        let err = HeaderEdits::compile(&HeaderModifier {
+            set: vec![("x".into(), "a\nb".into())],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, RouteError::HeaderValue(_)));
+    }
+
+    fn redirect(scheme: Option<&str>, port: Option<u16>) -> RedirectSpec {
+        RedirectSpec::compile(&Redirect {
+            scheme: scheme.map(str::to_owned),
+            hostname: None,
+            path: None,
+            port,
+            status_code: 302,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn redirect_ports() {
+        let r = redirect(None, None);
+        assert_eq!(
+            r.location("h", "/p", Some("q=1"), None, 8080),
+            "http://h:8080/p?q=1"
+        );
+        assert_eq!(r.location("h", "/p", None, None, 80), "http://h/p");
+        let r = redirect(Some("https"), None);
+        assert_eq!(r.location("h", "/p", None, None, 8080), "https://h/p");
+        let r = redirect(Some("https"), Some(8443));
+        assert_eq!(r.location("h", "/p", None, None, 80), "https://h:8443/p");
+    }
+
+    #[test]
+    fn redirect_rejects_unknown_scheme_and_status() {
+        assert!(
+            RedirectSpec::compile(&Redirect {
+                scheme: Some("ftp".into()),
+                hostname: None,
+                path: None,
+                port: None,
+                status_code: 302,
+            })
+            .is_err()
+        );
+        assert!(
+            RedirectSpec::compile(&Redirect {
+                scheme: None,
+                hostname: None,
+                path: None,
+                port: None,
+                status_code: 200,
+            })
+            .is_err()
+        );
+    }
+}

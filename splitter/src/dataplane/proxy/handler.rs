@@ -1,0 +1,269 @@
+//! One request: route, filter, pick a backend, forward, and record what happened.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri::PathAndQuery};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{
+    error::ForwardError,
+    metrics::{ProxyMetrics, RequestLabels, RouteLabels},
+    table::{Pick, ServingRoute, ServingTable},
+    upgrade::{requested_upgrade, restore_upgrade_headers, splice},
+    upstream::{Upstream, add_forwarded, strip_hop_by_hop, upstream_uri},
+};
+use crate::plan::l7_match::{RequestView, strip_port};
+
+/// Responses are either a backend's streamed body or a small body the proxy wrote itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What every connection of a listener shares.
+pub(crate) struct ListenerShared {
+    pub table: ArcSwap<ServingTable>,
+    pub upstream: Upstream,
+    pub metrics: ProxyMetrics,
+    /// The bound address as text, the `listener` label.
+    pub listener: Arc<str>,
+    pub port: u16,
+    /// The empty label, for requests that matched no route or reached no backend.
+    pub none: Arc<str>,
+}
+
+/// The Host of a request: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+pub(crate) async fn handle(
+    shared: Arc<ListenerShared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let route = {
+        let table = shared.table.load();
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        table.find(request_host(&req), &view).cloned()
+    };
+    let Some(route) = route else {
+        let err = ForwardError::NoRoute;
+        record(&shared, &shared.none, &shared.none, err.status(), start);
+        return Ok(error_response(&err));
+    };
+    let (mut resp, backend) = match dispatch(&shared, &route, peer, req, start).await {
+        Ok(ok) => ok,
+        Err((err, backend)) => {
+            tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
+            (error_response(&err), backend)
+        }
+    };
+    for edits in &route.filters.response_headers {
+        edits.apply(resp.headers_mut());
+    }
+    record(&shared, &route.label, &backend, resp.status(), start);
+    Ok(resp)
+}
+
+type Dispatched = Result<(Response<ProxyBody>, Arc<str>), (ForwardError, Arc<str>)>;
+
+async fn dispatch(
+    shared: &ListenerShared,
+    route: &ServingRoute,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Dispatched {
+    if let Some(redirect) = &route.filters.redirect {
+        let host = request_host(&req).map(strip_port).unwrap_or_default();
+        let location = redirect.location(
+            host,
+            req.uri().path(),
+            req.uri().query(),
+            route.prefix.as_deref(),
+            shared.port,
+        );
+        let none = shared.none.clone();
+        return match HeaderValue::try_from(location) {
+            Ok(loc) => {
+                let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+                *resp.status_mut() = redirect.status();
+                resp.headers_mut().insert(header::LOCATION, loc);
+                Ok((resp, none))
+            }
+            Err(e) => Err((
+                ForwardError::Rewrite(super::error::RouteError::RewrittenPath(e.to_string())),
+                none,
+            )),
+        };
+    }
+    match route.pick() {
+        Pick::NoBackends => Err((ForwardError::NoBackends, shared.none.clone())),
+        Pick::Invalid(b, reason) => Err((
+            ForwardError::InvalidBackend {
+                backend: b.name.to_string(),
+                reason,
+            },
+            b.name.clone(),
+        )),
+        Pick::NoEndpoints(b) => Err((
+            ForwardError::NoEndpoints(b.name.to_string()),
+            b.name.clone(),
+        )),
+        Pick::Endpoint { backend, authority } => {
+            match forward(shared, route, peer, req, authority, start).await {
+                Ok(resp) => Ok((resp, backend.name.clone())),
+                Err(e) => Err((e, backend.name.clone())),
+            }
+        }
+    }
+}
+
+async fn forward(
+    shared: &ListenerShared,
+    route: &ServingRoute,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    authority: &http::uri::Authority,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    let upgrade = requested_upgrade(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let rewritten = match &route.filters.rewrite {
+        Some(rw) => rw
+            .path_and_query(parts.uri.path(), parts.uri.query(), route.prefix.as_deref())
+            .map_err(ForwardError::Rewrite)?,
+        None => None,
+    };
+    let path_and_query = rewritten
+        .or_else(|| parts.uri.path_and_query().cloned())
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        restore_upgrade_headers(&mut parts.headers, protocol);
+    }
+    // HTTP/2 clients send the host as `:authority`; an HTTP/1.1 backend needs it as Host, or the
+    // client would fill in the endpoint address.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    if let Some(host) = route
+        .filters
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.hostname.clone())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    for edits in &route.filters.request_headers {
+        edits.apply(&mut parts.headers);
+    }
+    add_forwarded(&mut parts.headers, peer.ip());
+    parts.uri = upstream_uri(authority, path_and_query);
+    parts.version = Version::HTTP_11;
+
+    // The two HTTPRoute timeouts collapse into one deadline: with no retries, one backend try
+    // is the whole request. It runs until the response head arrives; a body that is already
+    // streaming is not cut (long downloads and event streams stay possible).
+    let deadline = [route.timeouts.request, route.timeouts.backend_request]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| start + d);
+    let sent = shared.upstream.send(Request::from_parts(parts, body));
+    let result = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, sent).await {
+            Ok(r) => r,
+            Err(_) => return Err(ForwardError::Timeout(authority.to_string())),
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            // A backend may only switch protocols when asked to.
+            let (Some(client), Some(protocol)) =
+                (client_upgrade, resp.headers().get(header::UPGRADE).cloned())
+            else {
+                return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
+            };
+            splice(client, hyper::upgrade::on(&mut resp));
+            strip_hop_by_hop(resp.headers_mut());
+            restore_upgrade_headers(resp.headers_mut(), protocol);
+            Ok(resp.map(Either::Left))
+        }
+        Ok(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut());
+            Ok(resp.map(Either::Left))
+        }
+        Err(source) if source.is_connect() => Err(ForwardError::Connect {
+            endpoint: authority.to_string(),
+            source,
+        }),
+        Err(source) => Err(ForwardError::Upstream {
+            endpoint: authority.to_string(),
+            source,
+        }),
+    }
+}
+
+fn error_response(err: &ForwardError) -> Response<ProxyBody> {
+    let status = err.status();
+    // The reason phrase only: endpoint addresses and plan details stay in the logs.
+    let body: &'static [u8] = match status {
+        StatusCode::NOT_FOUND => b"Not Found\n",
+        StatusCode::SERVICE_UNAVAILABLE => b"Service Unavailable\n",
+        StatusCode::BAD_GATEWAY => b"Bad Gateway\n",
+        StatusCode::GATEWAY_TIMEOUT => b"Gateway Timeout\n",
+        _ => b"Internal Server Error\n",
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn record(
+    shared: &ListenerShared,
+    route: &Arc<str>,
+    backend: &Arc<str>,
+    status: StatusCode,
+    start: Instant,
+) {
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            listener: shared.listener.clone(),
+            route: route.clone(),
+            backend: backend.clone(),
+            status: status.as_u16(),
+        })
+        .inc();
+    shared
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            listener: shared.listener.clone(),
+            route: route.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+}

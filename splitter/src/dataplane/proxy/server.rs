@@ -1,0 +1,330 @@
+//! Listeners: accept, guard, and hand connections to hyper (HTTP/1.1 keep-alive and h2c on one
+//! port); swap route tables and drain on shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use prometheus_client::metrics::gauge::Gauge;
+use socket2::{Domain, Socket, Type};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    task::{JoinHandle, JoinSet},
+};
+
+use super::{
+    error::ProxyError,
+    handler::{self, ListenerShared},
+    metrics::{ListenerLabels, ProxyMetrics},
+    table::{ServingTable, TableIssue},
+    upstream::{Upstream, UpstreamConfig},
+};
+use crate::plan::l7::L7RouteTable;
+
+/// hyper refuses read buffers smaller than this (and panics when asked to).
+const MIN_HEADER_BUFFER: usize = 8192;
+
+/// Limits and timeouts of the proxy. The defaults suit a node agent facing untrusted clients.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// A client must send a complete request head within this time of connecting (or of the
+    /// previous response on a keep-alive connection), or the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1.1 read buffer, HTTP/2 header list); at least 8 KiB.
+    /// Larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP/1.1 request head.
+    pub max_headers: usize,
+    /// Connections served at once per listener; more are closed at accept.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// On shutdown, how long in-flight requests may take before their connections are cut.
+    pub drain_timeout: Duration,
+    pub upstream: UpstreamConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 256,
+            drain_timeout: Duration::from_secs(30),
+            upstream: UpstreamConfig::default(),
+        }
+    }
+}
+
+/// The L7 proxy: one upstream client pool and one set of metrics for all its listeners.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    config: ProxyConfig,
+    upstream: Upstream,
+    metrics: ProxyMetrics,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, metrics: ProxyMetrics) -> Self {
+        Self {
+            upstream: Upstream::new(&config.upstream),
+            config,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// Binds `addr` and serves `table` on it until [`ProxyListener::shutdown`] (or drop).
+    /// Routes that cannot be served are left out and returned as issues.
+    pub async fn listen(
+        &self,
+        addr: SocketAddr,
+        table: &L7RouteTable,
+    ) -> Result<(ProxyListener, Vec<TableIssue>), ProxyError> {
+        let listener = bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ProxyError::Bind { addr, source })?;
+        let (compiled, issues) = ServingTable::compile(table, &ServingTable::default());
+        let shared = Arc::new(ListenerShared {
+            table: ArcSwap::from_pointee(compiled),
+            upstream: self.upstream.clone(),
+            metrics: self.metrics.clone(),
+            listener: Arc::from(local_addr.to_string()),
+            port: local_addr.port(),
+            none: Arc::from(""),
+        });
+        report(&shared.listener, &issues);
+        let (stop_tx, stop_rx) = watch::channel(());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            self.config.clone(),
+            stop_rx,
+        ));
+        Ok((
+            ProxyListener {
+                shared,
+                local_addr,
+                install_lock: Mutex::new(()),
+                stop: stop_tx,
+                task,
+            },
+            issues,
+        ))
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]:port` and `0.0.0.0:port` are separate listeners (DESIGN section 7).
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn report(listener: &str, issues: &[TableIssue]) {
+    for issue in issues {
+        tracing::warn!(%listener, %issue, "route left out of the L7 table");
+    }
+}
+
+/// A serving listener. Dropping it stops accepting and drains, like [`Self::shutdown`] without
+/// waiting.
+#[derive(Debug)]
+pub struct ProxyListener {
+    shared: Arc<ListenerShared>,
+    local_addr: SocketAddr,
+    install_lock: Mutex<()>,
+    stop: watch::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ListenerShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerShared")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyListener {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Installs a new table atomically: requests already routed finish on the old one, the next
+    /// request sees the new one. Balancer state of unchanged rules carries over.
+    pub fn install(&self, table: &L7RouteTable) -> Vec<TableIssue> {
+        // Serialised so two installs cannot both compile against the same previous table and
+        // lose one's carried-over state.
+        let _guard = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.shared.table.load();
+        let (compiled, issues) = ServingTable::compile(table, &previous);
+        self.shared.table.store(Arc::new(compiled));
+        self.shared
+            .metrics
+            .table_installs
+            .get_or_create(&ListenerLabels {
+                listener: self.shared.listener.clone(),
+            })
+            .inc();
+        report(&self.shared.listener, &issues);
+        issues
+    }
+
+    /// Stops accepting (new connections are refused), lets in-flight requests finish within the
+    /// drain timeout, then cuts what is left.
+    pub async fn shutdown(self) {
+        let Self { stop, task, .. } = self;
+        drop(stop);
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "L7 listener task ended abnormally");
+        }
+    }
+}
+
+fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BUFFER))
+        .max_headers(config.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.h2_max_concurrent_streams)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Holds a connection's slot and its place in the open-connections gauge, released however the
+/// connection task ends (including being aborted at the end of a drain).
+struct ConnectionGuard {
+    open: Gauge,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnectionGuard {
+    fn new(open: Gauge, permit: OwnedSemaphorePermit) -> Self {
+        open.inc();
+        Self {
+            open,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    config: ProxyConfig,
+    mut stop: watch::Receiver<()>,
+) {
+    let builder = connection_builder(&config);
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let labels = ListenerLabels {
+        listener: shared.listener.clone(),
+    };
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Fires when the ProxyListener is shut down or dropped.
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE/ENFILE: back off instead of spinning on the error.
+                        tracing::warn!(listener = %shared.listener, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    shared.metrics.rejected_connections.get_or_create(&labels).inc();
+                    drop(stream);
+                    continue;
+                };
+                // Nagle would delay small responses behind the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
+                let first_request = Arc::new(Notify::new());
+                let svc = {
+                    let shared = shared.clone();
+                    let first_request = first_request.clone();
+                    service_fn(move |req| {
+                        first_request.notify_one();
+                        handler::handle(shared.clone(), peer, req)
+                    })
+                };
+                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                let guard = ConnectionGuard::new(
+                    shared.metrics.open_connections.get_or_create(&labels).clone(),
+                    permit,
+                );
+                let first_deadline = config.header_read_timeout;
+                conns.spawn(async move {
+                    let _guard = guard;
+                    tokio::pin!(conn);
+                    // hyper's header timer starts only once it knows the protocol; a client
+                    // that sends nothing (or half an HTTP/2 preface) would otherwise hold the
+                    // connection forever. After the first request hyper's own timers apply.
+                    let result = tokio::select! {
+                        r = &mut conn => Some(r),
+                        _ = first_request.notified() => None,
+                        _ = tokio::time::sleep(first_deadline) => {
+                            tracing::debug!(%peer, "no request before the header timeout; closing");
+                            return;
+                        }
+                    };
+                    let result = match result {
+                        Some(r) => r,
+                        None => conn.await,
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    // Closing the socket refuses new connections while the old ones drain.
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!(listener = %shared.listener, remaining = conns.len(), "drain timeout; cutting connections");
+        }
+    }
+    conns.shutdown().await;
+}

@@ -1,0 +1,322 @@
+//! The serving form of an [`L7RouteTable`]: matchers compiled, filters parsed, endpoint
+//! authorities formatted and balancer state attached, all once per install.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use http::uri::Authority;
+
+use super::{
+    balance::{EndpointCursor, SmoothWrr},
+    error::RouteError,
+    filters::RouteFilters,
+};
+use crate::plan::{
+    ObjectRef,
+    l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, Timeouts},
+    l7_match::{CompiledMatch, RequestView, hostname_matches},
+};
+
+/// Identity of an HTTPRoute rule across table installs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RuleKey {
+    route: ObjectRef,
+    rule_index: usize,
+}
+
+/// Balancer state of one rule. It is shared by every match of the rule and carried into the
+/// next table when the rule's backendRefs (names and weights) are unchanged, so a reload for an
+/// unrelated change neither restarts the weighted sequence nor resets endpoint round robin.
+#[derive(Debug)]
+pub struct RuleState {
+    signature: Vec<(String, u32)>,
+    wrr: SmoothWrr,
+    cursors: Box<[EndpointCursor]>,
+}
+
+impl RuleState {
+    fn new(signature: Vec<(String, u32)>) -> Self {
+        let weights: Vec<u32> = signature.iter().map(|(_, w)| *w).collect();
+        Self {
+            wrr: SmoothWrr::new(&weights),
+            cursors: signature
+                .iter()
+                .map(|_| EndpointCursor::default())
+                .collect(),
+            signature,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ServingTarget {
+    /// Ready endpoints as URI authorities, never empty.
+    Endpoints(Box<[Authority]>),
+    NoEndpoints,
+    Invalid(InvalidReason),
+}
+
+#[derive(Debug)]
+pub struct ServingBackend {
+    /// `namespace/name:port`, also the metrics label.
+    pub name: Arc<str>,
+    pub target: ServingTarget,
+}
+
+/// What the balancer chose for one request.
+pub enum Pick<'a> {
+    Endpoint {
+        backend: &'a ServingBackend,
+        authority: &'a Authority,
+    },
+    NoEndpoints(&'a ServingBackend),
+    Invalid(&'a ServingBackend, InvalidReason),
+    /// No backendRefs, or all weights 0.
+    NoBackends,
+}
+
+/// One (rule, match) of the table, ready to serve.
+#[derive(Debug)]
+pub struct ServingRoute {
+    /// `namespace/name/rule-index`, the metrics label.
+    pub label: Arc<str>,
+    hostnames: Vec<String>,
+    matcher: CompiledMatch,
+    /// The matched path prefix without a trailing `/` (empty for `/`), for ReplacePrefixMatch.
+    pub prefix: Option<String>,
+    pub filters: RouteFilters,
+    pub timeouts: Timeouts,
+    backends: Box<[ServingBackend]>,
+    state: Arc<RuleState>,
+}
+
+impl ServingRoute {
+    pub fn accepts(&self, host: Option<&str>, req: &RequestView<'_>) -> bool {
+        hostname_matches(&self.hostnames, host) && self.matcher.matches(req)
+    }
+
+    pub fn pick(&self) -> Pick<'_> {
+        let Some(i) = self.state.wrr.pick() else {
+            return Pick::NoBackends;
+        };
+        let backend = &self.backends[i];
+        match &backend.target {
+            ServingTarget::Endpoints(eps) => Pick::Endpoint {
+                backend,
+                authority: &eps[self.state.cursors[i].next(eps.len())],
+            },
+            ServingTarget::NoEndpoints => Pick::NoEndpoints(backend),
+            ServingTarget::Invalid(reason) => Pick::Invalid(backend, *reason),
+        }
+    }
+}
+
+/// A route the table left out, and why.
+#[derive(Debug)]
+pub struct TableIssue {
+    pub route: ObjectRef,
+    pub rule_index: usize,
+    pub error: RouteError,
+}
+
+impl fmt::Display for TableIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} rule {}: {}", self.route, self.rule_index, self.error)
+    }
+}
+
+/// The installed, immutable table of one listener.
+#[derive(Debug, Default)]
+pub struct ServingTable {
+    routes: Vec<Arc<ServingRoute>>,
+    rules: HashMap<RuleKey, Arc<RuleState>>,
+}
+
+impl ServingTable {
+    /// Compiles `table`, reusing balancer state from `previous` for unchanged rules.
+    pub fn compile(table: &L7RouteTable, previous: &ServingTable) -> (Self, Vec<TableIssue>) {
+        let mut out = Self::default();
+        let mut issues = Vec::new();
+        for route in &table.routes {
+            match out.compile_route(route, previous) {
+                Ok(r) => out.routes.push(Arc::new(r)),
+                Err(error) => issues.push(TableIssue {
+                    route: route.route.clone(),
+                    rule_index: route.rule_index,
+                    error,
+                }),
+            }
+        }
+        (out, issues)
+    }
+
+    fn compile_route(
+        &mut self,
+        r: &L7Route,
+        previous: &ServingTable,
+    ) -> Result<ServingRoute, RouteError> {
+        let matcher = CompiledMatch::compile(&r.matched)?;
+        let filters = RouteFilters::compile(&r.filters)?;
+        let prefix = match &r.matched.path {
+            PathMatch::Prefix(p) => Some(p.trim_end_matches('/').to_owned()),
+            PathMatch::Exact(p) => Some(p.clone()),
+            PathMatch::Regex(_) => None,
+        };
+        let signature: Vec<(String, u32)> = r
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.weight))
+            .collect();
+        let key = RuleKey {
+            route: r.route.clone(),
+            rule_index: r.rule_index,
+        };
+        let state = [self.rules.get(&key), previous.rules.get(&key)]
+            .into_iter()
+            .flatten()
+            .find(|s| s.signature == signature)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(RuleState::new(signature)));
+        self.rules.entry(key).or_insert_with(|| state.clone());
+        let backends = r
+            .backends
+            .iter()
+            .map(|b| {
+                Ok(ServingBackend {
+                    name: Arc::from(b.name.as_str()),
+                    target: match &b.target {
+                        BackendTarget::Endpoints(eps) if !eps.is_empty() => {
+                            ServingTarget::Endpoints(
+                                eps.iter()
+                                    .map(|a| {
+                                        Authority::try_from(a.to_string())
+                                            .map_err(|_| RouteError::Endpoint(*a))
+                                    })
+                                    .collect::<Result<_, _>>()?,
+                            )
+                        }
+                        BackendTarget::Endpoints(_) | BackendTarget::NoEndpoints => {
+                            ServingTarget::NoEndpoints
+                        }
+                        BackendTarget::Invalid(reason) => ServingTarget::Invalid(*reason),
+                    },
+                })
+            })
+            .collect::<Result<_, RouteError>>()?;
+        Ok(ServingRoute {
+            label: Arc::from(format!(
+                "{}/{}/{}",
+                r.route.namespace, r.route.name, r.rule_index
+            )),
+            hostnames: r.hostnames.clone(),
+            matcher,
+            prefix,
+            filters,
+            timeouts: r.timeouts,
+            backends,
+            state,
+        })
+    }
+
+    /// The first route, in precedence order, that accepts the request.
+    pub fn find(&self, host: Option<&str>, req: &RequestView<'_>) -> Option<&Arc<ServingRoute>> {
+        self.routes.iter().find(|r| r.accepts(host, req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::plan::l7::{PlannedBackend, RouteMatch};
+
+    fn rule(path: &str, weights: &[u32]) -> L7Route {
+        L7Route {
+            route: ObjectRef {
+                kind: "HTTPRoute".into(),
+                namespace: "ns".into(),
+                name: "r".into(),
+            },
+            rule_index: 0,
+            hostnames: vec![],
+            matched: RouteMatch {
+                path: PathMatch::Prefix(path.into()),
+                headers: vec![],
+                query: vec![],
+                method: None,
+            },
+            filters: vec![],
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| PlannedBackend {
+                    name: format!("ns/svc{i}:80"),
+                    weight,
+                    target: BackendTarget::Endpoints(vec![SocketAddr::from((
+                        [127, 0, 0, 1],
+                        8000 + i as u16,
+                    ))]),
+                })
+                .collect(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn picks(route: &ServingRoute, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| match route.pick() {
+                Pick::Endpoint { backend, .. } => backend.name.to_string(),
+                _ => "none".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_of_one_rule_share_one_sequence() {
+        let t = L7RouteTable {
+            routes: vec![rule("/a", &[2, 1]), rule("/b", &[2, 1])],
+        };
+        let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
+        assert!(issues.is_empty());
+        let (a, b) = (&s.routes[0], &s.routes[1]);
+        let seq = [picks(a, 1), picks(b, 1), picks(a, 1)].concat();
+        assert_eq!(seq, vec!["ns/svc0:80", "ns/svc1:80", "ns/svc0:80"]);
+    }
+
+    #[test]
+    fn state_carries_over_only_when_backends_are_unchanged() {
+        let t = L7RouteTable {
+            routes: vec![rule("/", &[2, 1])],
+        };
+        let (first, _) = ServingTable::compile(&t, &ServingTable::default());
+        assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
+        // Same rule, same backendRefs: the sequence goes on where it was.
+        let (second, _) = ServingTable::compile(&t, &first);
+        assert_eq!(
+            picks(&second.routes[0], 2),
+            vec!["ns/svc1:80", "ns/svc0:80"]
+        );
+        // New weights: a fresh sequence.
+        let changed = L7RouteTable {
+            routes: vec![rule("/", &[1, 2])],
+        };
+        let (third, _) = ServingTable::compile(&changed, &second);
+        assert_eq!(
+            picks(&third.routes[0], 3),
+            vec!["ns/svc1:80", "ns/svc0:80", "ns/svc1:80"]
+        );
+    }
+
+    #[test]
+    fn a_bad_route_is_left_out_and_reported() {
+        let mut bad = rule("/", &[1]);
+        bad.matched.path = PathMatch::Regex("([".into());
+        let t = L7RouteTable {
+            routes: vec![bad, rule("/ok", &[1])],
+        };
+        let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].to_string().contains("rule 0"), "{}", issues[0]);
+    }
+}

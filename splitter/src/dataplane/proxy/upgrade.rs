@@ -1,0 +1,64 @@
+//! HTTP/1.1 protocol upgrades (WebSocket and the like): the request's `Upgrade` is passed to the
+//! backend, and once it answers 101 the two connections are spliced byte for byte.
+
+use http::{HeaderMap, HeaderValue, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+/// The protocol the client asks to switch to: an `Upgrade` header and the `upgrade` token in
+/// `Connection` (RFC 9110 section 7.8). HTTP/2 has no such mechanism here.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !wants {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs after the generic strip removed them.
+pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Copies bytes both ways between the upgraded client and backend connections until one side
+/// closes; runs on its own task so the response can be returned first.
+pub fn splice(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(requested_upgrade(&h).is_none());
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
+        h.remove(header::UPGRADE);
+        assert!(requested_upgrade(&h).is_none());
+    }
+}

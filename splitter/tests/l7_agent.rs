@@ -1,0 +1,118 @@
+//! The L7 agent loop: plans published on a channel become listeners, `/readyz` follows, and
+//! shutdown drains in-flight requests before returning.
+
+mod l7_support;
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use l7_support::*;
+use serde::Serialize;
+use splitter::{
+    agent::{AgentConfig, L7Tables, run_l7},
+    plan::l7::L7RouteTable,
+};
+use tokio::sync::{oneshot, watch};
+
+#[derive(Serialize)]
+struct TestPlan {
+    generation: u32,
+    listeners: Vec<(SocketAddr, L7RouteTable)>,
+}
+
+fn tables(p: &TestPlan) -> L7Tables {
+    p.listeners.iter().cloned().collect::<BTreeMap<_, _>>()
+}
+
+async fn free_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Retries `check` until it holds; the agent applies plans asynchronously.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn try_get(addr: SocketAddr, path: &str) -> Option<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    drop(stream);
+    Some(get_once(addr, path).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_drive_listeners_until_shutdown() {
+    let (one, two) = (echo("one").await, echo("two").await);
+    let (admin, gw) = (free_port().await, free_port().await);
+    let plan = |generation, name: &str, addr| {
+        Arc::new(TestPlan {
+            generation,
+            listeners: vec![(
+                gw,
+                table(vec![prefix_route(
+                    "r",
+                    "/",
+                    vec![backend(name, 1, &[addr])],
+                )]),
+            )],
+        })
+    };
+    let (tx, rx) = watch::channel(None);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = AgentConfig {
+        admin,
+        proxy: test_config(),
+    };
+    let agent = tokio::spawn(run_l7(config, rx, tables, async move {
+        let _ = stopped.await;
+    }));
+
+    eventually(
+        "admin answers, not ready",
+        async || matches!(try_get(admin, "/readyz").await, Some(r) if r.status == 503),
+    )
+    .await;
+    tx.send_replace(Some(plan(1, "one", one.local_addr())));
+    eventually(
+        "plan 1 served",
+        async || matches!(try_get(gw, "/hostname").await, Some(r) if r.text() == "one"),
+    )
+    .await;
+    assert_eq!(get_once(admin, "/readyz").await.status, 200);
+    let shown: serde_json::Value =
+        serde_json::from_slice(&get_once(admin, "/debug/plan").await.body).unwrap();
+    assert_eq!(shown["generation"], 1);
+
+    let mut conn = Connection::open(gw).await;
+    tx.send_replace(Some(plan(2, "two", two.local_addr())));
+    eventually("plan 2 served on the same connection", async || {
+        conn.get("/hostname").await.text() == "two"
+    })
+    .await;
+
+    let in_flight = tokio::spawn(async move {
+        let mut slow = get("/slow");
+        slow.headers_mut()
+            .insert("x-echo-delay-ms", "800".parse().unwrap());
+        conn.send(slow).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request finishes during the drain");
+    assert_eq!(reply.status, 200);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("agent returns after draining")
+        .unwrap()
+        .expect("agent ran without error");
+    assert!(tokio::net::TcpStream::connect(gw).await.is_err());
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}

@@ -1,0 +1,93 @@
+//! Backends that fail: a timeout gives 504, a dead endpoint 502, and neither disturbs the
+//! requests that go elsewhere.
+
+mod l7_support;
+
+use std::time::{Duration, Instant};
+
+use l7_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_gives_504() {
+    let slow = echo("slow").await;
+    let mut r = prefix_route("slow", "/", vec![backend("slow", 1, &[slow.local_addr()])]);
+    r.timeouts.request = Some(Duration::from_millis(300));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+
+    let mut late = get("/slow");
+    late.headers_mut()
+        .insert("x-echo-delay-ms", "5000".parse().unwrap());
+    let started = Instant::now();
+    let reply = conn.send(late).await.expect("the proxy answers");
+    assert_eq!(reply.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered at the timeout, not after the backend"
+    );
+
+    // Within the timeout the same route works, on the same client connection.
+    let mut prompt = get("/fast");
+    prompt
+        .headers_mut()
+        .insert("x-echo-delay-ms", "10".parse().unwrap());
+    assert_eq!(conn.send(prompt).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_request_timeout_gives_504() {
+    let slow = echo("slow").await;
+    let mut r = prefix_route("slow", "/", vec![backend("slow", 1, &[slow.local_addr()])]);
+    r.timeouts.request = Some(Duration::from_secs(30));
+    r.timeouts.backend_request = Some(Duration::from_millis(300));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut late = get("/slow");
+    late.headers_mut()
+        .insert("x-echo-delay-ms", "5000".parse().unwrap());
+    assert_eq!(send_once(listener.local_addr(), late).await.status, 504);
+}
+
+/// An address nothing listens on: bind an ephemeral port, then close it.
+async fn dead_address() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_endpoint_gives_502_and_live_one_keeps_serving() {
+    let live = echo("live").await;
+    let dead = dead_address().await;
+    let t = table(vec![prefix_route(
+        "half-dead",
+        "/",
+        vec![backend("svc", 1, &[live.local_addr(), dead])],
+    )]);
+    let (_proxy, listener) = start_proxy(&t).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        replies.push(conn.get("/hostname").await);
+    }
+    let counts = tally(&replies);
+    assert_eq!(counts.get("live"), Some(&5), "{counts:?}");
+    assert_eq!(counts.get("502"), Some(&5), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_dying_mid_flight_gives_502() {
+    let doomed = echo("doomed").await;
+    let addr = doomed.local_addr();
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "d",
+        "/",
+        vec![backend("d", 1, &[addr])],
+    )]))
+    .await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    assert_eq!(conn.get("/hostname").await.text(), "doomed");
+    doomed.shutdown().await;
+    // The pooled upstream connection is gone and nothing listens any more.
+    assert_eq!(conn.get("/hostname").await.status, 502);
+}
