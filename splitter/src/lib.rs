@@ -6,4 +6,5 @@
 pub mod dataplane;
 pub mod doctor;
 pub mod inspect;
+pub mod model;
 pub mod plan;

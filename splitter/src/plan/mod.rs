@@ -1,6 +1,18 @@
 //! The plan: a pure function from the index to what every actuator should do. No I/O here.
 
+mod attach;
+mod backends;
+mod build;
+mod gateways;
+pub mod hostname;
 pub mod l7;
+pub mod listener;
+pub mod maglev;
+pub mod status;
+mod table;
+
+pub use build::build;
+pub use listener::{L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig, Transport};
 
 use serde::Serialize;
 
