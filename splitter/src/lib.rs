@@ -3,8 +3,10 @@
 //! Data flows one way: source -> index -> plan -> actuators. This crate holds the agent: the
 //! actuators under [`dataplane`], the node checks in [`doctor`].
 
+pub mod check;
 pub mod dataplane;
 pub mod doctor;
 pub mod inspect;
 pub mod model;
 pub mod plan;
+pub mod source;
