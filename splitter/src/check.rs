@@ -10,7 +10,7 @@ use crate::{
         l7::{BackendTarget, Filter, L7Route, PathMatch, PathModifier, PlannedBackend},
         maglev::TableTarget,
     },
-    source::{file::load, file::LoadReport},
+    source::{file::LoadReport, file::load},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,8 @@ pub fn run(paths: &[PathBuf], output: Output, config: &PlanConfig) -> CheckOutco
                 problems,
                 plan: &plan,
             };
-            serde_json::to_string_pretty(&r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+            serde_json::to_string_pretty(&r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+                + "\n"
         }
         Output::Text => text(&report, &plan, &problems, ok),
     };
@@ -59,7 +60,15 @@ fn skipped(report: &LoadReport) -> Vec<String> {
     report
         .skipped
         .iter()
-        .map(|s| format!("{}: document {}: {} {} (not used by the agent)", s.path.display(), s.document, s.api_version, s.kind))
+        .map(|s| {
+            format!(
+                "{}: document {}: {} {} (not used by the agent)",
+                s.path.display(),
+                s.document,
+                s.api_version,
+                s.kind
+            )
+        })
         .collect()
 }
 
@@ -73,7 +82,10 @@ pub fn text(report: &LoadReport, plan: &Plan, problems: &[String], ok: bool) -> 
         let _ = writeln!(o, "error: {e}");
     }
     if plan.listeners.is_empty() {
-        let _ = writeln!(o, "no listeners: no Gateway of our class with a usable listener");
+        let _ = writeln!(
+            o,
+            "no listeners: no Gateway of our class with a usable listener"
+        );
     }
     for l in &plan.listeners {
         listener(&mut o, l);
@@ -85,7 +97,11 @@ pub fn text(report: &LoadReport, plan: &Plan, problems: &[String], ok: bool) -> 
         }
     }
     for g in &plan.gateways {
-        let addrs = if g.addresses.is_empty() { "every address".to_string() } else { g.addresses.join(", ") };
+        let addrs = if g.addresses.is_empty() {
+            "every address".to_string()
+        } else {
+            g.addresses.join(", ")
+        };
         let _ = writeln!(o, "  {} ({addrs}):", g.gateway);
         for cond in &g.conditions {
             let _ = writeln!(o, "    {cond}");
@@ -118,7 +134,12 @@ pub fn text(report: &LoadReport, plan: &Plan, problems: &[String], ok: bool) -> 
     if ok {
         let _ = writeln!(o, "\nOK");
     } else {
-        let _ = writeln!(o, "\nINVALID: {} error(s), {} problem(s)", report.errors.len(), problems.len());
+        let _ = writeln!(
+            o,
+            "\nINVALID: {} error(s), {} problem(s)",
+            report.errors.len(),
+            problems.len()
+        );
         for p in problems {
             let _ = writeln!(o, "  {p}");
         }
@@ -136,10 +157,24 @@ fn listener(o: &mut String, l: &ListenerPlan) {
         Transport::Tcp => "tcp",
         Transport::Udp => "udp",
     };
-    let _ = writeln!(o, "\nlistener {}:{}/{transport}: {}", addrs.join(","), l.key.port, l.mode);
+    let _ = writeln!(
+        o,
+        "\nlistener {}:{}/{transport}: {}",
+        addrs.join(","),
+        l.key.port,
+        l.mode
+    );
     for s in &l.sources {
-        let host = s.hostname.as_deref().map(|h| format!(" host {h}")).unwrap_or_default();
-        let _ = writeln!(o, "  from {} listener {} ({}{host})", s.gateway, s.listener, s.protocol);
+        let host = s
+            .hostname
+            .as_deref()
+            .map(|h| format!(" host {h}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  from {} listener {} ({}{host})",
+            s.gateway, s.listener, s.protocol
+        );
     }
     let _ = writeln!(o, "  why: {}", l.reason);
     if let Some(t) = &l.l7 {
@@ -168,7 +203,11 @@ fn l7_route(o: &mut String, r: &L7Route) {
     for q in &m.query {
         let _ = write!(what, ", query {}={:?}", q.name, q.value);
     }
-    let hosts = if r.hostnames.is_empty() { "any host".to_string() } else { r.hostnames.join(",") };
+    let hosts = if r.hostnames.is_empty() {
+        "any host".to_string()
+    } else {
+        r.hostnames.join(",")
+    };
     let _ = writeln!(o, "  {} rule {}: {what} ({hosts})", r.route, r.rule_index);
     for f in &r.filters {
         let _ = writeln!(o, "    filter {}", filter(f));
@@ -183,11 +222,21 @@ fn filter(f: &Filter) -> String {
         None => String::new(),
     };
     match f {
-        Filter::RequestHeaderModifier(m) => format!("RequestHeaderModifier set {:?} add {:?} remove {:?}", m.set, m.add, m.remove),
-        Filter::ResponseHeaderModifier(m) => format!("ResponseHeaderModifier set {:?} add {:?} remove {:?}", m.set, m.add, m.remove),
+        Filter::RequestHeaderModifier(m) => format!(
+            "RequestHeaderModifier set {:?} add {:?} remove {:?}",
+            m.set, m.add, m.remove
+        ),
+        Filter::ResponseHeaderModifier(m) => format!(
+            "ResponseHeaderModifier set {:?} add {:?} remove {:?}",
+            m.set, m.add, m.remove
+        ),
         Filter::RequestRedirect(r) => format!("RequestRedirect {}{}", r.status_code, path(&r.path)),
         Filter::UrlRewrite(r) => {
-            let host = r.hostname.as_deref().map(|h| format!(" hostname {h}")).unwrap_or_default();
+            let host = r
+                .hostname
+                .as_deref()
+                .map(|h| format!(" hostname {h}"))
+                .unwrap_or_default();
             format!("URLRewrite{host}{}", path(&r.path))
         }
     }
@@ -203,12 +252,22 @@ fn backends(o: &mut String, backends: &[PlannedBackend], invalid_answer: &str, e
     if sum == 0 {
         let _ = writeln!(o, "    all weights are 0: everything gets {invalid_answer}");
     }
-    let pct = |w: u32| if sum == 0 { 0.0 } else { f64::from(w) * 100.0 / sum as f64 };
+    let pct = |w: u32| {
+        if sum == 0 {
+            0.0
+        } else {
+            f64::from(w) * 100.0 / sum as f64
+        }
+    };
     let (mut invalid, mut empty) = (0u64, 0u64);
     for b in backends {
         let what = match &b.target {
             BackendTarget::Endpoints(eps) => {
-                format!("{} endpoint{}", eps.len(), if eps.len() == 1 { "" } else { "s" })
+                format!(
+                    "{} endpoint{}",
+                    eps.len(),
+                    if eps.len() == 1 { "" } else { "s" }
+                )
             }
             BackendTarget::NoEndpoints => {
                 empty += u64::from(b.weight);
@@ -219,7 +278,13 @@ fn backends(o: &mut String, backends: &[PlannedBackend], invalid_answer: &str, e
                 format!("invalid: {r:?} ({invalid_answer})")
             }
         };
-        let _ = writeln!(o, "    {:>7.2}%  weight {:<7} {:<32} {what}", pct(b.weight), b.weight, b.name);
+        let _ = writeln!(
+            o,
+            "    {:>7.2}%  weight {:<7} {:<32} {what}",
+            pct(b.weight),
+            b.weight,
+            b.name
+        );
     }
     if sum > 0 {
         let _ = writeln!(
@@ -248,9 +313,18 @@ fn l4(o: &mut String, p: &L4Plan) {
             TableTarget::Endpoint(a) => a.to_string(),
             TableTarget::Reject => "REJECT".to_string(),
         };
-        let _ = writeln!(o, "    {:>7.3}%  {:>6} slots  {name}", f64::from(b.quota) * 100.0 / f64::from(t.m), b.quota);
+        let _ = writeln!(
+            o,
+            "    {:>7.3}%  {:>6} slots  {name}",
+            f64::from(b.quota) * 100.0 / f64::from(t.m),
+            b.quota
+        );
     }
     if let Some(d) = t.disruption {
-        let _ = writeln!(o, "    disruption: {} slots moved (minimum {})", d.moved, d.minimum);
+        let _ = writeln!(
+            o,
+            "    disruption: {} slots moved (minimum {})",
+            d.moved, d.minimum
+        );
     }
 }

@@ -12,5 +12,6 @@ pub mod echo;
 pub mod inspect;
 pub mod model;
 pub mod plan;
+pub mod run;
 pub mod signal;
 pub mod source;

@@ -44,8 +44,28 @@ enum Command {
         #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
         gateway_class: String,
     },
-    /// Load the XDP program, attach it to each --iface and keep counting until interrupted.
-    Attach {
+    /// Run the agent: serve the Gateways of the manifests (L7 listeners in the proxy, L4
+    /// listeners in the kernel on each --iface), following file changes until SIGTERM.
+    Run {
+        /// A manifest file or a directory of them (repeatable); changes are picked up.
+        #[arg(long = "manifests", required = true)]
+        manifests: Vec<PathBuf>,
+        /// Client-facing interface for the XDP/TC programs (repeatable).
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Admin endpoint: /healthz, /readyz, /metrics, /debug/plan.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
+        gateway_class: String,
+        #[arg(long, value_enum, default_value_t = ebpf::XdpAttachMode::Auto)]
+        xdp_mode: ebpf::XdpAttachMode,
+    },
+    /// Remove the pinned XDP/TC attachments from each --iface (the agent leaves them in place
+    /// on exit so that connections survive restarts).
+    Detach {
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -88,37 +108,68 @@ fn main() -> ExitCode {
             output,
             gateway_class,
         } => {
-            let format = if output == "json" { check::Output::Json } else { check::Output::Text };
+            let format = if output == "json" {
+                check::Output::Json
+            } else {
+                check::Output::Text
+            };
             let config = splitter::plan::PlanConfig {
                 gateway_class,
                 ..Default::default()
             };
             let outcome = check::run(&manifests, format, &config);
             print!("{}", outcome.output);
-            if outcome.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-        }
-        Command::Attach { ifaces, pin_dir } => match attach(&ifaces, &pin_dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("splitter attach: {e:#}");
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::FAILURE
             }
-        },
+        }
+        Command::Run {
+            manifests,
+            ifaces,
+            pin_dir,
+            admin,
+            gateway_class,
+            xdp_mode,
+        } => {
+            let opts = splitter::run::RunOptions {
+                manifests,
+                ifaces,
+                pin_dir,
+                admin,
+                gateway_class,
+                xdp_mode,
+                poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("splitter run: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(splitter::run::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("splitter run: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Detach { ifaces, pin_dir } => {
+            let mut ok = true;
+            for iface in &ifaces {
+                if let Err(e) = ebpf::detach_pinned(iface, &pin_dir.join("links")) {
+                    eprintln!("splitter detach {iface}: {e}");
+                    ok = false;
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
-}
-
-fn attach(ifaces: &[String], pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut obj = ebpf::load_object(Some(pin_dir))?;
-    for iface in ifaces {
-        let (_, mode) = ebpf::attach_xdp(&mut obj, iface)?;
-        tracing::info!(%iface, ?mode, "XDP attached");
-    }
-    tracing::info!(pin_dir = %pin_dir.display(), "counting; maps pinned; Ctrl-C to stop");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(tokio::signal::ctrl_c())?;
-    // Dropping the object detaches the programs; the pinned maps keep their counts.
-    drop(obj);
-    Ok(())
 }

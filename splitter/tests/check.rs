@@ -16,33 +16,58 @@ fn check(args: &[PathBuf], json: bool) -> (bool, String) {
         cmd.args(["-o", "json"]);
     }
     let out = cmd.output().expect("run splitter");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn the_guide_checks_clean() {
-    let (ok, out) = check(&[repo("../deploy/gatewayclass.yaml"), repo("../deploy/examples")], false);
+    let (ok, out) = check(
+        &[
+            repo("../deploy/gatewayclass.yaml"),
+            repo("../deploy/examples"),
+        ],
+        false,
+    );
     assert!(ok, "{out}");
     assert!(out.contains("listener *:80/tcp: L7"), "{out}");
     assert!(out.contains("50.00%"), "{out}");
-    assert!(out.contains("filter URLRewrite ReplacePrefixMatch \"/\""), "{out}");
+    assert!(
+        out.contains("filter URLRewrite ReplacePrefixMatch \"/\""),
+        "{out}"
+    );
     assert!(out.contains("attachedRoutes 1"), "{out}");
 }
 
 #[test]
 fn invalid_input_exits_1_but_prints_everything_else() {
     let fixtures = repo("tests/fixtures");
-    let (ok, out) = check(&[fixtures.join("base.yaml"), fixtures.join("invalid-backends.yaml")], false);
+    let (ok, out) = check(
+        &[
+            fixtures.join("base.yaml"),
+            fixtures.join("invalid-backends.yaml"),
+        ],
+        false,
+    );
     assert!(!ok);
     assert!(out.contains("invalid: BackendNotFound (500)"), "{out}");
     assert!(out.contains("no ready endpoints (503)"), "{out}");
     assert!(out.contains("ResolvedRefs=False (RefNotPermitted"), "{out}");
     assert!(out.contains("INVALID"), "{out}");
 
-    let (ok, out) = check(&[fixtures.join("base.yaml"), fixtures.join("l4-routes.yaml")], true);
+    let (ok, out) = check(
+        &[fixtures.join("base.yaml"), fixtures.join("l4-routes.yaml")],
+        true,
+    );
     assert!(!ok, "the UDPRoute has a missing backend");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["ok"], false);
     let listeners = v["plan"]["listeners"].as_array().unwrap();
-    assert!(listeners.iter().any(|l| l["mode"] == "L4" && l["l4"]["table"]["m"] == 16381));
+    assert!(
+        listeners
+            .iter()
+            .any(|l| l["mode"] == "L4" && l["l4"]["table"]["m"] == 16381)
+    );
 }

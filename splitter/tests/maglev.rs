@@ -7,7 +7,10 @@ use proptest::prelude::*;
 use splitter::plan::maglev::{self, DEFAULT_M, LARGE_M, TableShare, TableTarget, WeightedTable};
 
 fn target(i: u32) -> TableTarget {
-    TableTarget::Endpoint(SocketAddr::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 8080))
+    TableTarget::Endpoint(SocketAddr::new(
+        Ipv4Addr::from(0x0a00_0000 + i).into(),
+        8080,
+    ))
 }
 
 /// Endpoints `ids` with integer weights; the share of each is weight / total.
@@ -15,7 +18,11 @@ fn shares(set: &[(u32, u64)]) -> Vec<TableShare> {
     let total: u64 = set.iter().map(|(_, w)| w).sum();
     set.iter()
         .map(|&(id, w)| TableShare {
-            target: if id == u32::MAX { TableTarget::Reject } else { target(id) },
+            target: if id == u32::MAX {
+                TableTarget::Reject
+            } else {
+                target(id)
+            },
             num: w,
             den: total,
         })
@@ -35,7 +42,12 @@ fn endpoint_set(max: usize) -> impl Strategy<Value = Vec<(u32, u64)>> {
 fn assert_bounded(old: &WeightedTable, new: &WeightedTable) -> Result<(), TestCaseError> {
     let d = maglev::disruption(old, new);
     prop_assert!(d.moved >= d.minimum, "{d:?}");
-    prop_assert!(d.moved <= 2 * d.minimum, "moved {} slots, minimum {}", d.moved, d.minimum);
+    prop_assert!(
+        d.moved <= 2 * d.minimum,
+        "moved {} slots, minimum {}",
+        d.moved,
+        d.minimum
+    );
     Ok(())
 }
 

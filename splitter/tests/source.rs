@@ -43,13 +43,24 @@ fn directories_of_multi_document_files_with_skipped_kinds() {
     let mut source = FileSource::new([dir.path().to_path_buf()]);
     let report = source.scan();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(report.skipped.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), ["Deployment", "ConfigMap"]);
+    assert_eq!(
+        report
+            .skipped
+            .iter()
+            .map(|s| s.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["Deployment", "ConfigMap"]
+    );
     assert_eq!(report.skipped[1].document, 3);
     assert_eq!(route_weight(&source), Some(5));
     // A relist per kind, the route in its own.
     let updates = source.updates();
     assert_eq!(updates.len(), Kind::ALL.len());
-    assert!(updates.iter().any(|u| matches!(u, Update::Reset(Kind::HttpRoute, v) if v.len() == 1)));
+    assert!(
+        updates
+            .iter()
+            .any(|u| matches!(u, Update::Reset(Kind::HttpRoute, v) if v.len() == 1))
+    );
 }
 
 #[test]
@@ -62,20 +73,36 @@ fn a_bad_object_is_reported_precisely_and_its_last_good_version_kept() {
     assert!(source.scan().errors.is_empty());
 
     // Out of range: rejected as CRD validation would; the weight-5 version stays.
-    fs::write(&file, format!("{other}{}", ROUTE.replace("WEIGHT", "2000000"))).unwrap();
+    fs::write(
+        &file,
+        format!("{other}{}", ROUTE.replace("WEIGHT", "2000000")),
+    )
+    .unwrap();
     bump_mtime(&file);
     let report = source.scan();
     assert!(report.changed);
     assert_eq!(report.errors.len(), 1);
     let e = &report.errors[0];
-    let SourceError::Object { path, document, error } = e else { panic!("{e}") };
+    let SourceError::Object {
+        path,
+        document,
+        error,
+    } = e
+    else {
+        panic!("{e}")
+    };
     assert_eq!(path, &file);
     assert_eq!(*document, 2);
     assert_eq!(error.object, "HTTPRoute ns/r");
     assert_eq!(error.field, "spec.rules[0].backendRefs[0].weight");
     assert!(error.reason.contains("0..=1000000"), "{}", error.reason);
     let line = e.to_string();
-    assert!(line.contains("route.yaml: document 2: HTTPRoute ns/r: spec.rules[0].backendRefs[0].weight"), "{line}");
+    assert!(
+        line.contains(
+            "route.yaml: document 2: HTTPRoute ns/r: spec.rules[0].backendRefs[0].weight"
+        ),
+        "{line}"
+    );
     assert_eq!(route_weight(&source), Some(5));
     assert_eq!(source.objects().len(), 2, "the namespace still applies");
 
@@ -92,7 +119,11 @@ fn a_bad_object_is_reported_precisely_and_its_last_good_version_kept() {
     let report = source.scan();
     assert!(report.errors.is_empty());
     assert_eq!(route_weight(&source), Some(7));
-    assert_eq!(source.objects().len(), 1, "the namespace was removed from the file");
+    assert_eq!(
+        source.objects().len(),
+        1,
+        "the namespace was removed from the file"
+    );
 
     // Unchanged: nothing to do.
     assert!(!source.scan().changed);
@@ -107,16 +138,27 @@ fn a_bad_object_is_reported_precisely_and_its_last_good_version_kept() {
 #[test]
 fn crd_validation_errors_name_the_field() {
     let cases = [
-        ("{name: a, port: 80, weight: -1}", "spec.rules[0].backendRefs[0].weight"),
+        (
+            "{name: a, port: 80, weight: -1}",
+            "spec.rules[0].backendRefs[0].weight",
+        ),
         ("{name: a}", "spec.rules[0].backendRefs[0].port"),
-        ("{name: a, port: 70000}", "spec.rules[0].backendRefs[0].port"),
+        (
+            "{name: a, port: 70000}",
+            "spec.rules[0].backendRefs[0].port",
+        ),
     ];
     for (backend, field) in cases {
         let text = ROUTE.replace("{name: a, port: 80, weight: WEIGHT}", backend);
         let e = parse_err(&text);
         assert_eq!(e.field, field, "{backend}");
     }
-    let bad_path = ROUTE.replace("- backendRefs", "- matches: [{path: {value: \"/a//b\"}}]\n    backendRefs").replace("WEIGHT", "1");
+    let bad_path = ROUTE
+        .replace(
+            "- backendRefs",
+            "- matches: [{path: {value: \"/a//b\"}}]\n    backendRefs",
+        )
+        .replace("WEIGHT", "1");
     let e = parse_err(&bad_path);
     assert_eq!(e.field, "spec.rules[0].matches[0].path.value");
     assert!(e.reason.contains("//"), "{}", e.reason);
@@ -126,7 +168,10 @@ fn crd_validation_errors_name_the_field() {
             "- matches: [{path: {value: /a}}, {path: {value: /b}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]\n    backendRefs",
         )
         .replace("WEIGHT", "1");
-    assert_eq!(parse_err(&rewrite_two_matches).field, "spec.rules[0].filters");
+    assert_eq!(
+        parse_err(&rewrite_two_matches).field,
+        "spec.rules[0].filters"
+    );
 }
 
 #[test]
@@ -141,14 +186,18 @@ spec:
   - filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}]
   - backendRefs: [{name: a, port: 80}]
 "#;
-    let Object::HttpRoute(r) = parse_ok(text) else { panic!() };
+    let Object::HttpRoute(r) = parse_ok(text) else {
+        panic!()
+    };
     assert_eq!(r.meta.namespace, "default");
     assert_eq!(r.parent_refs[0].group, "gateway.networking.k8s.io");
     assert_eq!(r.parent_refs[0].kind, "Gateway");
     assert_eq!(r.parent_refs[0].namespace, "default");
     use splitter::plan::l7::{Filter, PathMatch};
     assert_eq!(r.rules[0].matches[0].path, PathMatch::Prefix("/".into()));
-    let Filter::RequestRedirect(redirect) = &r.rules[0].filters[0] else { panic!() };
+    let Filter::RequestRedirect(redirect) = &r.rules[0].filters[0] else {
+        panic!()
+    };
     assert_eq!(redirect.status_code, 302);
     assert_eq!(r.rules[1].backends[0].weight, 1);
     assert_eq!(r.rules[1].backends[0].kind, "Service");
@@ -160,8 +209,13 @@ spec:
   gatewayClassName: splitter
   listeners: [{name: l, protocol: HTTP, port: 80}]
 "#;
-    let Object::Gateway(g) = parse_ok(gw) else { panic!() };
-    assert_eq!(g.listeners[0].allowed_namespaces, splitter::model::AllowedNamespaces::Same);
+    let Object::Gateway(g) = parse_ok(gw) else {
+        panic!()
+    };
+    assert_eq!(
+        g.listeners[0].allowed_namespaces,
+        splitter::model::AllowedNamespaces::Same
+    );
 }
 
 fn parse_ok(text: &str) -> Object {

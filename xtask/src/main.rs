@@ -1,6 +1,7 @@
 //! `cargo xtask`: splitter's developer tasks.
 
 mod build_ebpf;
+mod demo;
 mod setup;
 mod test;
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Install what the build needs on a fresh machine (idempotent).
     Setup,
+    /// The reference journey in network namespaces: 100/100, then 133/67, then an L4 split.
+    Demo,
     /// Install what is missing, then fmt, clippy (userspace and kernel) and every test.
     Test,
     /// Build the kernel object and print its path.
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
+        Command::Demo => demo::run(),
         Command::BuildEbpf { release } => {
             let object = build_ebpf::run(release)?;
             println!("{}", object.display());

@@ -14,7 +14,11 @@ pub struct ModelError {
 }
 
 impl ModelError {
-    pub fn new(object: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(
+        object: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self {
             object: object.into(),
             field: field.into(),

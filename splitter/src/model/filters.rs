@@ -2,7 +2,8 @@
 //! [`Filter`], with the CEL rules the CRD enforces.
 
 use gateway_api::httproutes::{
-    HttpRouteRulesFilters as RawFilter, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
+    HttpRouteRulesFilters as RawFilter,
+    HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
     HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
 };
@@ -26,34 +27,64 @@ pub(crate) fn rule_filters(
         let fat = at.index(i);
         let name = type_name(&f.r#type);
         // Only RequestMirror and ExtensionRef may repeat (CEL).
-        if !matches!(f.r#type, FilterType::RequestMirror | FilterType::ExtensionRef) {
+        if !matches!(
+            f.r#type,
+            FilterType::RequestMirror | FilterType::ExtensionRef
+        ) {
             if seen.contains(&name) {
-                return Err(fat.field("type").err(format!("{name} may appear only once per rule")));
+                return Err(fat
+                    .field("type")
+                    .err(format!("{name} may appear only once per rule")));
             }
             seen.push(name);
         }
-        let missing = |field: &str| fat.field(field).err(format!("must be set for a {name} filter"));
+        let missing = |field: &str| {
+            fat.field(field)
+                .err(format!("must be set for a {name} filter"))
+        };
         match f.r#type {
             FilterType::RequestHeaderModifier => {
-                let m = f.request_header_modifier.ok_or_else(|| missing("requestHeaderModifier"))?;
+                let m = f
+                    .request_header_modifier
+                    .ok_or_else(|| missing("requestHeaderModifier"))?;
                 out.push(Filter::RequestHeaderModifier(header_modifier(
-                    m.set.unwrap_or_default().into_iter().map(|h| (h.name, h.value)).collect(),
-                    m.add.unwrap_or_default().into_iter().map(|h| (h.name, h.value)).collect(),
+                    m.set
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    m.add
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
                     m.remove.unwrap_or_default(),
                     &fat.field("requestHeaderModifier"),
                 )?));
             }
             FilterType::ResponseHeaderModifier => {
-                let m = f.response_header_modifier.ok_or_else(|| missing("responseHeaderModifier"))?;
+                let m = f
+                    .response_header_modifier
+                    .ok_or_else(|| missing("responseHeaderModifier"))?;
                 out.push(Filter::ResponseHeaderModifier(header_modifier(
-                    m.set.unwrap_or_default().into_iter().map(|h| (h.name, h.value)).collect(),
-                    m.add.unwrap_or_default().into_iter().map(|h| (h.name, h.value)).collect(),
+                    m.set
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    m.add
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
                     m.remove.unwrap_or_default(),
                     &fat.field("responseHeaderModifier"),
                 )?));
             }
             FilterType::RequestRedirect => {
-                let r = f.request_redirect.ok_or_else(|| missing("requestRedirect"))?;
+                let r = f
+                    .request_redirect
+                    .ok_or_else(|| missing("requestRedirect"))?;
                 let rat = fat.field("requestRedirect");
                 if let Some(h) = &r.hostname {
                     validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
@@ -65,7 +96,11 @@ pub(crate) fn rule_filters(
                     .map_err(|e| rat.field("port").err(e))?;
                 let status_code = match r.status_code.unwrap_or(302) {
                     c @ (301 | 302 | 303 | 307 | 308) => c as u16,
-                    c => return Err(rat.field("statusCode").err(format!("{c} is not one of 301, 302, 303, 307, 308"))),
+                    c => {
+                        return Err(rat
+                            .field("statusCode")
+                            .err(format!("{c} is not one of 301, 302, 303, 307, 308")));
+                    }
                 };
                 let path = match r.path {
                     None => None,
@@ -108,7 +143,9 @@ pub(crate) fn rule_filters(
                 }));
             }
             FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
-                unsupported.get_or_insert_with(|| format!("{}: filter type {name} is not supported", fat.path));
+                unsupported.get_or_insert_with(|| {
+                    format!("{}: filter type {name} is not supported", fat.path)
+                });
             }
         }
     }
@@ -169,7 +206,10 @@ fn path_modifier(
     } else {
         (replace_prefix_match, "replacePrefixMatch")
     };
-    let value = value.ok_or_else(|| at.field(field).err("must be set for this path modifier type"))?;
+    let value = value.ok_or_else(|| {
+        at.field(field)
+            .err("must be set for this path modifier type")
+    })?;
     if value.len() > 1024 {
         return Err(at.field(field).err("longer than 1024 characters"));
     }
@@ -187,8 +227,14 @@ fn path_modifier(
 /// Whether a filter list uses `ReplacePrefixMatch` (which needs a single PathPrefix match).
 pub(crate) fn uses_replace_prefix(filters: &[Filter]) -> bool {
     filters.iter().any(|f| match f {
-        Filter::UrlRewrite(UrlRewrite { path: Some(PathModifier::ReplacePrefixMatch(_)), .. })
-        | Filter::RequestRedirect(Redirect { path: Some(PathModifier::ReplacePrefixMatch(_)), .. }) => true,
+        Filter::UrlRewrite(UrlRewrite {
+            path: Some(PathModifier::ReplacePrefixMatch(_)),
+            ..
+        })
+        | Filter::RequestRedirect(Redirect {
+            path: Some(PathModifier::ReplacePrefixMatch(_)),
+            ..
+        }) => true,
         _ => false,
     })
 }

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use gateway_api::{
     gatewayclasses::GatewayClass as RawGatewayClass,
     gateways::{
-        Gateway as RawGateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
+        Gateway as RawGateway, GatewayListeners,
+        GatewayListenersAllowedRoutesNamespacesFrom as From,
         GatewayListenersAllowedRoutesNamespacesSelector as RawSelector,
     },
     referencegrants::ReferenceGrant as RawReferenceGrant,
@@ -123,7 +124,9 @@ impl ReferenceGrant {
         self.from.iter().any(|f| {
             f.group == super::GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace
         }) && self.to.iter().any(|t| {
-            t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name)
+            t.group == to_group
+                && t.kind == to_kind
+                && t.name.as_deref().is_none_or(|n| n == to_name)
         })
     }
 }
@@ -133,7 +136,11 @@ pub struct Namespace {
     pub meta: Meta,
 }
 
-pub(crate) fn gateway_class(raw: RawGatewayClass, meta: Meta, id: &str) -> Result<GatewayClass, ModelError> {
+pub(crate) fn gateway_class(
+    raw: RawGatewayClass,
+    meta: Meta,
+    id: &str,
+) -> Result<GatewayClass, ModelError> {
     let at = FieldPath::root(id, "spec.controllerName");
     let name = raw.spec.controller_name;
     if name.is_empty() || !name.contains('/') {
@@ -159,9 +166,10 @@ pub(crate) fn gateway(raw: RawGateway, meta: Meta, id: &str) -> Result<Gateway, 
         let ty = a.r#type.as_deref().unwrap_or("IPAddress");
         let value = a.value.clone().unwrap_or_default();
         if ty == "IPAddress" {
-            let ip = value
-                .parse::<IpAddr>()
-                .map_err(|_| at.field("value").err(format!("{value:?} is not an IP address")))?;
+            let ip = value.parse::<IpAddr>().map_err(|_| {
+                at.field("value")
+                    .err(format!("{value:?} is not an IP address"))
+            })?;
             addresses.push(ip);
         } else {
             unsupported_addresses.push(format!("{ty} {value}"));
@@ -176,12 +184,15 @@ pub(crate) fn gateway(raw: RawGateway, meta: Meta, id: &str) -> Result<Gateway, 
         let at = lat.index(i);
         let listener = listener(l, &at)?;
         if listeners.iter().any(|o| o.name == listener.name) {
-            return Err(at.field("name").err(format!("listener name {:?} is used twice", listener.name)));
+            return Err(at
+                .field("name")
+                .err(format!("listener name {:?} is used twice", listener.name)));
         }
-        if listeners
-            .iter()
-            .any(|o| o.port == listener.port && o.protocol == listener.protocol && o.hostname == listener.hostname)
-        {
+        if listeners.iter().any(|o| {
+            o.port == listener.port
+                && o.protocol == listener.protocol
+                && o.hostname == listener.hostname
+        }) {
             return Err(at.err("port, protocol and hostname must be unique among listeners"));
         }
         listeners.push(listener);
@@ -203,7 +214,9 @@ fn listener(l: GatewayListeners, at: &FieldPath<'_>) -> Result<Listener, ModelEr
     if let Some(h) = &l.hostname {
         validate::hostname(h, true).map_err(|e| at.field("hostname").err(e))?;
         if matches!(l.protocol.as_str(), "TCP" | "UDP") {
-            return Err(at.field("hostname").err("must not be set on a TCP or UDP listener"));
+            return Err(at
+                .field("hostname")
+                .err("must not be set on a TCP or UDP listener"));
         }
     }
     if l.protocol.is_empty() {
@@ -219,7 +232,10 @@ fn listener(l: GatewayListeners, at: &FieldPath<'_>) -> Result<Listener, ModelEr
                 at.field("allowedRoutes.namespaces.selector")
                     .err("must be set when from is Selector")
             })?;
-            AllowedNamespaces::Selector(selector(sel, &at.field("allowedRoutes.namespaces.selector"))?)
+            AllowedNamespaces::Selector(selector(
+                sel,
+                &at.field("allowedRoutes.namespaces.selector"),
+            )?)
         }
     };
     let allowed_kinds = ar.kinds.map(|ks| {
@@ -242,7 +258,12 @@ fn listener(l: GatewayListeners, at: &FieldPath<'_>) -> Result<Listener, ModelEr
 
 fn selector(raw: RawSelector, at: &FieldPath<'_>) -> Result<LabelSelector, ModelError> {
     let mut requirements = Vec::new();
-    for (i, e) in raw.match_expressions.unwrap_or_default().into_iter().enumerate() {
+    for (i, e) in raw
+        .match_expressions
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let values = e.values.unwrap_or_default();
         requirements.push(match e.operator.as_str() {
             "In" => SelectorRequirement::In(e.key, values),
@@ -254,7 +275,9 @@ fn selector(raw: RawSelector, at: &FieldPath<'_>) -> Result<LabelSelector, Model
                     .field("matchExpressions")
                     .index(i)
                     .field("operator")
-                    .err(format!("unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)")));
+                    .err(format!(
+                        "unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"
+                    )));
             }
         });
     }
@@ -264,7 +287,11 @@ fn selector(raw: RawSelector, at: &FieldPath<'_>) -> Result<LabelSelector, Model
     })
 }
 
-pub(crate) fn reference_grant(raw: RawReferenceGrant, meta: Meta, id: &str) -> Result<ReferenceGrant, ModelError> {
+pub(crate) fn reference_grant(
+    raw: RawReferenceGrant,
+    meta: Meta,
+    id: &str,
+) -> Result<ReferenceGrant, ModelError> {
     let spec = FieldPath::root(id, "spec");
     if raw.spec.from.is_empty() {
         return Err(spec.field("from").err("needs at least one entry"));

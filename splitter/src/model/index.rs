@@ -168,7 +168,10 @@ mod tests {
         assert!(index.delete(&ObjectKey::new(Kind::Namespace, "", "a")));
         assert!(!index.delete(&ObjectKey::new(Kind::Namespace, "", "a")));
         index.update(Update::Reset(Kind::Namespace, vec![ns("c"), ns("d")]));
-        assert_eq!(index.namespaces.keys().cloned().collect::<Vec<_>>(), ["c", "d"]);
+        assert_eq!(
+            index.namespaces.keys().cloned().collect::<Vec<_>>(),
+            ["c", "d"]
+        );
         // A reset of another kind leaves namespaces alone.
         index.reset(Kind::Service, vec![ns("e")]);
         assert_eq!(index.namespaces.len(), 2);

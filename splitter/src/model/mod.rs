@@ -17,17 +17,15 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use error::ModelError;
 pub(crate) use error::FieldPath;
+pub use error::ModelError;
 pub use gateway::{
     AllowedNamespaces, Gateway, GatewayClass, LabelSelector, Listener, Namespace, ReferenceGrant,
     RouteGroupKind, SelectorRequirement,
 };
 pub use index::Index;
 pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef};
-pub use service::{
-    EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort,
-};
+pub use service::{EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort};
 
 /// The API group of every Gateway API kind.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";

@@ -17,7 +17,10 @@ use super::{GATEWAY_GROUP, Kind, Meta, ModelError, Object, crd, gateway, route, 
 pub enum Parsed {
     Object(Box<Object>),
     /// A kind the agent has no use for (Deployment, ConfigMap, ...).
-    Skipped { api_version: String, kind: String },
+    Skipped {
+        api_version: String,
+        kind: String,
+    },
 }
 
 /// The `kind`, namespace and name a raw document claims, read without validating anything, so
@@ -55,7 +58,11 @@ pub fn kind_of(api_version: &str, kind: &str) -> Result<Option<Kind>, String> {
             "{kind} {api_version} is not a version we read (use {})",
             versions
                 .iter()
-                .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
+                .map(|v| if group.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("{group}/{v}")
+                })
                 .collect::<Vec<_>>()
                 .join(" or ")
         )),
@@ -72,7 +79,11 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
             (false, false) => format!("{kind_str} {ns}/{name}"),
         }
     };
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if api_version.is_empty() {
         return Err(ModelError::new(label(&ns), "apiVersion", "missing"));
     }
@@ -90,7 +101,11 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
         Err(e) => return Err(ModelError::new(label(&ns), "apiVersion", e)),
     };
     // Objects without a namespace land in "default", as `kubectl apply` would put them.
-    let ns = if kind.is_namespaced() && ns.is_empty() { "default".to_string() } else { ns };
+    let ns = if kind.is_namespaced() && ns.is_empty() {
+        "default".to_string()
+    } else {
+        ns
+    };
     let id = label(if kind.is_namespaced() { &ns } else { "" });
     let raw_meta: ObjectMeta = match value.get("metadata") {
         Some(m) => typed(m.clone(), &id, "metadata.")?,
@@ -99,18 +114,37 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
     if name.is_empty() {
         return Err(ModelError::new(id, "metadata.name", "missing"));
     }
-    let meta = meta(raw_meta, if kind.is_namespaced() { ns } else { String::new() });
+    let meta = meta(
+        raw_meta,
+        if kind.is_namespaced() {
+            ns
+        } else {
+            String::new()
+        },
+    );
     let object = match kind {
-        Kind::GatewayClass => Object::GatewayClass(gateway::gateway_class(typed(value, &id, "")?, meta, &id)?),
+        Kind::GatewayClass => {
+            Object::GatewayClass(gateway::gateway_class(typed(value, &id, "")?, meta, &id)?)
+        }
         Kind::Gateway => Object::Gateway(gateway::gateway(typed(value, &id, "")?, meta, &id)?),
         Kind::HttpRoute => Object::HttpRoute(route::http_route(typed(value, &id, "")?, meta, &id)?),
         Kind::TcpRoute => {
             let raw: crd::TcpRoute = typed(value, &id, "")?;
-            Object::TcpRoute(route::l4_route(meta, raw.spec.parent_refs, raw.spec.rules, &id)?)
+            Object::TcpRoute(route::l4_route(
+                meta,
+                raw.spec.parent_refs,
+                raw.spec.rules,
+                &id,
+            )?)
         }
         Kind::UdpRoute => {
             let raw: crd::UdpRoute = typed(value, &id, "")?;
-            Object::UdpRoute(route::l4_route(meta, raw.spec.parent_refs, raw.spec.rules, &id)?)
+            Object::UdpRoute(route::l4_route(
+                meta,
+                raw.spec.parent_refs,
+                raw.spec.rules,
+                &id,
+            )?)
         }
         Kind::ReferenceGrant => {
             Object::ReferenceGrant(gateway::reference_grant(typed(value, &id, "")?, meta, &id)?)
@@ -127,7 +161,11 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
 fn typed<T: DeserializeOwned>(value: Value, id: &str, prefix: &str) -> Result<T, ModelError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
+        let field = if path == "." {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
         ModelError::new(id, field, e.into_inner().to_string())
     })
 }
@@ -153,14 +191,17 @@ mod tests {
 
     #[test]
     fn skipped_kinds() {
-        let p = parse_yaml("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: echo}\n").unwrap();
+        let p =
+            parse_yaml("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: echo}\n").unwrap();
         assert!(matches!(p, Parsed::Skipped { kind, .. } if kind == "Deployment"));
     }
 
     #[test]
     fn wrong_version_of_our_kind() {
-        let e = parse_yaml("apiVersion: gateway.networking.k8s.io/v9\nkind: HTTPRoute\nmetadata: {name: r}\n")
-            .unwrap_err();
+        let e = parse_yaml(
+            "apiVersion: gateway.networking.k8s.io/v9\nkind: HTTPRoute\nmetadata: {name: r}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "apiVersion");
         assert_eq!(e.object, "HTTPRoute default/r");
     }

@@ -11,7 +11,9 @@ use super::{
     crd::{L4RouteBackendRef, L4RouteParentRef, L4RouteRule},
     filters, validate,
 };
-use crate::plan::l7::{Filter, HeaderMatch, PathMatch, QueryMatch, RouteMatch, Timeouts, ValueMatch};
+use crate::plan::l7::{
+    Filter, HeaderMatch, PathMatch, QueryMatch, RouteMatch, Timeouts, ValueMatch,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpRoute {
@@ -94,14 +96,25 @@ pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<Http
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut hostnames = Vec::new();
-    for (i, h) in raw.spec.hostnames.unwrap_or_default().into_iter().enumerate() {
+    for (i, h) in raw
+        .spec
+        .hostnames
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         validate::hostname(&h, true).map_err(|e| spec.field("hostnames").index(i).err(e))?;
         hostnames.push(h);
     }
     // CRD default: one rule matching everything and forwarding nowhere.
-    let raw_rules = raw.spec.rules.unwrap_or_else(|| vec![HttpRouteRules::default()]);
+    let raw_rules = raw
+        .spec
+        .rules
+        .unwrap_or_else(|| vec![HttpRouteRules::default()]);
     if raw_rules.len() > 16 {
-        return Err(spec.field("rules").err(format!("{} rules, the limit is 16", raw_rules.len())));
+        return Err(spec
+            .field("rules")
+            .err(format!("{} rules, the limit is 16", raw_rules.len())));
     }
     let rules = raw_rules
         .into_iter()
@@ -110,7 +123,9 @@ pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<Http
         .collect::<Result<Vec<_>, _>>()?;
     let total_matches: usize = rules.iter().map(|r| r.matches.len()).sum();
     if total_matches > 128 {
-        return Err(spec.field("rules").err(format!("{total_matches} matches in total, the limit is 128")));
+        return Err(spec.field("rules").err(format!(
+            "{total_matches} matches in total, the limit is 128"
+        )));
     }
     let strip_path = meta
         .annotations
@@ -126,7 +141,9 @@ pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<Http
 }
 
 fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule, ModelError> {
-    let raw_matches = r.matches.unwrap_or_else(|| vec![HttpRouteRulesMatches::default()]);
+    let raw_matches = r
+        .matches
+        .unwrap_or_else(|| vec![HttpRouteRulesMatches::default()]);
     if raw_matches.len() > 64 {
         return Err(at.field("matches").err("more than 64 matches"));
     }
@@ -140,22 +157,38 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     for (i, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
         let bat = at.field("backendRefs").index(i);
         if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            unsupported.get_or_insert_with(|| format!("{}.filters: backendRef filters are not supported", bat.path));
+            unsupported.get_or_insert_with(|| {
+                format!("{}.filters: backendRef filters are not supported", bat.path)
+            });
         }
-        backends.push(backend_ref(ns, b.group, b.kind, b.namespace, b.name, b.port, b.weight, &bat)?);
+        backends.push(backend_ref(
+            ns,
+            b.group,
+            b.kind,
+            b.namespace,
+            b.name,
+            b.port,
+            b.weight,
+            &bat,
+        )?);
     }
     if backends.len() > 16 {
         return Err(at.field("backendRefs").err("more than 16 backendRefs"));
     }
-    let (filters, filter_problem) = filters::rule_filters(r.filters.unwrap_or_default(), &at.field("filters"))?;
+    let (filters, filter_problem) =
+        filters::rule_filters(r.filters.unwrap_or_default(), &at.field("filters"))?;
     if let Some(p) = filter_problem {
         unsupported.get_or_insert(p);
     }
     // CEL rules of the CRD.
-    let has_redirect = filters.iter().any(|f| matches!(f, Filter::RequestRedirect(_)));
+    let has_redirect = filters
+        .iter()
+        .any(|f| matches!(f, Filter::RequestRedirect(_)));
     let has_rewrite = filters.iter().any(|f| matches!(f, Filter::UrlRewrite(_)));
     if has_redirect && has_rewrite {
-        return Err(at.field("filters").err("RequestRedirect and URLRewrite cannot be combined"));
+        return Err(at
+            .field("filters")
+            .err("RequestRedirect and URLRewrite cannot be combined"));
     }
     if has_redirect && !backends.is_empty() {
         return Err(at.err("RequestRedirect filter must not be used together with backendRefs"));
@@ -163,14 +196,15 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     if filters::uses_replace_prefix(&filters)
         && !(matches.len() == 1 && matches!(matches[0].path, PathMatch::Prefix(_)))
     {
-        return Err(at.field("filters").err(
-            "ReplacePrefixMatch needs exactly one match, of type PathPrefix",
-        ));
+        return Err(at
+            .field("filters")
+            .err("ReplacePrefixMatch needs exactly one match, of type PathPrefix"));
     }
     let mut timeouts = Timeouts::default();
     if let Some(t) = r.timeouts {
         if let Some(v) = t.request {
-            timeouts.request = validate::duration(&v).map_err(|e| at.field("timeouts.request").err(e))?;
+            timeouts.request =
+                validate::duration(&v).map_err(|e| at.field("timeouts.request").err(e))?;
         }
         if let Some(v) = t.backend_request {
             timeouts.backend_request =
@@ -179,7 +213,9 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
         if let (Some(req), Some(be)) = (timeouts.request, timeouts.backend_request)
             && be > req
         {
-            return Err(at.field("timeouts.backendRequest").err("must not be greater than timeouts.request"));
+            return Err(at
+                .field("timeouts.backendRequest")
+                .err("must not be greater than timeouts.request"));
         }
     }
     Ok(HttpRule {
@@ -193,7 +229,10 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
 
 fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatch, ModelError> {
     let (ty, value) = match m.path {
-        Some(p) => (p.r#type.unwrap_or(PathType::PathPrefix), p.value.unwrap_or_else(|| "/".into())),
+        Some(p) => (
+            p.r#type.unwrap_or(PathType::PathPrefix),
+            p.value.unwrap_or_else(|| "/".into()),
+        ),
         None => (PathType::PathPrefix, "/".to_string()),
     };
     let pat = at.field("path.value");
@@ -205,7 +244,11 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
         PathType::PathPrefix => {
             validate::http_path(&value).map_err(|e| pat.err(e))?;
             let trimmed = value.trim_end_matches('/');
-            PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+            PathMatch::Prefix(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            })
         }
         PathType::RegularExpression => {
             if value.is_empty() || value.len() > 1024 {
@@ -248,7 +291,10 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
             QueryType::Exact => ValueMatch::Exact(q.value),
             QueryType::RegularExpression => ValueMatch::Regex(q.value),
         };
-        query.push(QueryMatch { name: q.name, value });
+        query.push(QueryMatch {
+            name: q.name,
+            value,
+        });
     }
     let method = m.method.map(|m| {
         serde_json::to_value(&m)
@@ -312,7 +358,11 @@ pub(crate) fn backend_ref(
         .transpose()
         .map_err(|e| at.field("port").err(e))?;
     let group = group.unwrap_or_default();
-    let group = if group == "core" { String::new() } else { group };
+    let group = if group == "core" {
+        String::new()
+    } else {
+        group
+    };
     let kind = kind.unwrap_or_else(|| "Service".to_string());
     if group.is_empty() && kind == "Service" && port.is_none() {
         return Err(at.field("port").err("must have port for Service reference"));
@@ -352,7 +402,9 @@ pub(crate) fn l4_route(
         })
         .collect::<Result<Vec<_>, _>>()?;
     if rules.len() != 1 {
-        return Err(spec.field("rules").err(format!("must hold exactly one rule, found {}", rules.len())));
+        return Err(spec
+            .field("rules")
+            .err(format!("must hold exactly one rule, found {}", rules.len())));
     }
     let rule = rules.into_iter().next().unwrap_or_default();
     let at = spec.field("rules").index(0).field("backendRefs");
@@ -364,7 +416,16 @@ pub(crate) fn l4_route(
         .into_iter()
         .enumerate()
         .map(|(i, b): (usize, L4RouteBackendRef)| {
-            backend_ref(&meta.namespace, b.group, b.kind, b.namespace, b.name, b.port, b.weight, &at.index(i))
+            backend_ref(
+                &meta.namespace,
+                b.group,
+                b.kind,
+                b.namespace,
+                b.name,
+                b.port,
+                b.weight,
+                &at.index(i),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(L4Route {

@@ -69,7 +69,9 @@ pub(crate) fn service(raw: RawService, meta: Meta, id: &str) -> Result<Service, 
                 TargetPort::Number(validate::port(n).map_err(|e| pat.field("targetPort").err(e))?)
             }
             Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                Ok(n) => TargetPort::Number(validate::port(n).map_err(|e| pat.field("targetPort").err(e))?),
+                Ok(n) => TargetPort::Number(
+                    validate::port(n).map_err(|e| pat.field("targetPort").err(e))?,
+                ),
                 Err(_) => TargetPort::Name(s),
             },
         };
@@ -87,7 +89,11 @@ pub(crate) fn service(raw: RawService, meta: Meta, id: &str) -> Result<Service, 
     })
 }
 
-pub(crate) fn endpoint_slice(raw: RawSlice, meta: Meta, id: &str) -> Result<EndpointSlice, ModelError> {
+pub(crate) fn endpoint_slice(
+    raw: RawSlice,
+    meta: Meta,
+    id: &str,
+) -> Result<EndpointSlice, ModelError> {
     let root = FieldPath::root(id, "");
     let fqdn = raw.address_type == "FQDN";
     let mut endpoints = Vec::new();
@@ -99,7 +105,9 @@ pub(crate) fn endpoint_slice(raw: RawSlice, meta: Meta, id: &str) -> Result<Endp
         if !fqdn {
             for (j, a) in e.addresses.iter().enumerate() {
                 let ip = a.parse::<IpAddr>().map_err(|_| {
-                    at.field("addresses").index(j).err(format!("{a:?} is not an IP address"))
+                    at.field("addresses")
+                        .index(j)
+                        .err(format!("{a:?} is not an IP address"))
                 })?;
                 addresses.push(ip);
             }
@@ -110,7 +118,8 @@ pub(crate) fn endpoint_slice(raw: RawSlice, meta: Meta, id: &str) -> Result<Endp
     let mut ports = Vec::new();
     for (i, p) in raw.ports.unwrap_or_default().into_iter().enumerate() {
         let Some(n) = p.port else { continue };
-        let port = validate::port(n).map_err(|e| root.field("ports").index(i).field("port").err(e))?;
+        let port =
+            validate::port(n).map_err(|e| root.field("ports").index(i).field("port").err(e))?;
         ports.push(SlicePort {
             name: p.name.unwrap_or_default(),
             port,

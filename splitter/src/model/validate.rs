@@ -14,7 +14,10 @@ pub fn http_path(value: &str) -> Result<(), String> {
         return Err(format!("path {value:?} must start with '/'"));
     }
     if value.len() > 1024 {
-        return Err(format!("path is {} characters long, the limit is 1024", value.len()));
+        return Err(format!(
+            "path is {} characters long, the limit is 1024",
+            value.len()
+        ));
     }
     for bad in ["//", "/./", "/../", "%2f", "%2F", "#"] {
         if value.contains(bad) {
@@ -24,11 +27,11 @@ pub fn http_path(value: &str) -> Result<(), String> {
     if value.ends_with("/..") || value.ends_with("/.") {
         return Err(format!("path {value:?} must not end with '/.' or '/..'"));
     }
-    let allowed = |c: char| {
-        c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c)
-    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c);
     if let Some(c) = value.chars().find(|c| !allowed(*c)) {
-        return Err(format!("path {value:?} contains {c:?}, which is not an RFC 3986 path character"));
+        return Err(format!(
+            "path {value:?} contains {c:?}, which is not an RFC 3986 path character"
+        ));
     }
     Ok(())
 }
@@ -45,12 +48,16 @@ pub fn hostname(value: &str, wildcard: bool) -> Result<(), String> {
         return Err(format!("hostname {value:?} must be 1 to 253 characters"));
     }
     if rest.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!("hostname {value:?} must be a name, not an IP address"));
+        return Err(format!(
+            "hostname {value:?} must be a name, not an IP address"
+        ));
     }
     for label in rest.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {

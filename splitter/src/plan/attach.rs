@@ -9,7 +9,9 @@ use super::{
     hostname,
     l7::{InvalidReason, PlannedBackend},
     listener::PlanConfig,
-    status::{Condition, Diagnostic, RouteParentStatus, RouteStatus, Severity, StatusParentRef, reason},
+    status::{
+        Condition, Diagnostic, RouteParentStatus, RouteStatus, Severity, StatusParentRef, reason,
+    },
 };
 use crate::model::{GATEWAY_GROUP, HttpRoute, Index, Kind, L4Route, Meta, ObjectKey, ParentRef};
 
@@ -55,21 +57,30 @@ impl<'i> Attacher<'i, '_> {
             .rules
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| r.unsupported.as_ref().map(|u| format!("Dropped Rule {i}: {u}")))
+            .filter_map(|(i, r)| {
+                r.unsupported
+                    .as_ref()
+                    .map(|u| format!("Dropped Rule {i}: {u}"))
+            })
             .collect();
         let all_dropped = !route.rules.is_empty() && dropped.len() == route.rules.len();
         let mut parents = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, p) in route.parent_refs.iter().enumerate() {
-            let Some(candidates) = self.candidates(Kind::HttpRoute, meta, i, p) else { continue };
+            let Some(candidates) = self.candidates(Kind::HttpRoute, meta, i, p) else {
+                continue;
+            };
             let outcome = match self.allowed(candidates, "HTTPRoute", &meta.namespace, p) {
                 Err(refused) => refused,
                 Ok(allowed) => {
                     let matched: Vec<(usize, Vec<String>)> = allowed
                         .into_iter()
                         .filter_map(|li| {
-                            hostname::intersect(self.listeners[li].listener.hostname.as_deref(), &route.hostnames)
-                                .map(|h| (li, h))
+                            hostname::intersect(
+                                self.listeners[li].listener.hostname.as_deref(),
+                                &route.hostnames,
+                            )
+                            .map(|h| (li, h))
                         })
                         .collect();
                     if matched.is_empty() {
@@ -117,7 +128,11 @@ impl<'i> Attacher<'i, '_> {
     }
 
     /// Attaches a TCPRoute or UDPRoute; returns its status and its resolved backends.
-    pub fn l4_route(&mut self, kind: Kind, route: &'i L4Route) -> (Option<RouteStatus>, Vec<PlannedBackend>) {
+    pub fn l4_route(
+        &mut self,
+        kind: Kind,
+        route: &'i L4Route,
+    ) -> (Option<RouteStatus>, Vec<PlannedBackend>) {
         let meta = &route.meta;
         let mut unresolved = Vec::new();
         let backends: Vec<PlannedBackend> = route
@@ -132,10 +147,14 @@ impl<'i> Attacher<'i, '_> {
         let mut parents = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, p) in route.parent_refs.iter().enumerate() {
-            let Some(candidates) = self.candidates(kind, meta, i, p) else { continue };
+            let Some(candidates) = self.candidates(kind, meta, i, p) else {
+                continue;
+            };
             let outcome = match self.allowed(candidates, kind.as_str(), &meta.namespace, p) {
                 Err(refused) => refused,
-                Ok(allowed) => Attach::Accepted(allowed.into_iter().map(|li| (li, Vec::new())).collect()),
+                Ok(allowed) => {
+                    Attach::Accepted(allowed.into_iter().map(|li| (li, Vec::new())).collect())
+                }
             };
             if let Attach::Accepted(matched) = &outcome {
                 for (li, _) in matched {
@@ -158,7 +177,13 @@ impl<'i> Attacher<'i, '_> {
 
     /// Listeners of the referenced Gateway that the parentRef's sectionName and port select.
     /// `None` when the parentRef is not for us (another kind, another class, no such Gateway).
-    fn candidates(&mut self, kind: Kind, meta: &Meta, i: usize, p: &ParentRef) -> Option<Result<Vec<usize>, Attach>> {
+    fn candidates(
+        &mut self,
+        kind: Kind,
+        meta: &Meta,
+        i: usize,
+        p: &ParentRef,
+    ) -> Option<Result<Vec<usize>, Attach>> {
         if p.group != GATEWAY_GROUP || p.kind != "Gateway" {
             return None;
         }
@@ -167,7 +192,10 @@ impl<'i> Attacher<'i, '_> {
             self.diagnostics.push(Diagnostic {
                 severity: Severity::Error,
                 object: ObjectKey::new(kind, &meta.namespace, &meta.name).to_string(),
-                message: format!("spec.parentRefs[{i}]: Gateway {}/{} not found", p.namespace, p.name),
+                message: format!(
+                    "spec.parentRefs[{i}]: Gateway {}/{} not found",
+                    p.namespace, p.name
+                ),
             });
             return None;
         };
@@ -178,7 +206,9 @@ impl<'i> Attacher<'i, '_> {
             .listeners
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.gateway.meta.namespace == p.namespace && l.gateway.meta.name == p.name)
+            .filter(|(_, l)| {
+                l.gateway.meta.namespace == p.namespace && l.gateway.meta.name == p.name
+            })
             .map(|(i, _)| i)
             .collect();
         if all.is_empty() {
@@ -189,7 +219,8 @@ impl<'i> Attacher<'i, '_> {
             .into_iter()
             .filter(|&li| {
                 let l = self.listeners[li].listener;
-                p.section_name.as_ref().is_none_or(|s| *s == l.name) && p.port.is_none_or(|port| port == l.port)
+                p.section_name.as_ref().is_none_or(|s| *s == l.name)
+                    && p.port.is_none_or(|port| port == l.port)
             })
             .collect();
         if selected.is_empty() {
@@ -233,7 +264,12 @@ impl<'i> Attacher<'i, '_> {
         Ok(allowed)
     }
 
-    fn conditions(&self, meta: &Meta, outcome: Attach, unresolved: &[Unresolved]) -> Vec<Condition> {
+    fn conditions(
+        &self,
+        meta: &Meta,
+        outcome: Attach,
+        unresolved: &[Unresolved],
+    ) -> Vec<Condition> {
         let g = meta.generation;
         let accepted = match outcome {
             Attach::Accepted(_) => Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "", g),
@@ -249,7 +285,11 @@ impl<'i> Attacher<'i, '_> {
                     InvalidReason::InvalidKind => reason::INVALID_KIND,
                     InvalidReason::RefNotPermitted => reason::REF_NOT_PERMITTED,
                 },
-                unresolved.iter().map(|u| u.message.as_str()).collect::<Vec<_>>().join("; "),
+                unresolved
+                    .iter()
+                    .map(|u| u.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 g,
             ),
         };

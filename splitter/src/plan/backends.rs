@@ -26,14 +26,22 @@ impl<'a> Resolver<'a> {
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for ((ns, _), s) in &index.endpoint_slices {
             if let Some(svc) = &s.service_name {
-                slices.entry((ns.as_str(), svc.as_str())).or_default().push(s);
+                slices
+                    .entry((ns.as_str(), svc.as_str()))
+                    .or_default()
+                    .push(s);
             }
         }
         Self { index, slices }
     }
 
     /// Resolves one backendRef of a route of kind `route_kind` in `route_ns`.
-    pub fn resolve(&self, route_kind: &str, route_ns: &str, b: &BackendRef) -> (PlannedBackend, Option<Unresolved>) {
+    pub fn resolve(
+        &self,
+        route_kind: &str,
+        route_ns: &str,
+        b: &BackendRef,
+    ) -> (PlannedBackend, Option<Unresolved>) {
         let name = match b.port {
             Some(p) => format!("{}/{}:{p}", b.namespace, b.name),
             None => format!("{}/{}", b.namespace, b.name),
@@ -52,7 +60,10 @@ impl<'a> Resolver<'a> {
             let group = if b.group.is_empty() { "core" } else { &b.group };
             return invalid(
                 InvalidReason::InvalidKind,
-                format!("backendRef {name}: kind {} in group {group} is not supported (only core Service)", b.kind),
+                format!(
+                    "backendRef {name}: kind {} in group {group} is not supported (only core Service)",
+                    b.kind
+                ),
             );
         }
         if b.namespace != route_ns && !self.granted(route_kind, route_ns, b) {
@@ -64,8 +75,15 @@ impl<'a> Resolver<'a> {
                 ),
             );
         }
-        let Some(svc) = self.index.services.get(&(b.namespace.clone(), b.name.clone())) else {
-            return invalid(InvalidReason::BackendNotFound, format!("backendRef {name}: Service not found"));
+        let Some(svc) = self
+            .index
+            .services
+            .get(&(b.namespace.clone(), b.name.clone()))
+        else {
+            return invalid(
+                InvalidReason::BackendNotFound,
+                format!("backendRef {name}: Service not found"),
+            );
         };
         if svc.external_name {
             return invalid(
@@ -108,11 +126,18 @@ impl<'a> Resolver<'a> {
     /// deduplicated (a pod can sit in two slices while they are rebalanced) and sorted.
     pub fn ready_endpoints(&self, svc: &Service, sp: &ServicePort) -> Vec<SocketAddr> {
         let mut out = BTreeSet::new();
-        let Some(slices) = self.slices.get(&(svc.meta.namespace.as_str(), svc.meta.name.as_str())) else {
+        let Some(slices) = self
+            .slices
+            .get(&(svc.meta.namespace.as_str(), svc.meta.name.as_str()))
+        else {
             return Vec::new();
         };
         for s in slices {
-            let port = match s.ports.iter().find(|p| p.name == sp.name && p.protocol == sp.protocol) {
+            let port = match s
+                .ports
+                .iter()
+                .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+            {
                 Some(p) => p.port,
                 // A slice without ports serves every port; only a numeric targetPort tells which.
                 None if s.ports.is_empty() => match sp.target_port {

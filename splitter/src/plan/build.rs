@@ -18,7 +18,11 @@ use crate::model::{DATAPLANE_ANNOTATION, Index, Kind};
 pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Plan {
     let mut diagnostics = Vec::new();
     let (ours, gateway_classes) = gateways::class_status(index, config, &mut diagnostics);
-    let mut listeners = if ours { gateways::gateway_listeners(index, config) } else { Vec::new() };
+    let mut listeners = if ours {
+        gateways::gateway_listeners(index, config)
+    } else {
+        Vec::new()
+    };
 
     let mut routes = Vec::new();
     let mut http_rules: HashMap<(String, String), ResolvedRules> = HashMap::new();
@@ -36,7 +40,10 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
             routes.extend(status);
             http_rules.insert(key.clone(), rules);
         }
-        for (kind, map) in [(Kind::TcpRoute, &index.tcp_routes), (Kind::UdpRoute, &index.udp_routes)] {
+        for (kind, map) in [
+            (Kind::TcpRoute, &index.tcp_routes),
+            (Kind::UdpRoute, &index.udp_routes),
+        ] {
             for ((ns, name), r) in map {
                 let (status, backends) = attacher.l4_route(kind, r);
                 routes.extend(status);
@@ -55,7 +62,9 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
     let mut dataplane: HashMap<usize, Condition> = HashMap::new();
     let mut plans = Vec::new();
     for (key, members) in groups {
-        let Some(class) = listeners[members[0]].class else { continue };
+        let Some(class) = listeners[members[0]].class else {
+            continue;
+        };
         let sources: Vec<ListenerSource> = members
             .iter()
             .map(|&i| {
@@ -70,7 +79,16 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
             .collect();
         let annotations: Vec<_> = members
             .iter()
-            .map(|&i| (listeners[i].gateway_ref.clone(), listeners[i].gateway.meta.annotations.get(DATAPLANE_ANNOTATION)))
+            .map(|&i| {
+                (
+                    listeners[i].gateway_ref.clone(),
+                    listeners[i]
+                        .gateway
+                        .meta
+                        .annotations
+                        .get(DATAPLANE_ANNOTATION),
+                )
+            })
             .collect();
         let (wanted, bad) = table::override_of(&annotations);
         for (gw, message) in bad {
@@ -88,8 +106,15 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
                 for &i in &members {
                     let l = &listeners[i];
                     for a in &l.http {
-                        if let (Some(route), Some(rules)) = (index.http_routes.get(&a.route), http_rules.get(&a.route)) {
-                            entries.extend(table::entries(route, rules, l.listener.hostname.as_deref(), &a.hostnames));
+                        if let (Some(route), Some(rules)) =
+                            (index.http_routes.get(&a.route), http_rules.get(&a.route))
+                        {
+                            entries.extend(table::entries(
+                                route,
+                                rules,
+                                l.listener.hostname.as_deref(),
+                                &a.hostnames,
+                            ));
                         }
                     }
                 }
@@ -99,19 +124,47 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
                     (Some(Mode::L7), _) => (
                         Mode::L7,
                         format!("forced by the Gateway annotation {DATAPLANE_ANNOTATION}: l7"),
-                        Condition::new(reason::DATAPLANE, true, reason::L7, "forced by annotation", generation),
+                        Condition::new(
+                            reason::DATAPLANE,
+                            true,
+                            reason::L7,
+                            "forced by annotation",
+                            generation,
+                        ),
                     ),
                     (Some(Mode::L4), Some(why)) => {
                         let msg = format!("{DATAPLANE_ANNOTATION}: l4 refused: {why}");
-                        (Mode::L7, msg.clone(), Condition::new(reason::DATAPLANE, false, reason::L4_REFUSED, msg, generation))
+                        (
+                            Mode::L7,
+                            msg.clone(),
+                            Condition::new(
+                                reason::DATAPLANE,
+                                false,
+                                reason::L4_REFUSED,
+                                msg,
+                                generation,
+                            ),
+                        )
                     }
-                    (_, Some(why)) => (Mode::L7, why.clone(), Condition::new(reason::DATAPLANE, true, reason::L7, why, generation)),
+                    (_, Some(why)) => (
+                        Mode::L7,
+                        why.clone(),
+                        Condition::new(reason::DATAPLANE, true, reason::L7, why, generation),
+                    ),
                     (w, None) => {
-                        let asked = if w == Some(Mode::L4) { " (as the annotation asks)" } else { "" };
+                        let asked = if w == Some(Mode::L4) {
+                            " (as the annotation asks)"
+                        } else {
+                            ""
+                        };
                         let why = format!(
                             "one rule matches every request with no filters: connections are split in the kernel{asked}; a keep-alive client stays on one backend"
                         );
-                        (Mode::L4, why.clone(), Condition::new(reason::DATAPLANE, true, reason::L4, why, generation))
+                        (
+                            Mode::L4,
+                            why.clone(),
+                            Condition::new(reason::DATAPLANE, true, reason::L4, why, generation),
+                        )
                     }
                 };
                 let plan = if mode == Mode::L7 {
@@ -130,14 +183,23 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
                         sources,
                         mode,
                         reason: why,
-                        l4: Some(table::l4_plan(Some(first.route.clone()), first.backends.clone(), config.maglev_m, previous)),
+                        l4: Some(table::l4_plan(
+                            Some(first.route.clone()),
+                            first.backends.clone(),
+                            config.maglev_m,
+                            previous,
+                        )),
                         l7: None,
                     }
                 };
                 (plan, condition)
             }
             ListenerClass::Tcp | ListenerClass::Udp => {
-                let kind = if class == ListenerClass::Tcp { Kind::TcpRoute } else { Kind::UdpRoute };
+                let kind = if class == ListenerClass::Tcp {
+                    Kind::TcpRoute
+                } else {
+                    Kind::UdpRoute
+                };
                 let attached: Vec<_> = members
                     .iter()
                     .flat_map(|&i| listeners[i].l4.iter().map(|r| (*r, kind)))
@@ -154,7 +216,8 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
                     Some((r, k)) => {
                         let key3 = (k, r.meta.namespace.clone(), r.meta.name.clone());
                         let backends = l4_backends.get(&key3).cloned().unwrap_or_default();
-                        let rref = crate::model::ObjectKey::new(k, &r.meta.namespace, &r.meta.name).to_ref();
+                        let rref = crate::model::ObjectKey::new(k, &r.meta.namespace, &r.meta.name)
+                            .to_ref();
                         table::l4_plan(Some(rref), backends, config.maglev_m, previous)
                     }
                     None => table::l4_plan(None, Vec::new(), config.maglev_m, previous),
@@ -189,7 +252,10 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
     }
 }
 
-fn gateway_statuses(listeners: &[GatewayListener<'_>], dataplane: &mut HashMap<usize, Condition>) -> Vec<GatewayStatus> {
+fn gateway_statuses(
+    listeners: &[GatewayListener<'_>],
+    dataplane: &mut HashMap<usize, Condition>,
+) -> Vec<GatewayStatus> {
     let mut out: Vec<GatewayStatus> = Vec::new();
     for (i, l) in listeners.iter().enumerate() {
         let g = l.gateway;
@@ -208,31 +274,59 @@ fn gateway_statuses(listeners: &[GatewayListener<'_>], dataplane: &mut HashMap<u
                 reason::ACCEPTED,
                 false,
                 reason::UNSUPPORTED_PROTOCOL,
-                format!("protocol {} is not supported (HTTP, TCP and UDP are)", l.listener.protocol),
+                format!(
+                    "protocol {} is not supported (HTTP, TCP and UDP are)",
+                    l.listener.protocol
+                ),
                 generation,
             ),
-            (Some(_), Some((r, msg))) => Condition::new(reason::ACCEPTED, false, r, msg.clone(), generation),
-            (Some(_), None) => Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "", generation),
+            (Some(_), Some((r, msg))) => {
+                Condition::new(reason::ACCEPTED, false, r, msg.clone(), generation)
+            }
+            (Some(_), None) => {
+                Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "", generation)
+            }
         });
         conditions.push(if l.invalid_kinds.is_empty() {
-            Condition::new(reason::RESOLVED_REFS, true, reason::RESOLVED_REFS, "", generation)
+            Condition::new(
+                reason::RESOLVED_REFS,
+                true,
+                reason::RESOLVED_REFS,
+                "",
+                generation,
+            )
         } else {
             Condition::new(
                 reason::RESOLVED_REFS,
                 false,
                 reason::INVALID_ROUTE_KINDS,
-                format!("route kinds not supported here: {}", l.invalid_kinds.join(", ")),
+                format!(
+                    "route kinds not supported here: {}",
+                    l.invalid_kinds.join(", ")
+                ),
                 generation,
             )
         });
         conditions.push(match &l.conflict {
             Some((r, msg)) => Condition::new(reason::CONFLICTED, true, r, msg.clone(), generation),
-            None => Condition::new(reason::CONFLICTED, false, reason::NO_CONFLICTS, "", generation),
+            None => Condition::new(
+                reason::CONFLICTED,
+                false,
+                reason::NO_CONFLICTS,
+                "",
+                generation,
+            ),
         });
         conditions.push(if l.usable() {
             Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "", generation)
         } else {
-            Condition::new(reason::PROGRAMMED, false, reason::INVALID, "listener is not accepted", generation)
+            Condition::new(
+                reason::PROGRAMMED,
+                false,
+                reason::INVALID,
+                "listener is not accepted",
+                generation,
+            )
         });
         if let Some(c) = dataplane.remove(&i) {
             conditions.push(c);
@@ -259,14 +353,21 @@ fn gateway_statuses(listeners: &[GatewayListener<'_>], dataplane: &mut HashMap<u
         let valid = s
             .listeners
             .iter()
-            .filter(|l| l.conditions.iter().any(|c| c.type_ == reason::ACCEPTED && c.is_true()))
+            .filter(|l| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.type_ == reason::ACCEPTED && c.is_true())
+            })
             .count();
         let accepted = if !unsupported.is_empty() {
             Condition::new(
                 reason::ACCEPTED,
                 false,
                 reason::UNSUPPORTED_ADDRESS,
-                format!("only IPAddress addresses are supported, not {}", unsupported.join(", ")),
+                format!(
+                    "only IPAddress addresses are supported, not {}",
+                    unsupported.join(", ")
+                ),
                 generation,
             )
         } else if valid == s.listeners.len() {
@@ -276,16 +377,32 @@ fn gateway_statuses(listeners: &[GatewayListener<'_>], dataplane: &mut HashMap<u
                 reason::ACCEPTED,
                 true,
                 reason::LISTENERS_NOT_VALID,
-                format!("{} of {} listeners are not valid", s.listeners.len() - valid, s.listeners.len()),
+                format!(
+                    "{} of {} listeners are not valid",
+                    s.listeners.len() - valid,
+                    s.listeners.len()
+                ),
                 generation,
             )
         } else {
-            Condition::new(reason::ACCEPTED, false, reason::LISTENERS_NOT_VALID, "no listener is valid", generation)
+            Condition::new(
+                reason::ACCEPTED,
+                false,
+                reason::LISTENERS_NOT_VALID,
+                "no listener is valid",
+                generation,
+            )
         };
         let programmed = if accepted.is_true() {
             Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "", generation)
         } else {
-            Condition::new(reason::PROGRAMMED, false, reason::INVALID, "the Gateway is not accepted", generation)
+            Condition::new(
+                reason::PROGRAMMED,
+                false,
+                reason::INVALID,
+                "the Gateway is not accepted",
+                generation,
+            )
         };
         s.conditions = vec![accepted, programmed];
     }

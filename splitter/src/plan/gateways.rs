@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use super::{
     ObjectRef,
     listener::{ListenerKey, PlanConfig, Transport},
-    status::{Diagnostic, GatewayClassStatus, Severity, reason},
     status::Condition,
+    status::{Diagnostic, GatewayClassStatus, Severity, reason},
 };
 use crate::model::{
-    AllowedNamespaces, GATEWAY_GROUP, Gateway, Index, Kind, L4Route, Listener, ObjectKey, RouteGroupKind,
+    AllowedNamespaces, GATEWAY_GROUP, Gateway, Index, Kind, L4Route, Listener, ObjectKey,
+    RouteGroupKind,
 };
 
 /// The listener protocols we serve, by the route kind they take.
@@ -149,20 +150,26 @@ pub(crate) fn class_status(
 }
 
 /// Listeners of our Gateways, oldest Gateway first, with conflicts resolved in that order.
-pub(crate) fn gateway_listeners<'a>(index: &'a Index, config: &PlanConfig) -> Vec<GatewayListener<'a>> {
+pub(crate) fn gateway_listeners<'a>(
+    index: &'a Index,
+    config: &PlanConfig,
+) -> Vec<GatewayListener<'a>> {
     let mut gateways: Vec<&Gateway> = index
         .gateways
         .values()
         .filter(|g| g.class_name == config.gateway_class)
         .collect();
-    gateways.sort_by(|a, b| age_key(a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&age_key(
-        b.meta.created,
-        &b.meta.namespace,
-        &b.meta.name,
-    )));
+    gateways.sort_by(|a, b| {
+        age_key(a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&age_key(
+            b.meta.created,
+            &b.meta.namespace,
+            &b.meta.name,
+        ))
+    });
     let mut out: Vec<GatewayListener<'a>> = Vec::new();
     // key -> (class, hostname, owner) of listeners already placed.
-    let mut taken: BTreeMap<ListenerKey, Vec<(ListenerClass, Option<String>, String)>> = BTreeMap::new();
+    let mut taken: BTreeMap<ListenerKey, Vec<(ListenerClass, Option<String>, String)>> =
+        BTreeMap::new();
     for g in gateways {
         let gateway_ref = ObjectKey::new(Kind::Gateway, &g.meta.namespace, &g.meta.name).to_ref();
         let mut addresses = g.addresses.clone();
@@ -182,9 +189,21 @@ pub(crate) fn gateway_listeners<'a>(index: &'a Index, config: &PlanConfig) -> Ve
                 let owner = format!("{gateway_ref} listener {}", l.name);
                 let placed = taken.entry(key.clone()).or_default();
                 if let Some((_, _, other)) = placed.iter().find(|(pc, _, _)| *pc != c) {
-                    conflict = Some((reason::PROTOCOL_CONFLICT, format!("port {} is already used by {other} with another protocol", l.port)));
-                } else if let Some((_, _, other)) = placed.iter().find(|(pc, h, _)| *pc == c && (c != ListenerClass::Http || *h == l.hostname)) {
-                    conflict = Some((reason::HOSTNAME_CONFLICT, format!("{other} already serves this port and hostname")));
+                    conflict = Some((
+                        reason::PROTOCOL_CONFLICT,
+                        format!(
+                            "port {} is already used by {other} with another protocol",
+                            l.port
+                        ),
+                    ));
+                } else if let Some((_, _, other)) = placed
+                    .iter()
+                    .find(|(pc, h, _)| *pc == c && (c != ListenerClass::Http || *h == l.hostname))
+                {
+                    conflict = Some((
+                        reason::HOSTNAME_CONFLICT,
+                        format!("{other} already serves this port and hostname"),
+                    ));
                 } else {
                     placed.push((c, l.hostname.clone(), owner));
                 }
@@ -221,16 +240,26 @@ fn kinds(l: &Listener, class: Option<ListenerClass>) -> (Vec<RouteGroupKind>, Ve
         None => (vec![native], Vec::new()),
         Some(ks) if ks.is_empty() => (vec![native], Vec::new()),
         Some(ks) => {
-            let (ok, bad): (Vec<&RouteGroupKind>, Vec<&RouteGroupKind>) = ks.iter().partition(|k| **k == native);
+            let (ok, bad): (Vec<&RouteGroupKind>, Vec<&RouteGroupKind>) =
+                ks.iter().partition(|k| **k == native);
             let mut supported: Vec<RouteGroupKind> = ok.into_iter().cloned().collect();
             supported.dedup();
-            (supported, bad.into_iter().map(|k| format!("{}/{}", k.group, k.kind)).collect())
+            (
+                supported,
+                bad.into_iter()
+                    .map(|k| format!("{}/{}", k.group, k.kind))
+                    .collect(),
+            )
         }
     }
 }
 
 /// Precedence by age: oldest `creationTimestamp` first (unknown counts as newest), then
 /// `namespace/name`.
-pub(crate) fn age_key<'k>(created: Option<i64>, ns: &'k str, name: &'k str) -> (i64, &'k str, &'k str) {
+pub(crate) fn age_key<'k>(
+    created: Option<i64>,
+    ns: &'k str,
+    name: &'k str,
+) -> (i64, &'k str, &'k str) {
     (created.unwrap_or(i64::MAX), ns, name)
 }

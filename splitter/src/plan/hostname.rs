@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(intersect(None, &[]), Some(vec![]));
         assert_eq!(intersect(Some("a.com"), &[]), Some(v(&["a.com"])));
         assert_eq!(
-            intersect(Some("*.example.com"), &v(&["foo.example.com", "foo.example.net"])),
+            intersect(
+                Some("*.example.com"),
+                &v(&["foo.example.com", "foo.example.net"])
+            ),
             Some(v(&["foo.example.com"]))
         );
         assert_eq!(

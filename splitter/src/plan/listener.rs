@@ -76,7 +76,11 @@ impl Plan {
             }
             for l in &g.listeners {
                 for c in &l.conditions {
-                    let bad = if c.type_ == super::status::reason::CONFLICTED { c.is_true() } else { !c.is_true() };
+                    let bad = if c.type_ == super::status::reason::CONFLICTED {
+                        c.is_true()
+                    } else {
+                        !c.is_true()
+                    };
                     if bad {
                         out.push(format!("{} listener {}: {c}", g.gateway, l.name));
                     }
@@ -86,7 +90,11 @@ impl Plan {
         for r in &self.routes {
             for p in &r.parents {
                 for c in &p.conditions {
-                    let bad = if c.type_ == super::status::reason::PARTIALLY_INVALID { c.is_true() } else { !c.is_true() };
+                    let bad = if c.type_ == super::status::reason::PARTIALLY_INVALID {
+                        c.is_true()
+                    } else {
+                        !c.is_true()
+                    };
                     if bad {
                         out.push(format!("{} parent {}: {c}", r.route, p.parent_ref));
                     }

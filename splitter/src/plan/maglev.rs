@@ -22,7 +22,11 @@ pub const LARGE_SET: usize = 160;
 
 /// Picks the table size for `backends` entries.
 pub fn table_size(backends: usize) -> u32 {
-    if backends > LARGE_SET { LARGE_M } else { DEFAULT_M }
+    if backends > LARGE_SET {
+        LARGE_M
+    } else {
+        DEFAULT_M
+    }
 }
 
 /// What a slot sends a new flow to.
@@ -157,7 +161,11 @@ fn merge(shares: &[TableShare]) -> Vec<(TableTarget, u128, u128)> {
     for (t, n, d) in v {
         match out.last_mut() {
             Some(last) if last.0 == t => {
-                let (num, den) = match (n.checked_mul(last.2), last.1.checked_mul(d), d.checked_mul(last.2)) {
+                let (num, den) = match (
+                    n.checked_mul(last.2),
+                    last.1.checked_mul(d),
+                    d.checked_mul(last.2),
+                ) {
                     (Some(a), Some(b), Some(den)) => (a + b, den),
                     // Only an absurd number of duplicates overflows; keep the larger share then.
                     _ => (n.max(last.1), d.min(last.2)),
@@ -276,10 +284,19 @@ fn fill(m: u32, backends: &[TableBackend]) -> Vec<u32> {
         }
     }
     // Quotas add up to m, so this only happens for a non-prime m; those slots reject.
-    if let Some(reject) = backends.iter().position(|b| b.target == TableTarget::Reject) {
-        slots.iter_mut().filter(|s| **s == EMPTY).for_each(|s| *s = reject as u32);
+    if let Some(reject) = backends
+        .iter()
+        .position(|b| b.target == TableTarget::Reject)
+    {
+        slots
+            .iter_mut()
+            .filter(|s| **s == EMPTY)
+            .for_each(|s| *s = reject as u32);
     } else {
-        slots.iter_mut().filter(|s| **s == EMPTY).for_each(|s| *s = 0);
+        slots
+            .iter_mut()
+            .filter(|s| **s == EMPTY)
+            .for_each(|s| *s = 0);
     }
     slots
 }

@@ -13,7 +13,9 @@ pub mod status;
 mod table;
 
 pub use build::build;
-pub use listener::{L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig, Transport};
+pub use listener::{
+    L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig, Transport,
+};
 
 use serde::Serialize;
 

@@ -76,7 +76,11 @@ impl Condition {
     ) -> Self {
         Self {
             type_: type_.to_string(),
-            status: if ok { ConditionStatus::True } else { ConditionStatus::False },
+            status: if ok {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
             reason: reason.to_string(),
             message: message.into(),
             observed_generation,

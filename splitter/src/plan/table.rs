@@ -8,7 +8,10 @@ use super::{
     attach::ResolvedRules,
     gateways::{ListenerClass, age_key},
     hostname,
-    l7::{BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend, RouteMatch, UrlRewrite},
+    l7::{
+        BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend,
+        RouteMatch, UrlRewrite,
+    },
     listener::{L4Plan, ListenerSource, Mode},
     maglev::{self, TableShare, TableTarget, WeightedTable},
 };
@@ -42,7 +45,11 @@ pub(crate) fn entries(
 ) -> Vec<Entry> {
     let meta = &route.meta;
     let route_ref = ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).to_ref();
-    let hosts: Vec<Option<&String>> = if hostnames.is_empty() { vec![None] } else { hostnames.iter().map(Some).collect() };
+    let hosts: Vec<Option<&String>> = if hostnames.is_empty() {
+        vec![None]
+    } else {
+        hostnames.iter().map(Some).collect()
+    };
     let mut out = Vec::new();
     for (ri, (rule, backends)) in route.rules.iter().zip(rules).enumerate() {
         let Some(backends) = backends else { continue };
@@ -107,7 +114,8 @@ fn with_strip_path(strip: bool, m: &RouteMatch, filters: &[Filter]) -> Vec<Filte
         return out;
     }
     let strip = PathModifier::ReplacePrefixMatch("/".to_string());
-    if let Some(Filter::UrlRewrite(r)) = out.iter_mut().find(|f| matches!(f, Filter::UrlRewrite(_))) {
+    if let Some(Filter::UrlRewrite(r)) = out.iter_mut().find(|f| matches!(f, Filter::UrlRewrite(_)))
+    {
         r.path = Some(strip);
     } else {
         out.push(Filter::UrlRewrite(UrlRewrite {
@@ -141,16 +149,29 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
         n => {
             let first: Vec<String> = routes.iter().take(3).map(describe).collect();
             let more = if n > 3 { ", ..." } else { "" };
-            return Some(format!("{n} route matches ({}{more}): requests are matched one by one", first.join("; ")));
+            return Some(format!(
+                "{n} route matches ({}{more}): requests are matched one by one",
+                first.join("; ")
+            ));
         }
     }
     let r = &routes[0];
     if !r.hostnames.is_empty() {
-        return Some(format!("route hostnames {:?} are checked per request", r.hostnames));
+        return Some(format!(
+            "route hostnames {:?} are checked per request",
+            r.hostnames
+        ));
     }
     let m = &r.matched;
-    if m.path != PathMatch::Prefix("/".into()) || !m.headers.is_empty() || !m.query.is_empty() || m.method.is_some() {
-        return Some(format!("the rule matches {}: requests are matched one by one", describe(r)));
+    if m.path != PathMatch::Prefix("/".into())
+        || !m.headers.is_empty()
+        || !m.query.is_empty()
+        || m.method.is_some()
+    {
+        return Some(format!(
+            "the rule matches {}: requests are matched one by one",
+            describe(r)
+        ));
     }
     let real_filters: Vec<&str> = r
         .filters
@@ -164,7 +185,10 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
         })
         .collect();
     if !real_filters.is_empty() {
-        return Some(format!("filters {} change requests", real_filters.join(", ")));
+        return Some(format!(
+            "filters {} change requests",
+            real_filters.join(", ")
+        ));
     }
     if r.timeouts.request.is_some() || r.timeouts.backend_request.is_some() {
         return Some("request timeouts are enforced per request".to_string());
@@ -200,7 +224,9 @@ fn describe(r: &L7Route) -> String {
 }
 
 /// The Gateway annotation's request, if any source Gateway sets it (`l7` wins over `l4`).
-pub(crate) fn override_of(annotations: &[(ObjectRef, Option<&String>)]) -> (Option<Mode>, Vec<(ObjectRef, String)>) {
+pub(crate) fn override_of(
+    annotations: &[(ObjectRef, Option<&String>)],
+) -> (Option<Mode>, Vec<(ObjectRef, String)>) {
     let mut wanted = None;
     let mut bad = Vec::new();
     for (gw, v) in annotations {
@@ -212,7 +238,10 @@ pub(crate) fn override_of(annotations: &[(ObjectRef, Option<&String>)]) -> (Opti
                     wanted = Some(Mode::L4);
                 }
             }
-            Some(other) => bad.push((gw.clone(), format!("{DATAPLANE_ANNOTATION}: {other:?} is neither l4 nor l7; ignored"))),
+            Some(other) => bad.push((
+                gw.clone(),
+                format!("{DATAPLANE_ANNOTATION}: {other:?} is neither l4 nor l7; ignored"),
+            )),
         }
     }
     (wanted, bad)
@@ -255,7 +284,11 @@ pub(crate) fn l4_plan(
             }),
         }
     }
-    let m = if endpoints > maglev::LARGE_SET { maglev::LARGE_M } else { default_m };
+    let m = if endpoints > maglev::LARGE_SET {
+        maglev::LARGE_M
+    } else {
+        default_m
+    };
     L4Plan {
         route,
         table: maglev::build(m, &shares, previous),
@@ -264,7 +297,9 @@ pub(crate) fn l4_plan(
 }
 
 /// The route that gets an L4 listener's traffic: the oldest, then by `namespace/name`.
-pub(crate) fn oldest<'a>(routes: &[(&'a crate::model::L4Route, Kind)]) -> Option<(&'a crate::model::L4Route, Kind)> {
+pub(crate) fn oldest<'a>(
+    routes: &[(&'a crate::model::L4Route, Kind)],
+) -> Option<(&'a crate::model::L4Route, Kind)> {
     routes
         .iter()
         .min_by(|(a, _), (b, _)| {
@@ -283,12 +318,16 @@ pub(crate) fn l4_reason(class: ListenerClass, attached: usize) -> String {
     match attached {
         0 => format!("{kind} listener with no route attached: every new flow is rejected"),
         1 => format!("{kind}s are always split per connection in the kernel"),
-        n => format!("{kind}s are always split per connection in the kernel; {n} routes attached, the oldest gets the traffic"),
+        n => format!(
+            "{kind}s are always split per connection in the kernel; {n} routes attached, the oldest gets the traffic"
+        ),
     }
 }
 
 /// Looks up the previous L4 table of a listener for the disruption figure.
-pub(crate) fn previous_tables(previous: Option<&super::Plan>) -> HashMap<super::listener::ListenerKey, &WeightedTable> {
+pub(crate) fn previous_tables(
+    previous: Option<&super::Plan>,
+) -> HashMap<super::listener::ListenerKey, &WeightedTable> {
     previous
         .map(|p| {
             p.listeners

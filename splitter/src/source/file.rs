@@ -159,11 +159,15 @@ impl FileSource {
 
     /// The source's content as one relist per kind.
     pub fn updates(&self) -> Vec<Update> {
-        let mut by_kind: BTreeMap<Kind, Vec<Object>> = Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+        let mut by_kind: BTreeMap<Kind, Vec<Object>> =
+            Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
         for o in self.objects() {
             by_kind.entry(o.kind()).or_default().push(o);
         }
-        by_kind.into_iter().map(|(k, v)| Update::Reset(k, v)).collect()
+        by_kind
+            .into_iter()
+            .map(|(k, v)| Update::Reset(k, v))
+            .collect()
     }
 
     pub fn index(&self) -> Index {
@@ -201,7 +205,8 @@ fn reload(path: &Path, state: &mut FileState) {
             return;
         }
     };
-    let previous: BTreeMap<ObjectKey, Object> = state.objects.drain(..).map(|(_, o)| (o.key(), o)).collect();
+    let previous: BTreeMap<ObjectKey, Object> =
+        state.objects.drain(..).map(|(_, o)| (o.key(), o)).collect();
     for (i, doc) in docs.into_iter().enumerate() {
         let document = i + 1;
         if doc.is_null() {
@@ -268,7 +273,10 @@ fn list(root: &Path) -> io::Result<Vec<PathBuf>> {
             }
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
                 out.push(path);
             }
         }
@@ -287,7 +295,11 @@ fn clone_error(e: &SourceError) -> SourceError {
             path: path.clone(),
             message: message.clone(),
         },
-        SourceError::Object { path, document, error } => SourceError::Object {
+        SourceError::Object {
+            path,
+            document,
+            error,
+        } => SourceError::Object {
             path: path.clone(),
             document: *document,
             error: error.clone(),

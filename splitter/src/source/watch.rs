@@ -31,7 +31,11 @@ pub async fn watch(mut source: FileSource, interval: Duration, tx: mpsc::Sender<
         for e in &report.errors {
             tracing::error!("manifests: {e}");
         }
-        tracing::info!(files = report.files, errors = report.errors.len(), "manifests reloaded");
+        tracing::info!(
+            files = report.files,
+            errors = report.errors.len(),
+            "manifests reloaded"
+        );
         if tx.send(source.updates()).await.is_err() {
             return;
         }

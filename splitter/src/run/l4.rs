@@ -1,0 +1,152 @@
+//! The kernel half of `splitter run`: attach to the interfaces, then program every plan's L4
+//! listeners.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    dataplane::ebpf::{
+        self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
+    },
+    plan::{ListenerPlan, Plan, Transport, maglev::TableTarget},
+};
+
+/// Every address of `ifaces` (what an L4 listener without Gateway addresses serves).
+pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        if !ifaces.iter().any(|i| *i == ifa.interface_name) {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            let ip = v6.ip();
+            // Link-local addresses need a scope; a VIP on them would be ambiguous.
+            if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                out.push(IpAddr::V6(ip));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn program_key(l: &ListenerPlan) -> String {
+    let transport = match l.key.transport {
+        Transport::Tcp => "tcp",
+        Transport::Udp => "udp",
+    };
+    let addrs: Vec<String> = l.key.addresses.iter().map(ToString::to_string).collect();
+    format!("{}/{transport}/{}", l.key.port, addrs.join(","))
+}
+
+/// What the kernel should run for `plan`. A listener without Gateway addresses serves every
+/// address of the interfaces (`iface_addrs`).
+pub fn l4_programs(plan: &Plan, iface_addrs: &[IpAddr]) -> Vec<L4RouteProgram> {
+    plan.l4_listeners()
+        .filter_map(|l| {
+            let l4 = l.l4.as_ref()?;
+            let proto = match l.key.transport {
+                Transport::Tcp => L4Proto::Tcp,
+                Transport::Udp => L4Proto::Udp,
+            };
+            let addrs = if l.key.addresses.is_empty() {
+                iface_addrs
+            } else {
+                &l.key.addresses[..]
+            };
+            let table: Vec<Option<SocketAddr>> = l4
+                .table
+                .slots
+                .iter()
+                .map(
+                    |&i| match l4.table.backends.get(i as usize).map(|b| b.target) {
+                        Some(TableTarget::Endpoint(a)) => Some(a),
+                        _ => None,
+                    },
+                )
+                .collect();
+            // The kernel does no NAT46/64: a VIP serves the backends of its own family.
+            let vips: Vec<(SocketAddr, L4Proto)> = addrs
+                .iter()
+                .filter(|ip| table.iter().flatten().all(|b| b.is_ipv4() == ip.is_ipv4()))
+                .map(|ip| (SocketAddr::new(*ip, l.key.port), proto))
+                .collect();
+            (!table.is_empty()).then(|| L4RouteProgram {
+                key: program_key(l),
+                vips,
+                table,
+            })
+        })
+        .collect()
+}
+
+/// The loaded object, its attachments and the actuator.
+pub struct L4Runner {
+    _object: KernelObject,
+    actuator: Arc<Mutex<L4Actuator>>,
+    ifaces: Vec<String>,
+}
+
+impl L4Runner {
+    /// Loads the object (adopting pinned maps under `pin_dir`) and attaches it to every
+    /// interface (taking over links an earlier agent pinned under `pin_dir/links`).
+    pub fn start(ifaces: &[String], pin_dir: &Path, mode: XdpAttachMode) -> anyhow::Result<Self> {
+        let mut object = ebpf::load_object(Some(pin_dir))?;
+        let links: PathBuf = pin_dir.join("links");
+        for iface in ifaces {
+            match ebpf::attach_pinned(&mut object, iface, &links, mode)? {
+                Attachment::New(m) => {
+                    tracing::info!(%iface, mode = ?m, "XDP and TC attached, links pinned")
+                }
+                Attachment::Replaced => {
+                    tracing::info!(%iface, "took over pinned links: programs replaced in place")
+                }
+            }
+        }
+        let actuator = L4Actuator::new(&mut object)?;
+        Ok(L4Runner {
+            _object: object,
+            actuator: Arc::new(Mutex::new(actuator)),
+            ifaces: ifaces.to_vec(),
+        })
+    }
+
+    /// Programs the kernel for every plan until the plan channel closes.
+    pub async fn follow(self, mut plans: watch::Receiver<Option<Arc<Plan>>>) {
+        loop {
+            let plan = plans.borrow_and_update().clone();
+            if let Some(plan) = plan {
+                let addrs = match iface_addresses(&self.ifaces) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!("reading interface addresses: {e}");
+                        Vec::new()
+                    }
+                };
+                let programs = l4_programs(&plan, &addrs);
+                let actuator = self.actuator.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    actuator.lock().expect("actuator lock").apply(&programs)
+                })
+                .await;
+                match applied {
+                    Ok(Ok(report)) => tracing::info!(?report, "L4 programmed"),
+                    Ok(Err(e)) => tracing::error!("programming L4 maps: {e}"),
+                    Err(e) => tracing::error!("L4 apply task: {e}"),
+                }
+            }
+            if plans.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
