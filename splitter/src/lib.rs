@@ -5,9 +5,12 @@
 
 pub mod admin;
 pub mod agent;
+pub mod check;
 pub mod dataplane;
 pub mod doctor;
 pub mod echo;
 pub mod inspect;
+pub mod model;
 pub mod plan;
 pub mod signal;
+pub mod source;

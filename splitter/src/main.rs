@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use splitter::{dataplane::ebpf, doctor, inspect};
+use splitter::{check, dataplane::ebpf, doctor, inspect};
 use splitter_common::pin::DEFAULT_PIN_DIR;
 
 #[derive(Parser)]
@@ -31,6 +31,18 @@ enum Command {
     Inspect {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+    },
+    /// Load manifests, build the plan and print it: listeners with their mode and why, weighted
+    /// shares per backend, statuses. Exits 1 when anything is invalid.
+    Check {
+        /// A manifest file or a directory of them (repeatable).
+        #[arg(long = "manifests", required = true)]
+        manifests: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+        #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
+        gateway_class: String,
     },
     /// Load the XDP program, attach it to each --iface and keep counting until interrupted.
     Attach {
@@ -71,6 +83,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check {
+            manifests,
+            output,
+            gateway_class,
+        } => {
+            let format = if output == "json" {
+                check::Output::Json
+            } else {
+                check::Output::Text
+            };
+            let config = splitter::plan::PlanConfig {
+                gateway_class,
+                ..Default::default()
+            };
+            let outcome = check::run(&manifests, format, &config);
+            print!("{}", outcome.output);
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Attach { ifaces, pin_dir } => match attach(&ifaces, &pin_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

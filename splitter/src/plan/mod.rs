@@ -1,7 +1,21 @@
 //! The plan: a pure function from the index to what every actuator should do. No I/O here.
 
+mod attach;
+mod backends;
+mod build;
+mod gateways;
+pub mod hostname;
 pub mod l7;
 pub mod l7_match;
+pub mod listener;
+pub mod maglev;
+pub mod status;
+mod table;
+
+pub use build::build;
+pub use listener::{
+    L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig, Transport,
+};
 
 use serde::Serialize;
 
@@ -15,6 +29,10 @@ pub struct ObjectRef {
 
 impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }

@@ -1,0 +1,241 @@
+//! HTTPRoute rule filters: from the CRD shape (a `type` plus one matching field) to
+//! [`Filter`], with the CEL rules the CRD enforces.
+
+use gateway_api::httproutes::{
+    HttpRouteRulesFilters as RawFilter,
+    HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
+};
+
+use super::{FieldPath, ModelError, validate};
+use crate::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+
+/// The rule's filters in spec order, and, when one of them is a type we do not implement, why
+/// (the rule is then dropped by the plan rather than served without it).
+pub(crate) fn rule_filters(
+    raw: Vec<RawFilter>,
+    at: &FieldPath<'_>,
+) -> Result<(Vec<Filter>, Option<String>), ModelError> {
+    if raw.len() > 16 {
+        return Err(at.err("more than 16 filters"));
+    }
+    let mut out = Vec::new();
+    let mut unsupported = None;
+    let mut seen: Vec<&'static str> = Vec::new();
+    for (i, f) in raw.into_iter().enumerate() {
+        let fat = at.index(i);
+        let name = type_name(&f.r#type);
+        // Only RequestMirror and ExtensionRef may repeat (CEL).
+        if !matches!(
+            f.r#type,
+            FilterType::RequestMirror | FilterType::ExtensionRef
+        ) {
+            if seen.contains(&name) {
+                return Err(fat
+                    .field("type")
+                    .err(format!("{name} may appear only once per rule")));
+            }
+            seen.push(name);
+        }
+        let missing = |field: &str| {
+            fat.field(field)
+                .err(format!("must be set for a {name} filter"))
+        };
+        match f.r#type {
+            FilterType::RequestHeaderModifier => {
+                let m = f
+                    .request_header_modifier
+                    .ok_or_else(|| missing("requestHeaderModifier"))?;
+                out.push(Filter::RequestHeaderModifier(header_modifier(
+                    m.set
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    m.add
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    m.remove.unwrap_or_default(),
+                    &fat.field("requestHeaderModifier"),
+                )?));
+            }
+            FilterType::ResponseHeaderModifier => {
+                let m = f
+                    .response_header_modifier
+                    .ok_or_else(|| missing("responseHeaderModifier"))?;
+                out.push(Filter::ResponseHeaderModifier(header_modifier(
+                    m.set
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    m.add
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    m.remove.unwrap_or_default(),
+                    &fat.field("responseHeaderModifier"),
+                )?));
+            }
+            FilterType::RequestRedirect => {
+                let r = f
+                    .request_redirect
+                    .ok_or_else(|| missing("requestRedirect"))?;
+                let rat = fat.field("requestRedirect");
+                if let Some(h) = &r.hostname {
+                    validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
+                }
+                let port = r
+                    .port
+                    .map(validate::port)
+                    .transpose()
+                    .map_err(|e| rat.field("port").err(e))?;
+                let status_code = match r.status_code.unwrap_or(302) {
+                    c @ (301 | 302 | 303 | 307 | 308) => c as u16,
+                    c => {
+                        return Err(rat
+                            .field("statusCode")
+                            .err(format!("{c} is not one of 301, 302, 303, 307, 308")));
+                    }
+                };
+                let path = match r.path {
+                    None => None,
+                    Some(p) => Some(path_modifier(
+                        matches!(p.r#type, RedirectPathType::ReplaceFullPath),
+                        p.replace_full_path,
+                        p.replace_prefix_match,
+                        &rat.field("path"),
+                    )?),
+                };
+                out.push(Filter::RequestRedirect(Redirect {
+                    scheme: r.scheme.map(|s| match s {
+                        Scheme::Http => "http".to_string(),
+                        Scheme::Https => "https".to_string(),
+                    }),
+                    hostname: r.hostname,
+                    path,
+                    port,
+                    status_code,
+                }));
+            }
+            FilterType::UrlRewrite => {
+                let r = f.url_rewrite.ok_or_else(|| missing("urlRewrite"))?;
+                let rat = fat.field("urlRewrite");
+                if let Some(h) = &r.hostname {
+                    validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
+                }
+                let path = match r.path {
+                    None => None,
+                    Some(p) => Some(path_modifier(
+                        matches!(p.r#type, RewritePathType::ReplaceFullPath),
+                        p.replace_full_path,
+                        p.replace_prefix_match,
+                        &rat.field("path"),
+                    )?),
+                };
+                out.push(Filter::UrlRewrite(UrlRewrite {
+                    hostname: r.hostname,
+                    path,
+                }));
+            }
+            FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
+                unsupported.get_or_insert_with(|| {
+                    format!("{}: filter type {name} is not supported", fat.path)
+                });
+            }
+        }
+    }
+    Ok((out, unsupported))
+}
+
+fn type_name(t: &FilterType) -> &'static str {
+    match t {
+        FilterType::RequestHeaderModifier => "RequestHeaderModifier",
+        FilterType::ResponseHeaderModifier => "ResponseHeaderModifier",
+        FilterType::RequestMirror => "RequestMirror",
+        FilterType::RequestRedirect => "RequestRedirect",
+        FilterType::UrlRewrite => "URLRewrite",
+        FilterType::ExtensionRef => "ExtensionRef",
+        FilterType::Cors => "CORS",
+    }
+}
+
+fn header_modifier(
+    set: Vec<(String, String)>,
+    add: Vec<(String, String)>,
+    remove: Vec<String>,
+    at: &FieldPath<'_>,
+) -> Result<HeaderModifier, ModelError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut check = |name: &str, field: &str, i: usize| -> Result<String, ModelError> {
+        let fat = at.field(field).index(i).field("name");
+        validate::header_name(name).map_err(|e| fat.err(e))?;
+        let lower = name.to_ascii_lowercase();
+        // One action per header name (CRD list-map keys).
+        if names.contains(&lower) {
+            return Err(fat.err(format!("header {name:?} appears in more than one action")));
+        }
+        names.push(lower.clone());
+        Ok(lower)
+    };
+    let mut m = HeaderModifier::default();
+    for (i, (n, v)) in set.into_iter().enumerate() {
+        m.set.push((check(&n, "set", i)?, v));
+    }
+    for (i, (n, v)) in add.into_iter().enumerate() {
+        m.add.push((check(&n, "add", i)?, v));
+    }
+    for (i, n) in remove.into_iter().enumerate() {
+        m.remove.push(check(&n, "remove", i)?);
+    }
+    Ok(m)
+}
+
+fn path_modifier(
+    full: bool,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
+    at: &FieldPath<'_>,
+) -> Result<PathModifier, ModelError> {
+    let (value, field) = if full {
+        (replace_full_path, "replaceFullPath")
+    } else {
+        (replace_prefix_match, "replacePrefixMatch")
+    };
+    let value = value.ok_or_else(|| {
+        at.field(field)
+            .err("must be set for this path modifier type")
+    })?;
+    if value.len() > 1024 {
+        return Err(at.field(field).err("longer than 1024 characters"));
+    }
+    // An empty ReplacePrefixMatch is legal (strip the prefix); anything else is a path.
+    if !value.is_empty() || full {
+        validate::http_path(&value).map_err(|e| at.field(field).err(e))?;
+    }
+    Ok(if full {
+        PathModifier::ReplaceFullPath(value)
+    } else {
+        PathModifier::ReplacePrefixMatch(value)
+    })
+}
+
+/// Whether a filter list uses `ReplacePrefixMatch` (which needs a single PathPrefix match).
+pub(crate) fn uses_replace_prefix(filters: &[Filter]) -> bool {
+    filters.iter().any(|f| {
+        matches!(
+            f,
+            Filter::UrlRewrite(UrlRewrite {
+                path: Some(PathModifier::ReplacePrefixMatch(_)),
+                ..
+            }) | Filter::RequestRedirect(Redirect {
+                path: Some(PathModifier::ReplacePrefixMatch(_)),
+                ..
+            })
+        )
+    })
+}

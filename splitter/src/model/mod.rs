@@ -1,0 +1,190 @@
+//! The objects the agent reads (Gateway API kinds, Service, EndpointSlice, Namespace), converted
+//! into an internal form with the CRD defaults applied and CRD validation enforced. No I/O here:
+//! sources (files, kube watchers) hand raw objects to [`parse`], and the [`index`] stores the
+//! results. An object the API server would reject never reaches the index.
+
+pub mod crd;
+mod error;
+mod filters;
+mod gateway;
+pub mod index;
+pub mod parse;
+mod route;
+mod service;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub(crate) use error::FieldPath;
+pub use error::ModelError;
+pub use gateway::{
+    AllowedNamespaces, Gateway, GatewayClass, LabelSelector, Listener, Namespace, ReferenceGrant,
+    RouteGroupKind, SelectorRequirement,
+};
+pub use index::Index;
+pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef};
+pub use service::{EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort};
+
+/// The API group of every Gateway API kind.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The Gateway annotation that overrides the L4/L7 decision (`l4` or `l7`).
+pub const DATAPLANE_ANNOTATION: &str = "splitter.dev/dataplane";
+/// Kong's annotation, honoured so the guide's manifests run unchanged.
+pub const STRIP_PATH_ANNOTATION: &str = "konghq.com/strip-path";
+/// The EndpointSlice label naming the Service it belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The kinds the agent indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    TcpRoute,
+    UdpRoute,
+    Service,
+    EndpointSlice,
+    ReferenceGrant,
+    Namespace,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::TcpRoute,
+        Kind::UdpRoute,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::ReferenceGrant,
+        Kind::Namespace,
+    ];
+
+    /// The Kubernetes `kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::UdpRoute => "UDPRoute",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
+        }
+    }
+
+    /// Cluster-scoped kinds have no namespace (it is stored as "").
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity of an object in the index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    /// "" for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn to_ref(&self) -> crate::plan::ObjectRef {
+        crate::plan::ObjectRef {
+            kind: self.kind.as_str().to_string(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The metadata the plan needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub namespace: String,
+    pub name: String,
+    /// `metadata.generation`; objects read from files have none, and count as generation 1 as
+    /// they would right after creation.
+    pub generation: i64,
+    /// `metadata.creationTimestamp` in seconds since the epoch; `None` sorts as the newest.
+    pub created: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One indexed object, converted and validated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    GatewayClass(GatewayClass),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    TcpRoute(L4Route),
+    UdpRoute(L4Route),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    ReferenceGrant(ReferenceGrant),
+    Namespace(Namespace),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
+            Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Namespace(_) => Kind::Namespace,
+        }
+    }
+
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Object::GatewayClass(o) => &o.meta,
+            Object::Gateway(o) => &o.meta,
+            Object::HttpRoute(o) => &o.meta,
+            Object::TcpRoute(o) | Object::UdpRoute(o) => &o.meta,
+            Object::Service(o) => &o.meta,
+            Object::EndpointSlice(o) => &o.meta,
+            Object::ReferenceGrant(o) => &o.meta,
+            Object::Namespace(o) => &o.meta,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let m = self.meta();
+        ObjectKey::new(self.kind(), m.namespace.clone(), m.name.clone())
+    }
+}

@@ -1,0 +1,217 @@
+//! Raw Kubernetes objects (as JSON values, whatever the source) -> [`Object`]s.
+//!
+//! The `apiVersion` and `kind` select the type; the typed deserialisation runs through
+//! `serde_path_to_error` so a wrong field is named by its path, and then the converters apply
+//! CRD defaults and validation.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{GATEWAY_GROUP, Kind, Meta, ModelError, Object, crd, gateway, route, service};
+
+/// What a raw document turned out to be.
+#[derive(Debug)]
+pub enum Parsed {
+    Object(Box<Object>),
+    /// A kind the agent has no use for (Deployment, ConfigMap, ...).
+    Skipped {
+        api_version: String,
+        kind: String,
+    },
+}
+
+/// The `kind`, namespace and name a raw document claims, read without validating anything, so
+/// that an error can still say which object it is about.
+pub fn identity(value: &Value) -> (String, String, String) {
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let meta = value.get("metadata");
+    (
+        s(value.get("kind")),
+        s(meta.and_then(|m| m.get("namespace"))),
+        s(meta.and_then(|m| m.get("name"))),
+    )
+}
+
+/// The kind this `apiVersion`/`kind` pair is indexed as; `Ok(None)` for kinds we skip, and an
+/// error for one of our kinds in a version we do not read.
+pub fn kind_of(api_version: &str, kind: &str) -> Result<Option<Kind>, String> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let ours = match (group, kind) {
+        (GATEWAY_GROUP, "GatewayClass") => Some((Kind::GatewayClass, &["v1", "v1beta1"][..])),
+        (GATEWAY_GROUP, "Gateway") => Some((Kind::Gateway, &["v1", "v1beta1"][..])),
+        (GATEWAY_GROUP, "HTTPRoute") => Some((Kind::HttpRoute, &["v1", "v1beta1"][..])),
+        (GATEWAY_GROUP, "TCPRoute") => Some((Kind::TcpRoute, &["v1", "v1alpha2"][..])),
+        (GATEWAY_GROUP, "UDPRoute") => Some((Kind::UdpRoute, &["v1", "v1alpha2"][..])),
+        (GATEWAY_GROUP, "ReferenceGrant") => Some((Kind::ReferenceGrant, &["v1", "v1beta1"][..])),
+        ("", "Service") => Some((Kind::Service, &["v1"][..])),
+        ("", "Namespace") => Some((Kind::Namespace, &["v1"][..])),
+        ("discovery.k8s.io", "EndpointSlice") => Some((Kind::EndpointSlice, &["v1"][..])),
+        _ => None,
+    };
+    match ours {
+        None => Ok(None),
+        Some((k, versions)) if versions.contains(&version) => Ok(Some(k)),
+        Some((_, versions)) => Err(format!(
+            "{kind} {api_version} is not a version we read (use {})",
+            versions
+                .iter()
+                .map(|v| if group.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("{group}/{v}")
+                })
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+    }
+}
+
+/// Converts one raw object. Errors name the object, the field path and the reason.
+pub fn parse(value: Value) -> Result<Parsed, ModelError> {
+    let (kind_str, ns, name) = identity(&value);
+    let label = |ns: &str| -> String {
+        match (ns.is_empty(), name.is_empty()) {
+            (_, true) => format!("{kind_str} (unnamed)"),
+            (true, false) => format!("{kind_str} {name}"),
+            (false, false) => format!("{kind_str} {ns}/{name}"),
+        }
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if api_version.is_empty() {
+        return Err(ModelError::new(label(&ns), "apiVersion", "missing"));
+    }
+    if kind_str.is_empty() {
+        return Err(ModelError::new(label(&ns), "kind", "missing"));
+    }
+    let kind = match kind_of(&api_version, &kind_str) {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            return Ok(Parsed::Skipped {
+                api_version,
+                kind: kind_str,
+            });
+        }
+        Err(e) => return Err(ModelError::new(label(&ns), "apiVersion", e)),
+    };
+    // Objects without a namespace land in "default", as `kubectl apply` would put them.
+    let ns = if kind.is_namespaced() && ns.is_empty() {
+        "default".to_string()
+    } else {
+        ns
+    };
+    let id = label(if kind.is_namespaced() { &ns } else { "" });
+    let raw_meta: ObjectMeta = match value.get("metadata") {
+        Some(m) => typed(m.clone(), &id, "metadata.")?,
+        None => return Err(ModelError::new(id, "metadata", "missing")),
+    };
+    if name.is_empty() {
+        return Err(ModelError::new(id, "metadata.name", "missing"));
+    }
+    let meta = meta(
+        raw_meta,
+        if kind.is_namespaced() {
+            ns
+        } else {
+            String::new()
+        },
+    );
+    let object = match kind {
+        Kind::GatewayClass => {
+            Object::GatewayClass(gateway::gateway_class(typed(value, &id, "")?, meta, &id)?)
+        }
+        Kind::Gateway => Object::Gateway(gateway::gateway(typed(value, &id, "")?, meta, &id)?),
+        Kind::HttpRoute => Object::HttpRoute(route::http_route(typed(value, &id, "")?, meta, &id)?),
+        Kind::TcpRoute => {
+            let raw: crd::TcpRoute = typed(value, &id, "")?;
+            Object::TcpRoute(route::l4_route(
+                meta,
+                raw.spec.parent_refs,
+                raw.spec.rules,
+                &id,
+            )?)
+        }
+        Kind::UdpRoute => {
+            let raw: crd::UdpRoute = typed(value, &id, "")?;
+            Object::UdpRoute(route::l4_route(
+                meta,
+                raw.spec.parent_refs,
+                raw.spec.rules,
+                &id,
+            )?)
+        }
+        Kind::ReferenceGrant => {
+            Object::ReferenceGrant(gateway::reference_grant(typed(value, &id, "")?, meta, &id)?)
+        }
+        Kind::Service => Object::Service(service::service(typed(value, &id, "")?, meta, &id)?),
+        Kind::EndpointSlice => {
+            Object::EndpointSlice(service::endpoint_slice(typed(value, &id, "")?, meta, &id)?)
+        }
+        Kind::Namespace => Object::Namespace(gateway::namespace(typed(value, &id, "")?, meta)),
+    };
+    Ok(Parsed::Object(Box::new(object)))
+}
+
+fn typed<T: DeserializeOwned>(value: Value, id: &str, prefix: &str) -> Result<T, ModelError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        ModelError::new(id, field, e.into_inner().to_string())
+    })
+}
+
+fn meta(m: ObjectMeta, namespace: String) -> Meta {
+    Meta {
+        namespace,
+        name: m.name.unwrap_or_default(),
+        generation: m.generation.unwrap_or(1),
+        created: m.creation_timestamp.map(|t| t.0.as_second()),
+        labels: m.labels.unwrap_or_default(),
+        annotations: m.annotations.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_yaml(s: &str) -> Result<Parsed, ModelError> {
+        parse(serde_saphyr::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn skipped_kinds() {
+        let p =
+            parse_yaml("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: echo}\n").unwrap();
+        assert!(matches!(p, Parsed::Skipped { kind, .. } if kind == "Deployment"));
+    }
+
+    #[test]
+    fn wrong_version_of_our_kind() {
+        let e = parse_yaml(
+            "apiVersion: gateway.networking.k8s.io/v9\nkind: HTTPRoute\nmetadata: {name: r}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "apiVersion");
+        assert_eq!(e.object, "HTTPRoute default/r");
+    }
+
+    #[test]
+    fn typed_error_names_the_field() {
+        let e = parse_yaml(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: ns}\n\
+             spec:\n  rules:\n  - matches:\n    - path: {type: Prefixy, value: /}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.object, "HTTPRoute ns/r");
+        assert_eq!(e.field, "spec.rules[0].matches[0].path.type");
+    }
+}

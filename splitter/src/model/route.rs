@@ -1,0 +1,436 @@
+//! HTTPRoute (v1 and v1beta1 share one schema), TCPRoute and UDPRoute.
+
+use gateway_api::httproutes::{
+    HttpRoute as RawHttpRoute, HttpRouteRules, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType as HeaderType, HttpRouteRulesMatchesPathType as PathType,
+    HttpRouteRulesMatchesQueryParamsType as QueryType,
+};
+
+use super::{
+    FieldPath, GATEWAY_GROUP, Meta, ModelError, STRIP_PATH_ANNOTATION,
+    crd::{L4RouteBackendRef, L4RouteParentRef, L4RouteRule},
+    filters, validate,
+};
+use crate::plan::l7::{
+    Filter, HeaderMatch, PathMatch, QueryMatch, RouteMatch, Timeouts, ValueMatch,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRoute {
+    pub meta: Meta,
+    pub parent_refs: Vec<ParentRef>,
+    /// Lower-case; empty = every host the listener accepts.
+    pub hostnames: Vec<String>,
+    pub rules: Vec<HttpRule>,
+    /// `konghq.com/strip-path: "true"`: every PathPrefix match strips its prefix upstream.
+    pub strip_path: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRule {
+    /// ORed; never empty (the CRD default is one `PathPrefix /` match).
+    pub matches: Vec<RouteMatch>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<BackendRef>,
+    pub timeouts: Timeouts,
+    /// Set when the rule asks for something this implementation does not do (a filter type,
+    /// backendRef filters); the plan drops the rule and says so in the route status.
+    pub unsupported: Option<String>,
+}
+
+/// A TCPRoute or UDPRoute: one rule of weighted backends, always served at L4.
+#[derive(Clone, Debug, PartialEq)]
+pub struct L4Route {
+    pub meta: Meta,
+    pub parent_refs: Vec<ParentRef>,
+    pub backends: Vec<BackendRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentRef {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendRef {
+    /// "" is the core group.
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Required for a core Service (CRD rule), optional for other kinds.
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+impl BackendRef {
+    pub fn is_service(&self) -> bool {
+        self.group.is_empty() && self.kind == "Service"
+    }
+}
+
+pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<HttpRoute, ModelError> {
+    let spec = FieldPath::root(id, "spec");
+    let parent_refs = raw
+        .spec
+        .parent_refs
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            parent_ref(
+                &meta.namespace,
+                p.group,
+                p.kind,
+                p.namespace,
+                p.name,
+                p.section_name,
+                p.port,
+                &spec.field("parentRefs").index(i),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut hostnames = Vec::new();
+    for (i, h) in raw
+        .spec
+        .hostnames
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        validate::hostname(&h, true).map_err(|e| spec.field("hostnames").index(i).err(e))?;
+        hostnames.push(h);
+    }
+    // CRD default: one rule matching everything and forwarding nowhere.
+    let raw_rules = raw
+        .spec
+        .rules
+        .unwrap_or_else(|| vec![HttpRouteRules::default()]);
+    if raw_rules.len() > 16 {
+        return Err(spec
+            .field("rules")
+            .err(format!("{} rules, the limit is 16", raw_rules.len())));
+    }
+    let rules = raw_rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| http_rule(r, &meta.namespace, &spec.field("rules").index(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let total_matches: usize = rules.iter().map(|r| r.matches.len()).sum();
+    if total_matches > 128 {
+        return Err(spec.field("rules").err(format!(
+            "{total_matches} matches in total, the limit is 128"
+        )));
+    }
+    let strip_path = meta
+        .annotations
+        .get(STRIP_PATH_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    Ok(HttpRoute {
+        meta,
+        parent_refs,
+        hostnames,
+        rules,
+        strip_path,
+    })
+}
+
+fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule, ModelError> {
+    let raw_matches = r
+        .matches
+        .unwrap_or_else(|| vec![HttpRouteRulesMatches::default()]);
+    if raw_matches.len() > 64 {
+        return Err(at.field("matches").err("more than 64 matches"));
+    }
+    let matches = raw_matches
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| route_match(m, &at.field("matches").index(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut backends = Vec::new();
+    let mut unsupported = None;
+    for (i, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
+        let bat = at.field("backendRefs").index(i);
+        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            unsupported.get_or_insert_with(|| {
+                format!("{}.filters: backendRef filters are not supported", bat.path)
+            });
+        }
+        backends.push(backend_ref(
+            ns,
+            b.group,
+            b.kind,
+            b.namespace,
+            b.name,
+            b.port,
+            b.weight,
+            &bat,
+        )?);
+    }
+    if backends.len() > 16 {
+        return Err(at.field("backendRefs").err("more than 16 backendRefs"));
+    }
+    let (filters, filter_problem) =
+        filters::rule_filters(r.filters.unwrap_or_default(), &at.field("filters"))?;
+    if let Some(p) = filter_problem {
+        unsupported.get_or_insert(p);
+    }
+    // CEL rules of the CRD.
+    let has_redirect = filters
+        .iter()
+        .any(|f| matches!(f, Filter::RequestRedirect(_)));
+    let has_rewrite = filters.iter().any(|f| matches!(f, Filter::UrlRewrite(_)));
+    if has_redirect && has_rewrite {
+        return Err(at
+            .field("filters")
+            .err("RequestRedirect and URLRewrite cannot be combined"));
+    }
+    if has_redirect && !backends.is_empty() {
+        return Err(at.err("RequestRedirect filter must not be used together with backendRefs"));
+    }
+    if filters::uses_replace_prefix(&filters)
+        && !(matches.len() == 1 && matches!(matches[0].path, PathMatch::Prefix(_)))
+    {
+        return Err(at
+            .field("filters")
+            .err("ReplacePrefixMatch needs exactly one match, of type PathPrefix"));
+    }
+    let mut timeouts = Timeouts::default();
+    if let Some(t) = r.timeouts {
+        if let Some(v) = t.request {
+            timeouts.request =
+                validate::duration(&v).map_err(|e| at.field("timeouts.request").err(e))?;
+        }
+        if let Some(v) = t.backend_request {
+            timeouts.backend_request =
+                validate::duration(&v).map_err(|e| at.field("timeouts.backendRequest").err(e))?;
+        }
+        if let (Some(req), Some(be)) = (timeouts.request, timeouts.backend_request)
+            && be > req
+        {
+            return Err(at
+                .field("timeouts.backendRequest")
+                .err("must not be greater than timeouts.request"));
+        }
+    }
+    Ok(HttpRule {
+        matches,
+        filters,
+        backends,
+        timeouts,
+        unsupported,
+    })
+}
+
+fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatch, ModelError> {
+    let (ty, value) = match m.path {
+        Some(p) => (
+            p.r#type.unwrap_or(PathType::PathPrefix),
+            p.value.unwrap_or_else(|| "/".into()),
+        ),
+        None => (PathType::PathPrefix, "/".to_string()),
+    };
+    let pat = at.field("path.value");
+    let path = match ty {
+        PathType::Exact => {
+            validate::http_path(&value).map_err(|e| pat.err(e))?;
+            PathMatch::Exact(value)
+        }
+        PathType::PathPrefix => {
+            validate::http_path(&value).map_err(|e| pat.err(e))?;
+            let trimmed = value.trim_end_matches('/');
+            PathMatch::Prefix(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            })
+        }
+        PathType::RegularExpression => {
+            if value.is_empty() || value.len() > 1024 {
+                return Err(pat.err("a regular expression must be 1 to 1024 characters"));
+            }
+            PathMatch::Regex(value)
+        }
+    };
+    let mut headers: Vec<HeaderMatch> = Vec::new();
+    for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
+        let hat = at.field("headers").index(i);
+        validate::header_name(&h.name).map_err(|e| hat.field("name").err(e))?;
+        if h.value.is_empty() || h.value.len() > 4096 {
+            return Err(hat.field("value").err("must be 1 to 4096 characters"));
+        }
+        let name = h.name.to_ascii_lowercase();
+        // Spec: with a repeated name only the first entry counts.
+        if headers.iter().any(|x| x.name == name) {
+            continue;
+        }
+        let value = match h.r#type.unwrap_or(HeaderType::Exact) {
+            HeaderType::Exact => ValueMatch::Exact(h.value),
+            HeaderType::RegularExpression => ValueMatch::Regex(h.value),
+        };
+        headers.push(HeaderMatch { name, value });
+    }
+    let mut query: Vec<QueryMatch> = Vec::new();
+    for (i, q) in m.query_params.unwrap_or_default().into_iter().enumerate() {
+        let qat = at.field("queryParams").index(i);
+        if q.name.is_empty() || q.name.len() > 256 {
+            return Err(qat.field("name").err("must be 1 to 256 characters"));
+        }
+        if q.value.is_empty() || q.value.len() > 1024 {
+            return Err(qat.field("value").err("must be 1 to 1024 characters"));
+        }
+        if query.iter().any(|x| x.name == q.name) {
+            continue;
+        }
+        let value = match q.r#type.unwrap_or(QueryType::Exact) {
+            QueryType::Exact => ValueMatch::Exact(q.value),
+            QueryType::RegularExpression => ValueMatch::Regex(q.value),
+        };
+        query.push(QueryMatch {
+            name: q.name,
+            value,
+        });
+    }
+    let method = m.method.map(|m| {
+        serde_json::to_value(&m)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{m:?}").to_ascii_uppercase())
+    });
+    Ok(RouteMatch {
+        path,
+        headers,
+        query,
+        method,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn parent_ref(
+    route_ns: &str,
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    section_name: Option<String>,
+    port: Option<i32>,
+    at: &FieldPath<'_>,
+) -> Result<ParentRef, ModelError> {
+    if name.is_empty() {
+        return Err(at.field("name").err("must not be empty"));
+    }
+    let port = port
+        .map(validate::port)
+        .transpose()
+        .map_err(|e| at.field("port").err(e))?;
+    Ok(ParentRef {
+        group: group.unwrap_or_else(|| GATEWAY_GROUP.to_string()),
+        kind: kind.unwrap_or_else(|| "Gateway".to_string()),
+        namespace: namespace.unwrap_or_else(|| route_ns.to_string()),
+        name,
+        section_name: section_name.filter(|s| !s.is_empty()),
+        port,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backend_ref(
+    route_ns: &str,
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    port: Option<i32>,
+    weight: Option<i32>,
+    at: &FieldPath<'_>,
+) -> Result<BackendRef, ModelError> {
+    if name.is_empty() {
+        return Err(at.field("name").err("must not be empty"));
+    }
+    let weight = validate::weight(weight).map_err(|e| at.field("weight").err(e))?;
+    let port = port
+        .map(validate::port)
+        .transpose()
+        .map_err(|e| at.field("port").err(e))?;
+    let group = group.unwrap_or_default();
+    let group = if group == "core" {
+        String::new()
+    } else {
+        group
+    };
+    let kind = kind.unwrap_or_else(|| "Service".to_string());
+    if group.is_empty() && kind == "Service" && port.is_none() {
+        return Err(at.field("port").err("must have port for Service reference"));
+    }
+    Ok(BackendRef {
+        group,
+        kind,
+        namespace: namespace.unwrap_or_else(|| route_ns.to_string()),
+        name,
+        port,
+        weight,
+    })
+}
+
+pub(crate) fn l4_route(
+    meta: Meta,
+    parent_refs: Option<Vec<L4RouteParentRef>>,
+    rules: Vec<L4RouteRule>,
+    id: &str,
+) -> Result<L4Route, ModelError> {
+    let spec = FieldPath::root(id, "spec");
+    let parent_refs = parent_refs
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            parent_ref(
+                &meta.namespace,
+                p.group,
+                p.kind,
+                p.namespace,
+                p.name,
+                p.section_name,
+                p.port,
+                &spec.field("parentRefs").index(i),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if rules.len() != 1 {
+        return Err(spec
+            .field("rules")
+            .err(format!("must hold exactly one rule, found {}", rules.len())));
+    }
+    let rule = rules.into_iter().next().unwrap_or_default();
+    let at = spec.field("rules").index(0).field("backendRefs");
+    if rule.backend_refs.is_empty() || rule.backend_refs.len() > 16 {
+        return Err(at.err("needs 1 to 16 backendRefs"));
+    }
+    let backends = rule
+        .backend_refs
+        .into_iter()
+        .enumerate()
+        .map(|(i, b): (usize, L4RouteBackendRef)| {
+            backend_ref(
+                &meta.namespace,
+                b.group,
+                b.kind,
+                b.namespace,
+                b.name,
+                b.port,
+                b.weight,
+                &at.index(i),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(L4Route {
+        meta,
+        parent_refs,
+        backends,
+    })
+}

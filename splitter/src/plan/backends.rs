@@ -1,0 +1,157 @@
+//! backendRef -> [`PlannedBackend`]: kind check, ReferenceGrant check, Service and port
+//! lookup, ready endpoints from the Service's EndpointSlices.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+};
+
+use super::l7::{BackendTarget, InvalidReason, PlannedBackend};
+use crate::model::{BackendRef, EndpointSlice, Index, Service, ServicePort, TargetPort};
+
+/// Why a backendRef did not resolve, for the route's `ResolvedRefs` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    pub reason: InvalidReason,
+    pub message: String,
+}
+
+pub(crate) struct Resolver<'a> {
+    index: &'a Index,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(index: &'a Index) -> Self {
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for ((ns, _), s) in &index.endpoint_slices {
+            if let Some(svc) = &s.service_name {
+                slices
+                    .entry((ns.as_str(), svc.as_str()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        Self { index, slices }
+    }
+
+    /// Resolves one backendRef of a route of kind `route_kind` in `route_ns`.
+    pub fn resolve(
+        &self,
+        route_kind: &str,
+        route_ns: &str,
+        b: &BackendRef,
+    ) -> (PlannedBackend, Option<Unresolved>) {
+        let name = match b.port {
+            Some(p) => format!("{}/{}:{p}", b.namespace, b.name),
+            None => format!("{}/{}", b.namespace, b.name),
+        };
+        let invalid = |reason, message: String| {
+            (
+                PlannedBackend {
+                    name: name.clone(),
+                    weight: b.weight,
+                    target: BackendTarget::Invalid(reason),
+                },
+                Some(Unresolved { reason, message }),
+            )
+        };
+        if !b.is_service() {
+            let group = if b.group.is_empty() { "core" } else { &b.group };
+            return invalid(
+                InvalidReason::InvalidKind,
+                format!(
+                    "backendRef {name}: kind {} in group {group} is not supported (only core Service)",
+                    b.kind
+                ),
+            );
+        }
+        if b.namespace != route_ns && !self.granted(route_kind, route_ns, b) {
+            return invalid(
+                InvalidReason::RefNotPermitted,
+                format!(
+                    "backendRef {name}: no ReferenceGrant in namespace {} allows {route_kind}s from {route_ns} to Service {}",
+                    b.namespace, b.name
+                ),
+            );
+        }
+        let Some(svc) = self
+            .index
+            .services
+            .get(&(b.namespace.clone(), b.name.clone()))
+        else {
+            return invalid(
+                InvalidReason::BackendNotFound,
+                format!("backendRef {name}: Service not found"),
+            );
+        };
+        if svc.external_name {
+            return invalid(
+                InvalidReason::InvalidKind,
+                format!("backendRef {name}: ExternalName Services are not supported"),
+            );
+        }
+        let port = b.port.unwrap_or_default();
+        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+            return invalid(
+                InvalidReason::BackendNotFound,
+                format!("backendRef {name}: the Service has no port {port}"),
+            );
+        };
+        let eps = self.ready_endpoints(svc, sp);
+        let target = if eps.is_empty() {
+            BackendTarget::NoEndpoints
+        } else {
+            BackendTarget::Endpoints(eps)
+        };
+        (
+            PlannedBackend {
+                name,
+                weight: b.weight,
+                target,
+            },
+            None,
+        )
+    }
+
+    fn granted(&self, route_kind: &str, route_ns: &str, b: &BackendRef) -> bool {
+        self.index
+            .reference_grants
+            .range((b.namespace.clone(), String::new())..)
+            .take_while(|((ns, _), _)| *ns == b.namespace)
+            .any(|(_, g)| g.permits(route_kind, route_ns, "", "Service", &b.name))
+    }
+
+    /// Ready endpoints of one Service port: address and the slice's port of the same name,
+    /// deduplicated (a pod can sit in two slices while they are rebalanced) and sorted.
+    pub fn ready_endpoints(&self, svc: &Service, sp: &ServicePort) -> Vec<SocketAddr> {
+        let mut out = BTreeSet::new();
+        let Some(slices) = self
+            .slices
+            .get(&(svc.meta.namespace.as_str(), svc.meta.name.as_str()))
+        else {
+            return Vec::new();
+        };
+        for s in slices {
+            let port = match s
+                .ports
+                .iter()
+                .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+            {
+                Some(p) => p.port,
+                // A slice without ports serves every port; only a numeric targetPort tells which.
+                None if s.ports.is_empty() => match sp.target_port {
+                    TargetPort::Number(n) => n,
+                    TargetPort::Name(_) => continue,
+                },
+                None => continue,
+            };
+            for e in s.endpoints.iter().filter(|e| e.ready) {
+                if let Some(ip) = e.addresses.first() {
+                    out.insert(SocketAddr::new(*ip, port));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}

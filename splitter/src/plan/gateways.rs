@@ -1,0 +1,265 @@
+//! Our Gateways and their listeners: which are ours, what each listener accepts, and where
+//! listeners of different Gateways collide on one address and port.
+
+use std::collections::BTreeMap;
+
+use super::{
+    ObjectRef,
+    listener::{ListenerKey, PlanConfig, Transport},
+    status::Condition,
+    status::{Diagnostic, GatewayClassStatus, Severity, reason},
+};
+use crate::model::{
+    AllowedNamespaces, GATEWAY_GROUP, Gateway, Index, Kind, L4Route, Listener, ObjectKey,
+    RouteGroupKind,
+};
+
+/// The listener protocols we serve, by the route kind they take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListenerClass {
+    Http,
+    Tcp,
+    Udp,
+}
+
+impl ListenerClass {
+    fn of(protocol: &str) -> Option<Self> {
+        match protocol {
+            "HTTP" => Some(Self::Http),
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn route_kind(self) -> &'static str {
+        match self {
+            Self::Http => "HTTPRoute",
+            Self::Tcp => "TCPRoute",
+            Self::Udp => "UDPRoute",
+        }
+    }
+
+    fn transport(self) -> Transport {
+        match self {
+            Self::Http | Self::Tcp => Transport::Tcp,
+            Self::Udp => Transport::Udp,
+        }
+    }
+}
+
+/// An HTTPRoute attached to a listener, with the hostnames it serves there.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpAttachment {
+    pub route: (String, String),
+    /// Empty = any host.
+    pub hostnames: Vec<String>,
+}
+
+/// One listener of one of our Gateways, as the plan sees it.
+#[derive(Debug)]
+pub(crate) struct GatewayListener<'a> {
+    pub gateway: &'a Gateway,
+    pub gateway_ref: ObjectRef,
+    pub listener: &'a Listener,
+    /// `None` for a protocol we do not serve.
+    pub class: Option<ListenerClass>,
+    pub key: ListenerKey,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    pub invalid_kinds: Vec<String>,
+    /// Reason and message when another listener already holds this address and port.
+    pub conflict: Option<(&'static str, String)>,
+    pub attached_routes: u32,
+    pub http: Vec<HttpAttachment>,
+    pub l4: Vec<&'a L4Route>,
+}
+
+impl GatewayListener<'_> {
+    /// Whether traffic may flow through this listener.
+    pub fn usable(&self) -> bool {
+        self.class.is_some() && self.conflict.is_none()
+    }
+
+    pub fn allows_kind(&self, kind: &str) -> bool {
+        self.supported_kinds.iter().any(|k| k.kind == kind)
+    }
+
+    pub fn allows_namespace(&self, index: &Index, route_ns: &str) -> bool {
+        match &self.listener.allowed_namespaces {
+            AllowedNamespaces::Same => route_ns == self.gateway.meta.namespace,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(sel) => {
+                // The API server labels every namespace with its own name; files may omit it.
+                let mut labels = index
+                    .namespaces
+                    .get(route_ns)
+                    .map(|n| n.meta.labels.clone())
+                    .unwrap_or_default();
+                labels
+                    .entry("kubernetes.io/metadata.name".to_string())
+                    .or_insert_with(|| route_ns.to_string());
+                sel.matches(&labels)
+            }
+        }
+    }
+}
+
+/// The GatewayClass status and whether Gateways of the configured class are ours.
+pub(crate) fn class_status(
+    index: &Index,
+    config: &PlanConfig,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (bool, Vec<GatewayClassStatus>) {
+    match index.gateway_classes.get(&config.gateway_class) {
+        Some(c) if c.controller_name == config.controller_name => (
+            true,
+            vec![GatewayClassStatus {
+                class: ObjectKey::new(Kind::GatewayClass, "", &c.meta.name).to_ref(),
+                conditions: vec![Condition::new(
+                    reason::ACCEPTED,
+                    true,
+                    reason::ACCEPTED,
+                    format!("handled by {}", config.controller_name),
+                    c.meta.generation,
+                )],
+            }],
+        ),
+        Some(c) => {
+            diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                object: format!("GatewayClass {}", c.meta.name),
+                message: format!(
+                    "controllerName is {:?}, not {:?}: its Gateways are left alone",
+                    c.controller_name, config.controller_name
+                ),
+            });
+            (false, Vec::new())
+        }
+        None => {
+            diagnostics.push(Diagnostic {
+                severity: Severity::Warning,
+                object: format!("GatewayClass {}", config.gateway_class),
+                message: format!(
+                    "not found; serving Gateways of class {:?} as if it named {}",
+                    config.gateway_class, config.controller_name
+                ),
+            });
+            (true, Vec::new())
+        }
+    }
+}
+
+/// Listeners of our Gateways, oldest Gateway first, with conflicts resolved in that order.
+pub(crate) fn gateway_listeners<'a>(
+    index: &'a Index,
+    config: &PlanConfig,
+) -> Vec<GatewayListener<'a>> {
+    let mut gateways: Vec<&Gateway> = index
+        .gateways
+        .values()
+        .filter(|g| g.class_name == config.gateway_class)
+        .collect();
+    gateways.sort_by(|a, b| {
+        age_key(a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&age_key(
+            b.meta.created,
+            &b.meta.namespace,
+            &b.meta.name,
+        ))
+    });
+    let mut out: Vec<GatewayListener<'a>> = Vec::new();
+    // key -> (class, hostname, owner) of listeners already placed.
+    let mut taken: BTreeMap<ListenerKey, Vec<(ListenerClass, Option<String>, String)>> =
+        BTreeMap::new();
+    for g in gateways {
+        let gateway_ref = ObjectKey::new(Kind::Gateway, &g.meta.namespace, &g.meta.name).to_ref();
+        let mut addresses = g.addresses.clone();
+        addresses.sort();
+        addresses.dedup();
+        for l in &g.listeners {
+            let class = ListenerClass::of(&l.protocol);
+            let transport = class.map_or(Transport::Tcp, ListenerClass::transport);
+            let key = ListenerKey {
+                port: l.port,
+                transport,
+                addresses: addresses.clone(),
+            };
+            let (supported_kinds, invalid_kinds) = kinds(l, class);
+            let mut conflict = None;
+            if let Some(c) = class {
+                let owner = format!("{gateway_ref} listener {}", l.name);
+                let placed = taken.entry(key.clone()).or_default();
+                if let Some((_, _, other)) = placed.iter().find(|(pc, _, _)| *pc != c) {
+                    conflict = Some((
+                        reason::PROTOCOL_CONFLICT,
+                        format!(
+                            "port {} is already used by {other} with another protocol",
+                            l.port
+                        ),
+                    ));
+                } else if let Some((_, _, other)) = placed
+                    .iter()
+                    .find(|(pc, h, _)| *pc == c && (c != ListenerClass::Http || *h == l.hostname))
+                {
+                    conflict = Some((
+                        reason::HOSTNAME_CONFLICT,
+                        format!("{other} already serves this port and hostname"),
+                    ));
+                } else {
+                    placed.push((c, l.hostname.clone(), owner));
+                }
+            }
+            out.push(GatewayListener {
+                gateway: g,
+                gateway_ref: gateway_ref.clone(),
+                listener: l,
+                class,
+                key,
+                supported_kinds,
+                invalid_kinds,
+                conflict,
+                attached_routes: 0,
+                http: Vec::new(),
+                l4: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+/// The route kinds a listener takes: `allowedRoutes.kinds` restricted to what its protocol
+/// carries, and the requested kinds it cannot take.
+fn kinds(l: &Listener, class: Option<ListenerClass>) -> (Vec<RouteGroupKind>, Vec<String>) {
+    let Some(class) = class else {
+        return (Vec::new(), Vec::new());
+    };
+    let native = RouteGroupKind {
+        group: GATEWAY_GROUP.to_string(),
+        kind: class.route_kind().to_string(),
+    };
+    match &l.allowed_kinds {
+        None => (vec![native], Vec::new()),
+        Some(ks) if ks.is_empty() => (vec![native], Vec::new()),
+        Some(ks) => {
+            let (ok, bad): (Vec<&RouteGroupKind>, Vec<&RouteGroupKind>) =
+                ks.iter().partition(|k| **k == native);
+            let mut supported: Vec<RouteGroupKind> = ok.into_iter().cloned().collect();
+            supported.dedup();
+            (
+                supported,
+                bad.into_iter()
+                    .map(|k| format!("{}/{}", k.group, k.kind))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// Precedence by age: oldest `creationTimestamp` first (unknown counts as newest), then
+/// `namespace/name`.
+pub(crate) fn age_key<'k>(
+    created: Option<i64>,
+    ns: &'k str,
+    name: &'k str,
+) -> (i64, &'k str, &'k str) {
+    (created.unwrap_or(i64::MAX), ns, name)
+}

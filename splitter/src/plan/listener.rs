@@ -1,0 +1,190 @@
+//! The plan's top-level shape: data plane listeners (address, port, transport) with their mode
+//! and what they serve, plus the statuses.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::Serialize;
+
+use super::{
+    ObjectRef,
+    l7::{L7RouteTable, PlannedBackend},
+    maglev::WeightedTable,
+    status::{Diagnostic, GatewayClassStatus, GatewayStatus, RouteStatus, Severity},
+};
+
+/// Our controller name (`GatewayClass.spec.controllerName`).
+pub const CONTROLLER_NAME: &str = "splitter.dev/gateway-controller";
+/// The GatewayClass the agent serves unless told otherwise (`--gateway-class`).
+pub const DEFAULT_GATEWAY_CLASS: &str = "splitter";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanConfig {
+    pub gateway_class: String,
+    pub controller_name: String,
+    /// Maglev table size for small backend sets; large sets use [`super::maglev::LARGE_M`].
+    pub maglev_m: u32,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            gateway_class: DEFAULT_GATEWAY_CLASS.to_string(),
+            controller_name: CONTROLLER_NAME.to_string(),
+            maglev_m: super::maglev::DEFAULT_M,
+        }
+    }
+}
+
+/// Everything the actuators and the status writer need, computed from the index alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub gateway_classes: Vec<GatewayClassStatus>,
+    pub gateways: Vec<GatewayStatus>,
+    /// Data plane listeners, sorted by (port, transport, addresses).
+    pub listeners: Vec<ListenerPlan>,
+    pub routes: Vec<RouteStatus>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Plan {
+    /// The listeners the hyper proxy serves.
+    pub fn l7_listeners(&self) -> impl Iterator<Item = &ListenerPlan> {
+        self.listeners.iter().filter(|l| l.mode == Mode::L7)
+    }
+
+    /// The listeners the kernel serves.
+    pub fn l4_listeners(&self) -> impl Iterator<Item = &ListenerPlan> {
+        self.listeners.iter().filter(|l| l.mode == Mode::L4)
+    }
+
+    pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerPlan> {
+        self.listeners.iter().find(|l| l.key == *key)
+    }
+
+    /// Everything a user should fix: error diagnostics, conditions that say "not accepted" or
+    /// "refs not resolved", and listeners that are not accepted.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect();
+        for g in &self.gateways {
+            for c in g.conditions.iter().filter(|c| !c.is_true()) {
+                out.push(format!("{}: {c}", g.gateway));
+            }
+            for l in &g.listeners {
+                for c in &l.conditions {
+                    let bad = if c.type_ == super::status::reason::CONFLICTED {
+                        c.is_true()
+                    } else {
+                        !c.is_true()
+                    };
+                    if bad {
+                        out.push(format!("{} listener {}: {c}", g.gateway, l.name));
+                    }
+                }
+            }
+        }
+        for r in &self.routes {
+            for p in &r.parents {
+                for c in &p.conditions {
+                    let bad = if c.type_ == super::status::reason::PARTIALLY_INVALID {
+                        c.is_true()
+                    } else {
+                        !c.is_true()
+                    };
+                    if bad {
+                        out.push(format!("{} parent {}: {c}", r.route, p.parent_ref));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// What a data plane listener is keyed by: Gateway listeners with the same key share it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ListenerKey {
+    pub port: u16,
+    pub transport: Transport,
+    /// The Gateway's `spec.addresses`, sorted; empty = every address (see [`ListenerPlan::bind`]).
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    /// Connections split in the kernel by a weighted Maglev table.
+    L4,
+    /// Requests split by the hyper proxy.
+    L7,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::L4 => "L4",
+            Mode::L7 => "L7",
+        })
+    }
+}
+
+/// A Gateway listener that contributes to a data plane listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerSource {
+    pub gateway: ObjectRef,
+    pub listener: String,
+    pub protocol: String,
+    pub hostname: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerPlan {
+    pub key: ListenerKey,
+    pub sources: Vec<ListenerSource>,
+    pub mode: Mode,
+    /// Why this mode, in words (`splitter check` prints it).
+    pub reason: String,
+    /// Set in L7 mode.
+    pub l7: Option<L7RouteTable>,
+    /// Set in L4 mode.
+    pub l4: Option<L4Plan>,
+}
+
+impl ListenerPlan {
+    /// Where an L7 listener binds: each Gateway address, or `0.0.0.0` and `[::]`. An L4
+    /// listener with no addresses serves every address of the `--iface` interfaces instead,
+    /// which only the actuator knows.
+    pub fn bind(&self) -> Vec<SocketAddr> {
+        if self.key.addresses.is_empty() {
+            vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.key.port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.key.port),
+            ]
+        } else {
+            self.key
+                .addresses
+                .iter()
+                .map(|a| SocketAddr::new(*a, self.key.port))
+                .collect()
+        }
+    }
+}
+
+/// What the kernel does for new flows on an L4 listener.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct L4Plan {
+    /// The route that gets the traffic (the oldest one when several attach), if any.
+    pub route: Option<ObjectRef>,
+    /// Its backendRefs, resolved as for L7 (weight per Service, endpoints, invalid share).
+    pub backends: Vec<PlannedBackend>,
+    pub table: WeightedTable,
+}

@@ -1,0 +1,336 @@
+//! What each data plane listener serves: the L7 route table in precedence order, or the L4
+//! weighted table, and the L4/L7 decision with its reason (DESIGN section 4).
+
+use std::{cmp::Reverse, collections::HashMap};
+
+use super::{
+    ObjectRef,
+    attach::ResolvedRules,
+    gateways::{ListenerClass, age_key},
+    hostname,
+    l7::{
+        BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend,
+        RouteMatch, UrlRewrite,
+    },
+    listener::{L4Plan, ListenerSource, Mode},
+    maglev::{self, TableShare, TableTarget, WeightedTable},
+};
+use crate::model::{DATAPLANE_ANNOTATION, HttpRoute, Kind, ObjectKey};
+
+/// One L7 route with everything its precedence depends on.
+pub(crate) struct Entry {
+    key: SortKey,
+    pub route: L7Route,
+}
+
+type SortKey = (
+    (u8, Reverse<usize>),
+    (u8, Reverse<usize>),
+    (u8, Reverse<usize>),
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+    (i64, String, String),
+    usize,
+    usize,
+);
+
+/// The L7 routes one attachment (route on listener with `listener_hostname`) contributes: one
+/// per rule, match and effective hostname, so each is ordered on its own.
+pub(crate) fn entries(
+    route: &HttpRoute,
+    rules: &ResolvedRules,
+    listener_hostname: Option<&str>,
+    hostnames: &[String],
+) -> Vec<Entry> {
+    let meta = &route.meta;
+    let route_ref = ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).to_ref();
+    let hosts: Vec<Option<&String>> = if hostnames.is_empty() {
+        vec![None]
+    } else {
+        hostnames.iter().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for (ri, (rule, backends)) in route.rules.iter().zip(rules).enumerate() {
+        let Some(backends) = backends else { continue };
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let filters = with_strip_path(route.strip_path, m, &rule.filters);
+            for h in &hosts {
+                let key = (
+                    hostname::specificity(listener_hostname),
+                    hostname::specificity(h.map(String::as_str)),
+                    path_rank(&m.path),
+                    m.method.is_none(),
+                    Reverse(m.headers.len()),
+                    Reverse(m.query.len()),
+                    {
+                        let (t, ns, n) = age_key(meta.created, &meta.namespace, &meta.name);
+                        (t, ns.to_string(), n.to_string())
+                    },
+                    ri,
+                    mi,
+                );
+                out.push(Entry {
+                    key,
+                    route: L7Route {
+                        route: route_ref.clone(),
+                        rule_index: ri,
+                        hostnames: h.map(|h| vec![h.clone()]).unwrap_or_default(),
+                        matched: m.clone(),
+                        filters: filters.clone(),
+                        backends: backends.clone(),
+                        timeouts: rule.timeouts,
+                    },
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Exact paths first, then regular expressions (as Envoy Gateway orders them), then prefixes;
+/// longer first within each.
+fn path_rank(p: &PathMatch) -> (u8, Reverse<usize>) {
+    match p {
+        PathMatch::Exact(s) => (0, Reverse(s.len())),
+        PathMatch::Regex(s) => (1, Reverse(s.len())),
+        PathMatch::Prefix(s) => (2, Reverse(if s == "/" { 0 } else { s.len() })),
+    }
+}
+
+/// `konghq.com/strip-path: "true"`: a PathPrefix match strips its prefix, i.e. a URLRewrite
+/// ReplacePrefixMatch "/", unless the rule already rewrites or redirects the path.
+fn with_strip_path(strip: bool, m: &RouteMatch, filters: &[Filter]) -> Vec<Filter> {
+    let mut out = filters.to_vec();
+    if !strip || !matches!(m.path, PathMatch::Prefix(_)) {
+        return out;
+    }
+    let has_path = out.iter().any(|f| match f {
+        Filter::UrlRewrite(r) => r.path.is_some(),
+        Filter::RequestRedirect(_) => true,
+        _ => false,
+    });
+    if has_path {
+        return out;
+    }
+    let strip = PathModifier::ReplacePrefixMatch("/".to_string());
+    if let Some(Filter::UrlRewrite(r)) = out.iter_mut().find(|f| matches!(f, Filter::UrlRewrite(_)))
+    {
+        r.path = Some(strip);
+    } else {
+        out.push(Filter::UrlRewrite(UrlRewrite {
+            hostname: None,
+            path: Some(strip),
+        }));
+    }
+    out
+}
+
+pub(crate) fn into_table(mut entries: Vec<Entry>) -> L7RouteTable {
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    L7RouteTable {
+        routes: entries.into_iter().map(|e| e.route).collect(),
+    }
+}
+
+/// Why an HTTP listener needs the proxy; `None` when one weighted set serves every request.
+pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Option<String> {
+    if let Some(s) = sources.iter().find(|s| s.hostname.is_some()) {
+        return Some(format!(
+            "listener {} accepts only host {}: the Host header is checked per request",
+            s.listener,
+            s.hostname.as_deref().unwrap_or_default()
+        ));
+    }
+    let routes = &table.routes;
+    match routes.len() {
+        0 => return Some("no HTTPRoute attached: the proxy answers 404".to_string()),
+        1 => {}
+        n => {
+            let first: Vec<String> = routes.iter().take(3).map(describe).collect();
+            let more = if n > 3 { ", ..." } else { "" };
+            return Some(format!(
+                "{n} route matches ({}{more}): requests are matched one by one",
+                first.join("; ")
+            ));
+        }
+    }
+    let r = &routes[0];
+    if !r.hostnames.is_empty() {
+        return Some(format!(
+            "route hostnames {:?} are checked per request",
+            r.hostnames
+        ));
+    }
+    let m = &r.matched;
+    if m.path != PathMatch::Prefix("/".into())
+        || !m.headers.is_empty()
+        || !m.query.is_empty()
+        || m.method.is_some()
+    {
+        return Some(format!(
+            "the rule matches {}: requests are matched one by one",
+            describe(r)
+        ));
+    }
+    let real_filters: Vec<&str> = r
+        .filters
+        .iter()
+        .filter(|f| !is_noop(f))
+        .map(|f| match f {
+            Filter::RequestHeaderModifier(_) => "RequestHeaderModifier",
+            Filter::ResponseHeaderModifier(_) => "ResponseHeaderModifier",
+            Filter::RequestRedirect(_) => "RequestRedirect",
+            Filter::UrlRewrite(_) => "URLRewrite",
+        })
+        .collect();
+    if !real_filters.is_empty() {
+        return Some(format!(
+            "filters {} change requests",
+            real_filters.join(", ")
+        ));
+    }
+    if r.timeouts.request.is_some() || r.timeouts.backend_request.is_some() {
+        return Some("request timeouts are enforced per request".to_string());
+    }
+    None
+}
+
+/// Stripping the prefix `/` and putting `/` back changes nothing.
+fn is_noop(f: &Filter) -> bool {
+    matches!(f, Filter::UrlRewrite(UrlRewrite { hostname: None, path: Some(PathModifier::ReplacePrefixMatch(p)) }) if p == "/")
+}
+
+fn describe(r: &L7Route) -> String {
+    let m = &r.matched;
+    let mut parts = vec![match &m.path {
+        PathMatch::Exact(p) => format!("path = {p}"),
+        PathMatch::Prefix(p) => format!("path prefix {p}"),
+        PathMatch::Regex(p) => format!("path ~ {p}"),
+    }];
+    if let Some(method) = &m.method {
+        parts.push(format!("method {method}"));
+    }
+    for h in &m.headers {
+        parts.push(format!("header {}", h.name));
+    }
+    for q in &m.query {
+        parts.push(format!("query {}", q.name));
+    }
+    if !r.hostnames.is_empty() {
+        parts.push(format!("host {}", r.hostnames.join(",")));
+    }
+    parts.join(" ")
+}
+
+/// The Gateway annotation's request, if any source Gateway sets it (`l7` wins over `l4`).
+pub(crate) fn override_of(
+    annotations: &[(ObjectRef, Option<&String>)],
+) -> (Option<Mode>, Vec<(ObjectRef, String)>) {
+    let mut wanted = None;
+    let mut bad = Vec::new();
+    for (gw, v) in annotations {
+        match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None => {}
+            Some("l7") => wanted = Some(Mode::L7),
+            Some("l4") if wanted.is_none() => wanted = Some(Mode::L4),
+            Some("l4") => {}
+            Some(other) => bad.push((
+                gw.clone(),
+                format!("{DATAPLANE_ANNOTATION}: {other:?} is neither l4 nor l7; ignored"),
+            )),
+        }
+    }
+    (wanted, bad)
+}
+
+/// The weighted table for `backends`: endpoints share their Service's weight evenly; the
+/// invalid and no-endpoint shares (and everything when all weights are 0) go to REJECT.
+pub(crate) fn l4_plan(
+    route: Option<ObjectRef>,
+    backends: Vec<PlannedBackend>,
+    default_m: u32,
+    previous: Option<&WeightedTable>,
+) -> L4Plan {
+    let sum: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    let mut shares = Vec::new();
+    if sum == 0 {
+        shares.push(TableShare {
+            target: TableTarget::Reject,
+            num: 1,
+            den: 1,
+        });
+    }
+    let mut endpoints = 0usize;
+    for b in backends.iter().filter(|b| b.weight > 0 && sum > 0) {
+        match &b.target {
+            BackendTarget::Endpoints(eps) => {
+                endpoints += eps.len();
+                for ep in eps {
+                    shares.push(TableShare {
+                        target: TableTarget::Endpoint(*ep),
+                        num: u64::from(b.weight),
+                        den: sum * eps.len() as u64,
+                    });
+                }
+            }
+            BackendTarget::NoEndpoints | BackendTarget::Invalid(_) => shares.push(TableShare {
+                target: TableTarget::Reject,
+                num: u64::from(b.weight),
+                den: sum,
+            }),
+        }
+    }
+    let m = if endpoints > maglev::LARGE_SET {
+        maglev::LARGE_M
+    } else {
+        default_m
+    };
+    L4Plan {
+        route,
+        table: maglev::build(m, &shares, previous),
+        backends,
+    }
+}
+
+/// The route that gets an L4 listener's traffic: the oldest, then by `namespace/name`.
+pub(crate) fn oldest<'a>(
+    routes: &[(&'a crate::model::L4Route, Kind)],
+) -> Option<(&'a crate::model::L4Route, Kind)> {
+    routes
+        .iter()
+        .min_by(|(a, _), (b, _)| {
+            age_key(a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&age_key(
+                b.meta.created,
+                &b.meta.namespace,
+                &b.meta.name,
+            ))
+        })
+        .copied()
+}
+
+/// The reason line of an L4 listener for TCPRoute/UDPRoute.
+pub(crate) fn l4_reason(class: ListenerClass, attached: usize) -> String {
+    let kind = class.route_kind();
+    match attached {
+        0 => format!("{kind} listener with no route attached: every new flow is rejected"),
+        1 => format!("{kind}s are always split per connection in the kernel"),
+        n => format!(
+            "{kind}s are always split per connection in the kernel; {n} routes attached, the oldest gets the traffic"
+        ),
+    }
+}
+
+/// Looks up the previous L4 table of a listener for the disruption figure.
+pub(crate) fn previous_tables(
+    previous: Option<&super::Plan>,
+) -> HashMap<super::listener::ListenerKey, &WeightedTable> {
+    previous
+        .map(|p| {
+            p.listeners
+                .iter()
+                .filter_map(|l| l.l4.as_ref().map(|t| (l.key.clone(), &t.table)))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,335 @@
+//! `--manifests PATH`: files, or directories of files, of multi-document YAML.
+//!
+//! Each file keeps the objects it last yielded. A document that fails keeps the last good
+//! version of its object (when the document still says which object it is); a file that fails
+//! to parse as YAML keeps everything it had. Everything else applies.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::model::{
+    Index, Kind, ModelError, Object, ObjectKey,
+    index::Update,
+    parse::{self, Parsed},
+};
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: not valid YAML: {message} (keeping the objects it had)", path.display())]
+    Yaml { path: PathBuf, message: String },
+    #[error("{}: document {document}: {error}", path.display())]
+    Object {
+        path: PathBuf,
+        /// 1-based position of the document in the file.
+        document: usize,
+        error: ModelError,
+    },
+    #[error("{}: document {document}: {key} is also defined in {}; this one is ignored", path.display(), first.display())]
+    Duplicate {
+        path: PathBuf,
+        document: usize,
+        key: ObjectKey,
+        first: PathBuf,
+    },
+}
+
+/// A kind we have no use for, skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub document: usize,
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Whether any file changed (appeared, disappeared or was rewritten) since the last scan.
+    pub changed: bool,
+    /// Errors of every file as of this scan (a file that did not change keeps reporting its
+    /// errors, so a caller printing the latest report sees the whole picture).
+    pub errors: Vec<SourceError>,
+    pub skipped: Vec<Skipped>,
+    /// Files read in this scan.
+    pub files: usize,
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Option<(SystemTime, u64)>,
+    /// The objects of the file in document order, each with its document number.
+    objects: Vec<(usize, Object)>,
+    errors: Vec<SourceError>,
+    skipped: Vec<Skipped>,
+}
+
+/// The manifests under a set of paths, re-read when they change.
+#[derive(Debug)]
+pub struct FileSource {
+    roots: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl FileSource {
+    pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> Self {
+        Self {
+            roots: roots.into_iter().collect(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Reads every file whose size or modification time changed (all of them the first time).
+    pub fn scan(&mut self) -> LoadReport {
+        let mut report = LoadReport::default();
+        let mut present = BTreeSet::new();
+        let mut root_errors = Vec::new();
+        for root in &self.roots {
+            match list(root) {
+                Ok(files) => present.extend(files),
+                Err(e) => root_errors.push(SourceError::Read {
+                    path: root.clone(),
+                    source: e,
+                }),
+            }
+        }
+        let before = self.files.len();
+        self.files.retain(|p, _| present.contains(p));
+        report.changed |= self.files.len() != before;
+        for path in present {
+            let stamp = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            let state = self.files.entry(path.clone()).or_insert_with(|| FileState {
+                stamp: None,
+                objects: Vec::new(),
+                errors: Vec::new(),
+                skipped: Vec::new(),
+            });
+            if stamp.is_some() && state.stamp == stamp {
+                continue;
+            }
+            report.changed = true;
+            report.files += 1;
+            state.stamp = stamp;
+            reload(&path, state);
+        }
+        report.errors = root_errors;
+        let mut seen: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        for (path, state) in &self.files {
+            for (doc, o) in &state.objects {
+                let key = o.key();
+                if let Some(first) = seen.get(&key) {
+                    report.errors.push(SourceError::Duplicate {
+                        path: path.clone(),
+                        document: *doc,
+                        key,
+                        first: first.clone(),
+                    });
+                } else {
+                    seen.insert(key, path.clone());
+                }
+            }
+            report.errors.extend(state.errors.iter().map(clone_error));
+            report.skipped.extend(state.skipped.iter().cloned());
+        }
+        report
+    }
+
+    /// Every object, once (the first file in path order wins a duplicate).
+    pub fn objects(&self) -> Vec<Object> {
+        let mut seen = BTreeSet::new();
+        self.files
+            .values()
+            .flat_map(|s| s.objects.iter().map(|(_, o)| o))
+            .filter(|o| seen.insert(o.key()))
+            .cloned()
+            .collect()
+    }
+
+    /// The source's content as one relist per kind.
+    pub fn updates(&self) -> Vec<Update> {
+        let mut by_kind: BTreeMap<Kind, Vec<Object>> =
+            Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+        for o in self.objects() {
+            by_kind.entry(o.kind()).or_default().push(o);
+        }
+        by_kind
+            .into_iter()
+            .map(|(k, v)| Update::Reset(k, v))
+            .collect()
+    }
+
+    pub fn index(&self) -> Index {
+        Index::from_objects(self.objects())
+    }
+}
+
+/// Reads `paths` once: the index, and the report of what went wrong or was skipped.
+pub fn load(paths: &[PathBuf]) -> (Index, LoadReport) {
+    let mut source = FileSource::new(paths.iter().cloned());
+    let report = source.scan();
+    (source.index(), report)
+}
+
+fn reload(path: &Path, state: &mut FileState) {
+    state.errors.clear();
+    state.skipped.clear();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            state.errors.push(SourceError::Read {
+                path: path.to_path_buf(),
+                source: e,
+            });
+            return;
+        }
+    };
+    let docs: Vec<Value> = match documents(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            state.errors.push(SourceError::Yaml {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    let previous: BTreeMap<ObjectKey, Object> =
+        state.objects.drain(..).map(|(_, o)| (o.key(), o)).collect();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let document = i + 1;
+        if doc.is_null() {
+            continue;
+        }
+        let claimed = claimed_key(&doc);
+        match parse::parse(doc) {
+            Ok(Parsed::Object(o)) => state.objects.push((document, *o)),
+            Ok(Parsed::Skipped { api_version, kind }) => {
+                tracing::info!(file = %path.display(), document, %kind, "skipping a kind the agent does not use");
+                state.skipped.push(Skipped {
+                    path: path.to_path_buf(),
+                    document,
+                    api_version,
+                    kind,
+                    name: String::new(),
+                });
+            }
+            Err(error) => {
+                if let Some(old) = claimed.and_then(|k| previous.get(&k)) {
+                    state.objects.push((document, old.clone()));
+                }
+                state.errors.push(SourceError::Object {
+                    path: path.to_path_buf(),
+                    document,
+                    error,
+                });
+            }
+        }
+    }
+}
+
+/// The documents of a multi-document YAML text, as JSON values.
+///
+/// The parser's default budget (1024 documents, 250k nodes per stream) is meant for config
+/// files; generated manifests of a large cluster pass it. The limits stay, raised so that they
+/// still stop a YAML bomb but not 10k routes in one file.
+pub fn documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 200_000,
+            max_events: 100_000_000,
+            max_nodes: 50_000_000,
+        },
+    };
+    serde_saphyr::from_multiple_with_options(text, options)
+}
+
+/// The key a document claims, read without validating it, so a broken document can keep the
+/// last good version of its object.
+fn claimed_key(doc: &Value) -> Option<ObjectKey> {
+    let api_version = doc.get("apiVersion")?.as_str()?;
+    let (kind_str, ns, name) = parse::identity(doc);
+    let kind = parse::kind_of(api_version, &kind_str).ok()??;
+    let ns = if !kind.is_namespaced() {
+        String::new()
+    } else if ns.is_empty() {
+        "default".to_string()
+    } else {
+        ns
+    };
+    Some(ObjectKey::new(kind, ns, name))
+}
+
+/// The manifest files under `root`, sorted. Hidden entries are skipped: a ConfigMap volume
+/// keeps its real files in `..data` and exposes them through symlinks.
+fn list(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(root)?;
+    if !meta.is_dir() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn clone_error(e: &SourceError) -> SourceError {
+    match e {
+        SourceError::Read { path, source } => SourceError::Read {
+            path: path.clone(),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        SourceError::Yaml { path, message } => SourceError::Yaml {
+            path: path.clone(),
+            message: message.clone(),
+        },
+        SourceError::Object {
+            path,
+            document,
+            error,
+        } => SourceError::Object {
+            path: path.clone(),
+            document: *document,
+            error: error.clone(),
+        },
+        SourceError::Duplicate {
+            path,
+            document,
+            key,
+            first,
+        } => SourceError::Duplicate {
+            path: path.clone(),
+            document: *document,
+            key: key.clone(),
+            first: first.clone(),
+        },
+    }
+}

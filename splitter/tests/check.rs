@@ -1,0 +1,73 @@
+//! `splitter check` end to end: the binary on the repo's manifests.
+
+use std::{path::PathBuf, process::Command};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn check(args: &[PathBuf], json: bool) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splitter"));
+    cmd.arg("check").env("RUST_LOG", "off");
+    for a in args {
+        cmd.arg("--manifests").arg(a);
+    }
+    if json {
+        cmd.args(["-o", "json"]);
+    }
+    let out = cmd.output().expect("run splitter");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_guide_checks_clean() {
+    let (ok, out) = check(
+        &[
+            repo("../deploy/gatewayclass.yaml"),
+            repo("../deploy/examples"),
+        ],
+        false,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("listener *:80/tcp: L7"), "{out}");
+    assert!(out.contains("50.00%"), "{out}");
+    assert!(
+        out.contains("filter URLRewrite ReplacePrefixMatch \"/\""),
+        "{out}"
+    );
+    assert!(out.contains("attachedRoutes 1"), "{out}");
+}
+
+#[test]
+fn invalid_input_exits_1_but_prints_everything_else() {
+    let fixtures = repo("tests/fixtures");
+    let (ok, out) = check(
+        &[
+            fixtures.join("base.yaml"),
+            fixtures.join("invalid-backends.yaml"),
+        ],
+        false,
+    );
+    assert!(!ok);
+    assert!(out.contains("invalid: BackendNotFound (500)"), "{out}");
+    assert!(out.contains("no ready endpoints (503)"), "{out}");
+    assert!(out.contains("ResolvedRefs=False (RefNotPermitted"), "{out}");
+    assert!(out.contains("INVALID"), "{out}");
+
+    let (ok, out) = check(
+        &[fixtures.join("base.yaml"), fixtures.join("l4-routes.yaml")],
+        true,
+    );
+    assert!(!ok, "the UDPRoute has a missing backend");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["ok"], false);
+    let listeners = v["plan"]["listeners"].as_array().unwrap();
+    assert!(
+        listeners
+            .iter()
+            .any(|l| l["mode"] == "L4" && l["l4"]["table"]["m"] == 16381)
+    );
+}

@@ -1,0 +1,575 @@
+//! Plan-level tests, one or more per rule of DESIGN section 3 and 4, from YAML fixtures.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use splitter::plan::{
+    Mode,
+    l7::{BackendTarget, Filter, InvalidReason, PathMatch, PathModifier, UrlRewrite},
+    maglev::TableTarget,
+    status::ConditionStatus,
+};
+
+fn ep(s: &str) -> TableTarget {
+    TableTarget::Endpoint(s.parse::<SocketAddr>().unwrap())
+}
+
+/// Every quota is within one slot of m * share.
+fn assert_quotas(table: &splitter::plan::maglev::WeightedTable, expected: &[(TableTarget, f64)]) {
+    let m = f64::from(table.m);
+    for (t, share) in expected {
+        let q = f64::from(table.quota_of(t));
+        assert!(
+            (q - m * share).abs() < 1.0,
+            "{t}: quota {q}, want {} (share {share})",
+            m * share
+        );
+    }
+    let total: u32 = table.backends.iter().map(|b| b.quota).sum();
+    assert_eq!(total, table.m);
+    assert_eq!(table.slots.len(), table.m as usize);
+}
+
+#[test]
+fn default_weights_are_one_and_split_per_service_not_per_endpoint() {
+    let plan = plan_with(&["weights-default.yaml"]);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode, Mode::L4, "{}", l.reason);
+    let l4 = l.l4.as_ref().unwrap();
+    assert_eq!(
+        l4.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    // a and b have 2 ready endpoints each: a quarter each.
+    assert_quotas(
+        &l4.table,
+        &[
+            (ep("10.1.0.1:3000"), 0.25),
+            (ep("10.1.0.2:3000"), 0.25),
+            (ep("10.2.0.1:3000"), 0.25),
+            (ep("10.2.0.2:3000"), 0.25),
+        ],
+    );
+    assert_eq!(l4.table.quota_of(&ep("10.2.0.3:3000")), 0, "not ready");
+}
+
+#[test]
+fn weights_70_30_0_with_2_2_1_endpoints() {
+    let plan = plan_with(&["weights-70-30-0.yaml"]);
+    let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+    assert_quotas(
+        &l4.table,
+        &[
+            (ep("10.1.0.1:3000"), 0.35),
+            (ep("10.1.0.2:3000"), 0.35),
+            (ep("10.2.0.1:3000"), 0.15),
+            (ep("10.2.0.2:3000"), 0.15),
+            (ep("10.3.0.1:3000"), 0.0),
+            (TableTarget::Reject, 0.0),
+        ],
+    );
+    assert!(
+        l4.table
+            .backends
+            .iter()
+            .all(|b| b.target != ep("10.3.0.1:3000")),
+        "weight 0 gets no slot"
+    );
+    // The same route served at L7 keeps weights per Service.
+    let weights: Vec<(String, u32)> = l4
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), b.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("infra/a:8080".to_string(), 70),
+            ("infra/b:8080".to_string(), 30),
+            ("infra/c:8080".to_string(), 0)
+        ]
+    );
+}
+
+#[test]
+fn all_zero_weights_reject_everything() {
+    let plan = plan_with(&["weights-all-zero.yaml"]);
+    let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+    assert_eq!(l4.table.backends.len(), 1);
+    assert_eq!(l4.table.backends[0].target, TableTarget::Reject);
+    assert_eq!(l4.table.backends[0].quota, l4.table.m);
+    let r = route(&plan, "infra", "r");
+    assert!(condition(&r.parents[0].conditions, "Accepted").is_true());
+}
+
+#[test]
+fn invalid_share_for_each_reason_and_no_endpoint_share() {
+    let plan = plan_with(&["invalid-backends.yaml"]);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode, Mode::L7);
+    let table = l.l7.as_ref().unwrap();
+    let cases = [
+        (
+            "missing",
+            "BackendNotFound",
+            Some(InvalidReason::BackendNotFound),
+        ),
+        (
+            "unknown-kind",
+            "InvalidKind",
+            Some(InvalidReason::InvalidKind),
+        ),
+        (
+            "cross-ns",
+            "RefNotPermitted",
+            Some(InvalidReason::RefNotPermitted),
+        ),
+        (
+            "bad-port",
+            "BackendNotFound",
+            Some(InvalidReason::BackendNotFound),
+        ),
+        ("no-endpoints", "ResolvedRefs", None),
+    ];
+    for (name, reason, invalid) in cases {
+        let status = route(&plan, "infra", name);
+        let c = &status.parents[0].conditions;
+        assert!(
+            condition(c, "Accepted").is_true(),
+            "{name}: the route stays Accepted"
+        );
+        assert_eq!(condition(c, "ResolvedRefs").reason, reason, "{name}");
+        assert_eq!(condition(c, "ResolvedRefs").observed_generation, 1);
+        let r = table.routes.iter().find(|r| r.route.name == name).unwrap();
+        assert_eq!(
+            r.backends.len(),
+            2,
+            "{name}: the invalid share is kept, not redistributed"
+        );
+        assert!(matches!(r.backends[0].target, BackendTarget::Endpoints(ref e) if e.len() == 2));
+        assert_eq!(r.backends[1].weight, 1);
+        match invalid {
+            Some(reason) => assert_eq!(
+                r.backends[1].target,
+                BackendTarget::Invalid(reason),
+                "{name}"
+            ),
+            None => assert_eq!(r.backends[1].target, BackendTarget::NoEndpoints, "{name}"),
+        }
+    }
+}
+
+#[test]
+fn invalid_and_empty_shares_go_to_reject_at_l4() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs:
+    - {name: a, port: 8080, weight: 2}
+    - {name: nonexistent, port: 8080, weight: 1}
+    - {name: empty, port: 8080, weight: 1}
+"#;
+    let plan = plan_of(&[&fixture("base.yaml"), route]);
+    let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+    assert_quotas(
+        &l4.table,
+        &[
+            (ep("10.1.0.1:3000"), 0.25),
+            (ep("10.1.0.2:3000"), 0.25),
+            (TableTarget::Reject, 0.5),
+        ],
+    );
+}
+
+fn grant_plan(grant_edit: impl Fn(&str) -> String) -> ConditionStatus {
+    let plan = plan_of(&[
+        &fixture("base.yaml"),
+        &grant_edit(&fixture("cross-ns-grant.yaml")),
+    ]);
+    let r = route(&plan, "infra", "r");
+    let c = condition(&r.parents[0].conditions, "ResolvedRefs");
+    if c.is_true() {
+        let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+        assert_eq!(l4.table.quota_of(&ep("10.5.0.1:3000")), l4.table.m);
+    } else {
+        assert_eq!(c.reason, "RefNotPermitted");
+    }
+    c.status
+}
+
+#[test]
+fn reference_grant_present_absent_and_wrong_in_each_field() {
+    assert_eq!(grant_plan(|s| s.to_string()), ConditionStatus::True);
+    // Absent: drop the grant document.
+    assert_eq!(
+        grant_plan(|s| s.split("---").next().unwrap().to_string()),
+        ConditionStatus::False
+    );
+    // No `to.name`: every Service in the namespace.
+    assert_eq!(
+        grant_plan(|s| s.replace(", name: web}", "}")),
+        ConditionStatus::True
+    );
+    let wrong = [
+        (
+            "namespace",
+            "{name: allow-infra, namespace: other}",
+            "{name: allow-infra, namespace: infra}",
+        ),
+        (
+            "from.group",
+            "group: gateway.networking.k8s.io, kind: HTTPRoute",
+            "group: example.com, kind: HTTPRoute",
+        ),
+        (
+            "from.kind",
+            "kind: HTTPRoute, namespace: infra",
+            "kind: GRPCRoute, namespace: infra",
+        ),
+        (
+            "from.namespace",
+            "kind: HTTPRoute, namespace: infra",
+            "kind: HTTPRoute, namespace: default",
+        ),
+        (
+            "to.group",
+            "{group: \"\", kind: Service",
+            "{group: apps, kind: Service",
+        ),
+        (
+            "to.kind",
+            "kind: Service, name: web}",
+            "kind: Pod, name: web}",
+        ),
+        (
+            "to.name",
+            "kind: Service, name: web}",
+            "kind: Service, name: web2}",
+        ),
+    ];
+    for (field, from, to) in wrong {
+        let status = grant_plan(|s| {
+            assert!(s.contains(from), "{field}: fixture changed");
+            s.replace(from, to)
+        });
+        assert_eq!(
+            status,
+            ConditionStatus::False,
+            "grant wrong in {field} must not permit"
+        );
+    }
+}
+
+#[test]
+fn path_header_method_query_precedence_within_a_route() {
+    let plan = plan_with(&["precedence.yaml"]);
+    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let order: Vec<usize> = table.routes.iter().map(|r| r.rule_index).collect();
+    // Exact (longest first), then longest prefix, then method, most headers, most query.
+    assert_eq!(order, [8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    assert_eq!(
+        table.routes[3].matched.path,
+        PathMatch::Prefix("/match".into()),
+        "trailing / ignored"
+    );
+    assert_eq!(
+        table.routes[6].matched.headers[0].name, "version",
+        "header names lower-case"
+    );
+}
+
+#[test]
+fn ties_across_routes_go_to_the_oldest_then_namespace_name() {
+    let plan = plan_with(&["cross-route-ties.yaml"]);
+    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let names: Vec<&str> = table.routes.iter().map(|r| r.route.name.as_str()).collect();
+    assert_eq!(names, ["older-a", "older-b", "newer", "zz"]);
+}
+
+#[test]
+fn hostname_intersection_and_listener_precedence() {
+    let plan = plan_with(&["hostnames.yaml"]);
+    let l = listener(&plan, 8000);
+    assert_eq!(l.mode, Mode::L7);
+    let table = l.l7.as_ref().unwrap();
+    let order: Vec<(&str, Vec<String>)> = table
+        .routes
+        .iter()
+        .map(|r| (r.route.name.as_str(), r.hostnames.clone()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("on-exact", vec!["foo.bar.com".to_string()]),
+            ("on-apex", vec!["bar.com".to_string()]),
+            ("intersecting", vec!["foo.example.com".to_string()]),
+            ("on-wild", vec!["*.bar.com".to_string()]),
+        ]
+    );
+    let disjoint = route(&plan, "infra", "disjoint");
+    let accepted = condition(&disjoint.parents[0].conditions, "Accepted");
+    assert!(!accepted.is_true());
+    assert_eq!(accepted.reason, "NoMatchingListenerHostname");
+    let gw = plan
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "hosts")
+        .unwrap();
+    let example = gw.listeners.iter().find(|l| l.name == "example").unwrap();
+    assert_eq!(example.attached_routes, 1, "only accepted routes count");
+}
+
+#[test]
+fn parent_refs_that_do_not_attach() {
+    let plan = plan_with(&["attachment.yaml"]);
+    for (ns, name, reason) in [
+        ("infra", "no-section", "NoMatchingParent"),
+        ("other", "foreign", "NotAllowedByListeners"),
+    ] {
+        let r = route(&plan, ns, name);
+        let c = &r.parents[0].conditions;
+        assert_eq!(condition(c, "Accepted").reason, reason, "{name}");
+        assert!(!condition(c, "Accepted").is_true());
+        assert!(
+            condition(c, "ResolvedRefs").is_true(),
+            "{name}: ResolvedRefs is written too"
+        );
+    }
+    let gw = plan
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "gw")
+        .unwrap();
+    assert_eq!(gw.listeners[0].attached_routes, 0);
+    assert!(plan.listeners[0].l7.as_ref().unwrap().routes.is_empty());
+    assert!(!plan.problems().is_empty());
+}
+
+#[test]
+fn strip_path_annotation_rewrites_every_prefix_match() {
+    let plan = plan_with(&["strip-path.yaml"]);
+    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let strip = Filter::UrlRewrite(UrlRewrite {
+        hostname: None,
+        path: Some(PathModifier::ReplacePrefixMatch("/".into())),
+    });
+    let echo = table
+        .routes
+        .iter()
+        .find(|r| r.matched.path == PathMatch::Prefix("/echo".into()))
+        .unwrap();
+    assert_eq!(echo.filters, [strip]);
+    let exact = table
+        .routes
+        .iter()
+        .find(|r| r.matched.path == PathMatch::Exact("/exact".into()))
+        .unwrap();
+    assert!(exact.filters.is_empty(), "Exact matches are not stripped");
+    let keep = table
+        .routes
+        .iter()
+        .find(|r| r.matched.path == PathMatch::Prefix("/keep".into()))
+        .unwrap();
+    assert_eq!(
+        keep.filters,
+        [Filter::UrlRewrite(UrlRewrite {
+            hostname: None,
+            path: Some(PathModifier::ReplacePrefixMatch("/other".into()))
+        })],
+        "an explicit rewrite wins"
+    );
+}
+
+const GW_L4: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra, annotations: {splitter.dev/dataplane: l4}}
+spec:
+  gatewayClassName: splitter
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+"#;
+
+#[test]
+fn l4_or_l7_decision_and_its_override() {
+    // One rule matching everything: L4.
+    let plan = plan_with(&["weights-default.yaml"]);
+    assert_eq!(listener(&plan, 80).mode, Mode::L4);
+    // Path matches: L7, with the reason.
+    let plan = plan_with(&["precedence.yaml"]);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode, Mode::L7);
+    assert!(l.reason.contains("matched one by one"), "{}", l.reason);
+    // l7 forced on an L4-able listener.
+    let gw_l7 = GW_L4.replace("dataplane: l4", "dataplane: l7");
+    let plan = plan_of(&[
+        &fixture("base.yaml"),
+        &gw_l7,
+        &fixture("weights-default.yaml"),
+    ]);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode, Mode::L7);
+    assert!(l.l7.as_ref().unwrap().routes.len() == 1);
+    // l4 asked where the route needs L7: refused, with a status saying why.
+    let plan = plan_of(&[&fixture("base.yaml"), GW_L4, &fixture("precedence.yaml")]);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode, Mode::L7);
+    assert!(l.reason.contains("l4 refused"), "{}", l.reason);
+    let gw = plan
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "gw")
+        .unwrap();
+    let c = condition(&gw.listeners[0].conditions, "splitter.dev/Dataplane");
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "L4Refused")
+    );
+    // l4 asked where it is possible: L4.
+    let plan = plan_of(&[
+        &fixture("base.yaml"),
+        GW_L4,
+        &fixture("weights-default.yaml"),
+    ]);
+    assert_eq!(listener(&plan, 80).mode, Mode::L4);
+    // The guide's route (prefix /echo + strip-path) needs L7.
+    let plan = plan_of(&[&fixture("base.yaml"), &fixture("strip-path.yaml")]);
+    assert_eq!(listener(&plan, 80).mode, Mode::L7);
+}
+
+#[test]
+fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
+    let plan = plan_with(&["l4-routes.yaml"]);
+    let l4: Vec<_> = plan
+        .listeners
+        .iter()
+        .filter(|l| l.key.port == 9000)
+        .collect();
+    assert_eq!(l4.len(), 2);
+    assert!(l4.iter().all(|l| l.mode == Mode::L4));
+    let tcp = l4
+        .iter()
+        .find(|l| l.key.transport == splitter::plan::Transport::Tcp)
+        .unwrap();
+    assert_eq!(
+        tcp.key.addresses,
+        ["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let t = tcp.l4.as_ref().unwrap();
+    assert_eq!(t.route.as_ref().unwrap().name, "old");
+    assert_quotas(
+        &t.table,
+        &[
+            (ep("10.1.0.1:3000"), 0.35),
+            (ep("10.1.0.2:3000"), 0.35),
+            (ep("10.2.0.1:3000"), 0.15),
+            (ep("10.2.0.2:3000"), 0.15),
+        ],
+    );
+    let udp = l4
+        .iter()
+        .find(|l| l.key.transport == splitter::plan::Transport::Udp)
+        .unwrap();
+    assert_quotas(
+        &udp.l4.as_ref().unwrap().table,
+        &[
+            (ep("10.1.0.1:3000"), 0.35),
+            (ep("10.1.0.2:3000"), 0.35),
+            (TableTarget::Reject, 0.3),
+        ],
+    );
+    let gw = plan
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "l4")
+        .unwrap();
+    let tcp_status = gw.listeners.iter().find(|l| l.name == "tcp").unwrap();
+    assert_eq!(
+        tcp_status.attached_routes, 2,
+        "both routes attach; only the oldest serves"
+    );
+    assert_eq!(tcp_status.supported_kinds[0].kind, "TCPRoute");
+    let dns = route(&plan, "infra", "dns");
+    assert_eq!(
+        condition(&dns.parents[0].conditions, "ResolvedRefs").reason,
+        "BackendNotFound"
+    );
+}
+
+#[test]
+fn conditions_carry_the_observed_generation() {
+    let plan = plan_with(&["weights-default.yaml"]);
+    let r = route(&plan, "infra", "r");
+    assert!(
+        r.parents[0]
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == 7)
+    );
+    assert_eq!(r.parents[0].parent_ref.group, "gateway.networking.k8s.io");
+    assert_eq!(r.parents[0].parent_ref.kind, "Gateway");
+    let gw = plan
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "gw")
+        .unwrap();
+    assert!(
+        gw.conditions
+            .iter()
+            .all(|c| c.observed_generation == 3 && c.is_true())
+    );
+    assert!(
+        gw.listeners[0]
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == 3)
+    );
+    assert!(plan.gateway_classes[0].conditions[0].is_true());
+    assert!(plan.problems().is_empty(), "{:?}", plan.problems());
+}
+
+#[test]
+fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let paths = [
+        root.join("deploy/gatewayclass.yaml"),
+        root.join("deploy/examples"),
+    ];
+    let (index, report) = splitter::source::file::load(&paths);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.skipped.len(), 2, "the two Deployments");
+    let plan = splitter::plan::build(&index, &Default::default(), None);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode, Mode::L7);
+    let r = &l.l7.as_ref().unwrap().routes[0];
+    assert_eq!(r.matched.path, PathMatch::Prefix("/echo".into()));
+    assert_eq!(
+        r.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    assert!(matches!(r.filters[0], Filter::UrlRewrite(_)));
+    assert!(plan.problems().is_empty(), "{:?}", plan.problems());
+}
+
+#[test]
+fn disruption_is_measured_against_the_previous_plan() {
+    let before = plan_with(&["weights-default.yaml"]);
+    let index = index_of(&[&fixture("base.yaml"), &fixture("weights-70-30-0.yaml")]);
+    let after = splitter::plan::build(&index, &Default::default(), Some(&before));
+    let d = listener(&after, 80)
+        .l4
+        .as_ref()
+        .unwrap()
+        .table
+        .disruption
+        .unwrap();
+    assert!(
+        d.minimum > 0 && d.moved >= d.minimum && d.moved <= 2 * d.minimum,
+        "{d:?}"
+    );
+}

@@ -1,0 +1,245 @@
+//! The file source: multi-document files and directories, skipped kinds, precise errors, the
+//! last good version of a broken object, and change detection.
+
+use std::{fs, path::Path};
+
+use splitter::{
+    model::{Kind, Object, index::Update},
+    source::{FileSource, SourceError},
+};
+
+const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: ns}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs: [{name: a, port: 80, weight: WEIGHT}]
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    fs::write(dir.join(name), text).unwrap();
+}
+
+fn route_weight(source: &FileSource) -> Option<u32> {
+    source.objects().into_iter().find_map(|o| match o {
+        Object::HttpRoute(r) => Some(r.rules[0].backends[0].weight),
+        _ => None,
+    })
+}
+
+#[test]
+fn directories_of_multi_document_files_with_skipped_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n---\n{}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n",
+        ROUTE.replace("WEIGHT", "5")
+    );
+    write(dir.path(), "all.yaml", &text);
+    write(dir.path(), "notes.txt", "not a manifest");
+    fs::create_dir(dir.path().join("..data")).unwrap();
+    write(&dir.path().join("..data"), "hidden.yaml", "{{{ not yaml");
+    let mut source = FileSource::new([dir.path().to_path_buf()]);
+    let report = source.scan();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        report
+            .skipped
+            .iter()
+            .map(|s| s.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["Deployment", "ConfigMap"]
+    );
+    assert_eq!(report.skipped[1].document, 3);
+    assert_eq!(route_weight(&source), Some(5));
+    // A relist per kind, the route in its own.
+    let updates = source.updates();
+    assert_eq!(updates.len(), Kind::ALL.len());
+    assert!(
+        updates
+            .iter()
+            .any(|u| matches!(u, Update::Reset(Kind::HttpRoute, v) if v.len() == 1))
+    );
+}
+
+#[test]
+fn a_bad_object_is_reported_precisely_and_its_last_good_version_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("route.yaml");
+    let other = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns}\n---\n";
+    fs::write(&file, format!("{other}{}", ROUTE.replace("WEIGHT", "5"))).unwrap();
+    let mut source = FileSource::new([file.clone()]);
+    assert!(source.scan().errors.is_empty());
+
+    // Out of range: rejected as CRD validation would; the weight-5 version stays.
+    fs::write(
+        &file,
+        format!("{other}{}", ROUTE.replace("WEIGHT", "2000000")),
+    )
+    .unwrap();
+    bump_mtime(&file);
+    let report = source.scan();
+    assert!(report.changed);
+    assert_eq!(report.errors.len(), 1);
+    let e = &report.errors[0];
+    let SourceError::Object {
+        path,
+        document,
+        error,
+    } = e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(path, &file);
+    assert_eq!(*document, 2);
+    assert_eq!(error.object, "HTTPRoute ns/r");
+    assert_eq!(error.field, "spec.rules[0].backendRefs[0].weight");
+    assert!(error.reason.contains("0..=1000000"), "{}", error.reason);
+    let line = e.to_string();
+    assert!(
+        line.contains(
+            "route.yaml: document 2: HTTPRoute ns/r: spec.rules[0].backendRefs[0].weight"
+        ),
+        "{line}"
+    );
+    assert_eq!(route_weight(&source), Some(5));
+    assert_eq!(source.objects().len(), 2, "the namespace still applies");
+
+    // Not YAML at all: the file keeps everything it had.
+    fs::write(&file, "key: [unclosed").unwrap();
+    bump_mtime(&file);
+    let report = source.scan();
+    assert!(matches!(report.errors[0], SourceError::Yaml { .. }));
+    assert_eq!(route_weight(&source), Some(5));
+
+    // Fixed: the new version applies and the errors are gone.
+    fs::write(&file, ROUTE.replace("WEIGHT", "7")).unwrap();
+    bump_mtime(&file);
+    let report = source.scan();
+    assert!(report.errors.is_empty());
+    assert_eq!(route_weight(&source), Some(7));
+    assert_eq!(
+        source.objects().len(),
+        1,
+        "the namespace was removed from the file"
+    );
+
+    // Unchanged: nothing to do.
+    assert!(!source.scan().changed);
+    // Deleted: its objects go.
+    fs::remove_file(&file).unwrap();
+    let report = source.scan();
+    assert!(report.changed);
+    assert!(matches!(report.errors[0], SourceError::Read { .. }));
+    assert!(source.objects().is_empty());
+}
+
+#[test]
+fn crd_validation_errors_name_the_field() {
+    let cases = [
+        (
+            "{name: a, port: 80, weight: -1}",
+            "spec.rules[0].backendRefs[0].weight",
+        ),
+        ("{name: a}", "spec.rules[0].backendRefs[0].port"),
+        (
+            "{name: a, port: 70000}",
+            "spec.rules[0].backendRefs[0].port",
+        ),
+    ];
+    for (backend, field) in cases {
+        let text = ROUTE.replace("{name: a, port: 80, weight: WEIGHT}", backend);
+        let e = parse_err(&text);
+        assert_eq!(e.field, field, "{backend}");
+    }
+    let bad_path = ROUTE
+        .replace(
+            "- backendRefs",
+            "- matches: [{path: {value: \"/a//b\"}}]\n    backendRefs",
+        )
+        .replace("WEIGHT", "1");
+    let e = parse_err(&bad_path);
+    assert_eq!(e.field, "spec.rules[0].matches[0].path.value");
+    assert!(e.reason.contains("//"), "{}", e.reason);
+    let rewrite_two_matches = ROUTE
+        .replace(
+            "- backendRefs",
+            "- matches: [{path: {value: /a}}, {path: {value: /b}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]\n    backendRefs",
+        )
+        .replace("WEIGHT", "1");
+    assert_eq!(
+        parse_err(&rewrite_two_matches).field,
+        "spec.rules[0].filters"
+    );
+}
+
+#[test]
+fn defaults_are_applied_as_the_api_server_would() {
+    let text = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}]
+  - backendRefs: [{name: a, port: 80}]
+"#;
+    let Object::HttpRoute(r) = parse_ok(text) else {
+        panic!()
+    };
+    assert_eq!(r.meta.namespace, "default");
+    assert_eq!(r.parent_refs[0].group, "gateway.networking.k8s.io");
+    assert_eq!(r.parent_refs[0].kind, "Gateway");
+    assert_eq!(r.parent_refs[0].namespace, "default");
+    use splitter::plan::l7::{Filter, PathMatch};
+    assert_eq!(r.rules[0].matches[0].path, PathMatch::Prefix("/".into()));
+    let Filter::RequestRedirect(redirect) = &r.rules[0].filters[0] else {
+        panic!()
+    };
+    assert_eq!(redirect.status_code, 302);
+    assert_eq!(r.rules[1].backends[0].weight, 1);
+    assert_eq!(r.rules[1].backends[0].kind, "Service");
+    let gw = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: x}
+spec:
+  gatewayClassName: splitter
+  listeners: [{name: l, protocol: HTTP, port: 80}]
+"#;
+    let Object::Gateway(g) = parse_ok(gw) else {
+        panic!()
+    };
+    assert_eq!(
+        g.listeners[0].allowed_namespaces,
+        splitter::model::AllowedNamespaces::Same
+    );
+}
+
+fn parse_ok(text: &str) -> Object {
+    let v: serde_json::Value = serde_saphyr::from_str(text).unwrap();
+    match splitter::model::parse::parse(v) {
+        Ok(splitter::model::parse::Parsed::Object(o)) => *o,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn parse_err(text: &str) -> splitter::model::ModelError {
+    let v: serde_json::Value = serde_saphyr::from_str(text).unwrap();
+    splitter::model::parse::parse(v).expect_err("must be rejected")
+}
+
+/// Filesystems with coarse timestamps could hide a rewrite of the same size; move the mtime.
+fn bump_mtime(path: &Path) {
+    let f = fs::File::options().append(true).open(path).unwrap();
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(next_offset());
+    f.set_modified(t).unwrap();
+}
+
+fn next_offset() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
