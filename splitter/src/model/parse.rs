@@ -96,7 +96,16 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
                 kind: kind_str,
             });
         }
-        Err(e) => return Err(ModelError::new(label(&ns), "apiVersion", e)),
+        Err(e) => {
+            // Not read as a kind yet; namespaced unless it is one of the two cluster kinds.
+            let cluster = matches!(kind_str.as_str(), "GatewayClass" | "Namespace");
+            let ns = if ns.is_empty() && !cluster {
+                "default"
+            } else {
+                &ns
+            };
+            return Err(ModelError::new(label(ns), "apiVersion", e));
+        }
     };
     // Objects without a namespace land in "default", as `kubectl apply` would put them.
     let ns = if kind.is_namespaced() && ns.is_empty() {
