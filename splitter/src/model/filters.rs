@@ -214,7 +214,7 @@ fn path_modifier(
         return Err(at.field(field).err("longer than 1024 characters"));
     }
     // An empty ReplacePrefixMatch is legal (strip the prefix); anything else is a path.
-    if !(value.is_empty() && !full) {
+    if !value.is_empty() || full {
         validate::http_path(&value).map_err(|e| at.field(field).err(e))?;
     }
     Ok(if full {
@@ -226,15 +226,16 @@ fn path_modifier(
 
 /// Whether a filter list uses `ReplacePrefixMatch` (which needs a single PathPrefix match).
 pub(crate) fn uses_replace_prefix(filters: &[Filter]) -> bool {
-    filters.iter().any(|f| match f {
-        Filter::UrlRewrite(UrlRewrite {
-            path: Some(PathModifier::ReplacePrefixMatch(_)),
-            ..
-        })
-        | Filter::RequestRedirect(Redirect {
-            path: Some(PathModifier::ReplacePrefixMatch(_)),
-            ..
-        }) => true,
-        _ => false,
+    filters.iter().any(|f| {
+        matches!(
+            f,
+            Filter::UrlRewrite(UrlRewrite {
+                path: Some(PathModifier::ReplacePrefixMatch(_)),
+                ..
+            }) | Filter::RequestRedirect(Redirect {
+                path: Some(PathModifier::ReplacePrefixMatch(_)),
+                ..
+            })
+        )
     })
 }

@@ -4,8 +4,6 @@
 //! `serde_path_to_error` so a wrong field is named by its path, and then the converters apply
 //! CRD defaults and validation.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -98,7 +96,16 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
                 kind: kind_str,
             });
         }
-        Err(e) => return Err(ModelError::new(label(&ns), "apiVersion", e)),
+        Err(e) => {
+            // Not read as a kind yet; namespaced unless it is one of the two cluster kinds.
+            let cluster = matches!(kind_str.as_str(), "GatewayClass" | "Namespace");
+            let ns = if ns.is_empty() && !cluster {
+                "default"
+            } else {
+                &ns
+            };
+            return Err(ModelError::new(label(ns), "apiVersion", e));
+        }
     };
     // Objects without a namespace land in "default", as `kubectl apply` would put them.
     let ns = if kind.is_namespaced() && ns.is_empty() {
@@ -177,7 +184,7 @@ fn meta(m: ObjectMeta, namespace: String) -> Meta {
         generation: m.generation.unwrap_or(1),
         created: m.creation_timestamp.map(|t| t.0.as_second()),
         labels: m.labels.unwrap_or_default(),
-        annotations: m.annotations.unwrap_or_else(BTreeMap::new),
+        annotations: m.annotations.unwrap_or_default(),
     }
 }
 

@@ -156,7 +156,7 @@ fn merge(shares: &[TableShare]) -> Vec<(TableTarget, u128, u128)> {
         .filter(|s| s.den > 0 && s.num > 0)
         .map(|s| (s.target, u128::from(s.num), u128::from(s.den)))
         .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.sort_by_key(|a| a.0);
     let mut out: Vec<(TableTarget, u128, u128)> = Vec::with_capacity(v.len());
     for (t, n, d) in v {
         match out.last_mut() {

@@ -233,11 +233,8 @@ pub(crate) fn override_of(
         match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
             None => {}
             Some("l7") => wanted = Some(Mode::L7),
-            Some("l4") => {
-                if wanted.is_none() {
-                    wanted = Some(Mode::L4);
-                }
-            }
+            Some("l4") if wanted.is_none() => wanted = Some(Mode::L4),
+            Some("l4") => {}
             Some(other) => bad.push((
                 gw.clone(),
                 format!("{DATAPLANE_ANNOTATION}: {other:?} is neither l4 nor l7; ignored"),
