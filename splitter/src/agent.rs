@@ -110,6 +110,9 @@ where
         for e in &report.failed {
             tracing::error!(error = %e, "L7 listener not started");
         }
+        for addr in &report.unsupported {
+            tracing::info!(listener = %addr, "address family not available on this host; skipped");
+        }
         for (addr, issue) in &report.issues {
             tracing::warn!(listener = %addr, %issue, "route not served");
         }

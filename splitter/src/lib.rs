@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod agent;
 pub mod check;
+pub mod control;
 pub mod dataplane;
 pub mod doctor;
 pub mod echo;

@@ -23,7 +23,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-const HEADER_TIMEOUT: Duration = Duration::from_millis(800);
+const HEADER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 async fn setup(
     config: ProxyConfig,

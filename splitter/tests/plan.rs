@@ -574,3 +574,55 @@ fn disruption_is_measured_against_the_previous_plan() {
         "{d:?}"
     );
 }
+
+#[test]
+fn listener_conflicts_unsupported_protocols_selectors_and_dropped_rules() {
+    let plan = plan_with(&["listener-edge.yaml"]);
+    let edge = plan
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "edge")
+        .unwrap();
+    let status = |name: &str| edge.listeners.iter().find(|l| l.name == name).unwrap();
+    let clash = condition(&status("clash").conditions, "Conflicted");
+    assert_eq!(
+        (clash.status, clash.reason.as_str()),
+        (ConditionStatus::True, "ProtocolConflict")
+    );
+    let tls = condition(&status("tls").conditions, "Accepted");
+    assert_eq!(
+        (tls.status, tls.reason.as_str()),
+        (ConditionStatus::False, "UnsupportedProtocol")
+    );
+    let accepted = condition(&edge.conditions, "Accepted");
+    assert_eq!(
+        (accepted.status, accepted.reason.as_str()),
+        (ConditionStatus::True, "ListenersNotValid")
+    );
+    // The older Gateway keeps port 80 over HTTP.
+    assert_eq!(listener(&plan, 80).sources[0].gateway.name, "gw");
+
+    // Selector: namespace `other` (team=other) may attach, `infra` may not.
+    let other = route(&plan, "other", "from-other");
+    let c = &other.parents[0].conditions;
+    assert!(condition(c, "Accepted").is_true());
+    let partial = condition(c, "PartiallyInvalid");
+    assert!(
+        partial.is_true() && partial.message.starts_with("Dropped Rule 1"),
+        "{partial:?}"
+    );
+    let infra = route(&plan, "infra", "from-infra");
+    assert_eq!(
+        condition(&infra.parents[0].conditions, "Accepted").reason,
+        "NotAllowedByListeners"
+    );
+    // Only the supported rule is served.
+    let table = listener(&plan, 8080).l7.as_ref().unwrap();
+    assert!(
+        table
+            .routes
+            .iter()
+            .all(|r| r.rule_index == 0 && r.route.name == "from-other")
+    );
+    assert_eq!(status("shared").attached_routes, 1);
+}

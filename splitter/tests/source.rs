@@ -243,3 +243,51 @@ fn next_offset() -> u64 {
     static N: AtomicU64 = AtomicU64::new(1);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+#[tokio::test]
+async fn watched_manifests_flow_into_published_plans() {
+    use std::{sync::Arc, time::Duration};
+
+    use splitter::plan::{Plan, PlanConfig};
+    use tokio::sync::{mpsc, watch};
+
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    fs::copy(fixtures.join("base.yaml"), dir.path().join("base.yaml")).unwrap();
+    let route = dir.path().join("route.yaml");
+    fs::copy(fixtures.join("weights-default.yaml"), &route).unwrap();
+
+    let (tx, rx) = mpsc::channel(4);
+    let (plans_tx, mut plans) = watch::channel::<Option<Arc<Plan>>>(None);
+    let source = FileSource::new([dir.path().to_path_buf()]);
+    tokio::spawn(splitter::source::watch(
+        source,
+        Duration::from_millis(20),
+        tx,
+    ));
+    tokio::spawn(splitter::control::run(rx, PlanConfig::default(), plans_tx));
+
+    let wait = |plans: &mut watch::Receiver<Option<Arc<Plan>>>| {
+        let mut plans = plans.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), plans.changed())
+                .await
+                .expect("a plan")
+                .unwrap();
+            plans.borrow_and_update().clone().unwrap()
+        }
+    };
+    let first = wait(&mut plans).await;
+    plans.borrow_and_update();
+    assert_eq!(first.listeners[0].mode, splitter::plan::Mode::L4);
+    assert!(first.l7_tables().is_empty());
+
+    // Rewrite the route with path matches: the next plan serves it at L7 on 0.0.0.0 and [::].
+    fs::copy(fixtures.join("precedence.yaml"), &route).unwrap();
+    bump_mtime(&route);
+    let second = wait(&mut plans).await;
+    assert_eq!(second.listeners[0].mode, splitter::plan::Mode::L7);
+    let tables = second.l7_tables();
+    assert_eq!(tables.len(), 2);
+    assert!(tables.keys().all(|a| a.port() == 80));
+}

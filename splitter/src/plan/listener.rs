@@ -1,7 +1,10 @@
 //! The plan's top-level shape: data plane listeners (address, port, transport) with their mode
 //! and what they serve, plus the statuses.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use serde::Serialize;
 
@@ -55,6 +58,19 @@ impl Plan {
     /// The listeners the kernel serves.
     pub fn l4_listeners(&self) -> impl Iterator<Item = &ListenerPlan> {
         self.listeners.iter().filter(|l| l.mode == Mode::L4)
+    }
+
+    /// Every L7 listener's route table by bind address: what `agent::run_l7` serves.
+    pub fn l7_tables(&self) -> BTreeMap<SocketAddr, L7RouteTable> {
+        let mut out = BTreeMap::new();
+        for l in self.l7_listeners() {
+            if let Some(t) = &l.l7 {
+                for addr in l.bind() {
+                    out.insert(addr, t.clone());
+                }
+            }
+        }
+        out
     }
 
     pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerPlan> {

@@ -18,6 +18,16 @@ pub enum ProxyError {
     },
 }
 
+impl ProxyError {
+    /// The host has no such address family (an IPv6 wildcard listener on a node booted without
+    /// IPv6): the address can never be served here, so it is skipped rather than failed.
+    pub fn is_unsupported_family(&self) -> bool {
+        match self {
+            Self::Bind { source, .. } => source.raw_os_error() == Some(libc::EAFNOSUPPORT),
+        }
+    }
+}
+
 /// Why one route of a table cannot be served. The route is left out of the installed table
 /// (its requests fall through to later routes or 404) and the error is reported.
 #[derive(Debug, thiserror::Error)]
@@ -89,5 +99,22 @@ impl ForwardError {
             }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_address_family_is_unsupported() {
+        let addr: SocketAddr = "[::]:80".parse().unwrap();
+        let bind = |errno| ProxyError::Bind {
+            addr,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(bind(libc::EAFNOSUPPORT).is_unsupported_family());
+        assert!(!bind(libc::EADDRINUSE).is_unsupported_family());
+        assert!(!bind(libc::EADDRNOTAVAIL).is_unsupported_family());
     }
 }

@@ -28,6 +28,8 @@ pub struct ApplyReport {
     pub stopped: Vec<SocketAddr>,
     /// Listeners that could not be bound; the next apply tries again.
     pub failed: Vec<ProxyError>,
+    /// Listeners of an address family this host does not have (IPv6 disabled); not an error.
+    pub unsupported: Vec<SocketAddr>,
     /// Routes left out of an installed table.
     pub issues: Vec<(SocketAddr, TableIssue)>,
 }
@@ -100,6 +102,7 @@ impl L7Listeners {
                         );
                         report.started.push(*addr);
                     }
+                    Err(e) if e.is_unsupported_family() => report.unsupported.push(*addr),
                     Err(e) => report.failed.push(e),
                 },
             }

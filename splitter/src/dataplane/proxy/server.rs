@@ -16,7 +16,7 @@ use hyper_util::{
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::{Domain, Socket, Type};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     task::{JoinHandle, JoinSet},
 };
@@ -243,17 +243,93 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Turns accepted sockets into connection tasks: limit, protocol detection, first-request
+/// deadline, graceful-shutdown watch.
+struct Acceptor {
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    shared: Arc<ListenerShared>,
+    limit: Arc<Semaphore>,
+    labels: ListenerLabels,
+    first_deadline: Duration,
+}
+
+impl Acceptor {
+    /// The task serving one connection, or `None` (socket closed) when over the limit.
+    fn admit(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            self.shared
+                .metrics
+                .rejected_connections
+                .get_or_create(&self.labels)
+                .inc();
+            return None;
+        };
+        // Nagle would delay small responses behind the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let first_request = Arc::new(Notify::new());
+        let svc = {
+            let shared = self.shared.clone();
+            let first_request = first_request.clone();
+            service_fn(move |req| {
+                first_request.notify_one();
+                handler::handle(shared.clone(), peer, req)
+            })
+        };
+        let conn = self.graceful.watch(
+            self.builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned(),
+        );
+        let guard = ConnectionGuard::new(
+            self.shared
+                .metrics
+                .open_connections
+                .get_or_create(&self.labels)
+                .clone(),
+            permit,
+        );
+        let first_deadline = self.first_deadline;
+        Some(async move {
+            let _guard = guard;
+            tokio::pin!(conn);
+            // hyper's header timer starts only once it knows the protocol; a client that
+            // sends nothing (or half an HTTP/2 preface) would otherwise hold the connection
+            // forever. After the first request hyper's own timers apply.
+            let result = tokio::select! {
+                r = &mut conn => r,
+                _ = first_request.notified() => conn.await,
+                _ = tokio::time::sleep(first_deadline) => {
+                    tracing::debug!(%peer, "no request before the header timeout; closing");
+                    return;
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        })
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ListenerShared>,
     config: ProxyConfig,
     mut stop: watch::Receiver<()>,
 ) {
-    let builder = connection_builder(&config);
-    let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let labels = ListenerLabels {
-        listener: shared.listener.clone(),
+    let acceptor = Acceptor {
+        builder: connection_builder(&config),
+        graceful: GracefulShutdown::new(),
+        limit: Arc::new(Semaphore::new(config.max_connections)),
+        labels: ListenerLabels {
+            listener: shared.listener.clone(),
+        },
+        first_deadline: config.header_read_timeout,
+        shared,
     };
     let mut conns = JoinSet::new();
     loop {
@@ -261,69 +337,30 @@ async fn accept_loop(
             // Fires when the ProxyListener is shut down or dropped.
             _ = stop.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Usually EMFILE/ENFILE: back off instead of spinning on the error.
-                        tracing::warn!(listener = %shared.listener, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Some(task) = acceptor.admit(stream, peer) {
+                        conns.spawn(task);
                     }
-                };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    shared.metrics.rejected_connections.get_or_create(&labels).inc();
-                    drop(stream);
-                    continue;
-                };
-                // Nagle would delay small responses behind the client's delayed ACK.
-                let _ = stream.set_nodelay(true);
-                let first_request = Arc::new(Notify::new());
-                let svc = {
-                    let shared = shared.clone();
-                    let first_request = first_request.clone();
-                    service_fn(move |req| {
-                        first_request.notify_one();
-                        handler::handle(shared.clone(), peer, req)
-                    })
-                };
-                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
-                let guard = ConnectionGuard::new(
-                    shared.metrics.open_connections.get_or_create(&labels).clone(),
-                    permit,
-                );
-                let first_deadline = config.header_read_timeout;
-                conns.spawn(async move {
-                    let _guard = guard;
-                    tokio::pin!(conn);
-                    // hyper's header timer starts only once it knows the protocol; a client
-                    // that sends nothing (or half an HTTP/2 preface) would otherwise hold the
-                    // connection forever. After the first request hyper's own timers apply.
-                    let result = tokio::select! {
-                        r = &mut conn => Some(r),
-                        _ = first_request.notified() => None,
-                        _ = tokio::time::sleep(first_deadline) => {
-                            tracing::debug!(%peer, "no request before the header timeout; closing");
-                            return;
-                        }
-                    };
-                    let result = match result {
-                        Some(r) => r,
-                        None => conn.await,
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                    }
-                });
-            }
+                }
+                Err(e) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning on the error.
+                    tracing::warn!(listener = %acceptor.shared.listener, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
     }
     // Closing the socket refuses new connections while the old ones drain.
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = acceptor.graceful.shutdown() => {}
         _ = tokio::time::sleep(config.drain_timeout) => {
-            tracing::warn!(listener = %shared.listener, remaining = conns.len(), "drain timeout; cutting connections");
+            tracing::warn!(
+                listener = %acceptor.shared.listener,
+                remaining = conns.len(),
+                "drain timeout; cutting connections"
+            );
         }
     }
     conns.shutdown().await;

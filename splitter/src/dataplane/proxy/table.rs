@@ -161,22 +161,6 @@ impl ServingTable {
             PathMatch::Exact(p) => Some(p.clone()),
             PathMatch::Regex(_) => None,
         };
-        let signature: Vec<(String, u32)> = r
-            .backends
-            .iter()
-            .map(|b| (b.name.clone(), b.weight))
-            .collect();
-        let key = RuleKey {
-            route: r.route.clone(),
-            rule_index: r.rule_index,
-        };
-        let state = [self.rules.get(&key), previous.rules.get(&key)]
-            .into_iter()
-            .flatten()
-            .find(|s| s.signature == signature)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(RuleState::new(signature)));
-        self.rules.entry(key).or_insert_with(|| state.clone());
         let backends = r
             .backends
             .iter()
@@ -202,6 +186,23 @@ impl ServingTable {
                 })
             })
             .collect::<Result<_, RouteError>>()?;
+        // Only a route that will be served claims or creates balancer state.
+        let signature: Vec<(String, u32)> = r
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.weight))
+            .collect();
+        let key = RuleKey {
+            route: r.route.clone(),
+            rule_index: r.rule_index,
+        };
+        let state = [self.rules.get(&key), previous.rules.get(&key)]
+            .into_iter()
+            .flatten()
+            .find(|s| s.signature == signature)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(RuleState::new(signature)));
+        self.rules.entry(key).or_insert_with(|| state.clone());
         Ok(ServingRoute {
             label: Arc::from(format!(
                 "{}/{}/{}",

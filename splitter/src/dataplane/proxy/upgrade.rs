@@ -17,7 +17,15 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     if !wants {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    // An h2c upgrade would hand the whole connection to one backend and bypass routing for
+    // every later request on it; such clients get plain HTTP/1.1 instead (RFC 9113 deprecates
+    // the mechanism), and h2c with prior knowledge is served natively.
+    let protocol = headers.get(header::UPGRADE)?;
+    let h2c = protocol
+        .to_str()
+        .map(|p| p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+        .unwrap_or(false);
+    (!h2c).then(|| protocol.clone())
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs after the generic strip removed them.
@@ -58,6 +66,11 @@ mod tests {
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
         assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(
+            requested_upgrade(&h).is_none(),
+            "h2c upgrades are not passed on"
+        );
         h.remove(header::UPGRADE);
         assert!(requested_upgrade(&h).is_none());
     }

@@ -1,0 +1,60 @@
+//! The control loop: source updates -> index -> plan, published as immutable snapshots.
+//!
+//! Sources send batches of [`Update`]s; each batch is applied to the index and a new plan is
+//! built (with the previous one, for the L4 disruption figures) and published on a `watch`
+//! channel, which the actuators (`agent::run_l7`, the eBPF table writer, the status writer)
+//! follow. Deciding stays in `plan`; nothing here writes anywhere but the channel.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    model::{Index, index::Update},
+    plan::{self, Plan, PlanConfig},
+};
+
+/// Applies every batch from `updates` and publishes the resulting plan on `plans`, until the
+/// update senders are gone. Plans are only published when they differ from the last one.
+pub async fn run(
+    mut updates: mpsc::Receiver<Vec<Update>>,
+    config: PlanConfig,
+    plans: watch::Sender<Option<Arc<Plan>>>,
+) {
+    let mut index = Index::new();
+    let mut current: Option<Arc<Plan>> = None;
+    while let Some(batch) = updates.recv().await {
+        for u in batch {
+            index.update(u);
+        }
+        let next = plan::build(&index, &config, current.as_deref());
+        for d in &next.diagnostics {
+            tracing::warn!("plan: {d}");
+        }
+        if current
+            .as_deref()
+            .is_some_and(|c| same_except_disruption(c, &next))
+        {
+            continue;
+        }
+        let next = Arc::new(next);
+        current = Some(next.clone());
+        // No receiver left only means nothing follows the plan any more.
+        let _ = plans.send(Some(next));
+    }
+}
+
+/// Two plans equal but for the disruption figures, which compare against the previous plan
+/// and so change on every rebuild.
+fn same_except_disruption(a: &Plan, b: &Plan) -> bool {
+    let strip = |p: &Plan| {
+        let mut p = p.clone();
+        for l in &mut p.listeners {
+            if let Some(t) = &mut l.l4 {
+                t.table.disruption = None;
+            }
+        }
+        p
+    };
+    strip(a) == strip(b)
+}
