@@ -270,10 +270,13 @@ pub fn run() -> anyhow::Result<()> {
 
     println!("\n== L7: weights set to 200 and 100 in httproute.yaml; the same 200 requests");
     manifests(manifest_dir.path(), Some((200, 100)))?;
-    // The agent polls the files once a second; wait until the new weights are live (a round
-    // that straddled the reload is discarded), then run the 200 requests.
+    // The agent polls the files once a second; watch its plan on the admin endpoint until the
+    // new weights are live. (Probing with requests would advance the weighted round robin.)
     wait_for("the new weights", Duration::from_secs(15), || {
-        hostname_round(&client).is_ok_and(|c| c.values().any(|&n| n != 100))
+        gw.command("curl")
+            .args(["-s", "http://127.0.0.1:9901/debug/plan"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"weight\": 200"))
     })?;
     let weighted = hostname_round(&client)?;
     print_counts(&weighted);

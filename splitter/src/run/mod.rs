@@ -9,10 +9,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    agent::{AgentConfig, L7Tables, run_l7},
+    agent::{AgentConfig, run_l7},
+    control,
     dataplane::{ebpf::XdpAttachMode, proxy::ProxyConfig},
-    model::index::Index,
-    plan::{self, Plan, PlanConfig},
+    plan::{Plan, PlanConfig},
     source::{self, FileSource},
 };
 
@@ -30,19 +30,6 @@ pub struct RunOptions {
     pub poll_interval: Duration,
 }
 
-/// The L7 listeners of a plan by bind address.
-pub fn l7_tables(plan: &Plan) -> L7Tables {
-    let mut out = L7Tables::new();
-    for l in plan.l7_listeners() {
-        if let Some(table) = &l.l7 {
-            for addr in l.bind() {
-                out.insert(addr, table.clone());
-            }
-        }
-    }
-    out
-}
-
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
 /// so established L4 connections survive a restart; `splitter detach` removes them.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -50,7 +37,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         gateway_class: opts.gateway_class.clone(),
         ..Default::default()
     };
-    let (updates_tx, mut updates) = mpsc::channel(4);
+    let (updates_tx, updates) = mpsc::channel(4);
     tokio::spawn(source::watch(
         FileSource::new(opts.manifests.clone()),
         opts.poll_interval,
@@ -58,32 +45,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
 
     let (plans_tx, plans) = watch::channel::<Option<Arc<Plan>>>(None);
-    tokio::spawn(async move {
-        let mut index = Index::new();
-        let mut previous: Option<Arc<Plan>> = None;
-        while let Some(batch) = updates.recv().await {
-            for u in batch {
-                index.update(u);
-            }
-            let next = Arc::new(plan::build(&index, &config, previous.as_deref()));
-            if previous.as_deref() == Some(&*next) {
-                continue;
-            }
-            for p in next.problems() {
-                tracing::warn!("plan: {p}");
-            }
-            tracing::info!(
-                listeners = next.listeners.len(),
-                l4 = next.l4_listeners().count(),
-                l7 = next.l7_listeners().count(),
-                "new plan"
-            );
-            previous = Some(next.clone());
-            if plans_tx.send(Some(next)).is_err() {
-                return;
-            }
-        }
-    });
+    tokio::spawn(control::run(updates, config, plans_tx));
 
     if opts.ifaces.is_empty() {
         tracing::warn!("no --iface: L4 listeners are planned but not served");
@@ -103,6 +65,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         tracing::info!("termination signal received");
     };
-    run_l7(agent, plans, l7_tables, shutdown).await?;
+    run_l7(agent, plans, Plan::l7_tables, shutdown).await?;
     Ok(())
 }
