@@ -195,13 +195,13 @@ pub fn run() -> anyhow::Result<()> {
     // XDP sees bytes as sent: the client puts full checksums on the wire, as a NIC does.
     client.exec("ethtool", &["-K", &front.a, "tx", "off"])?;
     gw.sysctl("net/ipv4/ip_forward", "1")?;
-    let mut _links = vec![];
-    let mut _echoes = vec![];
+    let mut links = vec![];
+    let mut echoes = vec![];
     let mut pods = vec![];
     for (i, (name, addr)) in BACKENDS.iter().enumerate() {
         let ns = NetNs::new("dbe")?;
         let gw_side = format!("10.241.{}.1", i + 1);
-        _links.push(VethPair::new(
+        links.push(VethPair::new(
             &gw,
             &[&format!("{gw_side}/24")],
             &ns,
@@ -216,7 +216,7 @@ pub fn run() -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .spawn()
             .context("starting splitter-echo")?;
-        _echoes.push(ChildGuard(child));
+        echoes.push(ChildGuard(child));
         pods.push((pod, ns));
     }
 
