@@ -7,7 +7,10 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use splitter_common::{counters::IPPROTO_UDP, l4::DIR_REPLY};
+use splitter_common::{
+    counters::IPPROTO_UDP,
+    l4::{DIR_REPLY, FlowKey},
+};
 
 use crate::{
     maps::{CONNTRACK, SCRATCH},
@@ -24,7 +27,9 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     // The reply entry is keyed by the tuple as the reply carries it: look it up in place.
     meta.key.dir = DIR_REPLY;
     // SAFETY: copied out at once.
-    let Some(ct) = (unsafe { CONNTRACK.get(&meta.key) }).copied() else {
+    // By reference: the key stays in the scratch map instead of being copied to the stack.
+    let key: &FlowKey = &meta.key;
+    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
         return Ok(());
     };
     let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.key.proto);

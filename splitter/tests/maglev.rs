@@ -1,6 +1,6 @@
 //! Properties of the weighted Maglev table: exact quotas, independence from input order, and
-//! disruption near the minimum for adds, removes and weight changes (at most twice it on
-//! average over a batch of changes, never more than eight times).
+//! disruption at most twice the minimum for every single add, remove and weight change when the
+//! table is built from its predecessor, as the control loop builds it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -40,17 +40,11 @@ fn endpoint_set(max: usize) -> impl Strategy<Value = Vec<(u32, u64)>> {
         .prop_map(|m| m.into_iter().collect())
 }
 
-/// Maglev does not promise the minimum for every single change: a freed or added slot shifts
-/// the claims that follow it. Measured over 1500 random changes of sets of 2 to 30 endpoints
-/// on this machine, the median is 1.1x the minimum and 2 to 4% of changes exceed 2x. So each
-/// batch of changes must average at most 2x, and no single change may exceed 8x.
+/// Every single change moves at most twice the minimum. The plan builds each table from the
+/// previous one (stabilisation), as the control loop does, so in fact it moves exactly the
+/// minimum; the bound the issue asks for is what is asserted.
 fn assert_bounded(ratios: &[f64]) -> Result<(), TestCaseError> {
-    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
-    prop_assert!(
-        mean <= 2.0,
-        "mean disruption {mean:.2}x the minimum: {ratios:?}"
-    );
-    prop_assert!(ratios.iter().all(|r| *r <= 8.0), "{ratios:?}");
+    prop_assert!(ratios.iter().all(|r| *r <= 2.0), "{ratios:?}");
     Ok(())
 }
 
@@ -59,7 +53,10 @@ fn ratios(set: &[(u32, u64)], changes: &[Vec<(u32, u64)>]) -> Result<Vec<f64>, T
     let old = table(set, None);
     let mut out = Vec::new();
     for c in changes {
-        let d = maglev::disruption(&old, &table(c, None));
+        let new = table(c, Some(&old));
+        // Stabilisation must not cost exactness: quotas are those of a fresh table.
+        prop_assert_eq!(&new.backends, &table(c, None).backends);
+        let d = maglev::disruption(&old, &new);
         prop_assert!(d.moved >= d.minimum, "{d:?}");
         if d.minimum > 0 {
             out.push(f64::from(d.moved) / f64::from(d.minimum));

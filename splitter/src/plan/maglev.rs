@@ -122,7 +122,7 @@ pub fn build(m: u32, shares: &[TableShare], previous: Option<&WeightedTable>) ->
             quota: *q,
         })
         .collect();
-    let slots = fill(m, &backends);
+    let slots = fill(m, &backends, previous.filter(|p| p.m == m));
     let mut table = WeightedTable {
         m,
         backends,
@@ -240,10 +240,39 @@ impl Ord for Turn {
 
 const EMPTY: u32 = u32::MAX;
 
-fn fill(m: u32, backends: &[TableBackend]) -> Vec<u32> {
+/// Fills `m` slots with exact quotas. With the previous table of the same size, a slot first
+/// keeps its owner while that owner is within its new quota (stabilisation), so a change moves
+/// exactly the slots that must move: those of removed backends and of backends whose quota
+/// shrank. The remaining slots are claimed Maglev-style, each backend walking its own
+/// permutation in turns proportional to its quota.
+///
+/// The price is history: the table depends on the previous one as well as on the shares, so two
+/// agents that saw different sequences of plans (one restarted in between) may hold different
+/// tables. Conntrack keeps established flows either way; only a flow that loses its conntrack
+/// entry *and* sees a different table moves.
+fn fill(m: u32, backends: &[TableBackend], previous: Option<&WeightedTable>) -> Vec<u32> {
     let mut slots = vec![EMPTY; m as usize];
     if backends.is_empty() {
         return slots;
+    }
+    let mut kept = vec![0u64; backends.len()];
+    let mut filled = 0u32;
+    if let Some(prev) = previous {
+        let index_of: std::collections::HashMap<TableTarget, usize> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.target, i))
+            .collect();
+        for (slot, owner) in slots.iter_mut().enumerate() {
+            let Some(i) = prev.target_at(slot).and_then(|t| index_of.get(&t).copied()) else {
+                continue;
+            };
+            if kept[i] < u64::from(backends[i].quota) {
+                *owner = i as u32;
+                kept[i] += 1;
+                filled += 1;
+            }
+        }
     }
     let perms: Vec<(u64, u64)> = backends
         .iter()
@@ -258,14 +287,16 @@ fn fill(m: u32, backends: &[TableBackend]) -> Vec<u32> {
     let mut heap: BinaryHeap<Turn> = backends
         .iter()
         .enumerate()
+        .filter(|(index, b)| kept[*index] < u64::from(b.quota))
         .map(|(index, b)| Turn {
-            claims: 0,
+            claims: kept[index],
             quota: u64::from(b.quota),
             index,
         })
         .collect();
-    let mut filled = 0u32;
-    while let Some(mut turn) = heap.pop() {
+    while filled < m
+        && let Some(mut turn) = heap.pop()
+    {
         let (offset, skip) = perms[turn.index];
         // Each permutation visits every slot (m prime), so an empty one is always found while
         // any is left; the bound only guards against a non-prime m.
