@@ -100,3 +100,38 @@ fn inspect_reports_missing_pins_precisely() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_pin_with_another_layout_is_refused_precisely() {
+    if !testbed::require_root("a_pin_with_another_layout_is_refused_precisely") {
+        return;
+    }
+    use aya::maps::MapData;
+    let fs = BpfFs::new().expect("private bpffs");
+    let pin_dir = fs.path().join("v1");
+    {
+        // A well-formed pin set, then ROUTES replaced by a map of another value size, as an
+        // older agent with a different RouteMeta would have left it.
+        let _obj = ebpf::load_object(Some(&pin_dir)).expect("first load");
+    }
+    let routes = pin_dir.join(splitter_common::l4::ROUTES);
+    std::fs::remove_file(&routes).expect("unpin ROUTES");
+    let mut other = ebpf::load_object(None).expect("scratch object");
+    let stats = other
+        .ebpf
+        .take_map(PARSE_STATS)
+        .expect("a map of another layout");
+    let data: MapData = match stats {
+        aya::maps::Map::PerCpuArray(d) => d,
+        m => panic!("unexpected map {m:?}"),
+    };
+    data.pin(&routes).expect("pin a wrong-layout map as ROUTES");
+    let err = match ebpf::load_object(Some(&pin_dir)) {
+        Ok(_) => panic!("a pin with a foreign layout was adopted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("ROUTES") && err.contains("incompatible agent"),
+        "{err}"
+    );
+}

@@ -40,6 +40,20 @@ pub enum EbpfLoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "pinned map {path} has key/value/entries {found:?} but this agent's layout is {expected:?}: \
+         it was pinned by an incompatible agent; remove the pins or use another --pin-dir"
+    )]
+    PinnedLayout {
+        path: PathBuf,
+        found: (u32, u32, u32),
+        expected: (u32, u32, u32),
+    },
+    #[error("reading pinned map {path}: {source}")]
+    PinnedInfo {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("program {name} is missing from the object or has the wrong type")]
@@ -67,10 +81,71 @@ pub struct KernelObject {
     pub ebpf: Ebpf,
 }
 
-/// Creates the maps (adopting pinned ones under `pin_dir` when given) and loads every program.
+/// (key size, value size, max entries) of every pinned map, from the ABI types: what a pin
+/// left by another agent must match before it is adopted (aya 0.14 would reuse it blindly).
+fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+    use splitter_common::{
+        DestKey, DestStats, ParseOutcome,
+        l4::{
+            Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowStats, FlowValue, L4Event,
+            MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
+        },
+        maps::DEST_STATS_MAX_ENTRIES,
+    };
+    fn sz<T>() -> u32 {
+        std::mem::size_of::<T>() as u32
+    }
+    Some(match name {
+        DEST_STATS => (sz::<DestKey>(), sz::<DestStats>(), DEST_STATS_MAX_ENTRIES),
+        PARSE_STATS => (4, 8, ParseOutcome::COUNT),
+        VIPS => (sz::<VipKey>(), sz::<VipValue>(), MAX_VIPS),
+        ROUTES => (4, sz::<RouteMeta>(), MAX_ROUTES),
+        TABLES => (4, 4, TABLES_LEN),
+        BACKENDS => (4, sz::<Backend>(), MAX_BACKENDS),
+        CONNTRACK => (
+            sz::<FlowKey>(),
+            sz::<FlowValue>(),
+            DEFAULT_CONNTRACK_ENTRIES,
+        ),
+        ROUTE_STATS => (4, sz::<FlowStats>(), MAX_ROUTES),
+        BACKEND_STATS => (4, sz::<FlowStats>(), MAX_BACKENDS),
+        L4_DROPS => (4, 8, L4Event::COUNT),
+        _ => return None,
+    })
+}
+
+/// Refuses pins whose layout differs from this agent's.
+fn check_pinned_layouts(dir: &Path) -> Result<(), EbpfLoadError> {
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            aya::maps::MapInfo::from_pin(&path).map_err(|source| EbpfLoadError::PinnedInfo {
+                path: path.clone(),
+                source,
+            })?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if let Some(expected) = expected_layout(name)
+            && found != expected
+        {
+            return Err(EbpfLoadError::PinnedLayout {
+                path,
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the maps (adopting pinned ones under `pin_dir` when given, after checking their
+/// layout) and loads every program.
 pub fn load_object(pin_dir: Option<&Path>) -> Result<KernelObject, EbpfLoadError> {
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pin_dir {
+        check_pinned_layouts(dir)?;
         std::fs::create_dir_all(dir).map_err(|source| EbpfLoadError::PinDir {
             path: dir.to_owned(),
             source,
