@@ -50,7 +50,9 @@ pub async fn run(
     // What we last applied (without timestamps), so that a write is not repeated while the
     // watch has not yet shown it back to us.
     let mut applied: HashMap<ObjectKey, Value> = HashMap::new();
-    let mut resync = tokio::time::interval(config.resync);
+    // The first tick is one period away: the first pass runs without waiting for it.
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + config.resync, config.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let is_leader = *leader.borrow_and_update();
