@@ -127,37 +127,37 @@ impl MockApi {
         handler: &Handler,
         open: &mut Vec<mpsc::UnboundedSender<Value>>,
     ) -> Response<ResBody> {
-        if rec.method == "GET" {
-            if let Some(plural) = watched_plural(&rec.uri) {
-                let mut s = self.script.lock().unwrap();
-                if rec.uri.contains("watch=true") {
-                    let rx = s
-                        .pending
-                        .get_mut(&plural)
-                        .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
-                    let rx = rx.unwrap_or_else(|| {
-                        // Nothing scripted: a quiet watch that stays open.
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        open.push(tx);
-                        rx
-                    });
-                    return stream(rx);
-                }
-                let n = s.list_calls.entry(plural.clone()).or_default();
-                *n += 1;
-                let i = *n - 1;
-                let items = s
-                    .lists
-                    .get(&plural)
-                    .and_then(|l| l.get(i.min(l.len().saturating_sub(1))).cloned())
-                    .unwrap_or_default();
-                return json_response(
-                    200,
-                    json!({"kind": "List", "apiVersion": "v1",
+        if rec.method == "GET"
+            && let Some(plural) = watched_plural(&rec.uri)
+        {
+            let mut s = self.script.lock().unwrap();
+            if rec.uri.contains("watch=true") {
+                let rx = s
+                    .pending
+                    .get_mut(&plural)
+                    .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
+                let rx = rx.unwrap_or_else(|| {
+                    // Nothing scripted: a quiet watch that stays open.
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    open.push(tx);
+                    rx
+                });
+                return stream(rx);
+            }
+            let n = s.list_calls.entry(plural.clone()).or_default();
+            *n += 1;
+            let i = *n - 1;
+            let items = s
+                .lists
+                .get(&plural)
+                .and_then(|l| l.get(i.min(l.len().saturating_sub(1))).cloned())
+                .unwrap_or_default();
+            return json_response(
+                200,
+                json!({"kind": "List", "apiVersion": "v1",
                            "metadata": {"resourceVersion": format!("{}", 100 + i)},
                            "items": items}),
-                );
-            }
+            );
         }
         let (code, body) = handler(rec);
         json_response(code, body)
