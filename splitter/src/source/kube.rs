@@ -289,8 +289,10 @@ mod tests {
     #[test]
     fn an_invalid_object_is_skipped_not_fatal() {
         let mut state = WatchState::new();
-        list_all_empty_but(&mut state, Kind::Service);
         let svc = resource(Kind::Service);
+        list_all_empty_but(&mut state, Kind::Service);
+        state.event(svc, watcher::Event::Init);
+        assert_eq!(state.event(svc, watcher::Event::InitDone).len(), 9);
         let mut bad = service("bad");
         bad.data = json!({"spec": {"ports": [{"port": "eighty"}]}});
         state.event(svc, watcher::Event::Init);
