@@ -313,6 +313,8 @@ pub fn run() -> anyhow::Result<()> {
         String::from_utf8_lossy(&inspect.stdout)
     );
 
+    bpftool_dumps(&pin_dir);
+
     println!("demo: cleaning up");
     drop(agent);
     let _ = Command::new(&splitter)
@@ -321,6 +323,44 @@ pub fn run() -> anyhow::Result<()> {
         .arg(&pin_dir)
         .status();
     check_guide(&even, &weighted)
+}
+
+/// What `bpftool map dump pinned` shows of the small maps (docs/operators.md quotes it). The
+/// Maglev tables and conntrack are skipped: thousands of entries.
+fn bpftool_dumps(pin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    println!(
+        "== pinned maps in {}: {}",
+        pin_dir.display(),
+        names.join(" ")
+    );
+    for name in names
+        .iter()
+        .filter(|n| !matches!(n.as_str(), "TABLES" | "CONNTRACK"))
+    {
+        let path = pin_dir.join(name);
+        match Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(&path)
+            .output()
+        {
+            Ok(o) => println!(
+                "\n== bpftool map dump pinned {}\n{}{}",
+                path.display(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => println!("bpftool: {e}"),
+        }
+    }
 }
 
 /// The journey must come out exactly: 100/100, then 133/67.
