@@ -325,8 +325,8 @@ pub fn run() -> anyhow::Result<()> {
     check_guide(&even, &weighted)
 }
 
-/// What `bpftool map dump pinned` shows of the small maps (docs/operators.md quotes it). The
-/// Maglev tables and conntrack are skipped: thousands of entries.
+/// What `bpftool` shows of the maps (docs/operators.md quotes it): the whole `VIPS` hash, and
+/// the first entries of `ROUTES` and `BACKENDS`, which are arrays of thousands of slots.
 fn bpftool_dumps(pin_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(pin_dir) else {
         return;
@@ -342,24 +342,31 @@ fn bpftool_dumps(pin_dir: &Path) {
         pin_dir.display(),
         names.join(" ")
     );
-    for name in names
-        .iter()
-        .filter(|n| !matches!(n.as_str(), "TABLES" | "CONNTRACK"))
-    {
-        let path = pin_dir.join(name);
-        match Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(&path)
-            .output()
-        {
-            Ok(o) => println!(
-                "\n== bpftool map dump pinned {}\n{}{}",
-                path.display(),
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => println!("bpftool: {e}"),
+    let vips = pin_dir.join("VIPS");
+    bpftool(&["map", "dump", "pinned", &vips.to_string_lossy()]);
+    for (map, keys) in [("ROUTES", 1u32), ("BACKENDS", 2)] {
+        let path = pin_dir.join(map);
+        for key in 0..keys {
+            let bytes = key.to_le_bytes().map(|b| b.to_string());
+            let mut args = vec!["map", "lookup", "pinned"];
+            let path = path.to_string_lossy();
+            args.push(&path);
+            args.push("key");
+            args.extend(bytes.iter().map(String::as_str));
+            bpftool(&args);
         }
+    }
+}
+
+fn bpftool(args: &[&str]) {
+    match Command::new("bpftool").args(args).output() {
+        Ok(o) => println!(
+            "\n== bpftool {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("bpftool: {e}"),
     }
 }
 

@@ -74,6 +74,22 @@ impl WatchState {
         &self.observed
     }
 
+    /// The API server does not serve `resource` (its list answered 404: the CRD is not
+    /// installed, e.g. TCPRoute v1 before Gateway API v1.6). Until it appears, the kind counts
+    /// as listed and empty, so that the kinds that exist are served; the watcher keeps trying.
+    pub fn unavailable(&mut self, resource: &Resource) -> Vec<Update> {
+        if self.synced.contains(&resource.kind) {
+            return Vec::new();
+        }
+        tracing::warn!(
+            kind = %resource.kind,
+            api_version = %resource.api_version(),
+            "kube: not served by the API server (CRD not installed?); treated as empty until it is"
+        );
+        self.relisting.remove(&resource.kind);
+        self.event(resource, watcher::Event::InitDone)
+    }
+
     /// Takes one watcher event of `resource`'s kind; returns the updates to send now (empty
     /// while the first lists are still running).
     pub fn event(
@@ -157,14 +173,16 @@ pub async fn run(
     let mut events = futures::stream::select_all(streams);
     let mut state = WatchState::new();
     while let Some((resource, event)) = events.next().await {
-        let event = match event {
-            Ok(e) => e,
+        let batch = match event {
+            Ok(e) => state.event(resource, e),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                state.unavailable(resource)
+            }
             Err(e) => {
                 tracing::warn!(kind = %resource.kind, "kube: watch failed, retrying: {e}");
-                continue;
+                Vec::new()
             }
         };
-        let batch = state.event(resource, event);
         if state.synced() && **observed.borrow() != *state.observed() {
             let _ = observed.send(Arc::new(state.observed().clone()));
         }
@@ -284,6 +302,20 @@ mod tests {
                 "b"
             ))]
         );
+    }
+
+    #[test]
+    fn a_kind_the_server_does_not_serve_counts_as_empty() {
+        let mut state = WatchState::new();
+        list_all_empty_but(&mut state, Kind::TcpRoute);
+        assert!(!state.synced());
+        let tcp = resource(Kind::TcpRoute);
+        let batch = state.unavailable(tcp);
+        assert!(state.synced());
+        assert_eq!(batch.len(), 9);
+        assert!(batch.contains(&Update::Reset(Kind::TcpRoute, Vec::new())));
+        // Once listed, a later 404 (the CRD removed) changes nothing by itself.
+        assert!(state.unavailable(tcp).is_empty());
     }
 
     #[test]

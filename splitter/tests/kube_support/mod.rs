@@ -41,6 +41,8 @@ struct Script {
     list_calls: HashMap<String, usize>,
     /// plural -> where a test's watch events go.
     watches: HashMap<String, mpsc::UnboundedSender<Value>>,
+    /// plural -> the status code every list of it answers with instead of a list.
+    failing: HashMap<String, u16>,
     /// plural -> watch streams waiting to be connected.
     pending: HashMap<String, Vec<mpsc::UnboundedReceiver<Value>>>,
 }
@@ -89,6 +91,15 @@ impl MockApi {
             .unwrap()
             .lists
             .insert(plural.into(), lists);
+    }
+
+    /// Every list of `plural` fails with `code` (404: the resource is not served).
+    pub fn fail_lists(&self, plural: &str, code: u16) {
+        self.script
+            .lock()
+            .unwrap()
+            .failing
+            .insert(plural.into(), code);
     }
 
     /// A sender of watch events for the next watch of `plural`.
