@@ -550,3 +550,45 @@ async fn the_agent_creates_a_missing_lease_then_writes() {
     let create_at = calls.iter().position(|c| c.method == "POST").unwrap();
     assert!(create_at < first_patch);
 }
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+    // node-b's record never changes: after its 1 s duration has passed on our clock, node-a
+    // replaces it, guarded by the resourceVersion it read.
+    let (client, mock) = MockApi::start(|r| {
+        if r.method == "GET" && r.uri == LEASE_URI {
+            (
+                200,
+                json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "splitter-status-writer", "namespace": "splitter-system",
+                                 "resourceVersion": "42"},
+                    "spec": {"holderIdentity": "node-b", "leaseDurationSeconds": 1,
+                             "leaseTransitions": 3,
+                             "renewTime": "2026-11-27T01:00:00.000000Z"}
+                }),
+            )
+        } else if r.method == "PUT" && r.uri == format!("{LEASE_URI}?") {
+            (200, r.body.clone())
+        } else {
+            panic!("unexpected call {} {}", r.method, r.uri)
+        }
+    });
+    let (leader_tx, mut leader) = watch::channel(false);
+    let leases = kube::Api::namespaced(client, "splitter-system");
+    tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
+    tokio::time::timeout(WAIT, leader.wait_for(|l| *l))
+        .await
+        .expect("leadership within the wait")
+        .unwrap();
+    let calls = mock.calls();
+    let puts: Vec<_> = calls.iter().filter(|c| c.method == "PUT").collect();
+    assert_eq!(puts.len(), 1, "{calls:#?}");
+    let body = &puts[0].body;
+    assert_eq!(body["metadata"]["resourceVersion"], "42");
+    assert_eq!(body["spec"]["holderIdentity"], "node-a");
+    assert_eq!(body["spec"]["leaseTransitions"], 4);
+    // At least a lease duration of unchanged reads came first.
+    let gets_before = calls.iter().take_while(|c| c.method == "GET").count();
+    assert!(gets_before >= 10, "{gets_before} reads before taking over");
+}
