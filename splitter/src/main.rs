@@ -44,8 +44,9 @@ enum Command {
         #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
         gateway_class: String,
     },
-    /// Run the agent: serve the Gateways of the manifests (L7 listeners in the proxy, L4
-    /// listeners in the kernel on each --iface), following file changes until SIGTERM.
+    /// Run the agent: serve the Gateways of the manifests or of the cluster (L7 listeners in the
+    /// proxy, L4 listeners in the kernel on each --iface), following changes until SIGTERM;
+    /// with --kube, the elected agent also writes status.
     Run {
         /// A manifest file or a directory of them (repeatable); changes are picked up.
         #[arg(
