@@ -3,6 +3,7 @@
 //! Data flows one way: source -> index -> plan -> actuators. This crate holds the agent: the
 //! actuators under [`dataplane`], the node checks in [`doctor`].
 
+pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod check;
@@ -16,3 +17,4 @@ pub mod plan;
 pub mod run;
 pub mod signal;
 pub mod source;
+pub mod status;

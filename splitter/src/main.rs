@@ -44,12 +44,32 @@ enum Command {
         #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
         gateway_class: String,
     },
-    /// Run the agent: serve the Gateways of the manifests (L7 listeners in the proxy, L4
-    /// listeners in the kernel on each --iface), following file changes until SIGTERM.
+    /// Run the agent: serve the Gateways of the manifests or of the cluster (L7 listeners in the
+    /// proxy, L4 listeners in the kernel on each --iface), following changes until SIGTERM;
+    /// with --kube, the elected agent also writes status.
     Run {
         /// A manifest file or a directory of them (repeatable); changes are picked up.
-        #[arg(long = "manifests", required = true)]
+        #[arg(
+            long = "manifests",
+            required_unless_present = "kube",
+            conflicts_with = "kube"
+        )]
         manifests: Vec<PathBuf>,
+        /// Watch the cluster (kubeconfig or in-cluster) instead of files, and write status
+        /// while holding the status writer Lease.
+        #[arg(long)]
+        kube: bool,
+        /// This node's name (the Lease holder identity); the DaemonSet sets NODE_NAME from
+        /// the downward API.
+        #[arg(long, env = "NODE_NAME", required_if_eq("kube", "true"))]
+        node_name: Option<String>,
+        /// The agent's namespace, where the status writer Lease lives.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "splitter-system")]
+        namespace: String,
+        /// `status.addresses` for Gateways without `spec.addresses` (repeatable), e.g. a
+        /// load balancer or node address that reaches every node.
+        #[arg(long = "status-address")]
+        status_addresses: Vec<std::net::IpAddr>,
         /// Client-facing interface for the XDP/TC programs (repeatable).
         #[arg(long = "iface")]
         ifaces: Vec<String>,
@@ -127,14 +147,27 @@ fn main() -> ExitCode {
         }
         Command::Run {
             manifests,
+            kube,
+            node_name,
+            namespace,
+            status_addresses,
             ifaces,
             pin_dir,
             admin,
             gateway_class,
             xdp_mode,
         } => {
+            let source = if kube {
+                splitter::run::Source::Kube(splitter::run::KubeOptions {
+                    node_name: node_name.unwrap_or_default(),
+                    namespace,
+                    status_addresses,
+                })
+            } else {
+                splitter::run::Source::Manifests(manifests)
+            };
             let opts = splitter::run::RunOptions {
-                manifests,
+                source,
                 ifaces,
                 pin_dir,
                 admin,

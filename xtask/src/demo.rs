@@ -313,6 +313,8 @@ pub fn run() -> anyhow::Result<()> {
         String::from_utf8_lossy(&inspect.stdout)
     );
 
+    bpftool_dumps(&pin_dir);
+
     println!("demo: cleaning up");
     drop(agent);
     let _ = Command::new(&splitter)
@@ -321,6 +323,51 @@ pub fn run() -> anyhow::Result<()> {
         .arg(&pin_dir)
         .status();
     check_guide(&even, &weighted)
+}
+
+/// What `bpftool` shows of the maps (docs/operators.md quotes it): the whole `VIPS` hash, and
+/// the first entries of `ROUTES` and `BACKENDS`, which are arrays of thousands of slots.
+fn bpftool_dumps(pin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    println!(
+        "== pinned maps in {}: {}",
+        pin_dir.display(),
+        names.join(" ")
+    );
+    let vips = pin_dir.join("VIPS");
+    bpftool(&["map", "dump", "pinned", &vips.to_string_lossy()]);
+    for (map, keys) in [("ROUTES", 1u32), ("BACKENDS", 2)] {
+        let path = pin_dir.join(map);
+        for key in 0..keys {
+            let bytes = key.to_le_bytes().map(|b| b.to_string());
+            let mut args = vec!["map", "lookup", "pinned"];
+            let path = path.to_string_lossy();
+            args.push(&path);
+            args.push("key");
+            args.extend(bytes.iter().map(String::as_str));
+            bpftool(&args);
+        }
+    }
+}
+
+fn bpftool(args: &[&str]) {
+    match Command::new("bpftool").args(args).output() {
+        Ok(o) => println!(
+            "\n== bpftool {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("bpftool: {e}"),
+    }
 }
 
 /// The journey must come out exactly: 100/100, then 133/67.

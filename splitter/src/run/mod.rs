@@ -1,10 +1,16 @@
-//! `splitter run`: manifests in, data plane out. Wiring only: the file source feeds the index,
+//! `splitter run`: manifests or the cluster in, data plane (and, with `--kube`, status) out.
+//! Wiring only: the source (files or kube watchers) feeds the index,
 //! each change of the index becomes a new plan (pure), and the plan goes to both actuators, the
 //! kernel (L4 listeners) and the hyper proxy (L7 listeners).
 
 mod l4;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, watch};
 
@@ -14,13 +20,34 @@ use crate::{
     dataplane::{ebpf::XdpAttachMode, proxy::ProxyConfig},
     plan::{Plan, PlanConfig},
     source::{self, FileSource},
+    status::{self, LeaseConfig, WriterConfig},
 };
 
 pub use l4::{L4Runner, l4_programs};
 
+/// Where the objects come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `--manifests`: files or directories, polled for changes.
+    Manifests(Vec<PathBuf>),
+    /// `--kube`: the cluster (kubeconfig or in-cluster); this agent also competes for the
+    /// status writer's Lease.
+    Kube(KubeOptions),
+}
+
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// This node (`--node-name` or `NODE_NAME`): the Lease holder identity.
+    pub node_name: String,
+    /// The agent's namespace, where the Lease lives (`POD_NAMESPACE`).
+    pub namespace: String,
+    /// `status.addresses` of Gateways without `spec.addresses` (`--status-address`).
+    pub status_addresses: Vec<IpAddr>,
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub manifests: Vec<PathBuf>,
+    pub source: Source,
     /// Where the L4 programs attach; without any, L4 listeners are planned but not served.
     pub ifaces: Vec<String>,
     pub pin_dir: PathBuf,
@@ -38,13 +65,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ..Default::default()
     };
     let (updates_tx, updates) = mpsc::channel(4);
-    tokio::spawn(source::watch(
-        FileSource::new(opts.manifests.clone()),
-        opts.poll_interval,
-        updates_tx,
-    ));
-
     let (plans_tx, plans) = watch::channel::<Option<Arc<Plan>>>(None);
+    match &opts.source {
+        Source::Manifests(paths) => {
+            tokio::spawn(source::watch(
+                FileSource::new(paths.clone()),
+                opts.poll_interval,
+                updates_tx,
+            ));
+        }
+        Source::Kube(kube) => start_kube(kube, &config, updates_tx, plans.clone()).await?,
+    }
     tokio::spawn(control::run(updates, config, plans_tx));
 
     if opts.ifaces.is_empty() {
@@ -66,5 +97,37 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!("termination signal received");
     };
     run_l7(agent, plans, Plan::l7_tables, shutdown).await?;
+    Ok(())
+}
+
+/// The kube source, the Lease campaign and the status writer.
+async fn start_kube(
+    opts: &KubeOptions,
+    config: &PlanConfig,
+    updates: mpsc::Sender<Vec<crate::model::index::Update>>,
+    plans: watch::Receiver<Option<Arc<Plan>>>,
+) -> anyhow::Result<()> {
+    if opts.node_name.is_empty() {
+        anyhow::bail!("--kube needs this node's name: --node-name or NODE_NAME");
+    }
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("connecting to the Kubernetes API (kubeconfig or in-cluster): {e}")
+    })?;
+    tracing::info!(node = %opts.node_name, "watching the cluster");
+    let (observed_tx, observed) = watch::channel(Arc::default());
+    tokio::spawn(source::kube::run(client.clone(), updates, observed_tx));
+    let (leader_tx, leader) = watch::channel(false);
+    let leases = kube::Api::namespaced(client.clone(), &opts.namespace);
+    tokio::spawn(status::lease::run(
+        leases,
+        LeaseConfig::new(&opts.namespace, &opts.node_name),
+        leader_tx,
+    ));
+    let writer = WriterConfig {
+        controller_name: config.controller_name.clone(),
+        default_addresses: opts.status_addresses.clone(),
+        resync: Duration::from_secs(300),
+    };
+    tokio::spawn(status::writer::run(client, writer, plans, observed, leader));
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! [`Update`]: crate::model::index::Update
 
 pub mod file;
+pub mod kube;
 mod watch;
 
 pub use file::{FileSource, LoadReport, SourceError};

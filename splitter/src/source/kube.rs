@@ -1,0 +1,337 @@
+//! `--kube`: the cluster as a source. One watcher per kind of [`access::WATCHED`] feeds the same
+//! [`Update`]s the file source produces, so the index and the plan never know the difference.
+//!
+//! A watcher lists, then watches; after a 410 Gone (or any desync) kube's watcher lists again,
+//! which arrives here as `Init .. InitApply* .. InitDone` and becomes one `Update::Reset` of that
+//! kind. Nothing is sent until every kind has finished its first list: a plan built from
+//! Gateways without their routes would program empty listeners and report `attachedRoutes: 0`.
+//!
+//! Objects are watched as `DynamicObject`s and converted by the same [`parse`] the file source
+//! uses, so one invalid object is logged and skipped instead of failing a typed list of its kind.
+//!
+//! [`access::WATCHED`]: crate::access::WATCHED
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client,
+    api::DynamicObject,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    access::{self, Resource},
+    model::{
+        Kind, ModelError, Object, ObjectKey,
+        index::Update,
+        parse::{self, Parsed},
+    },
+};
+
+/// What the status writer needs to know of an object it may patch: the status as the API
+/// server last reported it, and the versions it belongs to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedStatus {
+    pub generation: Option<i64>,
+    pub resource_version: Option<String>,
+    /// `status`, or `Null` when the object has none yet.
+    pub status: Value,
+}
+
+/// The observed status of every object of the kinds the status writer patches.
+pub type Observed = BTreeMap<ObjectKey, ObservedStatus>;
+
+/// The watchers' state: buffers of relists in progress, which kinds have been listed once,
+/// the updates held back until all have, and the observed statuses. Pure: events in, updates
+/// out, so the relist and hold-back rules are tested without an API server.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    relisting: BTreeMap<Kind, (Vec<Object>, Observed)>,
+    synced: BTreeSet<Kind>,
+    held: Vec<Update>,
+    observed: Observed,
+}
+
+impl WatchState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether every watched kind has completed its first list.
+    pub fn synced(&self) -> bool {
+        access::WATCHED
+            .iter()
+            .all(|r| self.synced.contains(&r.kind))
+    }
+
+    pub fn observed(&self) -> &Observed {
+        &self.observed
+    }
+
+    /// The API server does not serve `resource` (its list answered 404: the CRD is not
+    /// installed, e.g. TCPRoute v1 before Gateway API v1.6). Until it appears, the kind counts
+    /// as listed and empty, so that the kinds that exist are served; the watcher keeps trying.
+    pub fn unavailable(&mut self, resource: &Resource) -> Vec<Update> {
+        if self.synced.contains(&resource.kind) {
+            return Vec::new();
+        }
+        tracing::warn!(
+            kind = %resource.kind,
+            api_version = %resource.api_version(),
+            "kube: not served by the API server (CRD not installed?); treated as empty until it is"
+        );
+        self.relisting.remove(&resource.kind);
+        self.event(resource, watcher::Event::InitDone)
+    }
+
+    /// Takes one watcher event of `resource`'s kind; returns the updates to send now (empty
+    /// while the first lists are still running).
+    pub fn event(
+        &mut self,
+        resource: &Resource,
+        event: watcher::Event<DynamicObject>,
+    ) -> Vec<Update> {
+        let kind = resource.kind;
+        let update = match event {
+            watcher::Event::Init => {
+                self.relisting.insert(kind, Default::default());
+                None
+            }
+            watcher::Event::InitApply(o) => {
+                let buffer = self.relisting.entry(kind).or_default();
+                if let Some((key, status)) = observe(resource, &o) {
+                    buffer.1.insert(key, status);
+                }
+                match convert(resource, o) {
+                    Ok(object) => buffer.0.push(object),
+                    Err(e) => tracing::warn!("kube: skipping an invalid object: {e}"),
+                }
+                None
+            }
+            watcher::Event::InitDone => {
+                let (objects, observed) = self.relisting.remove(&kind).unwrap_or_default();
+                self.observed.retain(|k, _| k.kind != kind);
+                self.observed.extend(observed);
+                self.synced.insert(kind);
+                tracing::info!(%kind, objects = objects.len(), "kube: listed");
+                Some(Update::Reset(kind, objects))
+            }
+            watcher::Event::Apply(o) => {
+                if let Some((key, status)) = observe(resource, &o) {
+                    self.observed.insert(key, status);
+                }
+                match convert(resource, o) {
+                    Ok(object) => Some(Update::Apply(Box::new(object))),
+                    // The last good version stays in the index, as with a broken manifest file.
+                    Err(e) => {
+                        tracing::warn!("kube: ignoring an invalid change: {e}");
+                        None
+                    }
+                }
+            }
+            watcher::Event::Delete(o) => {
+                let key = key_of(resource, &o);
+                self.observed.remove(&key);
+                Some(Update::Delete(key))
+            }
+        };
+        let Some(update) = update else {
+            return Vec::new();
+        };
+        if self.held.is_empty() && self.synced() {
+            return vec![update];
+        }
+        self.held.push(update);
+        if self.synced() {
+            std::mem::take(&mut self.held)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Watches every kind of [`access::WATCHED`] until `updates` is closed. Watch errors are logged
+/// and retried with kube's default backoff (exponential, capped); they never end the source.
+pub async fn run(
+    client: Client,
+    updates: mpsc::Sender<Vec<Update>>,
+    observed: watch::Sender<Arc<Observed>>,
+) {
+    let streams = access::WATCHED.iter().map(|resource| {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.api_resource());
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (resource, event))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    let mut state = WatchState::new();
+    while let Some((resource, event)) = events.next().await {
+        let batch = match event {
+            Ok(e) => state.event(resource, e),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                state.unavailable(resource)
+            }
+            Err(e) => {
+                tracing::warn!(kind = %resource.kind, "kube: watch failed, retrying: {e}");
+                Vec::new()
+            }
+        };
+        if state.synced() && **observed.borrow() != *state.observed() {
+            let _ = observed.send(Arc::new(state.observed().clone()));
+        }
+        if !batch.is_empty() && updates.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn key_of(resource: &Resource, o: &DynamicObject) -> ObjectKey {
+    let namespace = if resource.kind.is_namespaced() {
+        o.metadata.namespace.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    ObjectKey::new(
+        resource.kind,
+        namespace,
+        o.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn observe(resource: &Resource, o: &DynamicObject) -> Option<(ObjectKey, ObservedStatus)> {
+    if !access::STATUS_WRITTEN.contains(&resource.kind) {
+        return None;
+    }
+    Some((
+        key_of(resource, o),
+        ObservedStatus {
+            generation: o.metadata.generation,
+            resource_version: o.metadata.resource_version.clone(),
+            status: o.data.get("status").cloned().unwrap_or(Value::Null),
+        },
+    ))
+}
+
+/// A watched object through the model's parser. List items carry no `apiVersion`/`kind`, so
+/// they are set from the resource that was watched.
+fn convert(resource: &Resource, o: DynamicObject) -> Result<Object, ModelError> {
+    let label = key_of(resource, &o).to_string();
+    let mut value = serde_json::to_value(o)
+        .map_err(|e| ModelError::new(&label, "", format!("not serialisable: {e}")))?;
+    if let Value::Object(map) = &mut value {
+        map.insert("apiVersion".into(), resource.api_version().into());
+        map.insert("kind".into(), resource.kind.as_str().into());
+    }
+    match parse::parse(value)? {
+        Parsed::Object(o) => Ok(*o),
+        Parsed::Skipped { kind, .. } => Err(ModelError::new(
+            label,
+            "kind",
+            format!("{kind} is not a kind the agent reads"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+    use serde_json::json;
+
+    fn resource(kind: Kind) -> &'static Resource {
+        access::watched(kind).unwrap()
+    }
+
+    fn service(name: &str) -> DynamicObject {
+        DynamicObject {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            data: json!({"spec": {"ports": [{"port": 80}]}}),
+        }
+    }
+
+    fn list_all_empty_but(state: &mut WatchState, except: Kind) -> Vec<Update> {
+        let mut out = Vec::new();
+        for r in access::WATCHED.iter().filter(|r| r.kind != except) {
+            out.extend(state.event(r, watcher::Event::Init));
+            out.extend(state.event(r, watcher::Event::InitDone));
+        }
+        out
+    }
+
+    #[test]
+    fn updates_are_held_until_every_kind_is_listed() {
+        let mut state = WatchState::new();
+        let svc = resource(Kind::Service);
+        assert!(state.event(svc, watcher::Event::Init).is_empty());
+        assert!(
+            state
+                .event(svc, watcher::Event::InitApply(service("a")))
+                .is_empty()
+        );
+        assert!(state.event(svc, watcher::Event::InitDone).is_empty());
+        assert!(
+            state
+                .event(svc, watcher::Event::Apply(service("b")))
+                .is_empty()
+        );
+        let batch = list_all_empty_but(&mut state, Kind::Service);
+        assert!(state.synced());
+        // Service reset, its apply, then the other eight resets, in arrival order.
+        assert_eq!(batch.len(), 10);
+        assert!(matches!(&batch[0], Update::Reset(Kind::Service, v) if v.len() == 1));
+        assert!(matches!(&batch[1], Update::Apply(o) if o.key().name == "b"));
+        // Once synced, every event goes out on its own.
+        let next = state.event(svc, watcher::Event::Delete(service("b")));
+        assert_eq!(
+            next,
+            vec![Update::Delete(ObjectKey::new(
+                Kind::Service,
+                "default",
+                "b"
+            ))]
+        );
+    }
+
+    #[test]
+    fn a_kind_the_server_does_not_serve_counts_as_empty() {
+        let mut state = WatchState::new();
+        list_all_empty_but(&mut state, Kind::TcpRoute);
+        assert!(!state.synced());
+        let tcp = resource(Kind::TcpRoute);
+        let batch = state.unavailable(tcp);
+        assert!(state.synced());
+        assert_eq!(batch.len(), 9);
+        assert!(batch.contains(&Update::Reset(Kind::TcpRoute, Vec::new())));
+        // Once listed, a later 404 (the CRD removed) changes nothing by itself.
+        assert!(state.unavailable(tcp).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_object_is_skipped_not_fatal() {
+        let mut state = WatchState::new();
+        let svc = resource(Kind::Service);
+        list_all_empty_but(&mut state, Kind::Service);
+        state.event(svc, watcher::Event::Init);
+        assert_eq!(state.event(svc, watcher::Event::InitDone).len(), 9);
+        let mut bad = service("bad");
+        bad.data = json!({"spec": {"ports": [{"port": "eighty"}]}});
+        state.event(svc, watcher::Event::Init);
+        state.event(svc, watcher::Event::InitApply(bad.clone()));
+        state.event(svc, watcher::Event::InitApply(service("good")));
+        let batch = state.event(svc, watcher::Event::InitDone);
+        assert!(matches!(&batch[..], [Update::Reset(Kind::Service, v)] if v.len() == 1));
+        assert!(state.event(svc, watcher::Event::Apply(bad)).is_empty());
+    }
+}

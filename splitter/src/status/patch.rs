@@ -1,0 +1,261 @@
+//! Plan + observed statuses -> the status patches to apply. Pure: no client, no clock (the
+//! caller passes `now`), so every rule below is a plain `#[test]`.
+//!
+//! Rules:
+//! - only objects the API server has shown us are patched (a status needs an object);
+//! - a condition keeps its `lastTransitionTime` while its `status` stays the same;
+//! - a route's `status.parents` is an atomic list (no list-map keys), so a server-side apply
+//!   replaces it whole: entries of other controllers are copied from the observed object, and
+//!   the patch carries the observed `resourceVersion` so that a stale copy fails with 409
+//!   instead of erasing another controller's entry written in between;
+//! - our entries for parents the route no longer has are removed;
+//! - nothing is patched when the observed status already says what we would write.
+
+use std::net::IpAddr;
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    access,
+    model::{Kind, ObjectKey},
+    plan::{
+        Plan,
+        status::{Condition, RouteParentStatus},
+    },
+    source::kube::{Observed, ObservedStatus},
+};
+
+/// One server-side apply of a `status` subresource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusPatch {
+    pub key: ObjectKey,
+    /// The apply body: `apiVersion`, `kind`, `metadata` and `status`.
+    pub body: Value,
+}
+
+/// What the status needs besides the plan.
+#[derive(Clone, Debug)]
+pub struct StatusContext<'a> {
+    /// Our `controllerName`: route parents carrying it are ours.
+    pub controller_name: &'a str,
+    /// `status.addresses` of a Gateway without `spec.addresses` (`--status-address`).
+    pub default_addresses: &'a [IpAddr],
+    /// RFC 3339, for conditions whose status changes.
+    pub now: &'a str,
+}
+
+/// The patches that bring the observed statuses to what `plan` says.
+pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec<StatusPatch> {
+    let mut out = Vec::new();
+    for c in &plan.gateway_classes {
+        let key = ObjectKey::new(Kind::GatewayClass, "", &c.class.name);
+        let Some(seen) = observed.get(&key) else {
+            continue;
+        };
+        let status =
+            json!({ "conditions": conditions(&c.conditions, field(seen, "conditions"), ctx.now) });
+        push(&mut out, key, seen, status, false);
+    }
+    for g in &plan.gateways {
+        let key = ObjectKey::new(Kind::Gateway, &g.gateway.namespace, &g.gateway.name);
+        let Some(seen) = observed.get(&key) else {
+            continue;
+        };
+        let seen_listeners = field(seen, "listeners");
+        let listeners: Vec<Value> = g
+            .listeners
+            .iter()
+            .map(|l| {
+                let before = seen_listeners
+                    .as_array()
+                    .and_then(|ls| ls.iter().find(|s| s["name"] == l.name.as_str()))
+                    .map_or(&Value::Null, |s| &s["conditions"]);
+                json!({
+                    "name": l.name,
+                    "supportedKinds": l.supported_kinds.iter()
+                        .map(|k| json!({"group": k.group, "kind": k.kind}))
+                        .collect::<Vec<_>>(),
+                    "attachedRoutes": l.attached_routes,
+                    "conditions": conditions(&l.conditions, before, ctx.now),
+                })
+            })
+            .collect();
+        let mut status = Map::new();
+        status.insert(
+            "conditions".into(),
+            conditions(&g.conditions, field(seen, "conditions"), ctx.now),
+        );
+        let addresses: Vec<String> = if g.addresses.is_empty() {
+            ctx.default_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        } else {
+            g.addresses.clone()
+        };
+        if !addresses.is_empty() {
+            status.insert(
+                "addresses".into(),
+                addresses
+                    .iter()
+                    .map(|a| json!({"type": "IPAddress", "value": a}))
+                    .collect(),
+            );
+        }
+        status.insert("listeners".into(), Value::Array(listeners));
+        push(&mut out, key, seen, Value::Object(status), false);
+    }
+    let mut planned = std::collections::BTreeSet::new();
+    for r in &plan.routes {
+        let Some(kind) = route_kind(&r.route.kind) else {
+            continue;
+        };
+        let key = ObjectKey::new(kind, &r.route.namespace, &r.route.name);
+        planned.insert(key.clone());
+        let Some(seen) = observed.get(&key) else {
+            continue;
+        };
+        let parents = route_parents(&r.parents, seen, ctx);
+        push(&mut out, key, seen, json!({ "parents": parents }), true);
+    }
+    // Routes that no longer reach any of our Gateways: take our entries out.
+    for (key, seen) in observed {
+        if !matches!(key.kind, Kind::HttpRoute | Kind::TcpRoute | Kind::UdpRoute)
+            || planned.contains(key)
+        {
+            continue;
+        }
+        let ours = field(seen, "parents").as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["controllerName"] == ctx.controller_name)
+        });
+        if ours {
+            let parents = route_parents(&[], seen, ctx);
+            push(
+                &mut out,
+                key.clone(),
+                seen,
+                json!({ "parents": parents }),
+                true,
+            );
+        }
+    }
+    out
+}
+
+fn route_kind(kind: &str) -> Option<Kind> {
+    match kind {
+        "HTTPRoute" => Some(Kind::HttpRoute),
+        "TCPRoute" => Some(Kind::TcpRoute),
+        "UDPRoute" => Some(Kind::UdpRoute),
+        _ => None,
+    }
+}
+
+/// Other controllers' entries as observed, then ours as planned.
+fn route_parents(
+    planned: &[RouteParentStatus],
+    seen: &ObservedStatus,
+    ctx: &StatusContext<'_>,
+) -> Vec<Value> {
+    let before: &[Value] = field(seen, "parents").as_array().map_or(&[], Vec::as_slice);
+    let mut out: Vec<Value> = before
+        .iter()
+        .filter(|p| p["controllerName"] != ctx.controller_name)
+        .cloned()
+        .collect();
+    for p in planned {
+        let parent_ref = parent_ref(p);
+        let previous = before
+            .iter()
+            .find(|b| b["controllerName"] == ctx.controller_name && b["parentRef"] == parent_ref)
+            .map_or(&Value::Null, |b| &b["conditions"]);
+        out.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": p.controller_name,
+            "conditions": conditions(&p.conditions, previous, ctx.now),
+        }));
+    }
+    out
+}
+
+fn parent_ref(p: &RouteParentStatus) -> Value {
+    let r = &p.parent_ref;
+    let mut v = json!({
+        "group": r.group,
+        "kind": r.kind,
+        "namespace": r.namespace,
+        "name": r.name,
+    });
+    if let Some(s) = &r.section_name {
+        v["sectionName"] = json!(s);
+    }
+    if let Some(port) = r.port {
+        v["port"] = json!(port);
+    }
+    v
+}
+
+/// Conditions as the API writes them, keeping `lastTransitionTime` of each condition whose
+/// status did not change.
+fn conditions(planned: &[Condition], before: &Value, now: &str) -> Value {
+    let before: &[Value] = before.as_array().map_or(&[], Vec::as_slice);
+    planned
+        .iter()
+        .map(|c| {
+            let status = c.status.to_string();
+            let since = before
+                .iter()
+                .find(|b| b["type"] == c.type_.as_str() && b["status"] == status.as_str())
+                .and_then(|b| b["lastTransitionTime"].as_str())
+                .unwrap_or(now);
+            json!({
+                "type": c.type_,
+                "status": status,
+                "reason": c.reason,
+                "message": c.message,
+                "observedGeneration": c.observed_generation,
+                "lastTransitionTime": since,
+            })
+        })
+        .collect()
+}
+
+fn field<'s>(seen: &'s ObservedStatus, name: &str) -> &'s Value {
+    seen.status.get(name).unwrap_or(&Value::Null)
+}
+
+/// Adds the patch unless every field we own already reads as we would write it.
+fn push(
+    out: &mut Vec<StatusPatch>,
+    key: ObjectKey,
+    seen: &ObservedStatus,
+    status: Value,
+    guard: bool,
+) {
+    let unchanged = status
+        .as_object()
+        .is_some_and(|m| m.iter().all(|(k, v)| seen.status.get(k) == Some(v)));
+    if unchanged {
+        return;
+    }
+    let Some(resource) = access::watched(key.kind) else {
+        return;
+    };
+    let mut metadata = json!({ "name": key.name });
+    if !key.namespace.is_empty() {
+        metadata["namespace"] = json!(key.namespace);
+    }
+    if guard && let Some(rv) = &seen.resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    out.push(StatusPatch {
+        body: json!({
+            "apiVersion": resource.api_version(),
+            "kind": key.kind.as_str(),
+            "metadata": metadata,
+            "status": status,
+        }),
+        key,
+    });
+}

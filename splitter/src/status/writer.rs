@@ -1,0 +1,137 @@
+//! The task that applies status patches: follows the plan, the observed statuses and the
+//! leadership, and while this agent holds the Lease applies what [`patches`] decides.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Client,
+    api::{DynamicObject, Patch, PatchParams},
+};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::patch::{StatusContext, StatusPatch, patches};
+use crate::{access, model::ObjectKey, plan::Plan, source::kube::Observed};
+
+/// The field manager of every status write (server-side apply).
+pub const FIELD_MANAGER: &str = crate::plan::listener::CONTROLLER_NAME;
+
+#[derive(Debug, Error)]
+pub enum StatusError {
+    #[error("patching the status of {key}: {source}")]
+    Patch { key: ObjectKey, source: kube::Error },
+    #[error("patching the status of {key}: no answer within {0:?}", WRITE_TIMEOUT)]
+    Timeout { key: ObjectKey },
+    #[error("{key}: not a kind whose status the agent writes")]
+    Kind { key: ObjectKey },
+}
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub controller_name: String,
+    pub default_addresses: Vec<IpAddr>,
+    /// Everything is recomputed and re-applied this often, which repairs a status someone
+    /// else overwrote and retries writes that failed.
+    pub resync: Duration,
+}
+
+/// Runs until the plan channel closes.
+pub async fn run(
+    client: Client,
+    config: WriterConfig,
+    mut plans: watch::Receiver<Option<Arc<Plan>>>,
+    mut observed: watch::Receiver<Arc<Observed>>,
+    mut leader: watch::Receiver<bool>,
+) {
+    // What we last applied (without timestamps), so that a write is not repeated while the
+    // watch has not yet shown it back to us.
+    let mut applied: HashMap<ObjectKey, Value> = HashMap::new();
+    // The first tick is one period away: the first pass runs without waiting for it.
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + config.resync, config.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let is_leader = *leader.borrow_and_update();
+        let plan = plans.borrow_and_update().clone();
+        let seen = observed.borrow_and_update().clone();
+        if !is_leader {
+            applied.clear();
+        } else if let Some(plan) = plan {
+            let now = now();
+            let ctx = StatusContext {
+                controller_name: &config.controller_name,
+                default_addresses: &config.default_addresses,
+                now: &now,
+            };
+            for p in patches(&plan, &seen, &ctx) {
+                let fingerprint = without_times(&p.body);
+                if applied.get(&p.key) == Some(&fingerprint) {
+                    continue;
+                }
+                match apply(&client, &p).await {
+                    Ok(()) => {
+                        tracing::info!(object = %p.key, "status written");
+                        applied.insert(p.key, fingerprint);
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        }
+        tokio::select! {
+            r = plans.changed() => if r.is_err() { return },
+            r = observed.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            _ = resync.tick() => applied.clear(),
+        }
+    }
+}
+
+/// One server-side apply of a status subresource, forced: the fields are ours to own.
+pub async fn apply(client: &Client, patch: &StatusPatch) -> Result<(), StatusError> {
+    let key = &patch.key;
+    let resource = access::watched(key.kind)
+        .filter(|_| access::STATUS_WRITTEN.contains(&key.kind))
+        .ok_or_else(|| StatusError::Kind { key: key.clone() })?;
+    let ar = resource.api_resource();
+    let api: Api<DynamicObject> = if key.namespace.is_empty() {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(client.clone(), &key.namespace, &ar)
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let body = Patch::Apply(&patch.body);
+    let call = api.patch_status(&key.name, &params, &body);
+    match tokio::time::timeout(WRITE_TIMEOUT, call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(StatusError::Patch {
+            key: key.clone(),
+            source,
+        }),
+        Err(_) => Err(StatusError::Timeout { key: key.clone() }),
+    }
+}
+
+/// The current time as Kubernetes writes `metav1.Time` (RFC 3339, seconds).
+pub fn now() -> String {
+    serde_json::to_value(Time(Timestamp::now()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn without_times(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "lastTransitionTime")
+                .map(|(k, v)| (k.clone(), without_times(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_times).collect()),
+        other => other.clone(),
+    }
+}

@@ -1,0 +1,226 @@
+//! The kube source against a scripted API: the initial list and watch of every kind feed the
+//! index; added, modified and deleted objects change the plan; a 410 Gone makes the watcher
+//! list again and the relist replaces the kind's content.
+
+mod kube_support;
+
+use std::{sync::Arc, time::Duration};
+
+use kube_support::{MockApi, eventually, yaml};
+use serde_json::{Value, json};
+use splitter::{
+    access, control,
+    model::index::Update,
+    plan::{Plan, PlanConfig, status::ConditionStatus},
+    source::kube::Observed,
+};
+use tokio::sync::{mpsc, watch};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn route(name: &str, backends: Value, rv: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "infra", "generation": 1, "resourceVersion": rv,
+                     "creationTimestamp": "2026-01-02T00:00:00Z"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": backends}]}
+    })
+}
+
+/// The fixture objects by the plural they are listed under; every watched kind has a list.
+fn lists_of(objects: Vec<Value>) -> Vec<(&'static str, Vec<Value>)> {
+    access::WATCHED
+        .iter()
+        .map(|r| {
+            let items = objects
+                .iter()
+                .filter(|o| o["kind"] == r.kind.as_str())
+                .cloned()
+                .collect();
+            (r.plural, items)
+        })
+        .collect()
+}
+
+struct Running {
+    mock: MockApi,
+    plans: watch::Receiver<Option<Arc<Plan>>>,
+    observed: watch::Receiver<Arc<Observed>>,
+}
+
+fn start(objects: Vec<Value>, script: impl FnOnce(&MockApi)) -> Running {
+    let (client, mock) = MockApi::start(|r| panic!("unexpected call {} {}", r.method, r.uri));
+    for (plural, items) in lists_of(objects) {
+        mock.lists(plural, vec![items]);
+    }
+    script(&mock);
+    let (updates_tx, updates) = mpsc::channel::<Vec<Update>>(4);
+    let (observed_tx, observed) = watch::channel(Arc::default());
+    let (plans_tx, plans) = watch::channel(None);
+    tokio::spawn(splitter::source::kube::run(client, updates_tx, observed_tx));
+    tokio::spawn(control::run(updates, PlanConfig::default(), plans_tx));
+    Running {
+        mock,
+        plans,
+        observed,
+    }
+}
+
+fn weights(plan: &Plan) -> Vec<u32> {
+    plan.listeners
+        .iter()
+        .find(|l| l.key.port == 80)
+        .and_then(|l| l.l4.as_ref())
+        .map(|l4| l4.backends.iter().map(|b| b.weight).collect())
+        .unwrap_or_default()
+}
+
+fn current(r: &Running) -> Arc<Plan> {
+    r.plans.borrow().clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn lists_then_watch_events_drive_the_plan() {
+    let mut objects = yaml("tests/fixtures/base.yaml");
+    objects.push(route(
+        "split",
+        json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),
+        "5",
+    ));
+    let mut routes = None;
+    let r = start(objects, |m| routes = Some(m.watch("httproutes")));
+    let routes = routes.unwrap();
+
+    eventually(WAIT, "the first plan", || weights(&current(&r)) == [1, 1]).await;
+    // One list per kind, and no other call (a missing kind would leave the plan unpublished).
+    for res in &access::WATCHED {
+        assert_eq!(r.mock.list_calls(res.plural), 1, "{}", res.plural);
+    }
+    assert!(r.mock.calls().is_empty(), "{:?}", r.mock.calls());
+    let plan = current(&r);
+    assert_eq!(plan.gateway_classes.len(), 1);
+    assert_eq!(plan.gateways[0].listeners[0].attached_routes, 1);
+    // The status writer sees the objects it may patch, with their versions.
+    let observed = r.observed.borrow().clone();
+    let key = splitter::model::ObjectKey::new(splitter::model::Kind::HttpRoute, "infra", "split");
+    assert_eq!(observed[&key].resource_version.as_deref(), Some("5"));
+
+    // Modified: weights 200/100.
+    let modified = route(
+        "split",
+        json!([{"name": "a", "port": 8080, "weight": 200}, {"name": "b", "port": 8080, "weight": 100}]),
+        "6",
+    );
+    routes
+        .send(json!({"type": "MODIFIED", "object": modified}))
+        .unwrap();
+    eventually(WAIT, "weights 200/100", || {
+        weights(&current(&r)) == [200, 100]
+    })
+    .await;
+
+    // Added: a second route on the same listener turns it into... still one listener, now L7
+    // with two routes attached.
+    let other = route("other", json!([{"name": "c", "port": 8080}]), "7");
+    routes
+        .send(json!({"type": "ADDED", "object": other.clone()}))
+        .unwrap();
+    eventually(WAIT, "two attached routes", || {
+        current(&r)
+            .gateways
+            .first()
+            .is_some_and(|g| g.listeners[0].attached_routes == 2)
+    })
+    .await;
+
+    // Deleted: back to one.
+    routes
+        .send(json!({"type": "DELETED", "object": other}))
+        .unwrap();
+    eventually(WAIT, "one attached route", || {
+        let p = current(&r);
+        p.gateways
+            .first()
+            .is_some_and(|g| g.listeners[0].attached_routes == 1)
+            && p.routes.len() == 1
+    })
+    .await;
+    assert!(r.mock.calls().is_empty(), "{:?}", r.mock.calls());
+}
+
+#[tokio::test]
+async fn gone_410_relists_the_kind() {
+    let mut objects = yaml("tests/fixtures/base.yaml");
+    objects.push(route(
+        "split",
+        json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),
+        "5",
+    ));
+    let lists = lists_of(objects);
+    let services: Vec<Value> = lists
+        .iter()
+        .find(|(p, _)| *p == "services")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let without_b: Vec<Value> = services
+        .iter()
+        .filter(|s| s["metadata"]["name"] != "b")
+        .cloned()
+        .collect();
+    let mut svc_watch = None;
+    let r = start(lists.into_iter().flat_map(|(_, v)| v).collect(), |m| {
+        m.lists("services", vec![services.clone(), without_b]);
+        svc_watch = Some(m.watch("services"));
+    });
+    let svc_watch = svc_watch.unwrap();
+    let resolved = |p: &Plan| {
+        p.routes
+            .first()
+            .and_then(|r| r.parents.first())
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == "ResolvedRefs"))
+            .map(|c| (c.status, c.reason.clone()))
+    };
+    eventually(WAIT, "the first plan", || {
+        resolved(&current(&r)) == Some((ConditionStatus::True, "ResolvedRefs".into()))
+    })
+    .await;
+    assert_eq!(r.mock.list_calls("services"), 1);
+
+    svc_watch
+        .send(json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Expired", "code": 410, "message": "too old resource version: 1 (100)"}}))
+        .unwrap();
+    // The relist no longer has Service b: the route's backend b is now missing.
+    eventually(WAIT, "the relist", || {
+        resolved(&current(&r)) == Some((ConditionStatus::False, "BackendNotFound".into()))
+    })
+    .await;
+    assert_eq!(r.mock.list_calls("services"), 2);
+    for res in access::WATCHED
+        .iter()
+        .filter(|res| res.plural != "services")
+    {
+        assert_eq!(r.mock.list_calls(res.plural), 1, "{}", res.plural);
+    }
+}
+
+#[tokio::test]
+async fn a_kind_the_server_does_not_serve_does_not_block_the_others() {
+    let mut objects = yaml("tests/fixtures/base.yaml");
+    objects.push(route(
+        "split",
+        json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),
+        "5",
+    ));
+    // Gateway API before v1.6: no TCPRoute/UDPRoute v1.
+    let r = start(objects, |m| {
+        m.fail_lists("tcproutes", 404);
+        m.fail_lists("udproutes", 404);
+    });
+    eventually(WAIT, "the plan without L4 routes", || {
+        weights(&current(&r)) == [1, 1]
+    })
+    .await;
+    assert!(r.mock.list_calls("tcproutes") >= 1);
+}

@@ -1,0 +1,594 @@
+//! The status writer: the pure patch decisions (plain tests), then the exact requests the
+//! writer sends to a scripted API, and the Lease that decides whether it sends any.
+
+mod kube_support;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use kube_support::{MockApi, Recorded, eventually, not_found};
+use serde_json::{Value, json};
+use splitter::{
+    model::{Kind, ObjectKey},
+    plan::{self, Plan, PlanConfig},
+    source::kube::{Observed, ObservedStatus},
+    status::{self, LeaseConfig, StatusContext, WriterConfig, patches},
+};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(10);
+const NOW: &str = "2026-11-27T01:00:00Z";
+const CONTROLLER: &str = "splitter.dev/gateway-controller";
+const QUERY: &str = "?&force=true&fieldManager=splitter.dev%2Fgateway-controller";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn the_plan() -> Plan {
+    let (index, report) =
+        splitter::source::file::load(&[fixture("base.yaml"), fixture("status-reasons.yaml")]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    plan::build(&index, &PlanConfig::default(), None)
+}
+
+/// Every object of the plan, seen with no status yet.
+fn fresh(plan: &Plan) -> Observed {
+    let mut keys = Vec::new();
+    keys.extend(
+        plan.gateway_classes
+            .iter()
+            .map(|c| ObjectKey::new(Kind::GatewayClass, "", &c.class.name)),
+    );
+    keys.extend(
+        plan.gateways
+            .iter()
+            .map(|g| ObjectKey::new(Kind::Gateway, &g.gateway.namespace, &g.gateway.name)),
+    );
+    keys.extend(
+        plan.routes
+            .iter()
+            .map(|r| ObjectKey::new(Kind::HttpRoute, &r.route.namespace, &r.route.name)),
+    );
+    keys.into_iter()
+        .map(|k| {
+            let rv = format!("rv-{}", k.name);
+            (
+                k,
+                ObservedStatus {
+                    generation: Some(1),
+                    resource_version: Some(rv),
+                    status: Value::Null,
+                },
+            )
+        })
+        .collect()
+}
+
+fn ctx() -> StatusContext<'static> {
+    StatusContext {
+        controller_name: CONTROLLER,
+        default_addresses: &[],
+        now: NOW,
+    }
+}
+
+fn route_key(ns: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(Kind::HttpRoute, ns, name)
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str, generation: i64) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "observedGeneration": generation, "lastTransitionTime": NOW})
+}
+
+fn route_body(ns: &str, name: &str, section: Option<&str>, conditions: Vec<Value>) -> Value {
+    let mut parent_ref = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                "namespace": "infra", "name": "gw"});
+    if let Some(s) = section {
+        parent_ref["sectionName"] = json!(s);
+    }
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": format!("rv-{name}")},
+        "status": {"parents": [{
+            "parentRef": parent_ref,
+            "controllerName": CONTROLLER,
+            "conditions": conditions,
+        }]}
+    })
+}
+
+/// The expected route patches: the accepted route and one per refusal or unresolved reason.
+fn expected_routes() -> Vec<(ObjectKey, Value)> {
+    let ok_resolved = |g| cond("ResolvedRefs", "True", "ResolvedRefs", "", g);
+    let accepted = |g| cond("Accepted", "True", "Accepted", "", g);
+    vec![
+        (
+            route_key("infra", "accepted"),
+            route_body("infra", "accepted", None, vec![accepted(2), ok_resolved(2)]),
+        ),
+        (
+            route_key("infra", "backend-not-found"),
+            route_body(
+                "infra",
+                "backend-not-found",
+                None,
+                vec![
+                    accepted(1),
+                    cond(
+                        "ResolvedRefs",
+                        "False",
+                        "BackendNotFound",
+                        "backendRef infra/nonexistent:8080: Service not found",
+                        1,
+                    ),
+                ],
+            ),
+        ),
+        (
+            route_key("infra", "invalid-kind"),
+            route_body(
+                "infra",
+                "invalid-kind",
+                None,
+                vec![
+                    accepted(1),
+                    cond(
+                        "ResolvedRefs",
+                        "False",
+                        "InvalidKind",
+                        "backendRef infra/x: kind NonExistent in group unknownkind.example.com is not supported (only core Service)",
+                        1,
+                    ),
+                ],
+            ),
+        ),
+        (
+            route_key("infra", "ref-not-permitted"),
+            route_body(
+                "infra",
+                "ref-not-permitted",
+                None,
+                vec![
+                    accepted(1),
+                    cond(
+                        "ResolvedRefs",
+                        "False",
+                        "RefNotPermitted",
+                        "backendRef other/web:8080: no ReferenceGrant in namespace other allows HTTPRoutes from infra to Service web",
+                        1,
+                    ),
+                ],
+            ),
+        ),
+        (
+            route_key("other", "not-allowed"),
+            route_body(
+                "other",
+                "not-allowed",
+                None,
+                vec![
+                    cond(
+                        "Accepted",
+                        "False",
+                        "NotAllowedByListeners",
+                        "no listener of Gateway infra/gw allows HTTPRoutes from namespace other",
+                        1,
+                    ),
+                    ok_resolved(1),
+                ],
+            ),
+        ),
+        (
+            route_key("infra", "no-matching-parent"),
+            route_body(
+                "infra",
+                "no-matching-parent",
+                Some("nope"),
+                vec![
+                    cond(
+                        "Accepted",
+                        "False",
+                        "NoMatchingParent",
+                        "no listener named \"nope\"",
+                        1,
+                    ),
+                    ok_resolved(1),
+                ],
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn route_patches_for_each_reason() {
+    let plan = the_plan();
+    let out = patches(&plan, &fresh(&plan), &ctx());
+    // GatewayClass, Gateway, six routes.
+    assert_eq!(out.len(), 8, "{out:#?}");
+    for (key, body) in expected_routes() {
+        let p = out
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no patch for {key}"));
+        assert_eq!(p.body, body, "{key}");
+    }
+}
+
+#[test]
+fn gateway_and_class_patches() {
+    let plan = the_plan();
+    let addresses = ["192.0.2.10".parse().unwrap()];
+    let c = StatusContext {
+        default_addresses: &addresses,
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let class = out
+        .iter()
+        .find(|p| p.key.kind == Kind::GatewayClass)
+        .unwrap();
+    assert_eq!(
+        class.body,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": "splitter"},
+               "status": {"conditions": [cond("Accepted", "True", "Accepted",
+                                              "handled by splitter.dev/gateway-controller", 1)]}})
+    );
+    let gw = out.iter().find(|p| p.key.kind == Kind::Gateway).unwrap();
+    let status = &gw.body["status"];
+    // Gateways are not guarded by resourceVersion: their status is ours alone.
+    assert_eq!(
+        gw.body["metadata"],
+        json!({"name": "gw", "namespace": "infra"})
+    );
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "192.0.2.10"}])
+    );
+    assert_eq!(
+        status["conditions"],
+        json!([
+            cond("Accepted", "True", "Accepted", "", 3),
+            cond("Programmed", "True", "Programmed", "", 3)
+        ])
+    );
+    let listener = &status["listeners"][0];
+    assert_eq!(listener["name"], "http");
+    // accepted, backend-not-found, invalid-kind, ref-not-permitted: refused ones do not count.
+    assert_eq!(listener["attachedRoutes"], 4);
+    assert_eq!(
+        listener["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    );
+    let types: Vec<&str> = listener["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Accepted",
+            "ResolvedRefs",
+            "Conflicted",
+            "Programmed",
+            "splitter.dev/Dataplane"
+        ]
+    );
+}
+
+#[test]
+fn unchanged_statuses_are_not_patched_and_transition_times_are_kept() {
+    let plan = the_plan();
+    let first = patches(&plan, &fresh(&plan), &ctx());
+    // The API server now shows exactly what was written, an hour ago.
+    let observed: Observed = first
+        .iter()
+        .map(|p| {
+            (
+                p.key.clone(),
+                ObservedStatus {
+                    generation: Some(1),
+                    resource_version: Some(format!("rv-{}", p.key.name)),
+                    status: p.body["status"].clone(),
+                },
+            )
+        })
+        .collect();
+    let later = StatusContext {
+        now: "2026-11-27T02:00:00Z",
+        ..ctx()
+    };
+    assert_eq!(patches(&plan, &observed, &later), vec![]);
+
+    // A condition whose status flips gets the new time; the one that stays keeps the old.
+    let mut flipped = observed.clone();
+    let key = route_key("infra", "accepted");
+    let seen = flipped.get_mut(&key).unwrap();
+    seen.status["parents"][0]["conditions"][1]["status"] = json!("False");
+    let out = patches(&plan, &flipped, &later);
+    assert_eq!(out.len(), 1);
+    let conditions = &out[0].body["status"]["parents"][0]["conditions"];
+    assert_eq!(conditions[0]["lastTransitionTime"], NOW);
+    assert_eq!(conditions[1]["lastTransitionTime"], "2026-11-27T02:00:00Z");
+}
+
+#[test]
+fn other_controllers_parents_are_kept_and_stale_ones_of_ours_removed() {
+    let plan = the_plan();
+    let mut observed = fresh(&plan);
+    let theirs = json!({"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                      "namespace": "infra", "name": "their-gw"},
+                        "controllerName": "example.com/other", "conditions": []});
+    let stale_ours = json!({"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                          "namespace": "infra", "name": "gone"},
+                            "controllerName": CONTROLLER, "conditions": []});
+    observed
+        .get_mut(&route_key("infra", "accepted"))
+        .unwrap()
+        .status = json!({"parents": [theirs.clone(), stale_ours.clone()]});
+    // A route that no longer reaches any of our Gateways but still carries our entry.
+    observed.insert(
+        route_key("infra", "moved-away"),
+        ObservedStatus {
+            generation: Some(4),
+            resource_version: Some("rv-moved".into()),
+            status: json!({"parents": [stale_ours, theirs.clone()]}),
+        },
+    );
+    let out = patches(&plan, &observed, &ctx());
+    let accepted = out
+        .iter()
+        .find(|p| p.key == route_key("infra", "accepted"))
+        .unwrap();
+    let parents = accepted.body["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2);
+    assert_eq!(parents[0], theirs);
+    assert_eq!(parents[1]["parentRef"]["name"], "gw");
+    let moved = out
+        .iter()
+        .find(|p| p.key == route_key("infra", "moved-away"))
+        .unwrap();
+    assert_eq!(moved.body["status"], json!({"parents": [theirs]}));
+    assert_eq!(moved.body["metadata"]["resourceVersion"], "rv-moved");
+}
+
+#[test]
+fn objects_never_seen_are_not_patched() {
+    let plan = the_plan();
+    assert_eq!(patches(&plan, &Observed::new(), &ctx()), vec![]);
+}
+
+// ---- the writer and the Lease against a scripted API ----
+
+fn writer_config() -> WriterConfig {
+    WriterConfig {
+        controller_name: CONTROLLER.into(),
+        default_addresses: Vec::new(),
+        resync: Duration::from_secs(3600),
+    }
+}
+
+fn lease_config() -> LeaseConfig {
+    LeaseConfig {
+        renew_every: Duration::from_millis(100),
+        ..LeaseConfig::new("splitter-system", "node-a")
+    }
+}
+
+const LEASE_URI: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/splitter-system/leases/splitter-status-writer";
+
+fn is_status_patch(r: &Recorded) -> bool {
+    r.method == "PATCH" && r.uri.contains("/status?")
+}
+
+/// Replaces every lastTransitionTime (checked to be a timestamp) with [`NOW`].
+fn normalise(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                if k == "lastTransitionTime" {
+                    let t = v.as_str().unwrap_or_default();
+                    assert!(t.ends_with('Z') && t.len() == 20, "{t}");
+                    *v = json!(NOW);
+                } else {
+                    normalise(v);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalise),
+        _ => {}
+    }
+}
+
+fn echo(r: &Recorded) -> (u16, Value) {
+    if is_status_patch(r) {
+        (200, r.body.clone())
+    } else {
+        panic!("unexpected call {} {}", r.method, r.uri)
+    }
+}
+
+#[tokio::test]
+async fn the_leader_writes_each_status_once_with_server_side_apply() {
+    let (client, mock) = MockApi::start(echo);
+    let plan = the_plan();
+    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (_leader_tx, leader) = watch::channel(true);
+    tokio::spawn(status::writer::run(
+        client,
+        writer_config(),
+        plans,
+        observed,
+        leader,
+    ));
+
+    eventually(WAIT, "eight status patches", || mock.calls().len() >= 8).await;
+    // Nothing more follows: the observed statuses did not change, so nothing is repeated.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = mock.calls();
+    assert_eq!(calls.len(), 8, "{calls:#?}");
+    for (key, body) in expected_routes() {
+        let uri = format!(
+            "/apis/gateway.networking.k8s.io/v1/namespaces/{}/httproutes/{}/status{QUERY}",
+            key.namespace, key.name
+        );
+        let call = calls
+            .iter()
+            .find(|c| c.uri == uri)
+            .unwrap_or_else(|| panic!("no {uri}"));
+        assert_eq!(call.method, "PATCH");
+        let mut got = call.body.clone();
+        normalise(&mut got);
+        assert_eq!(got, body, "{uri}");
+    }
+    assert!(calls.iter().any(|c| c.method == "PATCH"
+        && c.uri
+            == format!(
+                "/apis/gateway.networking.k8s.io/v1/gatewayclasses/splitter/status{QUERY}"
+            )));
+    assert!(calls.iter().any(|c| c.method == "PATCH"
+        && c.uri
+            == format!(
+                "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways/gw/status{QUERY}"
+            )));
+}
+
+#[tokio::test]
+async fn a_non_leader_writes_nothing() {
+    let renewed = splitter::status::writer::now();
+    let (client, mock) = MockApi::start(move |r| {
+        if r.method == "GET" && r.uri == LEASE_URI {
+            (
+                200,
+                json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "splitter-status-writer", "namespace": "splitter-system",
+                                 "resourceVersion": "42"},
+                    "spec": {"holderIdentity": "node-b", "leaseDurationSeconds": 15,
+                             "renewTime": renewed.replace('Z', ".000000Z")}
+                }),
+            )
+        } else {
+            panic!("unexpected call {} {}", r.method, r.uri)
+        }
+    });
+    let plan = the_plan();
+    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (leader_tx, leader) = watch::channel(false);
+    let leases = kube::Api::namespaced(client.clone(), "splitter-system");
+    tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
+    tokio::spawn(status::writer::run(
+        client,
+        writer_config(),
+        plans,
+        observed,
+        leader,
+    ));
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = mock.calls();
+    assert!(
+        calls.len() >= 5,
+        "the lease is looked at every 100 ms: {calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.method == "GET" && c.uri == LEASE_URI),
+        "{calls:#?}"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_creates_a_missing_lease_then_writes() {
+    let (client, mock) = MockApi::start(|r| {
+        if r.method == "GET" && r.uri == LEASE_URI {
+            not_found()
+        } else if r.method == "POST"
+            && r.uri == "/apis/coordination.k8s.io/v1/namespaces/splitter-system/leases?"
+        {
+            (201, r.body.clone())
+        } else {
+            echo(r)
+        }
+    });
+    let plan = the_plan();
+    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (leader_tx, leader) = watch::channel(false);
+    let leases = kube::Api::namespaced(client.clone(), "splitter-system");
+    tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
+    tokio::spawn(status::writer::run(
+        client,
+        writer_config(),
+        plans,
+        observed,
+        leader,
+    ));
+
+    eventually(WAIT, "status patches", || {
+        mock.calls().iter().filter(|c| is_status_patch(c)).count() == 8
+    })
+    .await;
+    let calls = mock.calls();
+    let create = calls.iter().find(|c| c.method == "POST").expect("a create");
+    let spec = &create.body["spec"];
+    assert_eq!(create.body["metadata"]["name"], "splitter-status-writer");
+    assert_eq!(spec["holderIdentity"], "node-a");
+    assert_eq!(spec["leaseDurationSeconds"], 15);
+    assert_eq!(spec["leaseTransitions"], 0);
+    // The first patch comes only after the Lease was created.
+    let first_patch = calls.iter().position(is_status_patch).unwrap();
+    let create_at = calls.iter().position(|c| c.method == "POST").unwrap();
+    assert!(create_at < first_patch);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+    // node-b's record never changes: after its 1 s duration has passed on our clock, node-a
+    // replaces it, guarded by the resourceVersion it read.
+    let (client, mock) = MockApi::start(|r| {
+        if r.method == "GET" && r.uri == LEASE_URI {
+            (
+                200,
+                json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "splitter-status-writer", "namespace": "splitter-system",
+                                 "resourceVersion": "42"},
+                    "spec": {"holderIdentity": "node-b", "leaseDurationSeconds": 1,
+                             "leaseTransitions": 3,
+                             "renewTime": "2026-11-27T01:00:00.000000Z"}
+                }),
+            )
+        } else if r.method == "PUT" && r.uri == format!("{LEASE_URI}?") {
+            (200, r.body.clone())
+        } else {
+            panic!("unexpected call {} {}", r.method, r.uri)
+        }
+    });
+    let (leader_tx, mut leader) = watch::channel(false);
+    let leases = kube::Api::namespaced(client, "splitter-system");
+    tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
+    tokio::time::timeout(WAIT, leader.wait_for(|l| *l))
+        .await
+        .expect("leadership within the wait")
+        .unwrap();
+    let calls = mock.calls();
+    let puts: Vec<_> = calls.iter().filter(|c| c.method == "PUT").collect();
+    assert_eq!(puts.len(), 1, "{calls:#?}");
+    let body = &puts[0].body;
+    assert_eq!(body["metadata"]["resourceVersion"], "42");
+    assert_eq!(body["spec"]["holderIdentity"], "node-a");
+    assert_eq!(body["spec"]["leaseTransitions"], 4);
+    // At least a lease duration of unchanged reads came first.
+    let gets_before = calls.iter().take_while(|c| c.method == "GET").count();
+    assert!(gets_before >= 10, "{gets_before} reads before taking over");
+}
