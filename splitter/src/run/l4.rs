@@ -20,7 +20,7 @@ use crate::{
 pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
-        if !ifaces.iter().any(|i| *i == ifa.interface_name) {
+        if !ifaces.contains(&ifa.interface_name) {
             continue;
         }
         let Some(addr) = ifa.address else { continue };
