@@ -10,88 +10,20 @@
 //! 2. L4: a match-all route on a second listener is served in the kernel; 200 fresh connections
 //!    are split per connection, and the backends see the client's own address.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{Context, bail};
-use testbed::{ChildGuard, NetNs, VethPair};
+use testbed::{BpfFs, ChildGuard};
 
-const CLIENT: &str = "10.240.0.1";
-const GATEWAY: &str = "10.240.0.2";
-const BACKENDS: [(&str, &str); 2] = [("echo", "10.241.1.2"), ("echo2", "10.241.2.2")];
-const ECHO_PORT: u16 = 1027;
+use crate::topology::{
+    self, BACKENDS, CLIENT, ECHO_PORT, GATEWAY, Profile, Topology, wait_for, write_l7_manifests,
+};
+
 const L4_PORT: u16 = 8080;
 
-/// A bpffs mount for the demo's pins, so nothing lands in the host's /sys/fs/bpf.
-struct DemoBpfFs(tempfile::TempDir);
-
-impl DemoBpfFs {
-    fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("splitter-demo-bpf-")
-            .tempdir()?;
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(dir.path())
-            .status()?;
-        if !st.success() {
-            bail!("mount -t bpf failed");
-        }
-        Ok(DemoBpfFs(dir))
-    }
-}
-
-impl Drop for DemoBpfFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
-fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
-    println!("demo: building the agent and the echo backend");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--package", "splitter", "--bins"])
-        .status()?;
-    if !st.success() {
-        bail!("cargo build failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let dir = Path::new(&target).join("debug");
-    Ok((
-        dir.join("splitter").canonicalize()?,
-        dir.join("splitter-echo").canonicalize()?,
-    ))
-}
-
-fn manifests(dir: &Path, weights: Option<(u32, u32)>) -> anyhow::Result<()> {
-    std::fs::copy("deploy/gatewayclass.yaml", dir.join("gatewayclass.yaml"))?;
-    std::fs::copy("deploy/examples/gateway.yaml", dir.join("gateway.yaml"))?;
-    let services = std::fs::read_to_string("deploy/examples/echo-services.yaml")?
-        .replace("\"127.0.0.2\"", &format!("\"{}\"", BACKENDS[0].1))
-        .replace("\"127.0.0.3\"", &format!("\"{}\"", BACKENDS[1].1));
-    std::fs::write(dir.join("echo-services.yaml"), services)?;
-    let mut route = std::fs::read_to_string("deploy/examples/httproute.yaml")?;
-    if let Some((a, b)) = weights {
-        // The guide's `kubectl patch`, done on the file: the agent picks the change up.
-        route = route
-            .replace(
-                "    - name: echo\n      kind: Service\n      port: 1027\n",
-                &format!(
-                    "    - name: echo\n      kind: Service\n      port: 1027\n      weight: {a}\n"
-                ),
-            )
-            .replace(
-                "    - name: echo2\n      kind: Service\n      port: 1027",
-                &format!(
-                    "    - name: echo2\n      kind: Service\n      port: 1027\n      weight: {b}"
-                ),
-            );
-    }
-    write_atomically(&dir.join("httproute.yaml"), &route)?;
+/// The guide's manifests plus a second Gateway whose route the kernel serves.
+fn manifests(dir: &std::path::Path, weights: Option<(u32, u32)>) -> anyhow::Result<()> {
+    write_l7_manifests(dir, weights)?;
     let l4 = format!(
         "# A second Gateway whose only route has no matches and no filters: every connection on
 # its listener goes to the same weighted set, so the kernel serves it (per connection, 3:1).
@@ -125,26 +57,6 @@ spec:
     Ok(())
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn curl(client: &NetNs, args: &[&str]) -> anyhow::Result<String> {
-    let out = client
-        .command("curl")
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!("curl {args:?} failed: {}", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `sort | uniq -c`, as the guide prints it.
 fn uniq_c(lines: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for l in lines.filter(|l| !l.is_empty()) {
@@ -159,113 +71,56 @@ fn print_counts(counts: &BTreeMap<String, usize>) {
     }
 }
 
-fn hostname_round(client: &NetNs) -> anyhow::Result<BTreeMap<String, usize>> {
+fn hostname_round(topo: &Topology) -> anyhow::Result<BTreeMap<String, usize>> {
     let url = format!("http://{GATEWAY}/echo/hostname?iteration=[1-200]");
-    let out = curl(client, &["-s", "-w", "\\n", &url])?;
+    let out = topo.curl(&["-s", "-w", "\\n", &url])?;
     Ok(uniq_c(out.lines().map(str::to_owned)))
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("timed out waiting for {what}")
-}
-
 pub fn run() -> anyhow::Result<()> {
-    if !nix_is_root() {
+    if !testbed::is_root() {
         bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
     }
     crate::setup::run()?;
-    let (splitter, echo) = binaries()?;
+    println!("demo: building the agent and the echo backend");
+    let bins = topology::build_binaries(Profile::Debug)?;
 
-    println!("demo: namespaces client, gateway, echo, echo2");
-    let client = NetNs::new("dcl")?;
-    let gw = NetNs::new("dgw")?;
-    let front = VethPair::new(
-        &client,
-        &[&format!("{CLIENT}/24")],
-        &gw,
-        &[&format!("{GATEWAY}/24")],
-    )?;
+    println!(
+        "demo: namespaces client, gateway, {}",
+        BACKENDS.map(|(s, _)| s).join(", ")
+    );
+    let topo = Topology::new("d", &bins.echo)?;
     // XDP sees bytes as sent: the client puts full checksums on the wire, as a NIC does.
-    client.exec("ethtool", &["-K", &front.a, "tx", "off"])?;
-    gw.sysctl("net/ipv4/ip_forward", "1")?;
-    let mut links = vec![];
-    let mut echoes = vec![];
-    let mut pods = vec![];
-    for (i, (name, addr)) in BACKENDS.iter().enumerate() {
-        let ns = NetNs::new("dbe")?;
-        let gw_side = format!("10.241.{}.1", i + 1);
-        links.push(VethPair::new(
-            &gw,
-            &[&format!("{gw_side}/24")],
-            &ns,
-            &[&format!("{addr}/24")],
-        )?);
-        ns.ip(&["route", "add", "default", "via", &gw_side])?;
-        let pod = format!("{name}-{}", &testbed::unique_name("p")[1..]);
-        let child = ns
-            .command(&echo)
-            .args(["--listen", &format!("0.0.0.0:{ECHO_PORT}"), "--name", &pod])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting splitter-echo")?;
-        echoes.push(ChildGuard(child));
-        pods.push((pod, ns));
-    }
+    topo.client
+        .exec("ethtool", &["-K", &topo.front.a, "tx", "off"])?;
 
     let manifest_dir = tempfile::Builder::new()
         .prefix("splitter-demo-")
         .tempdir()?;
     manifests(manifest_dir.path(), None)?;
-    let bpffs = DemoBpfFs::new()?;
-    let pin_dir = bpffs.0.path().join("splitter/v1");
+    let bpffs = BpfFs::new()?;
+    let pin_dir = bpffs.path().join("splitter/v1");
     let log = manifest_dir.path().join("agent.log");
     println!(
         "demo: agent in the gateway namespace: splitter run --manifests {} --iface {} (log: {})",
         manifest_dir.path().display(),
-        front.b,
+        topo.front.b,
         log.display()
     );
     let agent = ChildGuard(
-        gw.command(&splitter)
-            .arg("run")
-            .arg("--manifests")
-            .arg(manifest_dir.path())
-            .args(["--iface", &front.b, "--admin", "127.0.0.1:9901"])
+        topology::agent_command(&topo.gateway, &bins.splitter, manifest_dir.path(), &log)?
+            .args(["--iface", &topo.front.b])
             .arg("--pin-dir")
             .arg(&pin_dir)
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting the agent")?,
     );
-    wait_for("the agent to serve /echo", Duration::from_secs(30), || {
-        curl(
-            &client,
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("http://{GATEWAY}/echo/hostname"),
-            ],
-        )
-        .map(|c| c == "200")
-        .unwrap_or(false)
-    })?;
+    topo.wait_until_served("/echo/hostname", Duration::from_secs(30))?;
 
     println!(
         "\n== L7: curl -s http://{GATEWAY}/echo/hostname?iteration=[1-200] (one keep-alive connection) | sort | uniq -c"
     );
-    let even = hostname_round(&client)?;
+    let even = hostname_round(&topo)?;
     print_counts(&even);
 
     println!("\n== L7: weights set to 200 and 100 in httproute.yaml; the same 200 requests");
@@ -273,22 +128,20 @@ pub fn run() -> anyhow::Result<()> {
     // The agent polls the files once a second; watch its plan on the admin endpoint until the
     // new weights are live. (Probing with requests would advance the weighted round robin.)
     wait_for("the new weights", Duration::from_secs(15), || {
-        gw.command("curl")
+        topo.gateway
+            .command("curl")
             .args(["-s", "http://127.0.0.1:9901/debug/plan"])
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"weight\": 200"))
     })?;
-    let weighted = hostname_round(&client)?;
+    let weighted = hostname_round(&topo)?;
     print_counts(&weighted);
 
     println!(
         "\n== L4: http://{GATEWAY}:{L4_PORT}/ served in the kernel; 200 fresh connections (Connection: close)"
     );
     let url = format!("http://{GATEWAY}:{L4_PORT}/l4?n=[1-200]");
-    let out = curl(
-        &client,
-        &["-s", "-H", "Connection: close", "-w", "\\n", &url],
-    )?;
+    let out = topo.curl(&["-s", "-H", "Connection: close", "-w", "\\n", &url])?;
     let mut names = Vec::new();
     let mut peers = Vec::new();
     for line in out.lines().filter(|l| !l.is_empty()) {
@@ -303,7 +156,7 @@ pub fn run() -> anyhow::Result<()> {
         "    client addresses the backends saw: {:?} (the client is {CLIENT})",
         uniq_c(peers.into_iter())
     );
-    let inspect = Command::new(&splitter)
+    let inspect = Command::new(&bins.splitter)
         .arg("inspect")
         .arg("--pin-dir")
         .arg(&pin_dir)
@@ -317,8 +170,8 @@ pub fn run() -> anyhow::Result<()> {
 
     println!("demo: cleaning up");
     drop(agent);
-    let _ = Command::new(&splitter)
-        .args(["detach", "--iface", &front.b])
+    let _ = Command::new(&bins.splitter)
+        .args(["detach", "--iface", &topo.front.b])
         .arg("--pin-dir")
         .arg(&pin_dir)
         .status();
@@ -327,7 +180,7 @@ pub fn run() -> anyhow::Result<()> {
 
 /// What `bpftool` shows of the maps (docs/operators.md quotes it): the whole `VIPS` hash, and
 /// the first entries of `ROUTES` and `BACKENDS`, which are arrays of thousands of slots.
-fn bpftool_dumps(pin_dir: &Path) {
+fn bpftool_dumps(pin_dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(pin_dir) else {
         return;
     };
@@ -384,8 +237,4 @@ fn check_guide(
     }
     println!("demo: 100/100, then 133/67: as the guide says");
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    testbed::is_root()
 }

@@ -1,9 +1,11 @@
 //! `cargo xtask`: splitter's developer tasks.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod setup;
 mod test;
+mod topology;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,9 @@ enum Command {
     Demo,
     /// Install what is missing, then fmt, clippy (userspace and kernel) and every test.
     Test,
+    /// Benchmarks against peers measured in the same run (they print; they assert nothing).
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Build the kernel object and print its path.
     BuildEbpf {
         /// Take the object from the release build of the agent.
@@ -35,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Bench(b) => bench::run(b),
         Command::BuildEbpf { release } => {
             let object = build_ebpf::run(release)?;
             println!("{}", object.display());

@@ -1,0 +1,276 @@
+//! `cargo xtask bench l7`: the agent's L7 proxy against nginx, same topology, same backends,
+//! same client, same run.
+//!
+//! The namespaces are the demo's (`topology`): wrk in the client namespace, the proxy under
+//! test in the gateway namespace on port 80 (one proxy at a time), one `splitter-echo` per
+//! backend namespace. Veths rather than loopback because that is the path a node's traffic
+//! takes, and both proxies pay it equally. The agent runs without `--iface`: the route has a
+//! path match, so it is served by the proxy, and the kernel programs would only pass its
+//! packets (nginx gets no such programs either).
+//!
+//! Both proxies get the same parallelism: the agent's tokio runtime is given as many worker
+//! threads (`TOKIO_WORKER_THREADS`) as nginx gets worker processes, the machine's CPUs by
+//! default. Rounds interleave the two proxies and alternate which goes first, so drift in the
+//! machine's load (builds, other benches) lands on both; the summary is the median per proxy.
+
+use std::{fmt, path::Path, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::{
+    interrupted, nginx,
+    wrk::{Load, WrkReport},
+};
+use crate::topology::{self, ECHO_PORT, GATEWAY, Profile, TermGuard, Topology, write_l7_manifests};
+
+const PATH: &str = "/echo/hostname";
+const PORT: u16 = 80;
+
+#[derive(Args, Clone, Debug)]
+pub struct L7Options {
+    /// Measured rounds; each round runs both proxies once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of load per proxy per round.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of load before each measurement (discarded), to fill connection pools.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Concurrent client connections (wrk -c).
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads (default: the machine's CPUs).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Proxy parallelism: agent worker threads and nginx worker processes (default: the
+    /// machine's CPUs, which is what tokio picks when not told).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    Splitter,
+    Nginx,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Splitter => "splitter",
+            Peer::Nginx => "nginx",
+        })
+    }
+}
+
+/// What a round needs to start either proxy.
+struct Setup<'a> {
+    topo: &'a Topology,
+    splitter: &'a Path,
+    work: &'a Path,
+    workers: usize,
+}
+
+impl Setup<'_> {
+    /// Starts `peer` in the gateway namespace and waits until it serves the route and splits
+    /// it over both backends.
+    fn start(&self, peer: Peer) -> anyhow::Result<TermGuard> {
+        let mut server = match peer {
+            Peer::Splitter => {
+                let child = topology::agent_command(
+                    &self.topo.gateway,
+                    self.splitter,
+                    &self.work.join("manifests"),
+                    &self.work.join("agent.log"),
+                )?
+                .env("TOKIO_WORKER_THREADS", self.workers.to_string())
+                .spawn()
+                .context("starting the agent")?;
+                TermGuard::new(child)
+            }
+            Peer::Nginx => {
+                let dir = self.work.join("nginx");
+                nginx::start(&self.topo.gateway, &dir, &dir.join("nginx.conf"))?
+            }
+        };
+        if let Err(e) = self.topo.wait_until_served(PATH, Duration::from_secs(30)) {
+            server.check_running(&peer.to_string())?;
+            return Err(e);
+        }
+        self.check_split(peer)?;
+        Ok(server)
+    }
+
+    /// Both proxies must spread requests over both backends, or the comparison is void.
+    fn check_split(&self, peer: Peer) -> anyhow::Result<()> {
+        let url = format!("http://{GATEWAY}{PATH}?n=[1-4]");
+        let seen = self.topo.curl(&["-s", "-w", "\\n", &url])?;
+        for b in &self.topo.backends {
+            if !seen.lines().any(|l| l == b.pod) {
+                bail!("{peer} sent none of 4 requests to {}: {seen:?}", b.pod);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(opts: &L7Options) -> anyhow::Result<()> {
+    if !testbed::is_root() {
+        bail!("bench l7 creates network namespaces: run it as root");
+    }
+    super::catch_interrupt()?;
+    crate::setup::run()?;
+    crate::setup::debian_tools(&[("nginx", "nginx"), ("wrk", "wrk")])?;
+    println!("bench l7: building the agent and the echo backend (release)");
+    let bins = topology::build_binaries(Profile::Release)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = opts.workers.unwrap_or(cpus);
+    let load = Load {
+        threads: opts.threads.unwrap_or(u32::try_from(cpus).unwrap_or(1)),
+        connections: opts.connections,
+        duration: Duration::from_secs(opts.seconds),
+    };
+    let warmup = Load {
+        duration: Duration::from_secs(opts.warmup),
+        ..load
+    };
+
+    let topo = Topology::new("l7", &bins.echo)?;
+    let work = tempfile::Builder::new()
+        .prefix("splitter-bench-l7-")
+        .tempdir()?;
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    write_l7_manifests(&manifests, None)?;
+    let nginx_dir = work.path().join("nginx");
+    std::fs::create_dir(&nginx_dir)?;
+    let upstreams: Vec<String> = topo
+        .backends
+        .iter()
+        .map(|b| format!("{}:{ECHO_PORT}", b.addr))
+        .collect();
+    std::fs::write(
+        nginx_dir.join("nginx.conf"),
+        nginx::config(&nginx_dir, workers, PORT, &upstreams),
+    )?;
+    let setup = Setup {
+        topo: &topo,
+        splitter: &bins.splitter,
+        work: work.path(),
+        workers,
+    };
+
+    let url = format!("http://{GATEWAY}{PATH}");
+    println!(
+        "bench l7: client -> gateway :{PORT} -> 2 backends ({}), each in its own network namespace, over veth",
+        upstreams.join(", ")
+    );
+    println!(
+        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: tokio worker threads; nginx: worker_processes)"
+    );
+    println!(
+        "bench l7: wrk {} ({} s warm-up first), {} rounds, order alternating",
+        load.args(&url).join(" "),
+        opts.warmup,
+        opts.rounds
+    );
+    println!(
+        "bench l7: work dir {} (removed at exit)",
+        work.path().display()
+    );
+    println!();
+    println!(
+        "{:<8} {:<9} {:>12} {:>10} {:>7}",
+        "round", "proxy", "requests/s", "p99", "errors"
+    );
+
+    let mut results: Vec<(Peer, WrkReport)> = Vec::new();
+    for round in 0..opts.rounds {
+        let order = if round % 2 == 0 {
+            [Peer::Splitter, Peer::Nginx]
+        } else {
+            [Peer::Nginx, Peer::Splitter]
+        };
+        for peer in order {
+            interrupted()?;
+            let server = setup.start(peer)?;
+            if opts.warmup > 0 {
+                warmup.run(&topo.client, &url)?;
+            }
+            interrupted()?;
+            let report = load.run(&topo.client, &url)?;
+            interrupted()?;
+            drop(server);
+            println!("{:<8} {}", round + 1, Row(peer, &report));
+            results.push((peer, report));
+        }
+    }
+
+    let summary = |peer| {
+        let runs: Vec<&WrkReport> = results
+            .iter()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, r)| r)
+            .collect();
+        WrkReport {
+            requests_per_sec: median(runs.iter().map(|r| r.requests_per_sec)),
+            p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.p99.as_secs_f64()))),
+            errors: runs.iter().map(|r| r.errors).sum(),
+        }
+    };
+    let s = summary(Peer::Splitter);
+    let n = summary(Peer::Nginx);
+    println!("{:<8} {}", "median", Row(Peer::Splitter, &s));
+    println!("{:<8} {}", "median", Row(Peer::Nginx, &n));
+    println!();
+    println!(
+        "splitter/nginx: requests/s {:.2}x (above 1: splitter serves more), p99 {:.2}x (below 1: splitter's tail is shorter)",
+        s.requests_per_sec / n.requests_per_sec,
+        s.p99.as_secs_f64() / n.p99.as_secs_f64()
+    );
+    Ok(())
+}
+
+struct Row<'a>(Peer, &'a WrkReport);
+
+impl fmt::Display for Row<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<9} {:>12.0} {:>7.2} ms {:>7}",
+            self.0.to_string(),
+            self.1.requests_per_sec,
+            self.1.p99.as_secs_f64() * 1e3,
+            self.1.errors
+        )
+    }
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert!(median(std::iter::empty()).is_nan());
+    }
+}

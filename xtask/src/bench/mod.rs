@@ -1,0 +1,69 @@
+//! `cargo xtask bench l4 | l7 | plan`: benchmarks, not tests. They print figures and ratios
+//! against peers measured in the same run, and assert nothing about speed.
+
+mod l7;
+mod nginx;
+mod wrk;
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::bail;
+use clap::Subcommand;
+use nix::sys::signal::{SigHandler, Signal, signal};
+
+pub use l7::L7Options;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// The kernel data path against an empty XDP program and iptables DNAT (`cargo bench
+    /// --bench l4`; root).
+    L4,
+    /// The L7 proxy against nginx with the same weighted upstream, driven by wrk (root).
+    L7(L7Options),
+    /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench --bench plan`).
+    Plan,
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::L4 => cargo_bench("l4"),
+        Bench::Plan => cargo_bench("plan"),
+        Bench::L7(opts) => l7::run(&opts),
+    }
+}
+
+/// `cargo bench -p splitter --bench NAME`: the benches that live in the crate they measure.
+fn cargo_bench(name: &str) -> anyhow::Result<()> {
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["bench", "--package", "splitter", "--bench", name])
+        .status()?;
+    if !st.success() {
+        bail!("cargo bench --bench {name} failed: {st}");
+    }
+    Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns Ctrl-C into an error at the next [`interrupted`] check, so the bench unwinds through
+/// its guards (processes stopped, namespaces deleted) instead of dying with them in place.
+/// Children get the terminal's SIGINT themselves (exec resets the handler).
+fn catch_interrupt() -> anyhow::Result<()> {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { signal(Signal::SIGINT, SigHandler::Handler(on_interrupt)) }?;
+    Ok(())
+}
+
+fn interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}

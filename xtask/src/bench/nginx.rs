@@ -1,0 +1,122 @@
+//! nginx as the L7 peer: the same weighted upstream as the HTTPRoute, served the same way.
+
+use std::{path::Path, process::Stdio};
+
+use anyhow::{Context, bail};
+use testbed::NetNs;
+
+use crate::topology::TermGuard;
+
+/// nginx's equivalent of the guide's HTTPRoute: `/echo` stripped, two backends weighted 1:1,
+/// upstream connections kept alive. `workers` matches the agent's tokio worker threads so
+/// both proxies get the same parallelism. `dir` holds the pid file, logs and temp paths.
+///
+/// Beyond the brief's upstream block, three settings make nginx do the same work as the
+/// agent, no more and no less: no access log (the agent counts requests in memory and logs
+/// none), `X-Forwarded-For`/`X-Forwarded-Proto` set (the agent adds both), and no cap on
+/// requests per keep-alive connection (hyper has none; nginx's default closes client and
+/// upstream connections every 1000 requests).
+pub fn config(dir: &Path, workers: usize, port: u16, backends: &[String]) -> String {
+    let dir = dir.display();
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("        server {b} weight=1;\n"))
+        .collect();
+    format!(
+        "# Written by `cargo xtask bench l7`.
+daemon off;
+master_process on;
+# Runs in the bench's own network namespace; root keeps the temp paths below writable.
+user root;
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    keepalive_requests 4294967295;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+
+    upstream echo {{
+{servers}        keepalive 64;
+        keepalive_requests 4294967295;
+    }}
+
+    server {{
+        listen {port};
+        location /echo/ {{
+            # The trailing slash replaces the matched /echo/ by /: strip-path.
+            proxy_pass http://echo/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// Checks `conf` with `nginx -t`, then starts nginx on it in `ns`.
+pub fn start(ns: &NetNs, dir: &Path, conf: &Path) -> anyhow::Result<TermGuard> {
+    let error_log = dir.join("error.log");
+    let test = ns
+        .command("nginx")
+        .arg("-t")
+        .arg("-q")
+        .arg("-e")
+        .arg(&error_log)
+        .arg("-c")
+        .arg(conf)
+        .output()
+        .context("running nginx -t")?;
+    if !test.status.success() {
+        bail!(
+            "nginx -t rejected {}: {}",
+            conf.display(),
+            String::from_utf8_lossy(&test.stderr).trim()
+        );
+    }
+    let child = ns
+        .command("nginx")
+        // `-e` from the start: nginx opens its default error log before reading the config.
+        .arg("-e")
+        .arg(&error_log)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    Ok(TermGuard::new(child))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_the_weighted_keepalive_upstream() {
+        let c = config(
+            Path::new("/tmp/x"),
+            2,
+            80,
+            &["10.0.0.1:1027".into(), "10.0.0.2:1027".into()],
+        );
+        assert!(c.contains("worker_processes 2;"));
+        assert!(c.contains("server 10.0.0.1:1027 weight=1;\n        server 10.0.0.2:1027 weight=1;\n        keepalive 64;"));
+        assert!(c.contains("proxy_http_version 1.1;"));
+        assert!(c.contains("proxy_set_header Connection \"\";"));
+        assert!(c.contains("listen 80;"));
+        assert!(c.contains("pid /tmp/x/nginx.pid;"));
+    }
+}
