@@ -7,7 +7,9 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ParseOutcome {
-    /// IPv4 or IPv6 with a complete TCP or UDP header.
+    /// IPv4 or IPv6 with a complete TCP or UDP header, not for an L4 VIP. VIP traffic is counted
+    /// per route and backend instead (`ROUTE_STATS`, `BACKEND_STATS`): one counter update less on
+    /// the forwarding path.
     Ok = 0,
     /// The frame ended inside a header it claimed to have.
     Truncated = 1,

@@ -75,8 +75,9 @@ pub const BACKEND_ACTIVE: u8 = 1;
 /// Out of every table: serves established connections only.
 pub const BACKEND_DRAINING: u8 = 2;
 
-/// Value of `BACKENDS`, indexed by backend id.
-#[repr(C)]
+/// Value of `BACKENDS`, indexed by backend id. Aligned to 8 so the kernel compares and copies
+/// the address in two words rather than sixteen bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 16],
@@ -85,13 +86,15 @@ pub struct Backend {
     /// `BACKEND_EMPTY`, `BACKEND_ACTIVE` or `BACKEND_DRAINING`.
     pub state: u8,
     pub _pad: u8,
+    /// Explicit, so no byte of a value written to the kernel is uninitialised.
+    pub _reserved: u32,
 }
 
 pub const DIR_FORWARD: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
 /// Key of `CONNTRACK`, as the packet carries it. Forward: (client, VIP); reply: (backend, client).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -107,16 +110,29 @@ pub struct FlowKey {
 
 /// Value of `CONNTRACK`: where to rewrite to. Forward entries name the backend; reply entries
 /// name the VIP the client used.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub addr: [u8; 16],
+    /// Host byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// Forward entries: what the DNAT adds to the IPv4 header checksum (`csum::delta` of the
+    /// VIP's address words to the backend's; 0 for IPv6). Fixed for the flow's life, so the
+    /// established path does no checksum arithmetic beyond one addition.
+    pub l3_csum_delta: u16,
     pub backend_id: u32,
     pub route_id: u32,
-    pub _pad2: u32,
+    /// Forward entries: the same for the TCP/UDP checksum (addresses of the pseudo-header and
+    /// the destination port).
+    pub l4_csum_delta: u16,
+    /// `FLOW_CLOSING` once a FIN or RST was seen in either direction.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// `FlowValue::flags`: the connection began to close (TCP FIN or RST). Userspace reaps such
+/// entries after a grace period (see the agent's conntrack reaper); the kernel never deletes.
+pub const FLOW_CLOSING: u8 = 1;
 
 /// Per-route and per-backend counters (per CPU; userspace sums).
 #[repr(C)]
@@ -202,7 +218,7 @@ mod layout {
         assert_eq!(size_of::<VipValue>(), 8);
         assert_eq!(size_of::<RouteMeta>(), 16);
         assert_eq!(offset_of!(RouteMeta, active), 4);
-        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(offset_of!(Backend, state), 18);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(offset_of!(FlowKey, src_port), 32);
@@ -211,6 +227,8 @@ mod layout {
         assert_eq!(offset_of!(FlowKey, dir), 37);
         assert_eq!(size_of::<FlowValue>(), 32);
         assert_eq!(offset_of!(FlowValue, backend_id), 20);
+        assert_eq!(offset_of!(FlowValue, l4_csum_delta), 28);
+        assert_eq!(offset_of!(FlowValue, flags), 30);
         assert_eq!(size_of::<FlowStats>(), 32);
     }
 

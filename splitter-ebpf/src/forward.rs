@@ -20,13 +20,12 @@ use crate::{
 /// lookup, not two. A flow whose VIP was removed keeps its backend until it ends or is evicted,
 /// like any established connection.
 #[inline(always)]
-pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> Option<u32> {
+pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<u32> {
     let is_tcp = meta.key.proto == IPPROTO_TCP;
     let flags = meta.tcp_flags;
     let is_syn = is_tcp && flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
-    let key = &meta.key;
 
-    let (choice, route_id) = match select::tracked(key) {
+    let (choice, route_id) = match select::tracked(meta) {
         Some((Choice::Gone, route_id)) => {
             count_event(L4Event::BackendGone);
             if is_tcp && !is_syn {
@@ -53,19 +52,15 @@ pub fn on_packet(ctx: &XdpContext, meta: &PacketMeta, bytes: u64) -> Option<u32>
     };
 
     match choice {
-        Choice::Backend {
-            id,
-            backend,
-            new_flow,
-        } => {
-            if rewrite::dnat(ctx, meta, &backend.addr, backend.port).is_err() {
+        Choice::Forward { new_flow } => {
+            if rewrite::dnat(ctx, meta).is_err() {
                 return Some(reject_any(ctx, meta, route_id, bytes, is_tcp));
             }
             if new_flow {
-                select::track(meta, key, id, &backend, route_id);
+                select::track(meta);
             }
             count_route(route_id, bytes, new_flow, false);
-            count_backend(id, bytes, new_flow);
+            count_backend(meta.flow.backend_id, bytes, new_flow);
             Some(xdp_action::XDP_PASS)
         }
         Choice::Reject { no_table } => {

@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use splitter_common::ParseOutcome;
 
-/// XDP ingress on each client-facing interface: every frame is counted by parse outcome and
-/// TCP/UDP frames that are not for a VIP by destination; packets for an L4 VIP are split to a backend (DNAT, then
+/// XDP ingress on each client-facing interface: frames that are not for a VIP are counted by
+/// parse outcome and TCP/UDP ones by destination; packets for an L4 VIP are split to a backend (DNAT, then
 /// passed to the stack, which routes them) or rejected; everything else passes untouched.
 #[xdp]
 pub fn splitter_xdp(ctx: XdpContext) -> u32 {
@@ -37,11 +37,11 @@ pub fn splitter_xdp(ctx: XdpContext) -> u32 {
     let meta = unsafe { &mut *meta };
     match parse::parse_frame(&ctx, meta) {
         Ok(()) => {
-            counters::count_outcome(ParseOutcome::Ok);
             if let Some(action) = forward::on_packet(&ctx, meta, frame_len) {
                 // VIP traffic is counted per route and backend instead.
                 return action;
             }
+            counters::count_outcome(ParseOutcome::Ok);
             if !counters::count_destination(&meta.dest_key(), frame_len) {
                 counters::count_outcome(ParseOutcome::DestTableFull);
             }

@@ -7,7 +7,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use splitter_common::{
     DestKey, ParseOutcome,
     counters::{IPPROTO_TCP, IPPROTO_UDP},
-    l4::{DIR_FORWARD, FlowKey},
+    l4::{DIR_FORWARD, FlowKey, FlowValue},
 };
 
 const ETH_HDR_LEN: usize = 14;
@@ -52,6 +52,7 @@ impl Frame for TcContext {
     }
 }
 
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
@@ -74,6 +75,9 @@ pub struct PacketMeta {
     pub l3_len: u32,
     /// Offset of the TCP/UDP header from the start of the frame.
     pub l4_offset: u32,
+    /// Where this packet goes once a backend is chosen: the conntrack entry of an established
+    /// flow, copied, or the one a new flow will insert. Filled by `select`, read by `rewrite`.
+    pub flow: FlowValue,
 }
 
 #[repr(u8)]

@@ -5,10 +5,7 @@
 //! partial checksums (CHECKSUM_PARTIAL); the tests turn tx checksum offload off on the sender.
 
 use aya_ebpf::programs::XdpContext;
-use splitter_common::{
-    counters::IPPROTO_UDP,
-    csum::{replace, words4, words16},
-};
+use splitter_common::{counters::IPPROTO_UDP, csum::apply};
 
 use crate::parse::{Family, PacketMeta, bytes_at};
 
@@ -49,59 +46,42 @@ fn udp_nonzero(proto: u8, c: u16) -> u16 {
     }
 }
 
-/// Rewrites the destination address and port to `(addr, port)`. Fails (leaving the packet
-/// untouched) when the families differ: NAT46/64 is not done.
+/// Rewrites the destination to `meta.flow`'s backend, adding the flow's precomputed checksum
+/// deltas. `select` only fills `meta.flow` with a backend of the packet's own family.
 #[inline(always)]
-pub fn dnat(ctx: &XdpContext, meta: &PacketMeta, addr: &[u8; 16], port: u16) -> Result<(), ()> {
+pub fn dnat(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
+    let f = &meta.flow;
     let l4 = bytes_at(ctx, meta.l4_offset as usize, 8).map_err(|_| ())?;
     let csum_off = l4_csum_offset(meta.key.proto);
     let csum_ptr = bytes_at(ctx, meta.l4_offset as usize + csum_off, 2).map_err(|_| ())?;
+    // SAFETY (both arms): every pointer was bounds-checked by bytes_at.
     match meta.family {
         Family::V4 => {
-            if !is_v4_mapped(addr) {
-                return Err(());
-            }
             let ip = bytes_at(ctx, meta.l3_offset as usize, 20).map_err(|_| ())?;
-            let old = words4(&meta.key.dst);
-            let new = words4(addr);
-            // SAFETY: every pointer was bounds-checked by bytes_at above.
             unsafe {
-                let ip_check = read16(ip.add(10));
-                write16(ip.add(10), replace(ip_check, &old, &new));
+                write16(ip.add(10), apply(read16(ip.add(10)), f.l3_csum_delta));
                 for i in 0..4 {
-                    *ip.add(16 + i) = addr[12 + i];
+                    *ip.add(16 + i) = f.addr[12 + i];
                 }
-                let l4_check = read16(csum_ptr);
-                if !(meta.key.proto == IPPROTO_UDP && l4_check == 0) {
-                    let c = replace(
-                        l4_check,
-                        &[old[0], old[1], meta.key.dst_port],
-                        &[new[0], new[1], port],
-                    );
-                    write16(csum_ptr, udp_nonzero(meta.key.proto, c));
-                }
-                write16(l4.add(2), port);
             }
         }
         Family::V6 => {
-            if is_v4_mapped(addr) {
-                return Err(());
-            }
             let ip = bytes_at(ctx, meta.l3_offset as usize, 40).map_err(|_| ())?;
-            let old = words16(&meta.key.dst);
-            let new = words16(addr);
-            // SAFETY: every pointer was bounds-checked by bytes_at above.
             unsafe {
                 for i in 0..16 {
-                    *ip.add(24 + i) = addr[i];
+                    *ip.add(24 + i) = f.addr[i];
                 }
-                let mut c = read16(csum_ptr);
-                c = replace(c, &old, &new);
-                c = replace(c, &[meta.key.dst_port], &[port]);
-                write16(csum_ptr, udp_nonzero(meta.key.proto, c));
-                write16(l4.add(2), port);
             }
         }
+    }
+    unsafe {
+        let l4_check = read16(csum_ptr);
+        // A UDP checksum of 0 means "none": it stays none.
+        if !(meta.key.proto == IPPROTO_UDP && l4_check == 0) {
+            let c = apply(l4_check, f.l4_csum_delta);
+            write16(csum_ptr, udp_nonzero(meta.key.proto, c));
+        }
+        write16(l4.add(2), f.port);
     }
     Ok(())
 }

@@ -9,12 +9,12 @@ use aya_ebpf::{
 };
 use splitter_common::{
     counters::IPPROTO_UDP,
-    l4::{DIR_REPLY, FlowKey},
+    l4::{DIR_REPLY, FLOW_CLOSING, FlowKey},
 };
 
 use crate::{
     maps::{CONNTRACK, SCRATCH},
-    parse::{Family, parse_frame},
+    parse::{Family, TCP_FLAG_FIN, TCP_FLAG_RST, parse_frame},
     rewrite::l4_csum_offset,
 };
 
@@ -26,12 +26,19 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     parse_frame(ctx, meta).map_err(|_| ())?;
     // The reply entry is keyed by the tuple as the reply carries it: look it up in place.
     meta.key.dir = DIR_REPLY;
-    // SAFETY: copied out at once.
     // By reference: the key stays in the scratch map instead of being copied to the stack.
     let key: &FlowKey = &meta.key;
-    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
+    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
         return Ok(());
     };
+    // SAFETY: an entry of the map, alive for this program run; concurrent writers can only set
+    // the same bit.
+    let ct = unsafe { &mut *ct };
+    if meta.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && ct.flags & FLOW_CLOSING == 0 {
+        // The backend closes: the entry may be reaped once the close is over (userspace).
+        ct.flags |= FLOW_CLOSING;
+    }
+    let ct = *ct;
     let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.key.proto);
     let mangled0 = if meta.key.proto == IPPROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64

@@ -318,6 +318,16 @@ fn main() {
         eprintln!("bench l4 needs root (BPF, network namespaces)");
         std::process::exit(1);
     }
-    per_packet();
-    cps();
+    // `cargo bench --bench l4 -- per-packet` (or `cps`) runs one part; no argument runs both.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |part: &str| only.is_empty() || only.iter().any(|a| a == part);
+    if wants("per-packet") {
+        per_packet();
+    }
+    if wants("cps") {
+        cps();
+    }
 }

@@ -215,7 +215,7 @@ impl L4Actuator {
             addr: addr16(addr.ip()),
             port: addr.port(),
             state,
-            _pad: 0,
+            ..Backend::default()
         };
         self.backends.set(id, b, 0).map_err(map_err("BACKENDS"))
     }
