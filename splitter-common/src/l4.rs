@@ -95,7 +95,7 @@ pub const DIR_REPLY: u8 = 1;
 
 /// Key of `CONNTRACK`, as the packet carries it. Forward: (client, VIP); reply: (backend, client).
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -128,6 +128,37 @@ pub struct FlowValue {
     /// `FLOW_CLOSING` once a FIN or RST was seen in either direction.
     pub flags: u8,
     pub _pad: u8,
+}
+
+impl FlowKey {
+    /// The key of the other direction of the flow this entry (`self` -> `value`) belongs to:
+    /// a forward entry's reply key (backend -> client) or a reply entry's forward key
+    /// (client -> VIP). The kernel inserts both together; userspace removes both together.
+    pub fn twin(&self, value: &FlowValue) -> FlowKey {
+        if self.dir == DIR_FORWARD {
+            // (client -> VIP) to backend: the reply is (backend -> client).
+            FlowKey {
+                src: value.addr,
+                dst: self.src,
+                src_port: value.port,
+                dst_port: self.src_port,
+                proto: self.proto,
+                dir: DIR_REPLY,
+                _pad: [0; 2],
+            }
+        } else {
+            // (backend -> client) to VIP: the forward key is (client -> VIP).
+            FlowKey {
+                src: self.dst,
+                dst: value.addr,
+                src_port: self.dst_port,
+                dst_port: value.port,
+                proto: self.proto,
+                dir: DIR_FORWARD,
+                _pad: [0; 2],
+            }
+        }
+    }
 }
 
 /// `FlowValue::flags`: the connection began to close (TCP FIN or RST). Userspace reaps such
@@ -230,6 +261,39 @@ mod layout {
         assert_eq!(offset_of!(FlowValue, l4_csum_delta), 28);
         assert_eq!(offset_of!(FlowValue, flags), 30);
         assert_eq!(size_of::<FlowStats>(), 32);
+    }
+
+    #[test]
+    fn twins_pair_up_both_directions() {
+        let client = [1u8; 16];
+        let vip = [2u8; 16];
+        let backend = [3u8; 16];
+        let fwd = FlowKey {
+            src: client,
+            dst: vip,
+            src_port: 40000,
+            dst_port: 80,
+            proto: 6,
+            dir: DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let to_backend = FlowValue {
+            addr: backend,
+            port: 8080,
+            ..FlowValue::default()
+        };
+        let rev = fwd.twin(&to_backend);
+        assert_eq!((rev.src, rev.dst), (backend, client));
+        assert_eq!(
+            (rev.src_port, rev.dst_port, rev.dir),
+            (8080, 40000, DIR_REPLY)
+        );
+        let to_vip = FlowValue {
+            addr: vip,
+            port: 80,
+            ..FlowValue::default()
+        };
+        assert_eq!(rev.twin(&to_vip), fwd);
     }
 
     #[test]

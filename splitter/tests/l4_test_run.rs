@@ -9,6 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use common::{l4::*, *};
@@ -211,6 +212,95 @@ fn established_flow_stays_when_the_table_changes() {
         a,
         "draining backend keeps its established flow"
     );
+}
+
+#[test]
+fn closed_flows_of_a_draining_backend_are_reaped_and_its_id_freed() {
+    root_only!("closed_flows_of_a_draining_backend_are_reaped_and_its_id_freed");
+    let mut r = rig();
+    let (web, api) = (sa("10.0.0.100:80"), sa("10.0.0.101:80"));
+    let (a, c, b) = (
+        sa("10.1.0.1:8080"),
+        sa("10.1.0.3:8080"),
+        sa("10.1.0.2:8080"),
+    );
+    let (c1, c2, c3) = (
+        sa("192.0.2.40:43000"),
+        sa("192.0.2.40:43001"),
+        sa("192.0.2.40:43002"),
+    );
+    r.act
+        .apply(&[
+            route("web", &[(web, L4Proto::Tcp)], vec![Some(a); 7]),
+            route("api", &[(api, L4Proto::Tcp)], vec![Some(c); 7]),
+        ])
+        .expect("apply a, c");
+    for (client, vip, backend) in [(c1, web, a), (c2, web, a), (c3, api, c)] {
+        let v = xdp(&mut r.obj, &frame(client, vip, Seg::Syn, &[]));
+        assert_eq!(inspect(&v.out).dst, backend);
+    }
+    let (a_id, c_id) = (r.act.backend_id(a), r.act.backend_id(c));
+    assert!(a_id.is_some() && c_id.is_some());
+
+    // Both routes move to b: a and c drain, their flows still tracked.
+    r.act
+        .apply(&[
+            route("web", &[(web, L4Proto::Tcp)], vec![Some(b); 7]),
+            route("api", &[(api, L4Proto::Tcp)], vec![Some(b); 7]),
+        ])
+        .expect("apply b");
+    let grace = Duration::from_secs(120);
+    let t0 = Instant::now();
+    let s = r.act.sweep(t0, grace).expect("sweep");
+    assert_eq!((s.flows_reaped, s.backends_freed, s.draining), (0, 0, 2));
+
+    // c1's client closes (FIN through XDP), c2's backend closes (FIN through TC); c3 stays open.
+    let v = xdp(&mut r.obj, &frame(c1, web, Seg::Fin, &[]));
+    assert_eq!(inspect(&v.out).dst, a, "a FIN still reaches its backend");
+    let v = tc(&mut r.obj, &frame(a, c2, Seg::Fin, &[]));
+    assert_eq!(
+        inspect(&v.out).src,
+        web,
+        "the backend's FIN leaves as the VIP"
+    );
+    let s = r
+        .act
+        .sweep(t0 + Duration::from_secs(1), grace)
+        .expect("sweep");
+    assert_eq!(
+        (s.flows_reaped, s.backends_freed),
+        (0, 0),
+        "closing flows keep their entries through the grace"
+    );
+    let v = xdp(&mut r.obj, &frame(c1, web, Seg::Ack, &[]));
+    assert_eq!(inspect(&v.out).dst, a, "the last ACK still finds the flow");
+
+    let s = r
+        .act
+        .sweep(t0 + Duration::from_secs(1) + grace, grace)
+        .expect("sweep");
+    assert_eq!(
+        (s.flows_reaped, s.backends_freed, s.draining),
+        (2, 1, 1),
+        "a's two closed flows reaped and a freed; c keeps its open flow"
+    );
+    assert_eq!(r.act.backend_id(a), None);
+    assert_eq!(r.act.backend_id(c), c_id);
+    let v = xdp(&mut r.obj, &frame(c3, api, Seg::Ack, b"still"));
+    assert_eq!(
+        inspect(&v.out).dst,
+        c,
+        "the open flow to the draining backend is kept"
+    );
+    // a's id is free: the next backend takes it.
+    let d = sa("10.1.0.4:8080");
+    r.act
+        .apply(&[
+            route("web", &[(web, L4Proto::Tcp)], vec![Some(b); 7]),
+            route("api", &[(api, L4Proto::Tcp)], vec![Some(d); 7]),
+        ])
+        .expect("apply d");
+    assert_eq!(r.act.backend_id(d), a_id, "the freed id is reused");
 }
 
 #[test]

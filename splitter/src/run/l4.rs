@@ -5,6 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
@@ -120,33 +121,79 @@ impl L4Runner {
         })
     }
 
-    /// Programs the kernel for every plan until the plan channel closes.
+    /// Programs the kernel for every plan until the plan channel closes, and sweeps conntrack
+    /// every `SWEEP_EVERY` so draining backends' ids come back (see [`L4Actuator::sweep`]).
     pub async fn follow(self, mut plans: watch::Receiver<Option<Arc<Plan>>>) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A plan already there when we start is applied first, without waiting for a change.
+        let first = plans.borrow_and_update().clone();
+        if let Some(plan) = first {
+            self.apply(&plan).await;
+        }
         loop {
-            let plan = plans.borrow_and_update().clone();
-            if let Some(plan) = plan {
-                let addrs = match iface_addresses(&self.ifaces) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::error!("reading interface addresses: {e}");
-                        Vec::new()
+            tokio::select! {
+                changed = plans.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                };
-                let programs = l4_programs(&plan, &addrs);
-                let actuator = self.actuator.clone();
-                let applied = tokio::task::spawn_blocking(move || {
-                    actuator.lock().expect("actuator lock").apply(&programs)
-                })
-                .await;
-                match applied {
-                    Ok(Ok(report)) => tracing::info!(?report, "L4 programmed"),
-                    Ok(Err(e)) => tracing::error!("programming L4 maps: {e}"),
-                    Err(e) => tracing::error!("L4 apply task: {e}"),
+                }
+                _ = sweep.tick() => {
+                    self.sweep().await;
+                    continue;
                 }
             }
-            if plans.changed().await.is_err() {
-                return;
+            let plan = plans.borrow_and_update().clone();
+            if let Some(plan) = plan {
+                self.apply(&plan).await;
             }
         }
     }
+
+    async fn apply(&self, plan: &Plan) {
+        let addrs = match iface_addresses(&self.ifaces) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("reading interface addresses: {e}");
+                Vec::new()
+            }
+        };
+        let programs = l4_programs(plan, &addrs);
+        let actuator = self.actuator.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            actuator.lock().expect("actuator lock").apply(&programs)
+        })
+        .await;
+        match applied {
+            Ok(Ok(report)) => tracing::info!(?report, "L4 programmed"),
+            Ok(Err(e)) => tracing::error!("programming L4 maps: {e}"),
+            Err(e) => tracing::error!("L4 apply task: {e}"),
+        }
+    }
+
+    async fn sweep(&self) {
+        let actuator = self.actuator.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            actuator
+                .lock()
+                .expect("actuator lock")
+                .sweep(Instant::now(), CLOSE_GRACE)
+        })
+        .await;
+        match swept {
+            Ok(Ok(r)) if r.flows_reaped > 0 || r.backends_freed > 0 => {
+                tracing::info!(?r, "conntrack swept")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("sweeping conntrack: {e}"),
+            Err(e) => tracing::error!("L4 sweep task: {e}"),
+        }
+    }
 }
+
+/// How often conntrack is swept. The sweep walks the whole map only while some backend drains.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a flow to a draining backend stays after its FIN or RST: as long as Linux keeps a
+/// closing connection (TIME_WAIT, FIN_WAIT), so the last ACKs and retransmissions still find it.
+const CLOSE_GRACE: Duration = Duration::from_secs(120);

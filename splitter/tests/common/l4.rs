@@ -18,6 +18,8 @@ pub const XDP_TX: u32 = 3;
 pub enum Seg {
     Syn,
     Ack,
+    /// FIN with ACK: one side closes.
+    Fin,
     Udp,
 }
 
@@ -38,6 +40,11 @@ pub fn frame(src: SocketAddr, dst: SocketAddr, seg: Seg, payload: &[u8]) -> Vec<
         Seg::Ack => ip
             .tcp(src.port(), dst.port(), 1001, 64240)
             .ack(5000)
+            .write(&mut out, payload),
+        Seg::Fin => ip
+            .tcp(src.port(), dst.port(), 1001, 64240)
+            .ack(5000)
+            .fin()
             .write(&mut out, payload),
         Seg::Udp => ip.udp(src.port(), dst.port()).write(&mut out, payload),
     }

@@ -8,12 +8,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use splitter_common::l4::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_EMPTY, Backend, FlowKey, FlowValue, MAX_BACKENDS,
-    MAX_ROUTES, MAX_TABLE_SIZE, REJECT, RouteMeta, VipKey, VipValue, table_index,
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_EMPTY, Backend, DIR_FORWARD, FLOW_CLOSING, FlowKey,
+    FlowValue, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, REJECT, RouteMeta, VipKey, VipValue,
+    table_index,
 };
 
 use super::KernelObject;
@@ -91,6 +93,56 @@ pub fn vip_key(addr: SocketAddr, proto: L4Proto) -> VipKey {
     }
 }
 
+/// What one [`L4Actuator::sweep`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Closed flows to draining backends removed from conntrack (both directions each).
+    pub flows_reaped: usize,
+    /// Draining backend ids freed for reuse.
+    pub backends_freed: usize,
+    /// Backend ids still draining after the sweep.
+    pub draining: usize,
+}
+
+/// When each closing flow was first seen closing. Conntrack entries carry no clock (a timestamp
+/// per packet would cost the established path), so a flow's closing age counts from the sweep
+/// that first saw its flag.
+#[derive(Debug, Default)]
+pub struct ClosingAges {
+    first_seen: BTreeMap<FlowKey, Instant>,
+}
+
+impl ClosingAges {
+    /// Records the flows closing `now`, forgets the ones no longer seen (evicted or gone), and
+    /// returns those closing for at least `grace`.
+    pub fn update(
+        &mut self,
+        closing: impl IntoIterator<Item = FlowKey>,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<FlowKey> {
+        let mut next = BTreeMap::new();
+        for k in closing {
+            let since = self.first_seen.get(&k).copied().unwrap_or(now);
+            next.insert(k, since);
+        }
+        self.first_seen = next;
+        self.first_seen
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    pub fn forget(&mut self, k: &FlowKey) {
+        self.first_seen.remove(k);
+    }
+
+    pub fn clear(&mut self) {
+        self.first_seen.clear();
+    }
+}
+
 /// What one `apply` changed, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -106,6 +158,8 @@ pub struct L4Actuator {
     routes: Array<MapData, RouteMeta>,
     tables: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
+    conntrack: HashMap<MapData, FlowKey, FlowValue>,
+    closing: ClosingAges,
     route_ids: BTreeMap<String, u32>,
     backend_ids: BTreeMap<SocketAddr, u32>,
     draining: BTreeSet<u32>,
@@ -118,7 +172,7 @@ impl L4Actuator {
     /// in pinned maps is adopted: routes, backends and VIPs already there are read back so a
     /// restarted agent publishes into the right halves and keeps backend ids stable.
     pub fn new(obj: &mut KernelObject) -> Result<Self, L4ApplyError> {
-        use splitter_common::l4::{BACKENDS, ROUTES, TABLES, VIPS};
+        use splitter_common::l4::{BACKENDS, CONNTRACK, ROUTES, TABLES, VIPS};
         let mut take = |name: &'static str| {
             obj.ebpf
                 .take_map(name)
@@ -128,11 +182,14 @@ impl L4Actuator {
         let routes = Array::try_from(take(ROUTES)?).map_err(map_err(ROUTES))?;
         let tables = Array::try_from(take(TABLES)?).map_err(map_err(TABLES))?;
         let backends = Array::try_from(take(BACKENDS)?).map_err(map_err(BACKENDS))?;
+        let conntrack = HashMap::try_from(take(CONNTRACK)?).map_err(map_err(CONNTRACK))?;
         let mut act = L4Actuator {
             vips,
             routes,
             tables,
             backends,
+            conntrack,
+            closing: ClosingAges::default(),
             route_ids: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
             draining: BTreeSet::new(),
@@ -374,19 +431,58 @@ impl L4Actuator {
             .map_err(map_err("ROUTES"))
     }
 
-    /// Frees draining backends that no conntrack entry names any more (their flows ended or were
-    /// evicted). Returns how many were freed.
-    pub fn reclaim_drained(
-        &mut self,
-        conntrack: &HashMap<&MapData, FlowKey, FlowValue>,
-    ) -> Result<usize, L4ApplyError> {
+    /// Reaps what draining backends leave behind, then frees their ids.
+    ///
+    /// A flow to a draining backend whose entries carry `FLOW_CLOSING` (a FIN or RST went
+    /// through) and have done so for `grace` is removed in both directions; a draining backend
+    /// that no entry names any more is freed, so its id can be reused. Flows to active backends
+    /// are left to the LRU, and so are draining flows that never close (idle clients, UDP): those
+    /// keep their backend's id until evicted, which is what keeps them working.
+    pub fn sweep(&mut self, now: Instant, grace: Duration) -> Result<SweepReport, L4ApplyError> {
+        let mut report = SweepReport::default();
         if self.draining.is_empty() {
-            return Ok(0);
+            self.closing.clear();
+            return Ok(report);
         }
         let mut referenced = HashSet::new();
-        for entry in conntrack.iter() {
-            let (_, v) = entry.map_err(map_err("CONNTRACK"))?;
-            referenced.insert(v.backend_id);
+        // Per flow (by forward key): closing in either direction, and both keys.
+        let mut flows: BTreeMap<FlowKey, (bool, FlowKey, u32)> = BTreeMap::new();
+        for entry in self.conntrack.iter() {
+            let (k, v) = entry.map_err(map_err("CONNTRACK"))?;
+            if !self.draining.contains(&v.backend_id) {
+                referenced.insert(v.backend_id);
+                continue;
+            }
+            let (fwd, rev) = if k.dir == DIR_FORWARD {
+                (k, k.twin(&v))
+            } else {
+                (k.twin(&v), k)
+            };
+            let flow = flows.entry(fwd).or_insert((false, rev, v.backend_id));
+            flow.0 |= v.flags & FLOW_CLOSING != 0;
+        }
+        let closing = flows.iter().filter(|(_, f)| f.0).map(|(k, _)| *k);
+        let due: BTreeSet<FlowKey> = self
+            .closing
+            .update(closing, now, grace)
+            .into_iter()
+            .collect();
+        for (fwd, (_, rev, backend_id)) in &flows {
+            if !due.contains(fwd) {
+                referenced.insert(*backend_id);
+                continue;
+            }
+            for k in [fwd, rev] {
+                match self.conntrack.remove(k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    // The LRU may have evicted it since the scan.
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(map_err("CONNTRACK")(e)),
+                }
+            }
+            self.closing.forget(fwd);
+            report.flows_reaped += 1;
         }
         let free: Vec<u32> = self
             .draining
@@ -401,6 +497,42 @@ impl L4Actuator {
             self.draining.remove(id);
             self.backend_ids.retain(|_, v| v != id);
         }
-        Ok(free.len())
+        report.backends_freed = free.len();
+        report.draining = self.draining.len();
+        Ok(report)
+    }
+
+    /// Backend ids currently draining.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_port: port,
+            ..FlowKey::default()
+        }
+    }
+
+    #[test]
+    fn closing_flows_are_due_only_after_the_grace_and_forgotten_when_gone() {
+        let grace = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut ages = ClosingAges::default();
+        assert!(ages.update([key(1)], t0, grace).is_empty());
+        // Seen again later: the age counts from the first sighting.
+        let t1 = t0 + Duration::from_secs(30);
+        assert!(ages.update([key(1), key(2)], t1, grace).is_empty());
+        let t2 = t0 + Duration::from_secs(60);
+        assert_eq!(ages.update([key(1), key(2)], t2, grace), vec![key(1)]);
+        // key(1) vanished (evicted) and comes back: a new first sighting.
+        let t3 = t0 + Duration::from_secs(90);
+        assert_eq!(ages.update([key(2)], t3, grace), vec![key(2)]);
+        assert!(ages.update([key(1)], t3, grace).is_empty());
     }
 }
