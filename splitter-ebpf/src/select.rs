@@ -31,7 +31,9 @@ pub enum Choice {
 /// flow. A FIN or RST marks the entry closing, which is what lets userspace reap it later.
 #[inline(always)]
 pub fn tracked(meta: &mut PacketMeta) -> Option<(Choice, u32)> {
-    let ct = CONNTRACK.get_ptr_mut(&meta.key)?;
+    // By reference: the key stays in the scratch map instead of being copied to the stack.
+    let key: &FlowKey = &meta.key;
+    let ct = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: an entry of the map, alive for this program run; other CPUs may write `flags`
     // concurrently, and both can only set the same bit.
     let ct = unsafe { &mut *ct };
@@ -148,6 +150,7 @@ pub fn track(meta: &PacketMeta) {
     };
     // A full LRU evicts the least recent flow; an insert failure leaves the flow untracked and it
     // is re-selected (same slot, same backend while the table is unchanged) on its next packet.
-    let _ = CONNTRACK.insert(&meta.key, f, 0);
+    let key: &FlowKey = &meta.key;
+    let _ = CONNTRACK.insert(key, f, 0);
     let _ = CONNTRACK.insert(reply_key, reply, 0);
 }
