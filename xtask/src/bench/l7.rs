@@ -8,9 +8,10 @@
 //! path match, so it is served by the proxy, and the kernel programs would only pass its
 //! packets (nginx gets no such programs either).
 //!
-//! Both proxies get the same parallelism: the agent's tokio runtime is given as many worker
-//! threads (`TOKIO_WORKER_THREADS`) as nginx gets worker processes, the machine's CPUs by
-//! default. Rounds interleave the two proxies and alternate which goes first, so drift in the
+//! Both proxies get the same parallelism: the agent gets as many proxy worker threads
+//! (`--proxy-workers`) as nginx gets worker processes, the machine's CPUs by default. Each side
+//! also has a mostly idle supervisor: nginx its master process, the agent its control-plane
+//! runtime (file watcher, admin endpoint, accept loop). Rounds interleave the two proxies and alternate which goes first, so drift in the
 //! machine's load (builds, other benches) lands on both; the summary is the median per proxy.
 
 use std::{fmt, path::Path, time::Duration};
@@ -44,8 +45,8 @@ pub struct L7Options {
     /// wrk threads (default: the machine's CPUs).
     #[arg(long)]
     threads: Option<u32>,
-    /// Proxy parallelism: agent worker threads and nginx worker processes (default: the
-    /// machine's CPUs, which is what tokio picks when not told).
+    /// Proxy parallelism: agent proxy worker threads and nginx worker processes (default: the
+    /// machine's CPUs, which is also the agent's own default).
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -85,7 +86,7 @@ impl Setup<'_> {
                     &self.work.join("manifests"),
                     &self.work.join("agent.log"),
                 )?
-                .env("TOKIO_WORKER_THREADS", self.workers.to_string())
+                .args(["--proxy-workers", &self.workers.to_string()])
                 .spawn()
                 .context("starting the agent")?;
                 TermGuard::new(child)
@@ -168,7 +169,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         upstreams.join(", ")
     );
     println!(
-        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: tokio worker threads; nginx: worker_processes)"
+        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: --proxy-workers; nginx: worker_processes)"
     );
     println!(
         "bench l7: wrk {} ({} s warm-up first), {} rounds, order alternating",
