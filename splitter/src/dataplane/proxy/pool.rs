@@ -94,3 +94,79 @@ pub async fn sweep_every(every: Duration, idle_timeout: Duration) {
         sweep(idle_timeout);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hyper::client::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    /// A backend that accepts connections and holds them open without a word, and a way to
+    /// make HTTP/1.1 connections to it.
+    async fn silent_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TcpStream>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let _ = tx.send(s);
+            }
+        });
+        (addr, rx)
+    }
+
+    async fn connect(addr: SocketAddr) -> SendRequest<Incoming> {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (sender, conn) = http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_max_idle_and_hands_them_out_once() {
+        let (addr, _held) = silent_backend().await;
+        checkin(addr, connect(addr).await, 2);
+        checkin(addr, connect(addr).await, 2);
+        checkin(addr, connect(addr).await, 2);
+        assert_eq!(idle_count(addr), 2, "the third is closed, not kept");
+        assert!(checkout(addr, LONG).is_some());
+        assert!(checkout(addr, LONG).is_some());
+        assert!(checkout(addr, LONG).is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_and_closed_connections_are_not_handed_out() {
+        let (addr, mut held) = silent_backend().await;
+        checkin(addr, connect(addr).await, 8);
+        assert!(
+            checkout(addr, Duration::ZERO).is_none(),
+            "idle past the timeout"
+        );
+        assert_eq!(idle_count(addr), 0, "and closed on the way");
+
+        checkin(addr, connect(addr).await, 8);
+        // The backend closes it while idle.
+        drop(held.recv().await.unwrap());
+        drop(held.recv().await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while IDLE.with_borrow(|p| p.by_endpoint[&addr].iter().any(|c| !c.sender.is_closed())) {
+            assert!(Instant::now() < deadline, "the close was never noticed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(checkout(addr, LONG).is_none());
+    }
+
+    #[tokio::test]
+    async fn sweep_forgets_stale_endpoints() {
+        let (addr, _held) = silent_backend().await;
+        checkin(addr, connect(addr).await, 8);
+        sweep(LONG);
+        assert_eq!(idle_count(addr), 1);
+        sweep(Duration::ZERO);
+        assert!(IDLE.with_borrow(|p| !p.by_endpoint.contains_key(&addr)));
+    }
+}
