@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{
     error::ForwardError,
-    metrics::{ProxyMetrics, RequestLabels, RouteLabels},
+    metrics::ProxyMetrics,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{Upstream, add_forwarded, default_host, strip_hop_by_hop, upstream_uri},
@@ -252,22 +252,11 @@ fn record(
     status: StatusCode,
     start: Instant,
 ) {
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            listener: shared.listener.clone(),
-            route: route.clone(),
-            backend: backend.clone(),
-            status: status.as_u16(),
-        })
-        .inc();
-    shared
-        .metrics
-        .latency
-        .get_or_create(&RouteLabels {
-            listener: shared.listener.clone(),
-            route: route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
+    shared.metrics.record(
+        &shared.listener,
+        route,
+        backend,
+        status.as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
 }
