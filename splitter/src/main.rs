@@ -82,6 +82,10 @@ enum Command {
         gateway_class: String,
         #[arg(long, value_enum, default_value_t = ebpf::XdpAttachMode::Auto)]
         xdp_mode: ebpf::XdpAttachMode,
+        /// L7 proxy worker threads, each serving its connections by itself (default: one per
+        /// CPU). The control plane runs on a separate runtime (`TOKIO_WORKER_THREADS`).
+        #[arg(long, env = "SPLITTER_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+        proxy_workers: Option<u16>,
     },
     /// Remove the pinned XDP/TC attachments from each --iface (the agent leaves them in place
     /// on exit so that connections survive restarts).
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
             admin,
             gateway_class,
             xdp_mode,
+            proxy_workers,
         } => {
             let source = if kube {
                 splitter::run::Source::Kube(splitter::run::KubeOptions {
@@ -174,6 +179,7 @@ fn main() -> ExitCode {
                 gateway_class,
                 xdp_mode,
                 poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
+                proxy_workers: proxy_workers.map(usize::from),
             };
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

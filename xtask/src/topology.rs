@@ -230,6 +230,10 @@ impl TermGuard {
         Self(child)
     }
 
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Fails when the process has already exited (it could not start, e.g. the port is taken).
     pub fn check_running(&mut self, what: &str) -> anyhow::Result<()> {
         if let Some(st) = self.0.try_wait()? {

@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub gateway_class: String,
     pub xdp_mode: XdpAttachMode,
     pub poll_interval: Duration,
+    /// L7 proxy worker threads; `None` for one per CPU.
+    pub proxy_workers: Option<usize>,
 }
 
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
@@ -87,7 +89,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let agent = AgentConfig {
         admin: opts.admin,
-        proxy: ProxyConfig::default(),
+        proxy: ProxyConfig {
+            workers: opts
+                .proxy_workers
+                .unwrap_or_else(crate::dataplane::proxy::default_workers),
+            ..ProxyConfig::default()
+        },
     };
     let shutdown = async {
         if let Err(e) = crate::signal::terminated().await {

@@ -8,9 +8,10 @@
 //! path match, so it is served by the proxy, and the kernel programs would only pass its
 //! packets (nginx gets no such programs either).
 //!
-//! Both proxies get the same parallelism: the agent's tokio runtime is given as many worker
-//! threads (`TOKIO_WORKER_THREADS`) as nginx gets worker processes, the machine's CPUs by
-//! default. Rounds interleave the two proxies and alternate which goes first, so drift in the
+//! Both proxies get the same parallelism: the agent gets as many proxy worker threads
+//! (`--proxy-workers`) as nginx gets worker processes, the machine's CPUs by default. Each side
+//! also has a mostly idle supervisor: nginx its master process, the agent its control-plane
+//! runtime (file watcher, admin endpoint, accept loop). Rounds interleave the two proxies and alternate which goes first, so drift in the
 //! machine's load (builds, other benches) lands on both; the summary is the median per proxy.
 
 use std::{fmt, path::Path, time::Duration};
@@ -19,7 +20,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::{
-    interrupted, nginx,
+    cpu, interrupted, nginx,
     wrk::{Load, WrkReport},
 };
 use crate::topology::{self, ECHO_PORT, GATEWAY, Profile, TermGuard, Topology, write_l7_manifests};
@@ -44,8 +45,8 @@ pub struct L7Options {
     /// wrk threads (default: the machine's CPUs).
     #[arg(long)]
     threads: Option<u32>,
-    /// Proxy parallelism: agent worker threads and nginx worker processes (default: the
-    /// machine's CPUs, which is what tokio picks when not told).
+    /// Proxy parallelism: agent proxy worker threads and nginx worker processes (default: the
+    /// machine's CPUs, which is also the agent's own default).
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -85,7 +86,7 @@ impl Setup<'_> {
                     &self.work.join("manifests"),
                     &self.work.join("agent.log"),
                 )?
-                .env("TOKIO_WORKER_THREADS", self.workers.to_string())
+                .args(["--proxy-workers", &self.workers.to_string()])
                 .spawn()
                 .context("starting the agent")?;
                 TermGuard::new(child)
@@ -168,7 +169,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         upstreams.join(", ")
     );
     println!(
-        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: tokio worker threads; nginx: worker_processes)"
+        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: --proxy-workers; nginx: worker_processes)"
     );
     println!(
         "bench l7: wrk {} ({} s warm-up first), {} rounds, order alternating",
@@ -182,11 +183,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<8} {:<9} {:>12} {:>10} {:>7}",
-        "round", "proxy", "requests/s", "p99", "errors"
+        "{:<8} {:<9} {:>12} {:>10} {:>7} {:>13}",
+        "round", "proxy", "requests/s", "p99", "errors", "CPU µs/req"
     );
 
-    let mut results: Vec<(Peer, WrkReport)> = Vec::new();
+    let mut results: Vec<(Peer, Measured)> = Vec::new();
     for round in 0..opts.rounds {
         let order = if round % 2 == 0 {
             [Peer::Splitter, Peer::Nginx]
@@ -200,24 +201,34 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
                 warmup.run(&topo.client, &url)?;
             }
             interrupted()?;
-            let report = load.run(&topo.client, &url)?;
+            let cpu_before = cpu::process_tree(server.id());
+            let wrk = load.run(&topo.client, &url)?;
+            let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
             interrupted()?;
             drop(server);
-            println!("{:<8} {}", round + 1, Row(peer, &report));
-            results.push((peer, report));
+            let served = wrk.requests_per_sec * load.duration.as_secs_f64();
+            let m = Measured {
+                wrk,
+                cpu_per_request: cpu.as_secs_f64() / served.max(1.0),
+            };
+            println!("{:<8} {}", round + 1, Row(peer, &m));
+            results.push((peer, m));
         }
     }
 
     let summary = |peer| {
-        let runs: Vec<&WrkReport> = results
+        let runs: Vec<&Measured> = results
             .iter()
             .filter(|(p, _)| *p == peer)
             .map(|(_, r)| r)
             .collect();
-        WrkReport {
-            requests_per_sec: median(runs.iter().map(|r| r.requests_per_sec)),
-            p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.p99.as_secs_f64()))),
-            errors: runs.iter().map(|r| r.errors).sum(),
+        Measured {
+            wrk: WrkReport {
+                requests_per_sec: median(runs.iter().map(|r| r.wrk.requests_per_sec)),
+                p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.wrk.p99.as_secs_f64()))),
+                errors: runs.iter().map(|r| r.wrk.errors).sum(),
+            },
+            cpu_per_request: median(runs.iter().map(|r| r.cpu_per_request)),
         }
     };
     let s = summary(Peer::Splitter);
@@ -226,24 +237,36 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     println!("{:<8} {}", "median", Row(Peer::Nginx, &n));
     println!();
     println!(
-        "splitter/nginx: requests/s {:.2}x (above 1: splitter serves more), p99 {:.2}x (below 1: splitter's tail is shorter)",
-        s.requests_per_sec / n.requests_per_sec,
-        s.p99.as_secs_f64() / n.p99.as_secs_f64()
+        "splitter/nginx: requests/s {:.2}x (above 1: splitter serves more), p99 {:.2}x (below 1: splitter's tail is shorter), CPU per request {:.2}x (below 1: splitter is cheaper)",
+        s.wrk.requests_per_sec / n.wrk.requests_per_sec,
+        s.wrk.p99.as_secs_f64() / n.wrk.p99.as_secs_f64(),
+        s.cpu_per_request / n.cpu_per_request
     );
     Ok(())
 }
 
-struct Row<'a>(Peer, &'a WrkReport);
+/// One proxy's run: wrk's view, and the proxy's own CPU time (every thread or process of it,
+/// user and system) per request served. The proxy shares the machine with the client, the
+/// backends and whatever else runs, so requests/s moves with that load; the CPU cost per
+/// request moves much less, and says which proxy does the same work cheaper.
+struct Measured {
+    wrk: WrkReport,
+    cpu_per_request: f64,
+}
+
+struct Row<'a>(Peer, &'a Measured);
 
 impl fmt::Display for Row<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = &self.1.wrk;
         write!(
             f,
-            "{:<9} {:>12.0} {:>7.2} ms {:>7}",
+            "{:<9} {:>12.0} {:>7.2} ms {:>7} {:>13.1}",
             self.0.to_string(),
-            self.1.requests_per_sec,
-            self.1.p99.as_secs_f64() * 1e3,
-            self.1.errors
+            w.requests_per_sec,
+            w.p99.as_secs_f64() * 1e3,
+            w.errors,
+            self.1.cpu_per_request * 1e6
         )
     }
 }

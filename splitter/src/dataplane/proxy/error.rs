@@ -1,7 +1,7 @@
 //! Errors of the L7 proxy, one enum per layer: starting a listener, compiling a route, and
 //! serving one request.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, time::Duration};
 
 use http::StatusCode;
 
@@ -16,6 +16,8 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the proxy worker threads: {0}")]
+    Workers(#[source] io::Error),
 }
 
 impl ProxyError {
@@ -24,6 +26,7 @@ impl ProxyError {
     pub fn is_unsupported_family(&self) -> bool {
         match self {
             Self::Bind { source, .. } => source.raw_os_error() == Some(libc::EAFNOSUPPORT),
+            Self::Workers(_) => false,
         }
     }
 }
@@ -52,6 +55,26 @@ pub enum RouteError {
     RewrittenPath(String),
 }
 
+/// One exchange with a backend that did not produce a response head.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connect: no answer within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("HTTP/1.1 handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("{0}")]
+    Exchange(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// No connection was ever established: nothing of the request reached the backend.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, Self::Exchange(_))
+    }
+}
+
 /// Why a request was answered by the proxy instead of a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -72,13 +95,13 @@ pub enum ForwardError {
     Connect {
         endpoint: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     #[error("upstream {endpoint} failed: {source}")]
     Upstream {
         endpoint: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     #[error("upstream {0} switched protocols without being asked to")]
     UnaskedUpgrade(String),

@@ -11,10 +11,10 @@ use tokio::time::Instant;
 
 use super::{
     error::ForwardError,
-    metrics::{ProxyMetrics, RequestLabels, RouteLabels},
-    table::{Pick, ServingRoute, ServingTable},
+    metrics::ProxyMetrics,
+    table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
-    upstream::{Upstream, add_forwarded, strip_hop_by_hop, upstream_uri},
+    upstream::{Upstream, add_forwarded, default_host, strip_hop_by_hop, upstream_uri},
 };
 use crate::plan::l7_match::{RequestView, strip_port};
 
@@ -121,8 +121,8 @@ async fn dispatch(
             ForwardError::NoEndpoints(b.name.to_string()),
             b.name.clone(),
         )),
-        Pick::Endpoint { backend, authority } => {
-            match forward(shared, route, peer, req, authority, start).await {
+        Pick::Endpoint { backend, endpoint } => {
+            match forward(shared, route, peer, req, endpoint, start).await {
                 Ok(resp) => Ok((resp, backend.name.clone())),
                 Err(e) => Err((e, backend.name.clone())),
             }
@@ -135,9 +135,10 @@ async fn forward(
     route: &ServingRoute,
     peer: SocketAddr,
     mut req: Request<Incoming>,
-    authority: &http::uri::Authority,
+    endpoint: &ServingEndpoint,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ForwardError> {
+    let authority = &endpoint.authority;
     let upgrade = requested_upgrade(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -174,8 +175,9 @@ async fn forward(
     for edits in &route.filters.request_headers {
         edits.apply(&mut parts.headers);
     }
+    default_host(&mut parts.headers, authority);
     add_forwarded(&mut parts.headers, peer.ip());
-    parts.uri = upstream_uri(authority, path_and_query);
+    parts.uri = upstream_uri(path_and_query);
     parts.version = Version::HTTP_11;
 
     // The two HTTPRoute timeouts collapse into one deadline: with no retries, one backend try
@@ -186,7 +188,9 @@ async fn forward(
         .flatten()
         .min()
         .map(|d| start + d);
-    let sent = shared.upstream.send(Request::from_parts(parts, body));
+    let sent = shared
+        .upstream
+        .send(endpoint.addr, Request::from_parts(parts, body));
     let result = match deadline {
         Some(at) => match tokio::time::timeout_at(at, sent).await {
             Ok(r) => r,
@@ -248,22 +252,11 @@ fn record(
     status: StatusCode,
     start: Instant,
 ) {
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            listener: shared.listener.clone(),
-            route: route.clone(),
-            backend: backend.clone(),
-            status: status.as_u16(),
-        })
-        .inc();
-    shared
-        .metrics
-        .latency
-        .get_or_create(&RouteLabels {
-            listener: shared.listener.clone(),
-            route: route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
+    shared.metrics.record(
+        &shared.listener,
+        route,
+        backend,
+        status.as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
 }

@@ -1,7 +1,14 @@
 //! Prometheus metrics of the L7 proxy. Label values are `Arc<str>` built when a table is
 //! installed, so recording a request clones pointers instead of formatting strings.
 
-use std::sync::Arc;
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -48,6 +55,45 @@ pub struct ProxyMetrics {
     pub(crate) open_connections: Family<ListenerLabels, Gauge>,
     pub(crate) rejected_connections: Family<ListenerLabels, Counter>,
     pub(crate) table_installs: Family<ListenerLabels, Counter>,
+    /// Tells apart the families of different `ProxyMetrics` in the per-thread handle cache
+    /// (clones share it, as they share the families).
+    id: usize,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// The address of a label, which names it for as long as the cache entry holds it.
+fn addr(label: &Arc<str>) -> usize {
+    Arc::as_ptr(label).cast::<u8>() as usize
+}
+
+/// A request counter and the label values its key points at (kept alive, so that no other
+/// label can take their addresses while the entry exists).
+struct CachedCounter {
+    counter: Counter,
+    _labels: [Arc<str>; 3],
+}
+
+struct CachedHistogram {
+    histogram: Histogram,
+    _labels: [Arc<str>; 2],
+}
+
+/// This thread's handles into the families, by metrics id and label addresses. Looking a
+/// family up by label values takes its lock, hashes the label strings and clones the label
+/// `Arc`s (shared counters that every worker thread would write to); a hit here does none of
+/// that. Label values are built once per table install, so the set of keys is small; it is
+/// emptied if old tables' labels ever pile up.
+#[derive(Default)]
+struct HandleCache {
+    requests: HashMap<(usize, usize, usize, usize, u16), CachedCounter>,
+    latency: HashMap<(usize, usize, usize), CachedHistogram>,
+}
+
+const HANDLE_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    static HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache::default());
 }
 
 impl Default for ProxyMetrics {
@@ -58,6 +104,7 @@ impl Default for ProxyMetrics {
             open_connections: Family::default(),
             rejected_connections: Family::default(),
             table_installs: Family::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
@@ -93,8 +140,89 @@ impl ProxyMetrics {
         );
     }
 
+    /// Counts one answered request and observes its latency (seconds from request received
+    /// to response headers ready).
+    pub(crate) fn record(
+        &self,
+        listener: &Arc<str>,
+        route: &Arc<str>,
+        backend: &Arc<str>,
+        status: u16,
+        seconds: f64,
+    ) {
+        HANDLES.with_borrow_mut(|cache| {
+            let key = (self.id, addr(listener), addr(route), addr(backend), status);
+            if !cache.requests.contains_key(&key) && cache.requests.len() >= HANDLE_CACHE_MAX {
+                cache.requests.clear();
+            }
+            cache
+                .requests
+                .entry(key)
+                .or_insert_with(|| CachedCounter {
+                    counter: self.requests.get_or_create_owned(&RequestLabels {
+                        listener: listener.clone(),
+                        route: route.clone(),
+                        backend: backend.clone(),
+                        status,
+                    }),
+                    _labels: [listener.clone(), route.clone(), backend.clone()],
+                })
+                .counter
+                .inc();
+            let key = (self.id, addr(listener), addr(route));
+            if !cache.latency.contains_key(&key) && cache.latency.len() >= HANDLE_CACHE_MAX {
+                cache.latency.clear();
+            }
+            cache
+                .latency
+                .entry(key)
+                .or_insert_with(|| CachedHistogram {
+                    histogram: self.latency.get_or_create_owned(&RouteLabels {
+                        listener: listener.clone(),
+                        route: route.clone(),
+                    }),
+                    _labels: [listener.clone(), route.clone()],
+                })
+                .histogram
+                .observe(seconds);
+        });
+    }
+
     /// Count of requests with these labels (for tests and the admin page).
     pub fn requests_with(&self, labels: &RequestLabels) -> u64 {
         self.requests.get_or_create(labels).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(l: &Arc<str>, r: &Arc<str>, b: &Arc<str>, status: u16) -> RequestLabels {
+        RequestLabels {
+            listener: l.clone(),
+            route: r.clone(),
+            backend: b.clone(),
+            status,
+        }
+    }
+
+    #[test]
+    fn cached_handles_count_into_the_right_family_and_labels() {
+        let (a, b) = (ProxyMetrics::default(), ProxyMetrics::default());
+        let l: Arc<str> = Arc::from("0.0.0.0:80");
+        let r: Arc<str> = Arc::from("ns/r/0");
+        let be: Arc<str> = Arc::from("ns/svc:80");
+        a.record(&l, &r, &be, 200, 0.001);
+        a.record(&l, &r, &be, 200, 0.001);
+        a.record(&l, &r, &be, 503, 0.001);
+        b.record(&l, &r, &be, 200, 0.001);
+        // Equal text at another address (a reinstalled table) is the same label set.
+        let r2: Arc<str> = Arc::from("ns/r/0");
+        a.record(&l, &r2, &be, 200, 0.001);
+        assert_eq!(a.requests_with(&labels(&l, &r, &be, 200)), 3);
+        assert_eq!(a.requests_with(&labels(&l, &r, &be, 503)), 1);
+        assert_eq!(b.requests_with(&labels(&l, &r, &be, 200)), 1);
+        assert_eq!(a.clone().requests_with(&labels(&l, &r, &be, 503)), 1);
     }
 }

@@ -1,15 +1,18 @@
 //! The L7 data path: a hyper reverse proxy serving the plan's [`L7RouteTable`]s.
 //!
 //! [`L7Listeners`] is the actuator: it keeps the running listeners equal to the plan's map of
-//! bind address to table. Underneath, one [`Proxy`] owns the upstream connection pool and the metrics; each L7 listener is a
-//! [`ProxyListener`] made by [`Proxy::listen`]. A new plan is applied with
+//! bind address to table. Underneath, one [`Proxy`] owns the worker threads and the metrics;
+//! each L7 listener is a [`ProxyListener`] made by [`Proxy::listen`]. A listener accepts on
+//! the caller's runtime and places every connection on one worker thread for its whole life;
+//! the worker serves it, and drives and pools the backend connections its requests use, by
+//! itself (`workers`, `pool`). A new plan is applied with
 //! [`ProxyListener::install`], which swaps the listener's compiled table atomically
 //! (`arc-swap`): requests already routed finish where they were going, keep-alive connections
 //! stay open, and the next request sees the new routes.
 //!
 //! Per request: find the first route (precedence order) whose hostnames and match accept it,
 //! apply its filters, pick a backendRef by smooth weighted round robin and an endpoint of it
-//! round robin, and stream the request there through the pooled client. Answers of the proxy
+//! round robin, and stream the request there over a pooled keep-alive connection. Answers of the proxy
 //! itself: 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
 //! 502 connect or protocol failure, 504 HTTPRoute timeout.
 //!
@@ -21,16 +24,19 @@ mod filters;
 mod handler;
 mod listeners;
 mod metrics;
+mod pool;
 mod server;
 mod table;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub use balance::{EndpointCursor, SmoothWrr};
-pub use error::{ForwardError, ProxyError, RouteError};
+pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
 pub use handler::ProxyBody;
 pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
 pub use server::{Proxy, ProxyConfig, ProxyListener};
 pub use table::TableIssue;
 pub use upstream::UpstreamConfig;
+pub use workers::default_workers;

@@ -27,6 +27,7 @@ use super::{
     metrics::{ListenerLabels, ProxyMetrics},
     table::{ServingTable, TableIssue},
     upstream::{Upstream, UpstreamConfig},
+    workers::{ProxyWorkers, WorkerSlot, default_workers},
 };
 use crate::plan::l7::L7RouteTable;
 
@@ -49,6 +50,9 @@ pub struct ProxyConfig {
     pub h2_max_concurrent_streams: u32,
     /// On shutdown, how long in-flight requests may take before their connections are cut.
     pub drain_timeout: Duration,
+    /// Threads serving connections (at least one); each serves its connections and their
+    /// backend connections by itself, like an nginx worker process.
+    pub workers: usize,
     pub upstream: UpstreamConfig,
 }
 
@@ -61,17 +65,21 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(30),
+            workers: default_workers(),
             upstream: UpstreamConfig::default(),
         }
     }
 }
 
-/// The L7 proxy: one upstream client pool and one set of metrics for all its listeners.
+/// The L7 proxy: one set of worker threads (each with its upstream connection pool) and one
+/// set of metrics for all its listeners.
 #[derive(Clone, Debug)]
 pub struct Proxy {
     config: ProxyConfig,
     upstream: Upstream,
     metrics: ProxyMetrics,
+    /// Started with the first listener, so that making a `Proxy` cannot fail.
+    workers: Arc<Mutex<Option<Arc<ProxyWorkers>>>>,
 }
 
 impl Proxy {
@@ -80,7 +88,27 @@ impl Proxy {
             upstream: Upstream::new(&config.upstream),
             config,
             metrics,
+            workers: Arc::default(),
         }
+    }
+
+    fn workers(&self) -> Result<Arc<ProxyWorkers>, ProxyError> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = &*workers {
+            return Ok(w.clone());
+        }
+        let idle_timeout = self.config.upstream.pool_idle_timeout;
+        let started = Arc::new(
+            ProxyWorkers::start(
+                self.config.workers,
+                idle_timeout.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+                idle_timeout,
+            )
+            .map_err(ProxyError::Workers)?,
+        );
+        tracing::info!(workers = started.len(), "L7 proxy worker threads started");
+        *workers = Some(started.clone());
+        Ok(started)
     }
 
     pub fn metrics(&self) -> &ProxyMetrics {
@@ -94,6 +122,7 @@ impl Proxy {
         addr: SocketAddr,
         table: &L7RouteTable,
     ) -> Result<(ProxyListener, Vec<TableIssue>), ProxyError> {
+        let workers = self.workers()?;
         let listener = bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
@@ -112,6 +141,7 @@ impl Proxy {
         let task = tokio::spawn(accept_loop(
             listener,
             shared.clone(),
+            workers,
             self.config.clone(),
             stop_rx,
         ));
@@ -220,19 +250,21 @@ fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Holds a connection's slot and its place in the open-connections gauge, released however the
-/// connection task ends (including being aborted at the end of a drain).
+/// Holds a connection's slot, its place on its worker and in the open-connections gauge,
+/// released however the connection task ends (including being aborted at the end of a drain).
 struct ConnectionGuard {
     open: Gauge,
     _permit: OwnedSemaphorePermit,
+    _worker: WorkerSlot,
 }
 
 impl ConnectionGuard {
-    fn new(open: Gauge, permit: OwnedSemaphorePermit) -> Self {
+    fn new(open: Gauge, permit: OwnedSemaphorePermit, worker: WorkerSlot) -> Self {
         open.inc();
         Self {
             open,
             _permit: permit,
+            _worker: worker,
         }
     }
 }
@@ -255,11 +287,13 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    /// The task serving one connection, or `None` (socket closed) when over the limit.
+    /// The task serving one connection on `worker`, or `None` (socket closed) when over the
+    /// limit. The task must run on that worker's runtime: it registers the socket there.
     fn admit(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        worker: WorkerSlot,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             self.shared
@@ -271,6 +305,14 @@ impl Acceptor {
         };
         // Nagle would delay small responses behind the client's delayed ACK.
         let _ = stream.set_nodelay(true);
+        // Accepted on the caller's runtime; moved to the worker's reactor in the task.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker");
+                return None;
+            }
+        };
         let first_request = Arc::new(Notify::new());
         let svc = {
             let shared = self.shared.clone();
@@ -280,11 +322,6 @@ impl Acceptor {
                 handler::handle(shared.clone(), peer, req)
             })
         };
-        let conn = self.graceful.watch(
-            self.builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned(),
-        );
         let guard = ConnectionGuard::new(
             self.shared
                 .metrics
@@ -292,10 +329,25 @@ impl Acceptor {
                 .get_or_create(&self.labels)
                 .clone(),
             permit,
+            worker,
         );
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
         let first_deadline = self.first_deadline;
         Some(async move {
             let _guard = guard;
+            let stream = match TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
+            let conn = watcher.watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned(),
+            );
             tokio::pin!(conn);
             // hyper's header timer starts only once it knows the protocol; a client that
             // sends nothing (or half an HTTP/2 preface) would otherwise hold the connection
@@ -318,6 +370,7 @@ impl Acceptor {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ListenerShared>,
+    workers: Arc<ProxyWorkers>,
     config: ProxyConfig,
     mut stop: watch::Receiver<()>,
 ) {
@@ -339,8 +392,9 @@ async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if let Some(task) = acceptor.admit(stream, peer) {
-                        conns.spawn(task);
+                    let (worker, slot) = workers.place();
+                    if let Some(task) = acceptor.admit(stream, peer, slot) {
+                        conns.spawn_on(task, worker);
                     }
                 }
                 Err(e) => {

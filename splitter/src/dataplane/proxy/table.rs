@@ -1,7 +1,7 @@
 //! The serving form of an [`L7RouteTable`]: matchers compiled, filters parsed, endpoint
 //! authorities formatted and balancer state attached, all once per install.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc};
 
 use http::uri::Authority;
 
@@ -49,8 +49,8 @@ impl RuleState {
 
 #[derive(Debug)]
 pub enum ServingTarget {
-    /// Ready endpoints as URI authorities, never empty.
-    Endpoints(Box<[Authority]>),
+    /// Ready endpoints, never empty.
+    Endpoints(Box<[ServingEndpoint]>),
     NoEndpoints,
     Invalid(InvalidReason),
 }
@@ -62,11 +62,19 @@ pub struct ServingBackend {
     pub target: ServingTarget,
 }
 
+/// An endpoint as the pool keys it (the address) and as messages name it (the authority,
+/// written once at compile time rather than per request).
+#[derive(Debug)]
+pub struct ServingEndpoint {
+    pub addr: SocketAddr,
+    pub authority: Authority,
+}
+
 /// What the balancer chose for one request.
 pub enum Pick<'a> {
     Endpoint {
         backend: &'a ServingBackend,
-        authority: &'a Authority,
+        endpoint: &'a ServingEndpoint,
     },
     NoEndpoints(&'a ServingBackend),
     Invalid(&'a ServingBackend, InvalidReason),
@@ -102,7 +110,7 @@ impl ServingRoute {
         match &backend.target {
             ServingTarget::Endpoints(eps) => Pick::Endpoint {
                 backend,
-                authority: &eps[self.state.cursors[i].next(eps.len())],
+                endpoint: &eps[self.state.cursors[i].next(eps.len())],
             },
             ServingTarget::NoEndpoints => Pick::NoEndpoints(backend),
             ServingTarget::Invalid(reason) => Pick::Invalid(backend, *reason),
@@ -172,10 +180,13 @@ impl ServingTable {
                             ServingTarget::Endpoints(
                                 eps.iter()
                                     .map(|a| {
-                                        Authority::try_from(a.to_string())
-                                            .map_err(|_| RouteError::Endpoint(*a))
+                                        Ok(ServingEndpoint {
+                                            addr: *a,
+                                            authority: Authority::try_from(a.to_string())
+                                                .map_err(|_| RouteError::Endpoint(*a))?,
+                                        })
                                     })
-                                    .collect::<Result<_, _>>()?,
+                                    .collect::<Result<_, RouteError>>()?,
                             )
                         }
                         BackendTarget::Endpoints(_) | BackendTarget::NoEndpoints => {
@@ -226,8 +237,6 @@ impl ServingTable {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
     use crate::plan::l7::{PlannedBackend, RouteMatch};
 

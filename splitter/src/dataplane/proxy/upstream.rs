@@ -1,22 +1,29 @@
-//! The client side: a pooled keep-alive HTTP/1.1 client and the header hygiene of a proxy hop.
+//! The client side: keep-alive HTTP/1.1 connections to backends, and the header hygiene of a
+//! proxy hop.
 
-use std::{fmt::Write as _, net::IpAddr, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, header,
-    uri::{Authority, PathAndQuery, Scheme, Uri},
+    uri::{Authority, PathAndQuery, Uri},
 };
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
 
-/// Settings of the upstream client.
+use super::{error::UpstreamError, pool};
+
+/// Settings of the upstream connections.
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint, per proxy worker thread.
     pub pool_max_idle_per_host: usize,
 }
 
@@ -30,32 +37,91 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// One pooled client shared by every listener; bodies are streamed in both directions.
+/// Sends requests to backends over the calling thread's pooled connections (`pool`); bodies
+/// are streamed in both directions. Called on a proxy worker thread, everything a request
+/// touches stays on that thread.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    config: UpstreamConfig,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
-        Self { client }
+        Self {
+            config: config.clone(),
+        }
     }
 
+    /// Sends `req` (origin-form URI, Host set) to `endpoint`. A request that a reused
+    /// connection refused before writing any of it (the backend closed the connection while it
+    /// was idle) is sent again on another connection; any other failure is returned, since
+    /// part of the request may have reached the backend.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+        endpoint: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout)
+            {
+                Some(sender) => (sender, true),
+                None => (self.connect(endpoint).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.release(endpoint, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        let stream =
+            tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(endpoint))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout(self.config.connect_timeout))?
+                .map_err(UpstreamError::Connect)?;
+        // Nagle would hold a request head back behind the backend's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        // Finds backends that vanished without a FIN while a connection sits idle in the pool.
+        let _ = SockRef::from(&stream)
+            .set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        // Spawned on the current runtime, which on a worker thread is that thread: the
+        // connection is driven where its requests come from. Upgrades stay possible so that a
+        // 101 can be spliced to the client.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Puts the connection back once its response has been read to the end (at once when
+    /// there was nothing left to read).
+    fn release(&self, endpoint: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
+        let max_idle = self.config.pool_max_idle_per_host;
+        if sender.is_ready() {
+            pool::checkin(endpoint, sender, max_idle);
+            return;
+        }
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool::checkin(endpoint, sender, max_idle);
+            }
+        });
     }
 }
 
@@ -108,15 +174,20 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     headers.append(XFP.clone(), HeaderValue::from_static("http"));
 }
 
-/// The upstream URI: the endpoint as authority, the (possibly rewritten) path and query.
-pub fn upstream_uri(authority: &Authority, path_and_query: PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    // Scheme, authority and path are all present and individually valid, which is all
-    // `from_parts` checks; the fallback is unreachable but keeps this free of panics.
-    Uri::from_parts(parts).unwrap_or_default()
+/// The upstream request target: origin-form (`/path?query`), which is what an HTTP/1.1 server
+/// that is not a proxy expects; the endpoint goes into Host only when the client sent none.
+pub fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
+    Uri::from(path_and_query)
+}
+
+/// Sets Host to the endpoint when the request has none (an HTTP/1.0 client may omit it);
+/// HTTP/1.1 requires it.
+pub fn default_host(headers: &mut HeaderMap, endpoint: &Authority) {
+    if !headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(endpoint.as_str())
+    {
+        headers.insert(header::HOST, v);
+    }
 }
 
 #[cfg(test)]
@@ -160,9 +231,20 @@ mod tests {
     }
 
     #[test]
-    fn uri_from_parts() {
+    fn uri_is_origin_form() {
+        let u = upstream_uri(PathAndQuery::from_static("/x?y=1"));
+        assert_eq!(u.to_string(), "/x?y=1");
+        assert!(u.authority().is_none());
+    }
+
+    #[test]
+    fn host_defaults_to_the_endpoint() {
         let a = Authority::from_static("127.0.0.1:8080");
-        let u = upstream_uri(&a, PathAndQuery::from_static("/x?y=1"));
-        assert_eq!(u.to_string(), "http://127.0.0.1:8080/x?y=1");
+        let mut h = HeaderMap::new();
+        default_host(&mut h, &a);
+        assert_eq!(h[header::HOST], "127.0.0.1:8080");
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        default_host(&mut h, &a);
+        assert_eq!(h[header::HOST], "example.com");
     }
 }

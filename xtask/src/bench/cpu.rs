@@ -1,0 +1,47 @@
+//! CPU time a proxy spent, read from `/proc`: a per-request cost that, unlike requests/s, does
+//! not depend on how much of the machine other work (a build, the client, the backends) took.
+
+use std::time::Duration;
+
+/// `/proc/PID/stat` counts time in USER_HZ ticks, 100 per second on every Linux ABI.
+const USER_HZ: u64 = 100;
+
+/// `(ppid, utime + stime in ticks)` of one process, `None` when it is gone.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields start after the last ')'.
+    let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// CPU time used so far by `root` and its live children (nginx's worker processes).
+pub fn process_tree(root: u32) -> Duration {
+    let mut ticks = stat(root).map_or(0, |(_, t)| t);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if let Some((ppid, t)) = stat(pid)
+                && ppid == root
+            {
+                ticks += t;
+            }
+        }
+    }
+    Duration::from_millis(ticks * 1000 / USER_HZ)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_has_a_parent_and_cpu_time() {
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < Duration::from_millis(50) {}
+        let (ppid, _) = stat(std::process::id()).unwrap();
+        assert!(ppid > 0);
+        assert!(process_tree(std::process::id()) > Duration::ZERO);
+    }
+}
