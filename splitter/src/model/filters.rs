@@ -11,6 +11,18 @@ use gateway_api::httproutes::{
 use super::{FieldPath, ModelError, validate};
 use crate::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
 
+/// `(name, value)` pairs of a header modifier's `set` or `add` list. The request and response
+/// modifiers are distinct generated types of the same shape, hence a macro, not a function.
+macro_rules! name_values {
+    ($list:expr) => {
+        $list
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect()
+    };
+}
+
 /// The rule's filters in spec order, and, when one of them is a type we do not implement, why
 /// (the rule is then dropped by the plan rather than served without it).
 pub(crate) fn rule_filters(
@@ -48,16 +60,8 @@ pub(crate) fn rule_filters(
                     .request_header_modifier
                     .ok_or_else(|| missing("requestHeaderModifier"))?;
                 out.push(Filter::RequestHeaderModifier(header_modifier(
-                    m.set
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
-                    m.add
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
+                    name_values!(m.set),
+                    name_values!(m.add),
                     m.remove.unwrap_or_default(),
                     &fat.field("requestHeaderModifier"),
                 )?));
@@ -67,16 +71,8 @@ pub(crate) fn rule_filters(
                     .response_header_modifier
                     .ok_or_else(|| missing("responseHeaderModifier"))?;
                 out.push(Filter::ResponseHeaderModifier(header_modifier(
-                    m.set
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
-                    m.add
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
+                    name_values!(m.set),
+                    name_values!(m.add),
                     m.remove.unwrap_or_default(),
                     &fat.field("responseHeaderModifier"),
                 )?));

@@ -74,27 +74,33 @@ impl BackendRef {
     }
 }
 
+/// Every `spec.parentRefs` entry through [`parent_ref`]. HTTPRoute's and the L4 routes' parent
+/// refs are distinct generated types of the same shape, hence a macro, not a function.
+macro_rules! parent_refs {
+    ($list:expr, $namespace:expr, $spec:expr) => {
+        $list
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                parent_ref(
+                    $namespace,
+                    p.group,
+                    p.kind,
+                    p.namespace,
+                    p.name,
+                    p.section_name,
+                    p.port,
+                    &$spec.field("parentRefs").index(i),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+}
+
 pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<HttpRoute, ModelError> {
     let spec = FieldPath::root(id, "spec");
-    let parent_refs = raw
-        .spec
-        .parent_refs
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            parent_ref(
-                &meta.namespace,
-                p.group,
-                p.kind,
-                p.namespace,
-                p.name,
-                p.section_name,
-                p.port,
-                &spec.field("parentRefs").index(i),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let parent_refs = parent_refs!(raw.spec.parent_refs, &meta.namespace, &spec)?;
     let mut hostnames = Vec::new();
     for (i, h) in raw
         .spec
@@ -384,23 +390,7 @@ pub(crate) fn l4_route(
     id: &str,
 ) -> Result<L4Route, ModelError> {
     let spec = FieldPath::root(id, "spec");
-    let parent_refs = parent_refs
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            parent_ref(
-                &meta.namespace,
-                p.group,
-                p.kind,
-                p.namespace,
-                p.name,
-                p.section_name,
-                p.port,
-                &spec.field("parentRefs").index(i),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let parent_refs = parent_refs!(parent_refs, &meta.namespace, &spec)?;
     if rules.len() != 1 {
         return Err(spec
             .field("rules")

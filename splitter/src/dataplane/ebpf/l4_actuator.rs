@@ -72,6 +72,18 @@ pub enum L4ApplyError {
     },
 }
 
+/// A removal whose key is already gone did what it was for. aya reports that as `KeyNotFound`
+/// or as the syscall's ENOENT, depending on the path.
+fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> L4ApplyError {
     move |source| L4ApplyError::Map { name, source }
 }
@@ -132,10 +144,6 @@ impl ClosingAges {
             .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
             .map(|(k, _)| *k)
             .collect()
-    }
-
-    pub fn forget(&mut self, k: &FlowKey) {
-        self.first_seen.remove(k);
     }
 
     pub fn clear(&mut self) {
@@ -357,10 +365,7 @@ impl L4Actuator {
             .copied()
             .collect();
         for k in stale {
-            match self.vips.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("VIPS")(e)),
-            }
+            absent_ok(self.vips.remove(&k)).map_err(map_err("VIPS"))?;
             report.vips_removed += 1;
         }
         self.applied_vips = wanted_vips;
@@ -473,15 +478,9 @@ impl L4Actuator {
                 continue;
             }
             for k in [fwd, rev] {
-                match self.conntrack.remove(k) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    // The LRU may have evicted it since the scan.
-                    Err(MapError::SyscallError(e))
-                        if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(map_err("CONNTRACK")(e)),
-                }
+                // The LRU may have evicted it since the scan.
+                absent_ok(self.conntrack.remove(k)).map_err(map_err("CONNTRACK"))?;
             }
-            self.closing.forget(fwd);
             report.flows_reaped += 1;
         }
         let free: Vec<u32> = self
@@ -500,11 +499,6 @@ impl L4Actuator {
         report.backends_freed = free.len();
         report.draining = self.draining.len();
         Ok(report)
-    }
-
-    /// Backend ids currently draining.
-    pub fn draining(&self) -> usize {
-        self.draining.len()
     }
 }
 
