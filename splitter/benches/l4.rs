@@ -13,6 +13,12 @@
 //! (b) new TCP connections per second from a client namespace through a gateway namespace to
 //!     two backends, split 3:1 by splitter (XDP + TC) and by iptables DNAT with
 //!     `-m statistic --mode random` as kube-proxy does it: same topology, backends and client.
+//!     Two ceilings are measured in the same run, so the ratios can be read against what is
+//!     possible at all on this machine: the gateway only routing (no NAT: the client connects
+//!     to the backends themselves), and no gateway hop at all (the backend listens in the
+//!     gateway namespace). The client runs enough blocking connect loops to keep every CPU
+//!     busy: with fewer, the CPUs idle between round trips and the rate measures latency as much
+//!     as cost.
 
 use std::{
     io::Read,
@@ -34,7 +40,7 @@ const REPEAT: u32 = 1_000_000;
 const SYN_RUNS: u16 = 10_000;
 const PER_PACKET_ROUNDS: usize = 5;
 const CPS_SECONDS: u64 = 5;
-const CPS_CLIENT_THREADS: usize = 4;
+const CPS_CLIENT_THREADS: usize = 16;
 const CPS_ROUNDS: usize = 3;
 
 fn frame(src: SocketAddr, dst: SocketAddr, syn: bool) -> Vec<u8> {
@@ -193,18 +199,22 @@ fn cps_topology() -> Cps {
     }
 }
 
-fn connections_per_second(t: &Cps) -> f64 {
-    let vip: SocketAddr = VIP.parse().expect("vip");
+/// What the client connects to: the VIP, or (for the ceiling) the backends themselves, 3:1.
+fn connections_per_second(t: &Cps, targets: &[SocketAddr]) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..CPS_CLIENT_THREADS)
         .map(|_| {
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            let targets = targets.to_vec();
             t.client.spawn(move || {
                 let mut buf = [0u8; 16];
-                while !stop.load(Ordering::Relaxed) {
-                    match TcpStream::connect_timeout(&vip, Duration::from_secs(2)) {
+                for to in targets.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match TcpStream::connect_timeout(to, Duration::from_secs(2)) {
                         Ok(mut s) => {
                             let _ = s.read(&mut buf); // EOF once the backend closes
                             done.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +262,7 @@ fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
             table,
         }])
         .expect("apply");
-        let r = connections_per_second(&t);
+        let r = connections_per_second(&t, &[VIP.parse().expect("vip")]);
         let _ = ebpf::detach_pinned(&t.gw_iface, &links);
         r
     }
@@ -282,7 +292,32 @@ fn iptables_cps() -> f64 {
     };
     rule(Some("0.75"), "10.221.0.2:8080");
     rule(None, "10.221.1.2:8080");
-    connections_per_second(&t)
+    connections_per_second(&t, &[VIP.parse().expect("vip")])
+}
+
+/// The ceiling of any data plane that leaves forwarding to the gateway's stack: no NAT at all,
+/// the client connects to the backends themselves (3:1) and the gateway only routes.
+fn routed_cps() -> f64 {
+    let t = cps_topology();
+    t.client
+        .ip(&["route", "add", "10.221.0.0/16", "via", "10.220.0.2"])
+        .expect("route");
+    let b0: SocketAddr = "10.221.0.2:8080".parse().expect("addr");
+    let b1: SocketAddr = "10.221.1.2:8080".parse().expect("addr");
+    connections_per_second(&t, &[b0, b0, b0, b1])
+}
+
+/// The ceiling of any gateway: no hop at all, the backend listens in the gateway namespace.
+fn hopless_cps() -> f64 {
+    let t = cps_topology();
+    let l =
+        t.gw.run(|| TcpListener::bind("10.220.0.2:8081").expect("listen"));
+    t.gw.spawn(move || {
+        for c in l.incoming().flatten() {
+            drop(c);
+        }
+    });
+    connections_per_second(&t, &["10.220.0.2:8081".parse().expect("addr")])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -292,13 +327,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn cps() {
     // Interleaved rounds, medians: the machine's background load drifts during a run.
-    let (mut native, mut generic, mut iptables) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut generic, mut iptables, mut routed, mut hopless) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..CPS_ROUNDS {
         native.push(splitter_cps(ebpf::XdpAttachMode::Driver));
         generic.push(splitter_cps(ebpf::XdpAttachMode::Generic));
         iptables.push(iptables_cps());
+        routed.push(routed_cps());
+        hopless.push(hopless_cps());
     }
-    let (native, generic, iptables) = (median(native), median(generic), median(iptables));
+    let (native, generic, iptables, routed, hopless) = (
+        median(native),
+        median(generic),
+        median(iptables),
+        median(routed),
+        median(hopless),
+    );
     println!(
         "l4 new connections per second ({CPS_CLIENT_THREADS} client threads, {CPS_SECONDS} s runs, median of {CPS_ROUNDS} interleaved rounds, same topology)"
     );
@@ -310,6 +354,14 @@ fn cps() {
     println!(
         "  splitter, generic XDP + TC:              {generic:>9.0} /s   {:.2}x iptables",
         generic / iptables.max(1.0)
+    );
+    println!(
+        "  no NAT, the gateway only routes:         {routed:>9.0} /s   {:.2}x iptables (ceiling of stack forwarding)",
+        routed / iptables.max(1.0)
+    );
+    println!(
+        "  no gateway hop (backend in the gateway):  {hopless:>9.0} /s   {:.2}x iptables (ceiling of any gateway)",
+        hopless / iptables.max(1.0)
     );
 }
 
