@@ -1,6 +1,6 @@
 //! One request: route, filter, pick a backend, forward, and record what happened.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -43,7 +43,7 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 
 pub(crate) async fn handle(
     shared: Arc<ListenerShared>,
-    peer: SocketAddr,
+    client: HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -62,7 +62,7 @@ pub(crate) async fn handle(
         record(&shared, &shared.none, &shared.none, err.status(), start);
         return Ok(error_response(&err));
     };
-    let (mut resp, backend) = match dispatch(&shared, &route, peer, req, start).await {
+    let (mut resp, backend) = match dispatch(&shared, &route, &client, req, start).await {
         Ok(ok) => ok,
         Err((err, backend)) => {
             tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
@@ -81,7 +81,7 @@ type Dispatched = Result<(Response<ProxyBody>, Arc<str>), (ForwardError, Arc<str
 async fn dispatch(
     shared: &ListenerShared,
     route: &ServingRoute,
-    peer: SocketAddr,
+    client: &HeaderValue,
     req: Request<Incoming>,
     start: Instant,
 ) -> Dispatched {
@@ -122,7 +122,7 @@ async fn dispatch(
             b.name.clone(),
         )),
         Pick::Endpoint { backend, endpoint } => {
-            match forward(shared, route, peer, req, endpoint, start).await {
+            match forward(shared, route, client, req, endpoint, start).await {
                 Ok(resp) => Ok((resp, backend.name.clone())),
                 Err(e) => Err((e, backend.name.clone())),
             }
@@ -133,7 +133,7 @@ async fn dispatch(
 async fn forward(
     shared: &ListenerShared,
     route: &ServingRoute,
-    peer: SocketAddr,
+    client: &HeaderValue,
     mut req: Request<Incoming>,
     endpoint: &ServingEndpoint,
     start: Instant,
@@ -176,7 +176,7 @@ async fn forward(
         edits.apply(&mut parts.headers);
     }
     default_host(&mut parts.headers, authority);
-    add_forwarded(&mut parts.headers, peer.ip());
+    add_forwarded(&mut parts.headers, client);
     parts.uri = upstream_uri(path_and_query);
     parts.version = Version::HTTP_11;
 

@@ -32,25 +32,34 @@ thread_local! {
     static IDLE: RefCell<IdlePool> = RefCell::new(IdlePool::default());
 }
 
-/// The most recently used idle connection to `endpoint` that is still open, ready and younger
-/// than `idle_timeout`; stale ones met on the way are closed.
+/// The most recently used connection to `endpoint` that is ready for a request, still open and
+/// younger than `idle_timeout`; stale ones met on the way are closed. A connection still
+/// streaming its last response body is skipped and kept: it is ready again once that body has
+/// been read.
 pub fn checkout(endpoint: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<Incoming>> {
     let now = Instant::now();
     IDLE.with_borrow_mut(|pool| {
         let idle = pool.by_endpoint.get_mut(&endpoint)?;
         // Most recently used first: it is the least likely to have been closed by the backend's
         // own idle timeout, and the older ones age out.
-        while let Some(c) = idle.pop() {
-            if c.usable(now, idle_timeout) && c.sender.is_ready() {
-                return Some(c.sender);
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let c = &idle[i];
+            if !c.usable(now, idle_timeout) {
+                idle.remove(i);
+            } else if c.sender.is_ready() {
+                return Some(idle.remove(i).sender);
             }
         }
         None
     })
 }
 
-/// Returns a connection whose exchange is over; beyond `max_idle` connections to the endpoint
-/// it is closed instead.
+/// Returns a connection whose response head has arrived; its body may still be streaming, in
+/// which case `checkout` passes it over until it is done. Putting it back at once costs nothing
+/// per request, where waiting for the body's end took a task of its own. Beyond `max_idle`
+/// connections to the endpoint it is closed instead.
 pub fn checkin(endpoint: SocketAddr, sender: SendRequest<Incoming>, max_idle: usize) {
     if sender.is_closed() {
         return;

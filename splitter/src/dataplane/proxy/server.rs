@@ -26,7 +26,7 @@ use super::{
     handler::{self, ListenerShared},
     metrics::{ListenerLabels, ProxyMetrics},
     table::{ServingTable, TableIssue},
-    upstream::{Upstream, UpstreamConfig},
+    upstream::{Upstream, UpstreamConfig, client_address},
     workers::{ProxyWorkers, WorkerSlot, default_workers},
 };
 use crate::plan::l7::L7RouteTable;
@@ -317,9 +317,10 @@ impl Acceptor {
         let svc = {
             let shared = self.shared.clone();
             let first_request = first_request.clone();
+            let client = client_address(peer.ip());
             service_fn(move |req| {
                 first_request.notify_one();
-                handler::handle(shared.clone(), peer, req)
+                handler::handle(shared.clone(), client.clone(), req)
             })
         };
         let guard = ConnectionGuard::new(

@@ -2,7 +2,6 @@
 //! proxy hop.
 
 use std::{
-    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -109,19 +108,10 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Puts the connection back once its response has been read to the end (at once when
-    /// there was nothing left to read).
-    fn release(&self, endpoint: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
-        let max_idle = self.config.pool_max_idle_per_host;
-        if sender.is_ready() {
-            pool::checkin(endpoint, sender, max_idle);
-            return;
-        }
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool::checkin(endpoint, sender, max_idle);
-            }
-        });
+    /// Puts the connection back as soon as the response head is in: the pool hands it out
+    /// again once the body has been read.
+    fn release(&self, endpoint: SocketAddr, sender: http1::SendRequest<Incoming>) {
+        pool::checkin(endpoint, sender, self.config.pool_max_idle_per_host);
     }
 }
 
@@ -138,6 +128,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present is cheaper than
+    // hashing all seven for removal.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     // Names listed in Connection are rare; collect them only when Connection is present.
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
@@ -156,21 +151,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client address to `X-Forwarded-For` and the scheme to `X-Forwarded-Proto`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// A client's address as `X-Forwarded-For` carries it (an IPv4-mapped IPv6 peer as plain IPv4).
+/// Made once per connection: every request on it forwards the same address.
+pub fn client_address(ip: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::try_from(ip.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client address (from [`client_address`]) to `X-Forwarded-For` and the scheme
+/// to `X-Forwarded-Proto`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    // Several XFF lines are folded into one: a chain of hops is read as one list.
-    let mut value = String::new();
-    for prev in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
-        value.push_str(prev);
-        value.push_str(", ");
-    }
-    // Writing to a String cannot fail.
-    let _ = write!(value, "{}", client.to_canonical());
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(XFF.clone(), v);
-    }
+    let mut previous = headers.get_all(&XFF).iter().peekable();
+    let value = if previous.peek().is_none() {
+        // The common case, a first hop: no text to build.
+        client.clone()
+    } else {
+        // Several XFF lines are folded into one: a chain of hops is read as one list.
+        let mut chain = Vec::new();
+        for prev in previous {
+            chain.extend_from_slice(prev.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(client.as_bytes());
+        // Valid header bytes joined by ", " stay valid.
+        HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.clone())
+    };
+    headers.insert(XFF.clone(), value);
     headers.append(XFP.clone(), HeaderValue::from_static("http"));
 }
 
@@ -216,18 +225,22 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append() {
+        let client = |a: &str| client_address(a.parse().unwrap());
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap());
+        add_forwarded(&mut h, &client("10.0.0.1"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        add_forwarded(&mut h, "::ffff:10.0.0.2".parse().unwrap());
+        add_forwarded(&mut h, &client("::ffff:10.0.0.2"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        add_forwarded(&mut h, "10.0.0.3".parse().unwrap());
+        add_forwarded(&mut h, &client("10.0.0.3"));
         assert_eq!(
             h["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 1.1.1.1, 10.0.0.3"
         );
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 3);
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &client("2001:db8::1"));
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 
     #[test]
