@@ -34,7 +34,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
 use splitter::dataplane::ebpf::{self, L4Actuator, L4Proto, L4RouteProgram};
 use splitter_common::maps::XDP_FLOOR_PROGRAM;
-use testbed::{NetNs, VethPair};
+use testbed::{AddressPlan, GatewayNet};
 
 const REPEAT: u32 = 1_000_000;
 const SYN_RUNS: u16 = 10_000;
@@ -142,43 +142,29 @@ fn per_packet() {
     );
 }
 
-struct Cps {
-    client: NetNs,
-    gw: NetNs,
-    _backends: Vec<NetNs>,
-    gw_iface: String,
-    _links: Vec<VethPair>,
-}
+const NET: AddressPlan = AddressPlan {
+    front: "10.220.0",
+    backends: "10.221",
+    first: 0,
+};
 
+/// `NET.gateway()`, port 80.
 const VIP: &str = "10.220.0.2:80";
 
-fn cps_topology() -> Cps {
-    let client = NetNs::new("bc").expect("ns");
-    let gw = NetNs::new("bg").expect("ns");
-    let front = VethPair::new(&client, &["10.220.0.1/24"], &gw, &["10.220.0.2/24"]).expect("veth");
-    client
-        .exec("ethtool", &["-K", &front.a, "tx", "off"])
-        .expect("ethtool");
-    client
+fn backend(i: usize) -> SocketAddr {
+    format!("{}:8080", NET.backend(i)).parse().expect("addr")
+}
+
+fn cps_topology() -> GatewayNet {
+    let t = GatewayNet::new("b", NET, 2).expect("topology");
+    t.client_sends_full_checksums().expect("ethtool");
+    t.client
         .sysctl("net/ipv4/ip_local_port_range", "1024 65000")
         .expect("sysctl");
-    client.sysctl("net/ipv4/tcp_tw_reuse", "1").expect("sysctl");
-    gw.sysctl("net/ipv4/ip_forward", "1").expect("sysctl");
-    let mut backends = Vec::new();
-    let mut links = Vec::new();
-    for i in 0..2 {
-        let b = NetNs::new("bb").expect("ns");
-        links.push(
-            VethPair::new(
-                &gw,
-                &[&format!("10.221.{i}.1/24")],
-                &b,
-                &[&format!("10.221.{i}.2/24")],
-            )
-            .expect("veth"),
-        );
-        b.ip(&["route", "add", "default", "via", &format!("10.221.{i}.1")])
-            .expect("route");
+    t.client
+        .sysctl("net/ipv4/tcp_tw_reuse", "1")
+        .expect("sysctl");
+    for b in &t.backends {
         let l = b.run(|| TcpListener::bind("0.0.0.0:8080").expect("listen"));
         b.spawn(move || {
             // Accept and close: the cost measured is the connection, not the backend.
@@ -186,21 +172,12 @@ fn cps_topology() -> Cps {
                 drop(c);
             }
         });
-        backends.push(b);
     }
-    let gw_iface = front.b.clone();
-    links.push(front);
-    Cps {
-        client,
-        gw,
-        _backends: backends,
-        gw_iface,
-        _links: links,
-    }
+    t
 }
 
 /// What the client connects to: the VIP, or (for the ceiling) the backends themselves, 3:1.
-fn connections_per_second(t: &Cps, targets: &[SocketAddr]) -> f64 {
+fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,12 +224,11 @@ fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
         let t = cps_topology();
         let mut obj = ebpf::load_object(Some(&pins.path().join("maps"))).expect("load");
         let links = pins.path().join("links");
-        let iface = t.gw_iface.clone();
-        t.gw.run(|| ebpf::attach_pinned(&mut obj, &iface, &links, mode).expect("attach"));
+        let iface = t.gateway_iface().to_owned();
+        t.gateway
+            .run(|| ebpf::attach_pinned(&mut obj, &iface, &links, mode).expect("attach"));
         let mut act = L4Actuator::new(&mut obj).expect("actuator");
-        let b: Vec<SocketAddr> = (0..2)
-            .map(|i| format!("10.221.{i}.2:8080").parse().expect("addr"))
-            .collect();
+        let b: Vec<SocketAddr> = (0..2).map(backend).collect();
         let table = (0..16381)
             .map(|s| Some(if s % 4 < 3 { b[0] } else { b[1] }))
             .collect();
@@ -263,7 +239,7 @@ fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
         }])
         .expect("apply");
         let r = connections_per_second(&t, &[VIP.parse().expect("vip")]);
-        let _ = ebpf::detach_pinned(&t.gw_iface, &links);
+        let _ = ebpf::detach_pinned(t.gateway_iface(), &links);
         r
     }
 }
@@ -287,11 +263,12 @@ fn iptables_cps() -> f64 {
             args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
         }
         args.extend(["-j", "DNAT", "--to-destination", to]);
-        t.gw.exec("iptables", &args)
+        t.gateway
+            .exec("iptables", &args)
             .expect("iptables (cargo xtask bench installs it)");
     };
-    rule(Some("0.75"), "10.221.0.2:8080");
-    rule(None, "10.221.1.2:8080");
+    rule(Some("0.75"), &backend(0).to_string());
+    rule(None, &backend(1).to_string());
     connections_per_second(&t, &[VIP.parse().expect("vip")])
 }
 
@@ -300,19 +277,19 @@ fn iptables_cps() -> f64 {
 fn routed_cps() -> f64 {
     let t = cps_topology();
     t.client
-        .ip(&["route", "add", "10.221.0.0/16", "via", "10.220.0.2"])
+        .ip(&["route", "add", "10.221.0.0/16", "via", &NET.gateway()])
         .expect("route");
-    let b0: SocketAddr = "10.221.0.2:8080".parse().expect("addr");
-    let b1: SocketAddr = "10.221.1.2:8080".parse().expect("addr");
+    let (b0, b1) = (backend(0), backend(1));
     connections_per_second(&t, &[b0, b0, b0, b1])
 }
 
 /// The ceiling of any gateway: no hop at all, the backend listens in the gateway namespace.
 fn hopless_cps() -> f64 {
     let t = cps_topology();
-    let l =
-        t.gw.run(|| TcpListener::bind("10.220.0.2:8081").expect("listen"));
-    t.gw.spawn(move || {
+    let l = t
+        .gateway
+        .run(|| TcpListener::bind("10.220.0.2:8081").expect("listen"));
+    t.gateway.spawn(move || {
         for c in l.incoming().flatten() {
             drop(c);
         }

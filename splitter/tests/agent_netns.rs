@@ -11,75 +11,46 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testbed::{BpfFs, ChildGuard, NetNs, VethPair};
+use testbed::{AddressPlan, BpfFs, ChildGuard, GatewayNet};
 
-const CLIENT: &str = "10.250.0.1";
+const NET: AddressPlan = AddressPlan {
+    front: "10.250.0",
+    backends: "10.251",
+    first: 1,
+};
+/// `NET.gateway()`: where the agent listens.
 const GATEWAY: &str = "10.250.0.2";
-const BACKENDS: [&str; 2] = ["10.251.1.2", "10.251.2.2"];
 
 struct Rig {
-    client: NetNs,
-    gw: NetNs,
-    _backends: Vec<NetNs>,
-    _links: Vec<VethPair>,
+    // Declared first so they stop before their namespaces go.
     _echoes: Vec<ChildGuard>,
-    gw_iface: String,
+    net: GatewayNet,
     manifests: tempfile::TempDir,
     pins: BpfFs,
 }
 
 impl Rig {
     fn new() -> Rig {
-        let client = NetNs::new("acl").expect("ns");
-        let gw = NetNs::new("agw").expect("ns");
-        let front = VethPair::new(
-            &client,
-            &[&format!("{CLIENT}/24")],
-            &gw,
-            &[&format!("{GATEWAY}/24")],
-        )
-        .expect("veth");
-        client
-            .exec("ethtool", &["-K", &front.a, "tx", "off"])
-            .expect("ethtool");
-        gw.sysctl("net/ipv4/ip_forward", "1").expect("sysctl");
-        let mut backends = vec![];
-        let mut links = vec![];
-        let mut echoes = vec![];
-        for (i, addr) in BACKENDS.iter().enumerate() {
-            let ns = NetNs::new("abe").expect("ns");
-            let gw_side = format!("10.251.{}.1", i + 1);
-            links.push(
-                VethPair::new(
-                    &gw,
-                    &[&format!("{gw_side}/24")],
-                    &ns,
-                    &[&format!("{addr}/24")],
-                )
-                .expect("veth"),
-            );
-            ns.ip(&["route", "add", "default", "via", &gw_side])
-                .expect("route");
-            let name = if i == 0 { "echo-pod" } else { "echo2-pod" };
-            let child = ns
-                .command(env!("CARGO_BIN_EXE_splitter-echo"))
-                .args(["--listen", "0.0.0.0:1027", "--name", name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start splitter-echo");
-            echoes.push(ChildGuard(child));
-            backends.push(ns);
-        }
-        let gw_iface = front.b.clone();
-        links.push(front);
+        let net = GatewayNet::new("a", NET, 2).expect("topology");
+        net.client_sends_full_checksums().expect("ethtool");
+        let echoes = net
+            .backends
+            .iter()
+            .zip(["echo-pod", "echo2-pod"])
+            .map(|(ns, name)| {
+                let child = ns
+                    .command(env!("CARGO_BIN_EXE_splitter-echo"))
+                    .args(["--listen", "0.0.0.0:1027", "--name", name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start splitter-echo");
+                ChildGuard(child)
+            })
+            .collect();
         Rig {
-            client,
-            gw,
-            _backends: backends,
-            _links: links,
             _echoes: echoes,
-            gw_iface,
+            net,
             manifests: tempfile::tempdir().expect("tempdir"),
             pins: BpfFs::new().expect("bpffs"),
         }
@@ -92,14 +63,15 @@ impl Rig {
     fn start_agent(&self) -> ChildGuard {
         let log = std::fs::File::create(self.manifests.path().join("agent.log")).expect("log");
         let child = self
-            .gw
+            .net
+            .gateway
             .command(env!("CARGO_BIN_EXE_splitter"))
             .arg("run")
             .arg("--manifests")
             .arg(self.manifests.path().join("m"))
             .args([
                 "--iface",
-                &self.gw_iface,
+                self.net.gateway_iface(),
                 "--admin",
                 "127.0.0.1:9901",
                 "--pin-dir",
@@ -125,7 +97,7 @@ impl Rig {
     }
 
     fn curl(&self, args: &[&str]) -> Option<String> {
-        let out = self.client.command("curl").args(args).output().ok()?;
+        let out = self.net.client.command("curl").args(args).output().ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -264,7 +236,8 @@ fn the_guides_journey_through_the_agent_process() {
     // Watch the plan on the admin endpoint rather than probing with requests: a probe would
     // advance the weighted round robin and shift where the 200 requests start in its cycle.
     wait_for("the new weights in the plan", &rig, || {
-        rig.gw
+        rig.net
+            .gateway
             .command("curl")
             .args(["-s", "http://127.0.0.1:9901/debug/plan"])
             .output()
@@ -352,7 +325,7 @@ fn long_lived_l4_connections_survive_weight_edits_and_an_agent_restart() {
     );
 
     let vip: SocketAddr = format!("{GATEWAY}:8080").parse().expect("vip");
-    let mut conns: Vec<(TcpStream, BufReader<TcpStream>, String)> = rig.client.run(|| {
+    let mut conns: Vec<(TcpStream, BufReader<TcpStream>, String)> = rig.net.client.run(|| {
         (0..200)
             .map(|i| {
                 let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(5))
@@ -403,7 +376,7 @@ fn long_lived_l4_connections_survive_weight_edits_and_an_agent_restart() {
     }
     drop(agent);
     let _ = Command::new(env!("CARGO_BIN_EXE_splitter"))
-        .args(["detach", "--iface", &rig.gw_iface, "--pin-dir"])
+        .args(["detach", "--iface", rig.net.gateway_iface(), "--pin-dir"])
         .arg(rig.pin_dir())
         .status();
 }

@@ -16,71 +16,33 @@ use splitter::dataplane::ebpf::{
     self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram,
 };
 use splitter_common::{counters::IPPROTO_TCP, hash::flow_hash};
-use testbed::{BpfFs, NetNs, VethPair};
+use testbed::{AddressPlan, BpfFs, GatewayNet};
 
+/// The gateway's own address (`NET.gateway()`), port 80.
 const VIP: &str = "10.210.0.2:80";
-const CLIENT_IP: &str = "10.210.0.1";
 const BACKEND_PORT: u16 = 8080;
 
-struct Topology {
-    client: NetNs,
-    gw: NetNs,
-    backends: Vec<NetNs>,
-    /// The gateway's client-facing interface, where the programs attach.
-    gw_iface: String,
-    _links: Vec<VethPair>,
-}
+const NET: AddressPlan = AddressPlan {
+    front: "10.210.0",
+    backends: "10.211",
+    first: 0,
+};
 
 fn backend_addr(i: usize) -> SocketAddr {
-    format!("10.211.{i}.2:{BACKEND_PORT}")
+    format!("{}:{BACKEND_PORT}", NET.backend(i))
         .parse()
         .expect("addr")
 }
 
-fn topology(n_backends: usize) -> Topology {
-    let client = NetNs::new("l4c").expect("client ns");
-    let gw = NetNs::new("l4g").expect("gateway ns");
-    let front = VethPair::new(
-        &client,
-        &[&format!("{CLIENT_IP}/24")],
-        &gw,
-        &["10.210.0.2/24"],
-    )
-    .expect("front veth");
+fn topology(n_backends: usize) -> GatewayNet {
+    let t = GatewayNet::new("l4", NET, n_backends).expect("topology");
     // XDP sees bytes as sent: the client must put complete checksums on the wire, as a NIC would.
-    client
-        .exec("ethtool", &["-K", &front.a, "tx", "off"])
-        .expect("ethtool tx off");
-    gw.sysctl("net/ipv4/ip_forward", "1").expect("ip_forward");
-    let mut backends = Vec::new();
-    let mut links = Vec::new();
-    for i in 0..n_backends {
-        let b = NetNs::new("l4b").expect("backend ns");
-        let v = VethPair::new(
-            &gw,
-            &[&format!("10.211.{i}.1/24")],
-            &b,
-            &[&format!("10.211.{i}.2/24")],
-        )
-        .expect("backend veth");
-        b.ip(&["route", "add", "default", "via", &format!("10.211.{i}.1")])
-            .expect("default route");
-        backends.push(b);
-        links.push(v);
-    }
-    let gw_iface = front.b.clone();
-    links.push(front);
-    Topology {
-        client,
-        gw,
-        backends,
-        gw_iface,
-        _links: links,
-    }
+    t.client_sends_full_checksums().expect("ethtool tx off");
+    t
 }
 
 /// Each backend answers a connection with "b<i> <peer address>\n", then echoes lines.
-fn start_backends(t: &Topology) {
+fn start_backends(t: &GatewayNet) {
     for (i, ns) in t.backends.iter().enumerate() {
         let listener =
             ns.run(|| TcpListener::bind(("0.0.0.0", BACKEND_PORT)).expect("backend listen"));
@@ -106,11 +68,11 @@ fn start_backends(t: &Topology) {
     }
 }
 
-fn load_and_attach(t: &Topology, pin_dir: &Path) -> (KernelObject, L4Actuator, Attachment) {
+fn load_and_attach(t: &GatewayNet, pin_dir: &Path) -> (KernelObject, L4Actuator, Attachment) {
     let mut obj = ebpf::load_object(Some(&pin_dir.join("maps"))).expect("load with pinned maps");
-    let iface = t.gw_iface.clone();
+    let iface = t.gateway_iface().to_owned();
     let links = pin_dir.join("links");
-    let att = t.gw.run(|| {
+    let att = t.gateway.run(|| {
         ebpf::attach_pinned(&mut obj, &iface, &links, ebpf::XdpAttachMode::Auto)
             .expect("attach pinned")
     });
@@ -139,7 +101,7 @@ fn program(table: Vec<Option<SocketAddr>>) -> Vec<L4RouteProgram> {
     }]
 }
 
-fn connect(t: &Topology) -> (TcpStream, String) {
+fn connect(t: &GatewayNet) -> (TcpStream, String) {
     t.client.run(|| {
         let s = TcpStream::connect_timeout(&VIP.parse().expect("vip"), Duration::from_secs(5))
             .expect("connect to VIP");
@@ -167,7 +129,7 @@ fn fresh_connections_split_three_to_one_and_match_the_prediction() {
     act.apply(&program(table.clone())).expect("apply");
 
     let vip: SocketAddr = VIP.parse().expect("vip");
-    let client_ip: std::net::IpAddr = CLIENT_IP.parse().expect("ip");
+    let client_ip: std::net::IpAddr = NET.client().parse().expect("ip");
     let mut per_backend = BTreeMap::new();
     for _ in 0..2000 {
         let (s, greeting) = connect(&t);

@@ -6,10 +6,12 @@
 
 mod bpffs;
 mod child;
+mod gateway_net;
 mod netns;
 mod privilege;
 
 pub use bpffs::BpfFs;
 pub use child::ChildGuard;
+pub use gateway_net::{AddressPlan, GatewayNet};
 pub use netns::{NetNs, VethPair, unique_name};
 pub use privilege::{is_root, require_root};

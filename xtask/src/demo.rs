@@ -91,8 +91,7 @@ pub fn run() -> anyhow::Result<()> {
     );
     let topo = Topology::new("d", &bins.echo)?;
     // XDP sees bytes as sent: the client puts full checksums on the wire, as a NIC does.
-    topo.client
-        .exec("ethtool", &["-K", &topo.front.a, "tx", "off"])?;
+    topo.net.client_sends_full_checksums()?;
 
     let manifest_dir = tempfile::Builder::new()
         .prefix("splitter-demo-")
@@ -104,12 +103,12 @@ pub fn run() -> anyhow::Result<()> {
     println!(
         "demo: agent in the gateway namespace: splitter run --manifests {} --iface {} (log: {})",
         manifest_dir.path().display(),
-        topo.front.b,
+        topo.net.front.b,
         log.display()
     );
     let agent = ChildGuard(
-        topology::agent_command(&topo.gateway, &bins.splitter, manifest_dir.path(), &log)?
-            .args(["--iface", &topo.front.b])
+        topology::agent_command(&topo.net.gateway, &bins.splitter, manifest_dir.path(), &log)?
+            .args(["--iface", &topo.net.front.b])
             .arg("--pin-dir")
             .arg(&pin_dir)
             .spawn()
@@ -128,7 +127,8 @@ pub fn run() -> anyhow::Result<()> {
     // The agent polls the files once a second; watch its plan on the admin endpoint until the
     // new weights are live. (Probing with requests would advance the weighted round robin.)
     wait_for("the new weights", Duration::from_secs(15), || {
-        topo.gateway
+        topo.net
+            .gateway
             .command("curl")
             .args(["-s", "http://127.0.0.1:9901/debug/plan"])
             .output()
@@ -171,7 +171,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("demo: cleaning up");
     drop(agent);
     let _ = Command::new(&bins.splitter)
-        .args(["detach", "--iface", &topo.front.b])
+        .args(["detach", "--iface", &topo.net.front.b])
         .arg("--pin-dir")
         .arg(&pin_dir)
         .status();

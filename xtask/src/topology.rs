@@ -17,7 +17,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use testbed::{ChildGuard, NetNs, VethPair};
+use testbed::{AddressPlan, ChildGuard, GatewayNet, NetNs};
 
 pub const CLIENT: &str = "10.240.0.1";
 pub const GATEWAY: &str = "10.240.0.2";
@@ -71,49 +71,31 @@ pub struct Topology {
     // namespaces go.
     _echoes: Vec<ChildGuard>,
     pub backends: Vec<Backend>,
-    _links: Vec<VethPair>,
-    _backend_ns: Vec<NetNs>,
-    /// The veth between client (`a`) and gateway (`b`).
-    pub front: VethPair,
-    pub gateway: NetNs,
-    pub client: NetNs,
+    pub net: GatewayNet,
 }
+
+/// The addresses of [`CLIENT`], [`GATEWAY`] and [`BACKENDS`].
+const NET: AddressPlan = AddressPlan {
+    front: "10.240.0",
+    backends: "10.241",
+    first: 1,
+};
 
 impl Topology {
     /// Creates the namespaces and links and starts one `splitter-echo` per backend on
     /// `0.0.0.0:ECHO_PORT` of its namespace. `tag` starts the namespace names (at most two
     /// letters, so the names stay unique and short).
     pub fn new(tag: &str, echo: &Path) -> anyhow::Result<Self> {
-        let client = NetNs::new(&format!("{tag}c"))?;
-        let gateway = NetNs::new(&format!("{tag}g"))?;
-        let front = VethPair::new(
-            &client,
-            &[&format!("{CLIENT}/24")],
-            &gateway,
-            &[&format!("{GATEWAY}/24")],
-        )?;
-        gateway.sysctl("net/ipv4/ip_forward", "1")?;
+        let net = GatewayNet::new(tag, NET, BACKENDS.len())?;
         let mut topo = Topology {
             _echoes: vec![],
             backends: vec![],
-            _links: vec![],
-            _backend_ns: vec![],
-            front,
-            gateway,
-            client,
+            net,
         };
         for (i, (service, addr)) in BACKENDS.iter().enumerate() {
-            let ns = NetNs::new(&format!("{tag}b"))?;
-            let gw_side = format!("10.241.{}.1", i + 1);
-            topo._links.push(VethPair::new(
-                &topo.gateway,
-                &[&format!("{gw_side}/24")],
-                &ns,
-                &[&format!("{addr}/24")],
-            )?);
-            ns.ip(&["route", "add", "default", "via", &gw_side])?;
+            debug_assert_eq!(NET.backend(i), *addr);
             let pod = format!("{service}-{}", &testbed::unique_name("p")[1..]);
-            let child = ns
+            let child = topo.net.backends[i]
                 .command(echo)
                 .args(["--listen", &format!("0.0.0.0:{ECHO_PORT}"), "--name", &pod])
                 .stdout(Stdio::null())
@@ -121,7 +103,6 @@ impl Topology {
                 .spawn()
                 .context("starting splitter-echo")?;
             topo._echoes.push(ChildGuard(child));
-            topo._backend_ns.push(ns);
             topo.backends.push(Backend { addr, pod });
         }
         Ok(topo)
@@ -130,6 +111,7 @@ impl Topology {
     /// `curl ARGS` in the client namespace; its stdout.
     pub fn curl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self
+            .net
             .client
             .command("curl")
             .args(args)

@@ -81,7 +81,7 @@ impl Setup<'_> {
         let mut server = match peer {
             Peer::Splitter => {
                 let child = topology::agent_command(
-                    &self.topo.gateway,
+                    &self.topo.net.gateway,
                     self.splitter,
                     &self.work.join("manifests"),
                     &self.work.join("agent.log"),
@@ -93,7 +93,7 @@ impl Setup<'_> {
             }
             Peer::Nginx => {
                 let dir = self.work.join("nginx");
-                nginx::start(&self.topo.gateway, &dir, &dir.join("nginx.conf"))?
+                nginx::start(&self.topo.net.gateway, &dir, &dir.join("nginx.conf"))?
             }
         };
         if let Err(e) = self.topo.wait_until_served(PATH, Duration::from_secs(30)) {
@@ -198,11 +198,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             interrupted()?;
             let server = setup.start(peer)?;
             if opts.warmup > 0 {
-                warmup.run(&topo.client, &url)?;
+                warmup.run(&topo.net.client, &url)?;
             }
             interrupted()?;
             let cpu_before = cpu::process_tree(server.id());
-            let wrk = load.run(&topo.client, &url)?;
+            let wrk = load.run(&topo.net.client, &url)?;
             let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
             interrupted()?;
             drop(server);
