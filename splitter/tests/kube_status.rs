@@ -414,20 +414,32 @@ fn echo(r: &Recorded) -> (u16, Value) {
     }
 }
 
+/// Starts the status writer on `the_plan()` (observed statuses all fresh), led either by a
+/// fixed `leader` flag or, with `None`, by the Lease election against the mock.
+fn start_writer(client: kube::Client, leader: Option<bool>) {
+    let plan = the_plan();
+    let (plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
+    let (observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (leader_tx, leader_rx) = watch::channel(leader.unwrap_or(false));
+    let fixed_leader = match leader {
+        Some(_) => Some(leader_tx),
+        None => {
+            let leases = kube::Api::namespaced(client.clone(), "splitter-system");
+            tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
+            None
+        }
+    };
+    tokio::spawn(async move {
+        // The senders live as long as the writer: a closed channel would read as a change.
+        let _senders = (plans_tx, observed_tx, fixed_leader);
+        status::writer::run(client, writer_config(), plans, observed, leader_rx).await;
+    });
+}
+
 #[tokio::test]
 async fn the_leader_writes_each_status_once_with_server_side_apply() {
     let (client, mock) = MockApi::start(echo);
-    let plan = the_plan();
-    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
-    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
-    let (_leader_tx, leader) = watch::channel(true);
-    tokio::spawn(status::writer::run(
-        client,
-        writer_config(),
-        plans,
-        observed,
-        leader,
-    ));
+    start_writer(client, Some(true));
 
     eventually(WAIT, "eight status patches", || mock.calls().len() >= 8).await;
     // Nothing more follows: the observed statuses did not change, so nothing is repeated.
@@ -479,19 +491,7 @@ async fn a_non_leader_writes_nothing() {
             panic!("unexpected call {} {}", r.method, r.uri)
         }
     });
-    let plan = the_plan();
-    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
-    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
-    let (leader_tx, leader) = watch::channel(false);
-    let leases = kube::Api::namespaced(client.clone(), "splitter-system");
-    tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
-    tokio::spawn(status::writer::run(
-        client,
-        writer_config(),
-        plans,
-        observed,
-        leader,
-    ));
+    start_writer(client, None);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let calls = mock.calls();
@@ -520,19 +520,7 @@ async fn the_agent_creates_a_missing_lease_then_writes() {
             echo(r)
         }
     });
-    let plan = the_plan();
-    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
-    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
-    let (leader_tx, leader) = watch::channel(false);
-    let leases = kube::Api::namespaced(client.clone(), "splitter-system");
-    tokio::spawn(status::lease::run(leases, lease_config(), leader_tx));
-    tokio::spawn(status::writer::run(
-        client,
-        writer_config(),
-        plans,
-        observed,
-        leader,
-    ));
+    start_writer(client, None);
 
     eventually(WAIT, "status patches", || {
         mock.calls().iter().filter(|c| is_status_patch(c)).count() == 8

@@ -317,17 +317,11 @@ fn gateway_statuses(
                 generation,
             ),
         });
-        conditions.push(if l.usable() {
-            Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "", generation)
-        } else {
-            Condition::new(
-                reason::PROGRAMMED,
-                false,
-                reason::INVALID,
-                "listener is not accepted",
-                generation,
-            )
-        });
+        conditions.push(programmed(
+            l.usable(),
+            "listener is not accepted",
+            generation,
+        ));
         if let Some(c) = dataplane.remove(&i) {
             conditions.push(c);
         }
@@ -393,18 +387,28 @@ fn gateway_statuses(
                 generation,
             )
         };
-        let programmed = if accepted.is_true() {
-            Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "", generation)
-        } else {
-            Condition::new(
-                reason::PROGRAMMED,
-                false,
-                reason::INVALID,
-                "the Gateway is not accepted",
-                generation,
-            )
-        };
+        let programmed = programmed(
+            accepted.is_true(),
+            "the Gateway is not accepted",
+            generation,
+        );
         s.conditions = vec![accepted, programmed];
     }
     out
+}
+
+/// `Programmed`: true when `ok`, else false (`Invalid`) with `why_not`. Gateways and listeners
+/// are programmed exactly when they are accepted: the data plane serves whatever is accepted.
+fn programmed(ok: bool, why_not: &str, generation: i64) -> Condition {
+    if ok {
+        Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "", generation)
+    } else {
+        Condition::new(
+            reason::PROGRAMMED,
+            false,
+            reason::INVALID,
+            why_not,
+            generation,
+        )
+    }
 }
