@@ -34,7 +34,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
 use splitter::dataplane::ebpf::{self, L4Actuator, L4Proto, L4RouteProgram};
 use splitter_common::maps::XDP_FLOOR_PROGRAM;
-use testbed::{AddressPlan, GatewayNet};
+use testbed::{AddressPlan, GatewayNet, NetNs};
 
 const REPEAT: u32 = 1_000_000;
 const SYN_RUNS: u16 = 10_000;
@@ -165,15 +165,20 @@ fn cps_topology() -> GatewayNet {
         .sysctl("net/ipv4/tcp_tw_reuse", "1")
         .expect("sysctl");
     for b in &t.backends {
-        let l = b.run(|| TcpListener::bind("0.0.0.0:8080").expect("listen"));
-        b.spawn(move || {
-            // Accept and close: the cost measured is the connection, not the backend.
-            for c in l.incoming().flatten() {
-                drop(c);
-            }
-        });
+        accept_and_close(b, "0.0.0.0:8080".parse().expect("addr"));
     }
     t
+}
+
+/// A server in `ns` that accepts connections and closes them at once: the cost measured is
+/// the connection, not what a backend does with it.
+fn accept_and_close(ns: &NetNs, at: SocketAddr) {
+    let l = ns.run(|| TcpListener::bind(at).expect("listen"));
+    ns.spawn(move || {
+        for c in l.incoming().flatten() {
+            drop(c);
+        }
+    });
 }
 
 /// What the client connects to: the VIP, or (for the ceiling) the backends themselves, 3:1.
@@ -277,7 +282,13 @@ fn iptables_cps() -> f64 {
 fn routed_cps() -> f64 {
     let t = cps_topology();
     t.client
-        .ip(&["route", "add", "10.221.0.0/16", "via", &NET.gateway()])
+        .ip(&[
+            "route",
+            "add",
+            &format!("{}.0.0/16", NET.backends),
+            "via",
+            &NET.gateway(),
+        ])
         .expect("route");
     let (b0, b1) = (backend(0), backend(1));
     connections_per_second(&t, &[b0, b0, b0, b1])
@@ -286,15 +297,9 @@ fn routed_cps() -> f64 {
 /// The ceiling of any gateway: no hop at all, the backend listens in the gateway namespace.
 fn hopless_cps() -> f64 {
     let t = cps_topology();
-    let l = t
-        .gateway
-        .run(|| TcpListener::bind("10.220.0.2:8081").expect("listen"));
-    t.gateway.spawn(move || {
-        for c in l.incoming().flatten() {
-            drop(c);
-        }
-    });
-    connections_per_second(&t, &["10.220.0.2:8081".parse().expect("addr")])
+    let at: SocketAddr = format!("{}:8081", NET.gateway()).parse().expect("addr");
+    accept_and_close(&t.gateway, at);
+    connections_per_second(&t, &[at])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -337,7 +342,7 @@ fn cps() {
         routed / iptables.max(1.0)
     );
     println!(
-        "  no gateway hop (backend in the gateway):  {hopless:>9.0} /s   {:.2}x iptables (ceiling of any gateway)",
+        "  no gateway hop (server in the gateway):  {hopless:>9.0} /s   {:.2}x iptables (ceiling of any gateway)",
         hopless / iptables.max(1.0)
     );
 }
