@@ -26,7 +26,10 @@ pub const VIPS: &str = "VIPS";
 pub const ROUTES: &str = "ROUTES";
 pub const TABLES: &str = "TABLES";
 pub const BACKENDS: &str = "BACKENDS";
+/// IPv6 flows, keyed by [`FlowKey`].
 pub const CONNTRACK: &str = "CONNTRACK";
+/// IPv4 flows, keyed by [`FlowKey4`].
+pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
 pub const ROUTE_STATS: &str = "ROUTE_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const L4_DROPS: &str = "L4_DROPS";
@@ -93,12 +96,15 @@ pub struct Backend {
 pub const DIR_FORWARD: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// Key of `CONNTRACK`, as the packet carries it. Forward: (client, VIP); reply: (backend, client).
+/// Key of a conntrack map, as the packet carries it. Forward: (client, VIP); reply: (backend,
+/// client). `N` is the address length: IPv4 flows live in `CONNTRACK_V4` with 16-byte keys,
+/// IPv6 flows in `CONNTRACK` with 40-byte keys. The established path's cost is mostly this
+/// lookup, and hashing and comparing the short key is what keeps IPv4, the common case, cheap.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKeyOf<const N: usize> {
+    pub src: [u8; N],
+    pub dst: [u8; N],
     /// Host byte order.
     pub src_port: u16,
     pub dst_port: u16,
@@ -106,6 +112,25 @@ pub struct FlowKey {
     /// `DIR_FORWARD` or `DIR_REPLY`.
     pub dir: u8,
     pub _pad: [u8; 2],
+}
+
+/// Key of `CONNTRACK` (IPv6).
+pub type FlowKey = FlowKeyOf<16>;
+/// Key of `CONNTRACK_V4`: the IPv4 addresses only.
+pub type FlowKey4 = FlowKeyOf<4>;
+
+impl<const N: usize> Default for FlowKeyOf<N> {
+    fn default() -> Self {
+        Self {
+            src: [0; N],
+            dst: [0; N],
+            src_port: 0,
+            dst_port: 0,
+            proto: 0,
+            dir: 0,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Value of `CONNTRACK`: where to rewrite to. Forward entries name the backend; reply entries
@@ -130,15 +155,18 @@ pub struct FlowValue {
     pub _pad: u8,
 }
 
-impl FlowKey {
+impl<const N: usize> FlowKeyOf<N> {
     /// The key of the other direction of the flow this entry (`self` -> `value`) belongs to:
     /// a forward entry's reply key (backend -> client) or a reply entry's forward key
     /// (client -> VIP). The kernel inserts both together; userspace removes both together.
-    pub fn twin(&self, value: &FlowValue) -> FlowKey {
+    pub fn twin(&self, value: &FlowValue) -> Self {
+        // Values hold 16-byte addresses, IPv4 ones v4-mapped: the address is the last N bytes.
+        let mut addr = [0u8; N];
+        addr.copy_from_slice(&value.addr[16 - N..]);
         if self.dir == DIR_FORWARD {
             // (client -> VIP) to backend: the reply is (backend -> client).
-            FlowKey {
-                src: value.addr,
+            Self {
+                src: addr,
                 dst: self.src,
                 src_port: value.port,
                 dst_port: self.src_port,
@@ -148,9 +176,9 @@ impl FlowKey {
             }
         } else {
             // (backend -> client) to VIP: the forward key is (client -> VIP).
-            FlowKey {
+            Self {
                 src: self.dst,
-                dst: value.addr,
+                dst: addr,
                 src_port: self.dst_port,
                 dst_port: value.port,
                 proto: self.proto,
@@ -231,7 +259,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::RouteMeta {}
     unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl<const N: usize> aya::Pod for super::FlowKeyOf<N> {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowStats {}
 }
@@ -256,6 +284,10 @@ mod layout {
         assert_eq!(offset_of!(FlowKey, dst_port), 34);
         assert_eq!(offset_of!(FlowKey, proto), 36);
         assert_eq!(offset_of!(FlowKey, dir), 37);
+        assert_eq!(size_of::<FlowKey4>(), 16);
+        assert_eq!(offset_of!(FlowKey4, src_port), 8);
+        assert_eq!(offset_of!(FlowKey4, proto), 12);
+        assert_eq!(offset_of!(FlowKey4, dir), 13);
         assert_eq!(size_of::<FlowValue>(), 32);
         assert_eq!(offset_of!(FlowValue, backend_id), 20);
         assert_eq!(offset_of!(FlowValue, l4_csum_delta), 28);
@@ -290,6 +322,39 @@ mod layout {
         );
         let to_vip = FlowValue {
             addr: vip,
+            port: 80,
+            ..FlowValue::default()
+        };
+        assert_eq!(rev.twin(&to_vip), fwd);
+    }
+
+    #[test]
+    fn ipv4_twins_take_the_mapped_address() {
+        let mapped = |a: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&a);
+            m
+        };
+        let fwd = FlowKey4 {
+            src: [10, 0, 0, 1],
+            dst: [10, 0, 0, 2],
+            src_port: 40000,
+            dst_port: 80,
+            proto: 6,
+            dir: DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let to_backend = FlowValue {
+            addr: mapped([10, 1, 0, 2]),
+            port: 8080,
+            ..FlowValue::default()
+        };
+        let rev = fwd.twin(&to_backend);
+        assert_eq!((rev.src, rev.dst), ([10, 1, 0, 2], [10, 0, 0, 1]));
+        let to_vip = FlowValue {
+            addr: mapped([10, 0, 0, 2]),
             port: 80,
             ..FlowValue::default()
         };

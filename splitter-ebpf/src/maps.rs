@@ -15,8 +15,8 @@ pub static PARSE_STATS: PerCpuArray<u64, { ParseOutcome::COUNT as usize }> = Per
 
 use aya_ebpf::btf_maps::{Array, HashMap, LruHashMap};
 use splitter_common::l4::{
-    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowStats, FlowValue, L4Event, MAX_BACKENDS,
-    MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
+    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowKey4, FlowStats, FlowValue, L4Event,
+    MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
 };
 
 #[btf_map]
@@ -32,10 +32,15 @@ pub static TABLES: Array<u32, { TABLES_LEN as usize }> = Array::new();
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// One shared LRU (not per-CPU): on veth the receiving CPU follows the sender, so a flow's
-/// packets may arrive on different CPUs.
+/// IPv6 flows. One shared LRU (not per-CPU): on veth the receiving CPU follows the sender, so
+/// a flow's packets may arrive on different CPUs.
 #[btf_map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// IPv4 flows, with keys a third the size (see `FlowKeyOf`); shared like `CONNTRACK`.
+#[btf_map]
+pub static CONNTRACK_V4: LruHashMap<FlowKey4, FlowValue, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
     LruHashMap::new();
 
 #[btf_map]

@@ -7,7 +7,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use splitter_common::{
     DestKey, ParseOutcome,
     counters::{IPPROTO_TCP, IPPROTO_UDP},
-    l4::{DIR_FORWARD, FlowKey, FlowValue},
+    l4::{DIR_FORWARD, FlowKey, FlowKey4, FlowValue},
 };
 
 const ETH_HDR_LEN: usize = 14;
@@ -65,6 +65,8 @@ pub struct PacketMeta {
     /// The packet's 5-tuple, already in conntrack key form (`dir` = forward), so the
     /// established path looks it up in place instead of copying 40 bytes to the stack.
     pub key: FlowKey,
+    /// For IPv4 packets, the same tuple as `CONNTRACK_V4` keys it (unused for IPv6).
+    pub key4: FlowKey4,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
     pub family: Family,
@@ -179,6 +181,18 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(),
     meta.key._pad = [0; 2];
     meta.family = Family::V4;
     meta.key.proto = proto;
+    // SAFETY: the fixed 20-byte header is inside the frame (checked above).
+    unsafe {
+        for i in 0..4 {
+            meta.key4.src[i] = *p.add(12 + i);
+            meta.key4.dst[i] = *p.add(16 + i);
+        }
+    }
+    meta.key4.src_port = meta.key.src_port;
+    meta.key4.dst_port = meta.key.dst_port;
+    meta.key4.proto = proto;
+    meta.key4.dir = DIR_FORWARD;
+    meta.key4._pad = [0; 2];
     meta.l3_offset = l3 as u32;
     meta.l3_len = hdr_len as u32;
     meta.l4_offset = l4 as u32;

@@ -7,13 +7,13 @@ use splitter_common::{
     csum,
     hash::flow_hash,
     l4::{
-        BACKEND_ACTIVE, BACKEND_EMPTY, DIR_REPLY, FLOW_CLOSING, FlowKey, FlowValue, REJECT,
-        table_index,
+        BACKEND_ACTIVE, BACKEND_EMPTY, DIR_REPLY, FLOW_CLOSING, FlowKey, FlowKey4, FlowValue,
+        REJECT, table_index,
     },
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, ROUTES, TABLES},
+    maps::{BACKENDS, CONNTRACK, CONNTRACK_V4, ROUTES, TABLES},
     parse::{Family, PacketMeta, TCP_FLAG_FIN, TCP_FLAG_RST},
     rewrite::is_v4_mapped,
 };
@@ -32,8 +32,16 @@ pub enum Choice {
 #[inline(always)]
 pub fn tracked(meta: &mut PacketMeta) -> Option<(Choice, u32)> {
     // By reference: the key stays in the scratch map instead of being copied to the stack.
-    let key: &FlowKey = &meta.key;
-    let ct = CONNTRACK.get_ptr_mut(key)?;
+    let ct = match meta.family {
+        Family::V4 => {
+            let key: &FlowKey4 = &meta.key4;
+            CONNTRACK_V4.get_ptr_mut(key)?
+        }
+        Family::V6 => {
+            let key: &FlowKey = &meta.key;
+            CONNTRACK.get_ptr_mut(key)?
+        }
+    };
     // SAFETY: an entry of the map, alive for this program run; other CPUs may write `flags`
     // concurrently, and both can only set the same bit.
     let ct = unsafe { &mut *ct };
@@ -131,15 +139,6 @@ pub fn from_table(meta: &mut PacketMeta, route_id: u32) -> Choice {
 #[inline(never)]
 pub fn track(meta: &PacketMeta) {
     let f = &meta.flow;
-    let reply_key = FlowKey {
-        src: f.addr,
-        dst: meta.key.src,
-        src_port: f.port,
-        dst_port: meta.key.src_port,
-        proto: meta.key.proto,
-        dir: DIR_REPLY,
-        _pad: [0; 2],
-    };
     // The reply path rewrites with TC's checksum helpers, which need no deltas.
     let reply = FlowValue {
         addr: meta.key.dst,
@@ -150,7 +149,34 @@ pub fn track(meta: &PacketMeta) {
     };
     // A full LRU evicts the least recent flow; an insert failure leaves the flow untracked and it
     // is re-selected (same slot, same backend while the table is unchanged) on its next packet.
-    let key: &FlowKey = &meta.key;
-    let _ = CONNTRACK.insert(key, f, 0);
-    let _ = CONNTRACK.insert(reply_key, reply, 0);
+    match meta.family {
+        Family::V4 => {
+            let k = &meta.key4;
+            let reply_key = FlowKey4 {
+                src: [f.addr[12], f.addr[13], f.addr[14], f.addr[15]],
+                dst: k.src,
+                src_port: f.port,
+                dst_port: k.src_port,
+                proto: k.proto,
+                dir: DIR_REPLY,
+                _pad: [0; 2],
+            };
+            let _ = CONNTRACK_V4.insert(k, f, 0);
+            let _ = CONNTRACK_V4.insert(reply_key, reply, 0);
+        }
+        Family::V6 => {
+            let k = &meta.key;
+            let reply_key = FlowKey {
+                src: f.addr,
+                dst: k.src,
+                src_port: f.port,
+                dst_port: k.src_port,
+                proto: k.proto,
+                dir: DIR_REPLY,
+                _pad: [0; 2],
+            };
+            let _ = CONNTRACK.insert(k, f, 0);
+            let _ = CONNTRACK.insert(reply_key, reply, 0);
+        }
+    }
 }

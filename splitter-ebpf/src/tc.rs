@@ -9,11 +9,11 @@ use aya_ebpf::{
 };
 use splitter_common::{
     counters::IPPROTO_UDP,
-    l4::{DIR_REPLY, FLOW_CLOSING, FlowKey},
+    l4::{DIR_REPLY, FLOW_CLOSING, FlowKey, FlowKey4},
 };
 
 use crate::{
-    maps::{CONNTRACK, SCRATCH},
+    maps::{CONNTRACK, CONNTRACK_V4, SCRATCH},
     parse::{Family, TCP_FLAG_FIN, TCP_FLAG_RST, parse_frame},
     rewrite::l4_csum_offset,
 };
@@ -24,11 +24,21 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     // SAFETY: this CPU's TC scratch slot.
     let meta = unsafe { &mut *meta };
     parse_frame(ctx, meta).map_err(|_| ())?;
-    // The reply entry is keyed by the tuple as the reply carries it: look it up in place.
-    meta.key.dir = DIR_REPLY;
-    // By reference: the key stays in the scratch map instead of being copied to the stack.
-    let key: &FlowKey = &meta.key;
-    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
+    // The reply entry is keyed by the tuple as the reply carries it: look it up in place (by
+    // reference: the key stays in the scratch map instead of being copied to the stack).
+    let ct = match meta.family {
+        Family::V4 => {
+            meta.key4.dir = DIR_REPLY;
+            let key: &FlowKey4 = &meta.key4;
+            CONNTRACK_V4.get_ptr_mut(key)
+        }
+        Family::V6 => {
+            meta.key.dir = DIR_REPLY;
+            let key: &FlowKey = &meta.key;
+            CONNTRACK.get_ptr_mut(key)
+        }
+    };
+    let Some(ct) = ct else {
         return Ok(());
     };
     // SAFETY: an entry of the map, alive for this program run; concurrent writers can only set

@@ -246,7 +246,7 @@ mod tests {
     fn bpffs_is_found_above_pin_dir() {
         let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";
         assert_eq!(
-            bpffs_mounted_at(mounts, Path::new("/sys/fs/bpf/splitter/v2")).as_deref(),
+            bpffs_mounted_at(mounts, Path::new("/sys/fs/bpf/splitter/v3")).as_deref(),
             Some("/sys/fs/bpf")
         );
         assert_eq!(bpffs_mounted_at(mounts, Path::new("/tmp/x")), None);

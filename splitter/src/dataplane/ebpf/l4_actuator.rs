@@ -14,8 +14,8 @@ use std::{
 use aya::maps::{Array, HashMap, MapData, MapError};
 use splitter_common::l4::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_EMPTY, Backend, DIR_FORWARD, FLOW_CLOSING, FlowKey,
-    FlowValue, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, REJECT, RouteMeta, VipKey, VipValue,
-    table_index,
+    FlowKey4, FlowValue, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, REJECT, RouteMeta, VipKey,
+    VipValue, table_index,
 };
 
 use super::KernelObject;
@@ -121,7 +121,31 @@ pub struct SweepReport {
 /// that first saw its flag.
 #[derive(Debug, Default)]
 pub struct ClosingAges {
-    first_seen: BTreeMap<FlowKey, Instant>,
+    first_seen: BTreeMap<CtKey, Instant>,
+}
+
+/// A conntrack entry's key, with the map it lives in: IPv4 flows in `CONNTRACK_V4`, IPv6 flows
+/// in `CONNTRACK`. Both directions of a flow are in the same map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtKey {
+    V4(FlowKey4),
+    V6(FlowKey),
+}
+
+impl CtKey {
+    fn is_forward(&self) -> bool {
+        match self {
+            CtKey::V4(k) => k.dir == DIR_FORWARD,
+            CtKey::V6(k) => k.dir == DIR_FORWARD,
+        }
+    }
+
+    fn twin(&self, value: &FlowValue) -> CtKey {
+        match self {
+            CtKey::V4(k) => CtKey::V4(k.twin(value)),
+            CtKey::V6(k) => CtKey::V6(k.twin(value)),
+        }
+    }
 }
 
 impl ClosingAges {
@@ -129,10 +153,10 @@ impl ClosingAges {
     /// returns those closing for at least `grace`.
     pub fn update(
         &mut self,
-        closing: impl IntoIterator<Item = FlowKey>,
+        closing: impl IntoIterator<Item = CtKey>,
         now: Instant,
         grace: Duration,
-    ) -> Vec<FlowKey> {
+    ) -> Vec<CtKey> {
         let mut next = BTreeMap::new();
         for k in closing {
             let since = self.first_seen.get(&k).copied().unwrap_or(now);
@@ -167,6 +191,7 @@ pub struct L4Actuator {
     tables: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
+    conntrack_v4: HashMap<MapData, FlowKey4, FlowValue>,
     closing: ClosingAges,
     route_ids: BTreeMap<String, u32>,
     backend_ids: BTreeMap<SocketAddr, u32>,
@@ -180,7 +205,7 @@ impl L4Actuator {
     /// in pinned maps is adopted: routes, backends and VIPs already there are read back so a
     /// restarted agent publishes into the right halves and keeps backend ids stable.
     pub fn new(obj: &mut KernelObject) -> Result<Self, L4ApplyError> {
-        use splitter_common::l4::{BACKENDS, CONNTRACK, ROUTES, TABLES, VIPS};
+        use splitter_common::l4::{BACKENDS, CONNTRACK, CONNTRACK_V4, ROUTES, TABLES, VIPS};
         let mut take = |name: &'static str| {
             obj.ebpf
                 .take_map(name)
@@ -191,12 +216,14 @@ impl L4Actuator {
         let tables = Array::try_from(take(TABLES)?).map_err(map_err(TABLES))?;
         let backends = Array::try_from(take(BACKENDS)?).map_err(map_err(BACKENDS))?;
         let conntrack = HashMap::try_from(take(CONNTRACK)?).map_err(map_err(CONNTRACK))?;
+        let conntrack_v4 = HashMap::try_from(take(CONNTRACK_V4)?).map_err(map_err(CONNTRACK_V4))?;
         let mut act = L4Actuator {
             vips,
             routes,
             tables,
             backends,
             conntrack,
+            conntrack_v4,
             closing: ClosingAges::default(),
             route_ids: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
@@ -436,6 +463,14 @@ impl L4Actuator {
             .map_err(map_err("ROUTES"))
     }
 
+    /// Removes one conntrack entry; the LRU may have evicted it since the scan.
+    fn forget_flow(&mut self, key: &CtKey) -> Result<(), L4ApplyError> {
+        match key {
+            CtKey::V4(k) => absent_ok(self.conntrack_v4.remove(k)).map_err(map_err("CONNTRACK_V4")),
+            CtKey::V6(k) => absent_ok(self.conntrack.remove(k)).map_err(map_err("CONNTRACK")),
+        }
+    }
+
     /// Reaps what draining backends leave behind, then frees their ids.
     ///
     /// A flow to a draining backend whose entries carry `FLOW_CLOSING` (a FIN or RST went
@@ -451,14 +486,22 @@ impl L4Actuator {
         }
         let mut referenced = HashSet::new();
         // Per flow (by forward key): closing in either direction, and both keys.
-        let mut flows: BTreeMap<FlowKey, (bool, FlowKey, u32)> = BTreeMap::new();
-        for entry in self.conntrack.iter() {
+        let mut flows: BTreeMap<CtKey, (bool, CtKey, u32)> = BTreeMap::new();
+        let v6 = self
+            .conntrack
+            .iter()
+            .map(|e| e.map(|(k, v)| (CtKey::V6(k), v)));
+        let v4 = self
+            .conntrack_v4
+            .iter()
+            .map(|e| e.map(|(k, v)| (CtKey::V4(k), v)));
+        for entry in v6.chain(v4) {
             let (k, v) = entry.map_err(map_err("CONNTRACK"))?;
             if !self.draining.contains(&v.backend_id) {
                 referenced.insert(v.backend_id);
                 continue;
             }
-            let (fwd, rev) = if k.dir == DIR_FORWARD {
+            let (fwd, rev) = if k.is_forward() {
                 (k, k.twin(&v))
             } else {
                 (k.twin(&v), k)
@@ -467,7 +510,7 @@ impl L4Actuator {
             flow.0 |= v.flags & FLOW_CLOSING != 0;
         }
         let closing = flows.iter().filter(|(_, f)| f.0).map(|(k, _)| *k);
-        let due: BTreeSet<FlowKey> = self
+        let due: BTreeSet<CtKey> = self
             .closing
             .update(closing, now, grace)
             .into_iter()
@@ -478,8 +521,7 @@ impl L4Actuator {
                 continue;
             }
             for k in [fwd, rev] {
-                // The LRU may have evicted it since the scan.
-                absent_ok(self.conntrack.remove(k)).map_err(map_err("CONNTRACK"))?;
+                self.forget_flow(k)?;
             }
             report.flows_reaped += 1;
         }
@@ -506,11 +548,11 @@ impl L4Actuator {
 mod tests {
     use super::*;
 
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
+    fn key(port: u16) -> CtKey {
+        CtKey::V6(FlowKey {
             src_port: port,
             ..FlowKey::default()
-        }
+        })
     }
 
     #[test]

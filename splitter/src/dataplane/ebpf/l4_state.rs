@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use splitter_common::l4::{
-    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, DIR_FORWARD, FlowKey, FlowStats, FlowValue,
-    L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES, RouteMeta, TABLES, VIPS,
-    VipKey, VipValue, table_index,
+    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FlowKey, FlowKey4,
+    FlowStats, FlowValue, L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES,
+    RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -139,11 +139,18 @@ pub fn read_l4_state(
 
     let ct_map = open(CONNTRACK)?;
     let ct = HashMap::<&MapData, FlowKey, FlowValue>::try_from(&ct_map)?;
+    let ct4_map = open(CONNTRACK_V4)?;
+    let ct4 = HashMap::<&MapData, FlowKey4, FlowValue>::try_from(&ct4_map)?;
     let flows = ct
         .keys()
         .filter_map(Result::ok)
         .filter(|k| k.dir == DIR_FORWARD)
-        .count();
+        .count()
+        + ct4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.dir == DIR_FORWARD)
+            .count();
 
     let ev_map = open(L4_DROPS)?;
     let ev = PerCpuArray::<&MapData, u64>::try_from(&ev_map)?;

@@ -10,7 +10,8 @@ use aya::{
 };
 use splitter_common::{
     l4::{
-        BACKEND_STATS, BACKENDS, CONNTRACK, L4_DROPS, ROUTE_STATS, ROUTES, TABLES, TC_PROGRAM, VIPS,
+        BACKEND_STATS, BACKENDS, CONNTRACK, CONNTRACK_V4, L4_DROPS, ROUTE_STATS, ROUTES, TABLES,
+        TC_PROGRAM, VIPS,
     },
     maps::{DEST_STATS, PARSE_STATS, XDP_PROGRAM},
 };
@@ -20,7 +21,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Maps that are pinned (and so survive an agent restart) when a pin directory is given: all of
 /// them, so conntrack and tables outlive the process and established flows keep flowing.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     DEST_STATS,
     PARSE_STATS,
     VIPS,
@@ -28,6 +29,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     TABLES,
     BACKENDS,
     CONNTRACK,
+    CONNTRACK_V4,
     ROUTE_STATS,
     BACKEND_STATS,
     L4_DROPS,
@@ -87,7 +89,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
     use splitter_common::{
         DestKey, DestStats, ParseOutcome,
         l4::{
-            Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowStats, FlowValue, L4Event,
+            Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowKey4, FlowStats, FlowValue, L4Event,
             MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
         },
         maps::DEST_STATS_MAX_ENTRIES,
@@ -104,6 +106,11 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         BACKENDS => (4, sz::<Backend>(), MAX_BACKENDS),
         CONNTRACK => (
             sz::<FlowKey>(),
+            sz::<FlowValue>(),
+            DEFAULT_CONNTRACK_ENTRIES,
+        ),
+        CONNTRACK_V4 => (
+            sz::<FlowKey4>(),
             sz::<FlowValue>(),
             DEFAULT_CONNTRACK_ENTRIES,
         ),
