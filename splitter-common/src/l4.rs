@@ -295,12 +295,15 @@ mod layout {
         assert_eq!(size_of::<FlowStats>(), 32);
     }
 
-    #[test]
-    fn twins_pair_up_both_directions() {
-        let client = [1u8; 16];
-        let vip = [2u8; 16];
-        let backend = [3u8; 16];
-        let fwd = FlowKey {
+    /// A forward key's twin is the reply key, and the reply key's twin the forward key again;
+    /// `widen` is how a value stores an address of the key's family.
+    fn check_twins<const N: usize>(
+        client: [u8; N],
+        vip: [u8; N],
+        backend: [u8; N],
+        widen: impl Fn([u8; N]) -> [u8; 16],
+    ) {
+        let fwd = FlowKeyOf::<N> {
             src: client,
             dst: vip,
             src_port: 40000,
@@ -310,7 +313,7 @@ mod layout {
             _pad: [0; 2],
         };
         let to_backend = FlowValue {
-            addr: backend,
+            addr: widen(backend),
             port: 8080,
             ..FlowValue::default()
         };
@@ -321,11 +324,16 @@ mod layout {
             (8080, 40000, DIR_REPLY)
         );
         let to_vip = FlowValue {
-            addr: vip,
+            addr: widen(vip),
             port: 80,
             ..FlowValue::default()
         };
         assert_eq!(rev.twin(&to_vip), fwd);
+    }
+
+    #[test]
+    fn twins_pair_up_both_directions() {
+        check_twins([1u8; 16], [2u8; 16], [3u8; 16], |a| a);
     }
 
     #[test]
@@ -337,28 +345,7 @@ mod layout {
             m[12..].copy_from_slice(&a);
             m
         };
-        let fwd = FlowKey4 {
-            src: [10, 0, 0, 1],
-            dst: [10, 0, 0, 2],
-            src_port: 40000,
-            dst_port: 80,
-            proto: 6,
-            dir: DIR_FORWARD,
-            _pad: [0; 2],
-        };
-        let to_backend = FlowValue {
-            addr: mapped([10, 1, 0, 2]),
-            port: 8080,
-            ..FlowValue::default()
-        };
-        let rev = fwd.twin(&to_backend);
-        assert_eq!((rev.src, rev.dst), ([10, 1, 0, 2], [10, 0, 0, 1]));
-        let to_vip = FlowValue {
-            addr: mapped([10, 0, 0, 2]),
-            port: 80,
-            ..FlowValue::default()
-        };
-        assert_eq!(rev.twin(&to_vip), fwd);
+        check_twins([10, 0, 0, 1], [10, 0, 0, 2], [10, 1, 0, 2], mapped);
     }
 
     #[test]

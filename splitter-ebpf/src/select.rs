@@ -7,8 +7,8 @@ use splitter_common::{
     csum,
     hash::flow_hash,
     l4::{
-        BACKEND_ACTIVE, BACKEND_EMPTY, DIR_REPLY, FLOW_CLOSING, FlowKey, FlowKey4, FlowValue,
-        REJECT, table_index,
+        BACKEND_ACTIVE, BACKEND_EMPTY, FLOW_CLOSING, FlowKey, FlowKey4, FlowValue, REJECT,
+        table_index,
     },
 };
 
@@ -149,34 +149,17 @@ pub fn track(meta: &PacketMeta) {
     };
     // A full LRU evicts the least recent flow; an insert failure leaves the flow untracked and it
     // is re-selected (same slot, same backend while the table is unchanged) on its next packet.
+    // The reply key is the forward key's `twin`, the pairing userspace reaps both by.
     match meta.family {
         Family::V4 => {
-            let k = &meta.key4;
-            let reply_key = FlowKey4 {
-                src: [f.addr[12], f.addr[13], f.addr[14], f.addr[15]],
-                dst: k.src,
-                src_port: f.port,
-                dst_port: k.src_port,
-                proto: k.proto,
-                dir: DIR_REPLY,
-                _pad: [0; 2],
-            };
+            let k: &FlowKey4 = &meta.key4;
             let _ = CONNTRACK_V4.insert(k, f, 0);
-            let _ = CONNTRACK_V4.insert(reply_key, reply, 0);
+            let _ = CONNTRACK_V4.insert(k.twin(f), reply, 0);
         }
         Family::V6 => {
-            let k = &meta.key;
-            let reply_key = FlowKey {
-                src: f.addr,
-                dst: k.src,
-                src_port: f.port,
-                dst_port: k.src_port,
-                proto: k.proto,
-                dir: DIR_REPLY,
-                _pad: [0; 2],
-            };
+            let k: &FlowKey = &meta.key;
             let _ = CONNTRACK.insert(k, f, 0);
-            let _ = CONNTRACK.insert(reply_key, reply, 0);
+            let _ = CONNTRACK.insert(k.twin(f), reply, 0);
         }
     }
 }

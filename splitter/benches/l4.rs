@@ -307,44 +307,57 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A line of the CPS report: its label, the run that measures it, a note on its ratio.
+type CpsLine = (&'static str, fn() -> f64, &'static str);
+
 fn cps() {
+    // iptables is the baseline the other lines are divided by.
+    let lines: [CpsLine; 5] = [
+        ("iptables DNAT -m statistic (kube-proxy)", iptables_cps, ""),
+        (
+            "splitter, native XDP + TC",
+            || splitter_cps(ebpf::XdpAttachMode::Driver),
+            "",
+        ),
+        (
+            "splitter, generic XDP + TC",
+            || splitter_cps(ebpf::XdpAttachMode::Generic),
+            "",
+        ),
+        (
+            "no NAT, the gateway only routes",
+            routed_cps,
+            " (ceiling of stack forwarding)",
+        ),
+        (
+            "no gateway hop (server in the gateway)",
+            hopless_cps,
+            " (ceiling of any gateway)",
+        ),
+    ];
     // Interleaved rounds, medians: the machine's background load drifts during a run.
-    let (mut native, mut generic, mut iptables, mut routed, mut hopless) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut runs = vec![Vec::new(); lines.len()];
     for _ in 0..CPS_ROUNDS {
-        native.push(splitter_cps(ebpf::XdpAttachMode::Driver));
-        generic.push(splitter_cps(ebpf::XdpAttachMode::Generic));
-        iptables.push(iptables_cps());
-        routed.push(routed_cps());
-        hopless.push(hopless_cps());
+        for (line, (_, run, _)) in runs.iter_mut().zip(&lines) {
+            line.push(run());
+        }
     }
-    let (native, generic, iptables, routed, hopless) = (
-        median(native),
-        median(generic),
-        median(iptables),
-        median(routed),
-        median(hopless),
-    );
+    let rates: Vec<f64> = runs.into_iter().map(median).collect();
     println!(
         "l4 new connections per second ({CPS_CLIENT_THREADS} client threads, {CPS_SECONDS} s runs, median of {CPS_ROUNDS} interleaved rounds, same topology)"
     );
-    println!("  iptables DNAT -m statistic (kube-proxy): {iptables:>9.0} /s");
-    println!(
-        "  splitter, native XDP + TC:               {native:>9.0} /s   {:.2}x iptables",
-        native / iptables.max(1.0)
-    );
-    println!(
-        "  splitter, generic XDP + TC:              {generic:>9.0} /s   {:.2}x iptables",
-        generic / iptables.max(1.0)
-    );
-    println!(
-        "  no NAT, the gateway only routes:         {routed:>9.0} /s   {:.2}x iptables (ceiling of stack forwarding)",
-        routed / iptables.max(1.0)
-    );
-    println!(
-        "  no gateway hop (server in the gateway):  {hopless:>9.0} /s   {:.2}x iptables (ceiling of any gateway)",
-        hopless / iptables.max(1.0)
-    );
+    let iptables = rates[0];
+    for (i, ((label, _, note), rate)) in lines.iter().zip(&rates).enumerate() {
+        let label = format!("{label}:");
+        if i == 0 {
+            println!("  {label:<41}{rate:>9.0} /s");
+        } else {
+            println!(
+                "  {label:<41}{rate:>9.0} /s   {:.2}x iptables{note}",
+                rate / iptables.max(1.0)
+            );
+        }
+    }
 }
 
 fn main() {

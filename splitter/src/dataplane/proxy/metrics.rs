@@ -92,6 +92,19 @@ struct HandleCache {
 
 const HANDLE_CACHE_MAX: usize = 4096;
 
+/// The cached handle under `key`, made on first use. A full cache is emptied first rather than
+/// grown: handles of routes that left the plan would otherwise pile up.
+fn cached<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> &mut V {
+    if !map.contains_key(&key) && map.len() >= HANDLE_CACHE_MAX {
+        map.clear();
+    }
+    map.entry(key).or_insert_with(make)
+}
+
 thread_local! {
     static HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache::default());
 }
@@ -152,39 +165,27 @@ impl ProxyMetrics {
     ) {
         HANDLES.with_borrow_mut(|cache| {
             let key = (self.id, addr(listener), addr(route), addr(backend), status);
-            if !cache.requests.contains_key(&key) && cache.requests.len() >= HANDLE_CACHE_MAX {
-                cache.requests.clear();
-            }
-            cache
-                .requests
-                .entry(key)
-                .or_insert_with(|| CachedCounter {
-                    counter: self.requests.get_or_create_owned(&RequestLabels {
-                        listener: listener.clone(),
-                        route: route.clone(),
-                        backend: backend.clone(),
-                        status,
-                    }),
-                    _labels: [listener.clone(), route.clone(), backend.clone()],
-                })
-                .counter
-                .inc();
+            cached(&mut cache.requests, key, || CachedCounter {
+                counter: self.requests.get_or_create_owned(&RequestLabels {
+                    listener: listener.clone(),
+                    route: route.clone(),
+                    backend: backend.clone(),
+                    status,
+                }),
+                _labels: [listener.clone(), route.clone(), backend.clone()],
+            })
+            .counter
+            .inc();
             let key = (self.id, addr(listener), addr(route));
-            if !cache.latency.contains_key(&key) && cache.latency.len() >= HANDLE_CACHE_MAX {
-                cache.latency.clear();
-            }
-            cache
-                .latency
-                .entry(key)
-                .or_insert_with(|| CachedHistogram {
-                    histogram: self.latency.get_or_create_owned(&RouteLabels {
-                        listener: listener.clone(),
-                        route: route.clone(),
-                    }),
-                    _labels: [listener.clone(), route.clone()],
-                })
-                .histogram
-                .observe(seconds);
+            cached(&mut cache.latency, key, || CachedHistogram {
+                histogram: self.latency.get_or_create_owned(&RouteLabels {
+                    listener: listener.clone(),
+                    route: route.clone(),
+                }),
+                _labels: [listener.clone(), route.clone()],
+            })
+            .histogram
+            .observe(seconds);
         });
     }
 

@@ -68,7 +68,9 @@ impl Upstream {
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.release(endpoint, sender);
+                    // Back at once, with the body possibly still streaming: the pool hands it
+                    // out again only when it is ready.
+                    pool::checkin(endpoint, sender, self.config.pool_max_idle_per_host);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -106,12 +108,6 @@ impl Upstream {
             }
         });
         Ok(sender)
-    }
-
-    /// Puts the connection back as soon as the response head is in: the pool hands it out
-    /// again once the body has been read.
-    fn release(&self, endpoint: SocketAddr, sender: http1::SendRequest<Incoming>) {
-        pool::checkin(endpoint, sender, self.config.pool_max_idle_per_host);
     }
 }
 
