@@ -1,9 +1,10 @@
 //! Request splitting across backendRefs and endpoints, and the shares the proxy answers itself
-//! (DESIGN section 3): invalid share 500, no endpoints 503, all weights 0 500, no route 404.
+//! (DESIGN section 3): invalid share 500, no endpoints 503, all weights 0 500, no route 404;
+//! and the upstream connection a keep-alive client's requests reuse.
 
 mod l7_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use l7_support::*;
 
@@ -162,4 +163,25 @@ async fn no_matching_route_gets_404() {
     assert_eq!(conn.get("/api/x").await.status, 200);
     let (_proxy, empty) = start_proxy(&table(vec![])).await;
     assert_eq!(get_once(empty.local_addr(), "/").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_connection_serves_a_keep_alive_client() {
+    let e = echo("e").await;
+    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
+        "k",
+        "/",
+        vec![backend("k", 1, &[e.local_addr()])],
+    )]))
+    .await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    // Each connection goes back to the pool with its response head, before the body is read;
+    // by the next request it is ready again, and it is the one used, not a new one.
+    let mut upstream_peers = BTreeSet::new();
+    for _ in 0..50 {
+        let reply = conn.get("/x").await;
+        assert_eq!(reply.status, 200);
+        upstream_peers.insert(reply.echo().peer);
+    }
+    assert_eq!(upstream_peers.len(), 1, "{upstream_peers:?}");
 }
