@@ -189,6 +189,8 @@ fn fresh_connections_split_three_to_one_and_match_the_prediction() {
         "{text}"
     );
     assert!(text.contains("new flows 2000"), "{text}");
+    // Each of them is still tracked (IPv4: in CONNTRACK_V4), counted once, not per direction.
+    assert!(text.contains("tracked flows 2000"), "{text}");
 }
 
 #[test]

@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use splitter_common::l4::{
-    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FlowKey, FlowKey4,
-    FlowStats, FlowValue, L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES,
-    RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
+    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FlowKeyOf, FlowStats,
+    FlowValue, L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES, RouteMeta, TABLES,
+    VIPS, VipKey, VipValue, table_index,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -137,20 +137,8 @@ pub fn read_l4_state(
         });
     }
 
-    let ct_map = open(CONNTRACK)?;
-    let ct = HashMap::<&MapData, FlowKey, FlowValue>::try_from(&ct_map)?;
-    let ct4_map = open(CONNTRACK_V4)?;
-    let ct4 = HashMap::<&MapData, FlowKey4, FlowValue>::try_from(&ct4_map)?;
-    let flows = ct
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.dir == DIR_FORWARD)
-        .count()
-        + ct4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.dir == DIR_FORWARD)
-            .count();
+    let flows =
+        forward_entries::<16>(&open(CONNTRACK)?)? + forward_entries::<4>(&open(CONNTRACK_V4)?)?;
 
     let ev_map = open(L4_DROPS)?;
     let ev = PerCpuArray::<&MapData, u64>::try_from(&ev_map)?;
@@ -164,4 +152,14 @@ pub fn read_l4_state(
         flows,
         events,
     })
+}
+
+/// Tracked flows in one conntrack map: its forward entries (each flow has one per direction).
+fn forward_entries<const N: usize>(map: &Map) -> Result<usize, MapError> {
+    let ct = HashMap::<&MapData, FlowKeyOf<N>, FlowValue>::try_from(map)?;
+    Ok(ct
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.dir == DIR_FORWARD)
+        .count())
 }
