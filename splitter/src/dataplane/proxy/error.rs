@@ -66,12 +66,21 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
+    #[error("I/O: {0}")]
+    Io(#[source] io::Error),
+    #[error("invalid response head: {0}")]
+    Parse(#[source] httparse::Error),
+    #[error("{0}")]
+    Protocol(&'static str),
 }
 
 impl UpstreamError {
     /// No connection was ever established: nothing of the request reached the backend.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, Self::Exchange(_))
+        matches!(
+            self,
+            Self::Connect(_) | Self::ConnectTimeout(_) | Self::Handshake(_)
+        )
     }
 }
 

@@ -5,21 +5,19 @@ use std::{convert::Infallible, sync::Arc};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri::PathAndQuery};
-use http_body_util::{Either, Full};
+use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{
-    error::ForwardError,
+    body::ProxyBody,
+    error::{ForwardError, UpstreamError},
     metrics::ProxyMetrics,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{Upstream, add_forwarded, default_host, strip_hop_by_hop, upstream_uri},
 };
 use crate::plan::l7_match::{RequestView, strip_port};
-
-/// Responses are either a backend's streamed body or a small body the proxy wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {
@@ -97,7 +95,7 @@ async fn dispatch(
         let none = shared.none.clone();
         return match HeaderValue::try_from(location) {
             Ok(loc) => {
-                let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+                let mut resp = Response::new(ProxyBody::local(Bytes::new()));
                 *resp.status_mut() = redirect.status();
                 resp.headers_mut().insert(header::LOCATION, loc);
                 Ok((resp, none))
@@ -188,41 +186,58 @@ async fn forward(
         .flatten()
         .min()
         .map(|d| start + d);
+    let upstream_error = |source: UpstreamError| {
+        let endpoint = authority.to_string();
+        if source.is_connect() {
+            ForwardError::Connect { endpoint, source }
+        } else {
+            ForwardError::Upstream { endpoint, source }
+        }
+    };
+    let timed_out = || ForwardError::Timeout(authority.to_string());
+
+    if client_upgrade.is_none() && body.is_end_stream() {
+        // Most requests: no body to stream, no protocol switch; served from this task.
+        let sent = shared.upstream.send_bodyless(endpoint.addr, &parts);
+        let mut resp = within(deadline, sent)
+            .await
+            .ok_or_else(timed_out)?
+            .map_err(upstream_error)?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        return Ok(resp.map(ProxyBody::Direct));
+    }
+
     let sent = shared
         .upstream
         .send(endpoint.addr, Request::from_parts(parts, body));
-    let result = match deadline {
-        Some(at) => match tokio::time::timeout_at(at, sent).await {
-            Ok(r) => r,
-            Err(_) => return Err(ForwardError::Timeout(authority.to_string())),
-        },
-        None => sent.await,
-    };
-    match result {
-        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            // A backend may only switch protocols when asked to.
-            let (Some(client), Some(protocol)) =
-                (client_upgrade, resp.headers().get(header::UPGRADE).cloned())
-            else {
-                return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
-            };
-            splice(client, hyper::upgrade::on(&mut resp));
-            strip_hop_by_hop(resp.headers_mut());
-            restore_upgrade_headers(resp.headers_mut(), protocol);
-            Ok(resp.map(Either::Left))
-        }
-        Ok(mut resp) => {
-            strip_hop_by_hop(resp.headers_mut());
-            Ok(resp.map(Either::Left))
-        }
-        Err(source) if source.is_connect() => Err(ForwardError::Connect {
-            endpoint: authority.to_string(),
-            source,
-        }),
-        Err(source) => Err(ForwardError::Upstream {
-            endpoint: authority.to_string(),
-            source,
-        }),
+    let mut resp = within(deadline, sent)
+        .await
+        .ok_or_else(timed_out)?
+        .map_err(upstream_error)?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A backend may only switch protocols when asked to.
+        let (Some(client), Some(protocol)) =
+            (client_upgrade, resp.headers().get(header::UPGRADE).cloned())
+        else {
+            return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
+        };
+        splice(client, hyper::upgrade::on(&mut resp));
+        strip_hop_by_hop(resp.headers_mut());
+        restore_upgrade_headers(resp.headers_mut(), protocol);
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    Ok(resp.map(ProxyBody::Hyper))
+}
+
+/// `fut`'s output, or `None` when `deadline` passes first.
+async fn within<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        None => Some(fut.await),
     }
 }
 
@@ -236,7 +251,7 @@ fn error_response(err: &ForwardError) -> Response<ProxyBody> {
         StatusCode::GATEWAY_TIMEOUT => b"Gateway Timeout\n",
         _ => b"Internal Server Error\n",
     };
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body))));
+    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -3,13 +3,13 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
+use foldhash::HashMap;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{

@@ -19,6 +19,8 @@
 //! [`L7RouteTable`]: crate::plan::l7::L7RouteTable
 
 mod balance;
+mod body;
+mod direct;
 mod error;
 mod filters;
 mod handler;
@@ -33,7 +35,7 @@ mod workers;
 
 pub use balance::{EndpointCursor, SmoothWrr};
 pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
-pub use handler::ProxyBody;
+pub use body::ProxyBody;
 pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
 pub use server::{Proxy, ProxyConfig, ProxyListener};

@@ -6,69 +6,116 @@
 //! connection over. The cost is the one nginx pays with its per-worker `keepalive` cache: each
 //! thread keeps its own idle connections to a backend.
 
-use std::{cell::RefCell, collections::HashMap, net::SocketAddr, time::Duration};
+use std::{cell::RefCell, net::SocketAddr, thread::LocalKey, time::Duration};
+
+use foldhash::HashMap;
 
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use tokio::time::Instant;
 
-/// A connection that finished its last exchange and waits for the next one.
-struct IdleConnection {
-    sender: SendRequest<Incoming>,
-    since: Instant,
+use super::direct::DirectConnection;
+
+/// A connection kind kept in the pools: hyper's client connections (requests with a body or an
+/// upgrade) and the direct ones (bodyless requests, `direct`).
+pub trait Pooled: Sized + 'static {
+    /// This thread's idle connections of the kind.
+    fn pool() -> &'static LocalKey<RefCell<IdlePool<Self>>>;
+    /// Still open, as far as can be told without waiting.
+    fn is_open(&mut self) -> bool;
+    /// Ready to send a request now.
+    fn is_ready(&self) -> bool;
 }
 
-impl IdleConnection {
-    fn usable(&self, now: Instant, idle_timeout: Duration) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) < idle_timeout
+impl Pooled for SendRequest<Incoming> {
+    fn pool() -> &'static LocalKey<RefCell<IdlePool<Self>>> {
+        &HYPER
+    }
+    fn is_open(&mut self) -> bool {
+        !self.is_closed()
+    }
+    fn is_ready(&self) -> bool {
+        SendRequest::is_ready(self)
     }
 }
 
-#[derive(Default)]
-struct IdlePool {
-    by_endpoint: HashMap<SocketAddr, Vec<IdleConnection>>,
+impl Pooled for DirectConnection {
+    fn pool() -> &'static LocalKey<RefCell<IdlePool<Self>>> {
+        &DIRECT
+    }
+    fn is_open(&mut self) -> bool {
+        self.idle_usable()
+    }
+    /// Checked in only once its response has been read whole.
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// A connection that finished its last exchange and waits for the next one.
+struct IdleConnection<C> {
+    conn: C,
+    since: Instant,
+}
+
+impl<C: Pooled> IdleConnection<C> {
+    fn usable(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+        now.duration_since(self.since) < idle_timeout && self.conn.is_open()
+    }
+}
+
+pub struct IdlePool<C> {
+    by_endpoint: HashMap<SocketAddr, Vec<IdleConnection<C>>>,
+}
+
+impl<C> Default for IdlePool<C> {
+    fn default() -> Self {
+        Self {
+            by_endpoint: HashMap::default(),
+        }
+    }
 }
 
 thread_local! {
-    static IDLE: RefCell<IdlePool> = RefCell::new(IdlePool::default());
+    static HYPER: RefCell<IdlePool<SendRequest<Incoming>>> = RefCell::default();
+    static DIRECT: RefCell<IdlePool<DirectConnection>> = RefCell::default();
 }
 
 /// The most recently used connection to `endpoint` that is ready for a request, still open and
 /// younger than `idle_timeout`; stale ones met on the way are closed. A connection still
 /// streaming its last response body is skipped and kept: it is ready again once that body has
 /// been read.
-pub fn checkout(endpoint: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<Incoming>> {
+pub fn checkout<C: Pooled>(endpoint: SocketAddr, idle_timeout: Duration) -> Option<C> {
     let now = Instant::now();
-    IDLE.with_borrow_mut(|pool| {
+    C::pool().with_borrow_mut(|pool| {
         let idle = pool.by_endpoint.get_mut(&endpoint)?;
         // Most recently used first: it is the least likely to have been closed by the backend's
         // own idle timeout, and the older ones age out.
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            let c = &idle[i];
-            if !c.usable(now, idle_timeout) {
+            if !idle[i].usable(now, idle_timeout) {
                 idle.remove(i);
-            } else if c.sender.is_ready() {
-                return Some(idle.remove(i).sender);
+            } else if idle[i].conn.is_ready() {
+                return Some(idle.remove(i).conn);
             }
         }
         None
     })
 }
 
-/// Returns a connection whose response head has arrived; its body may still be streaming, in
-/// which case `checkout` passes it over until it is done. Putting it back at once costs nothing
-/// per request, where waiting for the body's end took a task of its own. Beyond `max_idle`
-/// connections to the endpoint it is closed instead.
-pub fn checkin(endpoint: SocketAddr, sender: SendRequest<Incoming>, max_idle: usize) {
-    if sender.is_closed() {
+/// Returns a connection for reuse. A hyper connection comes back as soon as its response head
+/// has arrived, its body possibly still streaming (`checkout` passes it over until it is done):
+/// putting it back at once costs nothing per request, where waiting for the body's end took a
+/// task of its own. Beyond `max_idle` connections to the endpoint it is closed instead.
+pub fn checkin<C: Pooled>(endpoint: SocketAddr, mut conn: C, max_idle: usize) {
+    if !conn.is_open() {
         return;
     }
-    IDLE.with_borrow_mut(|pool| {
+    C::pool().with_borrow_mut(|pool| {
         let idle = pool.by_endpoint.entry(endpoint).or_default();
         if idle.len() < max_idle {
             idle.push(IdleConnection {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -79,19 +126,24 @@ pub fn checkin(endpoint: SocketAddr, sender: SendRequest<Incoming>, max_idle: us
 /// closed, and forgets endpoints with none left (an endpoint that left the plan is never
 /// checked out again, so only this sweep releases its connections).
 pub fn sweep(idle_timeout: Duration) {
+    sweep_kind::<SendRequest<Incoming>>(idle_timeout);
+    sweep_kind::<DirectConnection>(idle_timeout);
+}
+
+fn sweep_kind<C: Pooled>(idle_timeout: Duration) {
     let now = Instant::now();
-    IDLE.with_borrow_mut(|pool| {
+    C::pool().with_borrow_mut(|pool| {
         pool.by_endpoint.retain(|_, idle| {
-            idle.retain(|c| c.usable(now, idle_timeout));
+            idle.retain_mut(|c| c.usable(now, idle_timeout));
             !idle.is_empty()
         });
     });
 }
 
-/// Idle connections this thread holds to `endpoint` (for tests).
+/// Idle connections of a kind this thread holds to `endpoint` (for tests).
 #[cfg(test)]
-fn idle_count(endpoint: SocketAddr) -> usize {
-    IDLE.with_borrow(|pool| pool.by_endpoint.get(&endpoint).map_or(0, Vec::len))
+pub(crate) fn idle_count<C: Pooled>(endpoint: SocketAddr) -> usize {
+    C::pool().with_borrow(|pool| pool.by_endpoint.get(&endpoint).map_or(0, Vec::len))
 }
 
 /// Sweeps this thread's pool every `every` for as long as the thread's runtime runs.
@@ -128,7 +180,9 @@ mod tests {
         (addr, rx)
     }
 
-    async fn connect(addr: SocketAddr) -> SendRequest<Incoming> {
+    type Hyper = SendRequest<Incoming>;
+
+    async fn connect(addr: SocketAddr) -> Hyper {
         let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
         let (sender, conn) = http1::handshake(io).await.unwrap();
         tokio::spawn(conn);
@@ -141,10 +195,10 @@ mod tests {
         checkin(addr, connect(addr).await, 2);
         checkin(addr, connect(addr).await, 2);
         checkin(addr, connect(addr).await, 2);
-        assert_eq!(idle_count(addr), 2, "the third is closed, not kept");
-        assert!(checkout(addr, LONG).is_some());
-        assert!(checkout(addr, LONG).is_some());
-        assert!(checkout(addr, LONG).is_none());
+        assert_eq!(idle_count::<Hyper>(addr), 2, "the third is closed, not kept");
+        assert!(checkout::<Hyper>(addr, LONG).is_some());
+        assert!(checkout::<Hyper>(addr, LONG).is_some());
+        assert!(checkout::<Hyper>(addr, LONG).is_none());
     }
 
     #[tokio::test]
@@ -152,21 +206,21 @@ mod tests {
         let (addr, mut held) = silent_backend().await;
         checkin(addr, connect(addr).await, 8);
         assert!(
-            checkout(addr, Duration::ZERO).is_none(),
+            checkout::<Hyper>(addr, Duration::ZERO).is_none(),
             "idle past the timeout"
         );
-        assert_eq!(idle_count(addr), 0, "and closed on the way");
+        assert_eq!(idle_count::<Hyper>(addr), 0, "and closed on the way");
 
         checkin(addr, connect(addr).await, 8);
         // The backend closes it while idle.
         drop(held.recv().await.unwrap());
         drop(held.recv().await.unwrap());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while IDLE.with_borrow(|p| p.by_endpoint[&addr].iter().any(|c| !c.sender.is_closed())) {
+        while HYPER.with_borrow(|p| p.by_endpoint[&addr].iter().any(|c| !c.conn.is_closed())) {
             assert!(Instant::now() < deadline, "the close was never noticed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(checkout(addr, LONG).is_none());
+        assert!(checkout::<Hyper>(addr, LONG).is_none());
     }
 
     #[tokio::test]
@@ -174,8 +228,8 @@ mod tests {
         let (addr, _held) = silent_backend().await;
         checkin(addr, connect(addr).await, 8);
         sweep(LONG);
-        assert_eq!(idle_count(addr), 1);
+        assert_eq!(idle_count::<Hyper>(addr), 1);
         sweep(Duration::ZERO);
-        assert!(IDLE.with_borrow(|p| !p.by_endpoint.contains_key(&addr)));
+        assert!(HYPER.with_borrow(|p| !p.by_endpoint.contains_key(&addr)));
     }
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, header,
+    HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts,
     uri::{Authority, PathAndQuery, Uri},
 };
 use hyper::{body::Incoming, client::conn::http1};
@@ -15,7 +15,11 @@ use hyper_util::rt::TokioIo;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-use super::{error::UpstreamError, pool};
+use super::{
+    direct::{self, DirectBody, DirectConnection},
+    error::UpstreamError,
+    pool,
+};
 
 /// Settings of the upstream connections.
 #[derive(Clone, Debug)]
@@ -51,10 +55,11 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `endpoint`. A request that a reused
-    /// connection refused before writing any of it (the backend closed the connection while it
-    /// was idle) is sent again on another connection; any other failure is returned, since
-    /// part of the request may have reached the backend.
+    /// Sends `req` (origin-form URI, Host set) to `endpoint` over a hyper client connection:
+    /// for requests with a body (streamed while the response may already be coming back) or
+    /// an upgrade. A request that a reused connection refused before writing any of it (the
+    /// backend closed the connection while it was idle) is sent again on another connection;
+    /// any other failure is returned, since part of the request may have reached the backend.
     pub async fn send(
         &self,
         endpoint: SocketAddr,
@@ -64,7 +69,7 @@ impl Upstream {
             let (mut sender, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout)
             {
                 Some(sender) => (sender, true),
-                None => (self.connect(endpoint).await?, false),
+                None => (self.handshake(endpoint).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -81,10 +86,41 @@ impl Upstream {
         }
     }
 
-    async fn connect(
+    /// Sends a request without a body (`parts`: origin-form URI, Host set) to `endpoint` from
+    /// this task (`direct`). A reused connection that turns out closed before anything came
+    /// back gets the request again on another one when that is safe (not yet written, or an
+    /// idempotent method).
+    pub async fn send_bodyless(
         &self,
         endpoint: SocketAddr,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        parts: &Parts,
+    ) -> Result<Response<DirectBody>, UpstreamError> {
+        let head = direct::encode_request_head(parts);
+        loop {
+            let (conn, reused) =
+                match pool::checkout::<DirectConnection>(endpoint, self.config.pool_idle_timeout) {
+                    Some(conn) => (conn, true),
+                    None => (DirectConnection::new(self.connect(endpoint).await?), false),
+                };
+            match direct::exchange(
+                conn,
+                &head,
+                &parts.method,
+                endpoint,
+                self.config.pool_max_idle_per_host,
+            )
+            .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(failure) if reused && failure.retryable => {
+                    tracing::debug!(%endpoint, error = %failure.error, "reused connection failed; retrying on another");
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
         let stream =
             tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(endpoint))
                 .await
@@ -95,6 +131,14 @@ impl Upstream {
         // Finds backends that vanished without a FIN while a connection sits idle in the pool.
         let _ = SockRef::from(&stream)
             .set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        Ok(stream)
+    }
+
+    async fn handshake(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        let stream = self.connect(endpoint).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
