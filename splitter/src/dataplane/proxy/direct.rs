@@ -145,25 +145,20 @@ pub async fn exchange(
     let mut interim = false;
     loop {
         match parse_head(&mut conn.buf) {
-            Ok(Some(head)) if head.status.is_informational()
-                && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+            Ok(Some(head))
+                if head.status.is_informational()
+                    && head.status != StatusCode::SWITCHING_PROTOCOLS =>
             {
                 // 100 Continue, 103 Early Hints: the final response follows.
                 interim = true;
                 continue;
             }
             Ok(Some(head)) => {
-                return Ok(DirectBody::respond(
-                    conn,
-                    head,
-                    method == Method::HEAD,
-                    endpoint,
-                    max_idle,
-                )
-                .map_err(|error| ExchangeFailure {
-                    error,
-                    retryable: false,
-                })?);
+                return DirectBody::respond(conn, head, method == Method::HEAD, endpoint, max_idle)
+                    .map_err(|error| ExchangeFailure {
+                        error,
+                        retryable: false,
+                    });
             }
             Ok(None) if conn.buf.len() >= MAX_HEAD_BYTES => {
                 return Err(ExchangeFailure {
@@ -211,11 +206,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
     let len = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            buf,
-            &mut slots,
-        ) {
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(UpstreamError::Parse(e)),
@@ -287,7 +280,11 @@ enum Chunk {
     Trailers,
 }
 
-fn framing(status: StatusCode, head_request: bool, headers: &HeaderMap) -> Result<Framing, UpstreamError> {
+fn framing(
+    status: StatusCode,
+    head_request: bool,
+    headers: &HeaderMap,
+) -> Result<Framing, UpstreamError> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -295,7 +292,11 @@ fn framing(status: StatusCode, head_request: bool, headers: &HeaderMap) -> Resul
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
         let chunked = last
             .to_str()
             .ok()

@@ -34,8 +34,8 @@ mod upstream;
 mod workers;
 
 pub use balance::{EndpointCursor, SmoothWrr};
-pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
 pub use body::ProxyBody;
+pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
 pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
 pub use server::{Proxy, ProxyConfig, ProxyListener};

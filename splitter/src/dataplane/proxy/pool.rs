@@ -195,7 +195,11 @@ mod tests {
         checkin(addr, connect(addr).await, 2);
         checkin(addr, connect(addr).await, 2);
         checkin(addr, connect(addr).await, 2);
-        assert_eq!(idle_count::<Hyper>(addr), 2, "the third is closed, not kept");
+        assert_eq!(
+            idle_count::<Hyper>(addr),
+            2,
+            "the third is closed, not kept"
+        );
         assert!(checkout::<Hyper>(addr, LONG).is_some());
         assert!(checkout::<Hyper>(addr, LONG).is_some());
         assert!(checkout::<Hyper>(addr, LONG).is_none());

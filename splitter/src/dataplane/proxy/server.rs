@@ -3,7 +3,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -325,8 +328,14 @@ impl Acceptor {
             let shared = self.shared.clone();
             let first_request = first_request.clone();
             let client = client_address(peer.ip());
+            // Only the first request ends the first-request deadline; later ones skip the
+            // notification (a lock and a wake-up attempt per request otherwise).
+            let started = AtomicBool::new(false);
             service_fn(move |req| {
-                first_request.notify_one();
+                if !started.load(Ordering::Relaxed) {
+                    started.store(true, Ordering::Relaxed);
+                    first_request.notify_one();
+                }
                 handler::handle(shared.clone(), client.clone(), req)
             })
         };

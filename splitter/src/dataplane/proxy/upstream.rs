@@ -7,7 +7,8 @@ use std::{
 };
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, header, request::Parts,
+    HeaderMap, HeaderName, HeaderValue, Request, Response, header,
+    request::Parts,
     uri::{Authority, PathAndQuery, Uri},
 };
 use hyper::{body::Incoming, client::conn::http1};

@@ -112,7 +112,8 @@ async fn send(
 
 #[tokio::test]
 async fn a_content_length_body_is_read_and_the_connection_reused() {
-    let (addr, accepted) = backend(reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")).await;
+    let (addr, accepted) =
+        backend(reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")).await;
     for _ in 0..3 {
         let (status, headers, body) = send(addr, Method::GET).await.unwrap();
         assert_eq!(status, StatusCode::OK);
@@ -120,7 +121,11 @@ async fn a_content_length_body_is_read_and_the_connection_reused() {
         assert_eq!(body.unwrap(), "hello");
         assert_eq!(pool::idle_count::<DirectConnection>(addr), 1);
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection served all three");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection served all three"
+    );
 }
 
 #[tokio::test]
@@ -137,7 +142,11 @@ async fn a_chunked_body_is_decoded_across_every_split() {
         assert_eq!(body.unwrap(), "hello world");
         assert!(!headers.contains_key(header::CONTENT_LENGTH));
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused after the trailers");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "reused after the trailers"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +172,10 @@ async fn head_204_and_304_responses_have_no_body() {
         assert_eq!(body.unwrap(), "");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    for status in [&b"HTTP/1.1 204 No Content\r\n\r\n"[..], b"HTTP/1.1 304 Not Modified\r\n\r\n"] {
+    for status in [
+        &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\n\r\n",
+    ] {
         let bytes: &'static [u8] = status;
         let (addr, accepted) = backend(reply(bytes)).await;
         for _ in 0..2 {
@@ -250,7 +262,9 @@ async fn a_non_idempotent_request_is_not_sent_twice() {
             // Answers the first request, reads the second and closes without a word.
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
             let _ = s.read(&mut buf).await;
         }
     });
@@ -258,7 +272,11 @@ async fn a_non_idempotent_request_is_not_sent_twice() {
     assert_eq!(pool::idle_count::<DirectConnection>(addr), 1);
     let err = send(addr, Method::POST).await.unwrap_err();
     assert!(!err.is_connect(), "{err}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the POST was not sent again");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the POST was not sent again"
+    );
 }
 
 #[tokio::test]
@@ -314,7 +332,10 @@ async fn an_endless_head_is_cut_off() {
         while s.write_all(&lines).await.is_ok() {}
     });
     let err = send(addr, Method::GET).await.unwrap_err();
-    assert!(err.to_string().contains("64 KiB") || err.to_string().contains("too many"), "{err}");
+    assert!(
+        err.to_string().contains("64 KiB") || err.to_string().contains("too many"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -331,7 +352,10 @@ async fn a_dead_pooled_connection_is_not_handed_out() {
     drop(listener.accept().await.unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while conn.idle_usable() {
-        assert!(tokio::time::Instant::now() < deadline, "the close was never seen");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the close was never seen"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
