@@ -19,7 +19,7 @@ use splitter::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
 
@@ -143,6 +143,75 @@ async fn silent_and_half_preface_clients_are_cut_off() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_that_goes_quiet_is_cut_off() {
+    let (_e, _p, listener) = setup(hostile_config()).await;
+    with_good_client(listener.local_addr(), async {
+        let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
+        s.write_all(b"GET /hostname HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        // The response comes, then nothing more is asked: the server hangs up between one and
+        // two timeouts later (the good client, asking every 50 ms, stays).
+        let got = read_until_closed(&mut s, HEADER_TIMEOUT * 5)
+            .await
+            .expect("a quiet keep-alive connection was not cut off");
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("good"),
+            "{got}"
+        );
+        assert!(
+            started.elapsed() >= HEADER_TIMEOUT,
+            "cut off before the timeout: {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_outlasts_the_header_timeout() {
+    // A backend that sends its body a byte every 600 ms, for more than two header timeouts: a
+    // response still being sent is progress, however quiet the client is meanwhile.
+    let slow = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = slow.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed before sending a request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            s.write_all(b"1\r\nx\r\n").await.unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        let _ = s.read(&mut buf).await;
+    });
+    let t = table(vec![prefix_route(
+        "r",
+        "/",
+        vec![backend("slow", 1, &[backend_addr])],
+    )]);
+    let (_proxy, listener) = start_proxy_with(hostile_config(), &t).await;
+    let started = Instant::now();
+    let reply = Connection::open(listener.local_addr())
+        .await
+        .send(get("/slow"))
+        .await
+        .expect("the slow response was cut off");
+    assert_eq!(reply.text(), "xxxxxx");
+    assert!(started.elapsed() > HEADER_TIMEOUT * 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

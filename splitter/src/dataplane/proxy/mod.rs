@@ -24,6 +24,7 @@ mod direct;
 mod error;
 mod filters;
 mod handler;
+mod idle;
 mod listeners;
 mod metrics;
 mod pool;

@@ -2,16 +2,15 @@
 //! port); swap route tables and drain on shutdown.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
+use http::Request;
+use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
@@ -20,13 +19,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use socket2::{Domain, Socket, Type};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::{JoinHandle, JoinSet},
 };
 
 use super::{
     error::ProxyError,
     handler::{self, ListenerShared},
+    idle::{Progress, TrackedBody},
     metrics::{ListenerLabels, ProxyMetrics},
     table::{ServingTable, TableIssue},
     upstream::{Upstream, UpstreamConfig, client_address},
@@ -42,8 +42,9 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// Limits and timeouts of the proxy. The defaults suit a node agent facing untrusted clients.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    /// A client must send a complete request head within this time of connecting (or of the
-    /// previous response on a keep-alive connection), or the connection is closed.
+    /// A client must send a complete request head within this time of connecting, or the
+    /// connection is closed; a keep-alive connection that stays without a complete request
+    /// head for one to two times this long after its last response is closed too (`idle`).
     pub header_read_timeout: Duration,
     /// Largest request head accepted (HTTP/1.1 read buffer, HTTP/2 header list); at least 8 KiB.
     /// Larger heads get 431.
@@ -241,8 +242,6 @@ fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BUFFER))
         .writev(false);
     if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
@@ -293,7 +292,8 @@ struct Acceptor {
     shared: Arc<ListenerShared>,
     limit: Arc<Semaphore>,
     labels: ListenerLabels,
-    first_deadline: Duration,
+    /// See [`ProxyConfig::header_read_timeout`]; kept by the connection's watchdog (`idle`).
+    header_timeout: Duration,
 }
 
 impl Acceptor {
@@ -323,20 +323,18 @@ impl Acceptor {
                 return None;
             }
         };
-        let first_request = Arc::new(Notify::new());
+        let progress = Arc::new(Progress::default());
         let svc = {
             let shared = self.shared.clone();
-            let first_request = first_request.clone();
+            let progress = progress.clone();
             let client = client_address(peer.ip());
-            // Only the first request ends the first-request deadline; later ones skip the
-            // notification (a lock and a wake-up attempt per request otherwise).
-            let started = AtomicBool::new(false);
-            service_fn(move |req| {
-                if !started.load(Ordering::Relaxed) {
-                    started.store(true, Ordering::Relaxed);
-                    first_request.notify_one();
+            service_fn(move |req: Request<Incoming>| {
+                let open = progress.request(req.version());
+                let resp = handler::handle(shared.clone(), client.clone(), req);
+                async move {
+                    let resp = resp.await?;
+                    Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, open)))
                 }
-                handler::handle(shared.clone(), client.clone(), req)
             })
         };
         let guard = ConnectionGuard::new(
@@ -350,7 +348,7 @@ impl Acceptor {
         );
         let builder = self.builder.clone();
         let watcher = self.graceful.watcher();
-        let first_deadline = self.first_deadline;
+        let header_timeout = self.header_timeout;
         Some(async move {
             let _guard = guard;
             let stream = match TcpStream::from_std(stream) {
@@ -365,15 +363,10 @@ impl Acceptor {
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .into_owned(),
             );
-            tokio::pin!(conn);
-            // hyper's header timer starts only once it knows the protocol; a client that
-            // sends nothing (or half an HTTP/2 preface) would otherwise hold the connection
-            // forever. After the first request hyper's own timers apply.
             let result = tokio::select! {
-                r = &mut conn => r,
-                _ = first_request.notified() => conn.await,
-                _ = tokio::time::sleep(first_deadline) => {
-                    tracing::debug!(%peer, "no request before the header timeout; closing");
+                r = conn => r,
+                _ = progress.stalled(header_timeout) => {
+                    tracing::debug!(%peer, "no complete request head within the header timeout; closing");
                     return;
                 }
             };
@@ -398,7 +391,7 @@ async fn accept_loop(
         labels: ListenerLabels {
             listener: shared.listener.clone(),
         },
-        first_deadline: config.header_read_timeout,
+        header_timeout: config.header_read_timeout,
         shared,
     };
     let mut conns = JoinSet::new();
