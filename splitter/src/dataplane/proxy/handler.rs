@@ -210,9 +210,13 @@ async fn forward(
         return Ok(resp.map(ProxyBody::Direct));
     }
 
-    let sent = shared
-        .upstream
-        .send(endpoint.addr, Request::from_parts(parts, body));
+    // Boxed for the same reason as connecting in `send_bodyless`: requests with a body are the
+    // rarer kind, and hyper's client futures are large.
+    let sent = Box::pin(
+        shared
+            .upstream
+            .send(endpoint.addr, Request::from_parts(parts, body)),
+    );
     let mut resp = within(deadline, sent)
         .await
         .ok_or_else(timed_out)?

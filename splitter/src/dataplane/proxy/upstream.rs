@@ -101,7 +101,12 @@ impl Upstream {
             let (conn, reused) =
                 match pool::checkout::<DirectConnection>(endpoint, self.config.pool_idle_timeout) {
                     Some(conn) => (conn, true),
-                    None => (DirectConnection::new(self.connect(endpoint).await?), false),
+                    // Boxed: connecting is rare, and its future would otherwise enlarge every
+                    // request's (which hyper moves, whole, per request).
+                    None => (
+                        DirectConnection::new(Box::pin(self.connect(endpoint)).await?),
+                        false,
+                    ),
                 };
             match direct::exchange(
                 conn,
