@@ -79,12 +79,7 @@ async fn dead_endpoint_gives_502_and_live_one_keeps_serving() {
 async fn backend_dying_mid_flight_gives_502() {
     let doomed = echo("doomed").await;
     let addr = doomed.local_addr();
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "d",
-        "/",
-        vec![backend("d", 1, &[addr])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(addr, test_config()).await;
     let mut conn = Connection::open(listener.local_addr()).await;
     assert_eq!(conn.get("/hostname").await.text(), "doomed");
     doomed.shutdown().await;
@@ -121,12 +116,7 @@ async fn closing_backend() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_closing_idle_connections_loses_no_request() {
     let addr = closing_backend().await;
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "c",
-        "/",
-        vec![backend("c", 1, &[addr])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(addr, test_config()).await;
     let mut conn = Connection::open(listener.local_addr()).await;
     // Each request finds the previous upstream connection closed, or about to be: it is either
     // skipped in the pool or, when the close arrives while the request is being sent, retried

@@ -29,12 +29,7 @@ async fn setup(
     config: ProxyConfig,
 ) -> (EchoServer, splitter::dataplane::proxy::Proxy, ProxyListener) {
     let e = echo("good").await;
-    let t = table(vec![prefix_route(
-        "r",
-        "/",
-        vec![backend("e", 1, &[e.local_addr()])],
-    )]);
-    let (proxy, listener) = start_proxy_with(config, &t).await;
+    let (proxy, listener) = proxy_to(e.local_addr(), config).await;
     (e, proxy, listener)
 }
 
@@ -198,12 +193,7 @@ async fn a_slow_response_outlasts_the_header_timeout() {
         s.write_all(b"0\r\n\r\n").await.unwrap();
         let _ = s.read(&mut buf).await;
     });
-    let t = table(vec![prefix_route(
-        "r",
-        "/",
-        vec![backend("slow", 1, &[backend_addr])],
-    )]);
-    let (_proxy, listener) = start_proxy_with(hostile_config(), &t).await;
+    let (_proxy, listener) = proxy_to(backend_addr, hostile_config()).await;
     let started = Instant::now();
     let reply = Connection::open(listener.local_addr())
         .await

@@ -168,12 +168,7 @@ async fn request_redirect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_and_hop_by_hop_headers() {
     let e = echo("e").await;
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "fwd",
-        "/",
-        vec![backend("e", 1, &[e.local_addr()])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(e.local_addr(), test_config()).await;
     let mut req = get("/");
     req.headers_mut()
         .insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
@@ -195,12 +190,7 @@ async fn forwarded_and_hop_by_hop_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_is_served() {
     let e = echo("h2-backend").await;
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "h2",
-        "/",
-        vec![backend("e", 1, &[e.local_addr()])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(e.local_addr(), test_config()).await;
     let stream = tokio::net::TcpStream::connect(listener.local_addr())
         .await
         .unwrap();
@@ -227,12 +217,7 @@ async fn h2c_prior_knowledge_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_is_streamed_through() {
     let e = echo("e").await;
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "up",
-        "/",
-        vec![backend("e", 1, &[e.local_addr()])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(e.local_addr(), test_config()).await;
     const SIZE: usize = 8 << 20;
     let req = Request::builder()
         .method("POST")
@@ -249,12 +234,7 @@ async fn large_upload_is_streamed_through() {
 async fn protocol_upgrade_is_spliced() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let e = echo("e").await;
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "ws",
-        "/",
-        vec![backend("e", 1, &[e.local_addr()])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(e.local_addr(), test_config()).await;
     let mut s = tokio::net::TcpStream::connect(listener.local_addr())
         .await
         .unwrap();

@@ -168,12 +168,7 @@ async fn no_matching_route_gets_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_upstream_connection_serves_a_keep_alive_client() {
     let e = echo("e").await;
-    let (_proxy, listener) = start_proxy(&table(vec![prefix_route(
-        "k",
-        "/",
-        vec![backend("k", 1, &[e.local_addr()])],
-    )]))
-    .await;
+    let (_proxy, listener) = proxy_to(e.local_addr(), test_config()).await;
     let mut conn = Connection::open(listener.local_addr()).await;
     // Each connection goes back to the pool with its response head, before the body is read;
     // by the next request it is ready again, and it is the one used, not a new one.

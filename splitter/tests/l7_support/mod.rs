@@ -118,6 +118,13 @@ pub async fn start_proxy(t: &L7RouteTable) -> (Proxy, ProxyListener) {
     start_proxy_with(test_config(), t).await
 }
 
+/// A proxy with one route, `/`, to one backend at `addr`: the set-up of tests about one
+/// exchange rather than about routing or splitting.
+pub async fn proxy_to(addr: SocketAddr, config: ProxyConfig) -> (Proxy, ProxyListener) {
+    let t = table(vec![prefix_route("r", "/", vec![backend("b", 1, &[addr])])]);
+    start_proxy_with(config, &t).await
+}
+
 pub async fn start_proxy_with(config: ProxyConfig, t: &L7RouteTable) -> (Proxy, ProxyListener) {
     let proxy = Proxy::new(config, ProxyMetrics::default());
     let (listener, issues) = proxy

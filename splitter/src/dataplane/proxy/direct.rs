@@ -28,7 +28,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::io::poll_read_buf;
 
-use super::{error::UpstreamError, pool};
+use super::{
+    error::UpstreamError,
+    pool,
+    upstream::{list_has, list_items},
+};
 
 /// Most header fields in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -71,20 +75,16 @@ impl DirectConnection {
         }
     }
 
-    fn reserve(&mut self) {
+    async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// Reads what the socket has into the buffer (through tokio's `poll_read`, which notes a
+    /// short read as drained and so spares the next poll a would-block `recv`).
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
             self.buf.reserve(READ_CHUNK);
         }
-    }
-
-    async fn read_more(&mut self) -> io::Result<usize> {
-        self.reserve();
-        std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf))
-            .await
-    }
-
-    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.reserve();
         poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 }
@@ -203,38 +203,45 @@ struct ResponseHead {
 
 /// Takes one complete response head off the front of `buf`, or `None` while it is partial.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
-    let len = {
+    let (len, status, version, fields) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default()
+        let len = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
         {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(UpstreamError::Parse(e)),
+        };
+        let status = resp
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(UpstreamError::Protocol("invalid status code"))?;
+        let version = match resp.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Values are kept as offsets into the head: once it is frozen they are sliced out of
+        // it, shared rather than copied one by one.
+        let start = buf.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
+            // A non-empty value is a slice of `buf` (httparse parses it in place).
+            let at = if h.value.is_empty() {
+                0
+            } else {
+                h.value.as_ptr() as usize - start
+            };
+            fields.push((name, at..at + h.value.len()));
         }
+        (len, status, version, fields)
     };
-    // Parsed again from the frozen head so that header values can share its bytes rather
-    // than be copied one by one; heads are small and httparse is fast.
-    let bytes = buf.split_to(len).freeze();
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, &bytes, &mut slots)
-        .map_err(UpstreamError::Parse)?;
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(UpstreamError::Protocol("invalid status code"))?;
-    let version = match resp.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| UpstreamError::Protocol("invalid header value"))?;
         headers.append(name, value);
     }
@@ -243,16 +250,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
         version,
         headers,
     }))
-}
-
-/// Whether `token` is one of the comma-separated values of every `name` field.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How the body after a response head ends (RFC 9112 section 6.3).
@@ -292,16 +289,11 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only when it is the final coding; anything else runs to the close.
+        let chunked = list_items(headers, &header::TRANSFER_ENCODING)
+            .last()
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         return Ok(if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
@@ -349,8 +341,8 @@ impl DirectBody {
     ) -> Result<Response<Self>, UpstreamError> {
         let framing = framing(head.status, head_request, &head.headers)?;
         let keep_alive = match head.version {
-            Version::HTTP_10 => has_token(&head.headers, &header::CONNECTION, "keep-alive"),
-            _ => !has_token(&head.headers, &header::CONNECTION, "close"),
+            Version::HTTP_10 => list_has(&head.headers, &header::CONNECTION, "keep-alive"),
+            _ => !list_has(&head.headers, &header::CONNECTION, "close"),
         };
         let reusable = keep_alive
             && head.status != StatusCode::SWITCHING_PROTOCOLS

@@ -5,27 +5,19 @@ use http::{HeaderMap, HeaderValue, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::upstream::list_has;
+
 /// The protocol the client asks to switch to: an `Upgrade` header and the `upgrade` token in
 /// `Connection` (RFC 9110 section 7.8). HTTP/2 has no such mechanism here.
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !wants {
+    if !list_has(headers, &header::CONNECTION, "upgrade") {
         return None;
     }
     // An h2c upgrade would hand the whole connection to one backend and bypass routing for
     // every later request on it; such clients get plain HTTP/1.1 instead (RFC 9113 deprecates
     // the mechanism), and h2c with prior knowledge is served natively.
     let protocol = headers.get(header::UPGRADE)?;
-    let h2c = protocol
-        .to_str()
-        .map(|p| p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
-        .unwrap_or(false);
-    (!h2c).then(|| protocol.clone())
+    (!list_has(headers, &header::UPGRADE, "h2c")).then(|| protocol.clone())
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs after the generic strip removed them.

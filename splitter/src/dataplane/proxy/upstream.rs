@@ -181,12 +181,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Names listed in Connection are rare; collect them only when Connection is present.
     if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        let listed: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in listed {
             headers.remove(n);
@@ -195,6 +191,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in &HOP_BY_HOP {
         headers.remove(n);
     }
+}
+
+/// The items of a comma-separated list header over all its fields (RFC 9110 section 5.6.1),
+/// trimmed; a field that is not text is skipped.
+pub fn list_items<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> + use<'a> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether a list header holds `token` (compared without case, as tokens are).
+pub fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// A client's address as `X-Forwarded-For` carries it (an IPv4-mapped IPv6 peer as plain IPv4).

@@ -42,6 +42,14 @@ fn reply(bytes: &'static [u8]) -> Reply {
     }
 }
 
+/// `bytes`, after which the backend closes the connection.
+fn reply_and_close(bytes: &'static [u8]) -> Reply {
+    Reply {
+        then: Then::Close,
+        ..reply(bytes)
+    }
+}
+
 /// A backend answering every request head with `reply`; counts the connections it accepted.
 async fn backend(reply: Reply) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,12 +120,17 @@ async fn send(
 
 #[tokio::test]
 async fn a_content_length_body_is_read_and_the_connection_reused() {
-    let (addr, accepted) =
-        backend(reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")).await;
+    let (addr, accepted) = backend(reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-empty:\r\nset-cookie: a\r\nset-cookie: b\r\n\r\nhello",
+    ))
+    .await;
     for _ in 0..3 {
         let (status, headers, body) = send(addr, Method::GET).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_LENGTH], "5");
+        assert_eq!(headers["x-empty"], "");
+        let cookies: Vec<_> = headers.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["a", "b"]);
         assert_eq!(body.unwrap(), "hello");
         assert_eq!(pool::idle_count::<DirectConnection>(addr), 1);
     }
@@ -131,10 +144,11 @@ async fn a_content_length_body_is_read_and_the_connection_reused() {
 #[tokio::test]
 async fn a_chunked_body_is_decoded_across_every_split() {
     let (addr, accepted) = backend(Reply {
-        bytes: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
-                 5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ntrailer-x: 1\r\n\r\n",
         trickle: true,
-        then: Then::KeepOpen,
+        ..reply(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ntrailer-x: 1\r\n\r\n",
+        )
     })
     .await;
     for _ in 0..2 {
@@ -151,11 +165,9 @@ async fn a_chunked_body_is_decoded_across_every_split() {
 
 #[tokio::test]
 async fn a_body_without_length_runs_to_the_close() {
-    let (addr, _) = backend(Reply {
-        bytes: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
-        trickle: false,
-        then: Then::Close,
-    })
+    let (addr, _) = backend(reply_and_close(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+    ))
     .await;
     let (_, _, body) = send(addr, Method::GET).await.unwrap();
     assert_eq!(body.unwrap(), "until the end");
@@ -230,11 +242,9 @@ async fn connections_the_backend_will_close_are_not_pooled() {
 
 #[tokio::test]
 async fn a_backend_closing_idle_connections_loses_no_request() {
-    let (addr, accepted) = backend(Reply {
-        bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-        trickle: false,
-        then: Then::Close,
-    })
+    let (addr, accepted) = backend(reply_and_close(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ))
     .await;
     for i in 0..6 {
         // Half the time the close has been seen before the next checkout, half the time the
@@ -292,12 +302,7 @@ async fn broken_responses_are_errors() {
         assert!(!err.is_connect(), "{err}");
     }
     // Closed before any answer.
-    let (addr, _) = backend(Reply {
-        bytes: b"",
-        trickle: false,
-        then: Then::Close,
-    })
-    .await;
+    let (addr, _) = backend(reply_and_close(b"")).await;
     assert!(send(addr, Method::GET).await.is_err());
 }
 
@@ -309,12 +314,7 @@ async fn broken_bodies_are_body_errors() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
     ] {
-        let (addr, _) = backend(Reply {
-            bytes,
-            trickle: false,
-            then: Then::Close,
-        })
-        .await;
+        let (addr, _) = backend(reply_and_close(bytes)).await;
         let (_, _, body) = send(addr, Method::GET).await.unwrap();
         assert!(body.is_err(), "{:?}", std::str::from_utf8(bytes));
         assert_eq!(pool::idle_count::<DirectConnection>(addr), 0);
