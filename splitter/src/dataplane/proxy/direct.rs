@@ -199,11 +199,26 @@ struct ResponseHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// Which framing fields are present, noted while the head is parsed: most responses
+    /// have a Content-Length and nothing else, and these spare the map lookups that say so.
+    seen: Seen,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
 }
 
 /// Takes one complete response head off the front of `buf`, or `None` while it is partial.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
-    let (len, status, version, fields) = {
+    // Asked before every read, mostly of an empty buffer. A partial head is still parsed, so
+    // that garbage is refused as soon as it arrives rather than when the connection ends.
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let (len, status, version, fields, seen) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default()
@@ -225,9 +240,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
         // it, shared rather than copied one by one.
         let start = buf.as_ptr() as usize;
         let mut fields = Vec::with_capacity(resp.headers.len());
+        let mut seen = Seen::default();
         for h in resp.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
+            if name == header::CONTENT_LENGTH {
+                seen.content_length = true;
+            } else if name == header::TRANSFER_ENCODING {
+                seen.transfer_encoding = true;
+            } else if name == header::CONNECTION {
+                seen.connection = true;
+            }
             // A non-empty value is a slice of `buf` (httparse parses it in place).
             let at = if h.value.is_empty() {
                 0
@@ -236,7 +259,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
             };
             fields.push((name, at..at + h.value.len()));
         }
-        (len, status, version, fields)
+        (len, status, version, fields, seen)
     };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
@@ -249,6 +272,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
         status,
         version,
         headers,
+        seen,
     }))
 }
 
@@ -277,11 +301,8 @@ enum Chunk {
     Trailers,
 }
 
-fn framing(
-    status: StatusCode,
-    head_request: bool,
-    headers: &HeaderMap,
-) -> Result<Framing, UpstreamError> {
+fn framing(head: &ResponseHead, head_request: bool) -> Result<Framing, UpstreamError> {
+    let (status, headers) = (head.status, &head.headers);
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -289,7 +310,7 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if head.seen.transfer_encoding {
         // Chunked only when it is the final coding; anything else runs to the close.
         let chunked = list_items(headers, &header::TRANSFER_ENCODING)
             .last()
@@ -299,6 +320,9 @@ fn framing(
         } else {
             Framing::UntilClose
         });
+    }
+    if !head.seen.content_length {
+        return Ok(Framing::UntilClose);
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -339,19 +363,21 @@ impl DirectBody {
         endpoint: SocketAddr,
         max_idle: usize,
     ) -> Result<Response<Self>, UpstreamError> {
-        let framing = framing(head.status, head_request, &head.headers)?;
-        let keep_alive = match head.version {
-            Version::HTTP_10 => list_has(&head.headers, &header::CONNECTION, "keep-alive"),
-            _ => !list_has(&head.headers, &header::CONNECTION, "close"),
+        let framing = framing(&head, head_request)?;
+        let keep_alive = match (head.version, head.seen.connection) {
+            (Version::HTTP_10, false) => false,
+            (_, false) => true,
+            (Version::HTTP_10, true) => list_has(&head.headers, &header::CONNECTION, "keep-alive"),
+            (_, true) => !list_has(&head.headers, &header::CONNECTION, "close"),
         };
         let reusable = keep_alive
             && head.status != StatusCode::SWITCHING_PROTOCOLS
             && !matches!(framing, Framing::UntilClose)
             // Transfer-Encoding and Content-Length together are a smuggling attempt or a
             // broken backend: serve the response, never reuse the connection.
-            && !(head.headers.contains_key(header::TRANSFER_ENCODING)
-                && head.headers.contains_key(header::CONTENT_LENGTH));
-        if matches!(framing, Framing::Chunked(_) | Framing::UntilClose) {
+            && !(head.seen.transfer_encoding && head.seen.content_length);
+        if head.seen.content_length && matches!(framing, Framing::Chunked(_) | Framing::UntilClose)
+        {
             // The client hop is framed anew by the server; a length that does not describe
             // the body would mislead it.
             head.headers.remove(header::CONTENT_LENGTH);

@@ -99,7 +99,8 @@ fn cached<K: std::hash::Hash + Eq, V>(
     key: K,
     make: impl FnOnce() -> V,
 ) -> &mut V {
-    if !map.contains_key(&key) && map.len() >= HANDLE_CACHE_MAX {
+    // The size first: a hit is then hashed once, by `entry`.
+    if map.len() >= HANDLE_CACHE_MAX && !map.contains_key(&key) {
         map.clear();
     }
     map.entry(key).or_insert_with(make)

@@ -330,7 +330,8 @@ impl Acceptor {
             let client = client_address(peer.ip());
             service_fn(move |req: Request<Incoming>| {
                 let open = progress.request(req.version());
-                let resp = handler::handle(shared.clone(), client.clone(), req);
+                // Boxed: hyper moves the future it is given, and this one is kilobytes.
+                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), req));
                 async move {
                     let resp = resp.await?;
                     Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, open)))

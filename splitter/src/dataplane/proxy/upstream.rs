@@ -7,7 +7,8 @@ use std::{
 };
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, header,
+    HeaderMap, HeaderName, HeaderValue, Request, Response,
+    header::{self, Entry},
     request::Parts,
     uri::{Authority, PathAndQuery, Uri},
 };
@@ -225,22 +226,23 @@ pub fn client_address(ip: IpAddr) -> HeaderValue {
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    let mut previous = headers.get_all(&XFF).iter().peekable();
-    let value = if previous.peek().is_none() {
-        // The common case, a first hop: no text to build.
-        client.clone()
-    } else {
-        // Several XFF lines are folded into one: a chain of hops is read as one list.
-        let mut chain = Vec::new();
-        for prev in previous {
-            chain.extend_from_slice(prev.as_bytes());
-            chain.extend_from_slice(b", ");
+    // One lookup for the common case, a first hop, which has no text to build.
+    match headers.entry(&XFF) {
+        Entry::Vacant(slot) => {
+            slot.insert(client.clone());
         }
-        chain.extend_from_slice(client.as_bytes());
-        // Valid header bytes joined by ", " stay valid.
-        HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.clone())
-    };
-    headers.insert(XFF.clone(), value);
+        Entry::Occupied(mut previous) => {
+            // Several XFF lines are folded into one: a chain of hops is read as one list.
+            let mut chain = Vec::new();
+            for prev in previous.iter() {
+                chain.extend_from_slice(prev.as_bytes());
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(client.as_bytes());
+            // Valid header bytes joined by ", " stay valid.
+            previous.insert(HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.clone()));
+        }
+    }
     headers.append(XFP.clone(), HeaderValue::from_static("http"));
 }
 
