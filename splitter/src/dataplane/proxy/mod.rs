@@ -23,6 +23,7 @@
 mod balance;
 mod body;
 mod direct;
+mod drain;
 mod error;
 mod filters;
 mod handler;

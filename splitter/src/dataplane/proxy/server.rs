@@ -13,7 +13,7 @@ use http::Request;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::{Domain, Socket, Type};
@@ -24,9 +24,10 @@ use tokio::{
 };
 
 use super::{
+    drain::Drain,
     error::ProxyError,
     handler::{self, ListenerShared},
-    idle::{Progress, TrackedBody},
+    idle::{Drainable, Progress, Supervised, TrackedBody},
     metrics::{ListenerLabels, ProxyMetrics},
     table::{ServingTable, TableIssue},
     upstream::{Upstream, UpstreamConfig, client_address},
@@ -267,6 +268,30 @@ struct ConnectionGuard {
     _worker: WorkerSlot,
 }
 
+/// hyper's connections (HTTP/1.1 or h2c) drain by its graceful shutdown.
+impl<I, S, B> Drainable for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn start_draining(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Stops a connection's watchdog task when the connection's task ends, however it ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ConnectionGuard {
     fn new(open: Gauge, permit: OwnedSemaphorePermit, worker: WorkerSlot) -> Self {
         open.inc();
@@ -288,7 +313,7 @@ impl Drop for ConnectionGuard {
 /// deadline, graceful-shutdown watch.
 struct Acceptor {
     builder: auto::Builder<TokioExecutor>,
-    graceful: GracefulShutdown,
+    drain: Arc<Drain>,
     shared: Arc<ListenerShared>,
     limit: Arc<Semaphore>,
     labels: ListenerLabels,
@@ -348,7 +373,7 @@ impl Acceptor {
             worker,
         );
         let builder = self.builder.clone();
-        let watcher = self.graceful.watcher();
+        let drain = self.drain.clone();
         let header_timeout = self.header_timeout;
         Some(async move {
             let _guard = guard;
@@ -359,20 +384,20 @@ impl Acceptor {
                     return;
                 }
             };
-            let conn = watcher.watch(
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned(),
-            );
-            let result = tokio::select! {
-                r = conn => r,
-                _ = progress.stalled(header_timeout) => {
+            let _watchdog =
+                AbortOnDrop(tokio::spawn(progress.clone().watch(header_timeout)).abort_handle());
+            let _registered = drain.register(&progress);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            match Supervised::new(std::pin::pin!(conn), &progress).await {
+                None => {
                     tracing::debug!(%peer, "no complete request head within the header timeout; closing");
-                    return;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                Some(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                Some(Ok(())) => {}
             }
         })
     }
@@ -387,7 +412,7 @@ async fn accept_loop(
 ) {
     let acceptor = Acceptor {
         builder: connection_builder(&config),
-        graceful: GracefulShutdown::new(),
+        drain: Arc::default(),
         limit: Arc::new(Semaphore::new(config.max_connections)),
         labels: ListenerLabels {
             listener: shared.listener.clone(),
@@ -418,8 +443,10 @@ async fn accept_loop(
     }
     // Closing the socket refuses new connections while the old ones drain.
     drop(listener);
+    acceptor.drain.start();
+    let drained = async { while conns.join_next().await.is_some() {} };
     tokio::select! {
-        _ = acceptor.graceful.shutdown() => {}
+        _ = drained => {}
         _ = tokio::time::sleep(config.drain_timeout) => {
             tracing::warn!(
                 listener = %acceptor.shared.listener,
