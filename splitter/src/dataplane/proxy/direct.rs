@@ -31,7 +31,7 @@ use tokio_util::io::poll_read_buf;
 use super::{
     error::UpstreamError,
     pool,
-    upstream::{list_has, list_items},
+    upstream::{HopHeaders, list_has, list_items},
 };
 
 /// Most header fields in a response head (hyper's default too).
@@ -100,20 +100,15 @@ pub struct ExchangeFailure {
 }
 
 /// The request head as HTTP/1.1 writes it; `parts` carries the origin-form target and the
-/// headers already made fit for the hop.
-pub fn encode_request_head(parts: &Parts) -> Vec<u8> {
+/// headers already made fit for the hop but for `hop`'s additions.
+pub fn encode_request_head(parts: &Parts, hop: &HopHeaders<'_>) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(64 + target.len() + 48 * parts.headers.len());
+    let mut out = Vec::with_capacity(160 + target.len() + 48 * parts.headers.len());
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    hop.write_fields(&parts.headers, &mut out);
     // A method that defines a body says it has none (RFC 9112 section 6.3); an HTTP/2 client
     // ends such a request without a Content-Length.
     if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)

@@ -15,7 +15,7 @@ use super::{
     metrics::ProxyMetrics,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
-    upstream::{Upstream, add_forwarded, default_host, strip_hop_by_hop, upstream_uri},
+    upstream::{HopHeaders, Upstream, strip_hop_by_hop, upstream_uri},
 };
 use crate::plan::l7_match::{RequestView, strip_port};
 
@@ -173,8 +173,10 @@ async fn forward(
     for edits in &route.filters.request_headers {
         edits.apply(&mut parts.headers);
     }
-    default_host(&mut parts.headers, authority);
-    add_forwarded(&mut parts.headers, client);
+    let hop = HopHeaders {
+        client,
+        endpoint: authority,
+    };
     parts.uri = upstream_uri(path_and_query);
     parts.version = Version::HTTP_11;
 
@@ -198,7 +200,7 @@ async fn forward(
 
     if client_upgrade.is_none() && body.is_end_stream() {
         // Most requests: no body to stream, no protocol switch; served from this task.
-        let sent = std::pin::pin!(shared.upstream.send_bodyless(endpoint.addr, &parts));
+        let sent = std::pin::pin!(shared.upstream.send_bodyless(endpoint.addr, &parts, &hop));
         let mut resp = within(deadline, sent)
             .await
             .ok_or_else(timed_out)?
@@ -210,6 +212,7 @@ async fn forward(
         return Ok(resp.map(ProxyBody::Direct));
     }
 
+    hop.apply(&mut parts.headers);
     // Boxed for the same reason as connecting in `send_bodyless`: requests with a body are the
     // rarer kind, and hyper's client futures are large.
     let mut sent = Box::pin(

@@ -88,7 +88,8 @@ impl Upstream {
         }
     }
 
-    /// Sends a request without a body (`parts`: origin-form URI, Host set) to `endpoint` from
+    /// Sends a request without a body (`parts`: origin-form URI; `hop` is added as the head is
+    /// written) to `endpoint` from
     /// this task (`direct`). A reused connection that turns out closed before anything came
     /// back gets the request again on another one when that is safe (not yet written, or an
     /// idempotent method).
@@ -96,8 +97,9 @@ impl Upstream {
         &self,
         endpoint: SocketAddr,
         parts: &Parts,
+        hop: &HopHeaders<'_>,
     ) -> Result<Response<DirectBody>, UpstreamError> {
-        let head = direct::encode_request_head(parts);
+        let head = direct::encode_request_head(parts, hop);
         loop {
             let (conn, reused) =
                 match pool::checkout::<DirectConnection>(endpoint, self.config.pool_idle_timeout) {
@@ -221,11 +223,62 @@ pub fn client_address(ip: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// What this hop adds to every request it forwards: Host when the client sent none (see
+/// [`default_host`]) and the client address and scheme (see [`add_forwarded`]).
+pub struct HopHeaders<'a> {
+    /// The client address, from [`client_address`].
+    pub client: &'a HeaderValue,
+    /// The endpoint, Host of a request that has none.
+    pub endpoint: &'a Authority,
+}
+
+impl HopHeaders<'_> {
+    /// Adds them to `headers` (requests that go through hyper's client).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        default_host(headers, self.endpoint);
+        add_forwarded(headers, self.client);
+    }
+
+    /// Writes `headers` as HTTP/1.1 field lines with the additions made as they are written,
+    /// leaving the map as it is: the lines [`apply`](Self::apply) and then writing every field
+    /// would give, but for their order (X-Forwarded-For comes last). Inserting into the map
+    /// hashes each name and may grow the map, which costs more than writing the request head.
+    pub fn write_fields(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        let mut host = false;
+        for (name, value) in headers {
+            if *name == XFF {
+                continue;
+            }
+            host |= *name == header::HOST;
+            field_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !host {
+            field_line(out, b"host", self.endpoint.as_str().as_bytes());
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for previous in headers.get_all(&XFF) {
+            out.extend_from_slice(previous.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.client.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        field_line(out, b"x-forwarded-proto", b"http");
+    }
+}
+
+fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends the client address (from [`client_address`]) to `X-Forwarded-For` and the scheme
 /// to `X-Forwarded-Proto`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
-    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     // One lookup for the common case, a first hop, which has no text to build.
     match headers.entry(&XFF) {
         Entry::Vacant(slot) => {
@@ -304,6 +357,59 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(&mut h, &client("2001:db8::1"));
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+    }
+
+    /// The two forms of the hop's additions agree: written as the head is encoded (bodyless
+    /// requests) and inserted into the map (hyper's client).
+    #[test]
+    fn hop_headers_written_or_applied_agree() {
+        let endpoint = Authority::from_static("10.0.0.9:8080");
+        let client = client_address("10.0.0.1".parse().unwrap());
+        let hop = HopHeaders {
+            client: &client,
+            endpoint: &endpoint,
+        };
+        let maps: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("host", "example.com"), ("accept", "*/*")],
+            &[("x-forwarded-for", "1.1.1.1"), ("host", "a")],
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+                ("x-forwarded-proto", "https"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+            ],
+            &[("x-forwarded-proto", "https"), ("host", "")],
+        ];
+        for fields in maps {
+            let mut map = HeaderMap::new();
+            for (n, v) in fields {
+                map.append(*n, HeaderValue::from_static(v));
+            }
+            let mut written = Vec::new();
+            hop.write_fields(&map, &mut written);
+            let mut slots = [httparse::EMPTY_HEADER; 16];
+            written.extend_from_slice(b"\r\n");
+            assert!(
+                httparse::parse_headers(&written, &mut slots)
+                    .unwrap()
+                    .is_complete()
+            );
+            let mut from_written: Vec<(String, Vec<u8>)> = slots
+                .iter()
+                .take_while(|h| !h.name.is_empty())
+                .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                .collect();
+            hop.apply(&mut map);
+            let mut from_applied: Vec<(String, Vec<u8>)> = map
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect();
+            from_written.sort();
+            from_applied.sort();
+            assert_eq!(from_written, from_applied, "{fields:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, header};
+use http::{Request, header, uri::Authority};
 use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -96,6 +96,28 @@ fn upstream() -> Upstream {
     Upstream::new(&UpstreamConfig::default())
 }
 
+/// The hop's additions every test request gets.
+struct Hop {
+    client: HeaderValue,
+    endpoint: Authority,
+}
+
+impl Hop {
+    fn new() -> Self {
+        Self {
+            client: HeaderValue::from_static("10.0.0.1"),
+            endpoint: Authority::from_static("10.0.0.9:80"),
+        }
+    }
+
+    fn headers(&self) -> HopHeaders<'_> {
+        HopHeaders {
+            client: &self.client,
+            endpoint: &self.endpoint,
+        }
+    }
+}
+
 fn get(method: Method) -> Parts {
     Request::builder()
         .method(method)
@@ -112,7 +134,10 @@ async fn send(
     addr: SocketAddr,
     method: Method,
 ) -> Result<(StatusCode, HeaderMap, Result<Bytes, io::Error>), UpstreamError> {
-    let resp = upstream().send_bodyless(addr, &get(method)).await?;
+    let hop = Hop::new();
+    let resp = upstream()
+        .send_bodyless(addr, &get(method), &hop.headers())
+        .await?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes());
     Ok((parts.status, parts.headers, body))
@@ -362,8 +387,13 @@ async fn a_dead_pooled_connection_is_not_handed_out() {
 
 #[test]
 fn request_heads_are_origin_form_http11() {
-    let head = encode_request_head(&get(Method::GET));
-    assert_eq!(head, b"GET /x?y=1 HTTP/1.1\r\nhost: example.com\r\n\r\n");
-    let head = String::from_utf8(encode_request_head(&get(Method::POST))).unwrap();
+    let hop = Hop::new();
+    let head = encode_request_head(&get(Method::GET), &hop.headers());
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "GET /x?y=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\
+         x-forwarded-proto: http\r\n\r\n"
+    );
+    let head = String::from_utf8(encode_request_head(&get(Method::POST), &hop.headers())).unwrap();
     assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
 }
