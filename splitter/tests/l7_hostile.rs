@@ -1,5 +1,6 @@
 //! Hostile clients (slowloris, silence, oversized heads, garbage, connection floods) are cut
-//! off while a well-behaved client on the same listener keeps being served; shutdown drains.
+//! off while a well-behaved client on the same listener keeps being served; shutdown drains;
+//! a client that half-closes after its request is still answered.
 
 mod l7_support;
 
@@ -202,6 +203,28 @@ async fn a_slow_response_outlasts_the_header_timeout() {
         .expect("the slow response was cut off");
     assert_eq!(reply.text(), "xxxxxx");
     assert!(started.elapsed() > HEADER_TIMEOUT * 2);
+}
+
+/// `shutdown(SHUT_WR)` after the request (what `nc -N` and some scripts do) ends the client's
+/// half of the connection, not its interest in the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_is_answered() {
+    let (_e, _p, listener) = setup(hostile_config()).await;
+    for request in [
+        &b"GET /hostname HTTP/1.1\r\nHost: gateway.test\r\n\r\n"[..],
+        b"GET /hostname HTTP/1.0\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
+        s.write_all(request).await.unwrap();
+        s.shutdown().await.unwrap();
+        let got = read_until_closed(&mut s, Duration::from_secs(5))
+            .await
+            .expect("the connection is closed after the response");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1."), "{text:?}");
+        assert!(text.contains(" 200 OK\r\n"), "{text:?}");
+        assert!(text.ends_with("\r\n\r\ngood"), "{text:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
