@@ -179,9 +179,28 @@ pub fn agent_command(
     manifests: &Path,
     log: &Path,
 ) -> anyhow::Result<Command> {
+    agent_command_under(gateway, &[], splitter, manifests, log)
+}
+
+/// [`agent_command`] run by `prefix` (a program and its arguments, e.g. valgrind's) when it is
+/// not empty.
+pub fn agent_command_under(
+    gateway: &NetNs,
+    prefix: &[std::ffi::OsString],
+    splitter: &Path,
+    manifests: &Path,
+    log: &Path,
+) -> anyhow::Result<Command> {
     let log_file = std::fs::File::create(log)
         .with_context(|| format!("creating the agent log {}", log.display()))?;
-    let mut cmd = gateway.command(splitter);
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut cmd = gateway.command(program);
+            cmd.args(args).arg(splitter);
+            cmd
+        }
+        None => gateway.command(splitter),
+    };
     cmd.arg("run")
         .arg("--manifests")
         .arg(manifests)

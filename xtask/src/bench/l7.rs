@@ -14,12 +14,13 @@
 //! runtime (file watcher, admin endpoint, accept loop). Rounds interleave the two proxies and alternate which goes first, so drift in the
 //! machine's load (builds, other benches) lands on both; the summary is the median per proxy.
 
-use std::{fmt, path::Path, time::Duration};
+use std::{ffi::OsString, fmt, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
 
 use super::{
+    callgrind::Callgrind,
     cpu, interrupted, nginx,
     wrk::{Load, WrkReport},
 };
@@ -49,6 +50,10 @@ pub struct L7Options {
     /// machine's CPUs, which is also the agent's own default).
     #[arg(long)]
     workers: Option<usize>,
+    /// Instead of timed rounds, count the instructions each proxy executes per request under
+    /// valgrind's callgrind (one worker each, wrk -t1 -c4 for --seconds after --warmup).
+    #[arg(long)]
+    instructions: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +83,16 @@ impl Setup<'_> {
     /// Starts `peer` in the gateway namespace and waits until it serves the route and splits
     /// it over both backends.
     fn start(&self, peer: Peer) -> anyhow::Result<TermGuard> {
+        self.start_under(peer, &[])
+    }
+
+    /// [`start`](Self::start), with the proxy run by `prefix` (e.g. valgrind) if not empty.
+    fn start_under(&self, peer: Peer, prefix: &[OsString]) -> anyhow::Result<TermGuard> {
         let mut server = match peer {
             Peer::Splitter => {
-                let child = topology::agent_command(
+                let child = topology::agent_command_under(
                     &self.topo.net.gateway,
+                    prefix,
                     self.splitter,
                     &self.work.join("manifests"),
                     &self.work.join("agent.log"),
@@ -93,7 +104,12 @@ impl Setup<'_> {
             }
             Peer::Nginx => {
                 let dir = self.work.join("nginx");
-                nginx::start(&self.topo.net.gateway, &dir, &dir.join("nginx.conf"))?
+                nginx::start(
+                    &self.topo.net.gateway,
+                    &dir,
+                    &dir.join("nginx.conf"),
+                    prefix,
+                )?
             }
         };
         if let Err(e) = self.topo.wait_until_served(PATH, Duration::from_secs(30)) {
@@ -126,8 +142,16 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     crate::setup::debian_tools(&[("nginx", "nginx"), ("wrk", "wrk")])?;
     println!("bench l7: building the agent and the echo backend (release)");
     let bins = topology::build_binaries(Profile::Release)?;
+    if opts.instructions {
+        crate::setup::debian_tools(&[("valgrind", "valgrind")])?;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = opts.workers.unwrap_or(cpus);
+    // Under callgrind: one worker, and nginx as one process (`nginx::config` with 0).
+    let workers = if opts.instructions {
+        1
+    } else {
+        opts.workers.unwrap_or(cpus)
+    };
     let load = Load {
         threads: opts.threads.unwrap_or(u32::try_from(cpus).unwrap_or(1)),
         connections: opts.connections,
@@ -154,7 +178,12 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         .collect();
     std::fs::write(
         nginx_dir.join("nginx.conf"),
-        nginx::config(&nginx_dir, workers, PORT, &upstreams),
+        nginx::config(
+            &nginx_dir,
+            if opts.instructions { 0 } else { workers },
+            PORT,
+            &upstreams,
+        ),
     )?;
     let setup = Setup {
         topo: &topo,
@@ -164,6 +193,9 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     };
 
     let url = format!("http://{GATEWAY}{PATH}");
+    if opts.instructions {
+        return count_instructions(&setup, &url, opts);
+    }
     println!(
         "bench l7: client -> gateway :{PORT} -> 2 backends ({}), each in its own network namespace, over veth",
         upstreams.join(", ")
@@ -224,6 +256,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             .collect();
         Measured {
             wrk: WrkReport {
+                requests: runs.iter().map(|r| r.wrk.requests).sum(),
                 requests_per_sec: median(runs.iter().map(|r| r.wrk.requests_per_sec)),
                 p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.wrk.p99.as_secs_f64()))),
                 errors: runs.iter().map(|r| r.wrk.errors).sum(),
@@ -241,6 +274,56 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         s.wrk.requests_per_sec / n.wrk.requests_per_sec,
         s.wrk.p99.as_secs_f64() / n.wrk.p99.as_secs_f64(),
         s.cpu_per_request / n.cpu_per_request
+    );
+    Ok(())
+}
+
+/// `--instructions`: both proxies under callgrind, one after the other, the same load.
+fn count_instructions(setup: &Setup, url: &str, opts: &L7Options) -> anyhow::Result<()> {
+    let load = Load {
+        threads: 1,
+        connections: 4,
+        duration: Duration::from_secs(opts.seconds),
+    };
+    let warmup = Load {
+        duration: Duration::from_secs(opts.warmup.max(1)),
+        ..load
+    };
+    println!(
+        "bench l7 --instructions: each proxy under callgrind with one worker; wrk {} after {} s of warm-up",
+        load.args(url).join(" "),
+        warmup.duration.as_secs()
+    );
+    println!();
+    println!(
+        "{:<9} {:>10} {:>22}",
+        "proxy", "requests", "instructions/request"
+    );
+    let mut per_request = Vec::new();
+    for peer in [Peer::Splitter, Peer::Nginx] {
+        interrupted()?;
+        let cg = Callgrind::new(setup.work.join(format!("callgrind-{peer}.out")));
+        let server = setup.start_under(peer, &cg.prefix())?;
+        warmup.run(&setup.topo.net.client, url)?;
+        cg.zero(server.id())?;
+        let wrk = load.run(&setup.topo.net.client, url)?;
+        let instructions = cg.instructions_since_zero(server.id())?;
+        drop(server);
+        if wrk.requests == 0 || wrk.errors > 0 {
+            bail!(
+                "{peer} under callgrind: {} requests, {} errors",
+                wrk.requests,
+                wrk.errors
+            );
+        }
+        let n = instructions as f64 / wrk.requests as f64;
+        println!("{:<9} {:>10} {:>22.0}", peer.to_string(), wrk.requests, n);
+        per_request.push(n);
+    }
+    println!();
+    println!(
+        "splitter/nginx: instructions per request {:.2}x (below 1: splitter executes fewer; user-space only, start-up and warm-up excluded)",
+        per_request[0] / per_request[1]
     );
     Ok(())
 }

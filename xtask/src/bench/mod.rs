@@ -1,6 +1,7 @@
 //! `cargo xtask bench l4 | l7 | plan`: benchmarks, not tests. They print figures and ratios
 //! against peers measured in the same run, and assert nothing about speed.
 
+mod callgrind;
 mod cpu;
 mod l7;
 mod nginx;

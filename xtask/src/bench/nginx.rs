@@ -16,7 +16,15 @@ use crate::topology::TermGuard;
 /// none), `X-Forwarded-For`/`X-Forwarded-Proto` set (the agent adds both), and no cap on
 /// requests per keep-alive connection (hyper has none; nginx's default closes client and
 /// upstream connections every 1000 requests).
+///
+/// `workers: 0` asks for one process that does everything (`master_process off`), as the
+/// instruction count needs: callgrind follows the process it started.
 pub fn config(dir: &Path, workers: usize, port: u16, backends: &[String]) -> String {
+    let (master, workers) = if workers == 0 {
+        ("off", 1)
+    } else {
+        ("on", workers)
+    };
     let dir = dir.display();
     let servers: String = backends
         .iter()
@@ -25,7 +33,7 @@ pub fn config(dir: &Path, workers: usize, port: u16, backends: &[String]) -> Str
     format!(
         "# Written by `cargo xtask bench l7`.
 daemon off;
-master_process on;
+master_process {master};
 # Runs in the bench's own network namespace; root keeps the temp paths below writable.
 user root;
 worker_processes {workers};
@@ -66,8 +74,14 @@ http {{
     )
 }
 
-/// Checks `conf` with `nginx -t`, then starts nginx on it in `ns`.
-pub fn start(ns: &NetNs, dir: &Path, conf: &Path) -> anyhow::Result<TermGuard> {
+/// Checks `conf` with `nginx -t`, then starts nginx on it in `ns`, run by `prefix` (a program
+/// and its arguments, e.g. valgrind's) when that is not empty.
+pub fn start(
+    ns: &NetNs,
+    dir: &Path,
+    conf: &Path,
+    prefix: &[std::ffi::OsString],
+) -> anyhow::Result<TermGuard> {
     let error_log = dir.join("error.log");
     let test = ns
         .command("nginx")
@@ -86,8 +100,15 @@ pub fn start(ns: &NetNs, dir: &Path, conf: &Path) -> anyhow::Result<TermGuard> {
             String::from_utf8_lossy(&test.stderr).trim()
         );
     }
-    let child = ns
-        .command("nginx")
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut cmd = ns.command(program);
+            cmd.args(args).arg("nginx");
+            cmd
+        }
+        None => ns.command("nginx"),
+    };
+    let child = cmd
         // `-e` from the start: nginx opens its default error log before reading the config.
         .arg("-e")
         .arg(&error_log)
@@ -113,6 +134,9 @@ mod tests {
             &["10.0.0.1:1027".into(), "10.0.0.2:1027".into()],
         );
         assert!(c.contains("worker_processes 2;"));
+        assert!(c.contains("master_process on;"));
+        let single = config(Path::new("/tmp/x"), 0, 80, &["10.0.0.1:1027".into()]);
+        assert!(single.contains("master_process off;") && single.contains("worker_processes 1;"));
         assert!(c.contains("server 10.0.0.1:1027 weight=1;\n        server 10.0.0.2:1027 weight=1;\n        keepalive 64;"));
         assert!(c.contains("proxy_http_version 1.1;"));
         assert!(c.contains("proxy_set_header Connection \"\";"));

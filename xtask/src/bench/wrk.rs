@@ -8,6 +8,8 @@ use testbed::NetNs;
 /// One wrk run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WrkReport {
+    /// Responses received over the whole run (`N requests in ...`).
+    pub requests: u64,
     pub requests_per_sec: f64,
     pub p99: Duration,
     /// Socket errors (connect, read, write, timeout) plus non-2xx/3xx responses.
@@ -57,14 +59,17 @@ impl Load {
     }
 }
 
-/// Reads `Requests/sec`, the 99% line of `--latency` and the error lines of a wrk report.
+/// Reads the request count, `Requests/sec`, the 99% line of `--latency` and the error lines of a wrk report.
 pub fn parse(report: &str) -> anyhow::Result<WrkReport> {
     let mut rps = None;
+    let mut requests = None;
     let mut p99 = None;
     let mut errors = 0;
     for line in report.lines().map(str::trim) {
         if let Some(v) = line.strip_prefix("Requests/sec:") {
             rps = Some(v.trim().parse::<f64>().context("Requests/sec")?);
+        } else if let Some((n, _)) = line.split_once(" requests in ") {
+            requests = Some(n.trim().parse::<u64>().context("requests in")?);
         } else if let Some(v) = line.strip_prefix("99%") {
             p99 = Some(duration(v.trim())?);
         } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
@@ -81,6 +86,7 @@ pub fn parse(report: &str) -> anyhow::Result<WrkReport> {
         }
     }
     Ok(WrkReport {
+        requests: requests.context("no `requests in` line")?,
         requests_per_sec: rps.context("no Requests/sec line")?,
         p99: p99.context("no 99% latency line (was --latency given?)")?,
         errors,
@@ -129,6 +135,7 @@ Transfer/sec:      6.00MB
     #[test]
     fn reads_rate_p99_and_errors() {
         let r = parse(REPORT).unwrap();
+        assert_eq!(r.requests, 498765);
         assert_eq!(r.requests_per_sec, 49876.5);
         assert_eq!(r.p99, Duration::from_micros(812));
         assert_eq!(r.errors, 11);
