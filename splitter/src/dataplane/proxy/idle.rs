@@ -12,7 +12,7 @@
 //! The watchdog and the drain reach the connection through flags and a waker in [`Progress`],
 //! which [`Supervised`] reads when the connection's task runs: racing the connection against
 //! a timer future and a shutdown channel in a `select!` polled both on every wake-up of the
-//! task, several times per request (4% of the proxy's instructions under callgrind).
+//! task, several times per request (3% of the proxy's instructions under callgrind).
 
 use std::{
     pin::Pin,
