@@ -7,6 +7,7 @@
 //! backends' default route points at the gateway, and the host's namespace is never touched.
 
 use std::{
+    ffi::{OsStr, OsString},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -182,25 +183,31 @@ pub fn agent_command(
     agent_command_under(gateway, &[], splitter, manifests, log)
 }
 
+/// `program` in `ns`, run by `prefix` (a program and its arguments, e.g. valgrind's) when that
+/// is not empty.
+pub fn command_under(ns: &NetNs, prefix: &[OsString], program: impl AsRef<OsStr>) -> Command {
+    match prefix.split_first() {
+        Some((runner, args)) => {
+            let mut cmd = ns.command(runner);
+            cmd.args(args).arg(program);
+            cmd
+        }
+        None => ns.command(program),
+    }
+}
+
 /// [`agent_command`] run by `prefix` (a program and its arguments, e.g. valgrind's) when it is
 /// not empty.
 pub fn agent_command_under(
     gateway: &NetNs,
-    prefix: &[std::ffi::OsString],
+    prefix: &[OsString],
     splitter: &Path,
     manifests: &Path,
     log: &Path,
 ) -> anyhow::Result<Command> {
     let log_file = std::fs::File::create(log)
         .with_context(|| format!("creating the agent log {}", log.display()))?;
-    let mut cmd = match prefix.split_first() {
-        Some((program, args)) => {
-            let mut cmd = gateway.command(program);
-            cmd.args(args).arg(splitter);
-            cmd
-        }
-        None => gateway.command(splitter),
-    };
+    let mut cmd = command_under(gateway, prefix, splitter);
     cmd.arg("run")
         .arg("--manifests")
         .arg(manifests)

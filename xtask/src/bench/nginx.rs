@@ -1,11 +1,11 @@
 //! nginx as the L7 peer: the same weighted upstream as the HTTPRoute, served the same way.
 
-use std::{path::Path, process::Stdio};
+use std::{ffi::OsString, path::Path, process::Stdio};
 
 use anyhow::{Context, bail};
 use testbed::NetNs;
 
-use crate::topology::TermGuard;
+use crate::topology::{TermGuard, command_under};
 
 /// nginx's equivalent of the guide's HTTPRoute: `/echo` stripped, two backends weighted 1:1,
 /// upstream connections kept alive. `workers` matches the agent's tokio worker threads so
@@ -80,7 +80,7 @@ pub fn start(
     ns: &NetNs,
     dir: &Path,
     conf: &Path,
-    prefix: &[std::ffi::OsString],
+    prefix: &[OsString],
 ) -> anyhow::Result<TermGuard> {
     let error_log = dir.join("error.log");
     let test = ns
@@ -100,15 +100,7 @@ pub fn start(
             String::from_utf8_lossy(&test.stderr).trim()
         );
     }
-    let mut cmd = match prefix.split_first() {
-        Some((program, args)) => {
-            let mut cmd = ns.command(program);
-            cmd.args(args).arg("nginx");
-            cmd
-        }
-        None => ns.command("nginx"),
-    };
-    let child = cmd
+    let child = command_under(ns, prefix, "nginx")
         // `-e` from the start: nginx opens its default error log before reading the config.
         .arg("-e")
         .arg(&error_log)

@@ -295,8 +295,8 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
-    /// hyper moves a request's future whole when it takes it (one copy per request, 3% of
-    /// the proxy's CPU at 3 KiB): the cold paths stay boxed and the hot ones pinned in place.
+    /// Every request's future is allocated and copied whole into its box (`server`): the cold
+    /// paths stay boxed inside it and the hot ones pinned in place, so that it stays small.
     #[test]
     fn the_per_request_future_stays_small() {
         let size = future_size(&handle);

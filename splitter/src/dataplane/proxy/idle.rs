@@ -74,9 +74,7 @@ impl Progress {
             seen = now;
         }
     }
-}
 
-impl Progress {
     /// The connection's watchdog, run as a task of its own for the connection's life: cuts the
     /// connection once it has [`stalled`](Self::stalled).
     pub async fn watch(self: Arc<Self>, period: Duration) {
@@ -219,6 +217,31 @@ mod tests {
             lived >= Duration::from_secs(130) && lived <= Duration::from_secs(140),
             "{lived:?}"
         );
+    }
+
+    /// A connection that never ends by itself.
+    struct Forever;
+
+    impl Drainable for Forever {
+        fn start_draining(self: Pin<&mut Self>) {}
+    }
+
+    impl Future for Forever {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_cuts_a_stalled_connection() {
+        let progress = Arc::new(Progress::default());
+        let watchdog = tokio::spawn(progress.clone().watch(Duration::from_secs(10)));
+        let start = tokio::time::Instant::now();
+        let served = Supervised::new(std::pin::pin!(Forever), &progress).await;
+        assert_eq!(served, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        watchdog.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,6 +22,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::{JoinHandle, JoinSet},
 };
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{
     drain::Drain,
@@ -290,15 +291,6 @@ where
     }
 }
 
-/// Stops a connection's watchdog task when the connection's task ends, however it ends.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl ConnectionGuard {
     fn new(open: Gauge, permit: OwnedSemaphorePermit, worker: WorkerSlot) -> Self {
         open.inc();
@@ -317,7 +309,7 @@ impl Drop for ConnectionGuard {
 }
 
 /// Turns accepted sockets into connection tasks: limit, protocol detection, first-request
-/// deadline, graceful-shutdown watch.
+/// watchdog, registration for draining.
 struct Acceptor {
     builder: auto::Builder<TokioExecutor>,
     drain: Arc<Drain>,
@@ -391,8 +383,9 @@ impl Acceptor {
                     return;
                 }
             };
+            // Stopped when this task ends, however it ends.
             let _watchdog =
-                AbortOnDrop(tokio::spawn(progress.clone().watch(header_timeout)).abort_handle());
+                AbortOnDropHandle::new(tokio::spawn(progress.clone().watch(header_timeout)));
             let _registered = drain.register(&progress);
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)

@@ -225,6 +225,8 @@ pub fn client_address(ip: IpAddr) -> HeaderValue {
 
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The scheme the proxy's listeners speak (no TLS on them).
+const SCHEME: &str = "http";
 
 /// What this hop adds to every request it forwards: Host when the client sent none (see
 /// [`default_host`]) and the client address and scheme (see [`add_forwarded`]).
@@ -256,16 +258,21 @@ impl HopHeaders<'_> {
             field_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
         if !host {
-            field_line(out, b"host", self.endpoint.as_str().as_bytes());
+            field_line(
+                out,
+                header::HOST.as_str().as_bytes(),
+                self.endpoint.as_str().as_bytes(),
+            );
         }
-        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(XFF.as_str().as_bytes());
+        out.extend_from_slice(b": ");
         for previous in headers.get_all(&XFF) {
             out.extend_from_slice(previous.as_bytes());
             out.extend_from_slice(b", ");
         }
         out.extend_from_slice(self.client.as_bytes());
         out.extend_from_slice(b"\r\n");
-        field_line(out, b"x-forwarded-proto", b"http");
+        field_line(out, XFP.as_str().as_bytes(), SCHEME.as_bytes());
     }
 }
 
@@ -296,7 +303,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
             previous.insert(HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.clone()));
         }
     }
-    headers.append(XFP.clone(), HeaderValue::from_static("http"));
+    headers.append(XFP.clone(), HeaderValue::from_static(SCHEME));
 }
 
 /// The upstream request target: origin-form (`/path?query`), which is what an HTTP/1.1 server
