@@ -28,6 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::io::poll_read_buf;
 
+use self::layout::{Layout, Seen};
 use super::{
     error::UpstreamError,
     pool,
@@ -43,11 +44,15 @@ const MAX_LINE_BYTES: usize = 4 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
 
+mod layout;
+
 /// A keep-alive connection to a backend with what was read from it and not consumed yet.
 #[derive(Debug)]
 pub struct DirectConnection {
     stream: TcpStream,
     buf: BytesMut,
+    /// Boxed: the connection travels inside every response body, moved at each step.
+    layout: Box<Layout>,
 }
 
 impl DirectConnection {
@@ -55,6 +60,7 @@ impl DirectConnection {
         Self {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            layout: Box::default(),
         }
     }
 
@@ -139,7 +145,7 @@ pub async fn exchange(
     }
     let mut interim = false;
     loop {
-        match parse_head(&mut conn.buf) {
+        match parse_head(&mut conn.buf, &mut conn.layout) {
             Ok(Some(head))
                 if head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS =>
@@ -194,26 +200,22 @@ struct ResponseHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    /// Which framing fields are present, noted while the head is parsed: most responses
-    /// have a Content-Length and nothing else, and these spare the map lookups that say so.
     seen: Seen,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Seen {
-    transfer_encoding: bool,
-    content_length: bool,
-    connection: bool,
-}
-
 /// Takes one complete response head off the front of `buf`, or `None` while it is partial.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
+/// `layout` is the connection's: a head with its names is filled in from it, another teaches
+/// it.
+fn parse_head(
+    buf: &mut BytesMut,
+    layout: &mut Layout,
+) -> Result<Option<ResponseHead>, UpstreamError> {
     // Asked before every read, mostly of an empty buffer. A partial head is still parsed, so
     // that garbage is refused as soon as it arrives rather than when the connection ends.
     if buf.is_empty() {
         return Ok(None);
     }
-    let (len, status, version, fields, seen) = {
+    let (len, status, version, fresh) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default()
@@ -231,38 +233,52 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Values are kept as offsets into the head: once it is frozen they are sliced out of
-        // it, shared rather than copied one by one.
+        // Names and values are kept as offsets into the head: once it is frozen, values are
+        // sliced out of it, shared rather than copied one by one. httparse parses in place,
+        // so a non-empty name or value is a slice of `buf`.
         let start = buf.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(resp.headers.len());
-        let mut seen = Seen::default();
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
-            if name == header::CONTENT_LENGTH {
-                seen.content_length = true;
-            } else if name == header::TRANSFER_ENCODING {
-                seen.transfer_encoding = true;
-            } else if name == header::CONNECTION {
-                seen.connection = true;
-            }
-            // A non-empty value is a slice of `buf` (httparse parses it in place).
-            let at = if h.value.is_empty() {
+        let span = |s: &[u8]| {
+            let at = if s.is_empty() {
                 0
             } else {
-                h.value.as_ptr() as usize - start
+                s.as_ptr() as usize - start
             };
-            fields.push((name, at..at + h.value.len()));
-        }
-        (len, status, version, fields, seen)
+            at..at + s.len()
+        };
+        let fresh = if layout.matches(resp.headers, span) {
+            None
+        } else {
+            let mut fields = Vec::with_capacity(resp.headers.len());
+            let mut seen = Seen::default();
+            for h in resp.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
+                seen.note(&name);
+                fields.push((name, span(h.name.as_bytes()), span(h.value)));
+            }
+            Some((fields, seen))
+        };
+        (len, status, version, fresh)
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| UpstreamError::Protocol("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let invalid_value = |_| UpstreamError::Protocol("invalid header value");
+    let (headers, seen) = match fresh {
+        None => layout.fill(&head).map_err(invalid_value)?,
+        Some((fields, seen)) => {
+            let mut headers = HeaderMap::with_capacity(fields.len());
+            for (name, _, value) in &fields {
+                let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
+                    .map_err(invalid_value)?;
+                headers.append(name.clone(), value);
+            }
+            layout.learn(
+                fields.iter().map(|(_, name, _)| &head[name.clone()]),
+                &headers,
+                seen,
+            );
+            (headers, seen)
+        }
+    };
     Ok(Some(ResponseHead {
         status,
         version,

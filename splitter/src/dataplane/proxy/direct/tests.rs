@@ -52,6 +52,11 @@ fn reply_and_close(bytes: &'static [u8]) -> Reply {
 
 /// A backend answering every request head with `reply`; counts the connections it accepted.
 async fn backend(reply: Reply) -> (SocketAddr, Arc<AtomicUsize>) {
+    backend_cycling(vec![reply]).await
+}
+
+/// A backend answering the requests on each connection with `replies` in turn, over and over.
+async fn backend_cycling(replies: Vec<Reply>) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -59,11 +64,11 @@ async fn backend(reply: Reply) -> (SocketAddr, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let reply = reply.clone();
+            let replies = replies.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
-                loop {
+                for reply in replies.iter().cycle() {
                     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
@@ -163,6 +168,48 @@ async fn a_content_length_body_is_read_and_the_connection_reused() {
         accepted.load(Ordering::SeqCst),
         1,
         "one connection served all three"
+    );
+}
+
+#[tokio::test]
+async fn each_response_gets_its_own_fields_when_the_backend_changes_them() {
+    // The second reply has the first one's names (the connection's remembered layout is
+    // filled in), the third other names and chunked framing (it must be learned anew), the
+    // fourth a repeated name (not remembered).
+    let (addr, accepted) = backend_cycling(vec![
+        reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-N: 1\r\n\r\nab"),
+        reply(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nX-N: 22\r\n\r\ncde"),
+        reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-N: 3\r\n\r\n1\r\nf\r\n0\r\n\r\n",
+        ),
+        reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-N: 4\r\nX-N: 5\r\n\r\ng"),
+    ])
+    .await;
+    type Fields = &'static [(&'static str, &'static str)];
+    let expected: [(u16, Fields, &str); 4] = [
+        (200, &[("content-length", "2"), ("x-n", "1")], "ab"),
+        (404, &[("content-length", "3"), ("x-n", "22")], "cde"),
+        (200, &[("transfer-encoding", "chunked"), ("x-n", "3")], "f"),
+        (
+            200,
+            &[("content-length", "1"), ("x-n", "4"), ("x-n", "5")],
+            "g",
+        ),
+    ];
+    for (status, fields, body) in expected.iter().cycle().take(8) {
+        let (got_status, headers, got_body) = send(addr, Method::GET).await.unwrap();
+        assert_eq!(got_status.as_u16(), *status);
+        let got: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(got, *fields);
+        assert_eq!(got_body.unwrap(), *body);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection served all"
     );
 }
 
