@@ -47,23 +47,43 @@ const READ_CHUNK: usize = 8 * 1024;
 mod layout;
 
 /// A keep-alive connection to a backend with what was read from it and not consumed yet.
+/// Boxed once for its lifetime: it travels inside every response body, which is moved at each
+/// step on its way to hyper (a pointer instead of the whole state, in the profile a tenth of the
+/// proxy's copying).
 #[derive(Debug)]
-pub struct DirectConnection {
+pub struct DirectConnection(Box<Connection>);
+
+#[derive(Debug)]
+pub struct Connection {
     stream: TcpStream,
     buf: BytesMut,
-    /// Boxed: the connection travels inside every response body, moved at each step.
-    layout: Box<Layout>,
+    layout: Layout,
+}
+
+impl std::ops::Deref for DirectConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DirectConnection {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
 }
 
 impl DirectConnection {
     pub fn new(stream: TcpStream) -> Self {
-        Self {
+        Self(Box::new(Connection {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            layout: Box::default(),
-        }
+            layout: Layout::default(),
+        }))
     }
+}
 
+impl Connection {
     /// Whether an idle connection can take another request. Nothing may arrive on an idle
     /// HTTP/1.1 connection: readable means a FIN (the backend's idle timeout), a reset or stray
     /// bytes, and the connection is done. Costs no system call while nothing arrived.
@@ -145,7 +165,8 @@ pub async fn exchange(
     }
     let mut interim = false;
     loop {
-        match parse_head(&mut conn.buf, &mut conn.layout) {
+        let Connection { buf, layout, .. } = &mut *conn;
+        match parse_head(buf, layout) {
             Ok(Some(head))
                 if head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS =>
