@@ -32,9 +32,48 @@ pub fn process_tree(root: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / USER_HZ)
 }
 
+/// The machine's CPU ticks so far from `/proc/stat`: `(stolen, all)`. Stolen time is what the
+/// hypervisor gave other guests while this one wanted to run; on a virtual machine it is the
+/// one source of noise in a round that nothing here controls.
+pub fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    // user nice system idle iowait irq softirq steal [guest guest_nice, counted in user]
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    (ticks.get(7).copied().unwrap_or(0), ticks.iter().sum())
+}
+
+/// The share of the machine's CPU time stolen between two [`machine_ticks`] readings.
+pub fn stolen_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    if all == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 / all as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_ticks_count_up_and_steal_is_a_share() {
+        let before = machine_ticks();
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < Duration::from_millis(50) {}
+        let after = machine_ticks();
+        assert!(after.1 > before.1, "{before:?} -> {after:?}");
+        assert!((0.0..=1.0).contains(&stolen_share(before, after)));
+        assert_eq!(stolen_share((5, 100), (15, 200)), 0.1);
+        assert_eq!(stolen_share((5, 100), (5, 100)), 0.0);
+    }
 
     #[test]
     fn own_process_has_a_parent_and_cpu_time() {

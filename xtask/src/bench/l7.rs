@@ -215,8 +215,8 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<8} {:<9} {:>12} {:>10} {:>7} {:>13}",
-        "round", "proxy", "requests/s", "p99", "errors", "CPU µs/req"
+        "{:<8} {:<9} {:>12} {:>10} {:>7} {:>13} {:>8}",
+        "round", "proxy", "requests/s", "p99", "errors", "CPU µs/req", "stolen"
     );
 
     let mut results: Vec<(Peer, Measured)> = Vec::new();
@@ -234,7 +234,9 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             }
             interrupted()?;
             let cpu_before = cpu::process_tree(server.id());
+            let machine_before = cpu::machine_ticks();
             let wrk = load.run(&topo.net.client, &url)?;
+            let stolen = cpu::stolen_share(machine_before, cpu::machine_ticks());
             let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
             interrupted()?;
             drop(server);
@@ -242,6 +244,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             let m = Measured {
                 wrk,
                 cpu_per_request: cpu.as_secs_f64() / served.max(1.0),
+                stolen,
             };
             println!("{:<8} {}", round + 1, Row(peer, &m));
             results.push((peer, m));
@@ -262,6 +265,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
                 errors: runs.iter().map(|r| r.wrk.errors).sum(),
             },
             cpu_per_request: median(runs.iter().map(|r| r.cpu_per_request)),
+            stolen: median(runs.iter().map(|r| r.stolen)),
         }
     };
     let s = summary(Peer::Splitter);
@@ -335,6 +339,9 @@ fn count_instructions(setup: &Setup, url: &str, opts: &L7Options) -> anyhow::Res
 struct Measured {
     wrk: WrkReport,
     cpu_per_request: f64,
+    /// The machine's CPU time the hypervisor gave to other guests during the round: rounds
+    /// with much of it measured the host, not the proxy.
+    stolen: f64,
 }
 
 struct Row<'a>(Peer, &'a Measured);
@@ -344,12 +351,13 @@ impl fmt::Display for Row<'_> {
         let w = &self.1.wrk;
         write!(
             f,
-            "{:<9} {:>12.0} {:>7.2} ms {:>7} {:>13.1}",
+            "{:<9} {:>12.0} {:>7.2} ms {:>7} {:>13.1} {:>7.1}%",
             self.0.to_string(),
             w.requests_per_sec,
             w.p99.as_secs_f64() * 1e3,
             w.errors,
-            self.1.cpu_per_request * 1e6
+            self.1.cpu_per_request * 1e6,
+            self.1.stolen * 100.0
         )
     }
 }
