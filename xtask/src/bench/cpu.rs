@@ -33,8 +33,8 @@ pub fn process_tree(root: u32) -> Duration {
 }
 
 /// The machine's CPU ticks so far from `/proc/stat`: `(stolen, all)`. Stolen time is what the
-/// hypervisor gave other guests while this one wanted to run; on a virtual machine it is the
-/// one source of noise in a round that nothing here controls.
+/// hypervisor gave other guests while this one wanted to run: a round with much of it measured
+/// the host, not the proxy.
 pub fn machine_ticks() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {

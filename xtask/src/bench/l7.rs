@@ -240,10 +240,9 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
             interrupted()?;
             drop(server);
-            let served = wrk.requests_per_sec * load.duration.as_secs_f64();
             let m = Measured {
+                cpu_per_request: cpu.as_secs_f64() / wrk.requests.max(1) as f64,
                 wrk,
-                cpu_per_request: cpu.as_secs_f64() / served.max(1.0),
                 stolen,
             };
             println!("{:<8} {}", round + 1, Row(peer, &m));

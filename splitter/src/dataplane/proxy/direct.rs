@@ -28,7 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::io::poll_read_buf;
 
-use self::layout::{Layout, Seen};
+use self::layout::{Layout, Seen, span};
 use super::{
     error::UpstreamError,
     pool,
@@ -258,15 +258,7 @@ fn parse_head(
         // sliced out of it, shared rather than copied one by one. httparse parses in place,
         // so a non-empty name or value is a slice of `buf`.
         let start = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let at = if s.is_empty() {
-                0
-            } else {
-                s.as_ptr() as usize - start
-            };
-            at..at + s.len()
-        };
-        let fresh = if layout.matches(resp.headers, span) {
+        let fresh = if layout.matches(resp.headers, start) {
             None
         } else {
             let mut fields = Vec::with_capacity(resp.headers.len());
@@ -275,7 +267,7 @@ fn parse_head(
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
                 seen.note(&name);
-                fields.push((name, span(h.name.as_bytes()), span(h.value)));
+                fields.push((name, span(start, h.name.as_bytes()), span(start, h.value)));
             }
             Some((fields, seen))
         };

@@ -48,26 +48,36 @@ pub(super) struct Layout {
     values: Vec<Range<usize>>,
 }
 
+/// Where `part`, a slice of a buffer starting at address `start`, lies in it (an empty slice
+/// may point anywhere: it is placed at 0). httparse parses in place, so every name and value it
+/// returns is such a slice.
+pub(super) fn span(start: usize, part: &[u8]) -> Range<usize> {
+    let at = if part.is_empty() {
+        0
+    } else {
+        part.as_ptr() as usize - start
+    };
+    at..at + part.len()
+}
+
 impl Layout {
     /// Whether `fields` have the remembered names, spelled the same and in the same order. If
-    /// so, notes where each value lies in the head (`span`) for [`fill`](Self::fill).
-    pub fn matches(
-        &mut self,
-        fields: &[httparse::Header<'_>],
-        span: impl Fn(&[u8]) -> Range<usize>,
-    ) -> bool {
+    /// so, notes where each value lies in the head that starts at address `start`, for
+    /// [`fill`](Self::fill).
+    pub fn matches(&mut self, fields: &[httparse::Header<'_>], start: usize) -> bool {
         if self.ends.is_empty() || fields.len() != self.ends.len() {
             return false;
         }
-        let mut start = 0;
+        let mut from = 0;
         for (field, &end) in fields.iter().zip(&self.ends) {
-            if self.spelled[start..end] != *field.name.as_bytes() {
+            if self.spelled[from..end] != *field.name.as_bytes() {
                 return false;
             }
-            start = end;
+            from = end;
         }
         self.values.clear();
-        self.values.extend(fields.iter().map(|f| span(f.value)));
+        self.values
+            .extend(fields.iter().map(|f| span(start, f.value)));
         true
     }
 
@@ -145,14 +155,6 @@ mod tests {
                 .collect()
         }
 
-        fn span(&self) -> impl Fn(&[u8]) -> Range<usize> + '_ {
-            let start = self.bytes.as_ptr() as usize;
-            move |v| {
-                let at = v.as_ptr() as usize - start;
-                at..at + v.len()
-            }
-        }
-
         /// Learns this head the way the parser does on a miss.
         fn teach(&self, layout: &mut Layout, seen: Seen) {
             let mut map = HeaderMap::new();
@@ -170,7 +172,7 @@ mod tests {
         }
 
         fn matches(&self, layout: &mut Layout) -> bool {
-            layout.matches(&self.fields(), self.span())
+            layout.matches(&self.fields(), self.bytes.as_ptr() as usize)
         }
     }
 
