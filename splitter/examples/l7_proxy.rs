@@ -12,14 +12,12 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use splitter::{
-    dataplane::proxy::{Proxy, ProxyConfig, ProxyMetrics},
-    plan::{
-        ObjectRef,
-        l7::{
-            BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend,
-            RouteMatch, Timeouts, UrlRewrite,
-        },
+use splitter::dataplane::proxy::{Proxy, ProxyConfig, ProxyMetrics};
+use splitter_plan::plan::{
+    ObjectRef,
+    l7::{
+        BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend,
+        RouteMatch, Timeouts, UrlRewrite,
     },
 };
 

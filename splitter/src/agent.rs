@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use crate::{
     admin::{AdminError, AdminServer, AdminState, PlanSnapshot, Readiness},
     dataplane::proxy::{ApplyReport, L7Listeners, Proxy, ProxyConfig, ProxyMetrics},
-    plan::l7::L7RouteTable,
 };
+use splitter_plan::plan::l7::L7RouteTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

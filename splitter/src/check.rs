@@ -4,13 +4,11 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use serde::Serialize;
 
-use crate::{
-    plan::{
-        self, L4Plan, ListenerPlan, Plan, PlanConfig, Transport,
-        l7::{BackendTarget, Filter, L7Route, PathMatch, PathModifier, PlannedBackend},
-        maglev::TableTarget,
-    },
-    source::{file::LoadReport, file::load},
+use crate::source::{file::LoadReport, file::load};
+use splitter_plan::plan::{
+    self, L4Plan, ListenerPlan, Plan, PlanConfig, Transport,
+    l7::{BackendTarget, Filter, L7Route, PathMatch, PathModifier, PlannedBackend},
+    maglev::TableTarget,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

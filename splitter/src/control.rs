@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::{
+use splitter_plan::{
     model::{Index, index::Update},
     plan::{self, Plan, PlanConfig},
 };

@@ -1,9 +1,9 @@
 //! splitter: an eBPF/XDP-accelerated L4/L7 traffic splitter for the Kubernetes Gateway API.
 //!
 //! Data flows one way: source -> index -> plan -> actuators. This crate holds the agent: the
-//! actuators under [`dataplane`], the node checks in [`doctor`].
+//! actuators under [`dataplane`], the node checks in [`doctor`]. The pure core (model, index,
+//! plan, status patches) is the `splitter-plan` crate.
 
-pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod check;
@@ -12,8 +12,6 @@ pub mod dataplane;
 pub mod doctor;
 pub mod echo;
 pub mod inspect;
-pub mod model;
-pub mod plan;
 pub mod run;
 pub mod signal;
 pub mod source;

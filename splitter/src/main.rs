@@ -46,7 +46,7 @@ enum Command {
         /// Output format.
         #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
         output: String,
-        #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
+        #[arg(long, default_value = splitter_plan::plan::listener::DEFAULT_GATEWAY_CLASS)]
         gateway_class: String,
     },
     /// Run the agent: serve the Gateways of the manifests or of the cluster (L7 listeners in the
@@ -83,7 +83,7 @@ enum Command {
         /// Admin endpoint: /healthz, /readyz, /metrics, /debug/plan.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
-        #[arg(long, default_value = splitter::plan::listener::DEFAULT_GATEWAY_CLASS)]
+        #[arg(long, default_value = splitter_plan::plan::listener::DEFAULT_GATEWAY_CLASS)]
         gateway_class: String,
         #[arg(long, value_enum, default_value_t = ebpf::XdpAttachMode::Auto)]
         xdp_mode: ebpf::XdpAttachMode,
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             } else {
                 check::Output::Text
             };
-            let config = splitter::plan::PlanConfig {
+            let config = splitter_plan::plan::PlanConfig {
                 gateway_class,
                 ..Default::default()
             };

@@ -43,7 +43,7 @@ fn the_guide_checks_clean() {
 
 #[test]
 fn invalid_input_exits_1_but_prints_everything_else() {
-    let fixtures = repo("tests/fixtures");
+    let fixtures = repo("../splitter-plan/tests/fixtures");
     let (ok, out) = check(
         &[
             fixtures.join("base.yaml"),

@@ -1,5 +1,5 @@
 //! deploy/ as shipped: every manifest reads as its Kubernetes type with no unknown field, RBAC
-//! grants exactly the API calls of `splitter::access` (no more, no less), the DaemonSet has
+//! grants exactly the API calls of `splitter_plan::access` (no more, no less), the DaemonSet has
 //! what the agent needs, and the Dockerfile ships the binary the DaemonSet runs.
 
 use std::{
@@ -15,7 +15,7 @@ use k8s_openapi::api::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use splitter::access::{self, Permission, Scope};
+use splitter_plan::access::{self, Permission, Scope};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +35,7 @@ fn manifests() -> Vec<(PathBuf, Vec<Value>)> {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                let docs = splitter::source::file::documents(&text)
+                let docs = splitter_plan::model::parse::documents(&text)
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
                     .into_iter()
                     .filter(|d| !d.is_null())
@@ -99,10 +99,10 @@ fn every_manifest_reads_as_its_type() {
             // Gateway API kinds go through the agent's own parser: CRD defaults and validation.
             "GatewayClass" | "Gateway" | "HTTPRoute" | "TCPRoute" | "UDPRoute"
             | "ReferenceGrant" => {
-                let parsed = splitter::model::parse::parse(doc.clone())
+                let parsed = splitter_plan::model::parse::parse(doc.clone())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert!(
-                    matches!(parsed, splitter::model::parse::Parsed::Object(_)),
+                    matches!(parsed, splitter_plan::model::parse::Parsed::Object(_)),
                     "{}: {kind} skipped",
                     path.display()
                 );

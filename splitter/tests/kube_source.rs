@@ -8,11 +8,11 @@ use std::{sync::Arc, time::Duration};
 
 use kube_support::{MockApi, eventually, yaml};
 use serde_json::{Value, json};
-use splitter::{
-    access, control,
+use splitter::{control, status::Observed};
+use splitter_plan::{
+    access,
     model::index::Update,
     plan::{Plan, PlanConfig, status::ConditionStatus},
-    source::kube::Observed,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -81,7 +81,7 @@ fn current(r: &Running) -> Arc<Plan> {
 
 #[tokio::test]
 async fn lists_then_watch_events_drive_the_plan() {
-    let mut objects = yaml("tests/fixtures/base.yaml");
+    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
     objects.push(route(
         "split",
         json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),
@@ -102,7 +102,11 @@ async fn lists_then_watch_events_drive_the_plan() {
     assert_eq!(plan.gateways[0].listeners[0].attached_routes, 1);
     // The status writer sees the objects it may patch, with their versions.
     let observed = r.observed.borrow().clone();
-    let key = splitter::model::ObjectKey::new(splitter::model::Kind::HttpRoute, "infra", "split");
+    let key = splitter_plan::model::ObjectKey::new(
+        splitter_plan::model::Kind::HttpRoute,
+        "infra",
+        "split",
+    );
     assert_eq!(observed[&key].resource_version.as_deref(), Some("5"));
 
     // Modified: weights 200/100.
@@ -150,7 +154,7 @@ async fn lists_then_watch_events_drive_the_plan() {
 
 #[tokio::test]
 async fn gone_410_relists_the_kind() {
-    let mut objects = yaml("tests/fixtures/base.yaml");
+    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
     objects.push(route(
         "split",
         json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),
@@ -207,7 +211,7 @@ async fn gone_410_relists_the_kind() {
 
 #[tokio::test]
 async fn a_kind_the_server_does_not_serve_does_not_block_the_others() {
-    let mut objects = yaml("tests/fixtures/base.yaml");
+    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
     objects.push(route(
         "split",
         json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),

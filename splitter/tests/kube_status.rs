@@ -7,11 +7,12 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use kube_support::{MockApi, Recorded, eventually, not_found};
 use serde_json::{Value, json};
-use splitter::{
+use splitter::status::{
+    self, LeaseConfig, Observed, ObservedStatus, StatusContext, WriterConfig, patches,
+};
+use splitter_plan::{
     model::{Kind, ObjectKey},
     plan::{self, Plan, PlanConfig},
-    source::kube::{Observed, ObservedStatus},
-    status::{self, LeaseConfig, StatusContext, WriterConfig, patches},
 };
 use tokio::sync::watch;
 
@@ -22,7 +23,7 @@ const QUERY: &str = "?&force=true&fieldManager=splitter.dev%2Fgateway-controller
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../splitter-plan/tests/fixtures")
         .join(name)
 }
 

@@ -7,10 +7,8 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use l7_support::*;
 use serde::Serialize;
-use splitter::{
-    agent::{AgentConfig, L7Tables, run_l7},
-    plan::l7::L7RouteTable,
-};
+use splitter::agent::{AgentConfig, L7Tables, run_l7};
+use splitter_plan::plan::l7::L7RouteTable;
 use tokio::sync::{oneshot, watch};
 
 #[derive(Serialize)]

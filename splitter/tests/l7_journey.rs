@@ -5,7 +5,7 @@
 mod l7_support;
 
 use l7_support::*;
-use splitter::plan::l7::{L7RouteTable, PathMatch};
+use splitter_plan::plan::l7::{L7RouteTable, PathMatch};
 
 fn guide_table(
     echo: std::net::SocketAddr,

@@ -6,10 +6,8 @@ mod l7_support;
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use l7_support::*;
-use splitter::{
-    dataplane::proxy::{L7Listeners, Proxy, ProxyMetrics},
-    plan::l7::L7RouteTable,
-};
+use splitter::dataplane::proxy::{L7Listeners, Proxy, ProxyMetrics};
+use splitter_plan::plan::l7::L7RouteTable;
 
 fn plan(entries: &[(SocketAddr, &L7RouteTable)]) -> BTreeMap<SocketAddr, L7RouteTable> {
     entries.iter().map(|(a, t)| (*a, (*t).clone())).collect()

@@ -12,7 +12,7 @@ use std::{
 };
 
 use l7_support::*;
-use splitter::plan::l7::L7RouteTable;
+use splitter_plan::plan::l7::L7RouteTable;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_swaps_under_load_lose_nothing() {

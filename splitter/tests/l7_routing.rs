@@ -8,7 +8,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7_support::*;
-use splitter::plan::l7::{
+use splitter_plan::plan::l7::{
     Filter, HeaderMatch, HeaderModifier, PathMatch, PathModifier, Redirect, UrlRewrite, ValueMatch,
 };
 

@@ -3,10 +3,8 @@
 
 use std::{fs, path::Path};
 
-use splitter::{
-    model::{Kind, Object, index::Update},
-    source::{FileSource, SourceError},
-};
+use splitter::source::{FileSource, SourceError};
+use splitter_plan::model::{Kind, Object, index::Update};
 
 const ROUTE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -193,7 +191,7 @@ spec:
     assert_eq!(r.parent_refs[0].group, "gateway.networking.k8s.io");
     assert_eq!(r.parent_refs[0].kind, "Gateway");
     assert_eq!(r.parent_refs[0].namespace, "default");
-    use splitter::plan::l7::{Filter, PathMatch};
+    use splitter_plan::plan::l7::{Filter, PathMatch};
     assert_eq!(r.rules[0].matches[0].path, PathMatch::Prefix("/".into()));
     let Filter::RequestRedirect(redirect) = &r.rules[0].filters[0] else {
         panic!()
@@ -214,21 +212,21 @@ spec:
     };
     assert_eq!(
         g.listeners[0].allowed_namespaces,
-        splitter::model::AllowedNamespaces::Same
+        splitter_plan::model::AllowedNamespaces::Same
     );
 }
 
 fn parse_ok(text: &str) -> Object {
     let v: serde_json::Value = serde_saphyr::from_str(text).unwrap();
-    match splitter::model::parse::parse(v) {
-        Ok(splitter::model::parse::Parsed::Object(o)) => *o,
+    match splitter_plan::model::parse::parse(v) {
+        Ok(splitter_plan::model::parse::Parsed::Object(o)) => *o,
         other => panic!("{other:?}"),
     }
 }
 
-fn parse_err(text: &str) -> splitter::model::ModelError {
+fn parse_err(text: &str) -> splitter_plan::model::ModelError {
     let v: serde_json::Value = serde_saphyr::from_str(text).unwrap();
-    splitter::model::parse::parse(v).expect_err("must be rejected")
+    splitter_plan::model::parse::parse(v).expect_err("must be rejected")
 }
 
 /// Filesystems with coarse timestamps could hide a rewrite of the same size; move the mtime.
@@ -248,11 +246,11 @@ fn next_offset() -> u64 {
 async fn watched_manifests_flow_into_published_plans() {
     use std::{sync::Arc, time::Duration};
 
-    use splitter::plan::{Plan, PlanConfig};
+    use splitter_plan::plan::{Plan, PlanConfig};
     use tokio::sync::{mpsc, watch};
 
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../splitter-plan/tests/fixtures");
     fs::copy(fixtures.join("base.yaml"), dir.path().join("base.yaml")).unwrap();
     let route = dir.path().join("route.yaml");
     fs::copy(fixtures.join("weights-default.yaml"), &route).unwrap();
@@ -279,15 +277,44 @@ async fn watched_manifests_flow_into_published_plans() {
     };
     let first = wait(&mut plans).await;
     plans.borrow_and_update();
-    assert_eq!(first.listeners[0].mode, splitter::plan::Mode::L4);
+    assert_eq!(first.listeners[0].mode, splitter_plan::plan::Mode::L4);
     assert!(first.l7_tables().is_empty());
 
     // Rewrite the route with path matches: the next plan serves it at L7 on 0.0.0.0 and [::].
     fs::copy(fixtures.join("precedence.yaml"), &route).unwrap();
     bump_mtime(&route);
     let second = wait(&mut plans).await;
-    assert_eq!(second.listeners[0].mode, splitter::plan::Mode::L7);
+    assert_eq!(second.listeners[0].mode, splitter_plan::plan::Mode::L7);
     let tables = second.l7_tables();
     assert_eq!(tables.len(), 2);
     assert!(tables.keys().all(|a| a.port() == 80));
+}
+
+#[test]
+fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let paths = [
+        root.join("deploy/gatewayclass.yaml"),
+        root.join("deploy/examples"),
+    ];
+    let (index, report) = splitter::source::file::load(&paths);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.skipped.len(), 2, "the two Deployments");
+    let plan = splitter_plan::plan::build(&index, &Default::default(), None);
+    let l = plan.listeners.iter().find(|l| l.key.port == 80).unwrap();
+    assert_eq!(l.mode, splitter_plan::plan::Mode::L7);
+    let r = &l.l7.as_ref().unwrap().routes[0];
+    assert_eq!(
+        r.matched.path,
+        splitter_plan::plan::l7::PathMatch::Prefix("/echo".into())
+    );
+    assert_eq!(
+        r.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    assert!(matches!(
+        r.filters[0],
+        splitter_plan::plan::l7::Filter::UrlRewrite(_)
+    ));
+    assert!(plan.problems().is_empty(), "{:?}", plan.problems());
 }

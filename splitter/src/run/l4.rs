@@ -10,12 +10,10 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{
-    dataplane::ebpf::{
-        self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
-    },
-    plan::{ListenerPlan, Plan, Transport, maglev::TableTarget},
+use crate::dataplane::ebpf::{
+    self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
 };
+use splitter_plan::plan::{ListenerPlan, Plan, Transport, maglev::TableTarget};
 
 /// Every address of `ifaces` (what an L4 listener without Gateway addresses serves).
 pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {

@@ -18,10 +18,10 @@ use crate::{
     agent::{AgentConfig, run_l7},
     control,
     dataplane::{ebpf::XdpAttachMode, proxy::ProxyConfig},
-    plan::{Plan, PlanConfig},
     source::{self, FileSource},
     status::{self, LeaseConfig, WriterConfig},
 };
+use splitter_plan::plan::{Plan, PlanConfig};
 
 pub use l4::{L4Runner, l4_programs};
 
@@ -111,7 +111,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 async fn start_kube(
     opts: &KubeOptions,
     config: &PlanConfig,
-    updates: mpsc::Sender<Vec<crate::model::index::Update>>,
+    updates: mpsc::Sender<Vec<splitter_plan::model::index::Update>>,
     plans: watch::Receiver<Option<Arc<Plan>>>,
 ) -> anyhow::Result<()> {
     if opts.node_name.is_empty() {

@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::model::{
+use splitter_plan::model::{
     Index, Kind, ModelError, Object, ObjectKey,
     index::Update,
     parse::{self, Parsed},
@@ -195,7 +195,7 @@ fn reload(path: &Path, state: &mut FileState) {
             return;
         }
     };
-    let docs: Vec<Value> = match documents(&text) {
+    let docs: Vec<Value> = match parse::documents(&text) {
         Ok(d) => d,
         Err(e) => {
             state.errors.push(SourceError::Yaml {
@@ -237,22 +237,6 @@ fn reload(path: &Path, state: &mut FileState) {
             }
         }
     }
-}
-
-/// The documents of a multi-document YAML text, as JSON values.
-///
-/// The parser's default budget (1024 documents, 250k nodes per stream) is meant for config
-/// files; generated manifests of a large cluster pass it. The limits stay, raised so that they
-/// still stop a YAML bomb but not 10k routes in one file.
-pub fn documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_documents: 200_000,
-            max_events: 100_000_000,
-            max_nodes: 50_000_000,
-        },
-    };
-    serde_saphyr::from_multiple_with_options(text, options)
 }
 
 /// The key a document claims, read without validating it, so a broken document can keep the

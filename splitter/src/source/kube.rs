@@ -9,7 +9,7 @@
 //! Objects are watched as `DynamicObject`s and converted by the same [`parse`] the file source
 //! uses, so one invalid object is logged and skipped instead of failing a typed list of its kind.
 //!
-//! [`access::WATCHED`]: crate::access::WATCHED
+//! [`access::WATCHED`]: splitter_plan::access::WATCHED
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,27 +25,15 @@ use kube::{
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::{
+use splitter_plan::{
     access::{self, Resource},
     model::{
         Kind, ModelError, Object, ObjectKey,
         index::Update,
         parse::{self, Parsed},
     },
+    status::{Observed, ObservedStatus},
 };
-
-/// What the status writer needs to know of an object it may patch: the status as the API
-/// server last reported it, and the versions it belongs to.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ObservedStatus {
-    pub generation: Option<i64>,
-    pub resource_version: Option<String>,
-    /// `status`, or `Null` when the object has none yet.
-    pub status: Value,
-}
-
-/// The observed status of every object of the kinds the status writer patches.
-pub type Observed = BTreeMap<ObjectKey, ObservedStatus>;
 
 /// The watchers' state: buffers of relists in progress, which kinds have been listed once,
 /// the updates held back until all have, and the observed statuses. Pure: events in, updates

@@ -1,7 +1,7 @@
 //! Where objects come from. Every source ends in the same [`Update`]s on the index, so the
 //! index and the plan never know whether an object came from a file or from the API server.
 //!
-//! [`Update`]: crate::model::index::Update
+//! [`Update`]: splitter_plan::model::index::Update
 
 pub mod file;
 pub mod kube;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::FileSource;
-use crate::model::index::Update;
+use splitter_plan::model::index::Update;
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 

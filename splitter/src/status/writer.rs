@@ -12,11 +12,11 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::patch::{StatusContext, StatusPatch, patches};
-use crate::{access, model::ObjectKey, plan::Plan, source::kube::Observed};
+use super::{Observed, StatusContext, StatusPatch, patches};
+use splitter_plan::{access, model::ObjectKey, plan::Plan};
 
 /// The field manager of every status write (server-side apply).
-pub const FIELD_MANAGER: &str = crate::plan::listener::CONTROLLER_NAME;
+pub const FIELD_MANAGER: &str = splitter_plan::plan::listener::CONTROLLER_NAME;
 
 #[derive(Debug, Error)]
 pub enum StatusError {

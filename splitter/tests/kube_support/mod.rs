@@ -222,7 +222,7 @@ pub fn not_found() -> (u16, Value) {
 pub fn yaml(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
         .unwrap();
-    splitter::source::file::documents(&text)
+    splitter_plan::model::parse::documents(&text)
         .unwrap()
         .into_iter()
         .filter(|v| !v.is_null())

@@ -12,12 +12,12 @@ use hyper_util::rt::TokioIo;
 use splitter::{
     dataplane::proxy::{Proxy, ProxyConfig, ProxyListener, ProxyMetrics},
     echo::{EchoReply, EchoServer},
-    plan::{
-        ObjectRef,
-        l7::{
-            BackendTarget, Filter, InvalidReason, L7Route, L7RouteTable, PathMatch, PathModifier,
-            PlannedBackend, RouteMatch, Timeouts, UrlRewrite,
-        },
+};
+use splitter_plan::plan::{
+    ObjectRef,
+    l7::{
+        BackendTarget, Filter, InvalidReason, L7Route, L7RouteTable, PathMatch, PathModifier,
+        PlannedBackend, RouteMatch, Timeouts, UrlRewrite,
     },
 };
 use tokio::net::TcpStream;

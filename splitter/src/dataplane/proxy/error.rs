@@ -5,7 +5,7 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use http::StatusCode;
 
-use crate::plan::{l7::InvalidReason, l7_match::MatchError};
+use splitter_plan::plan::{l7::InvalidReason, l7_match::MatchError};
 
 /// Starting or running a listener.
 #[derive(Debug, thiserror::Error)]

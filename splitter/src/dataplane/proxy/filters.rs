@@ -8,7 +8,7 @@ use http::{
 };
 
 use super::error::RouteError;
-use crate::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use splitter_plan::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
 
 /// A RequestHeaderModifier or ResponseHeaderModifier.
 #[derive(Debug, Default)]

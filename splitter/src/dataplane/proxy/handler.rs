@@ -17,7 +17,7 @@ use super::{
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{HopHeaders, Upstream, strip_hop_by_hop, upstream_uri},
 };
-use crate::plan::l7_match::{RequestView, strip_port};
+use splitter_plan::plan::l7_match::{RequestView, strip_port};
 
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {

@@ -10,7 +10,7 @@ use super::{
     server::{Proxy, ProxyListener},
     table::TableIssue,
 };
-use crate::plan::l7::L7RouteTable;
+use splitter_plan::plan::l7::L7RouteTable;
 
 struct Running {
     listener: ProxyListener,

@@ -18,7 +18,7 @@
 //! itself: 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
 //! 502 connect or protocol failure, 504 HTTPRoute timeout.
 //!
-//! [`L7RouteTable`]: crate::plan::l7::L7RouteTable
+//! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
 
 mod balance;
 mod body;

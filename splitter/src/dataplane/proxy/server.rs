@@ -34,7 +34,7 @@ use super::{
     upstream::{Upstream, UpstreamConfig, client_address},
     workers::{ProxyWorkers, WorkerSlot, default_workers},
 };
-use crate::plan::l7::L7RouteTable;
+use splitter_plan::plan::l7::L7RouteTable;
 
 /// hyper refuses read buffers smaller than this (and panics when asked to).
 const MIN_HEADER_BUFFER: usize = 8192;

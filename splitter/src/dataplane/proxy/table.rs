@@ -10,7 +10,7 @@ use super::{
     error::RouteError,
     filters::RouteFilters,
 };
-use crate::plan::{
+use splitter_plan::plan::{
     ObjectRef,
     l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, Timeouts},
     l7_match::{CompiledMatch, RequestView, hostname_matches},
@@ -238,7 +238,7 @@ impl ServingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::l7::{PlannedBackend, RouteMatch};
+    use splitter_plan::plan::l7::{PlannedBackend, RouteMatch};
 
     fn rule(path: &str, weights: &[u32]) -> L7Route {
         L7Route {

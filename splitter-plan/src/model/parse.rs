@@ -188,6 +188,22 @@ fn meta(m: ObjectMeta, namespace: String) -> Meta {
     }
 }
 
+/// The documents of a multi-document YAML text, as JSON values.
+///
+/// The parser's default budget (1024 documents, 250k nodes per stream) is meant for config
+/// files; generated manifests of a large cluster pass it. The limits stay, raised so that they
+/// still stop a YAML bomb but not 10k routes in one file.
+pub fn documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 200_000,
+            max_events: 100_000_000,
+            max_nodes: 50_000_000,
+        },
+    };
+    serde_saphyr::from_multiple_with_options(text, options)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use proptest::prelude::*;
-use splitter::plan::maglev::{self, DEFAULT_M, LARGE_M, TableShare, TableTarget, WeightedTable};
+use splitter_plan::plan::maglev::{
+    self, DEFAULT_M, LARGE_M, TableShare, TableTarget, WeightedTable,
+};
 
 fn target(i: u32) -> TableTarget {
     TableTarget::Endpoint(SocketAddr::new(

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use splitter::plan::{
+use splitter_plan::plan::{
     Mode,
     l7::{BackendTarget, Filter, InvalidReason, PathMatch, PathModifier, UrlRewrite},
     maglev::TableTarget,
@@ -18,7 +18,10 @@ fn ep(s: &str) -> TableTarget {
 }
 
 /// Every quota is within one slot of m * share.
-fn assert_quotas(table: &splitter::plan::maglev::WeightedTable, expected: &[(TableTarget, f64)]) {
+fn assert_quotas(
+    table: &splitter_plan::plan::maglev::WeightedTable,
+    expected: &[(TableTarget, f64)],
+) {
     let m = f64::from(table.m);
     for (t, share) in expected {
         let q = f64::from(table.quota_of(t));
@@ -455,7 +458,7 @@ fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
     assert!(l4.iter().all(|l| l.mode == Mode::L4));
     let tcp = l4
         .iter()
-        .find(|l| l.key.transport == splitter::plan::Transport::Tcp)
+        .find(|l| l.key.transport == splitter_plan::plan::Transport::Tcp)
         .unwrap();
     assert_eq!(
         tcp.key.addresses,
@@ -474,7 +477,7 @@ fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
     );
     let udp = l4
         .iter()
-        .find(|l| l.key.transport == splitter::plan::Transport::Udp)
+        .find(|l| l.key.transport == splitter_plan::plan::Transport::Udp)
         .unwrap();
     assert_quotas(
         &udp.l4.as_ref().unwrap().table,
@@ -535,33 +538,10 @@ fn conditions_carry_the_observed_generation() {
 }
 
 #[test]
-fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let paths = [
-        root.join("deploy/gatewayclass.yaml"),
-        root.join("deploy/examples"),
-    ];
-    let (index, report) = splitter::source::file::load(&paths);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(report.skipped.len(), 2, "the two Deployments");
-    let plan = splitter::plan::build(&index, &Default::default(), None);
-    let l = listener(&plan, 80);
-    assert_eq!(l.mode, Mode::L7);
-    let r = &l.l7.as_ref().unwrap().routes[0];
-    assert_eq!(r.matched.path, PathMatch::Prefix("/echo".into()));
-    assert_eq!(
-        r.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
-        [1, 1]
-    );
-    assert!(matches!(r.filters[0], Filter::UrlRewrite(_)));
-    assert!(plan.problems().is_empty(), "{:?}", plan.problems());
-}
-
-#[test]
 fn disruption_is_measured_against_the_previous_plan() {
     let before = plan_with(&["weights-default.yaml"]);
     let index = index_of(&[&fixture("base.yaml"), &fixture("weights-70-30-0.yaml")]);
-    let after = splitter::plan::build(&index, &Default::default(), Some(&before));
+    let after = splitter_plan::plan::build(&index, &Default::default(), Some(&before));
     let d = listener(&after, 80)
         .l4
         .as_ref()

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use splitter::{
+use splitter_plan::{
     model::{
         Index, Object,
         parse::{Parsed, parse},

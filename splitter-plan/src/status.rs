@@ -11,7 +11,7 @@
 //! - our entries for parents the route no longer has are removed;
 //! - nothing is patched when the observed status already says what we would write.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde_json::{Map, Value, json};
 
@@ -22,8 +22,20 @@ use crate::{
         Plan,
         status::{Condition, RouteParentStatus},
     },
-    source::kube::{Observed, ObservedStatus},
 };
+
+/// What the status writer needs to know of an object it may patch: the status as the API
+/// server last reported it, and the versions it belongs to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedStatus {
+    pub generation: Option<i64>,
+    pub resource_version: Option<String>,
+    /// `status`, or `Null` when the object has none yet.
+    pub status: Value,
+}
+
+/// The observed status of every object of the kinds the status writer patches.
+pub type Observed = BTreeMap<ObjectKey, ObservedStatus>;
 
 /// One server-side apply of a `status` subresource.
 #[derive(Clone, Debug, PartialEq)]

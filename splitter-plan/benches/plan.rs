@@ -1,4 +1,4 @@
-//! Plan benchmarks (not tests): `cargo bench -p splitter --bench plan`.
+//! Plan benchmarks (not tests): `cargo bench -p splitter-plan --bench plan`.
 //!
 //! 1. A full plan for 10,000 HTTPRoutes over 1,000 Services (3 ready endpoints each).
 //! 2. A weighted Maglev table, M = 65537, over 1,000 endpoints (target: under 20 ms).
@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter::{
+use splitter_plan::{
     model::{
         Index,
         parse::{Parsed, parse},
@@ -89,7 +89,7 @@ fn main() {
         "parse + validate 10k HTTPRoutes, 1k Services (YAML)",
         1,
         || {
-            let docs = splitter::source::file::documents(&yaml).expect("bench YAML");
+            let docs = splitter_plan::model::parse::documents(&yaml).expect("bench YAML");
             index = Index::new();
             for d in docs {
                 if let Ok(Parsed::Object(o)) = parse(d) {
