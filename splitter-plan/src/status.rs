@@ -60,7 +60,7 @@ pub struct StatusContext<'a> {
 pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec<StatusPatch> {
     let mut out = Vec::new();
     for c in &plan.gateway_classes {
-        let key = ObjectKey::new(Kind::GatewayClass, "", &c.class.name);
+        let key = c.class.clone();
         let Some(seen) = observed.get(&key) else {
             continue;
         };
@@ -69,7 +69,7 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
         push(&mut out, key, seen, status, false);
     }
     for g in &plan.gateways {
-        let key = ObjectKey::new(Kind::Gateway, &g.gateway.namespace, &g.gateway.name);
+        let key = g.gateway.clone();
         let Some(seen) = observed.get(&key) else {
             continue;
         };
@@ -119,10 +119,7 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
     }
     let mut planned = std::collections::BTreeSet::new();
     for r in &plan.routes {
-        let Some(kind) = route_kind(&r.route.kind) else {
-            continue;
-        };
-        let key = ObjectKey::new(kind, &r.route.namespace, &r.route.name);
+        let key = r.route.clone();
         planned.insert(key.clone());
         let Some(seen) = observed.get(&key) else {
             continue;
@@ -153,15 +150,6 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
         }
     }
     out
-}
-
-fn route_kind(kind: &str) -> Option<Kind> {
-    match kind {
-        "HTTPRoute" => Some(Kind::HttpRoute),
-        "TCPRoute" => Some(Kind::TcpRoute),
-        "UDPRoute" => Some(Kind::UdpRoute),
-        _ => None,
-    }
 }
 
 /// Other controllers' entries as observed, then ours as planned.

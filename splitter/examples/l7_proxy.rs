@@ -14,7 +14,7 @@ use std::{net::SocketAddr, process::ExitCode};
 use clap::Parser;
 use splitter::dataplane::proxy::{Proxy, ProxyConfig, ProxyMetrics};
 use splitter_plan::plan::{
-    ObjectRef,
+    ObjectKey,
     l7::{
         BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend,
         RouteMatch, Timeouts, UrlRewrite,
@@ -64,8 +64,8 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let mut route = L7Route {
-        route: ObjectRef {
-            kind: "HTTPRoute".into(),
+        route: ObjectKey {
+            kind: splitter_plan::model::Kind::HttpRoute,
             namespace: "default".into(),
             name: "example".into(),
         },

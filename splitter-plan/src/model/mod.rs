@@ -37,7 +37,7 @@ pub const STRIP_PATH_ANNOTATION: &str = "konghq.com/strip-path";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The kinds the agent indexes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     GatewayClass,
     Gateway,
@@ -84,13 +84,20 @@ impl Kind {
     }
 }
 
+/// Serialized as Kubernetes spells it (`HTTPRoute`), as statuses and `splitter check` print it.
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// The identity of an object in the index.
+/// The identity of an object: in the index, in the plan and in status patches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ObjectKey {
     pub kind: Kind,
@@ -105,14 +112,6 @@ impl ObjectKey {
             kind,
             namespace: namespace.into(),
             name: name.into(),
-        }
-    }
-
-    pub fn to_ref(&self) -> crate::plan::ObjectRef {
-        crate::plan::ObjectRef {
-            kind: self.kind.as_str().to_string(),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
         }
     }
 }

@@ -121,7 +121,7 @@ impl<'i> Attacher<'i, '_> {
             parents.push(self.parent_status(p, conditions));
         }
         let status = (!parents.is_empty()).then(|| RouteStatus {
-            route: ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).to_ref(),
+            route: ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).clone(),
             parents,
         });
         (status, rules)
@@ -169,7 +169,7 @@ impl<'i> Attacher<'i, '_> {
             parents.push(self.parent_status(p, conditions));
         }
         let status = (!parents.is_empty()).then(|| RouteStatus {
-            route: ObjectKey::new(kind, &meta.namespace, &meta.name).to_ref(),
+            route: ObjectKey::new(kind, &meta.namespace, &meta.name).clone(),
             parents,
         });
         (status, backends)

@@ -217,7 +217,7 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
                         let key3 = (k, r.meta.namespace.clone(), r.meta.name.clone());
                         let backends = l4_backends.get(&key3).cloned().unwrap_or_default();
                         let rref = crate::model::ObjectKey::new(k, &r.meta.namespace, &r.meta.name)
-                            .to_ref();
+                            .clone();
                         table::l4_plan(Some(rref), backends, config.maglev_m, previous)
                     }
                     None => table::l4_plan(None, Vec::new(), config.maglev_m, previous),

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use super::{
-    ObjectRef,
     listener::{ListenerKey, PlanConfig, Transport},
     status::Condition,
     status::{Diagnostic, GatewayClassStatus, Severity, reason},
@@ -60,7 +59,7 @@ pub(crate) struct HttpAttachment {
 #[derive(Debug)]
 pub(crate) struct GatewayListener<'a> {
     pub gateway: &'a Gateway,
-    pub gateway_ref: ObjectRef,
+    pub gateway_ref: ObjectKey,
     pub listener: &'a Listener,
     /// `None` for a protocol we do not serve.
     pub class: Option<ListenerClass>,
@@ -114,7 +113,7 @@ pub(crate) fn class_status(
         Some(c) if c.controller_name == config.controller_name => (
             true,
             vec![GatewayClassStatus {
-                class: ObjectKey::new(Kind::GatewayClass, "", &c.meta.name).to_ref(),
+                class: ObjectKey::new(Kind::GatewayClass, "", &c.meta.name).clone(),
                 conditions: vec![Condition::new(
                     reason::ACCEPTED,
                     true,
@@ -171,7 +170,7 @@ pub(crate) fn gateway_listeners<'a>(
     let mut taken: BTreeMap<ListenerKey, Vec<(ListenerClass, Option<String>, String)>> =
         BTreeMap::new();
     for g in gateways {
-        let gateway_ref = ObjectKey::new(Kind::Gateway, &g.meta.namespace, &g.meta.name).to_ref();
+        let gateway_ref = ObjectKey::new(Kind::Gateway, &g.meta.namespace, &g.meta.name).clone();
         let mut addresses = g.addresses.clone();
         addresses.sort();
         addresses.dedup();

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::Serialize;
 
-use super::ObjectRef;
+use super::ObjectKey;
 
 /// Routes of one L7 listener, in Gateway API precedence order: the proxy serves a request with
 /// the first route whose hostnames and match accept it, and answers 404 when none does.
@@ -22,7 +22,7 @@ pub struct L7RouteTable {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct L7Route {
     /// The HTTPRoute this came from.
-    pub route: ObjectRef,
+    pub route: ObjectKey,
     /// Index of the rule in `spec.rules`.
     pub rule_index: usize,
     /// Effective hostnames: the intersection of the listener's and the route's. Empty = any host.

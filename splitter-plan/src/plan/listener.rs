@@ -9,7 +9,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    ObjectRef,
+    ObjectKey,
     l7::{L7RouteTable, PlannedBackend},
     maglev::WeightedTable,
     status::{Diagnostic, GatewayClassStatus, GatewayStatus, RouteStatus, Severity},
@@ -156,7 +156,7 @@ impl std::fmt::Display for Mode {
 /// A Gateway listener that contributes to a data plane listener.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ListenerSource {
-    pub gateway: ObjectRef,
+    pub gateway: ObjectKey,
     pub listener: String,
     pub protocol: String,
     pub hostname: Option<String>,
@@ -199,7 +199,7 @@ impl ListenerPlan {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct L4Plan {
     /// The route that gets the traffic (the oldest one when several attach), if any.
-    pub route: Option<ObjectRef>,
+    pub route: Option<ObjectKey>,
     /// Its backendRefs, resolved as for L7 (weight per Service, endpoints, invalid share).
     pub backends: Vec<PlannedBackend>,
     pub table: WeightedTable,

@@ -12,27 +12,8 @@ pub mod maglev;
 pub mod status;
 mod table;
 
+pub use crate::model::ObjectKey;
 pub use build::build;
 pub use listener::{
     L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig, Transport,
 };
-
-use serde::Serialize;
-
-/// A Kubernetes object by kind, namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectRef {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::ObjectRef;
+use super::ObjectKey;
 use crate::model::RouteGroupKind;
 
 /// Condition types and reasons (Gateway API `v1`), as the strings the API uses.
@@ -108,13 +108,13 @@ impl std::fmt::Display for Condition {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayClassStatus {
-    pub class: ObjectRef,
+    pub class: ObjectKey,
     pub conditions: Vec<Condition>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GatewayStatus {
-    pub gateway: ObjectRef,
+    pub gateway: ObjectKey,
     /// `status.addresses` values (type IPAddress); empty when the Gateway binds every address.
     pub addresses: Vec<String>,
     pub conditions: Vec<Condition>,
@@ -134,7 +134,7 @@ pub struct ListenerStatus {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteStatus {
-    pub route: ObjectRef,
+    pub route: ObjectKey,
     pub parents: Vec<RouteParentStatus>,
 }
 

@@ -4,7 +4,6 @@
 use std::{cmp::Reverse, collections::HashMap};
 
 use super::{
-    ObjectRef,
     attach::ResolvedRules,
     gateways::{ListenerClass, age_key},
     hostname,
@@ -44,7 +43,7 @@ pub(crate) fn entries(
     hostnames: &[String],
 ) -> Vec<Entry> {
     let meta = &route.meta;
-    let route_ref = ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).to_ref();
+    let route_ref = ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).clone();
     let hosts: Vec<Option<&String>> = if hostnames.is_empty() {
         vec![None]
     } else {
@@ -225,8 +224,8 @@ fn describe(r: &L7Route) -> String {
 
 /// The Gateway annotation's request, if any source Gateway sets it (`l7` wins over `l4`).
 pub(crate) fn override_of(
-    annotations: &[(ObjectRef, Option<&String>)],
-) -> (Option<Mode>, Vec<(ObjectRef, String)>) {
+    annotations: &[(ObjectKey, Option<&String>)],
+) -> (Option<Mode>, Vec<(ObjectKey, String)>) {
     let mut wanted = None;
     let mut bad = Vec::new();
     for (gw, v) in annotations {
@@ -247,7 +246,7 @@ pub(crate) fn override_of(
 /// The weighted table for `backends`: endpoints share their Service's weight evenly; the
 /// invalid and no-endpoint shares (and everything when all weights are 0) go to REJECT.
 pub(crate) fn l4_plan(
-    route: Option<ObjectRef>,
+    route: Option<ObjectKey>,
     backends: Vec<PlannedBackend>,
     default_m: u32,
     previous: Option<&WeightedTable>,

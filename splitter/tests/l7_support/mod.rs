@@ -14,7 +14,7 @@ use splitter::{
     echo::{EchoReply, EchoServer},
 };
 use splitter_plan::plan::{
-    ObjectRef,
+    ObjectKey,
     l7::{
         BackendTarget, Filter, InvalidReason, L7Route, L7RouteTable, PathMatch, PathModifier,
         PlannedBackend, RouteMatch, Timeouts, UrlRewrite,
@@ -28,9 +28,9 @@ pub fn loopback() -> SocketAddr {
     LOOPBACK.parse().expect("literal address")
 }
 
-pub fn http_route(name: &str) -> ObjectRef {
-    ObjectRef {
-        kind: "HTTPRoute".into(),
+pub fn http_route(name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: splitter_plan::model::Kind::HttpRoute,
         namespace: "default".into(),
         name: name.into(),
     }

@@ -11,7 +11,7 @@ use super::{
     filters::RouteFilters,
 };
 use splitter_plan::plan::{
-    ObjectRef,
+    ObjectKey,
     l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, Timeouts},
     l7_match::{CompiledMatch, RequestView, hostname_matches},
 };
@@ -19,7 +19,7 @@ use splitter_plan::plan::{
 /// Identity of an HTTPRoute rule across table installs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RuleKey {
-    route: ObjectRef,
+    route: ObjectKey,
     rule_index: usize,
 }
 
@@ -121,7 +121,7 @@ impl ServingRoute {
 /// A route the table left out, and why.
 #[derive(Debug)]
 pub struct TableIssue {
-    pub route: ObjectRef,
+    pub route: ObjectKey,
     pub rule_index: usize,
     pub error: RouteError,
 }
@@ -242,8 +242,8 @@ mod tests {
 
     fn rule(path: &str, weights: &[u32]) -> L7Route {
         L7Route {
-            route: ObjectRef {
-                kind: "HTTPRoute".into(),
+            route: ObjectKey {
+                kind: splitter_plan::model::Kind::HttpRoute,
                 namespace: "ns".into(),
                 name: "r".into(),
             },
