@@ -606,3 +606,69 @@ fn listener_conflicts_unsupported_protocols_selectors_and_dropped_rules() {
     );
     assert_eq!(status("shared").attached_routes, 1);
 }
+
+#[test]
+fn unservable_values_drop_their_rule_with_a_condition_and_the_rest_is_served() {
+    let plan = plan_with(&["unservable-values.yaml"]);
+    let accepted = |name: &str| {
+        let r = route(&plan, "infra", name);
+        condition(&r.parents[0].conditions, "Accepted").clone()
+    };
+
+    // The only rule dropped: the route is not accepted, and says which field and why.
+    let bad = accepted("bad-path-regex");
+    assert_eq!(
+        (bad.status, bad.reason.as_str()),
+        (ConditionStatus::False, "UnsupportedValue")
+    );
+    assert!(
+        bad.message
+            .contains("spec.rules[0].matches[0].path.value: invalid regular expression \"/v[0-9\""),
+        "{bad:?}"
+    );
+    let hdr = accepted("bad-header-value");
+    assert_eq!(hdr.reason, "UnsupportedValue", "{hdr:?}");
+    assert!(
+        hdr.message
+            .contains("spec.rules[0].filters[0].requestHeaderModifier.set[0].value: header value"),
+        "{hdr:?}"
+    );
+
+    // One of two rules dropped: accepted, partially invalid, the other rule served.
+    let partial = route(&plan, "infra", "bad-header-regex");
+    let c = &partial.parents[0].conditions;
+    assert!(condition(c, "Accepted").is_true());
+    let p = condition(c, "PartiallyInvalid");
+    assert!(
+        p.is_true()
+            && p.message
+                .contains("spec.rules[0].matches[0].headers[0].value"),
+        "{p:?}"
+    );
+
+    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let served: Vec<(&str, usize)> = table
+        .routes
+        .iter()
+        .map(|r| (r.route.name.as_str(), r.rule_index))
+        .collect();
+    assert!(served.contains(&("bad-header-regex", 1)), "{served:?}");
+    assert!(served.contains(&("good", 0)), "{served:?}");
+    assert!(
+        !served.iter().any(|(n, i)| *n == "bad-path-regex"
+            || *n == "bad-header-value"
+            || (*n == "bad-header-regex" && *i == 0)),
+        "{served:?}"
+    );
+    // The valid regular expression arrives compiled.
+    let good = table
+        .routes
+        .iter()
+        .find(|r| r.route.name == "good")
+        .unwrap();
+    match &good.matched.path {
+        PathMatch::Regex(p) => assert!(p.is_match("/api/v12") && !p.is_match("/api/v12/x")),
+        other => panic!("{other:?}"),
+    }
+    assert!(!plan.problems().is_empty());
+}

@@ -232,8 +232,8 @@ fn filter(f: &Filter) -> String {
         Filter::UrlRewrite(r) => {
             let host = r
                 .hostname
-                .as_deref()
-                .map(|h| format!(" hostname {h}"))
+                .as_ref()
+                .map(|h| format!(" hostname {}", String::from_utf8_lossy(h.as_bytes())))
                 .unwrap_or_default();
             format!("URLRewrite{host}{}", path(&r.path))
         }

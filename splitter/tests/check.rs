@@ -71,3 +71,21 @@ fn invalid_input_exits_1_but_prints_everything_else() {
             .any(|l| l["mode"] == "L4" && l["l4"]["table"]["m"] == 16381)
     );
 }
+
+#[test]
+fn an_unservable_regex_is_an_error_naming_the_field() {
+    let fixtures = repo("../splitter-plan/tests/fixtures");
+    let (ok, out) = check(
+        &[
+            fixtures.join("base.yaml"),
+            fixtures.join("unservable-values.yaml"),
+        ],
+        false,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("HTTPRoute infra/bad-path-regex")
+            && out.contains("spec.rules[0].matches[0].path.value: invalid regular expression"),
+        "{out}"
+    );
+}

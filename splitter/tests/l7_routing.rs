@@ -12,6 +12,14 @@ use splitter_plan::plan::l7::{
     Filter, HeaderMatch, HeaderModifier, PathMatch, PathModifier, Redirect, UrlRewrite, ValueMatch,
 };
 
+fn hn(name: &'static str) -> http::HeaderName {
+    http::HeaderName::from_static(name)
+}
+
+fn hv(value: &'static str) -> http::HeaderValue {
+    http::HeaderValue::from_static(value)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_matching_route_wins() {
     let (x, y, z, h) = (
@@ -22,7 +30,7 @@ async fn first_matching_route_wins() {
     );
     let mut by_header = prefix_route("by-header", "/a", vec![backend("h", 1, &[h.local_addr()])]);
     by_header.matched.headers.push(HeaderMatch {
-        name: "x-canary".into(),
+        name: http::HeaderName::from_static("x-canary"),
         value: ValueMatch::Exact("yes".into()),
     });
     // The plan hands the routes over in precedence order; the proxy takes the first match.
@@ -75,7 +83,7 @@ async fn url_rewrites() {
     let b = || vec![backend("e", 1, &[e.local_addr()])];
     let mut prefix = prefix_route("prefix", "/old", b());
     prefix.filters.push(Filter::UrlRewrite(UrlRewrite {
-        hostname: Some("internal.svc".into()),
+        hostname: Some(http::HeaderValue::from_static("internal.svc")),
         path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
     }));
     let mut full = prefix_route("full", "/full", b());
@@ -104,15 +112,15 @@ async fn header_modifiers() {
     let mut r = prefix_route("hdr", "/", vec![backend("e", 1, &[e.local_addr()])]);
     r.filters
         .push(Filter::RequestHeaderModifier(HeaderModifier {
-            set: vec![("x-set".into(), "set-value".into())],
-            add: vec![("x-add".into(), "added".into())],
-            remove: vec!["x-remove".into()],
+            set: vec![(hn("x-set"), hv("set-value"))],
+            add: vec![(hn("x-add"), hv("added"))],
+            remove: vec![hn("x-remove")],
         }));
     r.filters
         .push(Filter::ResponseHeaderModifier(HeaderModifier {
-            set: vec![("x-echo-name".into(), "hidden".into())],
-            add: vec![("x-resp-add".into(), "1".into())],
-            remove: vec!["content-type".into()],
+            set: vec![(hn("x-echo-name"), hv("hidden"))],
+            add: vec![(hn("x-resp-add"), hv("1"))],
+            remove: vec![hn("content-type")],
         }));
     let (_proxy, listener) = start_proxy(&table(vec![r])).await;
     let mut req = get("/h");
@@ -134,11 +142,11 @@ async fn header_modifiers() {
 async fn request_redirect() {
     let mut r = prefix_route("redir", "/old", vec![]);
     r.filters.push(Filter::RequestRedirect(Redirect {
-        scheme: Some("https".into()),
+        scheme: Some(http::uri::Scheme::HTTPS),
         hostname: Some("new.example.com".into()),
         path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
         port: None,
-        status_code: 301,
+        status_code: StatusCode::MOVED_PERMANENTLY,
     }));
     let mut keep_port = prefix_route("port", "/port", vec![]);
     keep_port.filters.push(Filter::RequestRedirect(Redirect {
@@ -146,7 +154,7 @@ async fn request_redirect() {
         hostname: None,
         path: None,
         port: None,
-        status_code: 302,
+        status_code: StatusCode::FOUND,
     }));
     let (_proxy, listener) = start_proxy(&table(vec![r, keep_port])).await;
     let port = listener.local_addr().port();

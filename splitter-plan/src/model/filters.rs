@@ -8,8 +8,13 @@ use gateway_api::httproutes::{
     HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
 };
 
-use super::{FieldPath, ModelError, validate};
-use crate::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use http::{HeaderName, HeaderValue, StatusCode, uri::Scheme as UriScheme};
+
+use super::{
+    FieldPath, ModelError,
+    http::{Filter, HeaderModifier, PathModifier, REDIRECT_STATUS_CODES, Redirect, UrlRewrite},
+    validate,
+};
 
 /// `(name, value)` pairs of a header modifier's `set` or `add` list. The request and response
 /// modifiers are distinct generated types of the same shape, hence a macro, not a function.
@@ -59,23 +64,33 @@ pub(crate) fn rule_filters(
                 let m = f
                     .request_header_modifier
                     .ok_or_else(|| missing("requestHeaderModifier"))?;
-                out.push(Filter::RequestHeaderModifier(header_modifier(
+                match header_modifier(
                     name_values!(m.set),
                     name_values!(m.add),
                     m.remove.unwrap_or_default(),
                     &fat.field("requestHeaderModifier"),
-                )?));
+                )? {
+                    Ok(m) => out.push(Filter::RequestHeaderModifier(m)),
+                    Err(why) => {
+                        unsupported.get_or_insert(why);
+                    }
+                }
             }
             FilterType::ResponseHeaderModifier => {
                 let m = f
                     .response_header_modifier
                     .ok_or_else(|| missing("responseHeaderModifier"))?;
-                out.push(Filter::ResponseHeaderModifier(header_modifier(
+                match header_modifier(
                     name_values!(m.set),
                     name_values!(m.add),
                     m.remove.unwrap_or_default(),
                     &fat.field("responseHeaderModifier"),
-                )?));
+                )? {
+                    Ok(m) => out.push(Filter::ResponseHeaderModifier(m)),
+                    Err(why) => {
+                        unsupported.get_or_insert(why);
+                    }
+                }
             }
             FilterType::RequestRedirect => {
                 let r = f
@@ -90,14 +105,15 @@ pub(crate) fn rule_filters(
                     .map(validate::port)
                     .transpose()
                     .map_err(|e| rat.field("port").err(e))?;
-                let status_code = match r.status_code.unwrap_or(302) {
-                    c @ (301 | 302 | 303 | 307 | 308) => c as u16,
-                    c => {
-                        return Err(rat
-                            .field("statusCode")
-                            .err(format!("{c} is not one of 301, 302, 303, 307, 308")));
-                    }
-                };
+                let code = r.status_code.unwrap_or(302);
+                let status_code = u16::try_from(code)
+                    .ok()
+                    .filter(|c| REDIRECT_STATUS_CODES.contains(c))
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or_else(|| {
+                        rat.field("statusCode")
+                            .err(format!("{code} is not one of {REDIRECT_STATUS_CODES:?}"))
+                    })?;
                 let path = match r.path {
                     None => None,
                     Some(p) => Some(path_modifier(
@@ -109,8 +125,8 @@ pub(crate) fn rule_filters(
                 };
                 out.push(Filter::RequestRedirect(Redirect {
                     scheme: r.scheme.map(|s| match s {
-                        Scheme::Http => "http".to_string(),
-                        Scheme::Https => "https".to_string(),
+                        Scheme::Http => UriScheme::HTTP,
+                        Scheme::Https => UriScheme::HTTPS,
                     }),
                     hostname: r.hostname,
                     path,
@@ -133,10 +149,14 @@ pub(crate) fn rule_filters(
                         &rat.field("path"),
                     )?),
                 };
-                out.push(Filter::UrlRewrite(UrlRewrite {
-                    hostname: r.hostname,
-                    path,
-                }));
+                let hostname = r
+                    .hostname
+                    .map(|h| {
+                        HeaderValue::try_from(h)
+                            .map_err(|_| rat.field("hostname").err("not a valid Host value"))
+                    })
+                    .transpose()?;
+                out.push(Filter::UrlRewrite(UrlRewrite { hostname, path }));
             }
             FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
                 unsupported.get_or_insert_with(|| {
@@ -160,35 +180,54 @@ fn type_name(t: &FilterType) -> &'static str {
     }
 }
 
+/// A header modifier, or why it cannot be served (`Ok(Err(..))`): the CRD admits any header
+/// value, but one with control characters cannot be written on the wire.
 fn header_modifier(
     set: Vec<(String, String)>,
     add: Vec<(String, String)>,
     remove: Vec<String>,
     at: &FieldPath<'_>,
-) -> Result<HeaderModifier, ModelError> {
-    let mut names: Vec<String> = Vec::new();
-    let mut check = |name: &str, field: &str, i: usize| -> Result<String, ModelError> {
+) -> Result<Result<HeaderModifier, String>, ModelError> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    let mut check = |name: &str, field: &str, i: usize| -> Result<HeaderName, ModelError> {
         let fat = at.field(field).index(i).field("name");
         validate::header_name(name).map_err(|e| fat.err(e))?;
-        let lower = name.to_ascii_lowercase();
+        let parsed =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| fat.err("not a header name"))?;
         // One action per header name (CRD list-map keys).
-        if names.contains(&lower) {
+        if names.contains(&parsed) {
             return Err(fat.err(format!("header {name:?} appears in more than one action")));
         }
-        names.push(lower.clone());
-        Ok(lower)
+        names.push(parsed.clone());
+        Ok(parsed)
+    };
+    let value = |v: String, field: &str, i: usize| {
+        HeaderValue::try_from(v.as_str()).map_err(|_| {
+            format!(
+                "{}: header value {v:?} cannot be sent (control characters)",
+                at.field(field).index(i).field("value").path
+            )
+        })
     };
     let mut m = HeaderModifier::default();
     for (i, (n, v)) in set.into_iter().enumerate() {
-        m.set.push((check(&n, "set", i)?, v));
+        let name = check(&n, "set", i)?;
+        match value(v, "set", i) {
+            Ok(v) => m.set.push((name, v)),
+            Err(why) => return Ok(Err(why)),
+        }
     }
     for (i, (n, v)) in add.into_iter().enumerate() {
-        m.add.push((check(&n, "add", i)?, v));
+        let name = check(&n, "add", i)?;
+        match value(v, "add", i) {
+            Ok(v) => m.add.push((name, v)),
+            Err(why) => return Ok(Err(why)),
+        }
     }
     for (i, n) in remove.into_iter().enumerate() {
         m.remove.push(check(&n, "remove", i)?);
     }
-    Ok(m)
+    Ok(Ok(m))
 }
 
 fn path_modifier(

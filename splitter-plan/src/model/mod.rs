@@ -7,6 +7,7 @@ pub mod crd;
 mod error;
 mod filters;
 mod gateway;
+pub mod http;
 pub mod index;
 pub mod parse;
 mod route;

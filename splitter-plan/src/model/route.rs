@@ -6,13 +6,14 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType as QueryType,
 };
 
+use http::{HeaderName, Method};
+
 use super::{
     FieldPath, GATEWAY_GROUP, Meta, ModelError, STRIP_PATH_ANNOTATION,
     crd::{L4RouteBackendRef, L4RouteParentRef, L4RouteRule},
-    filters, validate,
-};
-use crate::plan::l7::{
-    Filter, HeaderMatch, PathMatch, QueryMatch, RouteMatch, Timeouts, ValueMatch,
+    filters,
+    http::{Filter, HeaderMatch, PathMatch, Pattern, QueryMatch, RouteMatch, Timeouts, ValueMatch},
+    validate,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -34,7 +35,9 @@ pub struct HttpRule {
     pub backends: Vec<BackendRef>,
     pub timeouts: Timeouts,
     /// Set when the rule asks for something this implementation does not do (a filter type,
-    /// backendRef filters); the plan drops the rule and says so in the route status.
+    /// backendRef filters) or holds a value the CRD admits but nothing can serve (a regular
+    /// expression that does not compile, a header value with control characters); the plan
+    /// drops the rule and says so in the route status.
     pub unsupported: Option<String>,
 }
 
@@ -153,13 +156,24 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     if raw_matches.len() > 64 {
         return Err(at.field("matches").err("more than 64 matches"));
     }
-    let matches = raw_matches
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| route_match(m, &at.field("matches").index(i)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut backends = Vec::new();
+    // Taken before conversion: a match dropped as unsupported must not change the CEL rules.
+    let one_prefix_match = raw_matches.len() == 1
+        && raw_matches[0]
+            .path
+            .as_ref()
+            .and_then(|p| p.r#type.as_ref())
+            .is_none_or(|t| matches!(t, PathType::PathPrefix));
     let mut unsupported = None;
+    let mut matches = Vec::with_capacity(raw_matches.len());
+    for (i, m) in raw_matches.into_iter().enumerate() {
+        match route_match(m, &at.field("matches").index(i))? {
+            Ok(m) => matches.push(m),
+            Err(why) => {
+                unsupported.get_or_insert(why);
+            }
+        }
+    }
+    let mut backends = Vec::new();
     for (i, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
         let bat = at.field("backendRefs").index(i);
         if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
@@ -199,9 +213,7 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     if has_redirect && !backends.is_empty() {
         return Err(at.err("RequestRedirect filter must not be used together with backendRefs"));
     }
-    if filters::uses_replace_prefix(&filters)
-        && !(matches.len() == 1 && matches!(matches[0].path, PathMatch::Prefix(_)))
-    {
+    if filters::uses_replace_prefix(&filters) && !one_prefix_match {
         return Err(at
             .field("filters")
             .err("ReplacePrefixMatch needs exactly one match, of type PathPrefix"));
@@ -233,7 +245,11 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     })
 }
 
-fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatch, ModelError> {
+/// One match, or why it cannot be served (`Ok(Err(..))`: the rule is dropped, the route stays).
+fn route_match(
+    m: HttpRouteRulesMatches,
+    at: &FieldPath<'_>,
+) -> Result<Result<RouteMatch, String>, ModelError> {
     let (ty, value) = match m.path {
         Some(p) => (
             p.r#type.unwrap_or(PathType::PathPrefix),
@@ -260,7 +276,10 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
             if value.is_empty() || value.len() > 1024 {
                 return Err(pat.err("a regular expression must be 1 to 1024 characters"));
             }
-            PathMatch::Regex(value)
+            match pattern(&value, &pat) {
+                Ok(p) => PathMatch::Regex(p),
+                Err(why) => return Ok(Err(why)),
+            }
         }
     };
     let mut headers: Vec<HeaderMatch> = Vec::new();
@@ -270,14 +289,18 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
         if h.value.is_empty() || h.value.len() > 4096 {
             return Err(hat.field("value").err("must be 1 to 4096 characters"));
         }
-        let name = h.name.to_ascii_lowercase();
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| hat.field("name").err("not a valid header name"))?;
         // Spec: with a repeated name only the first entry counts.
         if headers.iter().any(|x| x.name == name) {
             continue;
         }
         let value = match h.r#type.unwrap_or(HeaderType::Exact) {
             HeaderType::Exact => ValueMatch::Exact(h.value),
-            HeaderType::RegularExpression => ValueMatch::Regex(h.value),
+            HeaderType::RegularExpression => match pattern(&h.value, &hat.field("value")) {
+                Ok(p) => ValueMatch::Regex(p),
+                Err(why) => return Ok(Err(why)),
+            },
         };
         headers.push(HeaderMatch { name, value });
     }
@@ -295,24 +318,48 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
         }
         let value = match q.r#type.unwrap_or(QueryType::Exact) {
             QueryType::Exact => ValueMatch::Exact(q.value),
-            QueryType::RegularExpression => ValueMatch::Regex(q.value),
+            QueryType::RegularExpression => match pattern(&q.value, &qat.field("value")) {
+                Ok(p) => ValueMatch::Regex(p),
+                Err(why) => return Ok(Err(why)),
+            },
         };
         query.push(QueryMatch {
             name: q.name,
             value,
         });
     }
-    let method = m.method.map(|m| {
-        serde_json::to_value(&m)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("{m:?}").to_ascii_uppercase())
-    });
-    Ok(RouteMatch {
+    let method = m
+        .method
+        .map(|m| {
+            let name = serde_json::to_value(&m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("{m:?}").to_ascii_uppercase());
+            Method::from_bytes(name.as_bytes())
+                .map_err(|_| at.field("method").err(format!("{name:?} is not a method")))
+        })
+        .transpose()?;
+    Ok(Ok(RouteMatch {
         path,
         headers,
         query,
         method,
+    }))
+}
+
+/// A regular expression the CRD admits (any string) compiled, or why it cannot be served.
+fn pattern(source: &str, at: &FieldPath<'_>) -> Result<Pattern, String> {
+    Pattern::new(source).map_err(|e| {
+        // The parser's message draws a caret diagram over several lines; a status condition
+        // and a `check` line want its last line, which names the problem.
+        let text = e.to_string();
+        let why = text
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("does not compile");
+        let why = why.strip_prefix("error: ").unwrap_or(why);
+        format!("{}: invalid regular expression {source:?}: {why}", at.path)
     })
 }
 

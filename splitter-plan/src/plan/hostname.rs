@@ -1,17 +1,28 @@
 //! Hostname intersection between listeners and routes, and how specific a hostname is.
 
-/// Whether `host` (a name or a `*.` wildcard) is covered by `pattern`. `*.x` covers names with
-/// one or more labels before `x`, and wildcards under `x`, but not `x` itself.
-pub fn covers(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        None => pattern == host,
+/// The one wildcard rule, for listener/route intersection and for a request's Host alike:
+/// `*.x` matches a name with one or more labels before `.x`, never `x` itself; names compare
+/// case-insensitively, as DNS names do.
+pub fn matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        // `suffix` keeps its leading dot, so at least one non-empty label must precede it.
         Some(suffix) => {
-            // A wildcard host is covered when its suffix is; `*.a.x` counts as `a.x` here.
-            let host = host.strip_prefix("*.").unwrap_or(host);
-            host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            host.len() > suffix.len()
+                && host.is_char_boundary(host.len() - suffix.len())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && !host[..host.len() - suffix.len()].ends_with('.')
         }
+        None => host.eq_ignore_ascii_case(pattern),
+    }
+}
+
+/// Whether `host` (a name or a `*.` wildcard) is covered by `pattern`: as [`matches`], and a
+/// wildcard host is covered when its suffix is (`*.a.x` counts as `a.x` here).
+pub fn covers(pattern: &str, host: &str) -> bool {
+    if pattern.starts_with("*.") {
+        matches(pattern, host.strip_prefix("*.").unwrap_or(host))
+    } else {
+        matches(pattern, host)
     }
 }
 

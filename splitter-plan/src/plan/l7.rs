@@ -1,14 +1,19 @@
 //! The L7 part of a listener's plan: what the hyper proxy serves.
 //!
 //! These types are the contract between `plan` (which builds them from the index, pure) and
-//! `dataplane::proxy` (which serves them). They hold resolved, validated values only: an invalid
-//! field never reaches here, it becomes a status condition or an `BackendTarget::Invalid` share.
+//! `dataplane::proxy` (which serves them). They hold resolved, validated values only (the
+//! matches and filters are the model's typed values): an invalid field never reaches here, it
+//! becomes a status condition or a `BackendTarget::Invalid` share.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
 use super::ObjectKey;
+pub use crate::model::http::{
+    Filter, HeaderMatch, HeaderModifier, PathMatch, PathModifier, Pattern, QueryMatch, Redirect,
+    RouteMatch, Timeouts, UrlRewrite, ValueMatch,
+};
 
 /// Routes of one L7 listener, in Gateway API precedence order: the proxy serves a request with
 /// the first route whose hostnames and match accept it, and answers 404 when none does.
@@ -35,92 +40,6 @@ pub struct L7Route {
     /// sequence being deterministic).
     pub backends: Vec<PlannedBackend>,
     pub timeouts: Timeouts,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RouteMatch {
-    pub path: PathMatch,
-    /// All must match. Names lower-case.
-    pub headers: Vec<HeaderMatch>,
-    /// All must match. Names are case-sensitive.
-    pub query: Vec<QueryMatch>,
-    /// Upper-case method name, e.g. "GET".
-    pub method: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum PathMatch {
-    /// Whole path, case-sensitive.
-    Exact(String),
-    /// Element-wise prefix; stored without a trailing `/` except for the root prefix `/`.
-    Prefix(String),
-    /// RE2-style regular expression (implementation-specific support), anchored to the whole path.
-    Regex(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HeaderMatch {
-    pub name: String,
-    pub value: ValueMatch,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct QueryMatch {
-    pub name: String,
-    pub value: ValueMatch,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum ValueMatch {
-    Exact(String),
-    Regex(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum Filter {
-    RequestHeaderModifier(HeaderModifier),
-    ResponseHeaderModifier(HeaderModifier),
-    RequestRedirect(Redirect),
-    UrlRewrite(UrlRewrite),
-}
-
-/// `set` replaces, `add` appends, `remove` deletes; names lower-case.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct HeaderModifier {
-    pub set: Vec<(String, String)>,
-    pub add: Vec<(String, String)>,
-    pub remove: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Redirect {
-    pub scheme: Option<String>,
-    pub hostname: Option<String>,
-    pub path: Option<PathModifier>,
-    pub port: Option<u16>,
-    /// 301 or 302 (the CRD default is 302).
-    pub status_code: u16,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct UrlRewrite {
-    pub hostname: Option<String>,
-    pub path: Option<PathModifier>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum PathModifier {
-    ReplaceFullPath(String),
-    /// Replaces the part of the path matched by the route's `PathMatch::Prefix`.
-    ReplacePrefixMatch(String),
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Timeouts {
-    /// Whole request, client to gateway and back (`timeouts.request`).
-    pub request: Option<Duration>,
-    /// One try to the backend (`timeouts.backendRequest`).
-    pub backend_request: Option<Duration>,
 }
 
 /// One backendRef of a rule after resolution.

@@ -1,33 +1,16 @@
 //! Gateway API request matching, evaluated against one request. Pure: no I/O.
 //!
-//! [`CompiledMatch`] is the serving form of an [`RouteMatch`]: header names parsed and regular
-//! expressions compiled once, when a route table is installed, so a request only compares.
+//! [`CompiledMatch`] is the serving form of a [`RouteMatch`]. The model already compiled its
+//! regular expressions and parsed its header names and method, so building one cannot fail.
 
 use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, Method};
-use regex::{Regex, RegexBuilder};
 
-use super::l7::{PathMatch, RouteMatch, ValueMatch};
-
-/// Upper bound on a compiled expression's size: a route's regex comes from a user's manifest and
-/// must not be able to eat the proxy's memory.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-/// Why a route match cannot be served.
-#[derive(Debug, thiserror::Error)]
-pub enum MatchError {
-    #[error("invalid regular expression {pattern:?}: {source}")]
-    Regex {
-        pattern: String,
-        #[source]
-        source: regex::Error,
-    },
-    #[error("invalid header name {0:?}")]
-    HeaderName(String),
-    #[error("invalid method {0:?}")]
-    Method(String),
-}
+use super::{
+    hostname,
+    l7::{PathMatch, Pattern, RouteMatch, ValueMatch},
+};
 
 /// The parts of a request a match looks at.
 #[derive(Clone, Copy, Debug)]
@@ -46,42 +29,20 @@ enum PathMatcher {
     /// Stored without a trailing `/`; the root prefix is `Any`.
     Prefix(String),
     Any,
-    Regex(Regex),
-}
-
-#[derive(Debug)]
-enum ValueMatcher {
-    Exact(String),
-    Regex(Regex),
-}
-
-impl ValueMatcher {
-    fn compile(value: &ValueMatch) -> Result<Self, MatchError> {
-        Ok(match value {
-            ValueMatch::Exact(v) => Self::Exact(v.clone()),
-            ValueMatch::Regex(re) => Self::Regex(compile_anchored(re)?),
-        })
-    }
-
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Self::Exact(v) => v == value,
-            Self::Regex(re) => re.is_match(value),
-        }
-    }
+    Regex(Pattern),
 }
 
 /// A [`RouteMatch`] ready to be evaluated.
 #[derive(Debug)]
 pub struct CompiledMatch {
     path: PathMatcher,
-    headers: Vec<(HeaderName, ValueMatcher)>,
-    query: Vec<(String, ValueMatcher)>,
+    headers: Vec<(HeaderName, ValueMatch)>,
+    query: Vec<(String, ValueMatch)>,
     method: Option<Method>,
 }
 
 impl CompiledMatch {
-    pub fn compile(m: &RouteMatch) -> Result<Self, MatchError> {
+    pub fn compile(m: &RouteMatch) -> Self {
         let path = match &m.path {
             PathMatch::Exact(p) => PathMatcher::Exact(p.clone()),
             PathMatch::Prefix(p) => {
@@ -92,36 +53,22 @@ impl CompiledMatch {
                     PathMatcher::Prefix(trimmed.to_owned())
                 }
             }
-            PathMatch::Regex(re) => PathMatcher::Regex(compile_anchored(re)?),
+            PathMatch::Regex(re) => PathMatcher::Regex(re.clone()),
         };
-        let mut headers: Vec<(HeaderName, ValueMatcher)> = Vec::with_capacity(m.headers.len());
-        for h in &m.headers {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| MatchError::HeaderName(h.name.clone()))?;
-            // The spec: of several entries with one name, only the first counts.
-            if headers.iter().any(|(n, _)| *n == name) {
-                continue;
-            }
-            headers.push((name, ValueMatcher::compile(&h.value)?));
-        }
-        let mut query: Vec<(String, ValueMatcher)> = Vec::with_capacity(m.query.len());
-        for q in &m.query {
-            if query.iter().any(|(n, _)| *n == q.name) {
-                continue;
-            }
-            query.push((q.name.clone(), ValueMatcher::compile(&q.value)?));
-        }
-        let method = m
-            .method
-            .as_deref()
-            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| MatchError::Method(s.to_owned())))
-            .transpose()?;
-        Ok(Self {
+        Self {
             path,
-            headers,
-            query,
-            method,
-        })
+            headers: m
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            query: m
+                .query
+                .iter()
+                .map(|q| (q.name.clone(), q.value.clone()))
+                .collect(),
+            method: m.method.clone(),
+        }
     }
 
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
@@ -166,19 +113,9 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-fn compile_anchored(pattern: &str) -> Result<Regex, MatchError> {
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|source| MatchError::Regex {
-            pattern: pattern.to_owned(),
-            source,
-        })
-}
-
 /// A repeated header is compared as its values joined with `,` (RFC 9110 section 5.3); values
 /// that are not visible ASCII never match.
-fn header_matches(headers: &HeaderMap, name: &HeaderName, value: &ValueMatcher) -> bool {
+fn header_matches(headers: &HeaderMap, name: &HeaderName, value: &ValueMatch) -> bool {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return false;
@@ -204,40 +141,10 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
     })
 }
 
-/// Decodes `%XX` escapes; anything malformed stays as written. Borrows when there is nothing to
-/// decode, which is the common case.
+/// Decodes `%XX` escapes; anything malformed stays as written, invalid UTF-8 becomes U+FFFD.
+/// Borrows when there is nothing to decode, which is the common case.
 pub fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
 }
 
 /// Whether a request's Host (or `:authority`) is accepted by a route's hostnames.
@@ -253,16 +160,7 @@ pub fn hostname_matches(patterns: &[String], host: Option<&str>) -> bool {
         return false;
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    patterns.iter().any(|p| match p.strip_prefix('*') {
-        // `suffix` keeps its leading dot, so at least one non-empty label must precede it.
-        Some(suffix) => {
-            host.len() > suffix.len()
-                && host.is_char_boundary(host.len() - suffix.len())
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                && !host[..host.len() - suffix.len()].ends_with('.')
-        }
-        None => host.eq_ignore_ascii_case(p),
-    })
+    patterns.iter().any(|p| hostname::matches(p, host))
 }
 
 /// `host:port` -> `host`; `[v6]:port` -> `[v6]`.
@@ -308,12 +206,16 @@ mod tests {
             );
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        CompiledMatch::compile(rm).unwrap().matches(&RequestView {
+        CompiledMatch::compile(rm).matches(&RequestView {
             method: &method,
             path,
             query,
             headers: &map,
         })
+    }
+
+    fn re(s: &str) -> Pattern {
+        Pattern::new(s).unwrap()
     }
 
     fn get(rm: &RouteMatch, target: &str) -> bool {
@@ -361,7 +263,7 @@ mod tests {
 
     #[test]
     fn regex_path_is_anchored() {
-        let rm = m(PathMatch::Regex("/api/v[0-9]+".into()));
+        let rm = m(PathMatch::Regex(re("/api/v[0-9]+")));
         assert!(get(&rm, "/api/v12"));
         assert!(!get(&rm, "/api/v12/x"));
         assert!(!get(&rm, "/x/api/v1"));
@@ -369,15 +271,14 @@ mod tests {
 
     #[test]
     fn invalid_regex_is_an_error_not_a_panic() {
-        let err = CompiledMatch::compile(&m(PathMatch::Regex("(".into()))).unwrap_err();
-        assert!(matches!(err, MatchError::Regex { .. }), "{err}");
+        assert!(Pattern::new("(").is_err());
     }
 
     #[test]
     fn header_names_are_case_insensitive_values_exact() {
         let mut rm = m(PathMatch::Prefix("/".into()));
         rm.headers.push(HeaderMatch {
-            name: "x-env".into(),
+            name: HeaderName::from_static("x-env"),
             value: ValueMatch::Exact("canary".into()),
         });
         assert!(check(&rm, "GET", "/", &[("X-Env", "canary")]));
@@ -390,11 +291,11 @@ mod tests {
     fn header_regex_and_all_must_match() {
         let mut rm = m(PathMatch::Prefix("/".into()));
         rm.headers.push(HeaderMatch {
-            name: "x-a".into(),
-            value: ValueMatch::Regex("v[0-9]".into()),
+            name: HeaderName::from_static("x-a"),
+            value: ValueMatch::Regex(re("v[0-9]")),
         });
         rm.headers.push(HeaderMatch {
-            name: "x-b".into(),
+            name: HeaderName::from_static("x-b"),
             value: ValueMatch::Exact("1".into()),
         });
         assert!(check(&rm, "GET", "/", &[("x-a", "v3"), ("x-b", "1")]));
@@ -406,7 +307,7 @@ mod tests {
     fn repeated_header_is_joined() {
         let mut rm = m(PathMatch::Prefix("/".into()));
         rm.headers.push(HeaderMatch {
-            name: "x-a".into(),
+            name: HeaderName::from_static("x-a"),
             value: ValueMatch::Exact("1,2".into()),
         });
         assert!(check(&rm, "GET", "/", &[("x-a", "1"), ("x-a", "2")]));
@@ -432,7 +333,7 @@ mod tests {
         let mut rm = m(PathMatch::Prefix("/".into()));
         rm.query.push(QueryMatch {
             name: "a".into(),
-            value: ValueMatch::Regex("[0-9]+".into()),
+            value: ValueMatch::Regex(re("[0-9]+")),
         });
         assert!(get(&rm, "/?a=1&a=x"));
         assert!(!get(&rm, "/?a=x&a=1"));
@@ -441,7 +342,7 @@ mod tests {
     #[test]
     fn method_must_match() {
         let mut rm = m(PathMatch::Prefix("/".into()));
-        rm.method = Some("POST".into());
+        rm.method = Some(Method::POST);
         assert!(check(&rm, "POST", "/", &[]));
         assert!(!check(&rm, "GET", "/", &[]));
     }

@@ -92,7 +92,7 @@ pub(crate) fn entries(
 fn path_rank(p: &PathMatch) -> (u8, Reverse<usize>) {
     match p {
         PathMatch::Exact(s) => (0, Reverse(s.len())),
-        PathMatch::Regex(s) => (1, Reverse(s.len())),
+        PathMatch::Regex(s) => (1, Reverse(s.as_str().len())),
         PathMatch::Prefix(s) => (2, Reverse(if s == "/" { 0 } else { s.len() })),
     }
 }

@@ -5,7 +5,7 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use http::StatusCode;
 
-use splitter_plan::plan::{l7::InvalidReason, l7_match::MatchError};
+use splitter_plan::plan::l7::InvalidReason;
 
 /// Starting or running a listener.
 #[derive(Debug, thiserror::Error)]
@@ -31,24 +31,11 @@ impl ProxyError {
     }
 }
 
-/// Why one route of a table cannot be served. The route is left out of the installed table
-/// (its requests fall through to later routes or 404) and the error is reported.
+/// Why one route of a table, or one request's rewrite, cannot be served. Matches and filters
+/// arrive validated from the model, so only what depends on the endpoints or on the request is
+/// left to fail here.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error(transparent)]
-    Match(#[from] MatchError),
-    #[error("invalid header name {0:?} in a filter")]
-    HeaderName(String),
-    #[error("invalid header value {0:?} in a filter")]
-    HeaderValue(String),
-    #[error("unsupported redirect scheme {0:?} (http or https)")]
-    RedirectScheme(String),
-    #[error("unsupported redirect status code {0}")]
-    RedirectStatus(u16),
-    #[error("more than one {0} filter in a rule")]
-    DuplicateFilter(&'static str),
-    #[error("a rule cannot both redirect and rewrite")]
-    RedirectWithRewrite,
     #[error("endpoint {0} cannot be written as a URI authority")]
     Endpoint(SocketAddr),
     #[error("rewritten path is not a valid URI path: {0}")]

@@ -1,4 +1,5 @@
-//! HTTPRoute filters in serving form: header names and values parsed once per table install.
+//! HTTPRoute filters in serving form. The model parsed every name, value, scheme and status
+//! code, so nothing here can fail; it only arranges the filters for the request path.
 
 use std::fmt::Write as _;
 
@@ -19,17 +20,12 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
-    fn compile(m: &HeaderModifier) -> Result<Self, RouteError> {
-        let pair = |(n, v): &(String, String)| Ok((header_name(n)?, header_value(v)?));
-        Ok(Self {
-            set: m.set.iter().map(pair).collect::<Result<_, RouteError>>()?,
-            add: m.add.iter().map(pair).collect::<Result<_, RouteError>>()?,
-            remove: m
-                .remove
-                .iter()
-                .map(|n| header_name(n))
-                .collect::<Result<_, _>>()?,
-        })
+    fn compile(m: &HeaderModifier) -> Self {
+        Self {
+            set: m.set.clone(),
+            add: m.add.clone(),
+            remove: m.remove.clone(),
+        }
     }
 
     /// Order as Envoy and the conformance tests expect: set, then add, then remove.
@@ -46,14 +42,6 @@ impl HeaderEdits {
     }
 }
 
-fn header_name(n: &str) -> Result<HeaderName, RouteError> {
-    HeaderName::from_bytes(n.as_bytes()).map_err(|_| RouteError::HeaderName(n.to_owned()))
-}
-
-fn header_value(v: &str) -> Result<HeaderValue, RouteError> {
-    HeaderValue::from_str(v).map_err(|_| RouteError::HeaderValue(v.to_owned()))
-}
-
 /// A RequestRedirect: answered by the proxy itself, no backend involved.
 #[derive(Debug)]
 pub struct RedirectSpec {
@@ -65,28 +53,14 @@ pub struct RedirectSpec {
 }
 
 impl RedirectSpec {
-    fn compile(r: &Redirect) -> Result<Self, RouteError> {
-        let scheme = r
-            .scheme
-            .as_deref()
-            .map(|s| match s.to_ascii_lowercase().as_str() {
-                "http" => Ok(Scheme::HTTP),
-                "https" => Ok(Scheme::HTTPS),
-                _ => Err(RouteError::RedirectScheme(s.to_owned())),
-            })
-            .transpose()?;
-        let status = match r.status_code {
-            301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(r.status_code)
-                .map_err(|_| RouteError::RedirectStatus(r.status_code))?,
-            other => return Err(RouteError::RedirectStatus(other)),
-        };
-        Ok(Self {
-            scheme,
+    fn compile(r: &Redirect) -> Self {
+        Self {
+            scheme: r.scheme.clone(),
             hostname: r.hostname.clone(),
             port: r.port,
             path: r.path.clone(),
-            status,
-        })
+            status: r.status_code,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -141,11 +115,11 @@ pub struct RewriteSpec {
 }
 
 impl RewriteSpec {
-    fn compile(r: &UrlRewrite) -> Result<Self, RouteError> {
-        Ok(Self {
-            hostname: r.hostname.as_deref().map(header_value).transpose()?,
+    fn compile(r: &UrlRewrite) -> Self {
+        Self {
+            hostname: r.hostname.clone(),
             path: r.path.clone(),
-        })
+        }
     }
 
     /// The upstream path and query, or `None` when the path is kept as it is.
@@ -206,33 +180,22 @@ pub struct RouteFilters {
 }
 
 impl RouteFilters {
-    pub fn compile(filters: &[Filter]) -> Result<Self, RouteError> {
+    /// The model allows at most one redirect or one rewrite per rule, never both.
+    pub fn compile(filters: &[Filter]) -> Self {
         let mut out = Self::default();
         for f in filters {
             match f {
                 Filter::RequestHeaderModifier(m) => {
-                    out.request_headers.push(HeaderEdits::compile(m)?)
+                    out.request_headers.push(HeaderEdits::compile(m))
                 }
                 Filter::ResponseHeaderModifier(m) => {
-                    out.response_headers.push(HeaderEdits::compile(m)?)
+                    out.response_headers.push(HeaderEdits::compile(m))
                 }
-                // The spec allows one of each; a second one is a plan bug we refuse loudly.
-                Filter::RequestRedirect(r) => {
-                    if out.redirect.replace(RedirectSpec::compile(r)?).is_some() {
-                        return Err(RouteError::DuplicateFilter("RequestRedirect"));
-                    }
-                }
-                Filter::UrlRewrite(r) => {
-                    if out.rewrite.replace(RewriteSpec::compile(r)?).is_some() {
-                        return Err(RouteError::DuplicateFilter("URLRewrite"));
-                    }
-                }
+                Filter::RequestRedirect(r) => out.redirect = Some(RedirectSpec::compile(r)),
+                Filter::UrlRewrite(r) => out.rewrite = Some(RewriteSpec::compile(r)),
             }
         }
-        if out.redirect.is_some() && out.rewrite.is_some() {
-            return Err(RouteError::RedirectWithRewrite);
-        }
-        Ok(out)
+        out
     }
 }
 
@@ -268,11 +231,16 @@ mod tests {
     #[test]
     fn header_edits_order() {
         let edits = HeaderEdits::compile(&HeaderModifier {
-            set: vec![("x-set".into(), "1".into())],
-            add: vec![("x-add".into(), "2".into())],
-            remove: vec!["x-gone".into()],
-        })
-        .unwrap();
+            set: vec![(
+                HeaderName::from_static("x-set"),
+                HeaderValue::from_static("1"),
+            )],
+            add: vec![(
+                HeaderName::from_static("x-add"),
+                HeaderValue::from_static("2"),
+            )],
+            remove: vec![HeaderName::from_static("x-gone")],
+        });
         let mut h = HeaderMap::new();
         h.insert("x-set", HeaderValue::from_static("old"));
         h.insert("x-add", HeaderValue::from_static("first"));
@@ -285,25 +253,14 @@ mod tests {
         assert!(h.get("x-gone").is_none());
     }
 
-    #[test]
-    fn bad_header_value_is_an_error() {
-        let err = HeaderEdits::compile(&HeaderModifier {
-            set: vec![("x".into(), "a\nb".into())],
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(matches!(err, RouteError::HeaderValue(_)));
-    }
-
-    fn redirect(scheme: Option<&str>, port: Option<u16>) -> RedirectSpec {
+    fn redirect(scheme: Option<Scheme>, port: Option<u16>) -> RedirectSpec {
         RedirectSpec::compile(&Redirect {
-            scheme: scheme.map(str::to_owned),
+            scheme,
             hostname: None,
             path: None,
             port,
-            status_code: 302,
+            status_code: StatusCode::FOUND,
         })
-        .unwrap()
     }
 
     #[test]
@@ -314,33 +271,9 @@ mod tests {
             "http://h:8080/p?q=1"
         );
         assert_eq!(r.location("h", "/p", None, None, 80), "http://h/p");
-        let r = redirect(Some("https"), None);
+        let r = redirect(Some(Scheme::HTTPS), None);
         assert_eq!(r.location("h", "/p", None, None, 8080), "https://h/p");
-        let r = redirect(Some("https"), Some(8443));
+        let r = redirect(Some(Scheme::HTTPS), Some(8443));
         assert_eq!(r.location("h", "/p", None, None, 80), "https://h:8443/p");
-    }
-
-    #[test]
-    fn redirect_rejects_unknown_scheme_and_status() {
-        assert!(
-            RedirectSpec::compile(&Redirect {
-                scheme: Some("ftp".into()),
-                hostname: None,
-                path: None,
-                port: None,
-                status_code: 302,
-            })
-            .is_err()
-        );
-        assert!(
-            RedirectSpec::compile(&Redirect {
-                scheme: None,
-                hostname: None,
-                path: None,
-                port: None,
-                status_code: 200,
-            })
-            .is_err()
-        );
     }
 }
