@@ -106,10 +106,7 @@ fn main() {
         previous = Some(p);
     });
     let p = previous.expect("built");
-    let routes: usize = p
-        .l7_listeners()
-        .map(|l| l.l7.as_ref().map_or(0, |t| t.routes.len()))
-        .sum();
+    let routes: usize = p.l7_listeners().map(|(_, table)| table.routes.len()).sum();
     println!(
         "  -> {} listeners, {routes} L7 routes, {} route statuses",
         p.listeners.len(),

@@ -40,8 +40,8 @@ fn assert_quotas(
 fn default_weights_are_one_and_split_per_service_not_per_endpoint() {
     let plan = plan_with(&["weights-default.yaml"]);
     let l = listener(&plan, 80);
-    assert_eq!(l.mode, Mode::L4, "{}", l.reason);
-    let l4 = l.l4.as_ref().unwrap();
+    assert_eq!(l.mode(), Mode::L4, "{}", l.reason());
+    let l4 = l.l4().unwrap();
     assert_eq!(
         l4.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
         [1, 1]
@@ -62,7 +62,7 @@ fn default_weights_are_one_and_split_per_service_not_per_endpoint() {
 #[test]
 fn weights_70_30_0_with_2_2_1_endpoints() {
     let plan = plan_with(&["weights-70-30-0.yaml"]);
-    let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+    let l4 = listener(&plan, 80).l4().unwrap();
     assert_quotas(
         &l4.table,
         &[
@@ -100,7 +100,7 @@ fn weights_70_30_0_with_2_2_1_endpoints() {
 #[test]
 fn all_zero_weights_reject_everything() {
     let plan = plan_with(&["weights-all-zero.yaml"]);
-    let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+    let l4 = listener(&plan, 80).l4().unwrap();
     assert_eq!(l4.table.backends.len(), 1);
     assert_eq!(l4.table.backends[0].target, TableTarget::Reject);
     assert_eq!(l4.table.backends[0].quota, l4.table.m);
@@ -112,8 +112,8 @@ fn all_zero_weights_reject_everything() {
 fn invalid_share_for_each_reason_and_no_endpoint_share() {
     let plan = plan_with(&["invalid-backends.yaml"]);
     let l = listener(&plan, 80);
-    assert_eq!(l.mode, Mode::L7);
-    let table = l.l7.as_ref().unwrap();
+    assert_eq!(l.mode(), Mode::L7);
+    let table = l.l7().unwrap();
     let cases = [
         (
             "missing",
@@ -180,7 +180,7 @@ spec:
     - {name: empty, port: 8080, weight: 1}
 "#;
     let plan = plan_of(&[&fixture("base.yaml"), route]);
-    let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+    let l4 = listener(&plan, 80).l4().unwrap();
     assert_quotas(
         &l4.table,
         &[
@@ -199,7 +199,7 @@ fn grant_plan(grant_edit: impl Fn(&str) -> String) -> ConditionStatus {
     let r = route(&plan, "infra", "r");
     let c = condition(&r.parents[0].conditions, "ResolvedRefs");
     if c.is_true() {
-        let l4 = listener(&plan, 80).l4.as_ref().unwrap();
+        let l4 = listener(&plan, 80).l4().unwrap();
         assert_eq!(l4.table.quota_of(&ep("10.5.0.1:3000")), l4.table.m);
     } else {
         assert_eq!(c.reason, "RefNotPermitted");
@@ -273,7 +273,7 @@ fn reference_grant_present_absent_and_wrong_in_each_field() {
 #[test]
 fn path_header_method_query_precedence_within_a_route() {
     let plan = plan_with(&["precedence.yaml"]);
-    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let table = listener(&plan, 80).l7().unwrap();
     let order: Vec<usize> = table.routes.iter().map(|r| r.rule_index).collect();
     // Exact (longest first), then longest prefix, then method, most headers, most query.
     assert_eq!(order, [8, 7, 6, 5, 4, 3, 2, 1, 0]);
@@ -291,7 +291,7 @@ fn path_header_method_query_precedence_within_a_route() {
 #[test]
 fn ties_across_routes_go_to_the_oldest_then_namespace_name() {
     let plan = plan_with(&["cross-route-ties.yaml"]);
-    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let table = listener(&plan, 80).l7().unwrap();
     let names: Vec<&str> = table.routes.iter().map(|r| r.route.name.as_str()).collect();
     assert_eq!(names, ["older-a", "older-b", "newer", "zz"]);
 }
@@ -300,8 +300,8 @@ fn ties_across_routes_go_to_the_oldest_then_namespace_name() {
 fn hostname_intersection_and_listener_precedence() {
     let plan = plan_with(&["hostnames.yaml"]);
     let l = listener(&plan, 8000);
-    assert_eq!(l.mode, Mode::L7);
-    let table = l.l7.as_ref().unwrap();
+    assert_eq!(l.mode(), Mode::L7);
+    let table = l.l7().unwrap();
     let order: Vec<(&str, Vec<String>)> = table
         .routes
         .iter()
@@ -351,14 +351,14 @@ fn parent_refs_that_do_not_attach() {
         .find(|g| g.gateway.name == "gw")
         .unwrap();
     assert_eq!(gw.listeners[0].attached_routes, 0);
-    assert!(plan.listeners[0].l7.as_ref().unwrap().routes.is_empty());
+    assert!(plan.listeners[0].l7().unwrap().routes.is_empty());
     assert!(!plan.problems().is_empty());
 }
 
 #[test]
 fn strip_path_annotation_rewrites_every_prefix_match() {
     let plan = plan_with(&["strip-path.yaml"]);
-    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let table = listener(&plan, 80).l7().unwrap();
     let strip = Filter::UrlRewrite(UrlRewrite {
         hostname: None,
         path: Some(PathModifier::ReplacePrefixMatch("/".into())),
@@ -403,12 +403,12 @@ spec:
 fn l4_or_l7_decision_and_its_override() {
     // One rule matching everything: L4.
     let plan = plan_with(&["weights-default.yaml"]);
-    assert_eq!(listener(&plan, 80).mode, Mode::L4);
+    assert_eq!(listener(&plan, 80).mode(), Mode::L4);
     // Path matches: L7, with the reason.
     let plan = plan_with(&["precedence.yaml"]);
     let l = listener(&plan, 80);
-    assert_eq!(l.mode, Mode::L7);
-    assert!(l.reason.contains("matched one by one"), "{}", l.reason);
+    assert_eq!(l.mode(), Mode::L7);
+    assert!(l.reason().contains("matched one by one"), "{}", l.reason());
     // l7 forced on an L4-able listener.
     let gw_l7 = GW_L4.replace("dataplane: l4", "dataplane: l7");
     let plan = plan_of(&[
@@ -417,13 +417,13 @@ fn l4_or_l7_decision_and_its_override() {
         &fixture("weights-default.yaml"),
     ]);
     let l = listener(&plan, 80);
-    assert_eq!(l.mode, Mode::L7);
-    assert!(l.l7.as_ref().unwrap().routes.len() == 1);
+    assert_eq!(l.mode(), Mode::L7);
+    assert!(l.l7().unwrap().routes.len() == 1);
     // l4 asked where the route needs L7: refused, with a status saying why.
     let plan = plan_of(&[&fixture("base.yaml"), GW_L4, &fixture("precedence.yaml")]);
     let l = listener(&plan, 80);
-    assert_eq!(l.mode, Mode::L7);
-    assert!(l.reason.contains("l4 refused"), "{}", l.reason);
+    assert_eq!(l.mode(), Mode::L7);
+    assert!(l.reason().contains("l4 refused"), "{}", l.reason());
     let gw = plan
         .gateways
         .iter()
@@ -440,10 +440,10 @@ fn l4_or_l7_decision_and_its_override() {
         GW_L4,
         &fixture("weights-default.yaml"),
     ]);
-    assert_eq!(listener(&plan, 80).mode, Mode::L4);
+    assert_eq!(listener(&plan, 80).mode(), Mode::L4);
     // The guide's route (prefix /echo + strip-path) needs L7.
     let plan = plan_of(&[&fixture("base.yaml"), &fixture("strip-path.yaml")]);
-    assert_eq!(listener(&plan, 80).mode, Mode::L7);
+    assert_eq!(listener(&plan, 80).mode(), Mode::L7);
 }
 
 #[test]
@@ -452,19 +452,19 @@ fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
     let l4: Vec<_> = plan
         .listeners
         .iter()
-        .filter(|l| l.key.port == 9000)
+        .filter(|l| l.key().port == 9000)
         .collect();
     assert_eq!(l4.len(), 2);
-    assert!(l4.iter().all(|l| l.mode == Mode::L4));
+    assert!(l4.iter().all(|l| l.mode() == Mode::L4));
     let tcp = l4
         .iter()
-        .find(|l| l.key.transport == splitter_plan::plan::Transport::Tcp)
+        .find(|l| l.key().transport == splitter_plan::plan::Transport::Tcp)
         .unwrap();
     assert_eq!(
-        tcp.key.addresses,
+        tcp.key().addresses,
         ["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]
     );
-    let t = tcp.l4.as_ref().unwrap();
+    let t = tcp.l4().unwrap();
     assert_eq!(t.route.as_ref().unwrap().name, "old");
     assert_quotas(
         &t.table,
@@ -477,10 +477,10 @@ fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
     );
     let udp = l4
         .iter()
-        .find(|l| l.key.transport == splitter_plan::plan::Transport::Udp)
+        .find(|l| l.key().transport == splitter_plan::plan::Transport::Udp)
         .unwrap();
     assert_quotas(
-        &udp.l4.as_ref().unwrap().table,
+        &udp.l4().unwrap().table,
         &[
             (ep("10.1.0.1:3000"), 0.35),
             (ep("10.1.0.2:3000"), 0.35),
@@ -543,7 +543,7 @@ fn disruption_is_measured_against_the_previous_plan() {
     let index = index_of(&[&fixture("base.yaml"), &fixture("weights-70-30-0.yaml")]);
     let after = splitter_plan::plan::build(&index, &Default::default(), Some(&before));
     let d = listener(&after, 80)
-        .l4
+        .l4()
         .as_ref()
         .unwrap()
         .table
@@ -580,7 +580,7 @@ fn listener_conflicts_unsupported_protocols_selectors_and_dropped_rules() {
         (ConditionStatus::True, "ListenersNotValid")
     );
     // The older Gateway keeps port 80 over HTTP.
-    assert_eq!(listener(&plan, 80).sources[0].gateway.name, "gw");
+    assert_eq!(listener(&plan, 80).sources()[0].gateway.name, "gw");
 
     // Selector: namespace `other` (team=other) may attach, `infra` may not.
     let other = route(&plan, "other", "from-other");
@@ -597,7 +597,7 @@ fn listener_conflicts_unsupported_protocols_selectors_and_dropped_rules() {
         "NotAllowedByListeners"
     );
     // Only the supported rule is served.
-    let table = listener(&plan, 8080).l7.as_ref().unwrap();
+    let table = listener(&plan, 8080).l7().unwrap();
     assert!(
         table
             .routes
@@ -646,7 +646,7 @@ fn unservable_values_drop_their_rule_with_a_condition_and_the_rest_is_served() {
         "{p:?}"
     );
 
-    let table = listener(&plan, 80).l7.as_ref().unwrap();
+    let table = listener(&plan, 80).l7().unwrap();
     let served: Vec<(&str, usize)> = table
         .routes
         .iter()

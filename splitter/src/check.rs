@@ -146,12 +146,12 @@ pub fn text(report: &LoadReport, plan: &Plan, problems: &[String], ok: bool) -> 
 }
 
 fn listener(o: &mut String, l: &ListenerPlan) {
-    let addrs: Vec<String> = if l.key.addresses.is_empty() {
+    let addrs: Vec<String> = if l.key().addresses.is_empty() {
         vec!["*".to_string()]
     } else {
-        l.key.addresses.iter().map(ToString::to_string).collect()
+        l.key().addresses.iter().map(ToString::to_string).collect()
     };
-    let transport = match l.key.transport {
+    let transport = match l.key().transport {
         Transport::Tcp => "tcp",
         Transport::Udp => "udp",
     };
@@ -159,10 +159,10 @@ fn listener(o: &mut String, l: &ListenerPlan) {
         o,
         "\nlistener {}:{}/{transport}: {}",
         addrs.join(","),
-        l.key.port,
-        l.mode
+        l.key().port,
+        l.mode()
     );
-    for s in &l.sources {
+    for s in l.sources() {
         let host = s
             .hostname
             .as_deref()
@@ -174,13 +174,13 @@ fn listener(o: &mut String, l: &ListenerPlan) {
             s.gateway, s.listener, s.protocol
         );
     }
-    let _ = writeln!(o, "  why: {}", l.reason);
-    if let Some(t) = &l.l7 {
+    let _ = writeln!(o, "  why: {}", l.reason());
+    if let Some(t) = &l.l7() {
         for r in &t.routes {
             l7_route(o, r);
         }
     }
-    if let Some(p) = &l.l4 {
+    if let Some(p) = &l.l4() {
         l4(o, p);
     }
 }

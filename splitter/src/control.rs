@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use splitter_plan::{
     model::{Index, index::Update},
-    plan::{self, Plan, PlanConfig},
+    plan::{self, ListenerPlan, Plan, PlanConfig},
 };
 
 /// Applies every batch from `updates` and publishes the resulting plan on `plans`, until the
@@ -50,8 +50,8 @@ fn same_except_disruption(a: &Plan, b: &Plan) -> bool {
     let strip = |p: &Plan| {
         let mut p = p.clone();
         for l in &mut p.listeners {
-            if let Some(t) = &mut l.l4 {
-                t.table.disruption = None;
+            if let ListenerPlan::L4 { l4, .. } = l {
+                l4.table.disruption = None;
             }
         }
         p

@@ -69,8 +69,8 @@ fn start(objects: Vec<Value>, script: impl FnOnce(&MockApi)) -> Running {
 fn weights(plan: &Plan) -> Vec<u32> {
     plan.listeners
         .iter()
-        .find(|l| l.key.port == 80)
-        .and_then(|l| l.l4.as_ref())
+        .find(|l| l.key().port == 80)
+        .and_then(|l| l.l4())
         .map(|l4| l4.backends.iter().map(|b| b.weight).collect())
         .unwrap_or_default()
 }

@@ -277,14 +277,14 @@ async fn watched_manifests_flow_into_published_plans() {
     };
     let first = wait(&mut plans).await;
     plans.borrow_and_update();
-    assert_eq!(first.listeners[0].mode, splitter_plan::plan::Mode::L4);
+    assert_eq!(first.listeners[0].mode(), splitter_plan::plan::Mode::L4);
     assert!(first.l7_tables().is_empty());
 
     // Rewrite the route with path matches: the next plan serves it at L7 on 0.0.0.0 and [::].
     fs::copy(fixtures.join("precedence.yaml"), &route).unwrap();
     bump_mtime(&route);
     let second = wait(&mut plans).await;
-    assert_eq!(second.listeners[0].mode, splitter_plan::plan::Mode::L7);
+    assert_eq!(second.listeners[0].mode(), splitter_plan::plan::Mode::L7);
     let tables = second.l7_tables();
     assert_eq!(tables.len(), 2);
     assert!(tables.keys().all(|a| a.port() == 80));
@@ -301,9 +301,9 @@ fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.skipped.len(), 2, "the two Deployments");
     let plan = splitter_plan::plan::build(&index, &Default::default(), None);
-    let l = plan.listeners.iter().find(|l| l.key.port == 80).unwrap();
-    assert_eq!(l.mode, splitter_plan::plan::Mode::L7);
-    let r = &l.l7.as_ref().unwrap().routes[0];
+    let l = plan.listeners.iter().find(|l| l.key().port == 80).unwrap();
+    assert_eq!(l.mode(), splitter_plan::plan::Mode::L7);
+    let r = &l.l7().unwrap().routes[0];
     assert_eq!(
         r.matched.path,
         splitter_plan::plan::l7::PathMatch::Prefix("/echo".into())

@@ -50,31 +50,35 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The listeners the hyper proxy serves.
-    pub fn l7_listeners(&self) -> impl Iterator<Item = &ListenerPlan> {
-        self.listeners.iter().filter(|l| l.mode == Mode::L7)
+    /// The listeners the hyper proxy serves, with their route tables.
+    pub fn l7_listeners(&self) -> impl Iterator<Item = (&DataplaneListener, &L7RouteTable)> {
+        self.listeners.iter().filter_map(|l| match l {
+            ListenerPlan::L7 { listener, l7 } => Some((listener, l7)),
+            ListenerPlan::L4 { .. } => None,
+        })
     }
 
-    /// The listeners the kernel serves.
-    pub fn l4_listeners(&self) -> impl Iterator<Item = &ListenerPlan> {
-        self.listeners.iter().filter(|l| l.mode == Mode::L4)
+    /// The listeners the kernel serves, with their tables.
+    pub fn l4_listeners(&self) -> impl Iterator<Item = (&DataplaneListener, &L4Plan)> {
+        self.listeners.iter().filter_map(|l| match l {
+            ListenerPlan::L4 { listener, l4 } => Some((listener, l4)),
+            ListenerPlan::L7 { .. } => None,
+        })
     }
 
     /// Every L7 listener's route table by bind address: what `agent::run_l7` serves.
     pub fn l7_tables(&self) -> BTreeMap<SocketAddr, L7RouteTable> {
         let mut out = BTreeMap::new();
-        for l in self.l7_listeners() {
-            if let Some(t) = &l.l7 {
-                for addr in l.bind() {
-                    out.insert(addr, t.clone());
-                }
+        for (l, table) in self.l7_listeners() {
+            for addr in l.bind() {
+                out.insert(addr, table.clone());
             }
         }
         out
     }
 
     pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerPlan> {
-        self.listeners.iter().find(|l| l.key == *key)
+        self.listeners.iter().find(|l| l.key() == key)
     }
 
     /// Everything a user should fix: error diagnostics, conditions that say "not accepted" or
@@ -162,20 +166,80 @@ pub struct ListenerSource {
     pub hostname: Option<String>,
 }
 
+/// A data plane listener and what serves it: the kernel (L4) or the proxy (L7), never both.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ListenerPlan {
-    pub key: ListenerKey,
-    pub sources: Vec<ListenerSource>,
-    pub mode: Mode,
-    /// Why this mode, in words (`splitter check` prints it).
-    pub reason: String,
-    /// Set in L7 mode.
-    pub l7: Option<L7RouteTable>,
-    /// Set in L4 mode.
-    pub l4: Option<L4Plan>,
+#[serde(tag = "mode")]
+pub enum ListenerPlan {
+    /// Connections split in the kernel by a weighted Maglev table.
+    L4 {
+        #[serde(flatten)]
+        listener: DataplaneListener,
+        l4: L4Plan,
+    },
+    /// Requests split by the hyper proxy.
+    L7 {
+        #[serde(flatten)]
+        listener: DataplaneListener,
+        l7: L7RouteTable,
+    },
 }
 
 impl ListenerPlan {
+    pub fn listener(&self) -> &DataplaneListener {
+        match self {
+            Self::L4 { listener, .. } | Self::L7 { listener, .. } => listener,
+        }
+    }
+
+    pub fn key(&self) -> &ListenerKey {
+        &self.listener().key
+    }
+
+    pub fn sources(&self) -> &[ListenerSource] {
+        &self.listener().sources
+    }
+
+    /// Why this mode, in words (`splitter check` prints it).
+    pub fn reason(&self) -> &str {
+        &self.listener().reason
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::L4 { .. } => Mode::L4,
+            Self::L7 { .. } => Mode::L7,
+        }
+    }
+
+    pub fn l4(&self) -> Option<&L4Plan> {
+        match self {
+            Self::L4 { l4, .. } => Some(l4),
+            Self::L7 { .. } => None,
+        }
+    }
+
+    pub fn l7(&self) -> Option<&L7RouteTable> {
+        match self {
+            Self::L7 { l7, .. } => Some(l7),
+            Self::L4 { .. } => None,
+        }
+    }
+
+    pub fn bind(&self) -> Vec<SocketAddr> {
+        self.listener().bind()
+    }
+}
+
+/// What every data plane listener has, whatever serves it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DataplaneListener {
+    pub key: ListenerKey,
+    pub sources: Vec<ListenerSource>,
+    /// Why this mode, in words (`splitter check` prints it).
+    pub reason: String,
+}
+
+impl DataplaneListener {
     /// Where an L7 listener binds: each Gateway address, or `0.0.0.0` and `[::]`. An L4
     /// listener with no addresses serves every address of the `--iface` interfaces instead,
     /// which only the actuator knows.

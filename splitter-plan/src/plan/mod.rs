@@ -3,6 +3,7 @@
 mod attach;
 mod backends;
 mod build;
+mod gateway_status;
 mod gateways;
 pub mod hostname;
 pub mod l7;
@@ -15,5 +16,6 @@ mod table;
 pub use crate::model::ObjectKey;
 pub use build::build;
 pub use listener::{
-    L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig, Transport,
+    DataplaneListener, L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig,
+    Transport,
 };

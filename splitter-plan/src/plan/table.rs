@@ -328,7 +328,7 @@ pub(crate) fn previous_tables(
         .map(|p| {
             p.listeners
                 .iter()
-                .filter_map(|l| l.l4.as_ref().map(|t| (l.key.clone(), &t.table)))
+                .filter_map(|l| l.l4().map(|t| (l.key().clone(), &t.table)))
                 .collect()
         })
         .unwrap_or_default()

@@ -57,7 +57,7 @@ pub fn plan_with(fixtures: &[&str]) -> Plan {
 pub fn listener(plan: &Plan, port: u16) -> &ListenerPlan {
     plan.listeners
         .iter()
-        .find(|l| l.key.port == port)
+        .find(|l| l.key().port == port)
         .unwrap_or_else(|| panic!("no listener on port {port}: {:#?}", plan.listeners))
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::dataplane::ebpf::{
     self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
 };
-use splitter_plan::plan::{ListenerPlan, Plan, Transport, maglev::TableTarget};
+use splitter_plan::plan::{DataplaneListener, Plan, Transport, maglev::TableTarget};
 
 /// Every address of `ifaces` (what an L4 listener without Gateway addresses serves).
 pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
@@ -38,7 +38,7 @@ pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-fn program_key(l: &ListenerPlan) -> String {
+fn program_key(l: &DataplaneListener) -> String {
     let transport = match l.key.transport {
         Transport::Tcp => "tcp",
         Transport::Udp => "udp",
@@ -51,8 +51,7 @@ fn program_key(l: &ListenerPlan) -> String {
 /// address of the interfaces (`iface_addrs`).
 pub fn l4_programs(plan: &Plan, iface_addrs: &[IpAddr]) -> Vec<L4RouteProgram> {
     plan.l4_listeners()
-        .filter_map(|l| {
-            let l4 = l.l4.as_ref()?;
+        .filter_map(|(l, l4)| {
             let proto = match l.key.transport {
                 Transport::Tcp => L4Proto::Tcp,
                 Transport::Udp => L4Proto::Udp,
