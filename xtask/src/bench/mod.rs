@@ -25,22 +25,22 @@ pub enum Bench {
     L4,
     /// The L7 proxy against nginx with the same weighted upstream, driven by wrk (root).
     L7(L7Options),
-    /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench --bench plan`).
+    /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench -p splitter-plan --bench plan`).
     Plan,
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
-        Bench::L4 => cargo_bench("l4"),
-        Bench::Plan => cargo_bench("plan"),
+        Bench::L4 => cargo_bench("splitter", "l4"),
+        Bench::Plan => cargo_bench("splitter-plan", "plan"),
         Bench::L7(opts) => l7::run(&opts),
     }
 }
 
-/// `cargo bench -p splitter --bench NAME`: the benches that live in the crate they measure.
-fn cargo_bench(name: &str) -> anyhow::Result<()> {
+/// `cargo bench -p PACKAGE --bench NAME`: the benches that live in the crate they measure.
+fn cargo_bench(package: &str, name: &str) -> anyhow::Result<()> {
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["bench", "--package", "splitter", "--bench", name])
+        .args(["bench", "--package", package, "--bench", name])
         .status()?;
     if !st.success() {
         bail!("cargo bench --bench {name} failed: {st}");
