@@ -316,7 +316,10 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fields of a parentRef, whose generated types differ per route kind"
+)]
 pub(crate) fn parent_ref(
     route_ns: &str,
     group: Option<String>,
@@ -344,7 +347,10 @@ pub(crate) fn parent_ref(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fields of a backendRef, whose generated types differ per route kind"
+)]
 pub(crate) fn backend_ref(
     route_ns: &str,
     group: Option<String>,

@@ -284,7 +284,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+    TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
 {
     fn start_draining(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
