@@ -110,6 +110,7 @@ impl DestKey {
 mod pod {
     // SAFETY: repr(C), integer fields only, explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::DestKey {}
+    // SAFETY: as for DestKey.
     unsafe impl aya::Pod for super::DestStats {}
 }
 

@@ -256,11 +256,17 @@ impl L4Event {
 mod pod {
     // SAFETY: repr(C), integer fields only, explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::VipValue {}
+    // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::RouteMeta {}
+    // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as for VipKey, for every N.
     unsafe impl<const N: usize> aya::Pod for super::FlowKeyOf<N> {}
+    // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::FlowStats {}
 }
 

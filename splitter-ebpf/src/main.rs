@@ -4,9 +4,11 @@
 //! them into program entry points. The layout of every map is written down in `splitter-common`.
 #![no_std]
 #![no_main]
-// Index loops drive raw packet-pointer offsets (`p.add(2 * i)`); iterators would hide the
-// offset arithmetic the verifier has to accept.
-#![allow(clippy::needless_range_loop)]
+#![expect(
+    clippy::needless_range_loop,
+    reason = "index loops drive raw packet-pointer offsets (`p.add(2 * i)`); iterators would hide \
+              the offset arithmetic the verifier has to accept"
+)]
 
 mod counters;
 mod forward;
@@ -70,7 +72,7 @@ pub fn splitter_tc_egress(ctx: TcContext) -> i32 {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // The verifier rejects any reachable panic path, so this is never executed.
     loop {}
 }

@@ -22,14 +22,20 @@ pub fn l4_csum_offset(proto: u8) -> usize {
     if proto == IPPROTO_UDP { 6 } else { 16 }
 }
 
+/// # Safety
+/// `p` and `p + 1` are readable (bounds-checked against the packet).
 #[inline(always)]
 unsafe fn read16(p: *const u8) -> u16 {
+    // SAFETY: the caller's contract.
     unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
 }
 
+/// # Safety
+/// `p` and `p + 1` are writable (bounds-checked against the packet).
 #[inline(always)]
 unsafe fn write16(p: *mut u8, v: u16) {
     let b = v.to_be_bytes();
+    // SAFETY: the caller's contract.
     unsafe {
         *p = b[0];
         *p.add(1) = b[1];
@@ -54,10 +60,10 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
     let l4 = bytes_at(ctx, meta.l4_offset as usize, 8).map_err(|_| ())?;
     let csum_off = l4_csum_offset(meta.key.proto);
     let csum_ptr = bytes_at(ctx, meta.l4_offset as usize + csum_off, 2).map_err(|_| ())?;
-    // SAFETY (both arms): every pointer was bounds-checked by bytes_at.
     match meta.family {
         Family::V4 => {
             let ip = bytes_at(ctx, meta.l3_offset as usize, 20).map_err(|_| ())?;
+            // SAFETY: bytes_at checked the 20 bytes of the IPv4 header against the packet.
             unsafe {
                 write16(ip.add(10), apply(read16(ip.add(10)), f.l3_csum_delta));
                 for i in 0..4 {
@@ -67,6 +73,7 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
         }
         Family::V6 => {
             let ip = bytes_at(ctx, meta.l3_offset as usize, 40).map_err(|_| ())?;
+            // SAFETY: bytes_at checked the 40 bytes of the IPv6 header against the packet.
             unsafe {
                 for i in 0..16 {
                     *ip.add(24 + i) = f.addr[i];
@@ -74,6 +81,7 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
             }
         }
     }
+    // SAFETY: bytes_at checked the checksum field and the first 8 bytes of the L4 header.
     unsafe {
         let l4_check = read16(csum_ptr);
         // A UDP checksum of 0 means "none": it stays none.

@@ -11,7 +11,8 @@ use splitter_plan::plan::{
     maglev::TableTarget,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How `splitter check` prints the plan (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Text,
     Json,

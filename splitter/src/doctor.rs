@@ -226,6 +226,8 @@ fn attach_check(obj: &mut ebpf::KernelObject, iface: &str) -> Check {
 
 #[cfg(test)]
 mod tests {
+    use splitter_common::pin::DEFAULT_PIN_DIR;
+
     use super::*;
 
     #[test]
@@ -246,7 +248,7 @@ mod tests {
     fn bpffs_is_found_above_pin_dir() {
         let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";
         assert_eq!(
-            bpffs_mounted_at(mounts, Path::new("/sys/fs/bpf/splitter/v3")).as_deref(),
+            bpffs_mounted_at(mounts, Path::new(DEFAULT_PIN_DIR)).as_deref(),
             Some("/sys/fs/bpf")
         );
         assert_eq!(bpffs_mounted_at(mounts, Path::new("/tmp/x")), None);

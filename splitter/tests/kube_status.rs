@@ -475,7 +475,7 @@ async fn the_leader_writes_each_status_once_with_server_side_apply() {
 
 #[tokio::test]
 async fn a_non_leader_writes_nothing() {
-    let renewed = splitter::status::writer::now();
+    let renewed = status::writer::now();
     let (client, mock) = MockApi::start(move |r| {
         if r.method == "GET" && r.uri == LEASE_URI {
             (

@@ -8,7 +8,10 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 use splitter::dataplane::ebpf;
-use splitter_common::maps::{DEST_STATS, PARSE_STATS};
+use splitter_common::{
+    maps::{DEST_STATS, PARSE_STATS},
+    pin::PIN_SUBDIR,
+};
 use testbed::BpfFs;
 
 fn bpftool_dump(path: &std::path::Path) -> Value {
@@ -31,7 +34,7 @@ fn pinned_maps_dump_with_named_fields_and_survive_reload() {
         return;
     }
     let fs = BpfFs::new().expect("private bpffs");
-    let pin_dir = fs.path().join("splitter").join("v1");
+    let pin_dir = fs.path().join(PIN_SUBDIR);
     let frame = ipv4_tcp([10, 7, 7, 7], 443, b"x");
 
     {
@@ -108,7 +111,7 @@ fn a_pin_with_another_layout_is_refused_precisely() {
     }
     use aya::maps::MapData;
     let fs = BpfFs::new().expect("private bpffs");
-    let pin_dir = fs.path().join("v1");
+    let pin_dir = fs.path().join(PIN_SUBDIR);
     {
         // A well-formed pin set, then ROUTES replaced by a map of another value size, as an
         // older agent with a different RouteMeta would have left it.
@@ -132,6 +135,12 @@ fn a_pin_with_another_layout_is_refused_precisely() {
     };
     assert!(
         err.contains("ROUTES") && err.contains("incompatible agent"),
+        "{err}"
+    );
+    // The pin is compared field by field with what the embedded object declares, type included.
+    assert!(
+        err.contains("is PerCpuArray key=4 value=8")
+            && err.contains("declares Array key=4 value=16"),
         "{err}"
     );
 }

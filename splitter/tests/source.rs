@@ -292,7 +292,7 @@ async fn watched_manifests_flow_into_published_plans() {
 
 #[test]
 fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let paths = [
         root.join("deploy/gatewayclass.yaml"),
         root.join("deploy/examples"),

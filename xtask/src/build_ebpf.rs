@@ -6,22 +6,38 @@
 //! byte what the agent embeds.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::BufReader,
     path::PathBuf,
     process::{Command, Stdio},
 };
 
 use anyhow::{Context, bail};
+use cargo_metadata::{Message, MetadataCommand};
 
+/// The package whose build script builds the object.
+const AGENT_PACKAGE: &str = "splitter";
 /// File name of the object in the build script's `OUT_DIR` (the eBPF crate's bin name).
 const OBJECT_NAME: &str = "splitter-ebpf";
 
 pub fn run(release: bool) -> anyhow::Result<PathBuf> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let metadata = MetadataCommand::new()
+        .cargo_path(&cargo)
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let agent = metadata
+        .workspace_packages()
+        .into_iter()
+        .find(|p| p.name == AGENT_PACKAGE)
+        .map(|p| p.id.clone())
+        .with_context(|| format!("no package {AGENT_PACKAGE} in the workspace"))?;
+
+    let mut cmd = Command::new(&cargo);
     cmd.args([
         "check",
         "--package",
-        "splitter",
+        AGENT_PACKAGE,
         "--message-format=json-render-diagnostics",
     ]);
     if release {
@@ -33,17 +49,11 @@ pub fn run(release: bool) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("spawning {cmd:?}"))?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut out_dir = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let is_agent_build_script = msg["reason"] == "build-script-executed"
-            && msg["package_id"].as_str().is_some_and(|id| {
-                id.contains("/splitter#") || id.contains("splitter@") || id.ends_with("/splitter")
-            });
-        if is_agent_build_script {
-            out_dir = msg["out_dir"].as_str().map(PathBuf::from);
+    for message in Message::parse_stream(BufReader::new(stdout)) {
+        if let Message::BuildScriptExecuted(script) = message?
+            && script.package_id == agent
+        {
+            out_dir = Some(script.out_dir.into_std_path_buf());
         }
     }
     let status = child.wait()?;

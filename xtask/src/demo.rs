@@ -98,7 +98,7 @@ pub fn run() -> anyhow::Result<()> {
         .tempdir()?;
     manifests(manifest_dir.path(), None)?;
     let bpffs = BpfFs::new()?;
-    let pin_dir = bpffs.path().join("splitter/v3");
+    let pin_dir = bpffs.path().join(splitter_common::pin::PIN_SUBDIR);
     let log = manifest_dir.path().join("agent.log");
     println!(
         "demo: agent in the gateway namespace: splitter run --manifests {} --iface {} (log: {})",

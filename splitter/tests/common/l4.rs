@@ -1,6 +1,6 @@
 //! L4 fixtures: flows, frames with chosen addresses, verdicts with output frames, checksum
 //! verification against etherparse (an oracle independent of our checksum code).
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -137,7 +137,7 @@ pub fn inspect(frame: &[u8]) -> Seen {
         ),
         _ => panic!("not IP"),
     };
-    let payload_of = |t: &TransportSlice| -> Vec<u8> {
+    let payload_of = |t: &TransportSlice<'_>| -> Vec<u8> {
         match t {
             TransportSlice::Tcp(t) => t.payload().to_vec(),
             TransportSlice::Udp(u) => u.payload().to_vec(),

@@ -282,7 +282,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
 }
 
 /// `--instructions`: both proxies under callgrind, one after the other, the same load.
-fn count_instructions(setup: &Setup, url: &str, opts: &L7Options) -> anyhow::Result<()> {
+fn count_instructions(setup: &Setup<'_>, url: &str, opts: &L7Options) -> anyhow::Result<()> {
     let load = Load {
         threads: 1,
         connections: 4,

@@ -8,32 +8,12 @@ use aya::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
 };
-use splitter_common::{
-    l4::{
-        BACKEND_STATS, BACKENDS, CONNTRACK, CONNTRACK_V4, L4_DROPS, ROUTE_STATS, ROUTES, TABLES,
-        TC_PROGRAM, VIPS,
-    },
-    maps::{DEST_STATS, PARSE_STATS, XDP_PROGRAM},
-};
+use splitter_common::{l4::TC_PROGRAM, maps::XDP_PROGRAM};
+
+use super::layout::{MapLayout, PINNED_MAPS, check_pinned_layouts};
 
 /// The kernel object built by `build.rs` (aya-build), aligned so aya can parse it in place.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
-
-/// Maps that are pinned (and so survive an agent restart) when a pin directory is given: all of
-/// them, so conntrack and tables outlive the process and established flows keep flowing.
-pub const PINNED_MAPS: [&str; 11] = [
-    DEST_STATS,
-    PARSE_STATS,
-    VIPS,
-    ROUTES,
-    TABLES,
-    BACKENDS,
-    CONNTRACK,
-    CONNTRACK_V4,
-    ROUTE_STATS,
-    BACKEND_STATS,
-    L4_DROPS,
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfLoadError {
@@ -43,19 +23,26 @@ pub enum EbpfLoadError {
         source: std::io::Error,
     },
     #[error(
-        "pinned map {path} has key/value/entries {found:?} but this agent's layout is {expected:?}: \
+        "pinned map {path} is {found} but this agent's object declares {expected}: \
          it was pinned by an incompatible agent; remove the pins or use another --pin-dir"
     )]
     PinnedLayout {
         path: PathBuf,
-        found: (u32, u32, u32),
-        expected: (u32, u32, u32),
+        found: MapLayout,
+        expected: MapLayout,
     },
     #[error("reading pinned map {path}: {source}")]
     PinnedInfo {
         path: PathBuf,
         source: aya::maps::MapError,
     },
+    #[error("map {name} of the eBPF object: {source}")]
+    ObjectMap {
+        name: String,
+        source: aya::maps::MapError,
+    },
+    #[error("map {name} is missing from the object")]
+    MissingMap { name: &'static str },
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("program {name} is missing from the object or has the wrong type")]
@@ -81,70 +68,6 @@ pub enum EbpfLoadError {
 /// A loaded object whose programs passed the verifier.
 pub struct KernelObject {
     pub ebpf: Ebpf,
-}
-
-/// (key size, value size, max entries) of every pinned map, from the ABI types: what a pin
-/// left by another agent must match before it is adopted (aya 0.14 would reuse it blindly).
-fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
-    use splitter_common::{
-        DestKey, DestStats, ParseOutcome,
-        l4::{
-            Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowKey4, FlowStats, FlowValue, L4Event,
-            MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
-        },
-        maps::DEST_STATS_MAX_ENTRIES,
-    };
-    fn sz<T>() -> u32 {
-        std::mem::size_of::<T>() as u32
-    }
-    Some(match name {
-        DEST_STATS => (sz::<DestKey>(), sz::<DestStats>(), DEST_STATS_MAX_ENTRIES),
-        PARSE_STATS => (4, 8, ParseOutcome::COUNT),
-        VIPS => (sz::<VipKey>(), sz::<VipValue>(), MAX_VIPS),
-        ROUTES => (4, sz::<RouteMeta>(), MAX_ROUTES),
-        TABLES => (4, 4, TABLES_LEN),
-        BACKENDS => (4, sz::<Backend>(), MAX_BACKENDS),
-        CONNTRACK => (
-            sz::<FlowKey>(),
-            sz::<FlowValue>(),
-            DEFAULT_CONNTRACK_ENTRIES,
-        ),
-        CONNTRACK_V4 => (
-            sz::<FlowKey4>(),
-            sz::<FlowValue>(),
-            DEFAULT_CONNTRACK_ENTRIES,
-        ),
-        ROUTE_STATS => (4, sz::<FlowStats>(), MAX_ROUTES),
-        BACKEND_STATS => (4, sz::<FlowStats>(), MAX_BACKENDS),
-        L4_DROPS => (4, 8, L4Event::COUNT),
-        _ => return None,
-    })
-}
-
-/// Refuses pins whose layout differs from this agent's.
-fn check_pinned_layouts(dir: &Path) -> Result<(), EbpfLoadError> {
-    for name in PINNED_MAPS {
-        let path = dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info =
-            aya::maps::MapInfo::from_pin(&path).map_err(|source| EbpfLoadError::PinnedInfo {
-                path: path.clone(),
-                source,
-            })?;
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        if let Some(expected) = expected_layout(name)
-            && found != expected
-        {
-            return Err(EbpfLoadError::PinnedLayout {
-                path,
-                found,
-                expected,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Creates the maps (adopting pinned ones under `pin_dir` when given, after checking their

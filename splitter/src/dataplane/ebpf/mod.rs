@@ -3,6 +3,7 @@
 mod counters;
 mod l4_actuator;
 mod l4_state;
+mod layout;
 mod links;
 mod loader;
 
@@ -11,11 +12,11 @@ pub use l4_actuator::{
     ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, addr16, vip_key,
 };
 pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
+pub use layout::{MapLayout, PINNED_MAPS};
 pub use links::{
     Attachment, LinkPinError, XdpAttachMode, attach_pinned, detach_pinned, tc_pin_path,
     xdp_pin_path,
 };
 pub use loader::{
-    EbpfLoadError, KernelObject, PINNED_MAPS, attach_tc_egress, attach_xdp, load_object,
-    tc_program, xdp_program,
+    EbpfLoadError, KernelObject, attach_tc_egress, attach_xdp, load_object, tc_program, xdp_program,
 };

@@ -292,7 +292,7 @@ mod tests {
     where
         F: Fn(Arc<ListenerShared>, HeaderValue, Request<Incoming>) -> Fut,
     {
-        std::mem::size_of::<Fut>()
+        size_of::<Fut>()
     }
 
     /// Every request's future is allocated and copied whole into its box (`server`): the cold

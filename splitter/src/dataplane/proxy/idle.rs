@@ -2,8 +2,8 @@
 //! connection's task takes from outside (cut by its watchdog, drained at shutdown).
 //!
 //! hyper's own `header_read_timeout` arms a fresh timer for every request head it waits for
-//! (a clock read, an allocation, a timer-wheel insert and removal per request: 4% of the
-//! proxy's CPU in a profile). Here a connection has one watchdog, a task of its own that wakes
+//! (a clock read, an allocation, a timer-wheel insert and removal per request, which showed in
+//! the proxy's profile). Here a connection has one watchdog, a task of its own that wakes
 //! once per timeout period and cuts the connection when nothing happened over a whole period:
 //! no request started, no response finished, and none still being sent. A client that never
 //! completes a request head (slowloris) is cut after one period from connecting or from its
@@ -12,7 +12,7 @@
 //! The watchdog and the drain reach the connection through flags and a waker in [`Progress`],
 //! which [`Supervised`] reads when the connection's task runs: racing the connection against
 //! a timer future and a shutdown channel in a `select!` polled both on every wake-up of the
-//! task, several times per request (3% of the proxy's instructions under callgrind).
+//! task, several times per request.
 
 use std::{
     pin::Pin,

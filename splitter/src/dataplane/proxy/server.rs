@@ -249,13 +249,13 @@ fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
         // A client that shuts down its sending side after a request still gets the response.
         // Without this hyper also reads the client socket while each request is in flight, to
         // see such an end, and because the request head still shares hyper's read buffer at
-        // that moment, the read allocates a new 8 KiB buffer for every request (4% of the
-        // proxy's instructions). The cost: a client that goes away mid-request is noticed
-        // when its response is written, not before (the request is not cancelled early).
+        // that moment, the read allocates a new 8 KiB buffer for every request. The cost: a
+        // client that goes away mid-request is noticed when its response is written, not
+        // before (the request is not cancelled early).
         .half_close(true);
     if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
         // Any explicit limit, even hyper's own, makes hyper fill a header array element by
-        // element for every request (2% of the proxy's CPU in a profile); its default does not.
+        // element for every request; its default does not.
         builder.http1().max_headers(config.max_headers);
     }
     builder
@@ -284,7 +284,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+    TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
 {
     fn start_draining(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
