@@ -1,5 +1,4 @@
 //! Helpers shared by the plan tests: fixtures are YAML files under `tests/fixtures`.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::path::PathBuf;
 

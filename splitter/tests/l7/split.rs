@@ -2,11 +2,9 @@
 //! (DESIGN section 3): invalid share 500, no endpoints 503, all weights 0 500, no route 404;
 //! and the upstream connection a keep-alive client's requests reuse.
 
-mod l7_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use l7_support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seventy_thirty_zero_over_fresh_connections() {

@@ -1,8 +1,6 @@
 //! Route tables swapped under continuous traffic: no request fails because of a reload, on
 //! kept-alive connections or on fresh ones.
 
-mod l7_support;
-
 use std::{
     sync::{
         Arc,
@@ -11,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use l7_support::*;
+use crate::support::*;
 use splitter_plan::plan::l7::L7RouteTable;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,10 @@
 //! The XDP program attached to a veth inside private network namespaces counts real packets
 //! sent through the kernel stack, in native (driver) and generic (skb) mode.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
+use crate::support::*;
 use aya::programs::XdpMode;
-use common::*;
 use splitter::dataplane::ebpf::{self, KernelObject};
 use splitter_common::{
     DestKey, ParseOutcome,

@@ -1,5 +1,4 @@
 //! Helpers shared by the kernel tests: crafted frames and counter snapshots.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod l4;
 

@@ -1,11 +1,9 @@
 //! The L7 agent loop: plans published on a channel become listeners, `/readyz` follows, and
 //! shutdown drains in-flight requests before returning.
 
-mod l7_support;
-
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use l7_support::*;
+use crate::support::*;
 use serde::Serialize;
 use splitter::agent::{AgentConfig, L7Tables, run_l7};
 use splitter_plan::plan::l7::L7RouteTable;

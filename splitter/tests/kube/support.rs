@@ -3,8 +3,6 @@
 //! every other call is recorded and answered by a test-supplied function. Every request is
 //! logged, so a test can assert the exact calls made, and that no others were.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
-
 use std::{
     collections::HashMap,
     convert::Infallible,

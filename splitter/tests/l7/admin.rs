@@ -1,12 +1,10 @@
 //! The admin endpoint over real HTTP: health, readiness, Prometheus metrics fed by proxied
 //! requests, and the plan as JSON.
 
-mod l7_support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use arc_swap::ArcSwap;
-use l7_support::*;
 use prometheus_client::registry::Registry;
 use splitter::{
     admin::{AdminServer, AdminState, Readiness, plan_snapshot},

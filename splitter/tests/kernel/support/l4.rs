@@ -1,6 +1,5 @@
 //! L4 fixtures: flows, frames with chosen addresses, verdicts with output frames, checksum
 //! verification against etherparse (an oracle independent of our checksum code).
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -2,8 +2,6 @@
 //! real TCP connections, the programs attached to the gateway's client-facing veth with pinned
 //! maps and links.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},

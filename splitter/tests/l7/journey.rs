@@ -2,9 +2,7 @@
 //! prefix route with the strip-path rewrite; 200 requests over one keep-alive connection split
 //! 100/100 by default and 133/67 after the weights are patched to 200/100.
 
-mod l7_support;
-
-use l7_support::*;
+use crate::support::*;
 use splitter_plan::plan::l7::{L7RouteTable, PathMatch};
 
 fn guide_table(

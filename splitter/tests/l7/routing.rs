@@ -1,13 +1,11 @@
 //! Matching precedence, hostnames, filters (header modifiers, redirect, URL rewrite), proxy
 //! header hygiene, h2c and streamed bodies, all through real HTTP.
 
-mod l7_support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use l7_support::*;
 use splitter_plan::plan::l7::{
     Filter, HeaderMatch, HeaderModifier, PathMatch, PathModifier, Redirect, UrlRewrite, ValueMatch,
 };

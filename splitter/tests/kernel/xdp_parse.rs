@@ -1,9 +1,7 @@
 //! The XDP parser under BPF_PROG_TEST_RUN: crafted frames in, verdict and counters out.
 //! Root only (loads into the real kernel); skips with a reason elsewhere, never under CI.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use splitter::dataplane::ebpf::{self, KernelObject, ParseCounts};
 use splitter_common::{
     DestKey, DestStats, ParseOutcome,

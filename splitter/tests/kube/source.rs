@@ -2,11 +2,9 @@
 //! index; added, modified and deleted objects change the plan; a 410 Gone makes the watcher
 //! list again and the relist replaces the kind's content.
 
-mod kube_support;
-
 use std::{sync::Arc, time::Duration};
 
-use kube_support::{MockApi, eventually, yaml};
+use crate::support::{MockApi, eventually, yaml};
 use serde_json::{Value, json};
 use splitter::{control, status::Observed};
 use splitter_plan::{

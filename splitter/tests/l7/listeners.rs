@@ -1,11 +1,9 @@
 //! The L7 actuator: listeners follow the plan's map of address to table, changing only what
 //! changed, and a port that cannot be bound does not stop the others.
 
-mod l7_support;
-
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use l7_support::*;
+use crate::support::*;
 use splitter::dataplane::proxy::{L7Listeners, Proxy, ProxyMetrics};
 use splitter_plan::plan::l7::L7RouteTable;
 

@@ -1,8 +1,6 @@
 //! The L4 data path under BPF_PROG_TEST_RUN: frames in, frames and verdicts out, map effects.
 //! Tables are programmed through the agent's real actuator.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     sync::{
@@ -12,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{l4::*, *};
+use crate::support::{l4::*, *};
 use splitter::dataplane::ebpf::{self, KernelObject, L4Actuator, L4Proto, L4RouteProgram};
 use splitter_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},

@@ -1,11 +1,9 @@
 //! Backends that fail: a timeout gives 504, a dead endpoint 502, and neither disturbs the
 //! requests that go elsewhere.
 
-mod l7_support;
-
 use std::time::{Duration, Instant};
 
-use l7_support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_gives_504() {

@@ -2,8 +2,6 @@
 //! off while a well-behaved client on the same listener keeps being served; shutdown drains;
 //! a client that half-closes after its request is still answered.
 
-mod l7_support;
-
 use std::{
     net::SocketAddr,
     sync::{
@@ -13,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use l7_support::*;
+use crate::support::*;
 use splitter::{
     dataplane::proxy::{ProxyConfig, ProxyListener},
     echo::EchoServer,

@@ -1,6 +1,5 @@
 //! Shared pieces of the L7 tests: route tables built by hand, echo backends and the proxy on
 //! 127.0.0.1 ephemeral ports, and an HTTP/1.1 client that keeps exactly one connection.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 

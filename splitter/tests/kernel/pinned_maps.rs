@@ -1,11 +1,9 @@
 //! Maps pinned on a private bpffs: bpftool dumps them with named fields, a second load adopts
 //! them (counts survive), and `splitter inspect` reads them from the pins.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use splitter::dataplane::ebpf;
 use splitter_common::{

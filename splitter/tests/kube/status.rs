@@ -1,11 +1,9 @@
 //! The status writer: the pure patch decisions (plain tests), then the exact requests the
 //! writer sends to a scripted API, and the Lease that decides whether it sends any.
 
-mod kube_support;
-
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use kube_support::{MockApi, Recorded, eventually, not_found};
+use crate::support::{MockApi, Recorded, eventually, not_found};
 use serde_json::{Value, json};
 use splitter::status::{
     self, LeaseConfig, Observed, ObservedStatus, StatusContext, WriterConfig, patches,

@@ -1,11 +1,8 @@
 //! Plan-level tests, one or more per rule of DESIGN section 3 and 4, from YAML fixtures.
 
-#[path = "plan_fixtures/mod.rs"]
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::support::*;
 use splitter_plan::plan::{
     Mode,
     l7::{BackendTarget, Filter, InvalidReason, PathMatch, PathModifier, UrlRewrite},

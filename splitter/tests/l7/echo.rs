@@ -1,11 +1,9 @@
 //! The `splitter-echo` binary as a real process: it prints its address, answers like the
 //! guide's pods, echoes other requests, and exits cleanly on SIGTERM.
 
-mod l7_support;
-
 use std::{process::Stdio, time::Duration};
 
-use l7_support::*;
+use crate::support::*;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,

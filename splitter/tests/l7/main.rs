@@ -1,0 +1,15 @@
+//! The L7 proxy over real HTTP on loopback: the guide's journey, splits and error shares,
+//! routing and filters, listeners, reloads under load, hostile clients, the admin endpoint, and
+//! the agent's L7 half as a process. Unprivileged.
+
+mod admin;
+mod agent;
+mod echo;
+mod failures;
+mod hostile;
+mod journey;
+mod listeners;
+mod reload;
+mod routing;
+mod split;
+mod support;
