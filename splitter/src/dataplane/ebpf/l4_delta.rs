@@ -3,7 +3,8 @@
 //!
 //! [`plan`] turns (applied, desired) into an ordered list of [`Step`]s; the actuator performs
 //! them in order and calls [`Applied::record`] after each one the kernel accepted. A failed step
-//! is never recorded, so the next plan starts from what the kernel really holds and repeats it.
+//! is never recorded, so the next plan starts from what the kernel really holds (but for the
+//! inactive halves, which it rewrites whole anyway) and repeats it.
 //! The order is the safety argument:
 //! - backends are ACTIVE before a table names them;
 //! - a table fills the route's inactive half, then one meta write makes it live;

@@ -2,21 +2,19 @@
 //! what a failed write leaves behind.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use splitter_common::l4::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_EMPTY, BACKENDS, CONNTRACK_V4, DIR_FORWARD,
-    FLOW_CLOSING, FlowKey4, FlowValue, MAX_ROUTES, MAX_TABLE_SIZE, REJECT, ROUTES, RouteMeta,
-    TABLES, VIPS, VipKey,
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_EMPTY, BACKENDS, CONNTRACK_V4, FLOW_CLOSING,
+    MAX_ROUTES, MAX_TABLE_SIZE, ROUTES, RouteMeta, TABLES, VIPS,
 };
 
 use super::*;
-use crate::dataplane::ebpf::{
-    l4_fake::{FakeL4Maps, Op},
-    l4_sweep::CtKey,
+use crate::dataplane::ebpf::l4_fake::{
+    FakeL4Maps, Op, Visible, add_flow, assert_safe_order, live, visible,
 };
 
 fn sa(s: &str) -> SocketAddr {
@@ -43,30 +41,6 @@ fn take_log(act: &mut L4Actuator<FakeL4Maps>) -> Vec<Op> {
     std::mem::take(&mut act.maps_mut().log)
 }
 
-/// A route's live table as addresses (`None`: not programmed). Panics if a live slot names a
-/// backend that is not ACTIVE.
-fn live(m: &FakeL4Maps, route_id: u32) -> Option<Vec<Option<SocketAddr>>> {
-    let table = m.live_table(route_id).into_iter().map(|id| {
-        if id == REJECT {
-            return None;
-        }
-        let b = m.backend(id);
-        assert_eq!(b.state, BACKEND_ACTIVE, "live slot names backend {id}");
-        Some(SocketAddr::new(IpAddr::from(b.addr).to_canonical(), b.port))
-    });
-    (m.route(route_id).table_size > 0).then(|| table.collect())
-}
-
-/// Per VIP, the table a new connection to it is split by.
-type Visible = BTreeMap<VipKey, Option<Vec<Option<SocketAddr>>>>;
-
-fn visible(m: &FakeL4Maps) -> Visible {
-    m.vips
-        .iter()
-        .map(|(k, v)| (*k, live(m, v.route_id)))
-        .collect()
-}
-
 fn expected(desired: &[L4RouteProgram]) -> Visible {
     desired
         .iter()
@@ -76,117 +50,6 @@ fn expected(desired: &[L4RouteProgram]) -> Visible {
                 .map(|(a, p)| (vip_key(*a, *p), Some(r.table.clone())))
         })
         .collect()
-}
-
-/// Replays `log` (written from empty maps) and checks every write against the ordering rules:
-/// a table slot is written only into a half no packet reads and names only ACTIVE backends; a
-/// flip makes live a half that names only ACTIVE backends; a VIP points only at a live route; a
-/// route is unprogrammed only once no VIP points at it; a backend stops being ACTIVE only once
-/// no live half names it.
-fn assert_safe_order(log: &[Op]) {
-    let mut m = FakeL4Maps::default();
-    let live_names =
-        |m: &FakeL4Maps, id: u32| (0..MAX_ROUTES).any(|r| m.live_table(r).contains(&id));
-    let only_active = |m: &FakeL4Maps, ids: &[u32]| {
-        ids.iter()
-            .all(|id| *id == REJECT || m.backend(*id).state == BACKEND_ACTIVE)
-    };
-    for (i, op) in log.iter().enumerate() {
-        match *op {
-            Op::TableSlot {
-                route_id,
-                half,
-                slot,
-                backend_id,
-            } => {
-                let meta = m.route(route_id);
-                assert!(
-                    meta.table_size == 0 || meta.active != half,
-                    "op {i}: {op:?} writes the live half"
-                );
-                assert!(
-                    only_active(&m, &[backend_id]),
-                    "op {i}: {op:?} names a backend that is not active"
-                );
-                m.write_table_slot(route_id, half, slot, backend_id)
-                    .expect("replay");
-            }
-            Op::RouteMeta { route_id, meta } => {
-                if meta.table_size == 0 {
-                    assert!(
-                        m.vips.values().all(|v| v.route_id != route_id),
-                        "op {i}: {op:?} unprograms a route a VIP points at"
-                    );
-                }
-                m.write_route_meta(route_id, meta).expect("replay");
-                assert!(
-                    only_active(&m, &m.live_table(route_id)),
-                    "op {i}: {op:?} makes live a half naming inactive backends"
-                );
-            }
-            Op::Vip { key, route_id } => {
-                assert!(
-                    m.route(route_id).table_size > 0,
-                    "op {i}: {op:?} points at an unprogrammed route"
-                );
-                let value = VipValue { route_id, flags: 0 };
-                m.write_vip(key, value).expect("replay");
-            }
-            Op::VipRemoved(key) => m.remove_vip(&key).expect("replay"),
-            Op::Backend { id, state } => {
-                assert!(
-                    state == BACKEND_ACTIVE || !live_names(&m, id),
-                    "op {i}: {op:?} while a live table names it"
-                );
-                let b = Backend {
-                    state,
-                    ..Backend::default()
-                };
-                m.write_backend(id, b).expect("replay");
-            }
-            Op::FlowRemoved(_) => {}
-        }
-    }
-}
-
-/// Adds both conntrack entries of an IPv4 flow from `client` through `vip` to backend
-/// `backend_id` at `backend`, as the kernel would; returns their keys, forward first.
-fn add_flow(
-    m: &mut FakeL4Maps,
-    (client, vip): (&str, &str),
-    (backend, backend_id): (&str, u32),
-    flags: u8,
-) -> [CtKey; 2] {
-    let (client, vip, backend) = (sa(client), sa(vip), sa(backend));
-    let v4 = |a: SocketAddr| match a.ip() {
-        IpAddr::V4(ip) => ip.octets(),
-        IpAddr::V6(_) => panic!("an IPv4 flow"),
-    };
-    let forward = FlowKey4 {
-        src: v4(client),
-        dst: v4(vip),
-        src_port: client.port(),
-        dst_port: vip.port(),
-        proto: L4Proto::Tcp.number(),
-        dir: DIR_FORWARD,
-        _pad: [0; 2],
-    };
-    let to_backend = FlowValue {
-        addr: addr16(backend.ip()),
-        port: backend.port(),
-        backend_id,
-        flags,
-        ..FlowValue::default()
-    };
-    let to_vip = FlowValue {
-        addr: addr16(vip.ip()),
-        port: vip.port(),
-        ..to_backend
-    };
-    let keys = [CtKey::V4(forward), CtKey::V4(forward.twin(&to_backend))];
-    m.flows.insert(keys[0], to_backend);
-    m.flows.insert(keys[1], to_vip);
-    keys
 }
 
 #[test]
@@ -601,7 +464,18 @@ fn applied_cleanly(steps: &[&[L4RouteProgram]]) -> L4Actuator<FakeL4Maps> {
 #[test]
 fn every_failed_write_leaves_whole_tables_live_and_the_next_apply_converges() {
     let (s1, s2) = before_and_after();
-    let clean = applied_cleanly(&[&s1, &s2]);
+    let mut clean = applied_cleanly(&[&s1]);
+    assert_eq!(
+        clean.apply(&s2).expect("clean"),
+        ApplyReport {
+            tables_published: vec!["web".into(), "new".into()],
+            vips_added: 2,
+            vips_removed: 0,
+            backends_added: 2,
+            backends_draining: 2,
+        },
+        "e and f arrive, b and d leave, two VIPs move to the new route"
+    );
     let (old, new) = (expected(&s1), expected(&s2));
     for map in [BACKENDS, TABLES, ROUTES, VIPS] {
         for nth in 1.. {
