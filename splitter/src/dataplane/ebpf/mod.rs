@@ -2,16 +2,23 @@
 
 mod counters;
 mod l4_actuator;
+mod l4_delta;
+#[cfg(test)]
+mod l4_fake;
+mod l4_maps;
 mod l4_state;
+mod l4_sweep;
 mod layout;
 mod links;
 mod loader;
 
 pub use counters::{DestCount, ParseCounts, read_dest_stats, read_parse_stats};
 pub use l4_actuator::{
-    ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, addr16, vip_key,
+    ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, SweepReport, addr16, vip_key,
 };
+pub use l4_maps::{KernelL4Maps, L4Maps};
 pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
+pub use l4_sweep::CtKey;
 pub use layout::{MapLayout, PINNED_MAPS};
 pub use links::{
     Attachment, LinkPinError, XdpAttachMode, attach_pinned, detach_pinned, tc_pin_path,

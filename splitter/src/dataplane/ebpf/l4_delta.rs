@@ -1,0 +1,525 @@
+//! What the L4 maps must go through to get from what is applied to what is desired, decided
+//! without touching them.
+//!
+//! [`plan`] turns (applied, desired) into an ordered list of [`Step`]s; the actuator performs
+//! them in order and calls [`Applied::record`] after each one the kernel accepted. A failed step
+//! is never recorded, so the next plan starts from what the kernel really holds (but for the
+//! inactive halves, which it rewrites whole anyway) and repeats it.
+//! The order is the safety argument:
+//! - backends are ACTIVE before a table names them;
+//! - a table fills the route's inactive half, then one meta write makes it live;
+//! - VIPs are pointed at a route only once its table is live, and removed before their route
+//!   is unprogrammed;
+//! - a backend that left every table is marked DRAINING last; its id stays allocated until a
+//!   sweep sees no conntrack entry naming it (see `l4_sweep`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use splitter_common::l4::{
+    BACKEND_DRAINING, BACKEND_EMPTY, Backend, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, REJECT,
+    RouteMeta, VipKey, VipValue,
+};
+
+use super::l4_actuator::{L4ApplyError, L4RouteProgram, vip_key};
+use super::l4_sweep::CtKey;
+
+/// One change to the L4 maps, or to the ids behind them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Step<'a> {
+    /// `addr` takes new connections under `id` (a fresh id, or one it held while draining).
+    ActivateBackend {
+        id: u32,
+        addr: SocketAddr,
+    },
+    /// `key` owns route id `id` from now on. Nothing in the kernel: it knows routes by id only.
+    BindRoute {
+        key: &'a str,
+        id: u32,
+    },
+    /// Fills half `half` of the route's table, which no packet reads until the flip.
+    WriteTable {
+        route_id: u32,
+        half: u32,
+        slots: Vec<u32>,
+    },
+    /// Makes `meta.active` the live half: one write of the route's meta.
+    FlipRoute {
+        key: &'a str,
+        route_id: u32,
+        meta: RouteMeta,
+        table: &'a [Option<SocketAddr>],
+    },
+    WriteVip {
+        key: VipKey,
+        route_id: u32,
+    },
+    RemoveVip {
+        key: VipKey,
+    },
+    /// Unprograms a route no program names any more; its VIPs are gone already.
+    ClearRoute {
+        key: String,
+        route_id: u32,
+    },
+    /// `addr` left every table: established flows only.
+    DrainBackend {
+        id: u32,
+        addr: SocketAddr,
+    },
+    /// Removes both directions of a closed flow to a draining backend.
+    ReapFlow {
+        forward: CtKey,
+        reply: CtKey,
+    },
+    /// Empties a draining backend no conntrack entry names, so its id can be reused.
+    FreeBackend {
+        id: u32,
+    },
+}
+
+/// What the maps hold, as far as this agent wrote or adopted them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Applied {
+    pub route_ids: BTreeMap<String, u32>,
+    /// Every allocated backend id, draining ones included.
+    pub backend_ids: BTreeMap<SocketAddr, u32>,
+    pub draining: BTreeSet<u32>,
+    /// Route metas by route id; an absent id holds the default (not programmed).
+    pub metas: BTreeMap<u32, RouteMeta>,
+    /// The table each route key last published. Empty after adoption: route keys are not in
+    /// the kernel, so a restarted agent republishes every table once.
+    pub tables: BTreeMap<String, Vec<Option<SocketAddr>>>,
+    pub vips: BTreeMap<VipKey, u32>,
+}
+
+impl Applied {
+    /// What a previous agent left in the maps. Adopted backends keep their ids (conntrack names
+    /// them), and the route metas say which half is live.
+    pub fn adopt(
+        backends: impl IntoIterator<Item = (u32, Backend)>,
+        vips: impl IntoIterator<Item = (VipKey, VipValue)>,
+        metas: impl IntoIterator<Item = (u32, RouteMeta)>,
+    ) -> Self {
+        let mut applied = Applied::default();
+        for (id, b) in backends {
+            if b.state == BACKEND_EMPTY {
+                continue;
+            }
+            let ip = IpAddr::from(b.addr).to_canonical();
+            applied.backend_ids.insert(SocketAddr::new(ip, b.port), id);
+            if b.state == BACKEND_DRAINING {
+                applied.draining.insert(id);
+            }
+        }
+        applied.vips = vips.into_iter().map(|(k, v)| (k, v.route_id)).collect();
+        applied.metas = metas
+            .into_iter()
+            .filter(|(_, m)| *m != RouteMeta::default())
+            .collect();
+        applied
+    }
+
+    /// Takes note that the kernel accepted `step`.
+    pub fn record(&mut self, step: &Step<'_>) {
+        match step {
+            Step::ActivateBackend { id, addr } => {
+                self.backend_ids.insert(*addr, *id);
+                self.draining.remove(id);
+            }
+            Step::BindRoute { key, id } => {
+                self.route_ids.insert((*key).to_owned(), *id);
+            }
+            Step::WriteTable { .. } | Step::ReapFlow { .. } => {}
+            Step::FlipRoute {
+                key,
+                route_id,
+                meta,
+                table,
+            } => {
+                self.metas.insert(*route_id, *meta);
+                self.tables.insert((*key).to_owned(), table.to_vec());
+            }
+            Step::WriteVip { key, route_id } => {
+                self.vips.insert(*key, *route_id);
+            }
+            Step::RemoveVip { key } => {
+                self.vips.remove(key);
+            }
+            Step::ClearRoute { key, route_id } => {
+                self.route_ids.remove(key);
+                self.tables.remove(key);
+                self.metas.remove(route_id);
+            }
+            Step::DrainBackend { id, .. } => {
+                self.draining.insert(*id);
+            }
+            Step::FreeBackend { id } => {
+                self.draining.remove(id);
+                self.backend_ids.retain(|_, v| v != id);
+            }
+        }
+    }
+}
+
+fn validate(desired: &[L4RouteProgram]) -> Result<(), L4ApplyError> {
+    for r in desired {
+        if r.table.is_empty() || r.table.len() > MAX_TABLE_SIZE as usize {
+            return Err(L4ApplyError::TableSize {
+                key: r.key.clone(),
+                size: r.table.len(),
+            });
+        }
+        for (vip, _) in &r.vips {
+            if let Some(b) = r
+                .table
+                .iter()
+                .flatten()
+                .find(|b| b.is_ipv4() != vip.is_ipv4())
+            {
+                return Err(L4ApplyError::FamilyMismatch {
+                    key: r.key.clone(),
+                    vip: *vip,
+                    backend: *b,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lowest id below `max` that `used` does not hold.
+fn lowest_free<'u>(used: impl IntoIterator<Item = &'u u32>, max: u32) -> Option<u32> {
+    let used: BTreeSet<u32> = used.into_iter().copied().collect();
+    (0..max).find(|i| !used.contains(i))
+}
+
+/// The steps that make the maps run exactly `desired`, in the order they must happen. Limits
+/// are checked here, so a desired state that cannot fit writes nothing.
+pub(super) fn plan<'a>(
+    applied: &Applied,
+    desired: &'a [L4RouteProgram],
+) -> Result<Vec<Step<'a>>, L4ApplyError> {
+    validate(desired)?;
+    let mut steps = Vec::new();
+
+    // Ids the plan hands out are visible to the later steps of the same plan.
+    let wanted: BTreeSet<SocketAddr> = desired
+        .iter()
+        .flat_map(|r| r.table.iter().flatten().copied())
+        .collect();
+    let mut backend_ids = applied.backend_ids.clone();
+    for addr in &wanted {
+        let id = match backend_ids.get(addr) {
+            Some(id) if !applied.draining.contains(id) => continue,
+            Some(id) => *id,
+            None => {
+                // Draining ids are still in `backend_ids`: conntrack may name them.
+                let id = lowest_free(backend_ids.values(), MAX_BACKENDS)
+                    .ok_or(L4ApplyError::TooManyBackends)?;
+                backend_ids.insert(*addr, id);
+                id
+            }
+        };
+        steps.push(Step::ActivateBackend { id, addr: *addr });
+    }
+
+    let mut route_ids = applied.route_ids.clone();
+    let mut metas = applied.metas.clone();
+    let mut published: BTreeMap<&str, &[Option<SocketAddr>]> = BTreeMap::new();
+    for r in desired {
+        let route_id = match route_ids.get(&r.key) {
+            Some(id) => *id,
+            None => {
+                // A restarted agent: reuse the id its VIPs already point at, so the live table
+                // half and the counters carry on. Gone routes still hold their ids here: they
+                // are unprogrammed only after their VIPs are removed.
+                let adopted = r
+                    .vips
+                    .iter()
+                    .find_map(|(a, p)| applied.vips.get(&vip_key(*a, *p)).copied())
+                    .filter(|id| !route_ids.values().any(|x| x == id));
+                let id = match adopted {
+                    Some(id) => id,
+                    None => lowest_free(route_ids.values(), MAX_ROUTES)
+                        .ok_or(L4ApplyError::TooManyRoutes)?,
+                };
+                route_ids.insert(r.key.clone(), id);
+                steps.push(Step::BindRoute { key: &r.key, id });
+                id
+            }
+        };
+        let current = match published.get(r.key.as_str()) {
+            Some(t) => Some(*t),
+            None => applied.tables.get(&r.key).map(Vec::as_slice),
+        };
+        if current == Some(r.table.as_slice()) {
+            continue;
+        }
+        let meta = metas.get(&route_id).copied().unwrap_or_default();
+        // A never-programmed route has table_size 0: its active half is not live, fill that.
+        let half = if meta.table_size == 0 {
+            meta.active.min(1)
+        } else {
+            1 - meta.active.min(1)
+        };
+        let slots = r
+            .table
+            .iter()
+            .map(|entry| entry.map_or(REJECT, |addr| backend_ids[&addr]))
+            .collect();
+        steps.push(Step::WriteTable {
+            route_id,
+            half,
+            slots,
+        });
+        let next = RouteMeta {
+            table_size: r.table.len() as u32,
+            active: half,
+            generation: meta.generation.wrapping_add(1),
+            _pad: 0,
+        };
+        metas.insert(route_id, next);
+        published.insert(&r.key, &r.table);
+        steps.push(Step::FlipRoute {
+            key: &r.key,
+            route_id,
+            meta: next,
+            table: &r.table,
+        });
+    }
+
+    let mut wanted_vips = BTreeMap::new();
+    for r in desired {
+        let route_id = route_ids[&r.key];
+        for (addr, proto) in &r.vips {
+            wanted_vips.insert(vip_key(*addr, *proto), route_id);
+        }
+    }
+    for (key, route_id) in &wanted_vips {
+        if applied.vips.get(key) != Some(route_id) {
+            steps.push(Step::WriteVip {
+                key: *key,
+                route_id: *route_id,
+            });
+        }
+    }
+    for key in applied.vips.keys() {
+        if !wanted_vips.contains_key(key) {
+            steps.push(Step::RemoveVip { key: *key });
+        }
+    }
+
+    let keys: BTreeSet<&str> = desired.iter().map(|r| r.key.as_str()).collect();
+    for (key, route_id) in &applied.route_ids {
+        if !keys.contains(key.as_str()) {
+            steps.push(Step::ClearRoute {
+                key: key.clone(),
+                route_id: *route_id,
+            });
+        }
+    }
+
+    for (addr, id) in &applied.backend_ids {
+        if !wanted.contains(addr) && !applied.draining.contains(id) {
+            steps.push(Step::DrainBackend {
+                id: *id,
+                addr: *addr,
+            });
+        }
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::ebpf::L4Proto;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    fn route(key: &str, vip: &str, table: &[Option<&str>]) -> L4RouteProgram {
+        L4RouteProgram {
+            key: key.into(),
+            vips: vec![(sa(vip), L4Proto::Tcp)],
+            table: table.iter().map(|s| s.map(sa)).collect(),
+        }
+    }
+
+    fn recorded(mut applied: Applied, steps: &[Step<'_>]) -> Applied {
+        for s in steps {
+            applied.record(s);
+        }
+        applied
+    }
+
+    #[test]
+    fn from_nothing_backends_then_table_then_flip_then_vip() {
+        let desired = [route(
+            "web",
+            "10.0.0.1:80",
+            &[Some("10.1.0.1:80"), None, Some("10.1.0.2:80")],
+        )];
+        let steps = plan(&Applied::default(), &desired).expect("plan");
+        let meta = RouteMeta {
+            table_size: 3,
+            active: 0,
+            generation: 1,
+            _pad: 0,
+        };
+        assert_eq!(
+            steps,
+            vec![
+                Step::ActivateBackend {
+                    id: 0,
+                    addr: sa("10.1.0.1:80")
+                },
+                Step::ActivateBackend {
+                    id: 1,
+                    addr: sa("10.1.0.2:80")
+                },
+                Step::BindRoute { key: "web", id: 0 },
+                Step::WriteTable {
+                    route_id: 0,
+                    half: 0,
+                    slots: vec![0, REJECT, 1]
+                },
+                Step::FlipRoute {
+                    key: "web",
+                    route_id: 0,
+                    meta,
+                    table: &desired[0].table
+                },
+                Step::WriteVip {
+                    key: vip_key(sa("10.0.0.1:80"), L4Proto::Tcp),
+                    route_id: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recorded_plan_leaves_nothing_to_do() {
+        let first = [
+            route("web", "10.0.0.1:80", &[Some("10.1.0.1:80"), None]),
+            route("api", "10.0.0.2:80", &[Some("10.1.0.2:80")]),
+        ];
+        let second = [
+            route("api", "10.0.0.3:80", &[Some("10.1.0.3:80")]),
+            route("new", "10.0.0.1:80", &[Some("10.1.0.1:80")]),
+        ];
+        let mut applied = Applied::default();
+        for desired in [&first[..], &second[..]] {
+            let steps = plan(&applied, desired).expect("plan");
+            assert!(!steps.is_empty());
+            applied = recorded(applied, &steps);
+            assert_eq!(plan(&applied, desired).expect("plan again"), vec![]);
+        }
+        assert_eq!(applied.route_ids.len(), 2);
+        assert_eq!(applied.draining.len(), 1, "10.1.0.2 left every table");
+        assert_eq!(applied.vips.len(), 2);
+    }
+
+    #[test]
+    fn a_published_route_is_rewritten_in_its_other_half() {
+        let desired = [route("web", "10.0.0.1:80", &[Some("10.1.0.1:80")])];
+        let mut applied = Applied::default();
+        applied.metas.insert(
+            0,
+            RouteMeta {
+                table_size: 7,
+                active: 1,
+                generation: u32::MAX,
+                _pad: 0,
+            },
+        );
+        let steps = plan(&applied, &desired).expect("plan");
+        assert!(steps.contains(&Step::WriteTable {
+            route_id: 0,
+            half: 0,
+            slots: vec![0]
+        }));
+        let flip = steps.iter().find_map(|s| match s {
+            Step::FlipRoute { meta, .. } => Some(*meta),
+            _ => None,
+        });
+        assert_eq!(
+            flip,
+            Some(RouteMeta {
+                table_size: 1,
+                active: 0,
+                generation: 0,
+                _pad: 0
+            }),
+            "the generation wraps"
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_before_any_step() {
+        let routes: Vec<L4RouteProgram> = (0..=MAX_ROUTES)
+            .map(|i| route(&format!("r{i}"), "10.0.0.1:80", &[None]))
+            .collect();
+        assert!(matches!(
+            plan(&Applied::default(), &routes),
+            Err(L4ApplyError::TooManyRoutes)
+        ));
+        let mut applied = Applied::default();
+        for id in 0..MAX_BACKENDS {
+            let addr = SocketAddr::new(IpAddr::from([10, 2, (id >> 8) as u8, id as u8]), 80);
+            applied.backend_ids.insert(addr, id);
+            applied.draining.insert(id);
+        }
+        let one_more = [route("web", "10.0.0.1:80", &[Some("10.1.0.1:80")])];
+        assert!(
+            matches!(
+                plan(&applied, &one_more),
+                Err(L4ApplyError::TooManyBackends)
+            ),
+            "draining ids are not free"
+        );
+    }
+
+    #[test]
+    fn adoption_skips_empty_backends_and_default_metas() {
+        let b = |state, last| Backend {
+            addr: std::net::Ipv4Addr::new(10, 1, 0, last)
+                .to_ipv6_mapped()
+                .octets(),
+            port: 80,
+            state,
+            ..Backend::default()
+        };
+        let live = RouteMeta {
+            table_size: 7,
+            active: 1,
+            generation: 3,
+            _pad: 0,
+        };
+        let applied = Applied::adopt(
+            [
+                (0, b(splitter_common::l4::BACKEND_ACTIVE, 1)),
+                (1, b(BACKEND_EMPTY, 2)),
+                (2, b(BACKEND_DRAINING, 3)),
+            ],
+            [(
+                vip_key(sa("10.0.0.1:80"), L4Proto::Tcp),
+                VipValue {
+                    route_id: 4,
+                    flags: 0,
+                },
+            )],
+            [(0, RouteMeta::default()), (4, live)],
+        );
+        assert_eq!(
+            applied.backend_ids,
+            BTreeMap::from([(sa("10.1.0.1:80"), 0), (sa("10.1.0.3:80"), 2)])
+        );
+        assert_eq!(applied.draining, BTreeSet::from([2]));
+        assert_eq!(applied.metas, BTreeMap::from([(4, live)]));
+    }
+}
