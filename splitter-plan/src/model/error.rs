@@ -27,6 +27,23 @@ impl ModelError {
     }
 }
 
+/// Why a field of a route rule is refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The API server would reject the object (CRD validation): the object is refused.
+    Invalid(ModelError),
+    /// The CRD admits the value but nothing can serve it (a regular expression that does not
+    /// compile, a header value with control characters): the rule is dropped, with this reason
+    /// naming the field, and the route's other rules stay.
+    Unsupported(String),
+}
+
+impl From<ModelError> for Refusal {
+    fn from(e: ModelError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
 /// Collects the field path while a converter walks an object, so every error names its field.
 #[derive(Clone, Debug)]
 pub(crate) struct FieldPath<'a> {

@@ -11,7 +11,7 @@ use gateway_api::httproutes::{
 use http::{HeaderName, HeaderValue, StatusCode, uri::Scheme as UriScheme};
 
 use super::{
-    FieldPath, ModelError,
+    FieldPath, ModelError, Refusal,
     http::{Filter, HeaderModifier, PathModifier, REDIRECT_STATUS_CODES, Redirect, UrlRewrite},
     validate,
 };
@@ -55,117 +55,116 @@ pub(crate) fn rule_filters(
             }
             seen.push(name);
         }
-        let missing = |field: &str| {
-            fat.field(field)
-                .err(format!("must be set for a {name} filter"))
-        };
-        match f.r#type {
-            FilterType::RequestHeaderModifier => {
-                let m = f
-                    .request_header_modifier
-                    .ok_or_else(|| missing("requestHeaderModifier"))?;
-                match header_modifier(
-                    name_values!(m.set),
-                    name_values!(m.add),
-                    m.remove.unwrap_or_default(),
-                    &fat.field("requestHeaderModifier"),
-                )? {
-                    Ok(m) => out.push(Filter::RequestHeaderModifier(m)),
-                    Err(why) => {
-                        unsupported.get_or_insert(why);
-                    }
-                }
+        match filter(f, name, &fat) {
+            Ok(f) => out.push(f),
+            Err(Refusal::Unsupported(why)) => {
+                unsupported.get_or_insert(why);
             }
-            FilterType::ResponseHeaderModifier => {
-                let m = f
-                    .response_header_modifier
-                    .ok_or_else(|| missing("responseHeaderModifier"))?;
-                match header_modifier(
-                    name_values!(m.set),
-                    name_values!(m.add),
-                    m.remove.unwrap_or_default(),
-                    &fat.field("responseHeaderModifier"),
-                )? {
-                    Ok(m) => out.push(Filter::ResponseHeaderModifier(m)),
-                    Err(why) => {
-                        unsupported.get_or_insert(why);
-                    }
-                }
-            }
-            FilterType::RequestRedirect => {
-                let r = f
-                    .request_redirect
-                    .ok_or_else(|| missing("requestRedirect"))?;
-                let rat = fat.field("requestRedirect");
-                if let Some(h) = &r.hostname {
-                    validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
-                }
-                let port = r
-                    .port
-                    .map(validate::port)
-                    .transpose()
-                    .map_err(|e| rat.field("port").err(e))?;
-                let code = r.status_code.unwrap_or(302);
-                let status_code = u16::try_from(code)
-                    .ok()
-                    .filter(|c| REDIRECT_STATUS_CODES.contains(c))
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .ok_or_else(|| {
-                        rat.field("statusCode")
-                            .err(format!("{code} is not one of {REDIRECT_STATUS_CODES:?}"))
-                    })?;
-                let path = match r.path {
-                    None => None,
-                    Some(p) => Some(path_modifier(
-                        matches!(p.r#type, RedirectPathType::ReplaceFullPath),
-                        p.replace_full_path,
-                        p.replace_prefix_match,
-                        &rat.field("path"),
-                    )?),
-                };
-                out.push(Filter::RequestRedirect(Redirect {
-                    scheme: r.scheme.map(|s| match s {
-                        Scheme::Http => UriScheme::HTTP,
-                        Scheme::Https => UriScheme::HTTPS,
-                    }),
-                    hostname: r.hostname,
-                    path,
-                    port,
-                    status_code,
-                }));
-            }
-            FilterType::UrlRewrite => {
-                let r = f.url_rewrite.ok_or_else(|| missing("urlRewrite"))?;
-                let rat = fat.field("urlRewrite");
-                if let Some(h) = &r.hostname {
-                    validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
-                }
-                let path = match r.path {
-                    None => None,
-                    Some(p) => Some(path_modifier(
-                        matches!(p.r#type, RewritePathType::ReplaceFullPath),
-                        p.replace_full_path,
-                        p.replace_prefix_match,
-                        &rat.field("path"),
-                    )?),
-                };
-                let hostname = r
-                    .hostname
-                    .map(|h| {
-                        HeaderValue::try_from(h)
-                            .map_err(|_| rat.field("hostname").err("not a valid Host value"))
-                    })
-                    .transpose()?;
-                out.push(Filter::UrlRewrite(UrlRewrite { hostname, path }));
-            }
-            FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
-                unsupported.get_or_insert_with(|| {
-                    format!("{}: filter type {name} is not supported", fat.path)
-                });
-            }
+            Err(Refusal::Invalid(e)) => return Err(e),
         }
     }
     Ok((out, unsupported))
+}
+
+/// One filter, or why it is refused.
+fn filter(f: RawFilter, name: &str, fat: &FieldPath<'_>) -> Result<Filter, Refusal> {
+    let missing = |field: &str| {
+        fat.field(field)
+            .err(format!("must be set for a {name} filter"))
+    };
+    match f.r#type {
+        FilterType::RequestHeaderModifier => {
+            let m = f
+                .request_header_modifier
+                .ok_or_else(|| missing("requestHeaderModifier"))?;
+            Ok(Filter::RequestHeaderModifier(header_modifier(
+                name_values!(m.set),
+                name_values!(m.add),
+                m.remove.unwrap_or_default(),
+                &fat.field("requestHeaderModifier"),
+            )?))
+        }
+        FilterType::ResponseHeaderModifier => {
+            let m = f
+                .response_header_modifier
+                .ok_or_else(|| missing("responseHeaderModifier"))?;
+            Ok(Filter::ResponseHeaderModifier(header_modifier(
+                name_values!(m.set),
+                name_values!(m.add),
+                m.remove.unwrap_or_default(),
+                &fat.field("responseHeaderModifier"),
+            )?))
+        }
+        FilterType::RequestRedirect => {
+            let r = f
+                .request_redirect
+                .ok_or_else(|| missing("requestRedirect"))?;
+            let rat = fat.field("requestRedirect");
+            if let Some(h) = &r.hostname {
+                validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
+            }
+            let port = r
+                .port
+                .map(validate::port)
+                .transpose()
+                .map_err(|e| rat.field("port").err(e))?;
+            let code = r.status_code.unwrap_or(302);
+            let status_code = u16::try_from(code)
+                .ok()
+                .filter(|c| REDIRECT_STATUS_CODES.contains(c))
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .ok_or_else(|| {
+                    rat.field("statusCode")
+                        .err(format!("{code} is not one of {REDIRECT_STATUS_CODES:?}"))
+                })?;
+            let path = match r.path {
+                None => None,
+                Some(p) => Some(path_modifier(
+                    matches!(p.r#type, RedirectPathType::ReplaceFullPath),
+                    p.replace_full_path,
+                    p.replace_prefix_match,
+                    &rat.field("path"),
+                )?),
+            };
+            Ok(Filter::RequestRedirect(Redirect {
+                scheme: r.scheme.map(|s| match s {
+                    Scheme::Http => UriScheme::HTTP,
+                    Scheme::Https => UriScheme::HTTPS,
+                }),
+                hostname: r.hostname,
+                path,
+                port,
+                status_code,
+            }))
+        }
+        FilterType::UrlRewrite => {
+            let r = f.url_rewrite.ok_or_else(|| missing("urlRewrite"))?;
+            let rat = fat.field("urlRewrite");
+            if let Some(h) = &r.hostname {
+                validate::hostname(h, false).map_err(|e| rat.field("hostname").err(e))?;
+            }
+            let path = match r.path {
+                None => None,
+                Some(p) => Some(path_modifier(
+                    matches!(p.r#type, RewritePathType::ReplaceFullPath),
+                    p.replace_full_path,
+                    p.replace_prefix_match,
+                    &rat.field("path"),
+                )?),
+            };
+            let hostname = r
+                .hostname
+                .map(|h| {
+                    HeaderValue::try_from(h)
+                        .map_err(|_| rat.field("hostname").err("not a valid Host value"))
+                })
+                .transpose()?;
+            Ok(Filter::UrlRewrite(UrlRewrite { hostname, path }))
+        }
+        FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => Err(
+            Refusal::Unsupported(format!("{}: filter type {name} is not supported", fat.path)),
+        ),
+    }
 }
 
 fn type_name(t: &FilterType) -> &'static str {
@@ -180,14 +179,14 @@ fn type_name(t: &FilterType) -> &'static str {
     }
 }
 
-/// A header modifier, or why it cannot be served (`Ok(Err(..))`): the CRD admits any header
-/// value, but one with control characters cannot be written on the wire.
+/// A header modifier. The CRD admits any header value, but one with control characters cannot
+/// be written on the wire: that refuses the rule, not the object.
 fn header_modifier(
     set: Vec<(String, String)>,
     add: Vec<(String, String)>,
     remove: Vec<String>,
     at: &FieldPath<'_>,
-) -> Result<Result<HeaderModifier, String>, ModelError> {
+) -> Result<HeaderModifier, Refusal> {
     let mut names: Vec<HeaderName> = Vec::new();
     let mut check = |name: &str, field: &str, i: usize| -> Result<HeaderName, ModelError> {
         let fat = at.field(field).index(i).field("name");
@@ -203,31 +202,23 @@ fn header_modifier(
     };
     let value = |v: String, field: &str, i: usize| {
         HeaderValue::try_from(v.as_str()).map_err(|_| {
-            format!(
+            Refusal::Unsupported(format!(
                 "{}: header value {v:?} cannot be sent (control characters)",
                 at.field(field).index(i).field("value").path
-            )
+            ))
         })
     };
     let mut m = HeaderModifier::default();
     for (i, (n, v)) in set.into_iter().enumerate() {
-        let name = check(&n, "set", i)?;
-        match value(v, "set", i) {
-            Ok(v) => m.set.push((name, v)),
-            Err(why) => return Ok(Err(why)),
-        }
+        m.set.push((check(&n, "set", i)?, value(v, "set", i)?));
     }
     for (i, (n, v)) in add.into_iter().enumerate() {
-        let name = check(&n, "add", i)?;
-        match value(v, "add", i) {
-            Ok(v) => m.add.push((name, v)),
-            Err(why) => return Ok(Err(why)),
-        }
+        m.add.push((check(&n, "add", i)?, value(v, "add", i)?));
     }
     for (i, n) in remove.into_iter().enumerate() {
         m.remove.push(check(&n, "remove", i)?);
     }
-    Ok(Ok(m))
+    Ok(m)
 }
 
 fn path_modifier(

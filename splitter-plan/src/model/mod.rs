@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub(crate) use error::FieldPath;
 pub use error::ModelError;
+pub(crate) use error::{FieldPath, Refusal};
 pub use gateway::{
     AllowedNamespaces, Gateway, GatewayClass, LabelSelector, Listener, Namespace, ReferenceGrant,
     RouteGroupKind, SelectorRequirement,

@@ -9,7 +9,7 @@ use gateway_api::httproutes::{
 use http::{HeaderName, Method};
 
 use super::{
-    FieldPath, GATEWAY_GROUP, Meta, ModelError, STRIP_PATH_ANNOTATION,
+    FieldPath, GATEWAY_GROUP, Meta, ModelError, Refusal, STRIP_PATH_ANNOTATION,
     crd::{L4RouteBackendRef, L4RouteParentRef, L4RouteRule},
     filters,
     http::{Filter, HeaderMatch, PathMatch, Pattern, QueryMatch, RouteMatch, Timeouts, ValueMatch},
@@ -125,17 +125,21 @@ pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<Http
             .field("rules")
             .err(format!("{} rules, the limit is 16", raw_rules.len())));
     }
-    let rules = raw_rules
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| http_rule(r, &meta.namespace, &spec.field("rules").index(i)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let total_matches: usize = rules.iter().map(|r| r.matches.len()).sum();
+    // Counted as written: a match dropped as unsupported still counts against the CRD limit.
+    let total_matches: usize = raw_rules
+        .iter()
+        .map(|r| r.matches.as_ref().map_or(1, Vec::len))
+        .sum();
     if total_matches > 128 {
         return Err(spec.field("rules").err(format!(
             "{total_matches} matches in total, the limit is 128"
         )));
     }
+    let rules = raw_rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| http_rule(r, &meta.namespace, &spec.field("rules").index(i)))
+        .collect::<Result<Vec<_>, _>>()?;
     let strip_path = meta
         .annotations
         .get(STRIP_PATH_ANNOTATION)
@@ -166,11 +170,12 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     let mut unsupported = None;
     let mut matches = Vec::with_capacity(raw_matches.len());
     for (i, m) in raw_matches.into_iter().enumerate() {
-        match route_match(m, &at.field("matches").index(i))? {
+        match route_match(m, &at.field("matches").index(i)) {
             Ok(m) => matches.push(m),
-            Err(why) => {
+            Err(Refusal::Unsupported(why)) => {
                 unsupported.get_or_insert(why);
             }
+            Err(Refusal::Invalid(e)) => return Err(e),
         }
     }
     let mut backends = Vec::new();
@@ -245,11 +250,7 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     })
 }
 
-/// One match, or why it cannot be served (`Ok(Err(..))`: the rule is dropped, the route stays).
-fn route_match(
-    m: HttpRouteRulesMatches,
-    at: &FieldPath<'_>,
-) -> Result<Result<RouteMatch, String>, ModelError> {
+fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatch, Refusal> {
     let (ty, value) = match m.path {
         Some(p) => (
             p.r#type.unwrap_or(PathType::PathPrefix),
@@ -274,12 +275,11 @@ fn route_match(
         }
         PathType::RegularExpression => {
             if value.is_empty() || value.len() > 1024 {
-                return Err(pat.err("a regular expression must be 1 to 1024 characters"));
+                return Err(pat
+                    .err("a regular expression must be 1 to 1024 characters")
+                    .into());
             }
-            match pattern(&value, &pat) {
-                Ok(p) => PathMatch::Regex(p),
-                Err(why) => return Ok(Err(why)),
-            }
+            PathMatch::Regex(pattern(&value, &pat)?)
         }
     };
     let mut headers: Vec<HeaderMatch> = Vec::new();
@@ -287,7 +287,10 @@ fn route_match(
         let hat = at.field("headers").index(i);
         validate::header_name(&h.name).map_err(|e| hat.field("name").err(e))?;
         if h.value.is_empty() || h.value.len() > 4096 {
-            return Err(hat.field("value").err("must be 1 to 4096 characters"));
+            return Err(hat
+                .field("value")
+                .err("must be 1 to 4096 characters")
+                .into());
         }
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| hat.field("name").err("not a valid header name"))?;
@@ -297,10 +300,9 @@ fn route_match(
         }
         let value = match h.r#type.unwrap_or(HeaderType::Exact) {
             HeaderType::Exact => ValueMatch::Exact(h.value),
-            HeaderType::RegularExpression => match pattern(&h.value, &hat.field("value")) {
-                Ok(p) => ValueMatch::Regex(p),
-                Err(why) => return Ok(Err(why)),
-            },
+            HeaderType::RegularExpression => {
+                ValueMatch::Regex(pattern(&h.value, &hat.field("value"))?)
+            }
         };
         headers.push(HeaderMatch { name, value });
     }
@@ -308,20 +310,22 @@ fn route_match(
     for (i, q) in m.query_params.unwrap_or_default().into_iter().enumerate() {
         let qat = at.field("queryParams").index(i);
         if q.name.is_empty() || q.name.len() > 256 {
-            return Err(qat.field("name").err("must be 1 to 256 characters"));
+            return Err(qat.field("name").err("must be 1 to 256 characters").into());
         }
         if q.value.is_empty() || q.value.len() > 1024 {
-            return Err(qat.field("value").err("must be 1 to 1024 characters"));
+            return Err(qat
+                .field("value")
+                .err("must be 1 to 1024 characters")
+                .into());
         }
         if query.iter().any(|x| x.name == q.name) {
             continue;
         }
         let value = match q.r#type.unwrap_or(QueryType::Exact) {
             QueryType::Exact => ValueMatch::Exact(q.value),
-            QueryType::RegularExpression => match pattern(&q.value, &qat.field("value")) {
-                Ok(p) => ValueMatch::Regex(p),
-                Err(why) => return Ok(Err(why)),
-            },
+            QueryType::RegularExpression => {
+                ValueMatch::Regex(pattern(&q.value, &qat.field("value"))?)
+            }
         };
         query.push(QueryMatch {
             name: q.name,
@@ -339,16 +343,16 @@ fn route_match(
                 .map_err(|_| at.field("method").err(format!("{name:?} is not a method")))
         })
         .transpose()?;
-    Ok(Ok(RouteMatch {
+    Ok(RouteMatch {
         path,
         headers,
         query,
         method,
-    }))
+    })
 }
 
 /// A regular expression the CRD admits (any string) compiled, or why it cannot be served.
-fn pattern(source: &str, at: &FieldPath<'_>) -> Result<Pattern, String> {
+fn pattern(source: &str, at: &FieldPath<'_>) -> Result<Pattern, Refusal> {
     Pattern::new(source).map_err(|e| {
         // The parser's message draws a caret diagram over several lines; a status condition
         // and a `check` line want its last line, which names the problem.
@@ -359,7 +363,10 @@ fn pattern(source: &str, at: &FieldPath<'_>) -> Result<Pattern, String> {
             .rfind(|l| !l.is_empty())
             .unwrap_or("does not compile");
         let why = why.strip_prefix("error: ").unwrap_or(why);
-        format!("{}: invalid regular expression {source:?}: {why}", at.path)
+        Refusal::Unsupported(format!(
+            "{}: invalid regular expression {source:?}: {why}",
+            at.path
+        ))
     })
 }
 

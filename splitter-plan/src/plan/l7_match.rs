@@ -1,7 +1,7 @@
 //! Gateway API request matching, evaluated against one request. Pure: no I/O.
 //!
-//! [`CompiledMatch`] is the serving form of a [`RouteMatch`]. The model already compiled its
-//! regular expressions and parsed its header names and method, so building one cannot fail.
+//! The proxy evaluates the plan's [`RouteMatch`] as it is: the model already compiled its
+//! regular expressions and parsed its header names and method.
 
 use std::borrow::Cow;
 
@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, Method};
 
 use super::{
     hostname,
-    l7::{PathMatch, Pattern, RouteMatch, ValueMatch},
+    l7::{PathMatch, RouteMatch, ValueMatch},
 };
 
 /// The parts of a request a match looks at.
@@ -23,84 +23,43 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
-#[derive(Debug)]
-enum PathMatcher {
-    Exact(String),
-    /// Stored without a trailing `/`; the root prefix is `Any`.
-    Prefix(String),
-    Any,
-    Regex(Pattern),
-}
-
-/// A [`RouteMatch`] ready to be evaluated.
-#[derive(Debug)]
-pub struct CompiledMatch {
-    path: PathMatcher,
-    headers: Vec<(HeaderName, ValueMatch)>,
-    query: Vec<(String, ValueMatch)>,
-    method: Option<Method>,
-}
-
-impl CompiledMatch {
-    pub fn compile(m: &RouteMatch) -> Self {
-        let path = match &m.path {
-            PathMatch::Exact(p) => PathMatcher::Exact(p.clone()),
-            PathMatch::Prefix(p) => {
-                let trimmed = p.trim_end_matches('/');
-                if trimmed.is_empty() {
-                    PathMatcher::Any
-                } else {
-                    PathMatcher::Prefix(trimmed.to_owned())
-                }
-            }
-            PathMatch::Regex(re) => PathMatcher::Regex(re.clone()),
-        };
-        Self {
-            path,
-            headers: m
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            query: m
-                .query
-                .iter()
-                .map(|q| (q.name.clone(), q.value.clone()))
-                .collect(),
-            method: m.method.clone(),
-        }
-    }
-
+impl RouteMatch {
+    /// Whether the request satisfies every part of this match.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         if let Some(m) = &self.method
             && m != req.method
         {
             return false;
         }
-        if !self.path_matches(req.path) {
+        if !self.path.matches(req.path) {
             return false;
         }
         if !self
             .headers
             .iter()
-            .all(|(name, value)| header_matches(req.headers, name, value))
+            .all(|h| header_matches(req.headers, &h.name, &h.value))
         {
             return false;
         }
         self.query
             .iter()
-            .all(|(name, value)| match query_param(req.query, name) {
-                Some(v) => value.matches(&v),
+            .all(|q| match query_param(req.query, &q.name) {
+                Some(v) => q.value.matches(&v),
                 None => false,
             })
     }
+}
 
-    fn path_matches(&self, path: &str) -> bool {
-        match &self.path {
-            PathMatcher::Any => true,
-            PathMatcher::Exact(p) => p == path,
-            PathMatcher::Prefix(p) => prefix_matches(p, path),
-            PathMatcher::Regex(re) => re.is_match(path),
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            // The root prefix `/` trims to nothing and matches every path.
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                p.is_empty() || prefix_matches(p, path)
+            }
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Regex(re) => re.is_match(path),
         }
     }
 }
@@ -182,6 +141,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+    use crate::plan::l7::Pattern;
     use crate::plan::l7::{HeaderMatch, QueryMatch};
 
     fn m(path: PathMatch) -> RouteMatch {
@@ -206,7 +166,7 @@ mod tests {
             );
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        CompiledMatch::compile(rm).matches(&RequestView {
+        rm.matches(&RequestView {
             method: &method,
             path,
             query,

@@ -7,6 +7,7 @@ mod gateway_status;
 mod gateways;
 pub mod hostname;
 pub mod l7;
+pub mod l7_filters;
 pub mod l7_match;
 pub mod listener;
 pub mod maglev;

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{
     body::ProxyBody,
-    error::{ForwardError, UpstreamError},
+    error::{ForwardError, RouteError, UpstreamError},
     metrics::ProxyMetrics,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
@@ -96,12 +96,12 @@ async fn dispatch(
         return match HeaderValue::try_from(location) {
             Ok(loc) => {
                 let mut resp = Response::new(ProxyBody::local(Bytes::new()));
-                *resp.status_mut() = redirect.status();
+                *resp.status_mut() = redirect.status_code;
                 resp.headers_mut().insert(header::LOCATION, loc);
                 Ok((resp, none))
             }
             Err(e) => Err((
-                ForwardError::Rewrite(super::error::RouteError::RewrittenPath(e.to_string())),
+                ForwardError::Rewrite(RouteError::RewrittenPath(e.to_string())),
                 none,
             )),
         };
@@ -143,7 +143,7 @@ async fn forward(
     let rewritten = match &route.filters.rewrite {
         Some(rw) => rw
             .path_and_query(parts.uri.path(), parts.uri.query(), route.prefix.as_deref())
-            .map_err(ForwardError::Rewrite)?,
+            .map_err(|e| ForwardError::Rewrite(RouteError::RewrittenPath(e.to_string())))?,
         None => None,
     };
     let path_and_query = rewritten

@@ -25,7 +25,6 @@ mod body;
 mod direct;
 mod drain;
 mod error;
-mod filters;
 mod handler;
 mod idle;
 mod listeners;

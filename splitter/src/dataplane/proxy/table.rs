@@ -1,5 +1,6 @@
-//! The serving form of an [`L7RouteTable`]: matchers compiled, filters parsed, endpoint
-//! authorities formatted and balancer state attached, all once per install.
+//! The serving form of an [`L7RouteTable`]: filters grouped, endpoint authorities formatted and
+//! balancer state attached, all once per install. Matches and filters are the plan's values,
+//! which the model already compiled and parsed.
 
 use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc};
 
@@ -8,12 +9,12 @@ use http::uri::Authority;
 use super::{
     balance::{EndpointCursor, SmoothWrr},
     error::RouteError,
-    filters::RouteFilters,
 };
 use splitter_plan::plan::{
     ObjectKey,
-    l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, Timeouts},
-    l7_match::{CompiledMatch, RequestView, hostname_matches},
+    l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, RouteMatch, Timeouts},
+    l7_filters::RuleFilters,
+    l7_match::{RequestView, hostname_matches},
 };
 
 /// Identity of an HTTPRoute rule across table installs.
@@ -88,10 +89,10 @@ pub struct ServingRoute {
     /// `namespace/name/rule-index`, the metrics label.
     pub label: Arc<str>,
     hostnames: Vec<String>,
-    matcher: CompiledMatch,
+    matched: RouteMatch,
     /// The matched path prefix without a trailing `/` (empty for `/`), for ReplacePrefixMatch.
     pub prefix: Option<String>,
-    pub filters: RouteFilters,
+    pub filters: RuleFilters,
     pub timeouts: Timeouts,
     backends: Box<[ServingBackend]>,
     state: Arc<RuleState>,
@@ -99,7 +100,7 @@ pub struct ServingRoute {
 
 impl ServingRoute {
     pub fn accepts(&self, host: Option<&str>, req: &RequestView<'_>) -> bool {
-        hostname_matches(&self.hostnames, host) && self.matcher.matches(req)
+        hostname_matches(&self.hostnames, host) && self.matched.matches(req)
     }
 
     pub fn pick(&self) -> Pick<'_> {
@@ -162,8 +163,7 @@ impl ServingTable {
         r: &L7Route,
         previous: &ServingTable,
     ) -> Result<ServingRoute, RouteError> {
-        let matcher = CompiledMatch::compile(&r.matched);
-        let filters = RouteFilters::compile(&r.filters);
+        let filters = RuleFilters::of(&r.filters);
         let prefix = match &r.matched.path {
             PathMatch::Prefix(p) => Some(p.trim_end_matches('/').to_owned()),
             PathMatch::Exact(p) => Some(p.clone()),
@@ -220,7 +220,7 @@ impl ServingTable {
                 r.route.namespace, r.route.name, r.rule_index
             )),
             hostnames: r.hostnames.clone(),
-            matcher,
+            matched: r.matched.clone(),
             prefix,
             filters,
             timeouts: r.timeouts,

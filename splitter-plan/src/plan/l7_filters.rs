@@ -1,33 +1,42 @@
-//! HTTPRoute filters in serving form. The model parsed every name, value, scheme and status
-//! code, so nothing here can fail; it only arranges the filters for the request path.
+//! HTTPRoute filters applied to one request or response. Pure: the proxy calls these on its
+//! request path with the values the model already parsed, so nothing here can fail but a
+//! rewritten path that the request itself made invalid.
 
 use std::fmt::Write as _;
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, StatusCode,
-    uri::{PathAndQuery, Scheme},
+    HeaderMap,
+    uri::{InvalidUri, PathAndQuery, Scheme},
 };
 
-use super::error::RouteError;
-use splitter_plan::plan::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use super::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
 
-/// A RequestHeaderModifier or ResponseHeaderModifier.
-#[derive(Debug, Default)]
-pub struct HeaderEdits {
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-    remove: Vec<HeaderName>,
+/// A rule's filters by what they act on, so the request path does not scan the list.
+#[derive(Clone, Debug, Default)]
+pub struct RuleFilters {
+    pub request_headers: Vec<HeaderModifier>,
+    pub response_headers: Vec<HeaderModifier>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<UrlRewrite>,
 }
 
-impl HeaderEdits {
-    fn compile(m: &HeaderModifier) -> Self {
-        Self {
-            set: m.set.clone(),
-            add: m.add.clone(),
-            remove: m.remove.clone(),
+impl RuleFilters {
+    /// The model allows at most one redirect or one rewrite per rule, never both.
+    pub fn of(filters: &[Filter]) -> Self {
+        let mut out = Self::default();
+        for f in filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => out.request_headers.push(m.clone()),
+                Filter::ResponseHeaderModifier(m) => out.response_headers.push(m.clone()),
+                Filter::RequestRedirect(r) => out.redirect = Some(r.clone()),
+                Filter::UrlRewrite(r) => out.rewrite = Some(r.clone()),
+            }
         }
+        out
     }
+}
 
+impl HeaderModifier {
     /// Order as Envoy and the conformance tests expect: set, then add, then remove.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for (n, v) in &self.set {
@@ -42,31 +51,7 @@ impl HeaderEdits {
     }
 }
 
-/// A RequestRedirect: answered by the proxy itself, no backend involved.
-#[derive(Debug)]
-pub struct RedirectSpec {
-    scheme: Option<Scheme>,
-    hostname: Option<String>,
-    port: Option<u16>,
-    path: Option<PathModifier>,
-    status: StatusCode,
-}
-
-impl RedirectSpec {
-    fn compile(r: &Redirect) -> Self {
-        Self {
-            scheme: r.scheme.clone(),
-            hostname: r.hostname.clone(),
-            port: r.port,
-            path: r.path.clone(),
-            status: r.status_code,
-        }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
+impl Redirect {
     /// The Location for a request to `host` (port stripped) and `path?query` on a listener
     /// bound to `listener_port`.
     ///
@@ -107,28 +92,14 @@ impl RedirectSpec {
     }
 }
 
-/// A URLRewrite.
-#[derive(Debug)]
-pub struct RewriteSpec {
-    pub hostname: Option<HeaderValue>,
-    path: Option<PathModifier>,
-}
-
-impl RewriteSpec {
-    fn compile(r: &UrlRewrite) -> Self {
-        Self {
-            hostname: r.hostname.clone(),
-            path: r.path.clone(),
-        }
-    }
-
+impl UrlRewrite {
     /// The upstream path and query, or `None` when the path is kept as it is.
     pub fn path_and_query(
         &self,
         path: &str,
         query: Option<&str>,
         prefix: Option<&str>,
-    ) -> Result<Option<PathAndQuery>, RouteError> {
+    ) -> Result<Option<PathAndQuery>, InvalidUri> {
         let Some(m) = &self.path else {
             return Ok(None);
         };
@@ -137,9 +108,7 @@ impl RewriteSpec {
             p.push('?');
             p.push_str(q);
         }
-        PathAndQuery::try_from(p)
-            .map(Some)
-            .map_err(|e| RouteError::RewrittenPath(e.to_string()))
+        PathAndQuery::try_from(p).map(Some)
     }
 }
 
@@ -170,37 +139,10 @@ pub fn rewrite_path(m: &PathModifier, path: &str, prefix: Option<&str>) -> Strin
     }
 }
 
-/// All filters of a rule, compiled.
-#[derive(Debug, Default)]
-pub struct RouteFilters {
-    pub request_headers: Vec<HeaderEdits>,
-    pub response_headers: Vec<HeaderEdits>,
-    pub redirect: Option<RedirectSpec>,
-    pub rewrite: Option<RewriteSpec>,
-}
-
-impl RouteFilters {
-    /// The model allows at most one redirect or one rewrite per rule, never both.
-    pub fn compile(filters: &[Filter]) -> Self {
-        let mut out = Self::default();
-        for f in filters {
-            match f {
-                Filter::RequestHeaderModifier(m) => {
-                    out.request_headers.push(HeaderEdits::compile(m))
-                }
-                Filter::ResponseHeaderModifier(m) => {
-                    out.response_headers.push(HeaderEdits::compile(m))
-                }
-                Filter::RequestRedirect(r) => out.redirect = Some(RedirectSpec::compile(r)),
-                Filter::UrlRewrite(r) => out.rewrite = Some(RewriteSpec::compile(r)),
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use http::{HeaderName, HeaderValue, StatusCode};
+
     use super::*;
 
     fn prefix_rewrite(replacement: &str, path: &str, prefix: &str) -> String {
@@ -230,7 +172,7 @@ mod tests {
 
     #[test]
     fn header_edits_order() {
-        let edits = HeaderEdits::compile(&HeaderModifier {
+        let edits = HeaderModifier {
             set: vec![(
                 HeaderName::from_static("x-set"),
                 HeaderValue::from_static("1"),
@@ -240,7 +182,7 @@ mod tests {
                 HeaderValue::from_static("2"),
             )],
             remove: vec![HeaderName::from_static("x-gone")],
-        });
+        };
         let mut h = HeaderMap::new();
         h.insert("x-set", HeaderValue::from_static("old"));
         h.insert("x-add", HeaderValue::from_static("first"));
@@ -253,14 +195,14 @@ mod tests {
         assert!(h.get("x-gone").is_none());
     }
 
-    fn redirect(scheme: Option<Scheme>, port: Option<u16>) -> RedirectSpec {
-        RedirectSpec::compile(&Redirect {
+    fn redirect(scheme: Option<Scheme>, port: Option<u16>) -> Redirect {
+        Redirect {
             scheme,
             hostname: None,
             path: None,
             port,
             status_code: StatusCode::FOUND,
-        })
+        }
     }
 
     #[test]
