@@ -136,7 +136,7 @@ pub enum Transport {
 pub struct ListenerKey {
     pub port: u16,
     pub transport: Transport,
-    /// The Gateway's `spec.addresses`, sorted; empty = every address (see [`ListenerPlan::bind`]).
+    /// The Gateway's `spec.addresses`, sorted; empty = every address (see [`DataplaneListener::bind`]).
     pub addresses: Vec<IpAddr>,
 }
 
@@ -223,10 +223,6 @@ impl ListenerPlan {
             Self::L7 { l7, .. } => Some(l7),
             Self::L4 { .. } => None,
         }
-    }
-
-    pub fn bind(&self) -> Vec<SocketAddr> {
-        self.listener().bind()
     }
 }
 
