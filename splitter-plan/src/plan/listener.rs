@@ -263,4 +263,16 @@ pub struct L4Plan {
     /// Its backendRefs, resolved as for L7 (weight per Service, endpoints, invalid share).
     pub backends: Vec<PlannedBackend>,
     pub table: WeightedTable,
+    /// The node of each endpoint in the table whose EndpointSlice names one (`nodeName`). The
+    /// table itself never depends on it: every node holds the same table, and only how a node
+    /// reaches an endpoint (DNAT, or DNAT plus SNAT) differs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_nodes: BTreeMap<IpAddr, String>,
+}
+
+impl L4Plan {
+    /// The node `endpoint` runs on, when its EndpointSlice says.
+    pub fn node_of(&self, endpoint: &SocketAddr) -> Option<&str> {
+        self.endpoint_nodes.get(&endpoint.ip()).map(String::as_str)
+    }
 }

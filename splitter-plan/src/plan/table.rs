@@ -1,7 +1,11 @@
 //! What each data plane listener serves: the L7 route table in precedence order, or the L4
 //! weighted table, and the L4/L7 decision with its reason (DESIGN section 4).
 
-use std::{cmp::Reverse, collections::HashMap};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use super::{
     attach::ResolvedRules,
@@ -14,7 +18,7 @@ use super::{
     listener::{L4Plan, ListenerSource, Mode},
     maglev::{self, TableShare, TableTarget, WeightedTable},
 };
-use crate::model::{DATAPLANE_ANNOTATION, HttpRoute, Kind, ObjectKey};
+use crate::model::{DATAPLANE_ANNOTATION, HttpRoute, Index, Kind, ObjectKey};
 
 /// One L7 route with everything its precedence depends on.
 pub(crate) struct Entry {
@@ -289,7 +293,38 @@ pub(crate) fn l4_plan(
         route,
         table: maglev::build(m, &shares, previous),
         backends,
+        endpoint_nodes: BTreeMap::new(),
     }
+}
+
+/// The node of every endpoint address whose EndpointSlice names one. A pod address is on one
+/// node; should two slices disagree (a pod moving while slices are rebalanced), the first
+/// slice in index order wins, the same on every node.
+pub(crate) fn endpoint_nodes(index: &Index) -> HashMap<IpAddr, &str> {
+    let mut nodes = HashMap::new();
+    for slice in index.endpoint_slices.values() {
+        for e in &slice.endpoints {
+            if let Some(node) = &e.node_name {
+                for ip in &e.addresses {
+                    nodes.entry(*ip).or_insert(node.as_str());
+                }
+            }
+        }
+    }
+    nodes
+}
+
+/// Records the nodes of the endpoints `l4`'s table names.
+pub(crate) fn place_endpoints(l4: &mut L4Plan, nodes: &HashMap<IpAddr, &str>) {
+    l4.endpoint_nodes = l4
+        .table
+        .backends
+        .iter()
+        .filter_map(|b| match b.target {
+            TableTarget::Endpoint(a) => nodes.get(&a.ip()).map(|n| (a.ip(), (*n).to_string())),
+            TableTarget::Reject => None,
+        })
+        .collect();
 }
 
 /// The route that gets an L4 listener's traffic: the oldest, then by `namespace/name`.

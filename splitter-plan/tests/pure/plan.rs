@@ -669,3 +669,43 @@ fn unservable_values_drop_their_rule_with_a_condition_and_the_rest_is_served() {
     }
     assert!(!plan.problems().is_empty());
 }
+
+/// An EndpointSlice's `nodeName` tells the kernel path which endpoints are on which node (DNAT
+/// only for this node's, DNAT plus SNAT for the others'); the table itself is the same whatever
+/// the nodes, so every node holds the same one.
+#[test]
+fn l4_plans_know_each_endpoints_node_and_the_table_ignores_it() {
+    let base = fixture("base.yaml");
+    let placed = base
+        .replace(
+            "- addresses: [10.1.0.1]",
+            "- addresses: [10.1.0.1]\n  nodeName: node1",
+        )
+        .replace(
+            "- addresses: [10.2.0.1]",
+            "- addresses: [10.2.0.1]\n  nodeName: node2",
+        );
+    assert_ne!(
+        base, placed,
+        "the fixture's endpoints moved; update the test"
+    );
+    let routes = fixture("l4-routes.yaml");
+    let with_nodes = plan_of(&[&placed, &routes]);
+    let without = plan_of(&[&base, &routes]);
+    let tcp = |plan: &splitter_plan::plan::Plan| {
+        plan.listeners
+            .iter()
+            .find(|l| {
+                l.key().port == 9000 && l.key().transport == splitter_plan::plan::Transport::Tcp
+            })
+            .and_then(|l| l.l4().cloned())
+            .expect("the TCP listener is L4")
+    };
+    let (placed_l4, bare_l4) = (tcp(&with_nodes), tcp(&without));
+    let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert_eq!(placed_l4.node_of(&sa("10.1.0.1:3000")), Some("node1"));
+    assert_eq!(placed_l4.node_of(&sa("10.2.0.1:3000")), Some("node2"));
+    assert_eq!(placed_l4.node_of(&sa("10.1.0.2:3000")), None);
+    assert_eq!(bare_l4.node_of(&sa("10.1.0.1:3000")), None);
+    assert_eq!(placed_l4.table.slots, bare_l4.table.slots);
+}
