@@ -196,7 +196,38 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
     if r.timeouts.request.is_some() || r.timeouts.backend_request.is_some() {
         return Some("request timeouts are enforced per request".to_string());
     }
-    None
+    unanswerable_share(&r.backends)
+}
+
+/// The share of a rule that the kernel could only reset, which HTTP must answer instead: an
+/// invalid backendRef gets 500 and a Service without ready endpoints 503 (the spec, and the
+/// upstream conformance tests, check the status code), and a rule whose weights are all 0 or
+/// that has no backendRefs answers 500.
+fn unanswerable_share(backends: &[PlannedBackend]) -> Option<String> {
+    if backends.iter().all(|b| b.weight == 0) {
+        return Some(if backends.is_empty() {
+            "the rule has no backendRefs: the proxy answers 500".to_string()
+        } else {
+            "every backendRef has weight 0: the proxy answers 500".to_string()
+        });
+    }
+    let answered: Vec<String> = backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .filter_map(|b| match &b.target {
+            BackendTarget::Endpoints(_) => None,
+            BackendTarget::NoEndpoints => Some(format!("{} has no ready endpoints (503)", b.name)),
+            BackendTarget::Invalid(reason) => {
+                Some(format!("{} is invalid, {reason:?} (500)", b.name))
+            }
+        })
+        .collect();
+    (!answered.is_empty()).then(|| {
+        format!(
+            "the proxy answers the share the kernel would reset: {}",
+            answered.join("; ")
+        )
+    })
 }
 
 /// Stripping the prefix `/` and putting `/` back changes nothing.

@@ -95,12 +95,11 @@ fn weights_70_30_0_with_2_2_1_endpoints() {
 }
 
 #[test]
-fn all_zero_weights_reject_everything() {
+fn all_zero_weights_answer_500_from_the_proxy() {
     let plan = plan_with(&["weights-all-zero.yaml"]);
-    let l4 = listener(&plan, 80).l4().unwrap();
-    assert_eq!(l4.table.backends.len(), 1);
-    assert_eq!(l4.table.backends[0].target, TableTarget::Reject);
-    assert_eq!(l4.table.backends[0].quota, l4.table.m);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode(), Mode::L7, "{}", l.reason());
+    assert!(l.reason().contains("weight 0"), "{}", l.reason());
     let r = route(&plan, "infra", "r");
     assert!(condition(&r.parents[0].conditions, "Accepted").is_true());
 }
@@ -162,8 +161,11 @@ fn invalid_share_for_each_reason_and_no_endpoint_share() {
     }
 }
 
+/// A rule whose every request would reach one weighted set is still served by the proxy when part
+/// of that set is invalid or has no endpoints: the spec wants 500 and 503 for that share, which
+/// the kernel cannot answer. `splitter check`'s "why" names the refs.
 #[test]
-fn invalid_and_empty_shares_go_to_reject_at_l4() {
+fn invalid_and_empty_shares_of_an_http_route_go_to_the_proxy() {
     let route = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -177,7 +179,46 @@ spec:
     - {name: empty, port: 8080, weight: 1}
 "#;
     let plan = plan_of(&[&fixture("base.yaml"), route]);
-    let l4 = listener(&plan, 80).l4().unwrap();
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode(), Mode::L7, "{}", l.reason());
+    for name in ["infra/nonexistent:8080", "infra/empty:8080"] {
+        assert!(l.reason().contains(name), "{}", l.reason());
+    }
+    assert!(l.reason().contains("(500)") && l.reason().contains("(503)"));
+    // The same rule with only valid backends is split in the kernel.
+    let valid = route
+        .replace("    - {name: nonexistent, port: 8080, weight: 1}\n", "")
+        .replace("    - {name: empty, port: 8080, weight: 1}\n", "");
+    let plan = plan_of(&[&fixture("base.yaml"), &valid]);
+    assert_eq!(listener(&plan, 80).mode(), Mode::L4);
+}
+
+/// TCPRoute has no status code to answer with: the invalid and no-endpoint shares stay in the
+/// kernel table as REJECT (RST for TCP, drop for UDP).
+#[test]
+fn invalid_and_empty_shares_of_a_tcp_route_go_to_reject_at_l4() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tcp, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: tcp, protocol: TCP, port: 9100}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: tcp}]
+  rules:
+  - backendRefs:
+    - {name: a, port: 8080, weight: 2}
+    - {name: nonexistent, port: 8080, weight: 1}
+    - {name: empty, port: 8080, weight: 1}
+"#;
+    let plan = plan_of(&[&fixture("base.yaml"), route]);
+    let l4 = listener(&plan, 9100).l4().unwrap();
     assert_quotas(
         &l4.table,
         &[
