@@ -4,7 +4,7 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use super::{
@@ -280,12 +280,49 @@ pub(crate) fn override_of(
 
 /// The weighted table for `backends`: endpoints share their Service's weight evenly; the
 /// invalid and no-endpoint shares (and everything when all weights are 0) go to REJECT.
+///
+/// Dual-stack endpoints get one table per address family (the kernel does no NAT46/64): each
+/// Service's share is split over its endpoints of that family, and a Service with none of that
+/// family holds its share as REJECT in that family's table.
 pub(crate) fn l4_plan(
     route: Option<ObjectKey>,
     backends: Vec<PlannedBackend>,
     default_m: u32,
     previous: Option<&WeightedTable>,
 ) -> L4Plan {
+    let endpoints = || {
+        backends.iter().flat_map(|b| match &b.target {
+            BackendTarget::Endpoints(eps) => eps.as_slice(),
+            _ => &[],
+        })
+    };
+    let dual_stack = endpoints().any(SocketAddr::is_ipv4) && endpoints().any(SocketAddr::is_ipv6);
+    let (table, table_v6) = if dual_stack {
+        (
+            family_table(&backends, default_m, previous, |a| a.is_ipv4()),
+            Some(Box::new(family_table(&backends, default_m, None, |a| {
+                a.is_ipv6()
+            }))),
+        )
+    } else {
+        (family_table(&backends, default_m, previous, |_| true), None)
+    };
+    L4Plan {
+        route,
+        table,
+        table_v6,
+        backends,
+        endpoint_nodes: BTreeMap::new(),
+    }
+}
+
+/// The table over the endpoints `keep` selects.
+fn family_table(
+    backends: &[PlannedBackend],
+    default_m: u32,
+    previous: Option<&WeightedTable>,
+    keep: impl Fn(&SocketAddr) -> bool,
+) -> WeightedTable {
     let sum: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
     let mut shares = Vec::new();
     if sum == 0 {
@@ -295,24 +332,29 @@ pub(crate) fn l4_plan(
             den: 1,
         });
     }
+    let reject = |weight: u32| TableShare {
+        target: TableTarget::Reject,
+        num: u64::from(weight),
+        den: sum,
+    };
     let mut endpoints = 0usize;
     for b in backends.iter().filter(|b| b.weight > 0 && sum > 0) {
         match &b.target {
             BackendTarget::Endpoints(eps) => {
+                let eps: Vec<&SocketAddr> = eps.iter().filter(|a| keep(a)).collect();
+                if eps.is_empty() {
+                    shares.push(reject(b.weight));
+                }
                 endpoints += eps.len();
-                for ep in eps {
+                for ep in &eps {
                     shares.push(TableShare {
-                        target: TableTarget::Endpoint(*ep),
+                        target: TableTarget::Endpoint(**ep),
                         num: u64::from(b.weight),
                         den: sum * eps.len() as u64,
                     });
                 }
             }
-            BackendTarget::NoEndpoints | BackendTarget::Invalid(_) => shares.push(TableShare {
-                target: TableTarget::Reject,
-                num: u64::from(b.weight),
-                den: sum,
-            }),
+            BackendTarget::NoEndpoints | BackendTarget::Invalid(_) => shares.push(reject(b.weight)),
         }
     }
     let m = if endpoints > maglev::LARGE_SET {
@@ -320,12 +362,7 @@ pub(crate) fn l4_plan(
     } else {
         default_m
     };
-    L4Plan {
-        route,
-        table: maglev::build(m, &shares, previous),
-        backends,
-        endpoint_nodes: BTreeMap::new(),
-    }
+    maglev::build(m, &shares, previous)
 }
 
 /// The node of every endpoint address whose EndpointSlice names one. A pod address is on one
@@ -351,6 +388,7 @@ pub(crate) fn place_endpoints(l4: &mut L4Plan, nodes: &HashMap<IpAddr, &str>) {
         .table
         .backends
         .iter()
+        .chain(l4.table_v6.iter().flat_map(|t| &t.backends))
         .filter_map(|b| match b.target {
             TableTarget::Endpoint(a) => nodes.get(&a.ip()).map(|n| (a.ip(), (*n).to_string())),
             TableTarget::Reject => None,

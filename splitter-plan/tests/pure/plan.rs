@@ -750,3 +750,59 @@ fn l4_plans_know_each_endpoints_node_and_the_table_ignores_it() {
     assert_eq!(bare_l4.node_of(&sa("10.1.0.1:3000")), None);
     assert_eq!(placed_l4.table.slots, bare_l4.table.slots);
 }
+
+/// A Service with IPv4 and IPv6 slices: one table per family (the kernel does no NAT46/64), each
+/// splitting the Service's share over its endpoints of that family; a Service with no endpoint
+/// of a family keeps its share as REJECT there rather than handing it to the others.
+#[test]
+fn dual_stack_endpoints_get_one_table_per_family() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tcp, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: tcp, protocol: TCP, port: 9100}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: tcp}]
+  rules:
+  - backendRefs:
+    - {name: a, port: 8080, weight: 3}
+    - {name: b, port: 8080, weight: 1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-v6, namespace: infra, labels: {kubernetes.io/service-name: a}}
+addressType: IPv6
+ports: [{name: http, port: 3000, protocol: TCP}]
+endpoints:
+- addresses: ["fd00::a1"]
+"#;
+    let plan = plan_of(&[&fixture("base.yaml"), routes]);
+    let l4 = listener(&plan, 9100).l4().unwrap();
+    assert_quotas(
+        l4.table_for(true),
+        &[
+            (ep("10.1.0.1:3000"), 0.375),
+            (ep("10.1.0.2:3000"), 0.375),
+            (ep("10.2.0.1:3000"), 0.125),
+            (ep("10.2.0.2:3000"), 0.125),
+        ],
+    );
+    assert_quotas(
+        l4.table_for(false),
+        &[(ep("[fd00::a1]:3000"), 0.75), (TableTarget::Reject, 0.25)],
+    );
+    // A single-family set keeps its one table.
+    let v4_only = plan_of(&[
+        &fixture("base.yaml"),
+        routes.split("---\napiVersion: discovery").next().unwrap(),
+    ]);
+    let l4 = listener(&v4_only, 9100).l4().unwrap();
+    assert!(l4.table_v6.is_none());
+}
