@@ -66,9 +66,15 @@ fn vxlan_pods_on_another_node_answer_nodes_and_pods() {
 }
 
 /// From node 1 and from a pod on node 1 to a pod on node 2: the right pod answers and sees the
-/// sender's own address (nothing on the way rewrites it).
+/// sender's own address (nothing on the way rewrites it). The router forwards nothing meanwhile:
+/// nodes reach each other's pods straight over the node network, not by hairpinning through it.
 fn pods_on_another_node_answer_nodes_and_pods(net: ClusterNet) {
     let _servers = net.serve_whoami(PORT).expect("whoami");
+    for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
+        net.router()
+            .sysctl(key, "0")
+            .expect("router stops forwarding");
+    }
     let (node, from_pod, target) = (net.node(0), net.pod(0, 1), net.pod(1, 1));
     let senders = [
         (&node.ns, node.address_v4().into(), node.address_v6().into()),
@@ -216,4 +222,48 @@ fn client_address(net: &ClusterNet, dst: IpAddr) -> IpAddr {
         IpAddr::V4(_) => net.plan().client_v4().into(),
         IpAddr::V6(_) => net.plan().client_v6().into(),
     }
+}
+
+#[test]
+fn every_interface_sends_full_checksums_and_pods_fit_the_overlay() {
+    if !crate::require_root("every_interface_sends_full_checksums_and_pods_fit_the_overlay") {
+        return;
+    }
+    let net = cluster("tkx", 166, Routing::Vxlan);
+    let namespaces = [net.client(), net.router()]
+        .into_iter()
+        .chain(net.nodes().iter().map(|n| &n.ns))
+        .chain(net.pods().map(|p| &p.ns));
+    for ns in namespaces {
+        for dev in links(ns).into_iter().filter(|d| d != "lo") {
+            let features = ns.exec("ethtool", &["-k", &dev]).expect("ethtool -k");
+            let features = String::from_utf8_lossy(&features.stdout);
+            assert!(
+                features.contains("tx-checksumming: off"),
+                "{dev} in {} leaves checksums to an offload",
+                ns.name()
+            );
+        }
+    }
+    let node = net.node(0);
+    let overlay = mtu(&node.ns, VXLAN);
+    assert_eq!(overlay, LINK_MTU - VXLAN_OVERHEAD);
+    assert_eq!(mtu(&net.pod(0, 0).ns, POD_IFACE), overlay);
+    assert_eq!(mtu(&node.ns, &node.pod_bridge), overlay);
+}
+
+fn links(ns: &NetNs) -> Vec<String> {
+    let out = ns.ip(&["-o", "link", "show"]).expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect()
+}
+
+fn mtu(ns: &NetNs, dev: &str) -> u32 {
+    let out = ns.ip(&["-o", "link", "show", dev]).expect("ip link");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = line.split_whitespace().skip_while(|w| *w != "mtu");
+    words.nth(1).and_then(|m| m.parse().ok()).expect("an mtu")
 }
