@@ -22,6 +22,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use crate::{NetNs, WhoamiServer, netns::run_checked};
@@ -244,6 +245,8 @@ pub struct ClusterNet {
     client: NetNs,
     plan: ClusterPlan,
     routing: Routing,
+    /// Whether the router's drop rules are in, so turning them on or off twice is harmless.
+    pod_source_drop: AtomicBool,
 }
 
 /// Interface names inside the namespaces: unique because every namespace is.
@@ -275,8 +278,13 @@ impl ClusterNet {
         check_size(nodes, pods_per_node)?;
         let router = NetNs::new(&format!("{tag}r"))?;
         configure_forwarder(&router)?;
-        set_sysctls(&router, &[("net/ipv4/fib_multipath_hash_policy", "1")])?;
-        set_sysctls(&router, &[("net/ipv6/fib_multipath_hash_policy", "1")])?;
+        set_sysctls(
+            &router,
+            &[
+                ("net/ipv4/fib_multipath_hash_policy", "1"),
+                ("net/ipv6/fib_multipath_hash_policy", "1"),
+            ],
+        )?;
         let client = NetNs::new(&format!("{tag}c"))?;
         let mut net = ClusterNet {
             pods: Vec::with_capacity(nodes),
@@ -285,6 +293,7 @@ impl ClusterNet {
             client,
             plan,
             routing,
+            pod_source_drop: AtomicBool::new(false),
         };
         net.link_client()?;
         net.make_node_network()?;
@@ -373,6 +382,9 @@ impl ClusterNet {
     /// Turns the router's drop of pod-sourced packets bound for the client on or off. Off is
     /// for a test that proves the drop is what blocks a path.
     pub fn set_pod_source_drop(&self, on: bool) -> io::Result<()> {
+        if self.pod_source_drop.swap(on, Ordering::SeqCst) == on {
+            return Ok(());
+        }
         let verb = if on { "add" } else { "del" };
         for node in 0..self.nodes.len() {
             let from_to = [
@@ -553,6 +565,8 @@ impl ClusterNet {
             "dstport",
             VXLAN_PORT,
             "nolearning",
+            // The outer UDP checksum too is complete on the uplink, where XDP reads it.
+            "udpcsum",
         ])?;
         full_checksums(&node.ns, VXLAN)?;
         up(&node.ns, VXLAN)
