@@ -181,6 +181,10 @@ fn accept_and_close(ns: &NetNs, at: SocketAddr) {
     });
 }
 
+/// What one case measures once its data plane is set up: the client connects to `targets` (the
+/// VIP, or for the ceilings the backends or the gateway themselves).
+type Measure = fn(&GatewayNet, &[SocketAddr]) -> f64;
+
 /// What the client connects to: the VIP, or (for the ceiling) the backends themselves, 3:1.
 fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
@@ -223,7 +227,7 @@ fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
     done.load(Ordering::Relaxed) as f64 / elapsed
 }
 
-fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
+fn splitter_local(mode: ebpf::XdpAttachMode, measure: Measure) -> f64 {
     let pins = testbed::BpfFs::new().expect("bpffs");
     {
         let t = cps_topology();
@@ -243,13 +247,13 @@ fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
             table,
         }])
         .expect("apply");
-        let r = connections_per_second(&t, &[VIP.parse().expect("vip")]);
+        let r = measure(&t, &[VIP.parse().expect("vip")]);
         let _ = ebpf::detach_pinned(t.gateway_iface(), &links);
         r
     }
 }
 
-fn iptables_cps() -> f64 {
+fn iptables_local(measure: Measure) -> f64 {
     let t = cps_topology();
     let rule = |prob: Option<&str>, to: &str| {
         let mut args = vec![
@@ -274,12 +278,12 @@ fn iptables_cps() -> f64 {
     };
     rule(Some("0.75"), &backend(0).to_string());
     rule(None, &backend(1).to_string());
-    connections_per_second(&t, &[VIP.parse().expect("vip")])
+    measure(&t, &[VIP.parse().expect("vip")])
 }
 
 /// The ceiling of any data plane that leaves forwarding to the gateway's stack: no NAT at all,
 /// the client connects to the backends themselves (3:1) and the gateway only routes.
-fn routed_cps() -> f64 {
+fn routed(measure: Measure) -> f64 {
     let t = cps_topology();
     t.client
         .ip(&[
@@ -291,15 +295,15 @@ fn routed_cps() -> f64 {
         ])
         .expect("route");
     let (b0, b1) = (backend(0), backend(1));
-    connections_per_second(&t, &[b0, b0, b0, b1])
+    measure(&t, &[b0, b0, b0, b1])
 }
 
 /// The ceiling of any gateway: no hop at all, the backend listens in the gateway namespace.
-fn hopless_cps() -> f64 {
+fn hopless(measure: Measure) -> f64 {
     let t = cps_topology();
     let at: SocketAddr = format!("{}:8081", NET.gateway()).parse().expect("addr");
     accept_and_close(&t.gateway, at);
-    connections_per_second(&t, &[at])
+    measure(&t, &[at])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -313,25 +317,29 @@ type CpsLine = (&'static str, fn() -> f64, &'static str);
 fn cps() {
     // iptables is the baseline the other lines are divided by.
     let lines: [CpsLine; 5] = [
-        ("iptables DNAT -m statistic (kube-proxy)", iptables_cps, ""),
+        (
+            "iptables DNAT -m statistic (kube-proxy)",
+            || iptables_local(connections_per_second),
+            "",
+        ),
         (
             "splitter, native XDP + TC",
-            || splitter_cps(ebpf::XdpAttachMode::Driver),
+            || splitter_local(ebpf::XdpAttachMode::Driver, connections_per_second),
             "",
         ),
         (
             "splitter, generic XDP + TC",
-            || splitter_cps(ebpf::XdpAttachMode::Generic),
+            || splitter_local(ebpf::XdpAttachMode::Generic, connections_per_second),
             "",
         ),
         (
             "no NAT, the gateway only routes",
-            routed_cps,
+            || routed(connections_per_second),
             " (ceiling of stack forwarding)",
         ),
         (
             "no gateway hop (server in the gateway)",
-            hopless_cps,
+            || hopless(connections_per_second),
             " (ceiling of any gateway)",
         ),
     ];
