@@ -3,6 +3,7 @@
 //! the agent process on the kernel path.
 
 mod agent_netns;
+mod cluster;
 mod l4_netns;
 mod l4_test_run;
 mod pinned_maps;

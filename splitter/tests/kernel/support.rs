@@ -1,5 +1,6 @@
 //! Helpers shared by the kernel tests: crafted frames and counter snapshots.
 
+pub mod cluster;
 pub mod l4;
 
 use aya::programs::{TestRun, TestRunOptions};
