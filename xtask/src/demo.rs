@@ -9,6 +9,9 @@
 //!    the weights edited to 200/100 in the file, 133/67.
 //! 2. L4: a match-all route on a second listener is served in the kernel; 200 fresh connections
 //!    are split per connection, and the backends see the client's own address.
+//! 3. A cluster (see `demo_cluster`): two nodes behind a router, an agent on each, echo pods on
+//!    both; 200 fresh connections to node 1 reach the pods of both nodes, node 2's through
+//!    node 1's SNAT.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -175,7 +178,9 @@ pub fn run() -> anyhow::Result<()> {
         .arg("--pin-dir")
         .arg(&pin_dir)
         .status();
-    check_guide(&even, &weighted)
+    let guide = check_guide(&even, &weighted);
+    let cluster = crate::demo_cluster::run(&bins);
+    guide.and(cluster)
 }
 
 /// What `bpftool` shows of the maps (docs/operators.md quotes it): the whole `VIPS` hash, and

@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod demo_cluster;
 mod setup;
 mod test;
 mod topology;
@@ -20,7 +21,8 @@ struct Cli {
 enum Command {
     /// Install what the build needs on a fresh machine (idempotent).
     Setup,
-    /// The reference journey in network namespaces: 100/100, then 133/67, then an L4 split.
+    /// The reference journey in network namespaces: 100/100, then 133/67, then an L4 split,
+    /// then a two-node cluster.
     Demo,
     /// Install what is missing, then fmt, clippy (userspace and kernel) and every test.
     Test,
