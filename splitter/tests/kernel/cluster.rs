@@ -185,9 +185,12 @@ fn every_flow_reaches_the_pod_the_shared_hash_predicts() {
         ],
     };
     c.start_agents(&route);
-    // `start_agents` waited until node1's kernel held exactly this table.
     let table = c.planned(0, PORT);
     let at = c.listener(0, &route);
+    assert!(
+        c.live(0, at) == Some(table.clone()),
+        "node1's kernel holds the planned table slot for slot"
+    );
     let client = c.net.plan().client_v4();
     let mut seen = BTreeSet::new();
     for port in 40000..40000 + CONNECTIONS as u16 {
@@ -266,6 +269,12 @@ fn nodes_hold_the_same_table_whatever_their_history() {
     assert_eq!(node1.len(), node2.len());
     let differ = node1.iter().zip(&node2).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "slots that differ between node1 and node2");
+    // Nor does either depend on its history: both are the table built from nothing but the
+    // final manifests.
+    assert!(
+        node2 == c.planned(1, PORT),
+        "node2's kernel holds the planned table slot for slot"
+    );
     // And the operator's view agrees: both admin endpoints show the same final weights.
     for node in 0..2 {
         let plan = c.admin_get(node, "/debug/plan").expect("/debug/plan");
