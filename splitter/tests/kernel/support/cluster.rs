@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, Read, Write},
+    io::{self, Read},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -282,24 +282,6 @@ impl Cluster {
             node + 1,
             self.agent_log(node)
         );
-    }
-
-    /// GET `path` on node `node`'s admin endpoint, from inside the node.
-    pub fn admin_get(&self, node: usize, path: &str) -> io::Result<String> {
-        let at = SocketAddr::from(([127, 0, 0, 1], 9910 + u16::try_from(node).expect("node")));
-        self.net.node(node).ns.run(|| {
-            let mut s = TcpStream::connect_timeout(&at, TIMEOUT)?;
-            s.set_read_timeout(Some(TIMEOUT))?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text
-                .split_once("\r\n\r\n")
-                .map_or(text.clone(), |(_, b)| b.to_owned()))
-        })
     }
 
     /// The node of the pod named `name` (`node2-pod0` -> 1).
