@@ -134,15 +134,30 @@ fn start_agent<'a>(
     })
 }
 
-/// Whether the kernel of `agent`'s node serves `PORT` on the node's address.
-fn served(agent: &Agent<'_>) -> bool {
-    let vip = format!("[{}:{PORT}/tcp]", agent.node.address_v4());
+fn inspect(agent: &Agent<'_>) -> String {
     Command::new(&agent.splitter)
         .arg("inspect")
         .arg("--pin-dir")
         .arg(&agent.pin_dir)
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&vip))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether the kernel of `agent`'s node serves `PORT` on the node's address.
+fn served(agent: &Agent<'_>) -> bool {
+    inspect(agent).contains(&format!("[{}:{PORT}/tcp]", agent.node.address_v4()))
+}
+
+/// The L4 routes of `splitter inspect`: each node's table, flows and counters, without the
+/// parse and event counters the earlier step already showed.
+fn inspect_routes(agent: &Agent<'_>) -> String {
+    inspect(agent)
+        .lines()
+        .skip_while(|l| !l.starts_with("l4 routes"))
+        .take_while(|l| !l.starts_with("l4 events"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// What the connections showed: per pod, how many it answered and the sources it saw.
@@ -282,6 +297,13 @@ pub fn run(bins: &Binaries) -> anyhow::Result<()> {
         if !right {
             wrong.push(pod.clone());
         }
+    }
+    for agent in &agents {
+        println!(
+            "\n== splitter inspect on {}\n{}",
+            agent.node.name,
+            inspect_routes(agent).trim_end()
+        );
     }
     println!("demo: cleaning up the cluster");
     drop(agents);
