@@ -7,11 +7,15 @@ use std::{
     io::{self, Read},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap, Map, MapData};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use socket2::{Domain, Socket, Type};
 use splitter::dataplane::ebpf::addr16;
 use splitter_common::{
@@ -194,7 +198,7 @@ impl Cluster {
 
     /// Starts node `node`'s agent on the manifests last written for it.
     pub fn start_agent(&mut self, node: usize) {
-        let n = &self.net.node(node);
+        let n = self.net.node(node);
         let agent = self.agents[node].as_mut().expect("manifests written first");
         let log = std::fs::File::create(agent.dir.path().join("agent.log")).expect("log");
         let child =
@@ -203,6 +207,7 @@ impl Cluster {
                 .arg("--manifests")
                 .arg(agent.manifests())
                 .args(["--iface", &n.uplink, "--node-name", &n.name, "--admin"])
+                // Each node has its own loopback; a port per node keeps the logs telling.
                 .arg(format!("127.0.0.1:{}", 9910 + node))
                 .arg("--pin-dir")
                 .arg(agent.pin_dir())
@@ -324,9 +329,9 @@ impl Drop for Cluster {
                 continue;
             };
             // SIGTERM, as a DaemonSet rollout would; the links stay pinned until detached.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
             let _ = child.child().wait();
             let node = self.net.node(i);
             let _ = node
