@@ -82,6 +82,8 @@ pub fn l4_programs(plan: &Plan, iface_addrs: &[IpAddr]) -> Vec<L4RouteProgram> {
                 key: program_key(l),
                 vips,
                 table,
+                remote: Default::default(),
+                dedicated: Default::default(),
             })
         })
         .collect()

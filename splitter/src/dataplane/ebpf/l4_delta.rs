@@ -19,20 +19,39 @@ use std::{
 };
 
 use splitter_common::l4::{
-    BACKEND_DRAINING, BACKEND_EMPTY, Backend, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, REJECT,
-    RouteMeta, VipKey, VipValue,
+    BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_FLAG_REMOTE, Backend, MAX_BACKENDS, MAX_ROUTES,
+    MAX_TABLE_SIZE, REJECT, RouteMeta, VIP_DEDICATED, VipKey, VipValue,
 };
 
 use super::l4_actuator::{L4ApplyError, L4RouteProgram, vip_key};
 use super::l4_sweep::CtKey;
 
+/// A backend as the kernel knows it: its address, and whether it runs on another node (its
+/// flows are source-NATed). A backend that moves between local and remote is a different
+/// backend with its own id: flows already on it keep the treatment they started with (a SNAT
+/// flow cannot lose its SNAT mid-connection), new ones get the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendRef {
+    pub addr: SocketAddr,
+    pub remote: bool,
+}
+
+impl BackendRef {
+    pub fn local(addr: SocketAddr) -> Self {
+        BackendRef {
+            addr,
+            remote: false,
+        }
+    }
+}
+
 /// One change to the L4 maps, or to the ids behind them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Step<'a> {
-    /// `addr` takes new connections under `id` (a fresh id, or one it held while draining).
+    /// `backend` takes new connections under `id` (a fresh id, or one it held while draining).
     ActivateBackend {
         id: u32,
-        addr: SocketAddr,
+        backend: BackendRef,
     },
     /// `key` owns route id `id` from now on. Nothing in the kernel: it knows routes by id only.
     BindRoute {
@@ -54,7 +73,7 @@ pub(super) enum Step<'a> {
     },
     WriteVip {
         key: VipKey,
-        route_id: u32,
+        value: VipValue,
     },
     RemoveVip {
         key: VipKey,
@@ -64,10 +83,10 @@ pub(super) enum Step<'a> {
         key: String,
         route_id: u32,
     },
-    /// `addr` left every table: established flows only.
+    /// `backend` left every table: established flows only.
     DrainBackend {
         id: u32,
-        addr: SocketAddr,
+        backend: BackendRef,
     },
     /// Removes both directions of a closed flow to a draining backend.
     ReapFlow {
@@ -85,14 +104,14 @@ pub(super) enum Step<'a> {
 pub(super) struct Applied {
     pub route_ids: BTreeMap<String, u32>,
     /// Every allocated backend id, draining ones included.
-    pub backend_ids: BTreeMap<SocketAddr, u32>,
+    pub backend_ids: BTreeMap<BackendRef, u32>,
     pub draining: BTreeSet<u32>,
     /// Route metas by route id; an absent id holds the default (not programmed).
     pub metas: BTreeMap<u32, RouteMeta>,
     /// The table each route key last published. Empty after adoption: route keys are not in
     /// the kernel, so a restarted agent republishes every table once.
     pub tables: BTreeMap<String, Vec<Option<SocketAddr>>>,
-    pub vips: BTreeMap<VipKey, u32>,
+    pub vips: BTreeMap<VipKey, VipValue>,
 }
 
 impl Applied {
@@ -109,12 +128,16 @@ impl Applied {
                 continue;
             }
             let ip = IpAddr::from(b.addr).to_canonical();
-            applied.backend_ids.insert(SocketAddr::new(ip, b.port), id);
+            let backend = BackendRef {
+                addr: SocketAddr::new(ip, b.port),
+                remote: b.flags & BACKEND_FLAG_REMOTE != 0,
+            };
+            applied.backend_ids.insert(backend, id);
             if b.state == BACKEND_DRAINING {
                 applied.draining.insert(id);
             }
         }
-        applied.vips = vips.into_iter().map(|(k, v)| (k, v.route_id)).collect();
+        applied.vips = vips.into_iter().collect();
         applied.metas = metas
             .into_iter()
             .filter(|(_, m)| *m != RouteMeta::default())
@@ -125,8 +148,8 @@ impl Applied {
     /// Takes note that the kernel accepted `step`.
     pub fn record(&mut self, step: &Step<'_>) {
         match step {
-            Step::ActivateBackend { id, addr } => {
-                self.backend_ids.insert(*addr, *id);
+            Step::ActivateBackend { id, backend } => {
+                self.backend_ids.insert(*backend, *id);
                 self.draining.remove(id);
             }
             Step::BindRoute { key, id } => {
@@ -142,8 +165,8 @@ impl Applied {
                 self.metas.insert(*route_id, *meta);
                 self.tables.insert((*key).to_owned(), table.to_vec());
             }
-            Step::WriteVip { key, route_id } => {
-                self.vips.insert(*key, *route_id);
+            Step::WriteVip { key, value } => {
+                self.vips.insert(*key, *value);
             }
             Step::RemoveVip { key } => {
                 self.vips.remove(key);
@@ -206,9 +229,9 @@ pub(super) fn plan<'a>(
     let mut steps = Vec::new();
 
     // Ids the plan hands out are visible to the later steps of the same plan.
-    let wanted: BTreeSet<SocketAddr> = desired
+    let wanted: BTreeSet<BackendRef> = desired
         .iter()
-        .flat_map(|r| r.table.iter().flatten().copied())
+        .flat_map(|r| r.table.iter().flatten().map(|a| r.backend(*a)))
         .collect();
     let mut backend_ids = applied.backend_ids.clone();
     for addr in &wanted {
@@ -223,7 +246,7 @@ pub(super) fn plan<'a>(
                 id
             }
         };
-        steps.push(Step::ActivateBackend { id, addr: *addr });
+        steps.push(Step::ActivateBackend { id, backend: *addr });
     }
 
     let mut route_ids = applied.route_ids.clone();
@@ -239,7 +262,7 @@ pub(super) fn plan<'a>(
                 let adopted = r
                     .vips
                     .iter()
-                    .find_map(|(a, p)| applied.vips.get(&vip_key(*a, *p)).copied())
+                    .find_map(|(a, p)| applied.vips.get(&vip_key(*a, *p)).map(|v| v.route_id))
                     .filter(|id| !route_ids.values().any(|x| x == id));
                 let id = match adopted {
                     Some(id) => id,
@@ -268,7 +291,7 @@ pub(super) fn plan<'a>(
         let slots = r
             .table
             .iter()
-            .map(|entry| entry.map_or(REJECT, |addr| backend_ids[&addr]))
+            .map(|entry| entry.map_or(REJECT, |addr| backend_ids[&r.backend(addr)]))
             .collect();
         steps.push(Step::WriteTable {
             route_id,
@@ -295,14 +318,19 @@ pub(super) fn plan<'a>(
     for r in desired {
         let route_id = route_ids[&r.key];
         for (addr, proto) in &r.vips {
-            wanted_vips.insert(vip_key(*addr, *proto), route_id);
+            let flags = if r.dedicated.contains(&addr.ip()) {
+                VIP_DEDICATED
+            } else {
+                0
+            };
+            wanted_vips.insert(vip_key(*addr, *proto), VipValue { route_id, flags });
         }
     }
-    for (key, route_id) in &wanted_vips {
-        if applied.vips.get(key) != Some(route_id) {
+    for (key, value) in &wanted_vips {
+        if applied.vips.get(key) != Some(value) {
             steps.push(Step::WriteVip {
                 key: *key,
-                route_id: *route_id,
+                value: *value,
             });
         }
     }
@@ -322,11 +350,11 @@ pub(super) fn plan<'a>(
         }
     }
 
-    for (addr, id) in &applied.backend_ids {
-        if !wanted.contains(addr) && !applied.draining.contains(id) {
+    for (backend, id) in &applied.backend_ids {
+        if !wanted.contains(backend) && !applied.draining.contains(id) {
             steps.push(Step::DrainBackend {
                 id: *id,
-                addr: *addr,
+                backend: *backend,
             });
         }
     }
