@@ -8,7 +8,7 @@ use crate::source::{file::LoadReport, file::load};
 use splitter_plan::plan::{
     self, L4Plan, ListenerPlan, Plan, PlanConfig, Transport,
     l7::{BackendTarget, Filter, L7Route, PathMatch, PathModifier, PlannedBackend},
-    maglev::TableTarget,
+    maglev::{TableTarget, WeightedTable},
 };
 
 /// How `splitter check` prints the plan (`-o`).
@@ -305,8 +305,17 @@ fn l4(o: &mut String, p: &L4Plan) {
         }
     }
     backends(o, &p.backends, "rejected", "rejected");
-    let t = &p.table;
-    let _ = writeln!(o, "  Maglev table: M={}, {} entries", t.m, t.backends.len());
+    match &p.table_v6 {
+        None => table(o, "Maglev table", &p.table),
+        Some(v6) => {
+            table(o, "Maglev table (IPv4 VIPs)", &p.table);
+            table(o, "Maglev table (IPv6 VIPs)", v6);
+        }
+    }
+}
+
+fn table(o: &mut String, title: &str, t: &WeightedTable) {
+    let _ = writeln!(o, "  {title}: M={}, {} entries", t.m, t.backends.len());
     for b in &t.backends {
         let name = match b.target {
             TableTarget::Endpoint(a) => a.to_string(),

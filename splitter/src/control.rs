@@ -52,6 +52,9 @@ fn same_except_disruption(a: &Plan, b: &Plan) -> bool {
         for l in &mut p.listeners {
             if let ListenerPlan::L4 { l4, .. } = l {
                 l4.table.disruption = None;
+                if let Some(t) = &mut l4.table_v6 {
+                    t.disruption = None;
+                }
             }
         }
         p

@@ -54,6 +54,9 @@ pub struct SliceEndpoint {
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready`; unknown counts as ready, as the EndpointSlice API says.
     pub ready: bool,
+    /// `nodeName`: the node the endpoint runs on. The kernel path DNATs to a local endpoint
+    /// and DNATs plus SNATs to a remote one, so that its replies come back through this node.
+    pub node_name: Option<String>,
 }
 
 pub(crate) fn service(raw: RawService, meta: Meta, id: &str) -> Result<Service, ModelError> {
@@ -113,7 +116,12 @@ pub(crate) fn endpoint_slice(
             }
         }
         let ready = e.conditions.and_then(|c| c.ready).unwrap_or(true);
-        endpoints.push(SliceEndpoint { addresses, ready });
+        let node_name = e.node_name.filter(|n| !n.is_empty());
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready,
+            node_name,
+        });
     }
     let mut ports = Vec::new();
     for (i, p) in raw.ports.unwrap_or_default().into_iter().enumerate() {

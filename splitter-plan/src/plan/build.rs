@@ -69,6 +69,13 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
         plans.push(plan);
     }
 
+    let nodes = table::endpoint_nodes(index);
+    for plan in &mut plans {
+        if let ListenerPlan::L4 { l4, .. } = plan {
+            table::place_endpoints(l4, &nodes);
+        }
+    }
+
     let mut routes = attached.statuses;
     routes.sort_by(|a, b| a.route.cmp(&b.route));
     Plan {

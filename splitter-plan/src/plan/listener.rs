@@ -262,5 +262,31 @@ pub struct L4Plan {
     pub route: Option<ObjectKey>,
     /// Its backendRefs, resolved as for L7 (weight per Service, endpoints, invalid share).
     pub backends: Vec<PlannedBackend>,
+    /// The table of every VIP, or of the IPv4 VIPs when the endpoints are dual-stack.
     pub table: WeightedTable,
+    /// The IPv6 VIPs' table when the endpoints are dual-stack (one table per address family:
+    /// the kernel does no NAT46/64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_v6: Option<Box<WeightedTable>>,
+    /// The node of each endpoint in the table whose EndpointSlice names one (`nodeName`). The
+    /// table itself never depends on it: every node holds the same table, and only how a node
+    /// reaches an endpoint (DNAT, or DNAT plus SNAT) differs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_nodes: BTreeMap<IpAddr, String>,
+}
+
+impl L4Plan {
+    /// The table for VIPs of one address family. Without dual-stack endpoints that is the one
+    /// table, whose endpoints may all be of the other family (such VIPs are not served).
+    pub fn table_for(&self, ipv4: bool) -> &WeightedTable {
+        match &self.table_v6 {
+            Some(v6) if !ipv4 => v6,
+            _ => &self.table,
+        }
+    }
+
+    /// The node `endpoint` runs on, when its EndpointSlice says.
+    pub fn node_of(&self, endpoint: &SocketAddr) -> Option<&str> {
+        self.endpoint_nodes.get(&endpoint.ip()).map(String::as_str)
+    }
 }

@@ -107,6 +107,8 @@ impl WeightedTable {
 }
 
 /// Builds the table for `shares` (any order; equal targets are merged) with `m` slots.
+/// `previous` (the table this one replaces) only feeds the disruption figure: the table itself
+/// never depends on it.
 /// `m` must be prime for every permutation to visit every slot; sizes that are not are rounded
 /// up to the next prime.
 pub fn build(m: u32, shares: &[TableShare], previous: Option<&WeightedTable>) -> WeightedTable {
@@ -122,7 +124,7 @@ pub fn build(m: u32, shares: &[TableShare], previous: Option<&WeightedTable>) ->
             quota: *q,
         })
         .collect();
-    let slots = fill(m, &backends, previous.filter(|p| p.m == m));
+    let slots = fill(m, &backends);
     let mut table = WeightedTable {
         m,
         backends,
@@ -240,40 +242,21 @@ impl Ord for Turn {
 
 const EMPTY: u32 = u32::MAX;
 
-/// Fills `m` slots with exact quotas. With the previous table of the same size, a slot first
-/// keeps its owner while that owner is within its new quota (stabilisation), so a change moves
-/// exactly the slots that must move: those of removed backends and of backends whose quota
-/// shrank. The remaining slots are claimed Maglev-style, each backend walking its own
-/// permutation in turns proportional to its quota.
+/// Fills `m` slots with exact quotas, Maglev-style: each backend walks its own permutation of
+/// the slots, claiming the first free one, in turns proportional to its quota (stride
+/// scheduling), so a weight change behaves like adding or removing a small backend.
 ///
-/// The price is history: the table depends on the previous one as well as on the shares, so two
-/// agents that saw different sequences of plans (one restarted in between) may hold different
-/// tables. Conntrack keeps established flows either way; only a flow that loses its conntrack
-/// entry *and* sees a different table moves.
-fn fill(m: u32, backends: &[TableBackend], previous: Option<&WeightedTable>) -> Vec<u32> {
+/// The table is a pure function of the backends and their quotas, never of an earlier table:
+/// every node computes the same table whatever sequence of plans it saw (a restarted agent, a
+/// node that joined late), so a flow that moves between nodes still reaches the same backend.
+/// Remembering the previous table would move fewer slots on a change, but two nodes would then
+/// disagree after different histories.
+fn fill(m: u32, backends: &[TableBackend]) -> Vec<u32> {
     let mut slots = vec![EMPTY; m as usize];
     if backends.is_empty() {
         return slots;
     }
-    let mut kept = vec![0u64; backends.len()];
     let mut filled = 0u32;
-    if let Some(prev) = previous {
-        let index_of: std::collections::HashMap<TableTarget, usize> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.target, i))
-            .collect();
-        for (slot, owner) in slots.iter_mut().enumerate() {
-            let Some(i) = prev.target_at(slot).and_then(|t| index_of.get(&t).copied()) else {
-                continue;
-            };
-            if kept[i] < u64::from(backends[i].quota) {
-                *owner = i as u32;
-                kept[i] += 1;
-                filled += 1;
-            }
-        }
-    }
     let perms: Vec<(u64, u64)> = backends
         .iter()
         .map(|b| {
@@ -287,9 +270,9 @@ fn fill(m: u32, backends: &[TableBackend], previous: Option<&WeightedTable>) -> 
     let mut heap: BinaryHeap<Turn> = backends
         .iter()
         .enumerate()
-        .filter(|(index, b)| kept[*index] < u64::from(b.quota))
+        .filter(|(_, b)| b.quota > 0)
         .map(|(index, b)| Turn {
-            claims: kept[index],
+            claims: 0,
             quota: u64::from(b.quota),
             index,
         })

@@ -1,7 +1,11 @@
 //! What each data plane listener serves: the L7 route table in precedence order, or the L4
 //! weighted table, and the L4/L7 decision with its reason (DESIGN section 4).
 
-use std::{cmp::Reverse, collections::HashMap};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
 
 use super::{
     attach::ResolvedRules,
@@ -14,7 +18,7 @@ use super::{
     listener::{L4Plan, ListenerSource, Mode},
     maglev::{self, TableShare, TableTarget, WeightedTable},
 };
-use crate::model::{DATAPLANE_ANNOTATION, HttpRoute, Kind, ObjectKey};
+use crate::model::{DATAPLANE_ANNOTATION, HttpRoute, Index, Kind, ObjectKey};
 
 /// One L7 route with everything its precedence depends on.
 pub(crate) struct Entry {
@@ -192,7 +196,38 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
     if r.timeouts.request.is_some() || r.timeouts.backend_request.is_some() {
         return Some("request timeouts are enforced per request".to_string());
     }
-    None
+    unanswerable_share(&r.backends)
+}
+
+/// The share of a rule that the kernel could only reset, which HTTP must answer instead: an
+/// invalid backendRef gets 500 and a Service without ready endpoints 503 (the spec, and the
+/// upstream conformance tests, check the status code), and a rule whose weights are all 0 or
+/// that has no backendRefs answers 500.
+fn unanswerable_share(backends: &[PlannedBackend]) -> Option<String> {
+    if backends.iter().all(|b| b.weight == 0) {
+        return Some(if backends.is_empty() {
+            "the rule has no backendRefs: the proxy answers 500".to_string()
+        } else {
+            "every backendRef has weight 0: the proxy answers 500".to_string()
+        });
+    }
+    let answered: Vec<String> = backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .filter_map(|b| match &b.target {
+            BackendTarget::Endpoints(_) => None,
+            BackendTarget::NoEndpoints => Some(format!("{} has no ready endpoints (503)", b.name)),
+            BackendTarget::Invalid(reason) => {
+                Some(format!("{} is invalid, {reason:?} (500)", b.name))
+            }
+        })
+        .collect();
+    (!answered.is_empty()).then(|| {
+        format!(
+            "the proxy answers the share the kernel would reset: {}",
+            answered.join("; ")
+        )
+    })
 }
 
 /// Stripping the prefix `/` and putting `/` back changes nothing.
@@ -245,12 +280,49 @@ pub(crate) fn override_of(
 
 /// The weighted table for `backends`: endpoints share their Service's weight evenly; the
 /// invalid and no-endpoint shares (and everything when all weights are 0) go to REJECT.
+///
+/// Dual-stack endpoints get one table per address family (the kernel does no NAT46/64): each
+/// Service's share is split over its endpoints of that family, and a Service with none of that
+/// family holds its share as REJECT in that family's table.
 pub(crate) fn l4_plan(
     route: Option<ObjectKey>,
     backends: Vec<PlannedBackend>,
     default_m: u32,
     previous: Option<&WeightedTable>,
 ) -> L4Plan {
+    let endpoints = || {
+        backends.iter().flat_map(|b| match &b.target {
+            BackendTarget::Endpoints(eps) => eps.as_slice(),
+            _ => &[],
+        })
+    };
+    let dual_stack = endpoints().any(SocketAddr::is_ipv4) && endpoints().any(SocketAddr::is_ipv6);
+    let (table, table_v6) = if dual_stack {
+        (
+            family_table(&backends, default_m, previous, |a| a.is_ipv4()),
+            Some(Box::new(family_table(&backends, default_m, None, |a| {
+                a.is_ipv6()
+            }))),
+        )
+    } else {
+        (family_table(&backends, default_m, previous, |_| true), None)
+    };
+    L4Plan {
+        route,
+        table,
+        table_v6,
+        backends,
+        endpoint_nodes: BTreeMap::new(),
+    }
+}
+
+/// The table over the endpoints `keep` selects.
+fn family_table(
+    backends: &[PlannedBackend],
+    default_m: u32,
+    previous: Option<&WeightedTable>,
+    keep: impl Fn(&SocketAddr) -> bool,
+) -> WeightedTable {
     let sum: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
     let mut shares = Vec::new();
     if sum == 0 {
@@ -260,24 +332,29 @@ pub(crate) fn l4_plan(
             den: 1,
         });
     }
+    let reject = |weight: u32| TableShare {
+        target: TableTarget::Reject,
+        num: u64::from(weight),
+        den: sum,
+    };
     let mut endpoints = 0usize;
     for b in backends.iter().filter(|b| b.weight > 0 && sum > 0) {
         match &b.target {
             BackendTarget::Endpoints(eps) => {
+                let eps: Vec<&SocketAddr> = eps.iter().filter(|a| keep(a)).collect();
+                if eps.is_empty() {
+                    shares.push(reject(b.weight));
+                }
                 endpoints += eps.len();
-                for ep in eps {
+                for ep in &eps {
                     shares.push(TableShare {
-                        target: TableTarget::Endpoint(*ep),
+                        target: TableTarget::Endpoint(**ep),
                         num: u64::from(b.weight),
                         den: sum * eps.len() as u64,
                     });
                 }
             }
-            BackendTarget::NoEndpoints | BackendTarget::Invalid(_) => shares.push(TableShare {
-                target: TableTarget::Reject,
-                num: u64::from(b.weight),
-                den: sum,
-            }),
+            BackendTarget::NoEndpoints | BackendTarget::Invalid(_) => shares.push(reject(b.weight)),
         }
     }
     let m = if endpoints > maglev::LARGE_SET {
@@ -285,11 +362,38 @@ pub(crate) fn l4_plan(
     } else {
         default_m
     };
-    L4Plan {
-        route,
-        table: maglev::build(m, &shares, previous),
-        backends,
+    maglev::build(m, &shares, previous)
+}
+
+/// The node of every endpoint address whose EndpointSlice names one. A pod address is on one
+/// node; should two slices disagree (a pod moving while slices are rebalanced), the first
+/// slice in index order wins, the same on every node.
+pub(crate) fn endpoint_nodes(index: &Index) -> HashMap<IpAddr, &str> {
+    let mut nodes = HashMap::new();
+    for slice in index.endpoint_slices.values() {
+        for e in &slice.endpoints {
+            if let Some(node) = &e.node_name {
+                for ip in &e.addresses {
+                    nodes.entry(*ip).or_insert(node.as_str());
+                }
+            }
+        }
     }
+    nodes
+}
+
+/// Records the nodes of the endpoints `l4`'s table names.
+pub(crate) fn place_endpoints(l4: &mut L4Plan, nodes: &HashMap<IpAddr, &str>) {
+    l4.endpoint_nodes = l4
+        .table
+        .backends
+        .iter()
+        .chain(l4.table_v6.iter().flat_map(|t| &t.backends))
+        .filter_map(|b| match b.target {
+            TableTarget::Endpoint(a) => nodes.get(&a.ip()).map(|n| (a.ip(), (*n).to_string())),
+            TableTarget::Reject => None,
+        })
+        .collect();
 }
 
 /// The route that gets an L4 listener's traffic: the oldest, then by `namespace/name`.

@@ -95,12 +95,11 @@ fn weights_70_30_0_with_2_2_1_endpoints() {
 }
 
 #[test]
-fn all_zero_weights_reject_everything() {
+fn all_zero_weights_answer_500_from_the_proxy() {
     let plan = plan_with(&["weights-all-zero.yaml"]);
-    let l4 = listener(&plan, 80).l4().unwrap();
-    assert_eq!(l4.table.backends.len(), 1);
-    assert_eq!(l4.table.backends[0].target, TableTarget::Reject);
-    assert_eq!(l4.table.backends[0].quota, l4.table.m);
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode(), Mode::L7, "{}", l.reason());
+    assert!(l.reason().contains("weight 0"), "{}", l.reason());
     let r = route(&plan, "infra", "r");
     assert!(condition(&r.parents[0].conditions, "Accepted").is_true());
 }
@@ -162,8 +161,11 @@ fn invalid_share_for_each_reason_and_no_endpoint_share() {
     }
 }
 
+/// A rule whose every request would reach one weighted set is still served by the proxy when part
+/// of that set is invalid or has no endpoints: the spec wants 500 and 503 for that share, which
+/// the kernel cannot answer. `splitter check`'s "why" names the refs.
 #[test]
-fn invalid_and_empty_shares_go_to_reject_at_l4() {
+fn invalid_and_empty_shares_of_an_http_route_go_to_the_proxy() {
     let route = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -177,7 +179,46 @@ spec:
     - {name: empty, port: 8080, weight: 1}
 "#;
     let plan = plan_of(&[&fixture("base.yaml"), route]);
-    let l4 = listener(&plan, 80).l4().unwrap();
+    let l = listener(&plan, 80);
+    assert_eq!(l.mode(), Mode::L7, "{}", l.reason());
+    for name in ["infra/nonexistent:8080", "infra/empty:8080"] {
+        assert!(l.reason().contains(name), "{}", l.reason());
+    }
+    assert!(l.reason().contains("(500)") && l.reason().contains("(503)"));
+    // The same rule with only valid backends is split in the kernel.
+    let valid = route
+        .replace("    - {name: nonexistent, port: 8080, weight: 1}\n", "")
+        .replace("    - {name: empty, port: 8080, weight: 1}\n", "");
+    let plan = plan_of(&[&fixture("base.yaml"), &valid]);
+    assert_eq!(listener(&plan, 80).mode(), Mode::L4);
+}
+
+/// TCPRoute has no status code to answer with: the invalid and no-endpoint shares stay in the
+/// kernel table as REJECT (RST for TCP, drop for UDP).
+#[test]
+fn invalid_and_empty_shares_of_a_tcp_route_go_to_reject_at_l4() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tcp, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: tcp, protocol: TCP, port: 9100}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: tcp}]
+  rules:
+  - backendRefs:
+    - {name: a, port: 8080, weight: 2}
+    - {name: nonexistent, port: 8080, weight: 1}
+    - {name: empty, port: 8080, weight: 1}
+"#;
+    let plan = plan_of(&[&fixture("base.yaml"), route]);
+    let l4 = listener(&plan, 9100).l4().unwrap();
     assert_quotas(
         &l4.table,
         &[
@@ -668,4 +709,100 @@ fn unservable_values_drop_their_rule_with_a_condition_and_the_rest_is_served() {
         other => panic!("{other:?}"),
     }
     assert!(!plan.problems().is_empty());
+}
+
+/// An EndpointSlice's `nodeName` tells the kernel path which endpoints are on which node (DNAT
+/// only for this node's, DNAT plus SNAT for the others'); the table itself is the same whatever
+/// the nodes, so every node holds the same one.
+#[test]
+fn l4_plans_know_each_endpoints_node_and_the_table_ignores_it() {
+    let base = fixture("base.yaml");
+    let placed = base
+        .replace(
+            "- addresses: [10.1.0.1]",
+            "- addresses: [10.1.0.1]\n  nodeName: node1",
+        )
+        .replace(
+            "- addresses: [10.2.0.1]",
+            "- addresses: [10.2.0.1]\n  nodeName: node2",
+        );
+    assert_ne!(
+        base, placed,
+        "the fixture's endpoints moved; update the test"
+    );
+    let routes = fixture("l4-routes.yaml");
+    let with_nodes = plan_of(&[&placed, &routes]);
+    let without = plan_of(&[&base, &routes]);
+    let tcp = |plan: &splitter_plan::plan::Plan| {
+        plan.listeners
+            .iter()
+            .find(|l| {
+                l.key().port == 9000 && l.key().transport == splitter_plan::plan::Transport::Tcp
+            })
+            .and_then(|l| l.l4().cloned())
+            .expect("the TCP listener is L4")
+    };
+    let (placed_l4, bare_l4) = (tcp(&with_nodes), tcp(&without));
+    let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert_eq!(placed_l4.node_of(&sa("10.1.0.1:3000")), Some("node1"));
+    assert_eq!(placed_l4.node_of(&sa("10.2.0.1:3000")), Some("node2"));
+    assert_eq!(placed_l4.node_of(&sa("10.1.0.2:3000")), None);
+    assert_eq!(bare_l4.node_of(&sa("10.1.0.1:3000")), None);
+    assert_eq!(placed_l4.table.slots, bare_l4.table.slots);
+}
+
+/// A Service with IPv4 and IPv6 slices: one table per family (the kernel does no NAT46/64), each
+/// splitting the Service's share over its endpoints of that family; a Service with no endpoint
+/// of a family keeps its share as REJECT there rather than handing it to the others.
+#[test]
+fn dual_stack_endpoints_get_one_table_per_family() {
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tcp, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: tcp, protocol: TCP, port: 9100}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: tcp}]
+  rules:
+  - backendRefs:
+    - {name: a, port: 8080, weight: 3}
+    - {name: b, port: 8080, weight: 1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-v6, namespace: infra, labels: {kubernetes.io/service-name: a}}
+addressType: IPv6
+ports: [{name: http, port: 3000, protocol: TCP}]
+endpoints:
+- addresses: ["fd00::a1"]
+"#;
+    let plan = plan_of(&[&fixture("base.yaml"), routes]);
+    let l4 = listener(&plan, 9100).l4().unwrap();
+    assert_quotas(
+        l4.table_for(true),
+        &[
+            (ep("10.1.0.1:3000"), 0.375),
+            (ep("10.1.0.2:3000"), 0.375),
+            (ep("10.2.0.1:3000"), 0.125),
+            (ep("10.2.0.2:3000"), 0.125),
+        ],
+    );
+    assert_quotas(
+        l4.table_for(false),
+        &[(ep("[fd00::a1]:3000"), 0.75), (TableTarget::Reject, 0.25)],
+    );
+    // A single-family set keeps its one table.
+    let v4_only = plan_of(&[
+        &fixture("base.yaml"),
+        routes.split("---\napiVersion: discovery").next().unwrap(),
+    ]);
+    let l4 = listener(&v4_only, 9100).l4().unwrap();
+    assert!(l4.table_v6.is_none());
 }
