@@ -41,6 +41,8 @@ fn route(
         key: key.into(),
         vips: vips.to_vec(),
         table,
+        remote: Default::default(),
+        dedicated: Default::default(),
     }
 }
 

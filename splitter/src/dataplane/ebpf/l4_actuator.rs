@@ -15,8 +15,8 @@ use std::{
 
 use aya::maps::MapError;
 use splitter_common::l4::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_REMOTE, Backend, MAX_BACKENDS, MAX_ROUTES,
-    MAX_TABLE_SIZE, RouteMeta, VipKey,
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_REMOTE, Backend, L4Config, MAX_BACKENDS,
+    MAX_ROUTES, MAX_TABLE_SIZE, RouteMeta, VipKey,
 };
 
 use super::{
@@ -153,6 +153,9 @@ pub struct L4Actuator<M = KernelL4Maps> {
     maps: M,
     applied: Applied,
     closing: ClosingAges,
+    /// The config last written; `None` until the first write (a pinned map may hold an older
+    /// agent's).
+    config: Option<L4Config>,
 }
 
 impl L4Actuator {
@@ -221,6 +224,7 @@ impl<M: L4Maps> L4Actuator<M> {
             maps,
             applied,
             closing: ClosingAges::default(),
+            config: None,
         })
     }
 
@@ -271,6 +275,16 @@ impl<M: L4Maps> L4Actuator<M> {
         let steps = l4_delta::plan(&self.applied, desired)?;
         self.perform_all(&steps)?;
         Ok(ApplyReport::of(&steps))
+    }
+
+    /// Sets the SNAT addresses and port range flows to remote backends use. Written only when
+    /// it changed, so calling it before every apply costs nothing.
+    pub fn set_config(&mut self, config: L4Config) -> Result<(), L4ApplyError> {
+        if self.config != Some(config) {
+            self.maps.write_config(config)?;
+            self.config = Some(config);
+        }
+        Ok(())
     }
 
     /// Reaps what draining backends leave behind, then frees their ids (see `l4_sweep`).

@@ -375,6 +375,8 @@ mod tests {
             key: key.into(),
             vips: vec![(sa(vip), L4Proto::Tcp)],
             table: table.iter().map(|s| s.map(sa)).collect(),
+            remote: BTreeSet::new(),
+            dedicated: BTreeSet::new(),
         }
     }
 
@@ -404,11 +406,11 @@ mod tests {
             vec![
                 Step::ActivateBackend {
                     id: 0,
-                    addr: sa("10.1.0.1:80")
+                    backend: BackendRef::local(sa("10.1.0.1:80"))
                 },
                 Step::ActivateBackend {
                     id: 1,
-                    addr: sa("10.1.0.2:80")
+                    backend: BackendRef::local(sa("10.1.0.2:80"))
                 },
                 Step::BindRoute { key: "web", id: 0 },
                 Step::WriteTable {
@@ -424,7 +426,10 @@ mod tests {
                 },
                 Step::WriteVip {
                     key: vip_key(sa("10.0.0.1:80"), L4Proto::Tcp),
-                    route_id: 0
+                    value: VipValue {
+                        route_id: 0,
+                        flags: 0
+                    }
                 },
             ]
         );
@@ -499,7 +504,7 @@ mod tests {
         let mut applied = Applied::default();
         for id in 0..MAX_BACKENDS {
             let addr = SocketAddr::new(IpAddr::from([10, 2, (id >> 8) as u8, id as u8]), 80);
-            applied.backend_ids.insert(addr, id);
+            applied.backend_ids.insert(BackendRef::local(addr), id);
             applied.draining.insert(id);
         }
         let one_more = [route("web", "10.0.0.1:80", &[Some("10.1.0.1:80")])];
@@ -545,7 +550,10 @@ mod tests {
         );
         assert_eq!(
             applied.backend_ids,
-            BTreeMap::from([(sa("10.1.0.1:80"), 0), (sa("10.1.0.3:80"), 2)])
+            BTreeMap::from([
+                (BackendRef::local(sa("10.1.0.1:80")), 0),
+                (BackendRef::local(sa("10.1.0.3:80")), 2)
+            ])
         );
         assert_eq!(applied.draining, BTreeSet::from([2]));
         assert_eq!(applied.metas, BTreeMap::from([(4, live)]));

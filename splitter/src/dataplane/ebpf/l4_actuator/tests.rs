@@ -26,6 +26,8 @@ fn route(key: &str, vips: &[(&str, L4Proto)], table: &[Option<SocketAddr>]) -> L
         key: key.into(),
         vips: vips.iter().map(|(a, p)| (sa(a), *p)).collect(),
         table: table.to_vec(),
+        remote: BTreeSet::new(),
+        dedicated: BTreeSet::new(),
     }
 }
 
