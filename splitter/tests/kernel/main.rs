@@ -5,6 +5,7 @@
 mod agent_netns;
 mod l4_netns;
 mod l4_snat;
+mod l4_snat_netns;
 mod l4_test_run;
 mod pinned_maps;
 mod support;

@@ -70,6 +70,9 @@ pub(super) enum Step<'a> {
         route_id: u32,
         meta: RouteMeta,
         table: &'a [Option<SocketAddr>],
+        /// Which of the table's backends are remote: part of what was published, since a
+        /// backend that turns remote is another backend id.
+        remote: &'a BTreeSet<SocketAddr>,
     },
     WriteVip {
         key: VipKey,
@@ -99,6 +102,9 @@ pub(super) enum Step<'a> {
     },
 }
 
+/// A route's table as published: the slots' addresses and which of them are remote.
+pub(super) type PublishedTable = (Vec<Option<SocketAddr>>, BTreeSet<SocketAddr>);
+
 /// What the maps hold, as far as this agent wrote or adopted them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Applied {
@@ -110,7 +116,7 @@ pub(super) struct Applied {
     pub metas: BTreeMap<u32, RouteMeta>,
     /// The table each route key last published. Empty after adoption: route keys are not in
     /// the kernel, so a restarted agent republishes every table once.
-    pub tables: BTreeMap<String, Vec<Option<SocketAddr>>>,
+    pub tables: BTreeMap<String, PublishedTable>,
     pub vips: BTreeMap<VipKey, VipValue>,
 }
 
@@ -161,9 +167,11 @@ impl Applied {
                 route_id,
                 meta,
                 table,
+                remote,
             } => {
                 self.metas.insert(*route_id, *meta);
-                self.tables.insert((*key).to_owned(), table.to_vec());
+                self.tables
+                    .insert((*key).to_owned(), (table.to_vec(), (*remote).clone()));
             }
             Step::WriteVip { key, value } => {
                 self.vips.insert(*key, *value);
@@ -251,7 +259,8 @@ pub(super) fn plan<'a>(
 
     let mut route_ids = applied.route_ids.clone();
     let mut metas = applied.metas.clone();
-    let mut published: BTreeMap<&str, &[Option<SocketAddr>]> = BTreeMap::new();
+    let mut published: BTreeMap<&str, (&[Option<SocketAddr>], &BTreeSet<SocketAddr>)> =
+        BTreeMap::new();
     for r in desired {
         let route_id = match route_ids.get(&r.key) {
             Some(id) => *id,
@@ -276,9 +285,12 @@ pub(super) fn plan<'a>(
         };
         let current = match published.get(r.key.as_str()) {
             Some(t) => Some(*t),
-            None => applied.tables.get(&r.key).map(Vec::as_slice),
+            None => applied
+                .tables
+                .get(&r.key)
+                .map(|(t, remote)| (t.as_slice(), remote)),
         };
-        if current == Some(r.table.as_slice()) {
+        if current == Some((r.table.as_slice(), &r.remote)) {
             continue;
         }
         let meta = metas.get(&route_id).copied().unwrap_or_default();
@@ -305,12 +317,13 @@ pub(super) fn plan<'a>(
             _pad: 0,
         };
         metas.insert(route_id, next);
-        published.insert(&r.key, &r.table);
+        published.insert(&r.key, (&r.table, &r.remote));
         steps.push(Step::FlipRoute {
             key: &r.key,
             route_id,
             meta: next,
             table: &r.table,
+            remote: &r.remote,
         });
     }
 
@@ -422,7 +435,8 @@ mod tests {
                     key: "web",
                     route_id: 0,
                     meta,
-                    table: &desired[0].table
+                    table: &desired[0].table,
+                    remote: &desired[0].remote
                 },
                 Step::WriteVip {
                     key: vip_key(sa("10.0.0.1:80"), L4Proto::Tcp),
