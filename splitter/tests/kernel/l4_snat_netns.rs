@@ -185,15 +185,15 @@ fn serve_peer_addresses(ns: &NetNs, bind: SocketAddr) {
     });
 }
 
-fn remote_backend_end_to_end(vip: SocketAddr, backend: SocketAddr, node_ip: IpAddr) {
+fn remote_backend_end_to_end(
+    vip: SocketAddr,
+    backend: SocketAddr,
+    node_ip: IpAddr,
+    mode: ebpf::XdpAttachMode,
+) {
     let n = RemoteNet::new();
     let fs = BpfFs::new().expect("bpffs");
-    let (_obj, mut act) = attach(
-        &n.node,
-        &[&n.front.b, &n.back.a],
-        &fs,
-        ebpf::XdpAttachMode::Driver,
-    );
+    let (_obj, mut act) = attach(&n.node, &[&n.front.b, &n.back.a], &fs, mode);
     let ports = SnatPorts::default();
     act.set_config(snat_config(
         &[NODE.parse().expect("ip"), NODE6.parse().expect("ip")],
@@ -280,6 +280,20 @@ fn a_remote_backend_answers_through_snat_ipv4() {
         sa(&format!("{NODE}:80")),
         sa(&format!("{BACKEND}:8080")),
         NODE.parse().expect("ip"),
+        ebpf::XdpAttachMode::Driver,
+    );
+}
+
+#[test]
+fn a_remote_backend_answers_through_snat_with_generic_xdp() {
+    if !testbed::require_root("a_remote_backend_answers_through_snat_with_generic_xdp") {
+        return;
+    }
+    remote_backend_end_to_end(
+        sa(&format!("{NODE}:80")),
+        sa(&format!("{BACKEND}:8080")),
+        NODE.parse().expect("ip"),
+        ebpf::XdpAttachMode::Generic,
     );
 }
 
@@ -292,5 +306,6 @@ fn a_remote_backend_answers_through_snat_ipv6() {
         sa(&format!("[{NODE6}]:80")),
         sa(&format!("[{BACKEND6}]:8080")),
         NODE6.parse().expect("ip"),
+        ebpf::XdpAttachMode::Driver,
     );
 }
