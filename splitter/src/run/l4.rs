@@ -391,6 +391,63 @@ mod tests {
         assert_eq!(merge_reserved_ports("8080,61000-64999", p), None);
     }
 
+    /// The plan's `nodeName`s decide which endpoints are remote, relative to this node; VIPs
+    /// that are not node addresses are dedicated.
+    #[test]
+    fn endpoints_on_other_nodes_are_remote_and_foreign_vips_dedicated() {
+        let dir = std::env::temp_dir().join(format!("splitter-l4-programs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../splitter-plan/tests/fixtures");
+        let base = std::fs::read_to_string(fixtures.join("base.yaml")).expect("base.yaml");
+        let placed = base
+            .replace(
+                "- addresses: [10.1.0.1]",
+                "- addresses: [10.1.0.1]\n  nodeName: node1",
+            )
+            .replace(
+                "- addresses: [10.2.0.1]",
+                "- addresses: [10.2.0.1]\n  nodeName: node2",
+            );
+        assert_ne!(
+            base, placed,
+            "the fixture's endpoints moved; update the test"
+        );
+        std::fs::write(dir.join("base.yaml"), placed).expect("write");
+        std::fs::copy(fixtures.join("l4-routes.yaml"), dir.join("l4-routes.yaml")).expect("copy");
+        let (index, _) = crate::source::file::load(&[dir.clone()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let plan = splitter_plan::plan::build(&index, &Default::default(), None);
+
+        let sa = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let vip: IpAddr = "192.0.2.10".parse().expect("ip");
+        let tcp = |programs: Vec<L4RouteProgram>| {
+            programs
+                .into_iter()
+                .find(|p| p.vips.contains(&(SocketAddr::new(vip, 9000), L4Proto::Tcp)))
+                .expect("the TCP listener's program")
+        };
+        let on_node1 = tcp(l4_programs(&plan, &[], &[], Some("node1")));
+        assert!(on_node1.table.contains(&Some(sa("10.2.0.1:3000"))));
+        assert_eq!(
+            on_node1.remote,
+            BTreeSet::from([sa("10.2.0.1:3000")]),
+            "node2's endpoint is remote; node1's and unplaced ones are local"
+        );
+        assert_eq!(on_node1.dedicated, BTreeSet::from([vip]));
+        let on_node2 = tcp(l4_programs(&plan, &[], &[vip], Some("node2")));
+        assert_eq!(on_node2.remote, BTreeSet::from([sa("10.1.0.1:3000")]));
+        assert!(
+            on_node2.dedicated.is_empty(),
+            "the VIP is a node address here"
+        );
+        let nameless = tcp(l4_programs(&plan, &[], &[], None));
+        assert!(
+            nameless.remote.is_empty(),
+            "without a node name all is local"
+        );
+    }
+
     #[test]
     fn snat_addresses_are_the_first_of_each_family() {
         let addrs: Vec<IpAddr> = ["10.0.0.2", "10.0.0.3", "fd00::2"]

@@ -593,3 +593,71 @@ fn a_sweep_with_nothing_draining_leaves_conntrack_alone() {
         "flows to active backends are the LRU's"
     );
 }
+
+#[test]
+fn a_backend_turning_remote_is_a_new_backend_and_its_table_is_republished() {
+    let mut act = fake();
+    let a = sa("10.1.0.1:80");
+    let local = route("web", &tcp("10.0.0.1:80"), &[Some(a), None]);
+    act.apply(std::slice::from_ref(&local))
+        .expect("apply local");
+    let local_id = act.backend_id(a).expect("id");
+    assert_eq!(act.maps().backend(local_id).flags, 0);
+
+    let remote = L4RouteProgram {
+        remote: BTreeSet::from([a]),
+        ..local.clone()
+    };
+    let report = act
+        .apply(std::slice::from_ref(&remote))
+        .expect("apply remote");
+    assert_eq!(report.tables_published, vec!["web".to_owned()]);
+    assert_eq!((report.backends_added, report.backends_draining), (1, 1));
+    let remote_id = act.backend_id(a).expect("id");
+    assert_ne!(remote_id, local_id, "a new id: old flows keep DNAT only");
+    assert_eq!(
+        act.maps().backend(remote_id).flags,
+        splitter_common::l4::BACKEND_FLAG_REMOTE
+    );
+    assert_eq!(act.maps().backend(local_id).state, BACKEND_DRAINING);
+    let live_ids = act.maps().live_table(act.route_id("web").expect("route"));
+    assert_eq!(live_ids[0], remote_id, "the live table names the remote id");
+    assert_eq!(
+        act.apply(std::slice::from_ref(&remote)).expect("again"),
+        ApplyReport::default(),
+        "nothing left to do"
+    );
+
+    // A restarted agent reads the flag back: no id changes.
+    let mut second = L4Actuator::with_maps(act.maps().clone()).expect("adopt");
+    second
+        .apply(std::slice::from_ref(&remote))
+        .expect("apply after restart");
+    assert_eq!(second.backend_id(a), Some(remote_id));
+}
+
+#[test]
+fn dedicated_vips_carry_their_flag_and_the_config_is_written_once() {
+    use splitter_common::l4::{L4Config, VIP_DEDICATED};
+    let mut act = fake();
+    let vip = sa("10.0.0.1:80");
+    let mut r = route("web", &tcp("10.0.0.1:80"), &[Some(sa("10.1.0.1:80"))]);
+    act.apply(std::slice::from_ref(&r)).expect("apply");
+    let key = vip_key(vip, L4Proto::Tcp);
+    assert_eq!(act.maps().vips[&key].flags, 0);
+    r.dedicated = BTreeSet::from([vip.ip()]);
+    let report = act.apply(std::slice::from_ref(&r)).expect("apply");
+    assert_eq!(report.vips_added, 1, "the flag change rewrites the VIP");
+    assert_eq!(act.maps().vips[&key].flags, VIP_DEDICATED);
+
+    let config = L4Config {
+        port_min: 61000,
+        port_max: 64999,
+        ..L4Config::default()
+    };
+    take_log(&mut act);
+    act.set_config(config).expect("config");
+    act.set_config(config).expect("config again");
+    assert_eq!(take_log(&mut act), vec![Op::Config(config)]);
+    assert_eq!(act.maps().config, config);
+}
