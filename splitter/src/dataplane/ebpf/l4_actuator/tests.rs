@@ -615,10 +615,7 @@ fn a_backend_turning_remote_is_a_new_backend_and_its_table_is_republished() {
     assert_eq!((report.backends_added, report.backends_draining), (1, 1));
     let remote_id = act.backend_id(a).expect("id");
     assert_ne!(remote_id, local_id, "a new id: old flows keep DNAT only");
-    assert_eq!(
-        act.maps().backend(remote_id).flags,
-        splitter_common::l4::BACKEND_FLAG_REMOTE
-    );
+    assert_eq!(act.maps().backend(remote_id).flags, BACKEND_FLAG_REMOTE);
     assert_eq!(act.maps().backend(local_id).state, BACKEND_DRAINING);
     let live_ids = act.maps().live_table(act.route_id("web").expect("route"));
     assert_eq!(live_ids[0], remote_id, "the live table names the remote id");
@@ -660,4 +657,68 @@ fn dedicated_vips_carry_their_flag_and_the_config_is_written_once() {
     act.set_config(config).expect("config again");
     assert_eq!(take_log(&mut act), vec![Op::Config(config)]);
     assert_eq!(act.maps().config, config);
+}
+
+/// A SNAT flow's legs are (client -> VIP) and (backend -> node:port): the reaper pairs them by
+/// the entries' second address, so a closed flow to a draining remote backend goes entirely.
+#[test]
+fn both_legs_of_a_closed_snat_flow_are_reaped() {
+    use crate::dataplane::ebpf::CtKey;
+    use splitter_common::l4::{DIR_FORWARD, FLOW_SNAT, FlowKey4, FlowValue};
+    let mut act = fake();
+    let (vip, backend) = (sa("10.0.0.1:80"), sa("10.1.0.1:80"));
+    let remote = L4RouteProgram {
+        remote: BTreeSet::from([backend]),
+        ..route("web", &tcp("10.0.0.1:80"), &[Some(backend)])
+    };
+    act.apply(std::slice::from_ref(&remote)).expect("apply");
+    let id = act.backend_id(backend).expect("id");
+    let v4 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(ip) => ip.octets(),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let (client, snat) = (sa("192.0.2.1:40000"), sa("10.0.0.2:61234"));
+    let forward = FlowKey4 {
+        src: v4(client),
+        dst: v4(vip),
+        src_port: client.port(),
+        dst_port: vip.port(),
+        proto: L4Proto::Tcp.number(),
+        dir: DIR_FORWARD,
+        _pad: [0; 2],
+    };
+    let to_backend = FlowValue {
+        addr: addr16(backend.ip()),
+        port: backend.port(),
+        backend_id: id,
+        flags: FLOW_SNAT | FLOW_CLOSING,
+        nat_addr: addr16(snat.ip()),
+        nat_port: snat.port(),
+        ..FlowValue::default()
+    };
+    let reply = forward.twin(&to_backend);
+    assert_eq!((reply.src, reply.dst), (v4(backend), v4(snat)));
+    let to_client = FlowValue {
+        addr: addr16(vip.ip()),
+        port: vip.port(),
+        nat_addr: addr16(client.ip()),
+        nat_port: client.port(),
+        ..to_backend
+    };
+    let keys = [CtKey::V4(forward), CtKey::V4(reply)];
+    act.maps_mut().flows.insert(keys[0], to_backend);
+    act.maps_mut().flows.insert(keys[1], to_client);
+
+    act.apply(&[route(
+        "web",
+        &tcp("10.0.0.1:80"),
+        &[Some(sa("10.1.0.2:80"))],
+    )])
+    .expect("the backend leaves");
+    let grace = Duration::from_secs(120);
+    let t0 = Instant::now();
+    act.sweep(t0, grace).expect("first sight of the close");
+    let swept = act.sweep(t0 + grace, grace).expect("after the grace");
+    assert_eq!((swept.flows_reaped, swept.backends_freed), (1, 1));
+    assert!(act.maps().flows.is_empty(), "both legs removed");
 }
