@@ -415,7 +415,7 @@ mod tests {
         );
         std::fs::write(dir.join("base.yaml"), placed).expect("write");
         std::fs::copy(fixtures.join("l4-routes.yaml"), dir.join("l4-routes.yaml")).expect("copy");
-        let (index, _) = crate::source::file::load(&[dir.clone()]);
+        let (index, _) = crate::source::file::load(std::slice::from_ref(&dir));
         let _ = std::fs::remove_dir_all(&dir);
         let plan = splitter_plan::plan::build(&index, &Default::default(), None);
 

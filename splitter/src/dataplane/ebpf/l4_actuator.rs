@@ -287,10 +287,11 @@ impl<M: L4Maps> L4Actuator<M> {
         Ok(())
     }
 
-    /// Reaps what draining backends leave behind, then frees their ids (see `l4_sweep`).
-    /// Conntrack is walked only while some backend drains.
+    /// Reaps what draining backends leave behind, then frees their ids, and reaps closed SNAT
+    /// flows (see `l4_sweep`). Conntrack is walked only while some backend drains or is remote.
     pub fn sweep(&mut self, now: Instant, grace: Duration) -> Result<SweepReport, L4ApplyError> {
-        if self.applied.draining.is_empty() {
+        let remote = self.applied.backend_ids.keys().any(|b| b.remote);
+        if self.applied.draining.is_empty() && !remote {
             self.closing.clear();
             return Ok(SweepReport::default());
         }

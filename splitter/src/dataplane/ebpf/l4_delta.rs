@@ -36,6 +36,7 @@ pub struct BackendRef {
     pub remote: bool,
 }
 
+#[cfg(test)]
 impl BackendRef {
     pub fn local(addr: SocketAddr) -> Self {
         BackendRef {

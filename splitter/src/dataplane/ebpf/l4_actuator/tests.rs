@@ -722,3 +722,70 @@ fn both_legs_of_a_closed_snat_flow_are_reaped() {
     assert_eq!((swept.flows_reaped, swept.backends_freed), (1, 1));
     assert!(act.maps().flows.is_empty(), "both legs removed");
 }
+
+/// A closed SNAT flow holds a port of the reserved range: it is reaped even while its backend
+/// stays active.
+#[test]
+fn closed_snat_flows_to_an_active_backend_are_reaped_and_open_ones_kept() {
+    use crate::dataplane::ebpf::CtKey;
+    use splitter_common::l4::{DIR_FORWARD, FLOW_SNAT, FlowKey4, FlowValue};
+    let mut act = fake();
+    let (vip, backend) = (sa("10.0.0.1:80"), sa("10.1.0.1:80"));
+    let remote = L4RouteProgram {
+        remote: BTreeSet::from([backend]),
+        ..route("web", &tcp("10.0.0.1:80"), &[Some(backend)])
+    };
+    act.apply(std::slice::from_ref(&remote)).expect("apply");
+    let id = act.backend_id(backend).expect("id");
+    let mut add = |client_port: u16, snat_port: u16, flags: u8| {
+        let forward = FlowKey4 {
+            src: [192, 0, 2, 1],
+            dst: [10, 0, 0, 1],
+            src_port: client_port,
+            dst_port: vip.port(),
+            proto: L4Proto::Tcp.number(),
+            dir: DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let v = FlowValue {
+            addr: addr16(backend.ip()),
+            port: backend.port(),
+            backend_id: id,
+            flags: FLOW_SNAT | flags,
+            nat_addr: addr16(sa("10.0.0.2:1").ip()),
+            nat_port: snat_port,
+            ..FlowValue::default()
+        };
+        let reply = forward.twin(&v);
+        act.maps_mut().flows.insert(CtKey::V4(forward), v);
+        act.maps_mut().flows.insert(
+            CtKey::V4(reply),
+            FlowValue {
+                addr: addr16(vip.ip()),
+                port: vip.port(),
+                nat_addr: addr16(sa("192.0.2.1:1").ip()),
+                nat_port: client_port,
+                ..v
+            },
+        );
+    };
+    add(40000, 61000, FLOW_CLOSING);
+    add(40001, 61001, 0);
+    let grace = Duration::from_secs(120);
+    let t0 = Instant::now();
+    assert_eq!(act.sweep(t0, grace).expect("sweep").flows_reaped, 0);
+    let swept = act.sweep(t0 + grace, grace).expect("sweep");
+    assert_eq!((swept.flows_reaped, swept.backends_freed), (1, 0));
+    assert_eq!(
+        act.maps().flows.len(),
+        2,
+        "the open flow keeps both entries"
+    );
+    assert!(
+        act.maps()
+            .flows
+            .values()
+            .all(|v| v.nat_port == 61001 || v.nat_port == 40001)
+    );
+    assert_eq!(act.maps().backend(id).state, BACKEND_ACTIVE);
+}
