@@ -185,6 +185,34 @@ fn serve_peer_addresses(ns: &NetNs, bind: SocketAddr) {
     });
 }
 
+/// Bytes `i` of a bulk transfer: a pattern a reordering or corruption would break.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+const BULK: usize = 8 << 20;
+
+/// The backend reads a request line of N bytes to send, then sends them (full-sized segments
+/// both ways: GRO and the redirect of large packets are on the path).
+fn serve_bulk(ns: &NetNs, bind: SocketAddr) {
+    let listener = ns.run(|| TcpListener::bind(bind).expect("bulk listen"));
+    ns.spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let n: usize = line.trim().parse().unwrap_or(0);
+                let data: Vec<u8> = (0..n).map(pattern).collect();
+                let _ = conn.write_all(&data);
+            });
+        }
+    });
+}
+
 fn remote_backend_end_to_end(
     vip: SocketAddr,
     backend: SocketAddr,
@@ -201,21 +229,26 @@ fn remote_backend_end_to_end(
     ))
     .expect("config");
     serve_peer_addresses(&n.other, backend);
+    let bulk_backend = SocketAddr::new(backend.ip(), backend.port() + 1);
+    let bulk_vip = SocketAddr::new(vip.ip(), vip.port() + 1);
+    serve_bulk(&n.other, bulk_backend);
 
     // Without SNAT (the backend as if local) the connection cannot work: the other node has no
     // route back to the client.
-    let program = |remote: bool| L4RouteProgram {
-        key: "remote".into(),
-        vips: vec![(vip, L4Proto::Tcp)],
-        table: vec![Some(backend); 7],
-        remote: if remote {
-            BTreeSet::from([backend])
-        } else {
-            BTreeSet::new()
-        },
-        dedicated: BTreeSet::new(),
+    let program = |remote: bool| {
+        [(vip, backend), (bulk_vip, bulk_backend)].map(|(vip, backend)| L4RouteProgram {
+            key: vip.to_string(),
+            vips: vec![(vip, L4Proto::Tcp)],
+            table: vec![Some(backend); 7],
+            remote: if remote {
+                BTreeSet::from([backend])
+            } else {
+                BTreeSet::new()
+            },
+            dedicated: BTreeSet::new(),
+        })
     };
-    act.apply(&[program(false)]).expect("apply local");
+    act.apply(&program(false)).expect("apply local");
     n.client.run(|| {
         assert!(
             TcpStream::connect_timeout(&vip, Duration::from_millis(1500)).is_err(),
@@ -223,7 +256,7 @@ fn remote_backend_end_to_end(
         );
     });
 
-    act.apply(&[program(true)]).expect("apply remote");
+    act.apply(&program(true)).expect("apply remote");
     let seen: Vec<SocketAddr> = n.client.run(|| {
         (0..200)
             .map(|i| {
@@ -257,6 +290,24 @@ fn remote_backend_end_to_end(
         distinct.len()
     );
 
+    // Megabytes both ways through the translation, byte for byte.
+    let received = n.client.run(|| {
+        let mut s =
+            TcpStream::connect_timeout(&bulk_vip, Duration::from_secs(3)).expect("bulk connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let request = format!("{BULK}\n");
+        s.write_all(request.as_bytes()).expect("request");
+        let mut got = Vec::with_capacity(BULK);
+        std::io::Read::read_to_end(&mut s, &mut got).expect("bulk read");
+        got
+    });
+    assert_eq!(received.len(), BULK, "the whole transfer arrives");
+    assert!(
+        received.iter().enumerate().all(|(i, b)| *b == pattern(i)),
+        "byte for byte"
+    );
+
     // The operator's view.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitter"))
         .args(["inspect", "--pin-dir"])
@@ -265,10 +316,12 @@ fn remote_backend_end_to_end(
         .expect("run splitter inspect");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("(200 source-NATed to remote backends)"),
+        text.contains("(201 source-NATed to remote backends)"),
         "{text}"
     );
     assert!(text.contains("(7 slots, active, remote)"), "{text}");
+    assert!(text.contains("route_failed         0"), "{text}");
+    assert!(text.contains("redirect_failed      0"), "{text}");
 }
 
 #[test]
