@@ -69,6 +69,21 @@ fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
         dedicated: BTreeSet::new(),
     }])
     .expect("apply");
+    let links = fs.path().join("links");
+    let pins = [
+        ebpf::xdp_pin_path(&links, t.gateway_iface()),
+        ebpf::tc_pin_path(&links, t.gateway_iface()),
+        ebpf::tc_ingress_pin_path(&links, t.gateway_iface()),
+    ];
+    assert!(pins.iter().all(|p| p.exists()), "{pins:?} pinned");
+    let xdp_shown = || {
+        let out = t
+            .gateway
+            .exec("bpftool", &["net", "show", "dev", t.gateway_iface()])
+            .expect("bpftool net show");
+        String::from_utf8_lossy(&out.stdout).contains(" id ")
+    };
+    assert!(xdp_shown(), "XDP attached");
     t.client.run(|| {
         for i in 0..20 {
             let started = std::time::Instant::now();
@@ -86,6 +101,20 @@ fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
             );
         }
     });
+
+    // `splitter detach` removes every attachment, the TC ingress one included.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitter"))
+        .args(["detach", "--iface", t.gateway_iface(), "--pin-dir"])
+        .arg(fs.path())
+        .output()
+        .expect("run splitter detach");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins.iter().any(|p| p.exists()), "{pins:?} unpinned");
+    assert!(!xdp_shown(), "XDP detached with its last reference");
 }
 
 #[test]
