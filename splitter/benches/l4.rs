@@ -187,6 +187,10 @@ fn accept_and_close(ns: &NetNs, at: SocketAddr) {
     });
 }
 
+/// What one case measures once its data plane is set up: the client connects to `targets` (the
+/// VIP, or for the ceilings the backends or the gateway themselves).
+type Measure = fn(&GatewayNet, &[SocketAddr]) -> f64;
+
 /// What the client connects to: the VIP, or (for the ceiling) the backends themselves, 3:1.
 fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
@@ -229,7 +233,7 @@ fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
     done.load(Ordering::Relaxed) as f64 / elapsed
 }
 
-fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
+fn splitter_local(mode: ebpf::XdpAttachMode, measure: Measure) -> f64 {
     let pins = testbed::BpfFs::new().expect("bpffs");
     {
         let t = cps_topology();
@@ -251,13 +255,13 @@ fn splitter_cps(mode: ebpf::XdpAttachMode) -> f64 {
             dedicated: Default::default(),
         }])
         .expect("apply");
-        let r = connections_per_second(&t, &[VIP.parse().expect("vip")]);
+        let r = measure(&t, &[VIP.parse().expect("vip")]);
         let _ = ebpf::detach_pinned(t.gateway_iface(), &links);
         r
     }
 }
 
-fn iptables_cps() -> f64 {
+fn iptables_local(measure: Measure) -> f64 {
     let t = cps_topology();
     let rule = |prob: Option<&str>, to: &str| {
         let mut args = vec![
@@ -282,12 +286,12 @@ fn iptables_cps() -> f64 {
     };
     rule(Some("0.75"), &backend(0).to_string());
     rule(None, &backend(1).to_string());
-    connections_per_second(&t, &[VIP.parse().expect("vip")])
+    measure(&t, &[VIP.parse().expect("vip")])
 }
 
 /// The ceiling of any data plane that leaves forwarding to the gateway's stack: no NAT at all,
 /// the client connects to the backends themselves (3:1) and the gateway only routes.
-fn routed_cps() -> f64 {
+fn routed(measure: Measure) -> f64 {
     let t = cps_topology();
     t.client
         .ip(&[
@@ -299,15 +303,15 @@ fn routed_cps() -> f64 {
         ])
         .expect("route");
     let (b0, b1) = (backend(0), backend(1));
-    connections_per_second(&t, &[b0, b0, b0, b1])
+    measure(&t, &[b0, b0, b0, b1])
 }
 
 /// The ceiling of any gateway: no hop at all, the backend listens in the gateway namespace.
-fn hopless_cps() -> f64 {
+fn hopless(measure: Measure) -> f64 {
     let t = cps_topology();
     let at: SocketAddr = format!("{}:8081", NET.gateway()).parse().expect("addr");
     accept_and_close(&t.gateway, at);
-    connections_per_second(&t, &[at])
+    measure(&t, &[at])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -321,25 +325,29 @@ type CpsLine = (&'static str, fn() -> f64, &'static str);
 fn cps() {
     // iptables is the baseline the other lines are divided by.
     let lines: [CpsLine; 5] = [
-        ("iptables DNAT -m statistic (kube-proxy)", iptables_cps, ""),
+        (
+            "iptables DNAT -m statistic (kube-proxy)",
+            || iptables_local(connections_per_second),
+            "",
+        ),
         (
             "splitter, native XDP + TC",
-            || splitter_cps(ebpf::XdpAttachMode::Driver),
+            || splitter_local(ebpf::XdpAttachMode::Driver, connections_per_second),
             "",
         ),
         (
             "splitter, generic XDP + TC",
-            || splitter_cps(ebpf::XdpAttachMode::Generic),
+            || splitter_local(ebpf::XdpAttachMode::Generic, connections_per_second),
             "",
         ),
         (
             "no NAT, the gateway only routes",
-            routed_cps,
+            || routed(connections_per_second),
             " (ceiling of stack forwarding)",
         ),
         (
             "no gateway hop (server in the gateway)",
-            hopless_cps,
+            || hopless(connections_per_second),
             " (ceiling of any gateway)",
         ),
     ];
@@ -368,12 +376,134 @@ fn cps() {
     }
 }
 
+/// The offered rate of the cost runs: below what every case sustains here (the cps part prints
+/// each ceiling), so every case carries the same load and its CPU time per connection compares.
+const COST_RATE: u64 = 800;
+const COST_SECONDS: u64 = 6;
+const COST_ROUNDS: usize = 3;
+const COST_CLIENT_THREADS: u64 = 8;
+
+/// The machine's busy CPU time so far (every state but idle, iowait and steal), from
+/// `/proc/stat` in USER_HZ ticks (100 per second on every Linux ABI).
+fn busy_ticks() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .expect("cpu line");
+    // user nice system idle iowait irq softirq steal
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().expect("tick count"))
+        .collect();
+    t[0] + t[1] + t[2] + t[5] + t[6]
+}
+
+/// Whole-machine CPU microseconds per connection at the fixed offered rate: the client paces
+/// connections over `COST_CLIENT_THREADS` threads, each connection opened, read to EOF (the
+/// backend closes) and closed. Everything the machine did in the window counts (client,
+/// backends, softirq, the data plane), which is why the cost table subtracts the run without a
+/// gateway hop at the same rate: what remains is the gateway's marginal cost.
+fn cpu_per_connection(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
+    let total = COST_RATE * COST_SECONDS;
+    let interval = Duration::from_secs_f64(1.0 / COST_RATE as f64);
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(100);
+    let before = busy_ticks();
+    let threads: Vec<_> = (0..COST_CLIENT_THREADS)
+        .map(|k| {
+            let (done, failed) = (done.clone(), failed.clone());
+            let targets = targets.to_vec();
+            t.client.spawn(move || {
+                let mut buf = [0u8; 16];
+                for i in (k..total).step_by(COST_CLIENT_THREADS as usize) {
+                    let due = start + interval * i as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let to = &targets[i as usize % targets.len()];
+                    match TcpStream::connect_timeout(to, Duration::from_secs(2)) {
+                        Ok(mut s) => {
+                            let _ = s.read(&mut buf);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let busy_us = (busy_ticks() - before) as f64 * 10_000.0;
+    let (ok, f) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    if f > 0 || elapsed > COST_SECONDS as f64 * 1.1 {
+        println!(
+            "    ({f} connections failed; {elapsed:.1} s for a {COST_SECONDS} s schedule: saturated?)"
+        );
+    }
+    busy_us / ok.max(1) as f64
+}
+
+/// A line of the cost report: its label and the run that measures it.
+type CostLine = (&'static str, fn() -> f64);
+
+/// The gateway's marginal CPU per new connection at a fixed offered rate below saturation:
+/// whole-machine CPU time per connection minus that of the same load with no gateway hop.
+fn cost() {
+    let lines: [CostLine; 4] = [
+        ("no gateway hop (baseline)", || hopless(cpu_per_connection)),
+        ("plain routing, no NAT", || routed(cpu_per_connection)),
+        ("iptables DNAT -m statistic", || {
+            iptables_local(cpu_per_connection)
+        }),
+        ("splitter, native XDP + TC", || {
+            splitter_local(ebpf::XdpAttachMode::Driver, cpu_per_connection)
+        }),
+    ];
+    let mut runs = vec![Vec::new(); lines.len()];
+    for _ in 0..COST_ROUNDS {
+        for (line, (_, run)) in runs.iter_mut().zip(&lines) {
+            line.push(run());
+        }
+    }
+    let costs: Vec<f64> = runs.into_iter().map(median).collect();
+    let marginal: Vec<f64> = costs.iter().map(|c| c - costs[0]).collect();
+    println!(
+        "l4 cost per new connection ({COST_RATE} connections/s offered for {COST_SECONDS} s, whole-machine CPU, median of {COST_ROUNDS} interleaved rounds)"
+    );
+    for (i, ((label, _), (c, m))) in lines.iter().zip(costs.iter().zip(&marginal)).enumerate() {
+        let label = format!("{label}:");
+        if i == 0 {
+            println!("  {label:<33}{c:>7.1} us/conn");
+            continue;
+        }
+        print!("  {label:<33}{c:>7.1} us/conn   marginal {m:>6.1} us");
+        if i == 3 {
+            print!(
+                "   {:.2}x iptables, {:.2}x plain routing",
+                m / marginal[2],
+                m / marginal[1]
+            );
+        }
+        println!();
+    }
+}
+
 fn main() {
     if !testbed::is_root() {
         eprintln!("bench l4 needs root (BPF, network namespaces)");
         std::process::exit(1);
     }
-    // `cargo bench --bench l4 -- per-packet` (or `cps`) runs one part; no argument runs both.
+    // `cargo bench --bench l4 -- per-packet` (or `cps`, or `cost`) runs one part; no argument
+    // runs per-packet and cps.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -384,5 +514,9 @@ fn main() {
     }
     if wants("cps") {
         cps();
+    }
+    // Not part of the default run: it takes a minute and a half of fixed-rate load.
+    if only.iter().any(|a| a == "cost") {
+        cost();
     }
 }

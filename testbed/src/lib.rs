@@ -6,12 +6,16 @@
 
 mod bpffs;
 mod child;
+mod cluster_net;
 mod gateway_net;
 mod netns;
 mod privilege;
+mod whoami;
 
 pub use bpffs::BpfFs;
 pub use child::ChildGuard;
+pub use cluster_net::{ClusterNet, ClusterPlan, Node, Pod, Routing};
 pub use gateway_net::{AddressPlan, GatewayNet};
 pub use netns::{NetNs, VethPair, unique_name};
 pub use privilege::{is_root, require_root};
+pub use whoami::{WhoamiReply, WhoamiServer, ask_whoami};

@@ -34,7 +34,7 @@ fn base36(mut n: u32) -> String {
     String::from_utf8(out).expect("ascii digits")
 }
 
-fn run_checked(cmd: &mut Command) -> io::Result<Output> {
+pub(crate) fn run_checked(cmd: &mut Command) -> io::Result<Output> {
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(

@@ -22,7 +22,12 @@ pub use l7::L7Options;
 pub enum Bench {
     /// The kernel data path against an empty XDP program and iptables DNAT (`cargo bench
     /// --bench l4`; root).
-    L4,
+    L4 {
+        /// Instead: the gateway's marginal CPU per new connection at a fixed rate below
+        /// saturation, against iptables DNAT and plain routing.
+        #[arg(long)]
+        cost: bool,
+    },
     /// The L7 proxy against nginx with the same weighted upstream, driven by wrk (root).
     L7(L7Options),
     /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench -p splitter-plan --bench plan`).
@@ -31,16 +36,22 @@ pub enum Bench {
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
-        Bench::L4 => cargo_bench("splitter", "l4"),
-        Bench::Plan => cargo_bench("splitter-plan", "plan"),
+        Bench::L4 { cost } => {
+            // The peer: iptables DNAT as kube-proxy programs it.
+            crate::setup::debian_tools(&[("iptables", "iptables")])?;
+            cargo_bench("splitter", "l4", if cost { &["cost"] } else { &[] })
+        }
+        Bench::Plan => cargo_bench("splitter-plan", "plan", &[]),
         Bench::L7(opts) => l7::run(&opts),
     }
 }
 
-/// `cargo bench -p PACKAGE --bench NAME`: the benches that live in the crate they measure.
-fn cargo_bench(package: &str, name: &str) -> anyhow::Result<()> {
+/// `cargo bench -p PACKAGE --bench NAME -- PARTS`: the benches that live in the crate they
+/// measure.
+fn cargo_bench(package: &str, name: &str, parts: &[&str]) -> anyhow::Result<()> {
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["bench", "--package", package, "--bench", name])
+        .args(["bench", "--package", package, "--bench", name, "--"])
+        .args(parts)
         .status()?;
     if !st.success() {
         bail!("cargo bench --bench {name} failed: {st}");
