@@ -3,6 +3,7 @@
 //! the agent process on the kernel path.
 
 mod agent_netns;
+mod l4_cluster;
 mod l4_netns;
 mod l4_snat;
 mod l4_snat_netns;
