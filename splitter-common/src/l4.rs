@@ -33,7 +33,11 @@ pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
 pub const ROUTE_STATS: &str = "ROUTE_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const L4_DROPS: &str = "L4_DROPS";
+/// One [`L4Config`], written by the agent.
+pub const L4_CONFIG: &str = "L4_CONFIG";
 pub const TC_PROGRAM: &str = "splitter_tc_egress";
+/// TC ingress: sends what XDP marked (see [`XdpMark`]) out of the node.
+pub const TC_INGRESS_PROGRAM: &str = "splitter_tc_ingress";
 
 /// Index of slot `slot` of half `half` of route `route` in `TABLES`.
 pub const fn table_index(route: u32, half: u32, slot: u32) -> u32 {
@@ -56,8 +60,14 @@ pub struct VipKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
     pub route_id: u32,
+    /// `VIP_DEDICATED` or 0.
     pub flags: u32,
 }
+
+/// `VipValue::flags`: the VIP is not one of the node's own addresses, so every packet to it is
+/// ours: a non-SYN conntrack miss (agent restart, LRU eviction) re-selects and recreates the
+/// flow. On a node address such a packet may belong to a host socket and passes untouched.
+pub const VIP_DEDICATED: u32 = 1;
 
 /// Value of `ROUTES`, indexed by route id.
 #[repr(C)]
@@ -88,10 +98,57 @@ pub struct Backend {
     pub port: u16,
     /// `BACKEND_EMPTY`, `BACKEND_ACTIVE` or `BACKEND_DRAINING`.
     pub state: u8,
-    pub _pad: u8,
+    /// `BACKEND_FLAG_REMOTE` or 0.
+    pub flags: u8,
     /// Explicit, so no byte of a value written to the kernel is uninitialised.
     pub _reserved: u32,
 }
+
+/// `Backend::flags`: the backend runs on another node. New flows to it are source-NATed to this
+/// node's address and a port of the reserved range (see [`L4Config`]), so its replies come back
+/// through this node instead of going straight to a client that would drop them.
+pub const BACKEND_FLAG_REMOTE: u8 = 1;
+
+/// Value of the one-entry `L4_CONFIG` array: what the kernel needs to source-NAT flows to remote
+/// backends. Written by the agent at start; all zero (no SNAT address) until then, and flows to
+/// remote backends are rejected meanwhile.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L4Config {
+    /// This node's IPv4 SNAT address, v4-mapped (valid with `CONFIG_SNAT_V4`).
+    pub snat_v4: [u8; 16],
+    /// This node's IPv6 SNAT address (valid with `CONFIG_SNAT_V6`).
+    pub snat_v6: [u8; 16],
+    /// The reserved source-port range, inclusive, host byte order; `port_min <= port_max`.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub flags: u32,
+}
+
+pub const CONFIG_SNAT_V4: u32 = 1;
+pub const CONFIG_SNAT_V6: u32 = 2;
+
+/// How many ports a new SNAT flow tries before it is rejected: a bounded loop for the verifier,
+/// and enough that a busy range still finds a free port.
+pub const SNAT_PORT_TRIES: u32 = 16;
+
+/// What XDP leaves in the metadata area in front of a packet it passes to the stack but wants
+/// sent out by the TC ingress program instead: a packet with one of this node's addresses as
+/// source would otherwise be dropped as a martian by IP input, and XDP_TX fails on veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpMark {
+    /// `XDP_MARK_MAGIC | kind`.
+    pub word: u32,
+}
+
+/// High 24 bits of [`XdpMark::word`]: tells our mark from metadata another program left.
+pub const XDP_MARK_MAGIC: u32 = 0x5a1e_7700;
+pub const XDP_MARK_KIND_MASK: u32 = 0xff;
+/// A RST built in place: send it back out of the interface it came in on.
+pub const XDP_MARK_BOUNCE: u32 = 1;
+/// A translated SNAT leg: route it (FIB lookup) and send it out with neighbour resolution.
+pub const XDP_MARK_ROUTE: u32 = 2;
 
 pub const DIR_FORWARD: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
@@ -134,25 +191,33 @@ impl<const N: usize> Default for FlowKeyOf<N> {
 }
 
 /// Value of `CONNTRACK`: where to rewrite to. Forward entries name the backend; reply entries
-/// name the VIP the client used.
+/// name the VIP the client used. SNAT flows (`FLOW_SNAT`) rewrite the other address too:
+/// forward entries carry this node's SNAT address and port as the new source in `nat_addr`
+/// and `nat_port`, reply entries the client as the new destination.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub addr: [u8; 16],
     /// Host byte order.
     pub port: u16,
-    /// Forward entries: what the DNAT adds to the IPv4 header checksum (`csum::delta` of the
-    /// VIP's address words to the backend's; 0 for IPv6). Fixed for the flow's life, so the
-    /// established path does no checksum arithmetic beyond one addition.
+    /// What the rewrite adds to the IPv4 header checksum (`csum::delta` of the old address
+    /// words to the new ones; 0 for IPv6). Fixed for the flow's life, so the established path
+    /// does no checksum arithmetic beyond one addition. Set for forward entries and for reply
+    /// entries of SNAT flows (local flows' replies are rewritten by TC's checksum helpers).
     pub l3_csum_delta: u16,
     pub backend_id: u32,
     pub route_id: u32,
-    /// Forward entries: the same for the TCP/UDP checksum (addresses of the pseudo-header and
-    /// the destination port).
+    /// The same for the TCP/UDP checksum (addresses of the pseudo-header and the ports).
     pub l4_csum_delta: u16,
-    /// `FLOW_CLOSING` once a FIN or RST was seen in either direction.
+    /// `FLOW_CLOSING`, `FLOW_SNAT`.
     pub flags: u8,
     pub _pad: u8,
+    /// SNAT flows: forward, this node's SNAT address (the new source); reply, the client (the
+    /// new destination). Zero otherwise.
+    pub nat_addr: [u8; 16],
+    /// Host byte order.
+    pub nat_port: u16,
+    pub _pad2: [u8; 6],
 }
 
 impl<const N: usize> FlowKeyOf<N> {
@@ -161,25 +226,42 @@ impl<const N: usize> FlowKeyOf<N> {
     /// (client -> VIP). The kernel inserts both together; userspace removes both together.
     pub fn twin(&self, value: &FlowValue) -> Self {
         // Values hold 16-byte addresses, IPv4 ones v4-mapped: the address is the last N bytes.
-        let mut addr = [0u8; N];
-        addr.copy_from_slice(&value.addr[16 - N..]);
+        let narrow = |a: &[u8; 16]| {
+            let mut out = [0u8; N];
+            out.copy_from_slice(&a[16 - N..]);
+            out
+        };
+        let addr = narrow(&value.addr);
+        let snat = value.flags & FLOW_SNAT != 0;
         if self.dir == DIR_FORWARD {
-            // (client -> VIP) to backend: the reply is (backend -> client).
+            // (client -> VIP) to backend: the reply is (backend -> client), or (backend ->
+            // SNAT address) when the flow is source-NATed.
+            let (dst, dst_port) = if snat {
+                (narrow(&value.nat_addr), value.nat_port)
+            } else {
+                (self.src, self.src_port)
+            };
             Self {
                 src: addr,
-                dst: self.src,
+                dst,
                 src_port: value.port,
-                dst_port: self.src_port,
+                dst_port,
                 proto: self.proto,
                 dir: DIR_REPLY,
                 _pad: [0; 2],
             }
         } else {
-            // (backend -> client) to VIP: the forward key is (client -> VIP).
+            // (backend -> client or SNAT address) to VIP: the forward key is (client -> VIP);
+            // a SNAT reply entry names the client, which its key does not hold.
+            let (src, src_port) = if snat {
+                (narrow(&value.nat_addr), value.nat_port)
+            } else {
+                (self.dst, self.dst_port)
+            };
             Self {
-                src: self.dst,
+                src,
                 dst: addr,
-                src_port: self.dst_port,
+                src_port,
                 dst_port: value.port,
                 proto: self.proto,
                 dir: DIR_FORWARD,
@@ -192,6 +274,8 @@ impl<const N: usize> FlowKeyOf<N> {
 /// `FlowValue::flags`: the connection began to close (TCP FIN or RST). Userspace reaps such
 /// entries after a grace period (see the agent's conntrack reaper); the kernel never deletes.
 pub const FLOW_CLOSING: u8 = 1;
+/// `FlowValue::flags`: both addresses are rewritten (a flow to a remote backend).
+pub const FLOW_SNAT: u8 = 2;
 
 /// Per-route and per-backend counters (per CPU; userspace sums).
 #[repr(C)]
@@ -225,10 +309,25 @@ pub enum L4Event {
     PassedUnparsed = 5,
     /// Reject of a SYN that cannot be answered in place (IPv4 options, TCP payload): dropped.
     RejectDropTcp = 6,
+    /// A new flow to a remote backend found no free port in the SNAT range: rejected.
+    SnatPortsExhausted = 7,
+    /// A non-SYN conntrack miss on a dedicated VIP whose table names a remote backend: the
+    /// flow cannot be recreated (its SNAT port would differ), so it is answered with RST.
+    SnatFlowLost = 8,
+    /// A new flow to a remote backend with no SNAT address of its family configured: rejected.
+    SnatNoAddress = 9,
+    /// A non-SYN conntrack miss on a node address: not ours, passed to the stack untouched.
+    NonSynMissPassed = 10,
+    /// XDP could not write its mark in front of a packet (no metadata room): dropped.
+    MarkFailed = 11,
+    /// TC ingress found no route (or no usable one) for a translated SNAT leg: dropped.
+    RouteFailed = 12,
+    /// TC ingress could not redirect a marked packet: dropped.
+    RedirectFailed = 13,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 14;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         L4Event::RejectRst,
         L4Event::RejectDrop,
@@ -237,6 +336,13 @@ impl L4Event {
         L4Event::NonSynMiss,
         L4Event::PassedUnparsed,
         L4Event::RejectDropTcp,
+        L4Event::SnatPortsExhausted,
+        L4Event::SnatFlowLost,
+        L4Event::SnatNoAddress,
+        L4Event::NonSynMissPassed,
+        L4Event::MarkFailed,
+        L4Event::RouteFailed,
+        L4Event::RedirectFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -248,6 +354,13 @@ impl L4Event {
             L4Event::NonSynMiss => "non_syn_miss",
             L4Event::PassedUnparsed => "passed_unparsed",
             L4Event::RejectDropTcp => "reject_drop_tcp",
+            L4Event::SnatPortsExhausted => "snat_ports_exhausted",
+            L4Event::SnatFlowLost => "snat_flow_lost",
+            L4Event::SnatNoAddress => "snat_no_address",
+            L4Event::NonSynMissPassed => "non_syn_miss_passed",
+            L4Event::MarkFailed => "mark_failed",
+            L4Event::RouteFailed => "route_failed",
+            L4Event::RedirectFailed => "redirect_failed",
         }
     }
 }
@@ -268,6 +381,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: as for VipKey.
+    unsafe impl aya::Pod for super::L4Config {}
 }
 
 #[cfg(test)]
@@ -294,10 +409,16 @@ mod layout {
         assert_eq!(offset_of!(FlowKey4, src_port), 8);
         assert_eq!(offset_of!(FlowKey4, proto), 12);
         assert_eq!(offset_of!(FlowKey4, dir), 13);
-        assert_eq!(size_of::<FlowValue>(), 32);
+        assert_eq!(size_of::<FlowValue>(), 56);
         assert_eq!(offset_of!(FlowValue, backend_id), 20);
         assert_eq!(offset_of!(FlowValue, l4_csum_delta), 28);
         assert_eq!(offset_of!(FlowValue, flags), 30);
+        assert_eq!(offset_of!(FlowValue, nat_addr), 32);
+        assert_eq!(offset_of!(FlowValue, nat_port), 48);
+        assert_eq!(size_of::<L4Config>(), 40);
+        assert_eq!(offset_of!(L4Config, port_min), 32);
+        assert_eq!(offset_of!(L4Config, flags), 36);
+        assert_eq!(size_of::<XdpMark>(), 4);
         assert_eq!(size_of::<FlowStats>(), 32);
     }
 
@@ -340,6 +461,42 @@ mod layout {
     #[test]
     fn twins_pair_up_both_directions() {
         check_twins([1u8; 16], [2u8; 16], [3u8; 16], |a| a);
+    }
+
+    #[test]
+    fn snat_twins_pair_backend_and_snat_address() {
+        let fwd = FlowKeyOf::<16> {
+            src: [1; 16],
+            dst: [2; 16],
+            src_port: 40000,
+            dst_port: 80,
+            proto: 6,
+            dir: DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let to_backend = FlowValue {
+            addr: [3; 16],
+            port: 8080,
+            flags: FLOW_SNAT,
+            nat_addr: [4; 16],
+            nat_port: 61000,
+            ..FlowValue::default()
+        };
+        let rev = fwd.twin(&to_backend);
+        assert_eq!((rev.src, rev.dst), ([3; 16], [4; 16]));
+        assert_eq!(
+            (rev.src_port, rev.dst_port, rev.dir),
+            (8080, 61000, DIR_REPLY)
+        );
+        let to_vip_and_client = FlowValue {
+            addr: [2; 16],
+            port: 80,
+            flags: FLOW_SNAT | FLOW_CLOSING,
+            nat_addr: [1; 16],
+            nat_port: 40000,
+            ..FlowValue::default()
+        };
+        assert_eq!(rev.twin(&to_vip_and_client), fwd);
     }
 
     #[test]

@@ -3,15 +3,17 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use splitter_common::{
     counters::IPPROTO_TCP,
-    l4::{L4Event, VipKey},
+    l4::{FLOW_SNAT, L4Event, VIP_DEDICATED, VipKey, XDP_MARK_BOUNCE, XDP_MARK_ROUTE},
 };
 
 use crate::{
     counters::{count_backend, count_event, count_route},
     maps::VIPS,
+    mark::mark,
     parse::{PacketMeta, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN},
     reject, rewrite,
     select::{self, Choice},
+    snat::{self, ClaimError},
 };
 
 /// Handles a packet if it belongs to the L4 path; `None` when it is not for a VIP.
@@ -43,17 +45,53 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
                 _pad: 0,
             };
             // SAFETY: copied out at once.
-            let vip = unsafe { VIPS.get(vip_key) }.copied()?;
-            if is_tcp && !is_syn && flags & TCP_FLAG_RST == 0 {
+            let Some(vip) = unsafe { VIPS.get(vip_key) }.copied() else {
+                return reply_leg(ctx, meta);
+            };
+            let non_syn_miss = is_tcp && !is_syn && flags & TCP_FLAG_RST == 0;
+            if non_syn_miss {
+                if vip.flags & VIP_DEDICATED == 0 {
+                    // On a node address the packet may belong to a host socket: not ours.
+                    count_event(L4Event::NonSynMissPassed);
+                    return None;
+                }
                 count_event(L4Event::NonSynMiss);
             }
-            (select::from_table(meta, vip.route_id), vip.route_id)
+            let choice = select::from_table(meta, vip.route_id);
+            if non_syn_miss
+                && matches!(choice, Choice::Forward { .. })
+                && meta.flow.flags & FLOW_SNAT != 0
+            {
+                // Recreating it would pick another SNAT port: the backend knows no such flow.
+                count_event(L4Event::SnatFlowLost);
+                return Some(reject_tcp(ctx, meta, vip.route_id, bytes));
+            }
+            (choice, vip.route_id)
         }
     };
 
     match choice {
         Choice::Forward { new_flow } => {
-            if rewrite::dnat(ctx, meta).is_err() {
+            let snat = meta.flow.flags & FLOW_SNAT != 0;
+            if snat && new_flow {
+                match snat::claim(meta) {
+                    Ok(()) => {}
+                    Err(ClaimError::NoAddress) => {
+                        count_event(L4Event::SnatNoAddress);
+                        return Some(reject_any(ctx, meta, route_id, bytes, is_tcp));
+                    }
+                    Err(ClaimError::Exhausted) => {
+                        count_event(L4Event::SnatPortsExhausted);
+                        return Some(reject_any(ctx, meta, route_id, bytes, is_tcp));
+                    }
+                }
+            }
+            let rewritten = if snat {
+                rewrite::snat(ctx, meta, false)
+            } else {
+                rewrite::dnat(ctx, meta)
+            };
+            if rewritten.is_err() {
                 return Some(reject_any(ctx, meta, route_id, bytes, is_tcp));
             }
             if new_flow {
@@ -61,6 +99,10 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
             }
             count_route(route_id, bytes, new_flow, false);
             count_backend(meta.flow.backend_id, bytes, new_flow);
+            if snat {
+                // Its source is this node's address: IP input would drop it as a martian.
+                return Some(route_out(ctx));
+            }
             Some(xdp_action::XDP_PASS)
         }
         Choice::Reject { no_table } => {
@@ -94,11 +136,38 @@ fn reject_tcp(ctx: &XdpContext, meta: &PacketMeta, route_id: u32, bytes: u64) ->
     match reject::rst_in_place(ctx, meta) {
         Ok(()) => {
             count_event(L4Event::RejectRst);
-            xdp_action::XDP_TX
+            // XDP_TX fails on veth in native mode (the peer has no NAPI to take it); TC
+            // ingress sends it back out instead.
+            if mark(ctx, XDP_MARK_BOUNCE).is_ok() {
+                xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            }
         }
         Err(()) => {
             count_event(L4Event::RejectDropTcp);
             xdp_action::XDP_DROP
         }
+    }
+}
+
+/// A packet to this node's SNAT address: the reply leg of a flow to a remote backend gets the
+/// VIP as source and the client as destination and is routed out; anything else is not ours.
+#[inline(always)]
+fn reply_leg(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<u32> {
+    snat::reply_leg(meta)?;
+    if rewrite::snat(ctx, meta, true).is_err() {
+        return Some(xdp_action::XDP_DROP);
+    }
+    Some(route_out(ctx))
+}
+
+/// Hands a translated SNAT leg to TC ingress, which routes it out.
+#[inline(always)]
+fn route_out(ctx: &XdpContext) -> u32 {
+    if mark(ctx, XDP_MARK_ROUTE).is_ok() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
 }

@@ -13,11 +13,14 @@
 mod counters;
 mod forward;
 mod maps;
+mod mark;
 mod parse;
 mod reject;
 mod rewrite;
 mod select;
+mod snat;
 mod tc;
+mod tc_ingress;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -68,6 +71,13 @@ pub fn splitter_tc_egress(ctx: TcContext) -> i32 {
     // A reply that cannot be rewritten is still sent: dropping it would not help the client.
     let _ = tc::reverse_nat(&ctx);
     TC_ACT_OK
+}
+
+/// TC ingress on the same interfaces: sends out what XDP marked (RSTs, SNAT legs); passes
+/// everything else on to the next program.
+#[classifier]
+pub fn splitter_tc_ingress(ctx: TcContext) -> i32 {
+    tc_ingress::on_packet(&ctx)
 }
 
 #[cfg(not(test))]

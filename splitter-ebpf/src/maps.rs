@@ -15,7 +15,7 @@ pub static PARSE_STATS: PerCpuArray<u64, { ParseOutcome::COUNT as usize }> = Per
 
 use aya_ebpf::btf_maps::{Array, HashMap, LruHashMap};
 use splitter_common::l4::{
-    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowKey4, FlowStats, FlowValue, L4Event,
+    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowKey4, FlowStats, FlowValue, L4Config, L4Event,
     MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
 };
 
@@ -49,11 +49,15 @@ pub static ROUTE_STATS: PerCpuArray<FlowStats, { MAX_ROUTES as usize }> = PerCpu
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<FlowStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
-/// Per-CPU scratch space for the parsed packet: slot 0 for XDP, slot 1 for TC (TC egress runs
-/// with bottom halves disabled, so XDP never interrupts it on the same CPU, but separate slots
-/// make that argument unnecessary).
+/// Per-CPU scratch space for the parsed packet: slot 0 for XDP, slot 1 for TC egress, slot 2
+/// for TC ingress (TC egress runs with bottom halves disabled, so XDP never interrupts it on the
+/// same CPU, but separate slots make that argument unnecessary).
 #[btf_map]
-pub static SCRATCH: PerCpuArray<crate::parse::PacketMeta, 2> = PerCpuArray::new();
+pub static SCRATCH: PerCpuArray<crate::parse::PacketMeta, 3> = PerCpuArray::new();
+
+/// The SNAT addresses and port range (one entry, written by the agent).
+#[btf_map]
+pub static L4_CONFIG: Array<L4Config, 1> = Array::new();
 
 #[btf_map]
 pub static L4_DROPS: PerCpuArray<u64, { L4Event::COUNT as usize }> = PerCpuArray::new();

@@ -80,6 +80,13 @@ pub struct PacketMeta {
     /// Where this packet goes once a backend is chosen: the conntrack entry of an established
     /// flow, copied, or the one a new flow will insert. Filled by `select`, read by `rewrite`.
     pub flow: FlowValue,
+    /// The reply entry a new SNAT flow claims (`snat`), kept here rather than on the stack.
+    pub reply_key: FlowKey,
+    pub reply_key4: FlowKey4,
+    pub reply: FlowValue,
+    /// The flow hash `select::from_table` chose by; where the SNAT port search starts.
+    pub hash: u32,
+    pub _pad2: u32,
 }
 
 #[repr(u8)]

@@ -1,4 +1,5 @@
-//! Answering a rejected TCP connection with a RST, in place, sent back with XDP_TX.
+//! Answering a rejected TCP connection with a RST, in place; TC ingress sends it back out (see
+//! `mark`).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use splitter_common::{

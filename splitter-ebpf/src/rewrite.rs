@@ -93,3 +93,56 @@ pub fn dnat(ctx: &XdpContext, meta: &PacketMeta) -> Result<(), ()> {
     }
     Ok(())
 }
+
+/// Rewrites both ends of a SNAT flow's packet by `meta.flow`. Forward leg (`reply` false): the
+/// destination becomes the backend (`addr`, `port`) and the source this node's SNAT address
+/// (`nat_addr`, `nat_port`). Reply leg: the source becomes the VIP (`addr`, `port`) and the
+/// destination the client (`nat_addr`, `nat_port`). The entry's deltas cover all four changes.
+#[inline(never)]
+pub fn snat(ctx: &XdpContext, meta: &PacketMeta, reply: bool) -> Result<(), ()> {
+    let f = &meta.flow;
+    // Offsets of (addr, nat_addr) within the IP header and of (port, nat_port) within the L4
+    // header.
+    let (v4, v6, l4) = if reply {
+        ((12, 16), (8, 24), (0, 2))
+    } else {
+        ((16, 12), (24, 8), (2, 0))
+    };
+    let l4p = bytes_at(ctx, meta.l4_offset as usize, 8).map_err(|_| ())?;
+    let csum_off = l4_csum_offset(meta.key.proto);
+    let csum_ptr = bytes_at(ctx, meta.l4_offset as usize + csum_off, 2).map_err(|_| ())?;
+    match meta.family {
+        Family::V4 => {
+            let ip = bytes_at(ctx, meta.l3_offset as usize, 20).map_err(|_| ())?;
+            // SAFETY: bytes_at checked the 20 bytes of the IPv4 header against the packet.
+            unsafe {
+                write16(ip.add(10), apply(read16(ip.add(10)), f.l3_csum_delta));
+                for i in 0..4 {
+                    *ip.add(v4.0 + i) = f.addr[12 + i];
+                    *ip.add(v4.1 + i) = f.nat_addr[12 + i];
+                }
+            }
+        }
+        Family::V6 => {
+            let ip = bytes_at(ctx, meta.l3_offset as usize, 40).map_err(|_| ())?;
+            // SAFETY: bytes_at checked the 40 bytes of the IPv6 header against the packet.
+            unsafe {
+                for i in 0..16 {
+                    *ip.add(v6.0 + i) = f.addr[i];
+                    *ip.add(v6.1 + i) = f.nat_addr[i];
+                }
+            }
+        }
+    }
+    // SAFETY: bytes_at checked the checksum field and the first 8 bytes of the L4 header.
+    unsafe {
+        let l4_check = read16(csum_ptr);
+        if !(meta.key.proto == IPPROTO_UDP && l4_check == 0) {
+            let c = apply(l4_check, f.l4_csum_delta);
+            write16(csum_ptr, udp_nonzero(meta.key.proto, c));
+        }
+        write16(l4p.add(l4.0), f.port);
+        write16(l4p.add(l4.1), f.nat_port);
+    }
+    Ok(())
+}

@@ -7,8 +7,8 @@ use splitter_common::{
     csum,
     hash::flow_hash,
     l4::{
-        BACKEND_ACTIVE, BACKEND_EMPTY, FLOW_CLOSING, FlowKey, FlowKey4, FlowValue, REJECT,
-        table_index,
+        BACKEND_ACTIVE, BACKEND_EMPTY, BACKEND_FLAG_REMOTE, FLOW_CLOSING, FLOW_SNAT, FlowKey,
+        FlowKey4, FlowValue, REJECT, table_index,
     },
 };
 
@@ -65,7 +65,7 @@ pub fn tracked(meta: &mut PacketMeta) -> Option<(Choice, u32)> {
 /// byte-wise `memmove` (LLVM cannot prove they do not overlap): a load and a store per byte
 /// where this takes one per word.
 #[inline(always)]
-fn copy_words<T>(dst: &mut T, src: &T) {
+pub fn copy_words<T>(dst: &mut T, src: &T) {
     let s = core::ptr::from_ref(src).cast::<u64>();
     let d = core::ptr::from_mut(dst).cast::<u64>();
     for i in 0..size_of::<T>() / 8 {
@@ -94,6 +94,7 @@ pub fn from_table(meta: &mut PacketMeta, route_id: u32) -> Choice {
         meta.key.dst_port,
         meta.key.proto,
     );
+    meta.hash = h;
     let slot = h % m;
     let Some(id) = TABLES
         .get(table_index(route_id, route.active, slot))
@@ -128,17 +129,40 @@ pub fn from_table(meta: &mut PacketMeta, route_id: u32) -> Choice {
     f.backend_id = id;
     f.route_id = route_id;
     f.l4_csum_delta = csum::add(l4, csum::delta(&[meta.key.dst_port], &[b.port]));
-    f.flags = 0;
+    // A remote backend's flow is completed by `snat::claim` (source address, port, deltas).
+    f.flags = if b.flags & BACKEND_FLAG_REMOTE != 0 {
+        FLOW_SNAT
+    } else {
+        0
+    };
     f._pad = 0;
+    f.nat_addr = [0; 16];
+    f.nat_port = 0;
+    f._pad2 = [0; 6];
     Choice::Forward { new_flow: true }
 }
 
 /// Records both directions of a new flow: forward (client -> VIP) as `meta.flow`, reply
-/// (backend -> client) back to the VIP. Not inlined: its keys and values would otherwise share
-/// the caller's 512-byte stack frame.
+/// (backend -> client) back to the VIP. A SNAT flow's reply entry is in already (claiming it
+/// is how its port was chosen). Not inlined: its keys and values would otherwise share the
+/// caller's 512-byte stack frame.
 #[inline(never)]
 pub fn track(meta: &PacketMeta) {
     let f = &meta.flow;
+    if f.flags & FLOW_SNAT != 0 {
+        // By reference: the key stays in the scratch map instead of being copied to the stack.
+        let _ = match meta.family {
+            Family::V4 => {
+                let k: &FlowKey4 = &meta.key4;
+                CONNTRACK_V4.insert(k, f, 0)
+            }
+            Family::V6 => {
+                let k: &FlowKey = &meta.key;
+                CONNTRACK.insert(k, f, 0)
+            }
+        };
+        return;
+    }
     // The reply path rewrites with TC's checksum helpers, which need no deltas.
     let reply = FlowValue {
         addr: meta.key.dst,

@@ -76,11 +76,17 @@ fn per_packet() {
             key: "established".into(),
             vips: vec![(backend, L4Proto::Tcp)],
             table: vec![Some(backend); 16381],
+            remote: Default::default(),
+            // Not a node address: the first ACK creates the flow (a non-SYN miss on a node
+            // address would pass untouched).
+            dedicated: [backend.ip()].into(),
         },
         L4RouteProgram {
             key: "syn".into(),
             vips: vec![(vip, L4Proto::Tcp)],
             table: vec![Some(backend); 16381],
+            remote: Default::default(),
+            dedicated: Default::default(),
         },
     ])
     .expect("apply");
@@ -245,6 +251,8 @@ fn splitter_local(mode: ebpf::XdpAttachMode, measure: Measure) -> f64 {
             key: "bench".into(),
             vips: vec![(VIP.parse().expect("vip"), L4Proto::Tcp)],
             table,
+            remote: Default::default(),
+            dedicated: Default::default(),
         }])
         .expect("apply");
         let r = measure(&t, &[VIP.parse().expect("vip")]);

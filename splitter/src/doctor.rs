@@ -175,9 +175,10 @@ pub fn run(iface: Option<&str>, pin_dir: &Path) -> Vec<Check> {
                 "load",
                 true,
                 format!(
-                    "{} and {} passed the verifier",
+                    "{}, {} and {} passed the verifier",
                     splitter_common::maps::XDP_PROGRAM,
-                    splitter_common::l4::TC_PROGRAM
+                    splitter_common::l4::TC_PROGRAM,
+                    splitter_common::l4::TC_INGRESS_PROGRAM
                 ),
             ));
             if let Some(iface) = iface {

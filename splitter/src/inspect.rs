@@ -50,9 +50,10 @@ pub fn render(pin_dir: &Path) -> anyhow::Result<String> {
     let l4 = read_l4_state(&|name| open_pinned(pin_dir, name))?;
     writeln!(
         out,
-        "l4 routes ({}), tracked flows {}:",
+        "l4 routes ({}), tracked flows {} ({} source-NATed to remote backends):",
         l4.routes.len(),
-        l4.flows
+        l4.flows,
+        l4.snat_flows
     )?;
     for r in &l4.routes {
         writeln!(
@@ -73,16 +74,17 @@ pub fn render(pin_dir: &Path) -> anyhow::Result<String> {
                 .addr
                 .map_or_else(|| "REJECT".to_owned(), |a| a.to_string());
             let pct = 100.0 * f64::from(s.slots) / f64::from(r.table_size.max(1));
+            let remote = if s.remote { ", remote" } else { "" };
             writeln!(
                 out,
-                "    {who:<44} {pct:6.2}%  ({} slots, {})",
+                "    {who:<44} {pct:6.2}%  ({} slots, {}{remote})",
                 s.slots, s.state
             )?;
         }
     }
     writeln!(out, "l4 events:")?;
     for (name, n) in &l4.events {
-        writeln!(out, "  {name:<16} {n}")?;
+        writeln!(out, "  {name:<20} {n}")?;
     }
     writeln!(out, "destinations ({}):", dests.len())?;
     for d in &dests {

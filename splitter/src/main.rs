@@ -80,10 +80,15 @@ struct RunArgs {
     /// while holding the status writer Lease.
     #[arg(long)]
     kube: bool,
-    /// This node's name (the Lease holder identity); the DaemonSet sets NODE_NAME from
-    /// the downward API.
+    /// This node's name: the Lease holder identity, and how endpoints on other nodes are told
+    /// apart (their L4 flows are source-NATed). The DaemonSet sets NODE_NAME from the
+    /// downward API. Without it (files mode) every endpoint is treated as local.
     #[arg(long, env = "NODE_NAME", required_if_eq("kube", "true"))]
     node_name: Option<String>,
+    /// Source ports for L4 flows to backends on other nodes (SNAT), MIN-MAX. Added to
+    /// net.ipv4.ip_local_reserved_ports so local sockets stay out of them.
+    #[arg(long, default_value_t = splitter::run::SnatPorts::default())]
+    snat_ports: splitter::run::SnatPorts,
     /// The agent's namespace, where the status writer Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "splitter-system")]
     namespace: String,
@@ -192,10 +197,11 @@ fn run(args: RunArgs) -> ExitCode {
         gateway_class,
         xdp_mode,
         proxy_workers,
+        snat_ports,
     } = args;
     let source = if kube {
         splitter::run::Source::Kube(splitter::run::KubeOptions {
-            node_name: node_name.unwrap_or_default(),
+            node_name: node_name.clone().unwrap_or_default(),
             namespace,
             status_addresses,
         })
@@ -211,6 +217,8 @@ fn run(args: RunArgs) -> ExitCode {
         xdp_mode,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
+        node_name,
+        snat_ports,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -2,11 +2,16 @@
 //! listeners.
 
 use std::{
+    collections::BTreeSet,
+    fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    str::FromStr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use splitter_common::l4::{CONFIG_SNAT_V4, CONFIG_SNAT_V6, L4Config};
 
 use tokio::sync::watch;
 
@@ -17,9 +22,19 @@ use splitter_plan::plan::{DataplaneListener, Plan, Transport, maglev::TableTarge
 
 /// Every address of `ifaces` (what an L4 listener without Gateway addresses serves).
 pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    addresses(|name| ifaces.iter().any(|i| i == name))
+}
+
+/// Every address of every interface of this node (network namespace): a VIP that is none of
+/// them is dedicated.
+pub fn node_addresses() -> anyhow::Result<Vec<IpAddr>> {
+    addresses(|_| true)
+}
+
+fn addresses(wanted: impl Fn(&str) -> bool) -> anyhow::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
-        if !ifaces.contains(&ifa.interface_name) {
+        if !wanted(&ifa.interface_name) {
             continue;
         }
         let Some(addr) = ifa.address else { continue };
@@ -47,9 +62,119 @@ fn program_key(l: &DataplaneListener) -> String {
     format!("{}/{transport}/{}", l.key.port, addrs.join(","))
 }
 
+/// The reserved source ports of SNAT flows (`--snat-ports MIN-MAX`). The default lies above the
+/// default ephemeral range (32768-60999) and the NodePort range (30000-32767).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnatPorts {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for SnatPorts {
+    fn default() -> Self {
+        SnatPorts {
+            min: 61000,
+            max: 64999,
+        }
+    }
+}
+
+impl fmt::Display for SnatPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl FromStr for SnatPorts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (min, max) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 61000-64999"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|e| format!("{s:?}: port {p:?}: {e}"))
+        };
+        let (min, max) = (port(min)?, port(max)?);
+        if min < 1024 {
+            return Err(format!(
+                "{s:?}: ports below 1024 are privileged and may belong to host services"
+            ));
+        }
+        if min > max {
+            return Err(format!("{s:?}: MIN must not exceed MAX"));
+        }
+        Ok(SnatPorts { min, max })
+    }
+}
+
+/// What the kernel needs to source-NAT flows to remote backends: the first IPv4 and the first
+/// global IPv6 address of the first interface (`first_iface_addrs`, link-local ones already left
+/// out), and the port range. A family without an address rejects its remote flows (counted).
+pub fn snat_config(first_iface_addrs: &[IpAddr], ports: SnatPorts) -> L4Config {
+    let mut config = L4Config {
+        port_min: ports.min,
+        port_max: ports.max,
+        ..L4Config::default()
+    };
+    if let Some(v4) = first_iface_addrs.iter().find(|a| a.is_ipv4()) {
+        config.snat_v4 = ebpf::addr16(*v4);
+        config.flags |= CONFIG_SNAT_V4;
+    }
+    if let Some(v6) = first_iface_addrs
+        .iter()
+        .find(|a| matches!(a, IpAddr::V6(v6) if !v6.is_loopback()))
+    {
+        config.snat_v6 = ebpf::addr16(*v6);
+        config.flags |= CONFIG_SNAT_V6;
+    }
+    config
+}
+
+/// `ip_local_reserved_ports` with `ports` added, or `None` when it is covered already. What is
+/// there stays: other software reserves ports too.
+pub fn merge_reserved_ports(current: &str, ports: SnatPorts) -> Option<String> {
+    let current = current.trim();
+    let covered = current.split(',').any(|r| {
+        let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+        matches!(
+            (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()),
+            (Ok(lo), Ok(hi)) if lo <= ports.min && ports.max <= hi
+        )
+    });
+    if covered {
+        None
+    } else if current.is_empty() {
+        Some(ports.to_string())
+    } else {
+        Some(format!("{current},{ports}"))
+    }
+}
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Keeps local sockets of this network namespace from binding SNAT ports, so a host
+/// connection never shares a (backend, port) pair with a SNAT flow.
+pub fn reserve_ports(ports: SnatPorts) -> std::io::Result<()> {
+    let current = std::fs::read_to_string(RESERVED_PORTS)?;
+    if let Some(merged) = merge_reserved_ports(&current, ports) {
+        std::fs::write(RESERVED_PORTS, merged)?;
+    }
+    Ok(())
+}
+
 /// What the kernel should run for `plan`. A listener without Gateway addresses serves every
-/// address of the interfaces (`iface_addrs`).
-pub fn l4_programs(plan: &Plan, iface_addrs: &[IpAddr]) -> Vec<L4RouteProgram> {
+/// address of the interfaces (`iface_addrs`). With `node_name`, an endpoint whose plan names
+/// another node is remote (DNAT plus SNAT); without it, or when the plan names no node, every
+/// endpoint is local. A VIP that is none of `node_addrs` is dedicated.
+pub fn l4_programs(
+    plan: &Plan,
+    iface_addrs: &[IpAddr],
+    node_addrs: &[IpAddr],
+    node_name: Option<&str>,
+) -> Vec<L4RouteProgram> {
     plan.l4_listeners()
         .filter_map(|(l, l4)| {
             let proto = match l.key.transport {
@@ -78,10 +203,23 @@ pub fn l4_programs(plan: &Plan, iface_addrs: &[IpAddr]) -> Vec<L4RouteProgram> {
                 .filter(|ip| table.iter().flatten().all(|b| b.is_ipv4() == ip.is_ipv4()))
                 .map(|ip| (SocketAddr::new(*ip, l.key.port), proto))
                 .collect();
+            let remote: BTreeSet<SocketAddr> = table
+                .iter()
+                .flatten()
+                .filter(|b| matches!((node_name, l4.node_of(b)), (Some(me), Some(n)) if n != me))
+                .copied()
+                .collect();
+            let dedicated: BTreeSet<IpAddr> = vips
+                .iter()
+                .map(|(a, _)| a.ip())
+                .filter(|ip| !node_addrs.contains(ip))
+                .collect();
             (!table.is_empty()).then(|| L4RouteProgram {
                 key: program_key(l),
                 vips,
                 table,
+                remote,
+                dedicated,
             })
         })
         .collect()
@@ -92,12 +230,24 @@ pub struct L4Runner {
     _object: KernelObject,
     actuator: Arc<Mutex<L4Actuator>>,
     ifaces: Vec<String>,
+    node_name: Option<String>,
+    snat_ports: SnatPorts,
 }
 
 impl L4Runner {
     /// Loads the object (adopting pinned maps under `pin_dir`) and attaches it to every
     /// interface (taking over links an earlier agent pinned under `pin_dir/links`).
-    pub fn start(ifaces: &[String], pin_dir: &Path, mode: XdpAttachMode) -> anyhow::Result<Self> {
+    pub fn start(
+        ifaces: &[String],
+        pin_dir: &Path,
+        mode: XdpAttachMode,
+        node_name: Option<String>,
+        snat_ports: SnatPorts,
+    ) -> anyhow::Result<Self> {
+        if let Err(e) = reserve_ports(snat_ports) {
+            // SNAT still works; a local socket may just take a port a SNAT flow wanted.
+            tracing::warn!("reserving SNAT ports {snat_ports} in {RESERVED_PORTS}: {e}");
+        }
         let mut object = ebpf::load_object(Some(pin_dir))?;
         let links: PathBuf = pin_dir.join("links");
         for iface in ifaces {
@@ -115,6 +265,8 @@ impl L4Runner {
             _object: object,
             actuator: Arc::new(Mutex::new(actuator)),
             ifaces: ifaces.to_vec(),
+            node_name,
+            snat_ports,
         })
     }
 
@@ -155,10 +307,19 @@ impl L4Runner {
                 Vec::new()
             }
         };
-        let programs = l4_programs(plan, &addrs);
+        let node_addrs = node_addresses().unwrap_or_else(|e| {
+            tracing::error!("reading node addresses: {e}");
+            addrs.clone()
+        });
+        // Addresses may come and go: the SNAT config follows the first interface's.
+        let first = iface_addresses(&self.ifaces[..1.min(self.ifaces.len())]).unwrap_or_default();
+        let config = snat_config(&first, self.snat_ports);
+        let programs = l4_programs(plan, &addrs, &node_addrs, self.node_name.as_deref());
         let actuator = self.actuator.clone();
         let applied = tokio::task::spawn_blocking(move || {
-            actuator.lock().expect("actuator lock").apply(&programs)
+            let mut actuator = actuator.lock().expect("actuator lock");
+            actuator.set_config(config)?;
+            actuator.apply(&programs)
         })
         .await;
         match applied {
@@ -194,3 +355,113 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How long a flow to a draining backend stays after its FIN or RST: as long as Linux keeps a
 /// closing connection (TIME_WAIT, FIN_WAIT), so the last ACKs and retransmissions still find it.
 const CLOSE_GRACE: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snat_ports_parse_and_validate() {
+        assert_eq!("61000-64999".parse::<SnatPorts>(), Ok(SnatPorts::default()));
+        assert_eq!(
+            "2000-2000".parse::<SnatPorts>(),
+            Ok(SnatPorts {
+                min: 2000,
+                max: 2000
+            })
+        );
+        for bad in ["61000", "5-10", "64999-61000", "61000-70000", "a-b", ""] {
+            let err = bad.parse::<SnatPorts>().expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn reserved_ports_are_merged_never_clobbered() {
+        let p = SnatPorts::default();
+        assert_eq!(
+            merge_reserved_ports("\n", p).as_deref(),
+            Some("61000-64999")
+        );
+        assert_eq!(
+            merge_reserved_ports("8080,9000-9100\n", p).as_deref(),
+            Some("8080,9000-9100,61000-64999")
+        );
+        assert_eq!(merge_reserved_ports("60000-65000\n", p), None);
+        assert_eq!(merge_reserved_ports("8080,61000-64999", p), None);
+    }
+
+    /// The plan's `nodeName`s decide which endpoints are remote, relative to this node; VIPs
+    /// that are not node addresses are dedicated.
+    #[test]
+    fn endpoints_on_other_nodes_are_remote_and_foreign_vips_dedicated() {
+        let dir = std::env::temp_dir().join(format!("splitter-l4-programs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../splitter-plan/tests/fixtures");
+        let base = std::fs::read_to_string(fixtures.join("base.yaml")).expect("base.yaml");
+        let placed = base
+            .replace(
+                "- addresses: [10.1.0.1]",
+                "- addresses: [10.1.0.1]\n  nodeName: node1",
+            )
+            .replace(
+                "- addresses: [10.2.0.1]",
+                "- addresses: [10.2.0.1]\n  nodeName: node2",
+            );
+        assert_ne!(
+            base, placed,
+            "the fixture's endpoints moved; update the test"
+        );
+        std::fs::write(dir.join("base.yaml"), placed).expect("write");
+        std::fs::copy(fixtures.join("l4-routes.yaml"), dir.join("l4-routes.yaml")).expect("copy");
+        let (index, _) = crate::source::file::load(std::slice::from_ref(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let plan = splitter_plan::plan::build(&index, &Default::default(), None);
+
+        let sa = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let vip: IpAddr = "192.0.2.10".parse().expect("ip");
+        let tcp = |programs: Vec<L4RouteProgram>| {
+            programs
+                .into_iter()
+                .find(|p| p.vips.contains(&(SocketAddr::new(vip, 9000), L4Proto::Tcp)))
+                .expect("the TCP listener's program")
+        };
+        let on_node1 = tcp(l4_programs(&plan, &[], &[], Some("node1")));
+        assert!(on_node1.table.contains(&Some(sa("10.2.0.1:3000"))));
+        assert_eq!(
+            on_node1.remote,
+            BTreeSet::from([sa("10.2.0.1:3000")]),
+            "node2's endpoint is remote; node1's and unplaced ones are local"
+        );
+        assert_eq!(on_node1.dedicated, BTreeSet::from([vip]));
+        let on_node2 = tcp(l4_programs(&plan, &[], &[vip], Some("node2")));
+        assert_eq!(on_node2.remote, BTreeSet::from([sa("10.1.0.1:3000")]));
+        assert!(
+            on_node2.dedicated.is_empty(),
+            "the VIP is a node address here"
+        );
+        let nameless = tcp(l4_programs(&plan, &[], &[], None));
+        assert!(
+            nameless.remote.is_empty(),
+            "without a node name all is local"
+        );
+    }
+
+    #[test]
+    fn snat_addresses_are_the_first_of_each_family() {
+        let addrs: Vec<IpAddr> = ["10.0.0.2", "10.0.0.3", "fd00::2"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let c = snat_config(&addrs, SnatPorts::default());
+        assert_eq!(c.flags, CONFIG_SNAT_V4 | CONFIG_SNAT_V6);
+        assert_eq!(c.snat_v4, ebpf::addr16(addrs[0]));
+        assert_eq!(c.snat_v6, ebpf::addr16(addrs[2]));
+        assert_eq!((c.port_min, c.port_max), (61000, 64999));
+        assert_eq!(
+            snat_config(&addrs[2..], SnatPorts::default()).flags,
+            CONFIG_SNAT_V6
+        );
+    }
+}

@@ -23,7 +23,7 @@ use crate::{
 };
 use splitter_plan::plan::{Plan, PlanConfig};
 
-pub use l4::{L4Runner, l4_programs};
+pub use l4::{L4Runner, SnatPorts, l4_programs, merge_reserved_ports, snat_config};
 
 /// Where the objects come from.
 #[derive(Clone, Debug)]
@@ -57,6 +57,11 @@ pub struct RunOptions {
     pub poll_interval: Duration,
     /// L7 proxy worker threads; `None` for one per CPU.
     pub proxy_workers: Option<usize>,
+    /// This node (`--node-name`): endpoints on other nodes are source-NATed. Without it, every
+    /// endpoint is treated as local.
+    pub node_name: Option<String>,
+    /// Source ports of SNAT flows (`--snat-ports`).
+    pub snat_ports: SnatPorts,
 }
 
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
@@ -83,7 +88,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if opts.ifaces.is_empty() {
         tracing::warn!("no --iface: L4 listeners are planned but not served");
     } else {
-        let runner = L4Runner::start(&opts.ifaces, &opts.pin_dir, opts.xdp_mode)?;
+        let runner = L4Runner::start(
+            &opts.ifaces,
+            &opts.pin_dir,
+            opts.xdp_mode,
+            opts.node_name.clone(),
+            opts.snat_ports,
+        )?;
         tokio::spawn(runner.follow(plans.clone()));
     }
 

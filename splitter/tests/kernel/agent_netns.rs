@@ -61,6 +61,11 @@ impl Rig {
     }
 
     fn start_agent(&self) -> ChildGuard {
+        self.start_agent_with(&[])
+    }
+
+    /// The agent with `extra` arguments after the rig's own.
+    fn start_agent_with(&self, extra: &[&str]) -> ChildGuard {
         let log = std::fs::File::create(self.manifests.path().join("agent.log")).expect("log");
         let child = self
             .net
@@ -77,6 +82,7 @@ impl Rig {
                 "--pin-dir",
             ])
             .arg(self.pin_dir())
+            .args(extra)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -385,4 +391,95 @@ fn nix_kill(pid: u32) {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
+}
+
+/// `--node-name` with EndpointSlices that name nodes: echo2's endpoint is on another node, so the
+/// agent marks it remote and the kernel source-NATs its flows (echo's, on this node, are not).
+/// The agent runs on every gateway veth, as a node's one NIC would carry both directions.
+#[test]
+fn the_agent_source_nats_endpoints_on_other_nodes() {
+    if !testbed::require_root("the_agent_source_nats_endpoints_on_other_nodes") {
+        return;
+    }
+    let rig = Rig::new();
+    for (ns, link) in rig.net.backends.iter().zip(&rig.net.backend_links) {
+        // The reply leg is translated in XDP, which sees the bytes as sent.
+        ns.exec("ethtool", &["-K", &link.b, "tx", "off"])
+            .expect("ethtool tx off");
+    }
+    let placed = SERVICES
+        .replace(
+            "endpoints: [{addresses: [10.251.1.2], conditions: {ready: true}}]",
+            "endpoints: [{addresses: [10.251.1.2], nodeName: node-a, conditions: {ready: true}}]",
+        )
+        .replace(
+            "endpoints: [{addresses: [10.251.2.2], conditions: {ready: true}}]",
+            "endpoints: [{addresses: [10.251.2.2], nodeName: node-b, conditions: {ready: true}}]",
+        );
+    assert_eq!(placed.matches("nodeName").count(), 2, "fixture changed");
+    rig.write("services.yaml", &placed);
+    rig.write("l4.yaml", &l4_route(1, 1));
+    let backend_ifaces: Vec<&str> = rig.net.backend_links.iter().map(|l| l.a.as_str()).collect();
+    let mut extra = vec!["--node-name", "node-a", "--snat-ports", "62000-62999"];
+    for iface in &backend_ifaces {
+        extra.extend(["--iface", iface]);
+    }
+    let _agent = rig.start_agent_with(&extra);
+    let inspect = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_splitter"))
+            .arg("inspect")
+            .arg("--pin-dir")
+            .arg(rig.pin_dir())
+            .output()
+            .expect("inspect");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Without Gateway addresses the listener serves every address of every --iface.
+    wait_for("the kernel to serve :8080", &rig, || {
+        inspect().contains("10.250.0.2:8080/tcp")
+    });
+
+    let vip: SocketAddr = format!("{GATEWAY}:8080").parse().expect("vip");
+    let names: Vec<String> = rig.net.client.run(|| {
+        (0..100)
+            .map(|i| {
+                let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connect {i}: {e}"));
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                get(&mut s, &mut r, "/hostname").unwrap_or_else(|e| panic!("request {i}: {e}"))
+            })
+            .collect()
+    });
+    let remote = names.iter().filter(|n| *n == "echo2-pod").count();
+    assert!(
+        remote > 20 && remote < 80,
+        "both backends answer: {remote} of 100 from echo2"
+    );
+
+    let text = inspect();
+    assert!(
+        text.contains(&format!("({remote} source-NATed to remote backends)")),
+        "exactly echo2's flows are source-NATed: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("10.251.2.2:1027") && l.contains("active, remote")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("10.251.1.2:1027") && l.contains("active)")),
+        "{text}"
+    );
+    let reserved = rig
+        .net
+        .gateway
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports"))
+        .expect("reserved ports");
+    assert!(
+        reserved.split(',').any(|r| r.trim() == "62000-62999"),
+        "the SNAT range is reserved in the agent's namespace: {reserved:?}"
+    );
 }

@@ -96,6 +96,8 @@ fn program(table: Vec<Option<SocketAddr>>) -> Vec<L4RouteProgram> {
         key: "default/gw/tcp".into(),
         vips: vec![(VIP.parse().expect("vip"), L4Proto::Tcp)],
         table,
+        remote: Default::default(),
+        dedicated: Default::default(),
     }]
 }
 

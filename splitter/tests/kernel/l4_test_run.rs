@@ -14,7 +14,7 @@ use crate::support::{l4::*, *};
 use splitter::dataplane::ebpf::{self, KernelObject, L4Actuator, L4Proto, L4RouteProgram};
 use splitter_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
-    l4::{FlowStats, L4Event},
+    l4::{FlowStats, L4Event, XDP_MARK_BOUNCE},
 };
 
 fn sa(s: &str) -> SocketAddr {
@@ -41,6 +41,8 @@ fn route(
         key: key.into(),
         vips: vips.to_vec(),
         table,
+        remote: Default::default(),
+        dedicated: Default::default(),
     }
 }
 
@@ -381,7 +383,11 @@ fn reject_share_answers_syn_with_rst_and_drops_udp() {
     ] {
         let syn = frame(client, vip, Seg::Syn, &[]);
         let v = xdp(&mut r.obj, &syn);
-        assert_eq!(v.action, XDP_TX, "RST goes back out the way it came");
+        assert_eq!(
+            (v.action, v.mark),
+            (XDP_PASS, Some(XDP_MARK_BOUNCE)),
+            "RST passed to TC ingress, marked to go back out the way it came"
+        );
         assert_eq!(v.out.len(), len, "trimmed to headers");
         assert_eq!(&v.out[0..6], &SRC_MAC, "MACs swapped");
         let out = inspect(&v.out);

@@ -4,7 +4,10 @@
 
 mod agent_netns;
 mod cluster;
+mod l4_cluster;
 mod l4_netns;
+mod l4_snat;
+mod l4_snat_netns;
 mod l4_test_run;
 mod pinned_maps;
 mod support;

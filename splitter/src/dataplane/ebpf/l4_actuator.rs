@@ -8,19 +8,20 @@
 //! kernel accepted, so a failed apply is finished by the next one.
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use aya::maps::MapError;
 use splitter_common::l4::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, Backend, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, RouteMeta,
-    VipKey, VipValue,
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_REMOTE, Backend, L4Config, MAX_BACKENDS,
+    MAX_ROUTES, MAX_TABLE_SIZE, RouteMeta, VipKey,
 };
 
 use super::{
     KernelObject,
-    l4_delta::{self, Applied, Step},
+    l4_delta::{self, Applied, BackendRef, Step},
     l4_maps::{KernelL4Maps, L4Maps},
     l4_sweep::{ClosingAges, ConntrackScan},
 };
@@ -50,6 +51,22 @@ pub struct L4RouteProgram {
     pub vips: Vec<(SocketAddr, L4Proto)>,
     /// The Maglev table: each slot a backend address, or `None` for a REJECT slot. Its length is M.
     pub table: Vec<Option<SocketAddr>>,
+    /// Backends of `table` on other nodes: their flows are source-NATed to this node's address,
+    /// so their replies come back through it.
+    pub remote: BTreeSet<SocketAddr>,
+    /// VIP addresses that are not this node's own: a non-SYN packet of an unknown flow to them
+    /// is still ours (re-selected), where on a node address it passes to the stack.
+    pub dedicated: BTreeSet<IpAddr>,
+}
+
+impl L4RouteProgram {
+    /// How the kernel must know table entry `addr`.
+    pub(super) fn backend(&self, addr: SocketAddr) -> BackendRef {
+        BackendRef {
+            addr,
+            remote: self.remote.contains(&addr),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +153,9 @@ pub struct L4Actuator<M = KernelL4Maps> {
     maps: M,
     applied: Applied,
     closing: ClosingAges,
+    /// The config last written; `None` until the first write (a pinned map may hold an older
+    /// agent's).
+    config: Option<L4Config>,
 }
 
 impl L4Actuator {
@@ -146,11 +166,12 @@ impl L4Actuator {
     }
 }
 
-fn backend(addr: SocketAddr, state: u8) -> Backend {
+fn backend(b: BackendRef, state: u8) -> Backend {
     Backend {
-        addr: addr16(addr.ip()),
-        port: addr.port(),
+        addr: addr16(b.addr.ip()),
+        port: b.addr.port(),
         state,
+        flags: if b.remote { BACKEND_FLAG_REMOTE } else { 0 },
         ..Backend::default()
     }
 }
@@ -159,8 +180,8 @@ fn backend(addr: SocketAddr, state: u8) -> Backend {
 /// [`Applied::record`]'s.
 fn perform(maps: &mut impl L4Maps, step: &Step<'_>) -> Result<(), L4ApplyError> {
     match step {
-        Step::ActivateBackend { id, addr } => {
-            maps.write_backend(*id, backend(*addr, BACKEND_ACTIVE))
+        Step::ActivateBackend { id, backend: b } => {
+            maps.write_backend(*id, backend(*b, BACKEND_ACTIVE))
         }
         Step::BindRoute { .. } => Ok(()),
         Step::WriteTable {
@@ -174,17 +195,11 @@ fn perform(maps: &mut impl L4Maps, step: &Step<'_>) -> Result<(), L4ApplyError> 
             Ok(())
         }
         Step::FlipRoute { route_id, meta, .. } => maps.write_route_meta(*route_id, *meta),
-        Step::WriteVip { key, route_id } => maps.write_vip(
-            *key,
-            VipValue {
-                route_id: *route_id,
-                flags: 0,
-            },
-        ),
+        Step::WriteVip { key, value } => maps.write_vip(*key, *value),
         Step::RemoveVip { key } => maps.remove_vip(key),
         Step::ClearRoute { route_id, .. } => maps.write_route_meta(*route_id, RouteMeta::default()),
-        Step::DrainBackend { id, addr } => {
-            maps.write_backend(*id, backend(*addr, BACKEND_DRAINING))
+        Step::DrainBackend { id, backend: b } => {
+            maps.write_backend(*id, backend(*b, BACKEND_DRAINING))
         }
         Step::ReapFlow { forward, reply } => {
             maps.remove_flow(forward)?;
@@ -209,6 +224,7 @@ impl<M: L4Maps> L4Actuator<M> {
             maps,
             applied,
             closing: ClosingAges::default(),
+            config: None,
         })
     }
 
@@ -217,8 +233,20 @@ impl<M: L4Maps> L4Actuator<M> {
         self.applied.route_ids.get(key).copied()
     }
 
+    /// The id `addr` has, the one taking new connections if it has two (it moved between
+    /// local and remote and the old one drains).
     pub fn backend_id(&self, addr: SocketAddr) -> Option<u32> {
-        self.applied.backend_ids.get(&addr).copied()
+        let ids = [false, true].map(|remote| {
+            self.applied
+                .backend_ids
+                .get(&BackendRef { addr, remote })
+                .copied()
+        });
+        let active = ids
+            .iter()
+            .flatten()
+            .find(|id| !self.applied.draining.contains(id));
+        active.or(ids.iter().flatten().next()).copied()
     }
 
     #[cfg(test)]
@@ -249,10 +277,21 @@ impl<M: L4Maps> L4Actuator<M> {
         Ok(ApplyReport::of(&steps))
     }
 
-    /// Reaps what draining backends leave behind, then frees their ids (see `l4_sweep`).
-    /// Conntrack is walked only while some backend drains.
+    /// Sets the SNAT addresses and port range flows to remote backends use. Written only when
+    /// it changed, so calling it before every apply costs nothing.
+    pub fn set_config(&mut self, config: L4Config) -> Result<(), L4ApplyError> {
+        if self.config != Some(config) {
+            self.maps.write_config(config)?;
+            self.config = Some(config);
+        }
+        Ok(())
+    }
+
+    /// Reaps what draining backends leave behind, then frees their ids, and reaps closed SNAT
+    /// flows (see `l4_sweep`). Conntrack is walked only while some backend drains or is remote.
     pub fn sweep(&mut self, now: Instant, grace: Duration) -> Result<SweepReport, L4ApplyError> {
-        if self.applied.draining.is_empty() {
+        let remote = self.applied.backend_ids.keys().any(|b| b.remote);
+        if self.applied.draining.is_empty() && !remote {
             self.closing.clear();
             return Ok(SweepReport::default());
         }

@@ -19,20 +19,40 @@ use std::{
 };
 
 use splitter_common::l4::{
-    BACKEND_DRAINING, BACKEND_EMPTY, Backend, MAX_BACKENDS, MAX_ROUTES, MAX_TABLE_SIZE, REJECT,
-    RouteMeta, VipKey, VipValue,
+    BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_FLAG_REMOTE, Backend, MAX_BACKENDS, MAX_ROUTES,
+    MAX_TABLE_SIZE, REJECT, RouteMeta, VIP_DEDICATED, VipKey, VipValue,
 };
 
 use super::l4_actuator::{L4ApplyError, L4RouteProgram, vip_key};
 use super::l4_sweep::CtKey;
 
+/// A backend as the kernel knows it: its address, and whether it runs on another node (its
+/// flows are source-NATed). A backend that moves between local and remote is a different
+/// backend with its own id: flows already on it keep the treatment they started with (a SNAT
+/// flow cannot lose its SNAT mid-connection), new ones get the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendRef {
+    pub addr: SocketAddr,
+    pub remote: bool,
+}
+
+#[cfg(test)]
+impl BackendRef {
+    pub fn local(addr: SocketAddr) -> Self {
+        BackendRef {
+            addr,
+            remote: false,
+        }
+    }
+}
+
 /// One change to the L4 maps, or to the ids behind them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Step<'a> {
-    /// `addr` takes new connections under `id` (a fresh id, or one it held while draining).
+    /// `backend` takes new connections under `id` (a fresh id, or one it held while draining).
     ActivateBackend {
         id: u32,
-        addr: SocketAddr,
+        backend: BackendRef,
     },
     /// `key` owns route id `id` from now on. Nothing in the kernel: it knows routes by id only.
     BindRoute {
@@ -51,10 +71,13 @@ pub(super) enum Step<'a> {
         route_id: u32,
         meta: RouteMeta,
         table: &'a [Option<SocketAddr>],
+        /// Which of the table's backends are remote: part of what was published, since a
+        /// backend that turns remote is another backend id.
+        remote: &'a BTreeSet<SocketAddr>,
     },
     WriteVip {
         key: VipKey,
-        route_id: u32,
+        value: VipValue,
     },
     RemoveVip {
         key: VipKey,
@@ -64,10 +87,10 @@ pub(super) enum Step<'a> {
         key: String,
         route_id: u32,
     },
-    /// `addr` left every table: established flows only.
+    /// `backend` left every table: established flows only.
     DrainBackend {
         id: u32,
-        addr: SocketAddr,
+        backend: BackendRef,
     },
     /// Removes both directions of a closed flow to a draining backend.
     ReapFlow {
@@ -80,19 +103,22 @@ pub(super) enum Step<'a> {
     },
 }
 
+/// A route's table as published: the slots' addresses and which of them are remote.
+pub(super) type PublishedTable = (Vec<Option<SocketAddr>>, BTreeSet<SocketAddr>);
+
 /// What the maps hold, as far as this agent wrote or adopted them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Applied {
     pub route_ids: BTreeMap<String, u32>,
     /// Every allocated backend id, draining ones included.
-    pub backend_ids: BTreeMap<SocketAddr, u32>,
+    pub backend_ids: BTreeMap<BackendRef, u32>,
     pub draining: BTreeSet<u32>,
     /// Route metas by route id; an absent id holds the default (not programmed).
     pub metas: BTreeMap<u32, RouteMeta>,
     /// The table each route key last published. Empty after adoption: route keys are not in
     /// the kernel, so a restarted agent republishes every table once.
-    pub tables: BTreeMap<String, Vec<Option<SocketAddr>>>,
-    pub vips: BTreeMap<VipKey, u32>,
+    pub tables: BTreeMap<String, PublishedTable>,
+    pub vips: BTreeMap<VipKey, VipValue>,
 }
 
 impl Applied {
@@ -109,12 +135,16 @@ impl Applied {
                 continue;
             }
             let ip = IpAddr::from(b.addr).to_canonical();
-            applied.backend_ids.insert(SocketAddr::new(ip, b.port), id);
+            let backend = BackendRef {
+                addr: SocketAddr::new(ip, b.port),
+                remote: b.flags & BACKEND_FLAG_REMOTE != 0,
+            };
+            applied.backend_ids.insert(backend, id);
             if b.state == BACKEND_DRAINING {
                 applied.draining.insert(id);
             }
         }
-        applied.vips = vips.into_iter().map(|(k, v)| (k, v.route_id)).collect();
+        applied.vips = vips.into_iter().collect();
         applied.metas = metas
             .into_iter()
             .filter(|(_, m)| *m != RouteMeta::default())
@@ -125,8 +155,8 @@ impl Applied {
     /// Takes note that the kernel accepted `step`.
     pub fn record(&mut self, step: &Step<'_>) {
         match step {
-            Step::ActivateBackend { id, addr } => {
-                self.backend_ids.insert(*addr, *id);
+            Step::ActivateBackend { id, backend } => {
+                self.backend_ids.insert(*backend, *id);
                 self.draining.remove(id);
             }
             Step::BindRoute { key, id } => {
@@ -138,12 +168,14 @@ impl Applied {
                 route_id,
                 meta,
                 table,
+                remote,
             } => {
                 self.metas.insert(*route_id, *meta);
-                self.tables.insert((*key).to_owned(), table.to_vec());
+                self.tables
+                    .insert((*key).to_owned(), (table.to_vec(), (*remote).clone()));
             }
-            Step::WriteVip { key, route_id } => {
-                self.vips.insert(*key, *route_id);
+            Step::WriteVip { key, value } => {
+                self.vips.insert(*key, *value);
             }
             Step::RemoveVip { key } => {
                 self.vips.remove(key);
@@ -206,9 +238,9 @@ pub(super) fn plan<'a>(
     let mut steps = Vec::new();
 
     // Ids the plan hands out are visible to the later steps of the same plan.
-    let wanted: BTreeSet<SocketAddr> = desired
+    let wanted: BTreeSet<BackendRef> = desired
         .iter()
-        .flat_map(|r| r.table.iter().flatten().copied())
+        .flat_map(|r| r.table.iter().flatten().map(|a| r.backend(*a)))
         .collect();
     let mut backend_ids = applied.backend_ids.clone();
     for addr in &wanted {
@@ -223,12 +255,13 @@ pub(super) fn plan<'a>(
                 id
             }
         };
-        steps.push(Step::ActivateBackend { id, addr: *addr });
+        steps.push(Step::ActivateBackend { id, backend: *addr });
     }
 
     let mut route_ids = applied.route_ids.clone();
     let mut metas = applied.metas.clone();
-    let mut published: BTreeMap<&str, &[Option<SocketAddr>]> = BTreeMap::new();
+    let mut published: BTreeMap<&str, (&[Option<SocketAddr>], &BTreeSet<SocketAddr>)> =
+        BTreeMap::new();
     for r in desired {
         let route_id = match route_ids.get(&r.key) {
             Some(id) => *id,
@@ -239,7 +272,7 @@ pub(super) fn plan<'a>(
                 let adopted = r
                     .vips
                     .iter()
-                    .find_map(|(a, p)| applied.vips.get(&vip_key(*a, *p)).copied())
+                    .find_map(|(a, p)| applied.vips.get(&vip_key(*a, *p)).map(|v| v.route_id))
                     .filter(|id| !route_ids.values().any(|x| x == id));
                 let id = match adopted {
                     Some(id) => id,
@@ -253,9 +286,12 @@ pub(super) fn plan<'a>(
         };
         let current = match published.get(r.key.as_str()) {
             Some(t) => Some(*t),
-            None => applied.tables.get(&r.key).map(Vec::as_slice),
+            None => applied
+                .tables
+                .get(&r.key)
+                .map(|(t, remote)| (t.as_slice(), remote)),
         };
-        if current == Some(r.table.as_slice()) {
+        if current == Some((r.table.as_slice(), &r.remote)) {
             continue;
         }
         let meta = metas.get(&route_id).copied().unwrap_or_default();
@@ -268,7 +304,7 @@ pub(super) fn plan<'a>(
         let slots = r
             .table
             .iter()
-            .map(|entry| entry.map_or(REJECT, |addr| backend_ids[&addr]))
+            .map(|entry| entry.map_or(REJECT, |addr| backend_ids[&r.backend(addr)]))
             .collect();
         steps.push(Step::WriteTable {
             route_id,
@@ -282,12 +318,13 @@ pub(super) fn plan<'a>(
             _pad: 0,
         };
         metas.insert(route_id, next);
-        published.insert(&r.key, &r.table);
+        published.insert(&r.key, (&r.table, &r.remote));
         steps.push(Step::FlipRoute {
             key: &r.key,
             route_id,
             meta: next,
             table: &r.table,
+            remote: &r.remote,
         });
     }
 
@@ -295,14 +332,19 @@ pub(super) fn plan<'a>(
     for r in desired {
         let route_id = route_ids[&r.key];
         for (addr, proto) in &r.vips {
-            wanted_vips.insert(vip_key(*addr, *proto), route_id);
+            let flags = if r.dedicated.contains(&addr.ip()) {
+                VIP_DEDICATED
+            } else {
+                0
+            };
+            wanted_vips.insert(vip_key(*addr, *proto), VipValue { route_id, flags });
         }
     }
-    for (key, route_id) in &wanted_vips {
-        if applied.vips.get(key) != Some(route_id) {
+    for (key, value) in &wanted_vips {
+        if applied.vips.get(key) != Some(value) {
             steps.push(Step::WriteVip {
                 key: *key,
-                route_id: *route_id,
+                value: *value,
             });
         }
     }
@@ -322,11 +364,11 @@ pub(super) fn plan<'a>(
         }
     }
 
-    for (addr, id) in &applied.backend_ids {
-        if !wanted.contains(addr) && !applied.draining.contains(id) {
+    for (backend, id) in &applied.backend_ids {
+        if !wanted.contains(backend) && !applied.draining.contains(id) {
             steps.push(Step::DrainBackend {
                 id: *id,
-                addr: *addr,
+                backend: *backend,
             });
         }
     }
@@ -347,6 +389,8 @@ mod tests {
             key: key.into(),
             vips: vec![(sa(vip), L4Proto::Tcp)],
             table: table.iter().map(|s| s.map(sa)).collect(),
+            remote: BTreeSet::new(),
+            dedicated: BTreeSet::new(),
         }
     }
 
@@ -376,11 +420,11 @@ mod tests {
             vec![
                 Step::ActivateBackend {
                     id: 0,
-                    addr: sa("10.1.0.1:80")
+                    backend: BackendRef::local(sa("10.1.0.1:80"))
                 },
                 Step::ActivateBackend {
                     id: 1,
-                    addr: sa("10.1.0.2:80")
+                    backend: BackendRef::local(sa("10.1.0.2:80"))
                 },
                 Step::BindRoute { key: "web", id: 0 },
                 Step::WriteTable {
@@ -392,11 +436,15 @@ mod tests {
                     key: "web",
                     route_id: 0,
                     meta,
-                    table: &desired[0].table
+                    table: &desired[0].table,
+                    remote: &desired[0].remote
                 },
                 Step::WriteVip {
                     key: vip_key(sa("10.0.0.1:80"), L4Proto::Tcp),
-                    route_id: 0
+                    value: VipValue {
+                        route_id: 0,
+                        flags: 0
+                    }
                 },
             ]
         );
@@ -471,7 +519,7 @@ mod tests {
         let mut applied = Applied::default();
         for id in 0..MAX_BACKENDS {
             let addr = SocketAddr::new(IpAddr::from([10, 2, (id >> 8) as u8, id as u8]), 80);
-            applied.backend_ids.insert(addr, id);
+            applied.backend_ids.insert(BackendRef::local(addr), id);
             applied.draining.insert(id);
         }
         let one_more = [route("web", "10.0.0.1:80", &[Some("10.1.0.1:80")])];
@@ -517,7 +565,10 @@ mod tests {
         );
         assert_eq!(
             applied.backend_ids,
-            BTreeMap::from([(sa("10.1.0.1:80"), 0), (sa("10.1.0.3:80"), 2)])
+            BTreeMap::from([
+                (BackendRef::local(sa("10.1.0.1:80")), 0),
+                (BackendRef::local(sa("10.1.0.3:80")), 2)
+            ])
         );
         assert_eq!(applied.draining, BTreeSet::from([2]));
         assert_eq!(applied.metas, BTreeMap::from([(4, live)]));

@@ -11,7 +11,8 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use splitter_common::l4::{
     BACKEND_ACTIVE, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FlowKey4, FlowValue,
-    MAX_BACKENDS, MAX_ROUTES, REJECT, ROUTES, RouteMeta, TABLES, VIPS, VipKey, VipValue,
+    L4_CONFIG, L4Config, MAX_BACKENDS, MAX_ROUTES, REJECT, ROUTES, RouteMeta, TABLES, VIPS, VipKey,
+    VipValue,
 };
 
 use super::{
@@ -43,6 +44,7 @@ pub enum Op {
     },
     VipRemoved(VipKey),
     FlowRemoved(CtKey),
+    Config(L4Config),
 }
 
 /// Writes to `map` fail from its `nth` write (counted from when the fault was set, 1-based)
@@ -62,6 +64,7 @@ pub struct FakeL4Maps {
     pub tables: HashMap<(u32, u32, u32), u32>,
     pub backends: BTreeMap<u32, Backend>,
     pub flows: BTreeMap<CtKey, FlowValue>,
+    pub config: L4Config,
     pub log: Vec<Op>,
     fault: Option<Fault>,
 }
@@ -168,6 +171,12 @@ impl L4Maps for FakeL4Maps {
         Ok(())
     }
 
+    fn write_config(&mut self, config: L4Config) -> Result<(), L4ApplyError> {
+        self.write(L4_CONFIG, Op::Config(config))?;
+        self.config = config;
+        Ok(())
+    }
+
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), L4ApplyError> {
         self.write(VIPS, Op::VipRemoved(*key))?;
         self.vips.remove(key);
@@ -271,6 +280,7 @@ pub fn assert_safe_order(log: &[Op]) {
                 m.write_vip(key, value).expect("replay");
             }
             Op::VipRemoved(key) => m.remove_vip(&key).expect("replay"),
+            Op::Config(config) => m.write_config(config).expect("replay"),
             Op::Backend { id, state } => {
                 assert!(
                     state == BACKEND_ACTIVE || !live_names(&m, id),

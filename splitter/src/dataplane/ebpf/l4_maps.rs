@@ -4,8 +4,8 @@
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use splitter_common::l4::{
-    BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, FlowKey, FlowKey4, FlowValue, MAX_BACKENDS,
-    MAX_ROUTES, ROUTES, RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
+    BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, FlowKey, FlowKey4, FlowValue, L4_CONFIG, L4Config,
+    MAX_BACKENDS, MAX_ROUTES, ROUTES, RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
 };
 
 use super::{KernelObject, l4_actuator::L4ApplyError, l4_sweep::CtKey};
@@ -28,6 +28,8 @@ pub trait L4Maps {
     ) -> Result<(), L4ApplyError>;
     fn write_route_meta(&mut self, route_id: u32, meta: RouteMeta) -> Result<(), L4ApplyError>;
     fn write_vip(&mut self, key: VipKey, value: VipValue) -> Result<(), L4ApplyError>;
+    /// The SNAT addresses and port range: one write of the one-entry array.
+    fn write_config(&mut self, config: L4Config) -> Result<(), L4ApplyError>;
     /// Removing a VIP that is not there succeeds.
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), L4ApplyError>;
     /// Calls `f` for every conntrack entry, both maps.
@@ -44,6 +46,7 @@ pub struct KernelL4Maps {
     backends: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
     conntrack_v4: HashMap<MapData, FlowKey4, FlowValue>,
+    config: Array<MapData, L4Config>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> L4ApplyError {
@@ -77,6 +80,7 @@ impl KernelL4Maps {
             backends: Array::try_from(take(BACKENDS)?).map_err(map_err(BACKENDS))?,
             conntrack: HashMap::try_from(take(CONNTRACK)?).map_err(map_err(CONNTRACK))?,
             conntrack_v4: HashMap::try_from(take(CONNTRACK_V4)?).map_err(map_err(CONNTRACK_V4))?,
+            config: Array::try_from(take(L4_CONFIG)?).map_err(map_err(L4_CONFIG))?,
         })
     }
 }
@@ -122,6 +126,10 @@ impl L4Maps for KernelL4Maps {
 
     fn write_vip(&mut self, key: VipKey, value: VipValue) -> Result<(), L4ApplyError> {
         self.vips.insert(key, value, 0).map_err(map_err(VIPS))
+    }
+
+    fn write_config(&mut self, config: L4Config) -> Result<(), L4ApplyError> {
+        self.config.set(0, config, 0).map_err(map_err(L4_CONFIG))
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), L4ApplyError> {

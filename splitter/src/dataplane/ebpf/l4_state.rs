@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use splitter_common::l4::{
-    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FlowKeyOf, FlowStats,
-    FlowValue, L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES, RouteMeta, TABLES,
-    VIPS, VipKey, VipValue, table_index,
+    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FLOW_SNAT, FlowKeyOf,
+    FlowStats, FlowValue, L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES,
+    RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -17,6 +17,8 @@ pub struct BackendShare {
     /// `None` for the REJECT share.
     pub addr: Option<SocketAddr>,
     pub state: &'static str,
+    /// On another node: its flows are source-NATed.
+    pub remote: bool,
     pub slots: u32,
 }
 
@@ -40,6 +42,8 @@ pub struct L4State {
     pub routes: Vec<RouteState>,
     /// Forward conntrack entries (one per tracked flow).
     pub flows: usize,
+    /// Of those, flows to remote backends (source-NATed).
+    pub snat_flows: usize,
     pub events: Vec<(&'static str, u64)>,
 }
 
@@ -109,6 +113,7 @@ pub fn read_l4_state(
                         backend_id: id,
                         addr: None,
                         state: "reject",
+                        remote: false,
                         slots,
                     });
                 }
@@ -118,6 +123,7 @@ pub fn read_l4_state(
                     backend_id: id,
                     addr: Some(SocketAddr::new(ip, b.port)),
                     state: state_name(&b),
+                    remote: b.flags & splitter_common::l4::BACKEND_FLAG_REMOTE != 0,
                     slots,
                 })
             })
@@ -137,8 +143,8 @@ pub fn read_l4_state(
         });
     }
 
-    let flows =
-        forward_entries::<16>(&open(CONNTRACK)?)? + forward_entries::<4>(&open(CONNTRACK_V4)?)?;
+    let (v6, v6_snat) = forward_entries::<16>(&open(CONNTRACK)?)?;
+    let (v4, v4_snat) = forward_entries::<4>(&open(CONNTRACK_V4)?)?;
 
     let ev_map = open(L4_DROPS)?;
     let ev = PerCpuArray::<&MapData, u64>::try_from(&ev_map)?;
@@ -149,17 +155,23 @@ pub fn read_l4_state(
     let _ = open(BACKEND_STATS)?; // presence check: a partial pin set means a layout mismatch
     Ok(L4State {
         routes: out,
-        flows,
+        flows: v4 + v6,
+        snat_flows: v4_snat + v6_snat,
         events,
     })
 }
 
-/// Tracked flows in one conntrack map: its forward entries (each flow has one per direction).
-fn forward_entries<const N: usize>(map: &Map) -> Result<usize, MapError> {
+/// Tracked flows in one conntrack map, and how many of them are source-NATed: its forward
+/// entries (each flow has one per direction).
+fn forward_entries<const N: usize>(map: &Map) -> Result<(usize, usize), MapError> {
     let ct = HashMap::<&MapData, FlowKeyOf<N>, FlowValue>::try_from(map)?;
-    Ok(ct
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.dir == DIR_FORWARD)
-        .count())
+    let (mut all, mut snat) = (0, 0);
+    // Entries may vanish (LRU, reaper) while iterating: those errors are skipped.
+    for (k, v) in ct.iter().filter_map(Result::ok) {
+        if k.dir == DIR_FORWARD {
+            all += 1;
+            snat += usize::from(v.flags & FLOW_SNAT != 0);
+        }
+    }
+    Ok((all, snat))
 }

@@ -3,16 +3,17 @@
 //!
 //! A flow to a draining backend whose entries carry `FLOW_CLOSING` (a FIN or RST went through)
 //! and have done so for the grace is reaped in both directions; a draining backend that no
-//! entry names any more is freed, so its id can be reused. Flows to active backends are left to
-//! the LRU, and so are draining flows that never close (idle clients, UDP): those keep their
-//! backend's id until evicted, which is what keeps them working.
+//! entry names any more is freed, so its id can be reused. Closed SNAT flows are reaped the same
+//! way whatever their backend, which frees their port of the reserved range. Other flows to
+//! active backends are left to the LRU, and so are flows that never close (idle clients, UDP):
+//! those keep their backend's id (and SNAT port) until evicted, which is what keeps them working.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     time::{Duration, Instant},
 };
 
-use splitter_common::l4::{DIR_FORWARD, FLOW_CLOSING, FlowKey, FlowKey4, FlowValue};
+use splitter_common::l4::{DIR_FORWARD, FLOW_CLOSING, FLOW_SNAT, FlowKey, FlowKey4, FlowValue};
 
 use super::l4_delta::Step;
 
@@ -75,7 +76,7 @@ impl ClosingAges {
     }
 }
 
-/// A flow to a draining backend, keyed by its forward entry.
+/// A flow to a draining backend, or a SNAT flow, keyed by its forward entry.
 struct DrainingFlow {
     closing: bool,
     reply: CtKey,
@@ -100,8 +101,13 @@ impl<'d> ConntrackScan<'d> {
     }
 
     pub fn see(&mut self, key: CtKey, value: &FlowValue) {
-        if !self.draining.contains(&value.backend_id) {
+        let draining = self.draining.contains(&value.backend_id);
+        if !draining {
             self.named.insert(value.backend_id);
+        }
+        // A closed SNAT flow is reaped whatever its backend: its entries hold a port of the
+        // reserved range, which new flows to that backend cannot use until they are gone.
+        if !draining && value.flags & FLOW_SNAT == 0 {
             return;
         }
         let (forward, reply) = if key.is_forward() {

@@ -13,7 +13,7 @@ use aya::programs::{
     tc::{self, TcAttachOptions},
 };
 
-use super::{EbpfLoadError, KernelObject, tc_program, xdp_program};
+use super::{EbpfLoadError, KernelObject, tc_ingress_program, tc_program, xdp_program};
 
 /// Which XDP mode to attach in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -67,6 +67,10 @@ pub fn tc_pin_path(link_dir: &Path, iface: &str) -> PathBuf {
     link_dir.join(format!("tc-egress-{iface}"))
 }
 
+pub fn tc_ingress_pin_path(link_dir: &Path, iface: &str) -> PathBuf {
+    link_dir.join(format!("tc-ingress-{iface}"))
+}
+
 fn existing(path: &Path) -> Result<Option<PinnedLink>, LinkError> {
     match PinnedLink::from_pin(path) {
         Ok(l) => Ok(Some(l)),
@@ -88,7 +92,6 @@ pub fn attach_pinned(
         source,
     })?;
     let xdp_path = xdp_pin_path(link_dir, iface);
-    let tc_path = tc_pin_path(link_dir, iface);
     let link_err = |what| {
         move |source| LinkPinError::Link {
             what,
@@ -140,44 +143,74 @@ pub fn attach_pinned(
         }
     };
 
-    let tcp = tc_program(&mut obj.ebpf)?;
-    match existing(&tc_path).map_err(link_err("reading pinned TC link"))? {
+    for (direction, path) in [
+        (TcAttachType::Egress, tc_pin_path(link_dir, iface)),
+        (TcAttachType::Ingress, tc_ingress_pin_path(link_dir, iface)),
+    ] {
+        attach_tc_pinned(obj, iface, direction, &path)?;
+    }
+    Ok(attachment)
+}
+
+/// Attaches the TC program for `direction` on `iface` and pins its link at `path`, or takes over
+/// the link an earlier agent pinned there.
+fn attach_tc_pinned(
+    obj: &mut KernelObject,
+    iface: &str,
+    direction: TcAttachType,
+    path: &Path,
+) -> Result<(), LinkPinError> {
+    let (what, prog) = match direction {
+        TcAttachType::Ingress => ("TC ingress", tc_ingress_program(&mut obj.ebpf)?),
+        _ => ("TC egress", tc_program(&mut obj.ebpf)?),
+    };
+    let link_err = |source| LinkPinError::Link {
+        what,
+        iface: iface.to_owned(),
+        source,
+    };
+    let prog_err = |source| LinkPinError::Program {
+        what,
+        iface: iface.to_owned(),
+        source,
+    };
+    match existing(path).map_err(link_err)? {
         Some(old) => {
-            let link = FdLink::from(old)
-                .try_into()
-                .map_err(link_err("adopting TC link"))?;
-            tcp.attach_to_link(link)
-                .map_err(prog_err("replacing TC program"))?;
+            let link = FdLink::from(old).try_into().map_err(link_err)?;
+            prog.attach_to_link(link).map_err(prog_err)?;
         }
         None => {
-            let id = tcp
+            let id = prog
                 .attach_with_options(
                     iface,
-                    TcAttachType::Egress,
+                    direction,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .or_else(|_| {
                     // Kernels before 6.6 have no tcx: fall back to clsact + netlink.
                     let _ = tc::qdisc_add_clsact(iface);
-                    tcp.attach(iface, TcAttachType::Egress)
+                    prog.attach(iface, direction)
                 })
-                .map_err(prog_err("attaching TC egress"))?;
-            let link = tcp.take_link(id).map_err(prog_err("taking TC link"))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(link_err("TC link is not a bpf_link (kernel < 6.6)"))?;
-            fd.pin(&tc_path).map_err(|source| LinkPinError::Pin {
-                path: tc_path.clone(),
+                .map_err(prog_err)?;
+            let link = prog.take_link(id).map_err(prog_err)?;
+            // A netlink attachment (kernel < 6.6) is no bpf_link and cannot be pinned.
+            let fd: FdLink = link.try_into().map_err(link_err)?;
+            fd.pin(path).map_err(|source| LinkPinError::Pin {
+                path: path.to_owned(),
                 source,
             })?;
         }
     }
-    Ok(attachment)
+    Ok(())
 }
 
-/// Detaches both programs from `iface` by removing their pins.
+/// Detaches every program from `iface` by removing their pins.
 pub fn detach_pinned(iface: &str, link_dir: &Path) -> io::Result<()> {
-    for p in [xdp_pin_path(link_dir, iface), tc_pin_path(link_dir, iface)] {
+    for p in [
+        xdp_pin_path(link_dir, iface),
+        tc_pin_path(link_dir, iface),
+        tc_ingress_pin_path(link_dir, iface),
+    ] {
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -8,7 +8,10 @@ use aya::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
 };
-use splitter_common::{l4::TC_PROGRAM, maps::XDP_PROGRAM};
+use splitter_common::{
+    l4::{TC_INGRESS_PROGRAM, TC_PROGRAM},
+    maps::XDP_PROGRAM,
+};
 
 use super::layout::{MapLayout, PINNED_MAPS, check_pinned_layouts};
 
@@ -91,19 +94,31 @@ pub fn load_object(pin_dir: Option<&Path>) -> Result<KernelObject, EbpfLoadError
             name: XDP_PROGRAM,
             source,
         })?;
-    tc_program(&mut ebpf)?
-        .load()
-        .map_err(|source| EbpfLoadError::Program {
-            name: TC_PROGRAM,
-            source,
-        })?;
+    for name in [TC_PROGRAM, TC_INGRESS_PROGRAM] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|source| EbpfLoadError::Program { name, source })?;
+    }
     Ok(KernelObject { ebpf })
 }
 
-pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, EbpfLoadError> {
-    ebpf.program_mut(TC_PROGRAM)
+fn classifier<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut SchedClassifier, EbpfLoadError> {
+    ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or(EbpfLoadError::MissingProgram { name: TC_PROGRAM })
+        .ok_or(EbpfLoadError::MissingProgram { name })
+}
+
+/// The TC egress program (replies of local flows back to the VIP).
+pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, EbpfLoadError> {
+    classifier(ebpf, TC_PROGRAM)
+}
+
+/// The TC ingress program (sends out what XDP marked: RSTs and SNAT legs).
+pub fn tc_ingress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, EbpfLoadError> {
+    classifier(ebpf, TC_INGRESS_PROGRAM)
 }
 
 /// Attaches the reverse-NAT program to `iface` egress (adding the clsact qdisc if needed).
@@ -115,6 +130,21 @@ pub fn attach_tc_egress(
     let _ = tc::qdisc_add_clsact(iface);
     tc_program(&mut obj.ebpf)?
         .attach(iface, TcAttachType::Egress)
+        .map_err(|source| EbpfLoadError::AttachTc {
+            iface: iface.to_owned(),
+            source,
+        })
+}
+
+/// Attaches the program that sends out XDP's marked packets to `iface` ingress (adding the
+/// clsact qdisc if needed). Without it, rejected SYNs get no RST and SNAT legs are dropped.
+pub fn attach_tc_ingress(
+    obj: &mut KernelObject,
+    iface: &str,
+) -> Result<SchedClassifierLinkId, EbpfLoadError> {
+    let _ = tc::qdisc_add_clsact(iface);
+    tc_ingress_program(&mut obj.ebpf)?
+        .attach(iface, TcAttachType::Ingress)
         .map_err(|source| EbpfLoadError::AttachTc {
             iface: iface.to_owned(),
             source,

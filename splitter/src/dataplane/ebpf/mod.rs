@@ -21,9 +21,10 @@ pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
 pub use l4_sweep::CtKey;
 pub use layout::{MapLayout, PINNED_MAPS};
 pub use links::{
-    Attachment, LinkPinError, XdpAttachMode, attach_pinned, detach_pinned, tc_pin_path,
-    xdp_pin_path,
+    Attachment, LinkPinError, XdpAttachMode, attach_pinned, detach_pinned, tc_ingress_pin_path,
+    tc_pin_path, xdp_pin_path,
 };
 pub use loader::{
-    EbpfLoadError, KernelObject, attach_tc_egress, attach_xdp, load_object, tc_program, xdp_program,
+    EbpfLoadError, KernelObject, attach_tc_egress, attach_tc_ingress, attach_xdp, load_object,
+    tc_ingress_program, tc_program, xdp_program,
 };

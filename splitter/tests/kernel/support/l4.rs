@@ -6,12 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use splitter::dataplane::ebpf::{self, KernelObject, addr16};
-use splitter_common::hash::flow_hash;
+use splitter_common::{
+    hash::flow_hash,
+    l4::{XDP_MARK_KIND_MASK, XDP_MARK_MAGIC},
+};
 
 use super::{DST_MAC, SRC_MAC};
 
 pub const XDP_DROP: u32 = 1;
-pub const XDP_TX: u32 = 3;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Seg {
@@ -66,22 +68,45 @@ pub fn predicted<T: Copy>(table: &[T], client: SocketAddr, vip: SocketAddr, prot
 pub struct Verdict {
     pub action: u32,
     pub out: Vec<u8>,
+    /// The kind of our mark in the XDP metadata area (`XDP_MARK_BOUNCE`, `XDP_MARK_ROUTE`), if
+    /// the program left one; TC results have none.
+    pub mark: Option<u32>,
 }
 
 pub fn xdp(obj: &mut KernelObject, frame: &[u8]) -> Verdict {
     let prog = ebpf::xdp_program(&mut obj.ebpf).expect("xdp program");
     let mut out = vec![0u8; frame.len().max(64) + 256];
+    // struct xdp_md as the kernel writes it back: `data` is the metadata's length, since the
+    // output starts at `data_meta`.
+    let mut ctx_in = [0u8; 24];
+    ctx_in[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    let mut ctx = [0u8; 24];
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx),
             ..Default::default()
         })
         .expect("xdp test_run");
     out.truncate(r.data_size_out as usize);
+    let meta_len = u32::from_ne_bytes(ctx[0..4].try_into().expect("4 bytes")) as usize;
+    let meta: Vec<u8> = out.drain(..meta_len.min(out.len())).collect();
+    let mark = (meta.len() == 4).then(|| {
+        let word = u32::from_ne_bytes(meta[..].try_into().expect("4 bytes"));
+        assert_eq!(
+            word & !XDP_MARK_KIND_MASK,
+            XDP_MARK_MAGIC,
+            "metadata is our mark"
+        );
+        word & XDP_MARK_KIND_MASK
+    });
+    assert!(meta.is_empty() || mark.is_some(), "metadata {meta:?}");
     Verdict {
         action: r.return_value,
         out,
+        mark,
     }
 }
 
@@ -99,6 +124,7 @@ pub fn tc(obj: &mut KernelObject, frame: &[u8]) -> Verdict {
     Verdict {
         action: r.return_value,
         out,
+        mark: None,
     }
 }
 

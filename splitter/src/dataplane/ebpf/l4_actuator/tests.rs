@@ -26,6 +26,8 @@ fn route(key: &str, vips: &[(&str, L4Proto)], table: &[Option<SocketAddr>]) -> L
         key: key.into(),
         vips: vips.iter().map(|(a, p)| (sa(a), *p)).collect(),
         table: table.to_vec(),
+        remote: BTreeSet::new(),
+        dedicated: BTreeSet::new(),
     }
 }
 
@@ -590,4 +592,200 @@ fn a_sweep_with_nothing_draining_leaves_conntrack_alone() {
         2,
         "flows to active backends are the LRU's"
     );
+}
+
+#[test]
+fn a_backend_turning_remote_is_a_new_backend_and_its_table_is_republished() {
+    let mut act = fake();
+    let a = sa("10.1.0.1:80");
+    let local = route("web", &tcp("10.0.0.1:80"), &[Some(a), None]);
+    act.apply(std::slice::from_ref(&local))
+        .expect("apply local");
+    let local_id = act.backend_id(a).expect("id");
+    assert_eq!(act.maps().backend(local_id).flags, 0);
+
+    let remote = L4RouteProgram {
+        remote: BTreeSet::from([a]),
+        ..local.clone()
+    };
+    let report = act
+        .apply(std::slice::from_ref(&remote))
+        .expect("apply remote");
+    assert_eq!(report.tables_published, vec!["web".to_owned()]);
+    assert_eq!((report.backends_added, report.backends_draining), (1, 1));
+    let remote_id = act.backend_id(a).expect("id");
+    assert_ne!(remote_id, local_id, "a new id: old flows keep DNAT only");
+    assert_eq!(act.maps().backend(remote_id).flags, BACKEND_FLAG_REMOTE);
+    assert_eq!(act.maps().backend(local_id).state, BACKEND_DRAINING);
+    let live_ids = act.maps().live_table(act.route_id("web").expect("route"));
+    assert_eq!(live_ids[0], remote_id, "the live table names the remote id");
+    assert_eq!(
+        act.apply(std::slice::from_ref(&remote)).expect("again"),
+        ApplyReport::default(),
+        "nothing left to do"
+    );
+
+    // A restarted agent reads the flag back: no id changes.
+    let mut second = L4Actuator::with_maps(act.maps().clone()).expect("adopt");
+    second
+        .apply(std::slice::from_ref(&remote))
+        .expect("apply after restart");
+    assert_eq!(second.backend_id(a), Some(remote_id));
+}
+
+#[test]
+fn dedicated_vips_carry_their_flag_and_the_config_is_written_once() {
+    use splitter_common::l4::{L4Config, VIP_DEDICATED};
+    let mut act = fake();
+    let vip = sa("10.0.0.1:80");
+    let mut r = route("web", &tcp("10.0.0.1:80"), &[Some(sa("10.1.0.1:80"))]);
+    act.apply(std::slice::from_ref(&r)).expect("apply");
+    let key = vip_key(vip, L4Proto::Tcp);
+    assert_eq!(act.maps().vips[&key].flags, 0);
+    r.dedicated = BTreeSet::from([vip.ip()]);
+    let report = act.apply(std::slice::from_ref(&r)).expect("apply");
+    assert_eq!(report.vips_added, 1, "the flag change rewrites the VIP");
+    assert_eq!(act.maps().vips[&key].flags, VIP_DEDICATED);
+
+    let config = L4Config {
+        port_min: 61000,
+        port_max: 64999,
+        ..L4Config::default()
+    };
+    take_log(&mut act);
+    act.set_config(config).expect("config");
+    act.set_config(config).expect("config again");
+    assert_eq!(take_log(&mut act), vec![Op::Config(config)]);
+    assert_eq!(act.maps().config, config);
+}
+
+/// A SNAT flow's legs are (client -> VIP) and (backend -> node:port): the reaper pairs them by
+/// the entries' second address, so a closed flow to a draining remote backend goes entirely.
+#[test]
+fn both_legs_of_a_closed_snat_flow_are_reaped() {
+    use crate::dataplane::ebpf::CtKey;
+    use splitter_common::l4::{DIR_FORWARD, FLOW_SNAT, FlowKey4, FlowValue};
+    let mut act = fake();
+    let (vip, backend) = (sa("10.0.0.1:80"), sa("10.1.0.1:80"));
+    let remote = L4RouteProgram {
+        remote: BTreeSet::from([backend]),
+        ..route("web", &tcp("10.0.0.1:80"), &[Some(backend)])
+    };
+    act.apply(std::slice::from_ref(&remote)).expect("apply");
+    let id = act.backend_id(backend).expect("id");
+    let v4 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(ip) => ip.octets(),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let (client, snat) = (sa("192.0.2.1:40000"), sa("10.0.0.2:61234"));
+    let forward = FlowKey4 {
+        src: v4(client),
+        dst: v4(vip),
+        src_port: client.port(),
+        dst_port: vip.port(),
+        proto: L4Proto::Tcp.number(),
+        dir: DIR_FORWARD,
+        _pad: [0; 2],
+    };
+    let to_backend = FlowValue {
+        addr: addr16(backend.ip()),
+        port: backend.port(),
+        backend_id: id,
+        flags: FLOW_SNAT | FLOW_CLOSING,
+        nat_addr: addr16(snat.ip()),
+        nat_port: snat.port(),
+        ..FlowValue::default()
+    };
+    let reply = forward.twin(&to_backend);
+    assert_eq!((reply.src, reply.dst), (v4(backend), v4(snat)));
+    let to_client = FlowValue {
+        addr: addr16(vip.ip()),
+        port: vip.port(),
+        nat_addr: addr16(client.ip()),
+        nat_port: client.port(),
+        ..to_backend
+    };
+    let keys = [CtKey::V4(forward), CtKey::V4(reply)];
+    act.maps_mut().flows.insert(keys[0], to_backend);
+    act.maps_mut().flows.insert(keys[1], to_client);
+
+    act.apply(&[route(
+        "web",
+        &tcp("10.0.0.1:80"),
+        &[Some(sa("10.1.0.2:80"))],
+    )])
+    .expect("the backend leaves");
+    let grace = Duration::from_secs(120);
+    let t0 = Instant::now();
+    act.sweep(t0, grace).expect("first sight of the close");
+    let swept = act.sweep(t0 + grace, grace).expect("after the grace");
+    assert_eq!((swept.flows_reaped, swept.backends_freed), (1, 1));
+    assert!(act.maps().flows.is_empty(), "both legs removed");
+}
+
+/// A closed SNAT flow holds a port of the reserved range: it is reaped even while its backend
+/// stays active.
+#[test]
+fn closed_snat_flows_to_an_active_backend_are_reaped_and_open_ones_kept() {
+    use crate::dataplane::ebpf::CtKey;
+    use splitter_common::l4::{DIR_FORWARD, FLOW_SNAT, FlowKey4, FlowValue};
+    let mut act = fake();
+    let (vip, backend) = (sa("10.0.0.1:80"), sa("10.1.0.1:80"));
+    let remote = L4RouteProgram {
+        remote: BTreeSet::from([backend]),
+        ..route("web", &tcp("10.0.0.1:80"), &[Some(backend)])
+    };
+    act.apply(std::slice::from_ref(&remote)).expect("apply");
+    let id = act.backend_id(backend).expect("id");
+    let mut add = |client_port: u16, snat_port: u16, flags: u8| {
+        let forward = FlowKey4 {
+            src: [192, 0, 2, 1],
+            dst: [10, 0, 0, 1],
+            src_port: client_port,
+            dst_port: vip.port(),
+            proto: L4Proto::Tcp.number(),
+            dir: DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let v = FlowValue {
+            addr: addr16(backend.ip()),
+            port: backend.port(),
+            backend_id: id,
+            flags: FLOW_SNAT | flags,
+            nat_addr: addr16(sa("10.0.0.2:1").ip()),
+            nat_port: snat_port,
+            ..FlowValue::default()
+        };
+        let reply = forward.twin(&v);
+        act.maps_mut().flows.insert(CtKey::V4(forward), v);
+        act.maps_mut().flows.insert(
+            CtKey::V4(reply),
+            FlowValue {
+                addr: addr16(vip.ip()),
+                port: vip.port(),
+                nat_addr: addr16(sa("192.0.2.1:1").ip()),
+                nat_port: client_port,
+                ..v
+            },
+        );
+    };
+    add(40000, 61000, FLOW_CLOSING);
+    add(40001, 61001, 0);
+    let grace = Duration::from_secs(120);
+    let t0 = Instant::now();
+    assert_eq!(act.sweep(t0, grace).expect("sweep").flows_reaped, 0);
+    let swept = act.sweep(t0 + grace, grace).expect("sweep");
+    assert_eq!((swept.flows_reaped, swept.backends_freed), (1, 0));
+    assert_eq!(
+        act.maps().flows.len(),
+        2,
+        "the open flow keeps both entries"
+    );
+    assert!(
+        act.maps()
+            .flows
+            .values()
+            .all(|v| v.nat_port == 61001 || v.nat_port == 40001)
+    );
+    assert_eq!(act.maps().backend(id).state, BACKEND_ACTIVE);
 }
