@@ -18,7 +18,10 @@ use tokio::sync::watch;
 use crate::dataplane::ebpf::{
     self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
 };
-use splitter_plan::plan::{DataplaneListener, Plan, Transport, maglev::TableTarget};
+use splitter_plan::plan::{
+    DataplaneListener, Plan, Transport,
+    maglev::{TableTarget, WeightedTable},
+};
 
 /// Every address of `ifaces` (what an L4 listener without Gateway addresses serves).
 pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
@@ -175,23 +178,24 @@ pub fn l4_programs(
     node_addrs: &[IpAddr],
     node_name: Option<&str>,
 ) -> Vec<L4RouteProgram> {
-    plan.l4_listeners()
-        .filter_map(|(l, l4)| {
-            let proto = match l.key.transport {
-                Transport::Tcp => L4Proto::Tcp,
-                Transport::Udp => L4Proto::Udp,
-            };
-            let addrs = if l.key.addresses.is_empty() {
-                iface_addrs
-            } else {
-                &l.key.addresses[..]
-            };
-            let table: Vec<Option<SocketAddr>> = l4
-                .table
+    let mut programs = Vec::new();
+    for (l, l4) in plan.l4_listeners() {
+        let proto = match l.key.transport {
+            Transport::Tcp => L4Proto::Tcp,
+            Transport::Udp => L4Proto::Udp,
+        };
+        let addrs = if l.key.addresses.is_empty() {
+            iface_addrs
+        } else {
+            &l.key.addresses[..]
+        };
+        let key = program_key(l);
+        let mut add = |key: String, table: &WeightedTable, addrs: Vec<IpAddr>| {
+            let table: Vec<Option<SocketAddr>> = table
                 .slots
                 .iter()
                 .map(
-                    |&i| match l4.table.backends.get(i as usize).map(|b| b.target) {
+                    |&i| match table.backends.get(i as usize).map(|b| b.target) {
                         Some(TableTarget::Endpoint(a)) => Some(a),
                         _ => None,
                     },
@@ -214,15 +218,26 @@ pub fn l4_programs(
                 .map(|(a, _)| a.ip())
                 .filter(|ip| !node_addrs.contains(ip))
                 .collect();
-            (!table.is_empty()).then(|| L4RouteProgram {
-                key: program_key(l),
-                vips,
-                table,
-                remote,
-                dedicated,
-            })
-        })
-        .collect()
+            if !table.is_empty() {
+                programs.push(L4RouteProgram {
+                    key,
+                    vips,
+                    table,
+                    remote,
+                    dedicated,
+                });
+            }
+        };
+        if l4.table_v6.is_some() {
+            // Dual-stack endpoints: one program per family, each with its VIPs and its table.
+            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
+            add(format!("{key}/ipv4"), l4.table_for(true), v4);
+            add(format!("{key}/ipv6"), l4.table_for(false), v6);
+        } else {
+            add(key, &l4.table, addrs.to_vec());
+        }
+    }
+    programs
 }
 
 /// The loaded object, its attachments and the actuator.

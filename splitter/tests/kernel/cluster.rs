@@ -10,7 +10,7 @@ use std::{
 use testbed::{Routing, WhoamiReply};
 
 use crate::support::cluster::{
-    Cluster, RouteKind, RouteSpec, SNAT_PORTS, Svc, ask_from, ask_many_from, slot_of,
+    Cluster, POD_PORT, RouteKind, RouteSpec, SNAT_PORTS, Svc, ask_from, ask_many_from, slot_of,
 };
 
 const PORT: u16 = 8080;
@@ -420,4 +420,86 @@ fn a_pod_reaches_the_listener_of_another_node() {
         "{pods:?}"
     );
     assert_sources(&c, &replies, client.address_v4().into());
+}
+
+/// A dual-stack Service (an IPv4 and an IPv6 EndpointSlice, as Kubernetes writes them) behind a
+/// listener on the node's addresses: the kernel holds one table per family and serves both VIP
+/// families, local pods seeing the client and remote ones node1 in each family.
+#[test]
+fn a_dual_stack_service_serves_both_address_families() {
+    if !testbed::require_root("a_dual_stack_service_serves_both_address_families") {
+        return;
+    }
+    let mut c = Cluster::new("kd", 179, Routing::Native, 2, 1);
+    let route = RouteSpec {
+        kind: RouteKind::Tcp,
+        port: PORT,
+        vip: None,
+        services: &[
+            Svc {
+                name: "a",
+                weight: 1,
+                pods: &[(0, 0)],
+            },
+            Svc {
+                name: "b",
+                weight: 1,
+                pods: &[(1, 0)],
+            },
+        ],
+    };
+    let mut yaml = route.yaml(&c.net);
+    for (name, (node, pod)) in [("a", (0, 0)), ("b", (1, 0))] {
+        yaml.push_str(&format!(
+            "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-v6, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv6
+ports: [{{name: p, port: {POD_PORT}}}]
+endpoints:
+- {{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: true}}}}
+",
+            c.net.pod(node, pod).address_v6(),
+            c.net.node(node).name
+        ));
+    }
+    for node in 0..2 {
+        c.write(node, &yaml);
+        c.start_agent(node);
+    }
+    let v4 = c.listener(0, &route);
+    c.wait_served(0, v4);
+    let v6 = SocketAddr::from((c.net.node(0).address_v6(), PORT));
+    c.wait_for(0, &format!("node1 to serve {v6}"), || {
+        c.live(0, v6).is_some()
+    });
+    let plan = c.net.plan();
+    for (at, client, node1) in [
+        (
+            v4,
+            IpAddr::from(plan.client_v4()),
+            IpAddr::from(c.net.node(0).address_v4()),
+        ),
+        (
+            v6,
+            IpAddr::from(plan.client_v6()),
+            IpAddr::from(c.net.node(0).address_v6()),
+        ),
+    ] {
+        let replies = c
+            .ask_many(at, 60)
+            .unwrap_or_else(|e| panic!("{e}; node1's log:\n{}", c.agent_log(0)));
+        let pods = per_pod(&replies);
+        assert_eq!(
+            pods.keys().copied().collect::<Vec<_>>(),
+            ["node1-pod0", "node2-pod0"],
+            "{at}: {pods:?}"
+        );
+        for r in &replies {
+            let want = if r.pod == "node1-pod0" { client } else { node1 };
+            assert_eq!(r.peer.ip(), want, "{at}: {r}");
+            assert_eq!(r.peer.is_ipv6(), at.is_ipv6(), "{at}: {r} kept its family");
+        }
+    }
 }
