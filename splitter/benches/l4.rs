@@ -22,7 +22,7 @@
 
 use std::{
     io::Read,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -34,7 +34,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
 use splitter::dataplane::ebpf::{self, L4Actuator, L4Proto, L4RouteProgram};
 use splitter_common::maps::XDP_FLOOR_PROGRAM;
-use testbed::{AddressPlan, GatewayNet, NetNs};
+use testbed::{AddressPlan, ClusterNet, ClusterPlan, GatewayNet, NetNs, Routing};
 
 const REPEAT: u32 = 1_000_000;
 const SYN_RUNS: u16 = 10_000;
@@ -44,7 +44,7 @@ const CPS_CLIENT_THREADS: usize = 16;
 const CPS_ROUNDS: usize = 3;
 
 fn frame(src: SocketAddr, dst: SocketAddr, syn: bool) -> Vec<u8> {
-    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
         panic!("v4 only")
     };
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -189,10 +189,10 @@ fn accept_and_close(ns: &NetNs, at: SocketAddr) {
 
 /// What one case measures once its data plane is set up: the client connects to `targets` (the
 /// VIP, or for the ceilings the backends or the gateway themselves).
-type Measure = fn(&GatewayNet, &[SocketAddr]) -> f64;
+type Measure = fn(&NetNs, &[SocketAddr]) -> f64;
 
 /// What the client connects to: the VIP, or (for the ceiling) the backends themselves, 3:1.
-fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
+fn connections_per_second(client: &NetNs, targets: &[SocketAddr]) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -200,7 +200,7 @@ fn connections_per_second(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
         .map(|_| {
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
             let targets = targets.to_vec();
-            t.client.spawn(move || {
+            client.spawn(move || {
                 let mut buf = [0u8; 16];
                 for to in targets.iter().cycle() {
                     if stop.load(Ordering::Relaxed) {
@@ -255,7 +255,7 @@ fn splitter_local(mode: ebpf::XdpAttachMode, measure: Measure) -> f64 {
             dedicated: Default::default(),
         }])
         .expect("apply");
-        let r = measure(&t, &[VIP.parse().expect("vip")]);
+        let r = measure(&t.client, &[VIP.parse().expect("vip")]);
         let _ = ebpf::detach_pinned(t.gateway_iface(), &links);
         r
     }
@@ -286,7 +286,7 @@ fn iptables_local(measure: Measure) -> f64 {
     };
     rule(Some("0.75"), &backend(0).to_string());
     rule(None, &backend(1).to_string());
-    measure(&t, &[VIP.parse().expect("vip")])
+    measure(&t.client, &[VIP.parse().expect("vip")])
 }
 
 /// The ceiling of any data plane that leaves forwarding to the gateway's stack: no NAT at all,
@@ -303,7 +303,7 @@ fn routed(measure: Measure) -> f64 {
         ])
         .expect("route");
     let (b0, b1) = (backend(0), backend(1));
-    measure(&t, &[b0, b0, b0, b1])
+    measure(&t.client, &[b0, b0, b0, b1])
 }
 
 /// The ceiling of any gateway: no hop at all, the backend listens in the gateway namespace.
@@ -311,7 +311,7 @@ fn hopless(measure: Measure) -> f64 {
     let t = cps_topology();
     let at: SocketAddr = format!("{}:8081", NET.gateway()).parse().expect("addr");
     accept_and_close(&t.gateway, at);
-    measure(&t, &[at])
+    measure(&t.client, &[at])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -406,7 +406,7 @@ fn busy_ticks() -> u64 {
 /// backend closes) and closed. Everything the machine did in the window counts (client,
 /// backends, softirq, the data plane), which is why the cost table subtracts the run without a
 /// gateway hop at the same rate: what remains is the gateway's marginal cost.
-fn cpu_per_connection(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
+fn cpu_per_connection(client: &NetNs, targets: &[SocketAddr]) -> f64 {
     let total = COST_RATE * COST_SECONDS;
     let interval = Duration::from_secs_f64(1.0 / COST_RATE as f64);
     let done = Arc::new(AtomicU64::new(0));
@@ -417,7 +417,7 @@ fn cpu_per_connection(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
         .map(|k| {
             let (done, failed) = (done.clone(), failed.clone());
             let targets = targets.to_vec();
-            t.client.spawn(move || {
+            client.spawn(move || {
                 let mut buf = [0u8; 16];
                 for i in (k..total).step_by(COST_CLIENT_THREADS as usize) {
                     let due = start + interval * i as u32;
@@ -455,46 +455,196 @@ fn cpu_per_connection(t: &GatewayNet, targets: &[SocketAddr]) -> f64 {
 /// A line of the cost report: its label and the run that measures it.
 type CostLine = (&'static str, fn() -> f64);
 
-/// The gateway's marginal CPU per new connection at a fixed offered rate below saturation:
-/// whole-machine CPU time per connection minus that of the same load with no gateway hop.
-fn cost() {
-    let lines: [CostLine; 4] = [
-        ("no gateway hop (baseline)", || hopless(cpu_per_connection)),
-        ("plain routing, no NAT", || routed(cpu_per_connection)),
-        ("iptables DNAT -m statistic", || {
-            iptables_local(cpu_per_connection)
-        }),
-        ("splitter, native XDP + TC", || {
-            splitter_local(ebpf::XdpAttachMode::Driver, cpu_per_connection)
-        }),
-    ];
+/// Pods on node2 of a two-node ClusterNet, the gateway on node1: the backends are remote, so
+/// their replies must come back through node1 (SNAT, or MASQUERADE for iptables).
+const REMOTE_NET: ClusterPlan = ClusterPlan { net: 231 };
+const REMOTE_POD_PORT: u16 = 8080;
+
+fn remote_topology() -> ClusterNet {
+    let c = ClusterNet::new("bc", REMOTE_NET, Routing::Native, 2, 2).expect("cluster");
+    c.client()
+        .sysctl("net/ipv4/ip_local_port_range", "1024 65000")
+        .expect("sysctl");
+    c.client()
+        .sysctl("net/ipv4/tcp_tw_reuse", "1")
+        .expect("sysctl");
+    for j in 0..2 {
+        let pod = c.pod(1, j);
+        accept_and_close(
+            &pod.ns,
+            SocketAddr::from((pod.address_v4(), REMOTE_POD_PORT)),
+        );
+    }
+    c
+}
+
+/// node1's address, port 80: what the client connects to through either data plane.
+fn remote_vip(c: &ClusterNet) -> SocketAddr {
+    SocketAddr::from((c.node(0).address_v4(), 80))
+}
+
+fn remote_backends(c: &ClusterNet) -> [SocketAddr; 2] {
+    [0, 1].map(|j| SocketAddr::from((c.pod(1, j).address_v4(), REMOTE_POD_PORT)))
+}
+
+/// The same load with no gateway: the server runs on node1 itself.
+fn remote_hopless(measure: Measure) -> f64 {
+    let c = remote_topology();
+    let at = SocketAddr::from((c.node(0).address_v4(), 8081));
+    accept_and_close(&c.node(0).ns, at);
+    measure(c.client(), &[at])
+}
+
+/// kube-proxy's way: DNAT with `-m statistic` (3:1), then MASQUERADE towards the other node's
+/// pods so their replies come back through node1.
+fn iptables_remote(measure: Measure) -> f64 {
+    let c = remote_topology();
+    let node = &c.node(0).ns;
+    let vip = remote_vip(&c);
+    let [b0, b1] = remote_backends(&c);
+    let dnat = |prob: Option<&str>, to: SocketAddr| {
+        let (vip_ip, to) = (vip.ip().to_string(), to.to_string());
+        let mut args = vec![
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &vip_ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+        ];
+        if let Some(p) = prob {
+            args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+        }
+        args.extend(["-j", "DNAT", "--to-destination", &to]);
+        node.exec("iptables", &args)
+            .expect("iptables (cargo xtask bench installs it)");
+    };
+    dnat(Some("0.75"), b0);
+    dnat(None, b1);
+    let cidr = c.node(1).pod_cidr_v4();
+    node.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-d",
+            &cidr,
+            "-j",
+            "MASQUERADE",
+        ],
+    )
+    .expect("iptables");
+    measure(c.client(), &[vip])
+}
+
+/// splitter on node1's uplink: DNAT + SNAT to node1's address in XDP, both legs sent by TC.
+fn splitter_remote(measure: Measure) -> f64 {
+    let pins = testbed::BpfFs::new().expect("bpffs");
+    let c = remote_topology();
+    let node = c.node(0);
+    let mut obj = ebpf::load_object(Some(&pins.path().join("maps"))).expect("load");
+    let links = pins.path().join("links");
+    node.ns.run(|| {
+        ebpf::attach_pinned(&mut obj, &node.uplink, &links, ebpf::XdpAttachMode::Driver)
+            .expect("attach")
+    });
+    let mut act = L4Actuator::new(&mut obj).expect("actuator");
+    let node_addr = IpAddr::from(node.address_v4());
+    act.set_config(splitter::run::snat_config(
+        &[node_addr],
+        splitter::run::SnatPorts::default(),
+    ))
+    .expect("config");
+    let b = remote_backends(&c);
+    let table = (0..16381)
+        .map(|s| Some(if s % 4 < 3 { b[0] } else { b[1] }))
+        .collect();
+    act.apply(&[L4RouteProgram {
+        key: "bench".into(),
+        vips: vec![(remote_vip(&c), L4Proto::Tcp)],
+        table,
+        remote: b.into_iter().collect(),
+        dedicated: Default::default(),
+    }])
+    .expect("apply");
+    let r = measure(c.client(), &[remote_vip(&c)]);
+    let _ = node.ns.run(|| ebpf::detach_pinned(&node.uplink, &links));
+    r
+}
+
+/// Prints one cost table: the first line is the baseline the marginals subtract; `ratios`
+/// names, for the line it is on, the lines its marginal is divided by.
+fn cost_table(title: &str, lines: &[CostLine], ratios: &[(usize, &[usize])]) -> Vec<f64> {
     let mut runs = vec![Vec::new(); lines.len()];
     for _ in 0..COST_ROUNDS {
-        for (line, (_, run)) in runs.iter_mut().zip(&lines) {
+        for (line, (_, run)) in runs.iter_mut().zip(lines) {
             line.push(run());
         }
     }
     let costs: Vec<f64> = runs.into_iter().map(median).collect();
     let marginal: Vec<f64> = costs.iter().map(|c| c - costs[0]).collect();
-    println!(
-        "l4 cost per new connection ({COST_RATE} connections/s offered for {COST_SECONDS} s, whole-machine CPU, median of {COST_ROUNDS} interleaved rounds)"
-    );
+    println!("{title}");
     for (i, ((label, _), (c, m))) in lines.iter().zip(costs.iter().zip(&marginal)).enumerate() {
         let label = format!("{label}:");
         if i == 0 {
-            println!("  {label:<33}{c:>7.1} us/conn");
+            println!("  {label:<37}{c:>7.1} us/conn");
             continue;
         }
-        print!("  {label:<33}{c:>7.1} us/conn   marginal {m:>6.1} us");
-        if i == 3 {
-            print!(
-                "   {:.2}x iptables, {:.2}x plain routing",
-                m / marginal[2],
-                m / marginal[1]
-            );
+        print!("  {label:<37}{c:>7.1} us/conn   marginal {m:>6.1} us");
+        for (line, against) in ratios.iter().filter(|(l, _)| *l == i) {
+            let parts: Vec<String> = against
+                .iter()
+                .map(|&j| format!("{:.2}x {}", marginal[*line] / marginal[j], lines[j].0))
+                .collect();
+            print!("   {}", parts.join(", "));
         }
         println!();
     }
+    marginal
+}
+
+/// The gateway's marginal CPU per new connection at a fixed offered rate below saturation:
+/// whole-machine CPU time per connection minus that of the same load with no gateway hop, for
+/// local backends (GatewayNet) and for remote ones (pods on another node of a ClusterNet).
+fn cost() {
+    let header = format!(
+        "{COST_RATE} connections/s offered for {COST_SECONDS} s, whole-machine CPU, median of {COST_ROUNDS} interleaved rounds"
+    );
+    let local: [CostLine; 4] = [
+        ("no gateway hop (baseline)", || hopless(cpu_per_connection)),
+        ("plain routing", || routed(cpu_per_connection)),
+        ("iptables DNAT", || iptables_local(cpu_per_connection)),
+        ("splitter, native XDP + TC", || {
+            splitter_local(ebpf::XdpAttachMode::Driver, cpu_per_connection)
+        }),
+    ];
+    cost_table(
+        &format!("l4 cost per new connection, local backends ({header})"),
+        &local,
+        &[(3, &[2, 1])],
+    );
+    let remote: [CostLine; 3] = [
+        ("server on node1 (baseline)", || {
+            remote_hopless(cpu_per_connection)
+        }),
+        ("iptables DNAT + MASQUERADE", || {
+            iptables_remote(cpu_per_connection)
+        }),
+        ("splitter DNAT + SNAT", || {
+            splitter_remote(cpu_per_connection)
+        }),
+    ];
+    cost_table(
+        &format!("l4 cost per new connection, remote backends ({header})"),
+        &remote,
+        &[(2, &[1])],
+    );
 }
 
 fn main() {

@@ -93,6 +93,18 @@ impl WeightedTable {
             .map_or(TableTarget::Reject, |b| b.target)
     }
 
+    /// The endpoint of every slot, in slot order (`None` for REJECT): the table as the kernel
+    /// holds it.
+    pub fn slot_endpoints(&self) -> Vec<Option<SocketAddr>> {
+        self.slots
+            .iter()
+            .map(|&b| match self.backends.get(b as usize).map(|b| b.target) {
+                Some(TableTarget::Endpoint(a)) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn quota_of(&self, target: &TableTarget) -> u32 {
         self.backends
             .iter()

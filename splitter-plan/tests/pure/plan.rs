@@ -193,31 +193,40 @@ spec:
     assert_eq!(listener(&plan, 80).mode(), Mode::L4);
 }
 
+/// A Gateway `tcp` with a TCP listener on 9100 and a TCPRoute `r` whose one rule has
+/// `backend_refs` (YAML list items, indented four spaces).
+fn tcp_route(backend_refs: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: infra}}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {{name: tcp, protocol: TCP, port: 9100}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: r, namespace: infra}}
+spec:
+  parentRefs: [{{name: tcp}}]
+  rules:
+  - backendRefs:
+{backend_refs}"
+    )
+}
+
 /// TCPRoute has no status code to answer with: the invalid and no-endpoint shares stay in the
 /// kernel table as REJECT (RST for TCP, drop for UDP).
 #[test]
 fn invalid_and_empty_shares_of_a_tcp_route_go_to_reject_at_l4() {
-    let route = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: tcp, namespace: infra}
-spec:
-  gatewayClassName: splitter
-  listeners:
-  - {name: tcp, protocol: TCP, port: 9100}
----
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: TCPRoute
-metadata: {name: r, namespace: infra}
-spec:
-  parentRefs: [{name: tcp}]
-  rules:
-  - backendRefs:
-    - {name: a, port: 8080, weight: 2}
+    let route = tcp_route(
+        "    - {name: a, port: 8080, weight: 2}
     - {name: nonexistent, port: 8080, weight: 1}
     - {name: empty, port: 8080, weight: 1}
-"#;
-    let plan = plan_of(&[&fixture("base.yaml"), route]);
+",
+    );
+    let plan = plan_of(&[&fixture("base.yaml"), &route]);
     let l4 = listener(&plan, 9100).l4().unwrap();
     assert_quotas(
         &l4.table,
@@ -756,25 +765,11 @@ fn l4_plans_know_each_endpoints_node_and_the_table_ignores_it() {
 /// of a family keeps its share as REJECT there rather than handing it to the others.
 #[test]
 fn dual_stack_endpoints_get_one_table_per_family() {
-    let routes = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: tcp, namespace: infra}
-spec:
-  gatewayClassName: splitter
-  listeners:
-  - {name: tcp, protocol: TCP, port: 9100}
----
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: TCPRoute
-metadata: {name: r, namespace: infra}
-spec:
-  parentRefs: [{name: tcp}]
-  rules:
-  - backendRefs:
-    - {name: a, port: 8080, weight: 3}
+    let routes = tcp_route(
+        "    - {name: a, port: 8080, weight: 3}
     - {name: b, port: 8080, weight: 1}
----
+",
+    ) + r#"---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: a-v6, namespace: infra, labels: {kubernetes.io/service-name: a}}
@@ -783,7 +778,7 @@ ports: [{name: http, port: 3000, protocol: TCP}]
 endpoints:
 - addresses: ["fd00::a1"]
 "#;
-    let plan = plan_of(&[&fixture("base.yaml"), routes]);
+    let plan = plan_of(&[&fixture("base.yaml"), &routes]);
     let l4 = listener(&plan, 9100).l4().unwrap();
     assert_quotas(
         l4.table_for(true),

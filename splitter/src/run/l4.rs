@@ -18,10 +18,7 @@ use tokio::sync::watch;
 use crate::dataplane::ebpf::{
     self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
 };
-use splitter_plan::plan::{
-    DataplaneListener, Plan, Transport,
-    maglev::{TableTarget, WeightedTable},
-};
+use splitter_plan::plan::{DataplaneListener, Plan, Transport, maglev::WeightedTable};
 
 /// Every address of `ifaces` (what an L4 listener without Gateway addresses serves).
 pub fn iface_addresses(ifaces: &[String]) -> anyhow::Result<Vec<IpAddr>> {
@@ -191,16 +188,7 @@ pub fn l4_programs(
         };
         let key = program_key(l);
         let mut add = |key: String, table: &WeightedTable, addrs: Vec<IpAddr>| {
-            let table: Vec<Option<SocketAddr>> = table
-                .slots
-                .iter()
-                .map(
-                    |&i| match table.backends.get(i as usize).map(|b| b.target) {
-                        Some(TableTarget::Endpoint(a)) => Some(a),
-                        _ => None,
-                    },
-                )
-                .collect();
+            let table = table.slot_endpoints();
             // The kernel does no NAT46/64: a VIP serves the backends of its own family.
             let vips: Vec<(SocketAddr, L4Proto)> = addrs
                 .iter()

@@ -26,7 +26,7 @@ use splitter_common::{
         VipValue, table_index,
     },
 };
-use splitter_plan::plan::{PlanConfig, maglev::TableTarget};
+use splitter_plan::plan::PlanConfig;
 use testbed::{BpfFs, ChildGuard, ClusterNet, ClusterPlan, Routing, WhoamiReply, WhoamiServer};
 
 /// Where every pod's whoami server listens (each pod is its own namespace).
@@ -406,16 +406,7 @@ pub fn planned_table(dir: &Path, port: u16) -> Slots {
                 plan.problems()
             )
         });
-    l4.table
-        .slots
-        .iter()
-        .map(
-            |&i| match l4.table.backends.get(i as usize).map(|b| b.target) {
-                Some(TableTarget::Endpoint(a)) => Some(a),
-                _ => None,
-            },
-        )
-        .collect()
+    l4.table.slot_endpoints()
 }
 
 /// The live half of `vip`'s table in the maps pinned under `pin_dir`, slot by slot as the
