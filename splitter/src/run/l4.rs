@@ -352,12 +352,17 @@ impl L4Runner {
     }
 }
 
-/// How often conntrack is swept. The sweep walks the whole map only while some backend drains.
+/// How often conntrack is swept. The sweep walks the whole map only while some backend drains
+/// or is remote.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// How long a flow to a draining backend stays after its FIN or RST: as long as Linux keeps a
-/// closing connection (TIME_WAIT, FIN_WAIT), so the last ACKs and retransmissions still find it.
-const CLOSE_GRACE: Duration = Duration::from_secs(120);
+/// How long a closed flow (a draining backend's, or any source-NATed one) stays after its FIN
+/// or RST: Linux's TIME_WAIT and FIN_WAIT2 (60 s), so the last ACKs and retransmissions still
+/// find it. For a source-NATed flow it is also how long its port stays out of the range: a port
+/// reused sooner could meet the pod's TIME_WAIT socket of the old flow, which may refuse the
+/// new SYN. The range's size over this grace bounds the new connections per second one node
+/// sends one remote backend (4,000 ports: about 60/s, plus the sweep's period).
+const CLOSE_GRACE: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
