@@ -456,19 +456,22 @@ fn cpu_per_connection(client: &NetNs, targets: &[SocketAddr]) -> f64 {
 type CostLine = (&'static str, fn() -> f64);
 
 /// Pods on node2 of a two-node ClusterNet, the gateway on node1: the backends are remote, so
-/// their replies must come back through node1 (SNAT, or MASQUERADE for iptables).
+/// their replies must come back through node1 (SNAT, or MASQUERADE for iptables). Four pods,
+/// split evenly: a round's connections then stay within each backend's 4,000 SNAT ports, which
+/// a closed flow holds for 60 s (the cost is what is measured here, not that capacity).
 const REMOTE_NET: ClusterPlan = ClusterPlan { net: 231 };
 const REMOTE_POD_PORT: u16 = 8080;
+const REMOTE_PODS: usize = 4;
 
 fn remote_topology() -> ClusterNet {
-    let c = ClusterNet::new("bc", REMOTE_NET, Routing::Native, 2, 2).expect("cluster");
+    let c = ClusterNet::new("bc", REMOTE_NET, Routing::Native, 2, REMOTE_PODS).expect("cluster");
     c.client()
         .sysctl("net/ipv4/ip_local_port_range", "1024 65000")
         .expect("sysctl");
     c.client()
         .sysctl("net/ipv4/tcp_tw_reuse", "1")
         .expect("sysctl");
-    for j in 0..2 {
+    for j in 0..REMOTE_PODS {
         let pod = c.pod(1, j);
         accept_and_close(
             &pod.ns,
@@ -483,8 +486,10 @@ fn remote_vip(c: &ClusterNet) -> SocketAddr {
     SocketAddr::from((c.node(0).address_v4(), 80))
 }
 
-fn remote_backends(c: &ClusterNet) -> [SocketAddr; 2] {
-    [0, 1].map(|j| SocketAddr::from((c.pod(1, j).address_v4(), REMOTE_POD_PORT)))
+fn remote_backends(c: &ClusterNet) -> Vec<SocketAddr> {
+    (0..REMOTE_PODS)
+        .map(|j| SocketAddr::from((c.pod(1, j).address_v4(), REMOTE_POD_PORT)))
+        .collect()
 }
 
 /// The same load with no gateway: the server runs on node1 itself.
@@ -495,15 +500,19 @@ fn remote_hopless(measure: Measure) -> f64 {
     measure(c.client(), &[at])
 }
 
-/// kube-proxy's way: DNAT with `-m statistic` (3:1), then MASQUERADE towards the other node's
+/// kube-proxy's way: DNAT with `-m statistic`, then MASQUERADE towards the other node's
 /// pods so their replies come back through node1.
 fn iptables_remote(measure: Measure) -> f64 {
     let c = remote_topology();
     let node = &c.node(0).ns;
     let vip = remote_vip(&c);
-    let [b0, b1] = remote_backends(&c);
-    let dnat = |prob: Option<&str>, to: SocketAddr| {
-        let (vip_ip, to) = (vip.ip().to_string(), to.to_string());
+    let backends = remote_backends(&c);
+    let vip_ip = vip.ip().to_string();
+    // kube-proxy's even split: rule i takes 1/(n-i) of what the rules before it left.
+    for (i, to) in backends.iter().enumerate() {
+        let to = to.to_string();
+        let left = backends.len() - i;
+        let prob = format!("{:.5}", 1.0 / left as f64);
         let mut args = vec![
             "-t",
             "nat",
@@ -516,15 +525,20 @@ fn iptables_remote(measure: Measure) -> f64 {
             "--dport",
             "80",
         ];
-        if let Some(p) = prob {
-            args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+        if left > 1 {
+            args.extend([
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &prob,
+            ]);
         }
         args.extend(["-j", "DNAT", "--to-destination", &to]);
         node.exec("iptables", &args)
             .expect("iptables (cargo xtask bench installs it)");
-    };
-    dnat(Some("0.75"), b0);
-    dnat(None, b1);
+    }
     let cidr = c.node(1).pod_cidr_v4();
     node.exec(
         "iptables",
@@ -562,9 +576,7 @@ fn splitter_remote(measure: Measure) -> f64 {
     ))
     .expect("config");
     let b = remote_backends(&c);
-    let table = (0..16381)
-        .map(|s| Some(if s % 4 < 3 { b[0] } else { b[1] }))
-        .collect();
+    let table = (0..16381).map(|s| Some(b[s % b.len()])).collect();
     act.apply(&[L4RouteProgram {
         key: "bench".into(),
         vips: vec![(remote_vip(&c), L4Proto::Tcp)],
