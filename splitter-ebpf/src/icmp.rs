@@ -21,8 +21,13 @@
 //!   client:cp -> VIP:vp, and comes from the VIP: the client never saw the pods' network. The
 //!   VIP may be a node address, so this one is routed by TC ingress too.
 //!
-//! A local flow's forward packets go from this node to a pod: errors about them come from the
-//! node's own stack or the pod, leave through TC egress and are not translated (yet).
+//! One case leaves through TC egress ([`on_egress`]):
+//!
+//! - **Local flow, forward packet** (client:cp -> backend:bp after DNAT; the node's stack, e.g.
+//!   a smaller MTU towards the pod, or the pod itself, e.g. port unreachable, answers the
+//!   client): reply entry (backend -> client) without `FLOW_SNAT`. The quote becomes
+//!   client:cp -> VIP:vp, what the client sent; an error the backend itself sent gets the VIP
+//!   as source (the client never heard of the backend), one from the node keeps the node's.
 //!
 //! Checksums are updated incrementally (RFC 1624): the outer IPv4 header's for its addresses,
 //! the quoted IPv4 header's for the quoted addresses, and the ICMP checksum for every word it
@@ -30,7 +35,10 @@
 //! ICMPv6 the pseudo-header's addresses). The quoted L4 checksum is left alone: the quote is
 //! usually truncated, and receivers match errors to sockets by addresses and ports only.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    programs::{TcContext, XdpContext},
+};
 use splitter_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
     csum,
@@ -41,7 +49,7 @@ use crate::{
     counters::count_event,
     forward::route_out,
     maps::{CONNTRACK, CONNTRACK_V4, L4_CONFIG},
-    parse::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6, PacketMeta, bytes_at},
+    parse::{Family, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, PacketMeta, bytes_at},
     select::copy_words,
 };
 
@@ -57,32 +65,22 @@ const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_TIME_EXCEEDED: u8 = 3;
 
-/// Handles an ICMP or ICMPv6 packet (`meta` parsed by `parse_frame_icmp`). `None`: not an error
-/// about a tracked flow (or translation is off); the packet passes untouched.
+/// Handles an ICMP or ICMPv6 packet at XDP ingress (`meta` parsed by `parse_frame`).
+/// `None`: not an error about a tracked flow (or translation is off); it passes untouched.
 #[inline(never)]
 pub fn on_error(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<u32> {
-    let cfg = L4_CONFIG.get(0)?;
-    if cfg.flags & CONFIG_ICMP_UNTRANSLATED != 0 {
+    if translation_off() {
         return None;
     }
-    let quoted = match meta.family {
-        Family::V4 => quote_v4(ctx, meta),
-        Family::V6 => quote_v6(ctx, meta),
-    };
-    // Not an error, or one whose quote we cannot read: not counted, like any other ICMP.
-    quoted?;
-    if lookup(meta).is_none() {
+    quote(ctx, meta)?;
+    if lookup(meta, Leg::Ingress).is_none() {
         count_event(L4Event::IcmpUntracked);
         return None;
     }
     let snat = meta.flow.flags & FLOW_SNAT != 0;
     plan(meta, snat);
-    let rewritten = match meta.family {
-        Family::V4 => rewrite_v4(ctx, meta, snat),
-        Family::V6 => rewrite_v6(ctx, meta, snat),
-    };
-    if rewritten.is_none() {
-        // Checked above, so unreachable in practice; a half-written error helps nobody.
+    if translate(ctx, meta, snat).is_none() {
+        // Checked by `quote`, so unreachable in practice; a half-written error helps nobody.
         return Some(xdp_action::XDP_DROP);
     }
     count_event(L4Event::IcmpTranslated);
@@ -93,10 +91,95 @@ pub fn on_error(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<u32> {
     }
 }
 
+/// Handles an ICMP or ICMPv6 packet leaving through TC egress (`meta` parsed by
+/// `parse_frame`): errors about a local flow's forward packets get the quote the client
+/// knows. Errors about anything else leave untouched.
+#[inline(never)]
+pub fn on_egress(ctx: &TcContext, meta: &mut PacketMeta) {
+    if translation_off() {
+        return;
+    }
+    // Direct access reaches only the linear head: pull what the longest quote needs (a
+    // locally built error is linear anyway; a short packet is pulled whole).
+    let want = (meta.l3_offset as usize + IPV6_HDR_LEN + V6_SPAN) as u32;
+    let len = ctx.len();
+    if ctx.pull_data(if len < want { len } else { want }).is_err() {
+        return;
+    }
+    if quote(ctx, meta).is_none() {
+        return;
+    }
+    if lookup(meta, Leg::Egress).is_none() {
+        count_event(L4Event::IcmpUntracked);
+        return;
+    }
+    // Quote client:cp -> backend:bp becomes client:cp -> VIP:vp.
+    let r = &mut meta.reply_key;
+    copy_words(&mut r.src, &meta.key.dst);
+    r.src_port = meta.key.dst_port;
+    copy_words(&mut r.dst, &meta.flow.addr);
+    r.dst_port = meta.flow.port;
+    // The backend's own error (outer source = the quoted destination) comes from the VIP.
+    let from_backend = outer_src_is(ctx, meta).unwrap_or(false);
+    if translate(ctx, meta, from_backend).is_some() {
+        count_event(L4Event::IcmpTranslated);
+    }
+}
+
+#[inline(always)]
+fn translation_off() -> bool {
+    match L4_CONFIG.get(0) {
+        Some(cfg) => cfg.flags & CONFIG_ICMP_UNTRANSLATED != 0,
+        None => true,
+    }
+}
+
+/// Whether the error's outer source is the quoted packet's destination (`meta.key.src`).
+#[inline(always)]
+fn outer_src_is<F: Frame>(ctx: &F, meta: &PacketMeta) -> Option<bool> {
+    let l3 = meta.l3_offset as usize;
+    let p = bytes_at(ctx, l3, IPV6_HDR_LEN).ok()?;
+    let mut same = true;
+    // SAFETY: bytes_at checked 40 bytes, enough for either family's source address.
+    unsafe {
+        match meta.family {
+            Family::V4 => {
+                for i in 0..4 {
+                    same &= *p.add(12 + i) == meta.key.src[12 + i];
+                }
+            }
+            Family::V6 => {
+                for i in 0..16 {
+                    same &= *p.add(8 + i) == meta.key.src[i];
+                }
+            }
+        }
+    }
+    Some(same)
+}
+
+#[inline(always)]
+fn quote<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Option<()> {
+    // Not an error, or one whose quote cannot be read: not counted, like any other ICMP.
+    match meta.family {
+        Family::V4 => quote_v4(ctx, meta),
+        Family::V6 => quote_v6(ctx, meta),
+    }
+}
+
+/// Rewrites the error by `meta.reply_key` (see [`plan`]); with `outer_src`, its source too.
+#[inline(always)]
+fn translate<F: Frame>(ctx: &F, meta: &PacketMeta, outer_src: bool) -> Option<()> {
+    match meta.family {
+        Family::V4 => rewrite_v4(ctx, meta, outer_src),
+        Family::V6 => rewrite_v6(ctx, meta, outer_src),
+    }
+}
+
 /// Reads an IPv4 ICMP error's quote into `meta.key` and `meta.key4` as the reversed tuple
 /// (quoted destination -> quoted source): the key conntrack knows the flow by.
 #[inline(always)]
-fn quote_v4(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<()> {
+fn quote_v4<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Option<()> {
     let p = bytes_at(ctx, meta.l3_offset as usize, V4_SPAN).ok()?;
     // SAFETY: bytes_at checked all V4_SPAN bytes against the packet.
     unsafe {
@@ -146,7 +229,7 @@ fn quote_v4(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<()> {
 
 /// The IPv6 counterpart of [`quote_v4`] (no extension headers, outer or quoted).
 #[inline(always)]
-fn quote_v6(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<()> {
+fn quote_v6<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Option<()> {
     let l3 = meta.l3_offset as usize;
     let p = bytes_at(ctx, l3, IPV6_HDR_LEN).ok()?;
     let q = bytes_at(ctx, l3 + IPV6_HDR_LEN, V6_SPAN).ok()?;
@@ -184,12 +267,24 @@ fn quote_v6(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<()> {
     Some(())
 }
 
-/// Looks the reversed quote up: a forward entry (the quote is a reply packet, VIP -> client),
-/// else a SNAT flow's reply entry (the quote is a forward leg, node:port -> backend). Copies
-/// the entry to `meta.flow` and leaves `meta.key.dir` saying which one it was.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    /// XDP ingress: errors about packets this node sent towards a client or a remote backend.
+    Ingress,
+    /// TC egress: errors about packets this node delivered to a local backend.
+    Egress,
+}
+
+/// Looks the reversed quote up and copies the entry to `meta.flow`; `meta.key.dir` says which
+/// one it was. Ingress: a forward entry (the quote is a reply packet, VIP -> client), else a
+/// SNAT flow's reply entry (the quote is a forward leg, node:port -> backend). Egress: a local
+/// flow's reply entry (the quote is a DNATed forward packet, client -> backend).
 #[inline(always)]
-fn lookup(meta: &mut PacketMeta) -> Option<()> {
+fn lookup(meta: &mut PacketMeta, leg: Leg) -> Option<()> {
     for dir in [DIR_FORWARD, DIR_REPLY] {
+        if leg == Leg::Egress && dir == DIR_FORWARD {
+            continue;
+        }
         meta.key.dir = dir;
         meta.key4.dir = dir;
         let found = match meta.family {
@@ -205,9 +300,11 @@ fn lookup(meta: &mut PacketMeta) -> Option<()> {
         if let Some(ct) = found {
             // SAFETY: an entry of the map, alive for this program run.
             let ct = unsafe { &*ct };
-            if dir == DIR_REPLY && ct.flags & FLOW_SNAT == 0 {
-                // A local flow's reply entry: its forward packets never leave through the
-                // client-facing interface (see the module comment).
+            let snat = ct.flags & FLOW_SNAT != 0;
+            // A local flow's reply entry at ingress: its forward packets never leave through
+            // the client-facing interface. A SNAT reply entry at egress: its forward legs
+            // leave by redirect, and errors about them come back through ingress.
+            if dir == DIR_REPLY && snat == (leg == Leg::Egress) {
                 return None;
             }
             copy_words(&mut meta.flow, ct);
@@ -217,9 +314,10 @@ fn lookup(meta: &mut PacketMeta) -> Option<()> {
     None
 }
 
-/// The translated quote into `meta.reply_key`: `src`/`src_port` the new quoted source (also the
-/// error's new destination), `dst`/`dst_port` the new quoted destination (for SNAT flows also
-/// the error's new source). `meta.key` still holds the old quote, reversed.
+/// The translated quote of an error at ingress into `meta.reply_key`: `src`/`src_port` the new
+/// quoted source (also the error's new destination), `dst`/`dst_port` the new quoted
+/// destination (for SNAT flows also the error's new source). `meta.key` still holds the old
+/// quote, reversed.
 #[inline(never)]
 fn plan(meta: &mut PacketMeta, snat: bool) {
     let f = &meta.flow;
@@ -276,7 +374,7 @@ fn ports_delta(meta: &PacketMeta) -> u16 {
 }
 
 #[inline(never)]
-fn rewrite_v4(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
+fn rewrite_v4<F: Frame>(ctx: &F, meta: &PacketMeta, outer_src: bool) -> Option<()> {
     let p = bytes_at(ctx, meta.l3_offset as usize, V4_SPAN).ok()?;
     let (k, r) = (&meta.key, &meta.reply_key);
     // Old quote: source k.dst (the outer destination too), destination k.src.
@@ -286,10 +384,10 @@ fn rewrite_v4(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
     // SAFETY: bytes_at checked all V4_SPAN bytes against the packet.
     unsafe {
         let q = p.add(28);
-        // Outer: the destination becomes the new quoted source; for SNAT flows the source
+        // Outer: the destination becomes the new quoted source; with `outer_src` the source
         // becomes the new quoted destination.
         let mut outer = quoted_src;
-        if snat {
+        if outer_src {
             let mut old = [0u8; 16];
             for i in 0..4 {
                 old[12 + i] = *p.add(12 + i);
@@ -344,13 +442,13 @@ unsafe fn acc_delta16(mut acc: u32, old: *const u8, new: &[u8; 16]) -> u32 {
 /// Checksum first (it reads the old addresses from the packet), then the addresses: two frames,
 /// each small enough for the 512-byte stack under the program's own.
 #[inline(always)]
-fn rewrite_v6(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
-    checksum_v6(ctx, meta, snat)?;
-    addresses_v6(ctx, meta, snat)
+fn rewrite_v6<F: Frame>(ctx: &F, meta: &PacketMeta, outer_src: bool) -> Option<()> {
+    checksum_v6(ctx, meta, outer_src)?;
+    addresses_v6(ctx, meta, outer_src)
 }
 
 #[inline(never)]
-fn checksum_v6(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
+fn checksum_v6<F: Frame>(ctx: &F, meta: &PacketMeta, outer_src: bool) -> Option<()> {
     let l3 = meta.l3_offset as usize;
     let p = bytes_at(ctx, l3, IPV6_HDR_LEN).ok()?;
     let q = bytes_at(ctx, l3 + IPV6_HDR_LEN, V6_SPAN).ok()?;
@@ -362,7 +460,7 @@ fn checksum_v6(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
         let mut acc = acc_delta16(src, k.dst.as_ptr(), &r.src);
         acc = acc_delta16(acc, k.src.as_ptr(), &r.dst);
         acc += ports_delta(meta) as u32;
-        if snat {
+        if outer_src {
             acc = acc_delta16(acc, p.add(8), &r.dst);
         }
         write16(q.add(2), csum::apply(read16(q.add(2)), csum::fold(acc)));
@@ -371,14 +469,14 @@ fn checksum_v6(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
 }
 
 #[inline(never)]
-fn addresses_v6(ctx: &XdpContext, meta: &PacketMeta, snat: bool) -> Option<()> {
+fn addresses_v6<F: Frame>(ctx: &F, meta: &PacketMeta, outer_src: bool) -> Option<()> {
     let l3 = meta.l3_offset as usize;
     let p = bytes_at(ctx, l3, IPV6_HDR_LEN).ok()?;
     let q = bytes_at(ctx, l3 + IPV6_HDR_LEN, V6_SPAN).ok()?;
     let r = &meta.reply_key;
     // SAFETY: bytes_at checked both spans against the packet.
     unsafe {
-        if snat {
+        if outer_src {
             for i in 0..16 {
                 *p.add(8 + i) = r.dst[i];
             }

@@ -41,7 +41,7 @@ pub fn splitter_xdp(ctx: XdpContext) -> u32 {
     };
     // SAFETY: this CPU's scratch slot; nothing else uses slot 0 while this program runs.
     let meta = unsafe { &mut *meta };
-    match parse::parse_frame_icmp(&ctx, meta) {
+    match parse::parse_frame(&ctx, meta) {
         Ok(())
             if meta.key.proto == parse::IPPROTO_ICMP || meta.key.proto == parse::IPPROTO_ICMPV6 =>
         {

@@ -20,7 +20,6 @@ const IPV4_MIN_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 const TCP_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
-const ICMP_HDR_LEN: usize = 8;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
 const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
@@ -130,25 +129,11 @@ fn read_be16<F: Frame>(ctx: &F, offset: usize) -> Result<u16, ParseOutcome> {
     Ok(u16::from_be_bytes(unsafe { [*p, *p.add(1)] }))
 }
 
-/// Parses Ethernet, at most one VLAN tag (802.1Q or 802.1ad), IPv4 or IPv6, and TCP or UDP.
+/// Parses Ethernet, at most one VLAN tag (802.1Q or 802.1ad), IPv4 or IPv6, and TCP, UDP,
+/// ICMP or ICMPv6. ICMP packets parse with ports 0: callers that only deal with TCP and UDP
+/// check `meta.key.proto`; what an ICMP message says is `icmp`'s business.
 #[inline(always)]
 pub fn parse_frame<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
-    parse_frame_as::<F, false>(ctx, meta)
-}
-
-/// Like [`parse_frame`], and ICMP (IPv4) or ICMPv6 packets parse too, with ports 0: the
-/// address parse the ICMP error path and the TC ingress router need. What an ICMP message
-/// says is `icmp`'s business.
-#[inline(always)]
-pub fn parse_frame_icmp<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
-    parse_frame_as::<F, true>(ctx, meta)
-}
-
-#[inline(always)]
-fn parse_frame_as<F: Frame, const ICMP: bool>(
-    ctx: &F,
-    meta: &mut PacketMeta,
-) -> Result<(), ParseOutcome> {
     let mut ether_type = read_be16(ctx, 12)?;
     let mut l3_offset = ETH_HDR_LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
@@ -156,18 +141,14 @@ fn parse_frame_as<F: Frame, const ICMP: bool>(
         l3_offset += VLAN_HDR_LEN;
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4::<F, ICMP>(ctx, l3_offset, meta),
-        ETH_P_IPV6 => parse_ipv6::<F, ICMP>(ctx, l3_offset, meta),
+        ETH_P_IPV4 => parse_ipv4(ctx, l3_offset, meta),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_offset, meta),
         _ => Err(ParseOutcome::NonIp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame, const ICMP: bool>(
-    ctx: &F,
-    l3: usize,
-    meta: &mut PacketMeta,
-) -> Result<(), ParseOutcome> {
+fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
     let p = bytes_at(ctx, l3, IPV4_MIN_HDR_LEN)?;
     // SAFETY: the fixed 20-byte header is inside the frame (checked above).
     let (version_ihl, frag, proto) =
@@ -185,7 +166,7 @@ fn parse_ipv4<F: Frame, const ICMP: bool>(
         return Err(ParseOutcome::Fragment);
     }
     let l4 = l3 + hdr_len;
-    parse_l4::<F, ICMP>(ctx, l4, proto, meta)?;
+    parse_l4(ctx, l4, proto, meta)?;
     // v4-mapped (::ffff:a.b.c.d), written in place. The 12-byte prefix is stored as one u64 and
     // one u32: `meta` lives in map memory, which the kernel aligns to 8, and `key` is its first
     // field with `src` at offset 0 and `dst` at 16.
@@ -230,11 +211,7 @@ fn parse_ipv4<F: Frame, const ICMP: bool>(
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame, const ICMP: bool>(
-    ctx: &F,
-    l3: usize,
-    meta: &mut PacketMeta,
-) -> Result<(), ParseOutcome> {
+fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
     let p = bytes_at(ctx, l3, IPV6_HDR_LEN)?;
     // SAFETY: the fixed 40-byte header is inside the frame (checked above).
     let (version, next_header) = unsafe { (*p >> 4, *p.add(6)) };
@@ -243,7 +220,7 @@ fn parse_ipv6<F: Frame, const ICMP: bool>(
     }
     let l4 = l3 + IPV6_HDR_LEN;
     // Extension headers are not walked: such packets count as OtherL4 and pass untouched.
-    parse_l4::<F, ICMP>(ctx, l4, next_header, meta)?;
+    parse_l4(ctx, l4, next_header, meta)?;
     // SAFETY: the fixed 40-byte header is inside the frame (checked above).
     unsafe {
         for i in 0..16 {
@@ -262,7 +239,7 @@ fn parse_ipv6<F: Frame, const ICMP: bool>(
 }
 
 #[inline(always)]
-fn parse_l4<F: Frame, const ICMP: bool>(
+fn parse_l4<F: Frame>(
     ctx: &F,
     l4: usize,
     proto: u8,
@@ -271,8 +248,9 @@ fn parse_l4<F: Frame, const ICMP: bool>(
     let hdr_len = match proto {
         IPPROTO_TCP => TCP_MIN_HDR_LEN,
         IPPROTO_UDP => UDP_HDR_LEN,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 if ICMP => {
-            bytes_at(ctx, l4, ICMP_HDR_LEN)?;
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Lengths are checked where the message is read: a short ICMP packet still counts
+            // as OtherL4, as it did before ICMP was parsed.
             meta.key.src_port = 0;
             meta.key.dst_port = 0;
             meta.tcp_flags = 0;

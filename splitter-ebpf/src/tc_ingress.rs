@@ -20,7 +20,7 @@ use splitter_common::l4::{
 use crate::{
     counters::count_event,
     maps::SCRATCH,
-    parse::{Family, parse_frame_icmp},
+    parse::{Family, parse_frame},
 };
 
 /// "Not ours": the next program on the hook sees the packet (tcx; plain TC treats it as
@@ -76,7 +76,7 @@ fn route(ctx: &TcContext) -> i32 {
     // SAFETY: this CPU's TC ingress scratch slot.
     let meta = unsafe { &mut *meta };
     // Translated ICMP errors are routed too: they parse with ports 0.
-    if parse_frame_icmp(ctx, meta).is_err() {
+    if parse_frame(ctx, meta).is_err() {
         count_event(L4Event::RouteFailed);
         return TC_ACT_SHOT;
     }

@@ -1,7 +1,8 @@
 //! ICMP errors about tracked flows under BPF_PROG_TEST_RUN: fragmentation needed (IPv4) and
-//! packet too big (IPv6) about a local flow's reply and about each leg of a SNAT flow come out
-//! addressed to the party that sent the quoted packet, quoting it as that party sent it, with
-//! every checksum valid when recomputed from scratch (etherparse as the oracle); errors about
+//! packet too big (IPv6) about a local flow's reply and about each leg of a SNAT flow (XDP
+//! ingress), and errors about a local flow's forward packets (TC egress), come out addressed
+//! to the party that sent the quoted packet, quoting it as that party sent it, with every
+//! checksum valid when recomputed from scratch (etherparse as the oracle); errors about
 //! untracked flows, and everything when the translation is switched off, pass untouched.
 
 use std::net::{IpAddr, SocketAddr};
@@ -78,18 +79,32 @@ fn quote(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 /// An ICMP error from `router` to `to` about `quoted`: fragmentation needed (IPv4, type 3
 /// code 4) or packet too big (IPv6, type 2), both with MTU 1280.
 fn error(router: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    error_of(router, to, quoted, false)
+}
+
+/// An error from `from` to `to` about `quoted`: with `port`, port unreachable (IPv4 type 3
+/// code 3, ICMPv6 type 1 code 4), else as [`error`].
+fn error_of(from: IpAddr, to: IpAddr, quoted: &[u8], port: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let eth = PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
     let mtu = [0, 0, 0x05, 0x00];
-    match (router, to) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth
-            .ipv4(s.octets(), d.octets(), 64)
-            .icmpv4_raw(3, 4, mtu)
-            .write(&mut out, quoted),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth
-            .ipv6(s.octets(), d.octets(), 64)
-            .icmpv6_raw(2, 0, 1280u32.to_be_bytes())
-            .write(&mut out, quoted),
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let (t, c, rest) = if port { (3, 3, [0; 4]) } else { (3, 4, mtu) };
+            eth.ipv4(s.octets(), d.octets(), 64)
+                .icmpv4_raw(t, c, rest)
+                .write(&mut out, quoted)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let (t, c, rest) = if port {
+                (1, 4, [0; 4])
+            } else {
+                (2, 0, 1280u32.to_be_bytes())
+            };
+            eth.ipv6(s.octets(), d.octets(), 64)
+                .icmpv6_raw(t, c, rest)
+                .write(&mut out, quoted)
+        }
         _ => panic!("mixed families"),
     }
     .expect("build error");
@@ -239,6 +254,78 @@ fn errors_about_a_local_flows_replies_reach_the_backend_quoting_what_it_sent() {
             n as u64 + 1,
             "counted"
         );
+    }
+}
+
+#[test]
+fn errors_about_a_local_flows_forward_packets_leave_quoting_what_the_client_sent() {
+    if !testbed::require_root(
+        "errors_about_a_local_flows_forward_packets_leave_quoting_what_the_client_sent",
+    ) {
+        return;
+    }
+    let mut r = rig(false);
+    let cs = cases();
+    let mut programs: Vec<_> = cs.iter().map(|c| route(c.vip, c.backend, false)).collect();
+    // A SNAT flow on another VIP: TC egress leaves errors about it alone.
+    let remote_vips = [sa("10.0.0.101:80"), sa("[fd00::101]:80")];
+    programs.extend(
+        cs.iter()
+            .zip(remote_vips)
+            .map(|(c, vip)| route(vip, c.backend, true)),
+    );
+    r.act.apply(&programs).expect("apply");
+    let mut translated = 0;
+    for (c, remote_vip) in cs.iter().zip(remote_vips) {
+        xdp(&mut r.obj, &frame(c.client, c.vip, Seg::Syn, &[]));
+        let quoted = quote(c.client, c.backend);
+
+        // The node's stack could not forward the DNATed packet (a smaller MTU towards the
+        // pod): its error to the client keeps the node's source, quotes client -> VIP.
+        let err = error(c.snat, c.client.ip(), &quoted);
+        let v = tc(&mut r.obj, &err);
+        assert_eq!(v.action, 0, "{}: TC_ACT_OK", c.vip);
+        assert_eq!(
+            inspect_error(&v.out),
+            ErrorSeen {
+                src: c.snat,
+                dst: c.client.ip(),
+                quoted_src: c.client,
+                quoted_dst: c.vip,
+            },
+            "{}: from the node",
+            c.vip
+        );
+        // The backend's own port unreachable comes from the VIP.
+        let err = error_of(c.backend.ip(), c.client.ip(), &quoted, true);
+        let v = tc(&mut r.obj, &err);
+        assert_eq!(
+            inspect_error(&v.out),
+            ErrorSeen {
+                src: c.vip.ip(),
+                dst: c.client.ip(),
+                quoted_src: c.client,
+                quoted_dst: c.vip,
+            },
+            "{}: from the backend",
+            c.vip
+        );
+        translated += 2;
+        assert_eq!(events(&r.obj, L4Event::IcmpTranslated), translated);
+
+        // Untouched: an error about another client's flow, and one about a SNAT flow's
+        // forward leg (those come back through XDP ingress, never leave through here).
+        let v = xdp(&mut r.obj, &frame(c.client, remote_vip, Seg::Syn, &[]));
+        let node = inspect(&v.out).src;
+        let stranger = SocketAddr::new(c.client.ip(), c.client.port() + 1);
+        for f in [
+            error(c.snat, stranger.ip(), &quote(stranger, c.backend)),
+            error(c.snat, node.ip(), &quote(node, c.backend)),
+        ] {
+            let v = tc(&mut r.obj, &f);
+            assert_eq!((v.action, &v.out), (0, &f), "{}", c.vip);
+        }
+        assert_eq!(events(&r.obj, L4Event::IcmpTranslated), translated);
     }
 }
 

@@ -1,13 +1,20 @@
-//! Path MTU discovery through the L4 path, with real TCP: a router between the client and the
-//! node sends to the client over a 1280-byte link, while both ends sit on 1500-byte links (so
-//! the MSS both announce is 1460 and only PMTU discovery can shrink the backend's segments).
-//! The router's "fragmentation needed" / "packet too big" errors go to the VIP, the source of
-//! the reply as the router saw it; only their translation tells the backend (local, or remote
-//! behind SNAT) to send smaller segments. With the translation switched off the same transfer
-//! stalls and the backend never learns the smaller MTU.
+//! Path MTU discovery through the L4 path, with real TCP. Every link is 1500 bytes, so both
+//! ends announce an MSS of 1460 and only PMTU discovery can shrink segments, but two hops take
+//! 1280 only (locked route MTUs):
+//!
+//! - the router's route to the client: its "fragmentation needed" / "packet too big" errors
+//!   about the backend's segments go to the VIP, their source as the router saw them; only
+//!   their translation at XDP ingress tells the backend (local, or remote behind SNAT) to send
+//!   smaller ones;
+//! - the node's route to the local pod: the node's errors about the client's DNATed segments
+//!   quote client -> pod, which no client socket knows; only their translation at TC egress
+//!   (to client -> VIP) tells the client.
+//!
+//! With the translation switched off the same transfers stall and neither side learns the
+//! smaller MTU.
 //!
 //! ```text
-//! client --1500-- router --1500-- node --- pod (local backend)
+//! client --1500-- router --1500-- node --1500, route mtu 1280-- pod (local backend)
 //!          (route to the client:       `-- other node (remote backend, reached through SNAT)
 //!           mtu lock 1280)
 //! ```
@@ -40,6 +47,10 @@ struct Plan {
     node_o: &'static str,
     other: &'static str,
     vip: &'static str,
+    /// A second VIP of the local backend, for the upload: path MTUs are learned per
+    /// destination address, and what the client learns about one VIP must not shrink the
+    /// segments the backend sends through the other (see the test).
+    up_vip: &'static str,
     /// Prefix length of every link.
     len: u8,
     /// Host route length.
@@ -56,6 +67,7 @@ const V4: Plan = Plan {
     node_o: "10.250.3.1",
     other: "10.250.3.2",
     vip: "10.250.9.1",
+    up_vip: "10.250.9.2",
     len: 24,
     host: 32,
 };
@@ -70,6 +82,7 @@ const V6: Plan = Plan {
     node_o: "fd53::1",
     other: "fd53::2",
     vip: "fd59::1",
+    up_vip: "fd59::2",
     len: 64,
     host: 128,
 };
@@ -126,6 +139,7 @@ impl MtuNet {
         };
         route(&client, &["default", "via", p.router_c]);
         route(&router, &[&cidr(p.vip, p.host), "via", p.node]);
+        route(&router, &[&cidr(p.up_vip, p.host), "via", p.node]);
         // The 1280-byte hop: the router's route to the client. Locked, so forwarding honours
         // it (an unlocked route MTU is ignored for forwarded IPv6) and sends the errors.
         route(
@@ -133,6 +147,11 @@ impl MtuNet {
             &[&cidr(p.client, p.host), "dev", &cr.b, "mtu", "lock", "1280"],
         );
         route(&node, &["default", "via", p.router_n]);
+        // The second 1280-byte hop: the node's route to the local pod.
+        route(
+            &node,
+            &[&cidr(p.pod, p.host), "dev", &np.a, "mtu", "lock", "1280"],
+        );
         route(&pod, &["default", "via", p.node_p]);
         // The other node reaches only the node's address: replies need SNAT.
         route(&other, &[&cidr(p.node, p.host), "via", p.node_o]);
@@ -141,13 +160,13 @@ impl MtuNet {
             ns.sysctl("net/ipv6/conf/all/forwarding", "1")
                 .expect("forwarding");
         }
-        // Every error the router owes is sent: the test is about what happens to them.
-        router
-            .sysctl("net/ipv4/icmp_ratelimit", "0")
-            .expect("icmp ratelimit");
-        router
-            .sysctl("net/ipv6/icmp/ratelimit", "0")
-            .expect("icmpv6 ratelimit");
+        // Every error owed is sent: the test is about what happens to them.
+        for ns in [&router, &node] {
+            ns.sysctl("net/ipv4/icmp_ratelimit", "0")
+                .expect("icmp ratelimit");
+            ns.sysctl("net/ipv6/icmp/ratelimit", "0")
+                .expect("icmpv6 ratelimit");
+        }
         for (ns, dev) in [
             (&client, &cr.a),
             (&router, &cr.b),
@@ -250,19 +269,20 @@ fn down(client: &NetNs, vip: SocketAddr, n: usize, stall: Duration) -> Vec<u8> {
     })
 }
 
-/// The client -> backend transfer: the backend's count of bytes received and of wrong bytes.
-fn up(client: &NetNs, vip: SocketAddr, n: usize) -> String {
+/// The client -> backend transfer: the backend's count of bytes received and of wrong bytes,
+/// or `None` when it stalls for `stall`.
+fn up(client: &NetNs, vip: SocketAddr, n: usize, stall: Duration) -> Option<String> {
     client.run(|| {
         let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        s.set_read_timeout(Some(stall)).expect("timeout");
+        s.set_write_timeout(Some(stall)).expect("timeout");
         s.write_all(format!("up {n}\n").as_bytes())
             .expect("request");
         let data: Vec<u8> = (0..n).map(pattern).collect();
-        s.write_all(&data).expect("upload");
+        s.write_all(&data).ok()?;
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).expect("answer");
-        line.trim().to_owned()
+        BufReader::new(s).read_line(&mut line).ok()?;
+        Some(line.trim().to_owned())
     })
 }
 
@@ -297,6 +317,7 @@ fn pmtu_through_the_l4_path(p: &Plan) {
     serve(&n.other, remote_backend);
     let local_vip = SocketAddr::new(ip(p.vip), 80);
     let remote_vip = SocketAddr::new(ip(p.vip), 81);
+    let up_vip = SocketAddr::new(ip(p.up_vip), 80);
     let program = |vip: SocketAddr, backend: SocketAddr, remote: bool| L4RouteProgram {
         key: vip.to_string(),
         vips: vec![(vip, L4Proto::Tcp)],
@@ -311,23 +332,24 @@ fn pmtu_through_the_l4_path(p: &Plan) {
     act.apply(&[
         program(local_vip, local_backend, false),
         program(remote_vip, remote_backend, true),
+        program(up_vip, local_backend, false),
     ])
     .expect("apply");
     // (VIP, the backend's namespace, the destination its packets have: the client, or the
     // node for a source-NATed flow.)
-    let cases = [
+    let downloads = [
         (local_vip, &n.pod, p.client, "local"),
         (remote_vip, &n.other, p.node, "remote"),
     ];
 
-    // Without the translation the errors about the backend's 1460-byte segments go to the
-    // VIP, which no host has: the backend keeps resending segments that cannot pass.
+    // Without the translation the router's errors about the backend's 1460-byte segments go
+    // to the VIP, which no host has: the backend keeps resending segments that cannot pass.
     act.set_config(off).expect("translation off");
-    for (vip, backend_ns, dst, what) in &cases {
+    for (vip, backend_ns, dst, what) in &downloads {
         let got = down(&n.client, *vip, MB, Duration::from_secs(3));
         assert!(
             got.len() < MB,
-            "{what}: without the translation the transfer stalls ({} bytes arrived)",
+            "{what}: without the translation the download stalls ({} bytes arrived)",
             got.len()
         );
         assert_eq!(
@@ -336,9 +358,33 @@ fn pmtu_through_the_l4_path(p: &Plan) {
             "{what}: the backend never learns the smaller MTU"
         );
     }
+    // The node's errors about the client's segments quote client -> pod: the client drops
+    // them (no socket of its has that tuple).
+    assert_eq!(
+        up(&n.client, up_vip, MB, Duration::from_secs(3)),
+        None,
+        "without the translation the upload stalls"
+    );
+    assert_eq!(
+        learned_mtu(&n.client, p.up_vip),
+        None,
+        "the client never learns the smaller MTU"
+    );
 
     act.set_config(config).expect("translation on");
-    for (vip, backend_ns, dst, what) in &cases {
+    // The upload first: a backend that learned 1280 towards the client announces the smaller
+    // MSS on later connections, which would spare the client PMTU discovery.
+    assert_eq!(
+        up(&n.client, up_vip, MB, Duration::from_secs(10)),
+        Some(format!("{MB} 0")),
+        "client -> local backend, byte for byte"
+    );
+    assert_eq!(
+        learned_mtu(&n.client, p.up_vip),
+        Some(1280),
+        "the client learned the pod-side MTU, from the node's translated error"
+    );
+    for (vip, backend_ns, dst, what) in &downloads {
         let got = down(&n.client, *vip, MB, Duration::from_secs(10));
         assert_eq!(got.len(), MB, "{what}: the whole megabyte arrives");
         assert!(
@@ -351,8 +397,8 @@ fn pmtu_through_the_l4_path(p: &Plan) {
             "{what}: the backend learned the client-side MTU"
         );
         assert_eq!(
-            up(&n.client, *vip, MB),
-            format!("{MB} 0"),
+            up(&n.client, *vip, MB, Duration::from_secs(10)),
+            Some(format!("{MB} 0")),
             "{what}: client -> backend, byte for byte"
         );
     }
@@ -369,7 +415,10 @@ fn pmtu_through_the_l4_path(p: &Plan) {
             .and_then(|rest| rest.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} in {text}"))
     };
-    assert!(count("icmp_translated") >= 2, "{text}");
+    // At least one per download and one for the upload.
+    assert!(count("icmp_translated") >= 3, "{text}");
+    // Shown, whatever its value (no error here is about an untracked flow).
+    count("icmp_untracked");
     assert_eq!(count("route_failed"), 0, "{text}");
     assert_eq!(count("redirect_failed"), 0, "{text}");
 }
