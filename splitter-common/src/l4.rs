@@ -127,6 +127,10 @@ pub struct L4Config {
 
 pub const CONFIG_SNAT_V4: u32 = 1;
 pub const CONFIG_SNAT_V6: u32 = 2;
+/// `L4Config::flags`: ICMP errors about tracked flows pass untouched instead of being
+/// translated. The agent never sets it: it exists so tests can show what the translation buys
+/// (and as an escape hatch an operator can flip in the pinned map).
+pub const CONFIG_ICMP_UNTRANSLATED: u32 = 4;
 
 /// How many ports a new SNAT flow tries before it is rejected: a bounded loop for the verifier,
 /// and enough that a busy range still finds a free port.
@@ -324,10 +328,15 @@ pub enum L4Event {
     RouteFailed = 12,
     /// TC ingress could not redirect a marked packet: dropped.
     RedirectFailed = 13,
+    /// An ICMP error (unreachable, fragmentation needed / packet too big, time exceeded) about
+    /// a packet of a tracked flow, translated so it reaches the other party in terms it knows.
+    IcmpTranslated = 14,
+    /// An ICMP error whose quoted packet belongs to no tracked flow: passed untouched.
+    IcmpUntracked = 15,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         L4Event::RejectRst,
         L4Event::RejectDrop,
@@ -343,6 +352,8 @@ impl L4Event {
         L4Event::MarkFailed,
         L4Event::RouteFailed,
         L4Event::RedirectFailed,
+        L4Event::IcmpTranslated,
+        L4Event::IcmpUntracked,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -361,6 +372,8 @@ impl L4Event {
             L4Event::MarkFailed => "mark_failed",
             L4Event::RouteFailed => "route_failed",
             L4Event::RedirectFailed => "redirect_failed",
+            L4Event::IcmpTranslated => "icmp_translated",
+            L4Event::IcmpUntracked => "icmp_untracked",
         }
     }
 }

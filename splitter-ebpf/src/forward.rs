@@ -164,7 +164,7 @@ fn reply_leg(ctx: &XdpContext, meta: &mut PacketMeta) -> Option<u32> {
 
 /// Hands a translated SNAT leg to TC ingress, which routes it out.
 #[inline(always)]
-fn route_out(ctx: &XdpContext) -> u32 {
+pub fn route_out(ctx: &XdpContext) -> u32 {
     if mark(ctx, XDP_MARK_ROUTE).is_ok() {
         xdp_action::XDP_PASS
     } else {

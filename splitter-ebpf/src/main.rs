@@ -12,6 +12,7 @@
 
 mod counters;
 mod forward;
+mod icmp;
 mod maps;
 mod mark;
 mod parse;
@@ -41,6 +42,16 @@ pub fn splitter_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: this CPU's scratch slot; nothing else uses slot 0 while this program runs.
     let meta = unsafe { &mut *meta };
     match parse::parse_frame(&ctx, meta) {
+        Ok(())
+            if meta.key.proto == parse::IPPROTO_ICMP || meta.key.proto == parse::IPPROTO_ICMPV6 =>
+        {
+            if let Some(action) = icmp::on_error(&ctx, meta) {
+                return action;
+            }
+            // Counted as before the ICMP path existed: not TCP or UDP.
+            counters::count_outcome(ParseOutcome::OtherL4);
+            xdp_action::XDP_PASS
+        }
         Ok(()) => {
             if let Some(action) = forward::on_packet(&ctx, meta, frame_len) {
                 // VIP traffic is counted per route and backend instead.

@@ -20,6 +20,8 @@ const IPV4_MIN_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 const TCP_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
 const MAX_HEADER_OFFSET: usize = 128;
 const MAX_HEADER_LEN: usize = 64;
@@ -127,7 +129,9 @@ fn read_be16<F: Frame>(ctx: &F, offset: usize) -> Result<u16, ParseOutcome> {
     Ok(u16::from_be_bytes(unsafe { [*p, *p.add(1)] }))
 }
 
-/// Parses Ethernet, at most one VLAN tag (802.1Q or 802.1ad), IPv4 or IPv6, and TCP or UDP.
+/// Parses Ethernet, at most one VLAN tag (802.1Q or 802.1ad), IPv4 or IPv6, and TCP, UDP,
+/// ICMP or ICMPv6. ICMP packets parse with ports 0: callers that only deal with TCP and UDP
+/// check `meta.key.proto`; what an ICMP message says is `icmp`'s business.
 #[inline(always)]
 pub fn parse_frame<F: Frame>(ctx: &F, meta: &mut PacketMeta) -> Result<(), ParseOutcome> {
     let mut ether_type = read_be16(ctx, 12)?;
@@ -244,6 +248,14 @@ fn parse_l4<F: Frame>(
     let hdr_len = match proto {
         IPPROTO_TCP => TCP_MIN_HDR_LEN,
         IPPROTO_UDP => UDP_HDR_LEN,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Lengths are checked where the message is read: a short ICMP packet still counts
+            // as OtherL4, as it did before ICMP was parsed.
+            meta.key.src_port = 0;
+            meta.key.dst_port = 0;
+            meta.tcp_flags = 0;
+            return Ok(());
+        }
         _ => return Err(ParseOutcome::OtherL4),
     };
     let p = bytes_at(ctx, l4, hdr_len)?;

@@ -1,4 +1,5 @@
-//! TC egress: replies from a backend to a client leave with the VIP as their source.
+//! TC egress: replies from a backend to a client leave with the VIP as their source, and ICMP
+//! errors about a local flow's forward packets quote what the client sent (`icmp`).
 //!
 //! TC has checksum helpers that know the skb's checksum state (CHECKSUM_PARTIAL from a local
 //! stack included), so the reverse path uses them instead of hand-made incremental updates.
@@ -13,8 +14,9 @@ use splitter_common::{
 };
 
 use crate::{
+    icmp,
     maps::{CONNTRACK, CONNTRACK_V4, SCRATCH},
-    parse::{Family, TCP_FLAG_FIN, TCP_FLAG_RST, parse_frame},
+    parse::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6, TCP_FLAG_FIN, TCP_FLAG_RST, parse_frame},
     rewrite::l4_csum_offset,
 };
 
@@ -24,6 +26,10 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     // SAFETY: this CPU's TC scratch slot.
     let meta = unsafe { &mut *meta };
     parse_frame(ctx, meta).map_err(|_| ())?;
+    if meta.key.proto == IPPROTO_ICMP || meta.key.proto == IPPROTO_ICMPV6 {
+        icmp::on_egress(ctx, meta);
+        return Ok(());
+    }
     // The reply entry is keyed by the tuple as the reply carries it: look it up in place (by
     // reference: the key stays in the scratch map instead of being copied to the stack).
     let ct = match meta.family {

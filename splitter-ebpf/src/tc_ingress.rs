@@ -75,6 +75,7 @@ fn route(ctx: &TcContext) -> i32 {
     };
     // SAFETY: this CPU's TC ingress scratch slot.
     let meta = unsafe { &mut *meta };
+    // Translated ICMP errors are routed too: they parse with ports 0.
     if parse_frame(ctx, meta).is_err() {
         count_event(L4Event::RouteFailed);
         return TC_ACT_SHOT;

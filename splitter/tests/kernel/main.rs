@@ -5,6 +5,8 @@
 mod agent_netns;
 mod cluster;
 mod l4_cluster;
+mod l4_icmp;
+mod l4_icmp_netns;
 mod l4_netns;
 mod l4_snat;
 mod l4_snat_netns;
