@@ -389,7 +389,10 @@ const COST_CLIENT_THREADS: u64 = 8;
 /// machine is idle, not to measure a light load.
 fn busy_ticks() -> u64 {
     let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let line = text.lines().find(|l| l.starts_with("cpu ")).expect("cpu line");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .expect("cpu line");
     // user nice system idle iowait irq softirq steal
     let t: Vec<u64> = line
         .split_whitespace()
@@ -418,7 +421,9 @@ fn task_cpu_us() -> f64 {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         if !stat[..close].contains("(ksoftirqd/") {
             continue;
         }

@@ -8,63 +8,24 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::support::{l4::*, *};
-use aya::maps::{MapData, PerCpuArray};
 use etherparse::{Ipv4Header, Ipv6Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use splitter::{
-    dataplane::ebpf::{self, KernelObject, L4Actuator, L4Proto, L4RouteProgram},
-    run::{SnatPorts, snat_config},
+    dataplane::ebpf::{L4Proto, L4RouteProgram},
+    run::SnatPorts,
 };
-use splitter_common::l4::{CONFIG_ICMP_UNTRANSLATED, L4_DROPS, L4Event, XDP_MARK_ROUTE};
-use testbed::BpfFs;
+use splitter_common::l4::{CONFIG_ICMP_UNTRANSLATED, L4Event, XDP_MARK_ROUTE};
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("ip address")
-}
-
-const SNAT_V4: &str = "10.0.0.2";
-const SNAT_V6: &str = "fd00::2";
-
-struct Rig {
-    obj: KernelObject,
-    act: L4Actuator,
-    _fs: BpfFs,
-}
-
-fn rig(icmp_off: bool) -> Rig {
-    let fs = BpfFs::new().expect("bpffs");
-    let mut obj = ebpf::load_object(Some(fs.path())).expect("load");
-    let mut act = L4Actuator::new(&mut obj).expect("actuator");
+fn rig(icmp_off: bool) -> SnatRig {
     let ports = "61000-61999".parse::<SnatPorts>().expect("ports");
-    let mut config = snat_config(&[ip(SNAT_V4), ip(SNAT_V6)], ports);
-    if icmp_off {
-        config.flags |= CONFIG_ICMP_UNTRANSLATED;
-    }
-    act.set_config(config).expect("config");
-    Rig { obj, act, _fs: fs }
+    snat_rig(ports, |config| {
+        if icmp_off {
+            config.flags |= CONFIG_ICMP_UNTRANSLATED;
+        }
+    })
 }
 
 fn route(vip: SocketAddr, backend: SocketAddr, remote: bool) -> L4RouteProgram {
-    L4RouteProgram {
-        key: format!("{vip}"),
-        vips: vec![(vip, L4Proto::Tcp)],
-        table: vec![Some(backend); 7],
-        remote: if remote {
-            [backend].into()
-        } else {
-            Default::default()
-        },
-        dedicated: [vip.ip()].into(),
-    }
-}
-
-fn events(obj: &KernelObject, e: L4Event) -> u64 {
-    let m = obj.ebpf.map(L4_DROPS).expect("L4_DROPS");
-    let a = PerCpuArray::<&MapData, u64>::try_from(m).expect("per-cpu array");
-    a.get(&(e as u32), 0).expect("get").iter().sum()
+    one_backend_route(vip, L4Proto::Tcp, backend, remote, true)
 }
 
 /// The IP packet of a TCP segment `src -> dst` with a 200-byte payload, as a router quotes it

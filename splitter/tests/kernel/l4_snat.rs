@@ -3,83 +3,27 @@
 //! and exhaustion, and what a non-SYN packet of an unknown flow gets.
 
 use std::{
-    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::Path,
 };
 
 use crate::support::{l4::*, *};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData};
 use splitter::{
-    dataplane::ebpf::{self, KernelObject, L4Actuator, L4Proto, L4RouteProgram, addr16},
+    dataplane::ebpf::{self, L4Actuator, L4Proto, L4RouteProgram, addr16},
     run::{SnatPorts, snat_config},
 };
 use splitter_common::{
     hash::flow_hash,
     l4::{
-        CONNTRACK, CONNTRACK_V4, DIR_FORWARD, DIR_REPLY, FLOW_SNAT, FlowKeyOf, FlowValue, L4_DROPS,
-        L4Event, XDP_MARK_BOUNCE, XDP_MARK_ROUTE,
+        CONNTRACK, CONNTRACK_V4, DIR_FORWARD, DIR_REPLY, FLOW_SNAT, FlowKeyOf, FlowValue, L4Event,
+        XDP_MARK_BOUNCE, XDP_MARK_ROUTE,
     },
 };
 use testbed::BpfFs;
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("ip address")
-}
-
-/// The node's SNAT addresses.
-const SNAT_V4: &str = "10.0.0.2";
-const SNAT_V6: &str = "fd00::2";
-
-struct Rig {
-    obj: KernelObject,
-    act: L4Actuator,
-    /// The maps are pinned here, so the test reads and seeds conntrack from outside.
-    fs: BpfFs,
-}
-
-fn rig(ports: SnatPorts) -> Rig {
-    let fs = BpfFs::new().expect("bpffs");
-    let mut obj = ebpf::load_object(Some(fs.path())).expect("load");
-    let mut act = L4Actuator::new(&mut obj).expect("actuator");
-    act.set_config(snat_config(&[ip(SNAT_V4), ip(SNAT_V6)], ports))
-        .expect("config");
-    Rig { obj, act, fs }
-}
-
-/// A route whose every slot names `backend`, remote or not, on a dedicated VIP or not.
-fn route(
-    vip: SocketAddr,
-    proto: L4Proto,
-    backend: SocketAddr,
-    remote: bool,
-    dedicated: bool,
-) -> L4RouteProgram {
-    L4RouteProgram {
-        key: format!("{vip}/{proto:?}"),
-        vips: vec![(vip, proto)],
-        table: vec![Some(backend); 7],
-        remote: if remote {
-            BTreeSet::from([backend])
-        } else {
-            BTreeSet::new()
-        },
-        dedicated: if dedicated {
-            BTreeSet::from([vip.ip()])
-        } else {
-            BTreeSet::new()
-        },
-    }
-}
-
-fn events(obj: &KernelObject, e: L4Event) -> u64 {
-    let m = obj.ebpf.map(L4_DROPS).expect("L4_DROPS");
-    let a = PerCpuArray::<&MapData, u64>::try_from(m).expect("per-cpu array");
-    a.get(&(e as u32), 0).expect("get").iter().sum()
+fn rig(ports: SnatPorts) -> SnatRig {
+    snat_rig(ports, |_| {})
 }
 
 fn narrow<const N: usize>(ip: IpAddr) -> [u8; N] {
@@ -192,7 +136,7 @@ fn remote_backends_get_dnat_and_snat_and_their_replies_come_back_v4_v6_tcp_udp()
     ];
     let programs: Vec<L4RouteProgram> = cases
         .iter()
-        .map(|(vip, proto, backend, _)| route(*vip, *proto, *backend, true, true))
+        .map(|(vip, proto, backend, _)| one_backend_route(*vip, *proto, *backend, true, true))
         .collect();
     r.act.apply(&programs).expect("apply");
     for (vip, proto, backend, client) in cases {
@@ -272,7 +216,7 @@ fn a_taken_port_is_skipped_and_a_full_range_rejects() {
     let mut r = rig(ports);
     let (vip, backend) = (sa("10.0.0.100:80"), sa("10.9.0.5:8080"));
     r.act
-        .apply(&[route(vip, L4Proto::Tcp, backend, true, true)])
+        .apply(&[one_backend_route(vip, L4Proto::Tcp, backend, true, true)])
         .expect("apply");
     let tcp = L4Proto::Tcp.number();
     let snat = ip(SNAT_V4);
@@ -314,8 +258,8 @@ fn a_taken_port_is_skipped_and_a_full_range_rejects() {
     let local = sa("10.0.0.200:80");
     r.act
         .apply(&[
-            route(vip, L4Proto::Tcp, backend, true, true),
-            route(local, L4Proto::Tcp, sa("10.1.0.1:8080"), false, true),
+            one_backend_route(vip, L4Proto::Tcp, backend, true, true),
+            one_backend_route(local, L4Proto::Tcp, sa("10.1.0.1:8080"), false, true),
         ])
         .expect("apply");
     let v = xdp(&mut r.obj, &frame(late, local, Seg::Syn, &[]));
@@ -336,7 +280,7 @@ fn more_taken_ports_than_tries_rejects() {
     let mut r = rig(ports);
     let (vip, backend) = (sa("[fd00::100]:80"), sa("[fd09::5]:8080"));
     r.act
-        .apply(&[route(vip, L4Proto::Tcp, backend, true, true)])
+        .apply(&[one_backend_route(vip, L4Proto::Tcp, backend, true, true)])
         .expect("apply");
     let tcp = L4Proto::Tcp.number();
     let client = sa("[2001:db8::10]:40000");
@@ -364,7 +308,7 @@ fn without_a_snat_address_remote_flows_are_rejected() {
     act.set_config(snat_config(&[ip(SNAT_V4)], SnatPorts::default()))
         .expect("config");
     let (vip, backend) = (sa("[fd00::100]:80"), sa("[fd09::5]:8080"));
-    act.apply(&[route(vip, L4Proto::Tcp, backend, true, true)])
+    act.apply(&[one_backend_route(vip, L4Proto::Tcp, backend, true, true)])
         .expect("apply");
     let v = xdp(
         &mut obj,
@@ -389,9 +333,9 @@ fn a_non_syn_miss_is_recreated_passed_or_refused_by_vip_kind_and_backend() {
     let (local_backend, remote_backend) = (sa("10.1.0.1:8080"), sa("10.9.0.5:8080"));
     r.act
         .apply(&[
-            route(dedicated_local, L4Proto::Tcp, local_backend, false, true),
-            route(node_address, L4Proto::Tcp, local_backend, false, false),
-            route(dedicated_remote, L4Proto::Tcp, remote_backend, true, true),
+            one_backend_route(dedicated_local, L4Proto::Tcp, local_backend, false, true),
+            one_backend_route(node_address, L4Proto::Tcp, local_backend, false, false),
+            one_backend_route(dedicated_remote, L4Proto::Tcp, remote_backend, true, true),
         ])
         .expect("apply");
     let client = sa("192.0.2.10:40000");

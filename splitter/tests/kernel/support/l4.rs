@@ -1,19 +1,92 @@
 //! L4 fixtures: flows, frames with chosen addresses, verdicts with output frames, checksum
 //! verification against etherparse (an oracle independent of our checksum code).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+};
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::{TestRun, TestRunOptions},
+};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use splitter::dataplane::ebpf::{self, KernelObject, addr16};
+use splitter::{
+    dataplane::ebpf::{self, KernelObject, L4Actuator, L4Proto, L4RouteProgram, addr16},
+    run::{SnatPorts, snat_config},
+};
 use splitter_common::{
     hash::flow_hash,
-    l4::{XDP_MARK_KIND_MASK, XDP_MARK_MAGIC},
+    l4::{L4_DROPS, L4Config, L4Event, XDP_MARK_KIND_MASK, XDP_MARK_MAGIC},
 };
+use testbed::BpfFs;
 
 use super::{DST_MAC, SRC_MAC};
 
 pub const XDP_DROP: u32 = 1;
+
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip address")
+}
+
+/// The node's SNAT addresses in the rigs below.
+pub const SNAT_V4: &str = "10.0.0.2";
+pub const SNAT_V6: &str = "fd00::2";
+
+/// The object loaded with its maps pinned, an actuator, and the node's SNAT configuration.
+pub struct SnatRig {
+    pub obj: KernelObject,
+    pub act: L4Actuator,
+    /// The maps are pinned here, so a test reads and seeds conntrack from outside.
+    pub fs: BpfFs,
+}
+
+/// A [`SnatRig`] with `ports`, its configuration passed through `adjust` first.
+pub fn snat_rig(ports: SnatPorts, adjust: impl FnOnce(&mut L4Config)) -> SnatRig {
+    let fs = BpfFs::new().expect("bpffs");
+    let mut obj = ebpf::load_object(Some(fs.path())).expect("load");
+    let mut act = L4Actuator::new(&mut obj).expect("actuator");
+    let mut config = snat_config(&[ip(SNAT_V4), ip(SNAT_V6)], ports);
+    adjust(&mut config);
+    act.set_config(config).expect("config");
+    SnatRig { obj, act, fs }
+}
+
+/// A route whose every slot names `backend`, remote or not, on a dedicated VIP or not.
+pub fn one_backend_route(
+    vip: SocketAddr,
+    proto: L4Proto,
+    backend: SocketAddr,
+    remote: bool,
+    dedicated: bool,
+) -> L4RouteProgram {
+    L4RouteProgram {
+        key: format!("{vip}/{proto:?}"),
+        vips: vec![(vip, proto)],
+        table: vec![Some(backend); 7],
+        remote: only_if(remote, backend),
+        dedicated: only_if(dedicated, vip.ip()),
+    }
+}
+
+fn only_if<T: Ord>(on: bool, item: T) -> BTreeSet<T> {
+    if on {
+        BTreeSet::from([item])
+    } else {
+        BTreeSet::new()
+    }
+}
+
+/// The count of `e` in `L4_DROPS`, summed over CPUs.
+pub fn events(obj: &KernelObject, e: L4Event) -> u64 {
+    let m = obj.ebpf.map(L4_DROPS).expect("L4_DROPS");
+    let a = PerCpuArray::<&MapData, u64>::try_from(m).expect("per-cpu array");
+    a.get(&(e as u32), 0).expect("get").iter().sum()
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Seg {
