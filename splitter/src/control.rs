@@ -11,21 +11,43 @@ use tokio::sync::{mpsc, watch};
 
 use splitter_plan::{
     model::{Index, index::Update},
-    plan::{self, ListenerPlan, Plan, PlanConfig},
+    plan::{self, ListenerPlan, Plan, PlanConfig, node_ports::NodePorts},
 };
 
 /// Applies every batch from `updates` and publishes the resulting plan on `plans`, until the
-/// update senders are gone. Plans are only published when they differ from the last one.
+/// update senders are gone; a change of the node's ports (`node_ports`, which listeners on the
+/// node's addresses must leave alone) rebuilds the plan too. Plans are only published when they
+/// differ from the last one.
 pub async fn run(
     mut updates: mpsc::Receiver<Vec<Update>>,
-    config: PlanConfig,
+    mut config: PlanConfig,
     plans: watch::Sender<Option<Arc<Plan>>>,
+    mut node_ports: watch::Receiver<NodePorts>,
 ) {
     let mut index = Index::new();
     let mut current: Option<Arc<Plan>> = None;
-    while let Some(batch) = updates.recv().await {
-        for u in batch {
-            index.update(u);
+    // A closed port watch (tests, or a failed scanner) keeps the last ports it sent.
+    let mut ports_open = true;
+    config.node_ports = node_ports.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            batch = updates.recv() => {
+                let Some(batch) = batch else { return };
+                for u in batch {
+                    index.update(u);
+                }
+            }
+            changed = node_ports.changed(), if ports_open => {
+                if changed.is_err() {
+                    ports_open = false;
+                    continue;
+                }
+                config.node_ports = node_ports.borrow_and_update().clone();
+                if current.is_none() {
+                    // Nothing planned yet: the first batch builds with these ports.
+                    continue;
+                }
+            }
         }
         let next = plan::build(&index, &config, current.as_deref());
         for d in &next.diagnostics {

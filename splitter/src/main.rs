@@ -89,6 +89,10 @@ struct RunArgs {
     /// net.ipv4.ip_local_reserved_ports so local sockets stay out of them.
     #[arg(long, default_value_t = splitter::run::SnatPorts::default())]
     snat_ports: splitter::run::SnatPorts,
+    /// The cluster's NodePort range, MIN-MAX (the API server's --service-node-port-range):
+    /// listeners on the node's addresses may not take it.
+    #[arg(long, default_value_t = splitter::run::node_ports::DEFAULT_NODE_PORT_RANGE)]
+    node_port_range: splitter::run::SnatPorts,
     /// The agent's namespace, where the status writer Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "splitter-system")]
     namespace: String,
@@ -198,6 +202,7 @@ fn run(args: RunArgs) -> ExitCode {
         xdp_mode,
         proxy_workers,
         snat_ports,
+        node_port_range,
     } = args;
     let source = if kube {
         splitter::run::Source::Kube(splitter::run::KubeOptions {
@@ -219,6 +224,7 @@ fn run(args: RunArgs) -> ExitCode {
         proxy_workers: proxy_workers.map(usize::from),
         node_name,
         snat_ports,
+        node_port_range,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -74,7 +74,16 @@ fn listener_accepted(l: &GatewayListener<'_>, generation: i64) -> Condition {
         (Some(_), Some((r, msg))) => {
             Condition::new(reason::ACCEPTED, false, r, msg.clone(), generation)
         }
-        (Some(_), None) => Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "", generation),
+        (Some(_), None) => match &l.unavailable {
+            Some(why) => Condition::new(
+                reason::ACCEPTED,
+                false,
+                reason::PORT_UNAVAILABLE,
+                why.clone(),
+                generation,
+            ),
+            None => Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "", generation),
+        },
     }
 }
 

@@ -68,6 +68,9 @@ pub(crate) struct GatewayListener<'a> {
     pub invalid_kinds: Vec<String>,
     /// Reason and message when another listener already holds this address and port.
     pub conflict: Option<(&'static str, String)>,
+    /// Why the port may not be taken on the node's addresses (a host socket holds it, or it is
+    /// in a reserved range), for a listener without Gateway addresses.
+    pub unavailable: Option<String>,
     pub attached_routes: u32,
     pub http: Vec<HttpAttachment>,
     pub l4: Vec<&'a L4Route>,
@@ -76,7 +79,7 @@ pub(crate) struct GatewayListener<'a> {
 impl GatewayListener<'_> {
     /// Whether traffic may flow through this listener.
     pub fn usable(&self) -> bool {
-        self.class.is_some() && self.conflict.is_none()
+        self.class.is_some() && self.conflict.is_none() && self.unavailable.is_none()
     }
 
     pub fn allows_kind(&self, kind: &str) -> bool {
@@ -184,7 +187,12 @@ pub(crate) fn gateway_listeners<'a>(
             };
             let (supported_kinds, invalid_kinds) = kinds(l, class);
             let mut conflict = None;
-            if let Some(c) = class {
+            // Only a listener on the node's addresses competes with the node for its ports;
+            // one that is refused takes no place from the listeners after it.
+            let unavailable = class
+                .filter(|_| addresses.is_empty())
+                .and_then(|_| config.node_ports.refusal(transport, l.port));
+            if let Some(c) = class.filter(|_| unavailable.is_none()) {
                 let owner = format!("{gateway_ref} listener {}", l.name);
                 let placed = taken.entry(key.clone()).or_default();
                 if let Some((_, _, other)) = placed.iter().find(|(pc, _, _)| *pc != c) {
@@ -216,6 +224,7 @@ pub(crate) fn gateway_listeners<'a>(
                 supported_kinds,
                 invalid_kinds,
                 conflict,
+                unavailable,
                 attached_routes: 0,
                 http: Vec::new(),
                 l4: Vec::new(),

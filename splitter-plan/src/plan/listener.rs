@@ -26,6 +26,9 @@ pub struct PlanConfig {
     pub controller_name: String,
     /// Maglev table size for small backend sets; large sets use [`super::maglev::LARGE_M`].
     pub maglev_m: u32,
+    /// Ports listeners on the node's addresses may not take (the agent's node; none by
+    /// default).
+    pub node_ports: super::node_ports::NodePorts,
 }
 
 impl Default for PlanConfig {
@@ -34,6 +37,7 @@ impl Default for PlanConfig {
             gateway_class: DEFAULT_GATEWAY_CLASS.to_string(),
             controller_name: CONTROLLER_NAME.to_string(),
             maglev_m: super::maglev::DEFAULT_M,
+            node_ports: super::node_ports::NodePorts::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod l7_filters;
 pub mod l7_match;
 pub mod listener;
 pub mod maglev;
+pub mod node_ports;
 pub mod status;
 mod table;
 

@@ -27,6 +27,7 @@ pub mod reason {
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";

@@ -801,3 +801,82 @@ endpoints:
     let l4 = listener(&v4_only, 9100).l4().unwrap();
     assert!(l4.table_v6.is_none());
 }
+
+/// A listener on the node's addresses may not take a port a host socket holds or one of the
+/// node's reserved ranges: it is refused (`Accepted=False`, `PortUnavailable`, the reason named)
+/// and gets no data plane, so the host keeps the port's traffic; the same port on a Gateway
+/// address of its own is fine, and the listeners after a refused one keep their place.
+#[test]
+fn listeners_on_node_addresses_leave_host_and_reserved_ports_alone() {
+    use splitter_plan::plan::{
+        PlanConfig, Transport,
+        node_ports::{NodePorts, ReservedPorts},
+    };
+    let gateways = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: node, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: ssh, protocol: TCP, port: 22}
+  - {name: nodeport, protocol: TCP, port: 30080}
+  - {name: fine, protocol: TCP, port: 9100}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: vip, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  addresses: [{type: IPAddress, value: 192.0.2.77}]
+  listeners:
+  - {name: ssh, protocol: TCP, port: 22}
+"#;
+    let config = PlanConfig {
+        node_ports: NodePorts {
+            reserved: vec![ReservedPorts {
+                first: 30000,
+                last: 32767,
+                what: "the NodePort range".into(),
+            }],
+            host: [((Transport::Tcp, 22), "sshd".to_string())].into(),
+        },
+        ..PlanConfig::default()
+    };
+    let index = index_of(&[&fixture("base.yaml"), gateways]);
+    let plan = splitter_plan::plan::build(&index, &config, None);
+    let gw = |name: &str| {
+        plan.gateways
+            .iter()
+            .find(|g| g.gateway.name == name)
+            .expect("gateway status")
+    };
+    let accepted = |gw_name: &str, listener: &str| {
+        let l = gw(gw_name)
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .expect("listener status");
+        condition(&l.conditions, "Accepted").clone()
+    };
+    let ssh = accepted("node", "ssh");
+    assert!(!ssh.is_true());
+    assert_eq!(ssh.reason, "PortUnavailable");
+    assert!(ssh.message.contains("sshd"), "{}", ssh.message);
+    let nodeport = accepted("node", "nodeport");
+    assert_eq!(nodeport.reason, "PortUnavailable");
+    assert!(nodeport.message.contains("NodePort range"));
+    assert!(accepted("node", "fine").is_true());
+    assert!(accepted("vip", "ssh").is_true());
+    let planned: Vec<(u16, bool)> = plan
+        .listeners
+        .iter()
+        .filter(|l| [22, 30080, 9100].contains(&l.key().port))
+        .map(|l| (l.key().port, l.key().addresses.is_empty()))
+        .collect();
+    assert_eq!(planned.len(), 2, "{planned:?}");
+    assert!(planned.contains(&(22, false)) && planned.contains(&(9100, true)));
+    // Without a node (as `splitter check` plans), nothing is refused.
+    let plain = splitter_plan::plan::build(&index, &PlanConfig::default(), None);
+    assert!(plain.listeners.iter().any(|l| l.key().port == 30080));
+}

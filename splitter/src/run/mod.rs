@@ -4,6 +4,7 @@
 //! kernel (L4 listeners) and the hyper proxy (L7 listeners).
 
 mod l4;
+pub mod node_ports;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -62,6 +63,9 @@ pub struct RunOptions {
     pub node_name: Option<String>,
     /// Source ports of SNAT flows (`--snat-ports`).
     pub snat_ports: SnatPorts,
+    /// The cluster's NodePort range (`--node-port-range`), which listeners on the node's
+    /// addresses may not take.
+    pub node_port_range: SnatPorts,
 }
 
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
@@ -83,7 +87,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         Source::Kube(kube) => start_kube(kube, &config, updates_tx, plans.clone()).await?,
     }
-    tokio::spawn(control::run(updates, config, plans_tx));
+    let ports = node_ports::watch(opts.node_port_range, opts.snat_ports);
+    tokio::spawn(control::run(updates, config, plans_tx, ports));
 
     if opts.ifaces.is_empty() {
         tracing::warn!("no --iface: L4 listeners are planned but not served");

@@ -483,3 +483,78 @@ fn the_agent_source_nats_endpoints_on_other_nodes() {
         "the SNAT range is reserved in the agent's namespace: {reserved:?}"
     );
 }
+
+/// A listener on the node's addresses may not take a port a host socket listens on: the agent
+/// reads its node's sockets, refuses the listener (`Accepted=False`, `PortUnavailable`) and
+/// leaves the port to the host, while a listener of the same Gateway on a free port is served.
+#[test]
+fn a_listener_leaves_a_port_a_host_socket_listens_on_to_the_host() {
+    if !testbed::require_root("a_listener_leaves_a_port_a_host_socket_listens_on_to_the_host") {
+        return;
+    }
+    let rig = Rig::new();
+    // The node's own service on 7022 (as sshd on 22 or the kubelet on 10250).
+    let host = rig
+        .net
+        .gateway
+        .run(|| std::net::TcpListener::bind("0.0.0.0:7022").expect("host listener"));
+    rig.net.gateway.spawn(move || {
+        for mut c in host.incoming().flatten() {
+            let _ = c.write_all(b"host\n");
+        }
+    });
+    rig.write("services.yaml", SERVICES);
+    rig.write(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: default}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: free, protocol: TCP, port: 8080}
+  - {name: taken, protocol: TCP, port: 7022}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: all, namespace: default}
+spec:
+  parentRefs: [{name: l4}]
+  rules:
+  - backendRefs: [{name: echo, port: 1027}]
+",
+    );
+    let _agent = rig.start_agent();
+    wait_for("the free port to be served", &rig, || {
+        rig.curl(&["-s", &format!("http://{GATEWAY}:8080/hostname")])
+            .is_some_and(|b| b == "echo-pod")
+    });
+    let plan = rig
+        .net
+        .gateway
+        .command("curl")
+        .args(["-s", "http://127.0.0.1:9901/debug/plan"])
+        .output()
+        .expect("curl");
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains("PortUnavailable") && plan.contains("TCP port 7022 is held by a socket"),
+        "the listener on 7022 is refused with the reason; plan:\n{plan}"
+    );
+    let at: SocketAddr = format!("{GATEWAY}:7022").parse().expect("addr");
+    for _ in 0..5 {
+        let got = rig.net.client.run(|| {
+            let mut s = TcpStream::connect_timeout(&at, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line)?;
+            std::io::Result::Ok(line)
+        });
+        assert_eq!(
+            got.as_deref().ok(),
+            Some("host\n"),
+            "the host's socket keeps its port ({got:?}); agent log:\n{}",
+            rig.agent_log()
+        );
+    }
+}

@@ -56,7 +56,12 @@ fn start(objects: Vec<Value>, script: impl FnOnce(&MockApi)) -> Running {
     let (observed_tx, observed) = watch::channel(Arc::default());
     let (plans_tx, plans) = watch::channel(None);
     tokio::spawn(splitter::source::kube::run(client, updates_tx, observed_tx));
-    tokio::spawn(control::run(updates, PlanConfig::default(), plans_tx));
+    tokio::spawn(control::run(
+        updates,
+        PlanConfig::default(),
+        plans_tx,
+        watch::channel(Default::default()).1,
+    ));
     Running {
         mock,
         plans,

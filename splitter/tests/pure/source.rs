@@ -263,7 +263,12 @@ async fn watched_manifests_flow_into_published_plans() {
         Duration::from_millis(20),
         tx,
     ));
-    tokio::spawn(splitter::control::run(rx, PlanConfig::default(), plans_tx));
+    tokio::spawn(splitter::control::run(
+        rx,
+        PlanConfig::default(),
+        plans_tx,
+        watch::channel(Default::default()).1,
+    ));
 
     let wait = |plans: &mut watch::Receiver<Option<Arc<Plan>>>| {
         let mut plans = plans.clone();
