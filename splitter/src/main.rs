@@ -47,6 +47,9 @@ struct DoctorArgs {
     iface: Option<String>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The `--tc-attach` mode `splitter run` will get; the check says what it means here.
+    #[arg(long = "tc-attach", value_enum, default_value_t = ebpf::TcAttachMode::Auto)]
+    tc_attach: ebpf::TcAttachMode,
 }
 
 #[derive(Args)]
@@ -108,6 +111,11 @@ struct RunArgs {
     gateway_class: String,
     #[arg(long, value_enum, default_value_t = ebpf::XdpAttachMode::Auto)]
     xdp_mode: ebpf::XdpAttachMode,
+    /// How the TC programs attach: tcx links (kernel 6.6+, pinned, replaced atomically on
+    /// restart), netlink (clsact filters, as kernels before 6.6 need; re-attached at start),
+    /// or auto (tcx where the kernel has it).
+    #[arg(long = "tc-attach", value_enum, default_value_t = ebpf::TcAttachMode::Auto)]
+    tc_attach: ebpf::TcAttachMode,
     /// L7 proxy worker threads, each serving its connections by itself (default: one per
     /// CPU). The control plane runs on a separate runtime (`TOKIO_WORKER_THREADS`).
     #[arg(long, env = "SPLITTER_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -147,8 +155,14 @@ fn exit_code(ok: bool) -> ExitCode {
     }
 }
 
-fn doctor(DoctorArgs { iface, pin_dir }: DoctorArgs) -> ExitCode {
-    let checks = doctor::run(iface.as_deref(), &pin_dir);
+fn doctor(
+    DoctorArgs {
+        iface,
+        pin_dir,
+        tc_attach,
+    }: DoctorArgs,
+) -> ExitCode {
+    let checks = doctor::run(iface.as_deref(), &pin_dir, tc_attach);
     for c in &checks {
         println!("{c}");
     }
@@ -196,6 +210,7 @@ fn run(args: RunArgs) -> ExitCode {
         admin,
         gateway_class,
         xdp_mode,
+        tc_attach,
         proxy_workers,
         snat_ports,
     } = args;
@@ -215,6 +230,7 @@ fn run(args: RunArgs) -> ExitCode {
         admin,
         gateway_class,
         xdp_mode,
+        tc_mode: tc_attach,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
         node_name,
