@@ -36,7 +36,8 @@ enum Command {
     /// with --kube, the elected agent also writes status.
     Run(RunArgs),
     /// Remove the pinned XDP/TC attachments from each --iface (the agent leaves them in place
-    /// on exit so that connections survive restarts).
+    /// on exit so that connections survive restarts); with --all, everything the agent made
+    /// under --pin-dir (programs on every interface, maps, the pin directory): uninstall.
     Detach(DetachArgs),
 }
 
@@ -124,8 +125,12 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DetachArgs {
-    #[arg(long = "iface", required = true)]
+    #[arg(long = "iface", required_unless_present = "all", conflicts_with = "all")]
     ifaces: Vec<String>,
+    /// Every interface the pin directory names, the maps' pins and the pin directory. Run in
+    /// the node's network namespace (hostNetwork): netlink TC filters are found there.
+    #[arg(long)]
+    all: bool,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 }
@@ -252,7 +257,32 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn detach(DetachArgs { ifaces, pin_dir }: DetachArgs) -> ExitCode {
+fn detach(
+    DetachArgs {
+        ifaces,
+        all,
+        pin_dir,
+    }: DetachArgs,
+) -> ExitCode {
+    if all {
+        return match ebpf::detach_all(&pin_dir) {
+            Ok(r) => {
+                println!(
+                    "splitter detach: removed the programs on {} interface(s) [{}], {} map pin(s) \
+                     and {}",
+                    r.ifaces.len(),
+                    r.ifaces.join(", "),
+                    r.maps,
+                    pin_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("splitter detach --all {}: {e}", pin_dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut ok = true;
     for iface in &ifaces {
         if let Err(e) = ebpf::detach_pinned(iface, &pin_dir.join("links")) {

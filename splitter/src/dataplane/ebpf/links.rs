@@ -406,3 +406,45 @@ pub fn attached_ifaces(link_dir: &Path) -> io::Result<Vec<String>> {
     out.dedup();
     Ok(out)
 }
+
+/// What [`detach_all`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DetachReport {
+    pub ifaces: Vec<String>,
+    pub maps: usize,
+}
+
+/// Removes everything the agent made under `pin_dir`: the programs on every interface the
+/// pins and records name (XDP, TC egress and ingress, tcx or netlink), the maps' pins, the
+/// `links` directory and `pin_dir` itself. The kernel frees programs and maps with their last
+/// reference. Anything else found in `pin_dir` is left, and makes the final removal fail.
+/// Netlink filters are found through their interface: run it in the node's network namespace.
+pub fn detach_all(pin_dir: &Path) -> io::Result<DetachReport> {
+    let link_dir = pin_dir.join("links");
+    let ifaces = attached_ifaces(&link_dir)?;
+    for iface in &ifaces {
+        detach_pinned(iface, &link_dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("detaching {iface}: {e}")))?;
+    }
+    let mut maps = 0;
+    for name in super::PINNED_MAPS {
+        let path = pin_dir.join(name);
+        if path.exists() {
+            remove_pin(&path)?;
+            maps += 1;
+        }
+    }
+    for dir in [&link_dir, pin_dir] {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("removing {}: {e} (left there by something else?)", dir.display()),
+                ));
+            }
+        }
+    }
+    Ok(DetachReport { ifaces, maps })
+}
