@@ -125,7 +125,11 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DetachArgs {
-    #[arg(long = "iface", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        long = "iface",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     ifaces: Vec<String>,
     /// Every interface the pin directory names, the maps' pins and the pin directory. Run in
     /// the node's network namespace (hostNetwork): netlink TC filters are found there.

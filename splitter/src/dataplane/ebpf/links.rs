@@ -441,7 +441,10 @@ pub fn detach_all(pin_dir: &Path) -> io::Result<DetachReport> {
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("removing {}: {e} (left there by something else?)", dir.display()),
+                    format!(
+                        "removing {}: {e} (left there by something else?)",
+                        dir.display()
+                    ),
                 ));
             }
         }
