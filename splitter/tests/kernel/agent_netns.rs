@@ -633,3 +633,110 @@ fn an_agent_started_on_stale_pins_removes_what_its_plan_does_not_name() {
         "nothing serves {vip_a} after uninstall"
     );
 }
+
+/// Our netlink TC filters on the gateway interface, one line per filter.
+fn netlink_filters(rig: &Rig) -> Vec<String> {
+    ["ingress", "egress"]
+        .iter()
+        .flat_map(|dir| {
+            let out = rig
+                .net
+                .gateway
+                .exec(
+                    "tc",
+                    &["filter", "show", "dev", rig.net.gateway_iface(), dir],
+                )
+                .expect("tc filter show");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(" splitter_tc_"))
+                .map(|l| format!("{dir}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `--tc-attach netlink`, as kernels before 6.6 need: the agent's TC programs are clsact
+/// filters (no tcx link is pinned), replies of kernel-split flows still leave as the VIP, and
+/// a restarted agent replaces its filters instead of adding a second pair.
+#[test]
+fn the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start() {
+    if !testbed::require_root(
+        "the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start",
+    ) {
+        return;
+    }
+    let rig = Rig::new();
+    rig.write("services.yaml", SERVICES);
+    rig.write("l4.yaml", &l4_route(1, 1));
+    let netlink = ["--tc-attach", "netlink"];
+    let mut agent = rig.start_agent_with(&netlink);
+    wait_for("the kernel to serve :8080", &rig, || {
+        generation(&rig).is_some()
+    });
+    let links = rig.pin_dir().join("links");
+    let iface = rig.net.gateway_iface();
+    assert!(
+        links.join(&format!("xdp-{iface}")).exists(),
+        "XDP link pinned"
+    );
+    assert!(
+        !links.join(&format!("tc-egress-{iface}")).exists(),
+        "no tcx link in netlink mode"
+    );
+    assert!(
+        links.join(&format!("tc-netlink-{iface}")).exists(),
+        "recorded"
+    );
+    assert_eq!(
+        netlink_filters(&rig).len(),
+        2,
+        "{:?}",
+        netlink_filters(&rig)
+    );
+
+    // Replies through the TC egress filter: the client talks to the VIP throughout.
+    let vip: SocketAddr = format!("{GATEWAY}:8080").parse().expect("vip");
+    let (mut s, mut r) = rig.net.client.run(|| {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let r = BufReader::new(s.try_clone().expect("clone"));
+        (s, r)
+    });
+    let name = get(&mut s, &mut r, "/hostname").expect("first request");
+
+    nix_kill(agent.id());
+    let _ = agent.child().wait();
+    agent = rig.start_agent_with(&netlink);
+    wait_for("the restarted agent to program L4", &rig, || {
+        rig.agent_log().contains("L4 programmed")
+    });
+    let filters = netlink_filters(&rig);
+    assert_eq!(filters.len(), 2, "replaced, not added: {filters:?}");
+    assert_eq!(
+        get(&mut s, &mut r, "/hostname").expect("request after the restart"),
+        name,
+        "the connection survives on the same backend"
+    );
+    drop(agent);
+
+    let out = rig
+        .net
+        .gateway
+        .command(env!("CARGO_BIN_EXE_splitter"))
+        .args(["detach", "--all", "--pin-dir"])
+        .arg(rig.pin_dir())
+        .output()
+        .expect("detach --all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        netlink_filters(&rig).is_empty(),
+        "{:?}",
+        netlink_filters(&rig)
+    );
+}
