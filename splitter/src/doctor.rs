@@ -350,6 +350,37 @@ mod tests {
     }
 
     #[test]
+    fn the_tc_mode_follows_the_kernel_and_the_flag() {
+        use ebpf::TcAttachMode::{Auto, Netlink, Tcx};
+        let tc = |k, m| {
+            let c = tc_check(Some(k), m);
+            (c.ok, c.detail)
+        };
+        assert!(tc((6, 6), Auto).1.starts_with("tcx links"));
+        assert!(tc((6, 1), Auto).1.contains("netlink filters"));
+        assert!(tc((5, 10), Auto).0);
+        assert!(tc((6, 18), Netlink).1.contains("netlink filters"));
+        assert!(!tc((6, 1), Tcx).0, "tcx forced where there is none");
+        assert!(tc((6, 6), Tcx).0);
+    }
+
+    #[test]
+    fn helpers_older_than_the_kernel_are_named() {
+        let c = helpers_check(Some((5, 4)), false);
+        assert!(!c.ok);
+        assert_eq!(c.detail, "this kernel predates bpf_redirect_neigh");
+        let c = helpers_check(Some((5, 10)), true);
+        assert!(
+            c.ok && c.detail.contains("bpf_redirect_neigh (5.10)"),
+            "{c}"
+        );
+        assert!(
+            HELPERS.iter().all(|(_, v)| *v <= MIN_KERNEL),
+            "the floor covers every helper"
+        );
+    }
+
+    #[test]
     fn cap_eff_parsing() {
         let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));

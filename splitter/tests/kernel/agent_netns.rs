@@ -677,15 +677,15 @@ fn the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start() {
     let links = rig.pin_dir().join("links");
     let iface = rig.net.gateway_iface();
     assert!(
-        links.join(&format!("xdp-{iface}")).exists(),
+        links.join(format!("xdp-{iface}")).exists(),
         "XDP link pinned"
     );
     assert!(
-        !links.join(&format!("tc-egress-{iface}")).exists(),
+        !links.join(format!("tc-egress-{iface}")).exists(),
         "no tcx link in netlink mode"
     );
     assert!(
-        links.join(&format!("tc-netlink-{iface}")).exists(),
+        links.join(format!("tc-netlink-{iface}")).exists(),
         "recorded"
     );
     assert_eq!(
