@@ -11,7 +11,10 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{NlOptions, TcAttachOptions},
+    },
 };
 use splitter::dataplane::ebpf::{
     self, KernelObject, L4Actuator, L4Proto, L4RouteProgram, LinkPinError,
@@ -83,7 +86,21 @@ fn programs_before_and_after_ours_on_tcx_see_every_packet() {
     if !testbed::require_root("programs_before_and_after_ours_on_tcx_see_every_packet") {
         return;
     }
-    let t = topology("cx");
+    before_and_after_see_every_packet(ebpf::TcAttachMode::Tcx, "cx");
+}
+
+/// The same with clsact filters (kernels before 6.6): ours returns "unspecified", so the
+/// filter of the next priority runs.
+#[test]
+fn filters_before_and_after_ours_on_clsact_see_every_packet() {
+    if !testbed::require_root("filters_before_and_after_ours_on_clsact_see_every_packet") {
+        return;
+    }
+    before_and_after_see_every_packet(ebpf::TcAttachMode::Netlink, "cn");
+}
+
+fn before_and_after_see_every_packet(tc_mode: ebpf::TcAttachMode, tag: &str) {
+    let t = topology(tag);
     start_backend(&t);
     let iface = t.gateway_iface().to_owned();
     let fs = BpfFs::new().expect("bpffs");
@@ -96,7 +113,7 @@ fn programs_before_and_after_ours_on_tcx_see_every_packet() {
             &iface,
             &fs.path().join("links"),
             ebpf::XdpAttachMode::Driver,
-            ebpf::TcAttachMode::Tcx,
+            tc_mode,
         )
         .expect("attach ours")
     });
@@ -118,10 +135,18 @@ fn programs_before_and_after_ours_on_tcx_see_every_packet() {
         } else {
             TcAttachType::Egress
         };
-        let order = if i % 2 == 0 {
-            LinkOrder::first()
-        } else {
-            LinkOrder::last()
+        let first = i % 2 == 0;
+        let options = match tc_mode {
+            ebpf::TcAttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
+                // Lower runs first; ours got the kernel's default (49152).
+                priority: if first { 1 } else { 65000 },
+                ..NlOptions::default()
+            }),
+            _ => TcAttachOptions::TcxOrder(if first {
+                LinkOrder::first()
+            } else {
+                LinkOrder::last()
+            }),
         };
         let prog: &mut SchedClassifier = cni
             .ebpf
@@ -131,29 +156,61 @@ fn programs_before_and_after_ours_on_tcx_see_every_packet() {
             .expect("classifier");
         prog.load().expect("load counting program");
         t.gateway.run(|| {
-            prog.attach_with_options(&iface, direction, TcAttachOptions::TcxOrder(order))
+            prog.attach_with_options(&iface, direction, options)
                 .expect("attach counting program")
         });
     }
     // Kernel names are cut to 15 bytes.
     let short = |n: &str| n[..n.len().min(15)].to_owned();
-    t.gateway.run(|| {
-        assert_eq!(
-            tcx_names(&iface, TcAttachType::Ingress),
-            [
-                TEST_COUNT_PROGRAMS[0],
-                TC_INGRESS_PROGRAM,
-                TEST_COUNT_PROGRAMS[1]
-            ]
-            .map(short),
-            "ours sits between the two on ingress"
-        );
-        assert_eq!(
-            tcx_names(&iface, TcAttachType::Egress),
-            [TEST_COUNT_PROGRAMS[2], TC_PROGRAM, TEST_COUNT_PROGRAMS[3]].map(short),
-            "ours sits between the two on egress"
-        );
-    });
+    if tc_mode == ebpf::TcAttachMode::Netlink {
+        for (dir, expected) in [
+            (
+                "ingress",
+                [
+                    TEST_COUNT_PROGRAMS[0],
+                    TC_INGRESS_PROGRAM,
+                    TEST_COUNT_PROGRAMS[1],
+                ],
+            ),
+            (
+                "egress",
+                [TEST_COUNT_PROGRAMS[2], TC_PROGRAM, TEST_COUNT_PROGRAMS[3]],
+            ),
+        ] {
+            let out = t
+                .gateway
+                .exec("tc", &["filter", "show", "dev", &iface, dir])
+                .expect("tc filter show");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // "filter ... pref P bpf chain 0 handle 0x1 NAME direct-action ...", by priority.
+            let names: Vec<&str> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace().skip_while(|w| *w != "handle");
+                    w.nth(2)
+                })
+                .collect();
+            assert_eq!(names, expected, "{dir}: ours between the two: {text}");
+        }
+    } else {
+        t.gateway.run(|| {
+            assert_eq!(
+                tcx_names(&iface, TcAttachType::Ingress),
+                [
+                    TEST_COUNT_PROGRAMS[0],
+                    TC_INGRESS_PROGRAM,
+                    TEST_COUNT_PROGRAMS[1]
+                ]
+                .map(short),
+                "ours sits between the two on ingress"
+            );
+            assert_eq!(
+                tcx_names(&iface, TcAttachType::Egress),
+                [TEST_COUNT_PROGRAMS[2], TC_PROGRAM, TEST_COUNT_PROGRAMS[3]].map(short),
+                "ours sits between the two on egress"
+            );
+        });
+    }
 
     // Real connections through the L4 route: requests DNATed by XDP come in, replies rewritten
     // by our TC egress program go out.

@@ -77,6 +77,8 @@ pub enum LinkPinError {
          {iface}` names it); not replacing it: remove it, or run the agent on another interface"
     )]
     ForeignXdp { iface: String },
+    #[error("removing the netlink TC filters an earlier agent left on {iface}: {source}")]
+    StaleNetlink { iface: String, source: io::Error },
     #[error("TC {direction} on {iface} through netlink (clsact): {source}")]
     Netlink {
         direction: &'static str,
@@ -215,8 +217,8 @@ pub fn attach_pinned(
             attach_tc_pinned(obj, iface, direction, &path)?;
         }
         // An earlier agent in netlink mode: its filters would run our programs twice.
-        remove_netlink_filters(iface, link_dir).map_err(|source| LinkPinError::Dir {
-            path: tc_netlink_record_path(link_dir, iface),
+        remove_netlink_filters(iface, link_dir).map_err(|source| LinkPinError::StaleNetlink {
+            iface: iface.to_owned(),
             source,
         })?;
     } else {
