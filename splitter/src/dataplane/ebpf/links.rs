@@ -88,18 +88,15 @@ pub enum LinkPinError {
 }
 
 /// Whether an XDP attach failed because the interface already has a program: the kernel
-/// refuses a second one (EBUSY from bpf_link_create, EEXIST from netlink with
-/// `XDP_FLAGS_UPDATE_IF_NOEXIST`, which aya always sets), so nothing is ever replaced silently.
+/// refuses a second one, so nothing is ever replaced silently. From the 5.10 floor on, XDP
+/// attaches through bpf_link_create (5.9), which answers EBUSY (EEXIST: the other mode's
+/// program is there); aya's netlink fallback, for kernels without XDP links, is never taken.
 pub fn is_occupied(e: &ProgramError) -> bool {
-    let errno = match e {
-        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
-        other => {
-            // The netlink path wraps its errno in nested error types; their text carries it.
-            let text = format!("{other} {other:?}");
-            return text.contains("os error 16") || text.contains("os error 17");
-        }
-    };
-    matches!(errno, Some(libc::EBUSY) | Some(libc::EEXIST))
+    matches!(
+        e,
+        ProgramError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST))
+    )
 }
 
 pub fn xdp_pin_path(link_dir: &Path, iface: &str) -> PathBuf {
