@@ -275,6 +275,7 @@ pub fn run(iface: Option<&str>, pin_dir: &Path, tc_mode: ebpf::TcAttachMode) -> 
             ));
             if let Some(iface) = iface {
                 checks.push(attach_check(&mut obj, iface, pin_dir));
+                checks.push(tc_attach_check(&mut obj, iface, kernel, tc_mode));
             }
         }
         Err(e) => {
@@ -289,6 +290,71 @@ pub fn run(iface: Option<&str>, pin_dir: &Path, tc_mode: ebpf::TcAttachMode) -> 
         }
     }
     checks
+}
+
+/// Attaches both TC programs to `iface` the way `run` would (tcx after the programs already
+/// there, or clsact + netlink filters) and detaches them again.
+fn tc_attach_check(
+    obj: &mut ebpf::KernelObject,
+    iface: &str,
+    kernel: Option<(u32, u32)>,
+    mode: ebpf::TcAttachMode,
+) -> Check {
+    use aya::programs::{
+        LinkOrder, TcAttachType,
+        tc::{self, NlOptions, TcAttachOptions},
+    };
+    let tcx = match mode {
+        ebpf::TcAttachMode::Netlink => false,
+        ebpf::TcAttachMode::Tcx => true,
+        ebpf::TcAttachMode::Auto => kernel.is_some_and(|v| v >= TCX_KERNEL),
+    };
+    let how = if tcx { "tcx" } else { "clsact + netlink" };
+    if !tcx {
+        // EEXIST: the qdisc is there already.
+        let _ = tc::qdisc_add_clsact(iface);
+    }
+    for (direction, what) in [
+        (TcAttachType::Egress, "egress"),
+        (TcAttachType::Ingress, "ingress"),
+    ] {
+        let prog = match direction {
+            TcAttachType::Ingress => ebpf::tc_ingress_program(&mut obj.ebpf),
+            _ => ebpf::tc_program(&mut obj.ebpf),
+        };
+        let prog = match prog {
+            Ok(p) => p,
+            Err(e) => return check("tc-attach", false, format!("{e}")),
+        };
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        match prog.attach_with_options(iface, direction, options) {
+            Ok(link) => {
+                if let Err(e) = prog.detach(link) {
+                    return check(
+                        "tc-attach",
+                        false,
+                        format!("{iface}: {what} attached ({how}) but detach FAILED: {e}"),
+                    );
+                }
+            }
+            Err(e) => {
+                return check(
+                    "tc-attach",
+                    false,
+                    format!("{iface}: {what} through {how}: {e}"),
+                );
+            }
+        }
+    }
+    check(
+        "tc-attach",
+        true,
+        format!("{iface}: egress and ingress attached through {how}, detached again"),
+    )
 }
 
 fn attach_check(obj: &mut ebpf::KernelObject, iface: &str, pin_dir: &Path) -> Check {

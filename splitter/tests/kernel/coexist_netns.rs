@@ -337,6 +337,47 @@ fn a_foreign_xdp_program_is_reported_never_replaced() {
         line.starts_with("FAIL") && line.contains("does not own"),
         "{text}"
     );
+    // TC is another matter: both programs attach (and are removed again).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PASS tc-attach") && l.contains("through tcx")),
+        "{text}"
+    );
+    let netlink = t
+        .gateway
+        .command(env!("CARGO_BIN_EXE_splitter"))
+        .args([
+            "doctor",
+            "--tc-attach",
+            "netlink",
+            "--iface",
+            &iface,
+            "--pin-dir",
+        ])
+        .arg(fs.path().join("maps"))
+        .output()
+        .expect("doctor");
+    let netlink = String::from_utf8_lossy(&netlink.stdout);
+    assert!(
+        netlink
+            .lines()
+            .any(|l| l.starts_with("PASS tc-attach") && l.contains("through clsact + netlink")),
+        "{netlink}"
+    );
+    assert!(
+        netlink
+            .lines()
+            .any(|l| l.starts_with("PASS tc ") && l.contains("netlink filters")),
+        "{netlink}"
+    );
+    let filters = t
+        .gateway
+        .exec("tc", &["filter", "show", "dev", &iface, "egress"])
+        .expect("tc filter show");
+    assert!(
+        !String::from_utf8_lossy(&filters.stdout).contains("splitter"),
+        "doctor leaves no filter behind"
+    );
 
     // The agent process logs it and leaves the program in place.
     let dir = tempfile::tempdir().expect("tempdir");
