@@ -38,6 +38,17 @@ pub const L4_CONFIG: &str = "L4_CONFIG";
 pub const TC_PROGRAM: &str = "splitter_tc_egress";
 /// TC ingress: sends what XDP marked (see [`XdpMark`]) out of the node.
 pub const TC_INGRESS_PROGRAM: &str = "splitter_tc_ingress";
+/// Test-only tcx programs that count the IPv4 TCP packets they see and pass them on, in the
+/// order of their slot in [`TEST_HOOK_COUNTS`]: ingress first, ingress last, egress first,
+/// egress last. The agent never attaches them.
+pub const TEST_COUNT_PROGRAMS: [&str; 4] = [
+    "splitter_test_count_in_first",
+    "splitter_test_count_in_last",
+    "splitter_test_count_eg_first",
+    "splitter_test_count_eg_last",
+];
+/// Per-CPU u64 counters of the [`TEST_COUNT_PROGRAMS`]; not pinned.
+pub const TEST_HOOK_COUNTS: &str = "TEST_HOOK_COUNTS";
 
 /// Index of slot `slot` of half `half` of route `route` in `TABLES`.
 pub const fn table_index(route: u32, half: u32, slot: u32) -> u32 {

@@ -72,3 +72,24 @@ pub fn count_backend(backend_id: u32, bytes: u64, new_flow: bool) {
         false,
     );
 }
+
+use aya_ebpf::programs::TcContext;
+
+use crate::maps::TEST_HOOK_COUNTS;
+
+/// Counts an IPv4 TCP packet in `slot` of `TEST_HOOK_COUNTS` (the test-only counting programs).
+/// Only TCP: ARP and neighbour discovery may arrive while a test reads the counters.
+#[inline(always)]
+pub fn count_test_hook(ctx: &TcContext, slot: u32) {
+    const ETH_P_IP: u16 = 0x0800;
+    const IPPROTO_TCP: u8 = 6;
+    let ethertype = ctx.load::<u16>(12).map(u16::from_be);
+    let proto = ctx.load::<u8>(14 + 9);
+    if ethertype == Ok(ETH_P_IP)
+        && proto == Ok(IPPROTO_TCP)
+        && let Some(n) = TEST_HOOK_COUNTS.get_ptr_mut(slot)
+    {
+        // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it while we run.
+        unsafe { *n += 1 };
+    }
+}

@@ -24,7 +24,7 @@ mod tc;
 mod tc_ingress;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -77,11 +77,17 @@ pub fn splitter_xdp_floor(_ctx: XdpContext) -> u32 {
 }
 
 /// TC egress on the same interfaces: replies of tracked flows get the VIP back as source.
+///
+/// Every packet goes on to the next program on the hook, ours (rewritten) included: a CNI
+/// attached after us enforces policy and keeps its own state on egress, and a rewritten reply
+/// is an ordinary packet from the VIP to it. `TC_ACT_OK` would end the tcx chain there. With
+/// netlink (clsact) attachment the same value means "unspecified": the next filter runs, and
+/// after the last one the packet is sent.
 #[classifier]
 pub fn splitter_tc_egress(ctx: TcContext) -> i32 {
     // A reply that cannot be rewritten is still sent: dropping it would not help the client.
     let _ = tc::reverse_nat(&ctx);
-    TC_ACT_OK
+    tc_ingress::TCX_NEXT
 }
 
 /// TC ingress on the same interfaces: sends out what XDP marked (RSTs, SNAT legs); passes
@@ -90,6 +96,24 @@ pub fn splitter_tc_egress(ctx: TcContext) -> i32 {
 pub fn splitter_tc_ingress(ctx: TcContext) -> i32 {
     tc_ingress::on_packet(&ctx)
 }
+
+/// Test-only programs: the kernel tests attach these before and after ours on the same tcx
+/// hooks, as a CNI would, and read how many IPv4 TCP packets each saw from `TEST_HOOK_COUNTS`
+/// (slot per program, see `splitter_common::l4::TEST_COUNT_PROGRAMS`). Never attached by the
+/// agent; the map is not pinned.
+macro_rules! test_counter {
+    ($name:ident, $slot:expr) => {
+        #[classifier]
+        pub fn $name(ctx: TcContext) -> i32 {
+            counters::count_test_hook(&ctx, $slot);
+            tc_ingress::TCX_NEXT
+        }
+    };
+}
+test_counter!(splitter_test_count_in_first, 0);
+test_counter!(splitter_test_count_in_last, 1);
+test_counter!(splitter_test_count_eg_first, 2);
+test_counter!(splitter_test_count_eg_last, 3);
 
 #[cfg(not(test))]
 #[panic_handler]

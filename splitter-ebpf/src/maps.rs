@@ -61,3 +61,8 @@ pub static L4_CONFIG: Array<L4Config, 1> = Array::new();
 
 #[btf_map]
 pub static L4_DROPS: PerCpuArray<u64, { L4Event::COUNT as usize }> = PerCpuArray::new();
+
+/// Packets seen by the test-only counting programs (`splitter_test_count_*`), one slot each.
+/// Never pinned: only the kernel tests read it, through the object they loaded.
+#[btf_map]
+pub static TEST_HOOK_COUNTS: PerCpuArray<u64, 4> = PerCpuArray::new();

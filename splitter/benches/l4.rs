@@ -240,8 +240,10 @@ fn splitter_local(mode: ebpf::XdpAttachMode, measure: Measure) -> f64 {
         let mut obj = ebpf::load_object(Some(&pins.path().join("maps"))).expect("load");
         let links = pins.path().join("links");
         let iface = t.gateway_iface().to_owned();
-        t.gateway
-            .run(|| ebpf::attach_pinned(&mut obj, &iface, &links, mode).expect("attach"));
+        t.gateway.run(|| {
+            ebpf::attach_pinned(&mut obj, &iface, &links, mode, ebpf::TcAttachMode::Auto)
+                .expect("attach")
+        });
         let mut act = L4Actuator::new(&mut obj).expect("actuator");
         let b: Vec<SocketAddr> = (0..2).map(backend).collect();
         let table = (0..16381)
@@ -616,8 +618,14 @@ fn splitter_remote(measure: Measure) -> f64 {
     let mut obj = ebpf::load_object(Some(&pins.path().join("maps"))).expect("load");
     let links = pins.path().join("links");
     node.ns.run(|| {
-        ebpf::attach_pinned(&mut obj, &node.uplink, &links, ebpf::XdpAttachMode::Driver)
-            .expect("attach")
+        ebpf::attach_pinned(
+            &mut obj,
+            &node.uplink,
+            &links,
+            ebpf::XdpAttachMode::Driver,
+            ebpf::TcAttachMode::Auto,
+        )
+        .expect("attach")
     });
     let mut act = L4Actuator::new(&mut obj).expect("actuator");
     let node_addr = IpAddr::from(node.address_v4());

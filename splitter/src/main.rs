@@ -36,7 +36,8 @@ enum Command {
     /// with --kube, the elected agent also writes status.
     Run(RunArgs),
     /// Remove the pinned XDP/TC attachments from each --iface (the agent leaves them in place
-    /// on exit so that connections survive restarts).
+    /// on exit so that connections survive restarts); with --all, everything the agent made
+    /// under --pin-dir (programs on every interface, maps, the pin directory): uninstall.
     Detach(DetachArgs),
 }
 
@@ -47,6 +48,9 @@ struct DoctorArgs {
     iface: Option<String>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The `--tc-attach` mode `splitter run` will get; the check says what it means here.
+    #[arg(long = "tc-attach", value_enum, default_value_t = ebpf::TcAttachMode::Auto)]
+    tc_attach: ebpf::TcAttachMode,
 }
 
 #[derive(Args)]
@@ -112,6 +116,11 @@ struct RunArgs {
     gateway_class: String,
     #[arg(long, value_enum, default_value_t = ebpf::XdpAttachMode::Auto)]
     xdp_mode: ebpf::XdpAttachMode,
+    /// How the TC programs attach: tcx links (kernel 6.6+, pinned, replaced atomically on
+    /// restart), netlink (clsact filters, as kernels before 6.6 need; re-attached at start),
+    /// or auto (tcx where the kernel has it).
+    #[arg(long = "tc-attach", value_enum, default_value_t = ebpf::TcAttachMode::Auto)]
+    tc_attach: ebpf::TcAttachMode,
     /// L7 proxy worker threads, each serving its connections by itself (default: one per
     /// CPU). The control plane runs on a separate runtime (`TOKIO_WORKER_THREADS`).
     #[arg(long, env = "SPLITTER_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -120,8 +129,16 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DetachArgs {
-    #[arg(long = "iface", required = true)]
+    #[arg(
+        long = "iface",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     ifaces: Vec<String>,
+    /// Every interface the pin directory names, the maps' pins and the pin directory. Run in
+    /// the node's network namespace (hostNetwork): netlink TC filters are found there.
+    #[arg(long)]
+    all: bool,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 }
@@ -151,8 +168,14 @@ fn exit_code(ok: bool) -> ExitCode {
     }
 }
 
-fn doctor(DoctorArgs { iface, pin_dir }: DoctorArgs) -> ExitCode {
-    let checks = doctor::run(iface.as_deref(), &pin_dir);
+fn doctor(
+    DoctorArgs {
+        iface,
+        pin_dir,
+        tc_attach,
+    }: DoctorArgs,
+) -> ExitCode {
+    let checks = doctor::run(iface.as_deref(), &pin_dir, tc_attach);
     for c in &checks {
         println!("{c}");
     }
@@ -200,6 +223,7 @@ fn run(args: RunArgs) -> ExitCode {
         admin,
         gateway_class,
         xdp_mode,
+        tc_attach,
         proxy_workers,
         snat_ports,
         node_port_range,
@@ -220,6 +244,7 @@ fn run(args: RunArgs) -> ExitCode {
         admin,
         gateway_class,
         xdp_mode,
+        tc_mode: tc_attach,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
         node_name,
@@ -242,7 +267,32 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn detach(DetachArgs { ifaces, pin_dir }: DetachArgs) -> ExitCode {
+fn detach(
+    DetachArgs {
+        ifaces,
+        all,
+        pin_dir,
+    }: DetachArgs,
+) -> ExitCode {
+    if all {
+        return match ebpf::detach_all(&pin_dir) {
+            Ok(r) => {
+                println!(
+                    "splitter detach: removed the programs on {} interface(s) [{}], {} map pin(s) \
+                     and {}",
+                    r.ifaces.len(),
+                    r.ifaces.join(", "),
+                    r.maps,
+                    pin_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("splitter detach --all {}: {e}", pin_dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut ok = true;
     for iface in &ifaces {
         if let Err(e) = ebpf::detach_pinned(iface, &pin_dir.join("links")) {

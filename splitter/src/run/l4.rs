@@ -16,7 +16,8 @@ use splitter_common::l4::{CONFIG_SNAT_V4, CONFIG_SNAT_V6, L4Config};
 use tokio::sync::watch;
 
 use crate::dataplane::ebpf::{
-    self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, XdpAttachMode,
+    self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, TcAttachMode,
+    XdpAttachMode,
 };
 use splitter_plan::plan::{DataplaneListener, Plan, Transport, maglev::WeightedTable};
 
@@ -244,6 +245,7 @@ impl L4Runner {
         ifaces: &[String],
         pin_dir: &Path,
         mode: XdpAttachMode,
+        tc_mode: TcAttachMode,
         node_name: Option<String>,
         snat_ports: SnatPorts,
     ) -> anyhow::Result<Self> {
@@ -254,7 +256,12 @@ impl L4Runner {
         let mut object = ebpf::load_object(Some(pin_dir))?;
         let links: PathBuf = pin_dir.join("links");
         for iface in ifaces {
-            match ebpf::attach_pinned(&mut object, iface, &links, mode)? {
+            let attached = ebpf::attach_pinned(&mut object, iface, &links, mode, tc_mode);
+            if let Err(e @ ebpf::LinkPinError::ForeignXdp { .. }) = &attached {
+                // Never replaced: the operator decides which program the interface runs.
+                tracing::error!(%iface, "{e}");
+            }
+            match attached? {
                 Attachment::New(m) => {
                     tracing::info!(%iface, mode = ?m, "XDP and TC attached, links pinned")
                 }

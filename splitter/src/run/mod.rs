@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     agent::{AgentConfig, run_l7},
     control,
-    dataplane::{ebpf::XdpAttachMode, proxy::ProxyConfig},
+    dataplane::{
+        ebpf::{TcAttachMode, XdpAttachMode},
+        proxy::ProxyConfig,
+    },
     source::{self, FileSource},
     status::{self, LeaseConfig, WriterConfig},
 };
@@ -55,6 +58,8 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     pub gateway_class: String,
     pub xdp_mode: XdpAttachMode,
+    /// How the TC programs attach (`--tc-attach`).
+    pub tc_mode: TcAttachMode,
     pub poll_interval: Duration,
     /// L7 proxy worker threads; `None` for one per CPU.
     pub proxy_workers: Option<usize>,
@@ -97,6 +102,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             &opts.ifaces,
             &opts.pin_dir,
             opts.xdp_mode,
+            opts.tc_mode,
             opts.node_name.clone(),
             opts.snat_ports,
         )?;

@@ -544,7 +544,7 @@ spec:
     let at: SocketAddr = format!("{GATEWAY}:7022").parse().expect("addr");
     for _ in 0..5 {
         let got = rig.net.client.run(|| {
-            let mut s = TcpStream::connect_timeout(&at, Duration::from_secs(3))?;
+            let s = TcpStream::connect_timeout(&at, Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             let mut line = String::new();
             BufReader::new(s).read_line(&mut line)?;
@@ -557,4 +557,261 @@ spec:
             rig.agent_log()
         );
     }
+}
+
+/// A second L4 Gateway on :8081 whose only backend is echo2.
+const SECOND_L4: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4b, namespace: default}
+spec:
+  gatewayClassName: splitter
+  listeners: [{name: tcp, protocol: HTTP, port: 8081}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: default}
+spec:
+  parentRefs: [{name: l4b}]
+  rules:
+  - backendRefs:
+    - {name: echo2, port: 1027}
+";
+
+/// The (VIP port, route id) pairs and (backend, state) pairs the pinned maps hold.
+fn pinned_vips_and_backends(pin_dir: &std::path::Path) -> (Vec<u16>, Vec<(SocketAddr, u8)>) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use splitter_common::l4::{BACKEND_EMPTY, BACKENDS, Backend, VIPS, VipKey, VipValue};
+    let open = |name: &str| {
+        Map::from_map_data(MapData::from_pin(pin_dir.join(name)).expect("pinned map"))
+            .expect("map type")
+    };
+    let vips = HashMap::<MapData, VipKey, VipValue>::try_from(open(VIPS)).expect("VIPS");
+    let mut ports: Vec<u16> = vips.keys().map(|k| k.expect("key").port).collect();
+    ports.sort();
+    let backends = Array::<MapData, Backend>::try_from(open(BACKENDS)).expect("BACKENDS");
+    let held = backends
+        .iter()
+        .map(|b| b.expect("backend"))
+        .filter(|b| b.state != BACKEND_EMPTY)
+        .map(|b| {
+            let ip = std::net::IpAddr::from(b.addr).to_canonical();
+            (SocketAddr::new(ip, b.port), b.state)
+        })
+        .collect();
+    (ports, held)
+}
+
+fn connect_and_get(rig: &Rig, vip: SocketAddr) -> std::io::Result<String> {
+    rig.net.client.run(|| {
+        let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        get(&mut s, &mut r, "/hostname")
+    })
+}
+
+/// An agent killed with SIGKILL leaves its pins; the next one starts on manifests that name
+/// one of the two routes and removes the other from the kernel with its first plan. Then
+/// `splitter detach --all` removes everything.
+#[test]
+fn an_agent_started_on_stale_pins_removes_what_its_plan_does_not_name() {
+    if !testbed::require_root("an_agent_started_on_stale_pins_removes_what_its_plan_does_not_name")
+    {
+        return;
+    }
+    let rig = Rig::new();
+    rig.write("services.yaml", SERVICES);
+    // echo only (echo2 at weight 0): the second route is the only one naming echo2.
+    rig.write("l4.yaml", &l4_route(1, 0));
+    rig.write("l4b.yaml", SECOND_L4);
+    let first = rig.start_agent();
+    let vip_a: SocketAddr = format!("{GATEWAY}:8080").parse().expect("vip");
+    let vip_b: SocketAddr = format!("{GATEWAY}:8081").parse().expect("vip");
+    wait_for("both L4 routes served", &rig, || {
+        rig.pin_dir().join("VIPS").exists()
+            && pinned_vips_and_backends(&rig.pin_dir()).0 == [8080, 8081]
+            && connect_and_get(&rig, vip_b).is_ok_and(|n| n == "echo2-pod")
+    });
+    let echo2: SocketAddr = "10.251.2.2:1027".parse().expect("addr");
+    assert!(
+        pinned_vips_and_backends(&rig.pin_dir())
+            .1
+            .contains(&(echo2, splitter_common::l4::BACKEND_ACTIVE)),
+        "echo2 is an active backend"
+    );
+
+    // SIGKILL: no shutdown path runs; the pins and links stay, and the kernel keeps serving.
+    let _ = Command::new("kill")
+        .args(["-KILL", &first.id().to_string()])
+        .status();
+    drop(first);
+    assert_eq!(pinned_vips_and_backends(&rig.pin_dir()).0, [8080, 8081]);
+    assert_eq!(
+        connect_and_get(&rig, vip_b).ok().as_deref(),
+        Some("echo2-pod"),
+        "the kernel serves without an agent"
+    );
+
+    std::fs::remove_file(rig.manifests.path().join("m").join("l4b.yaml")).expect("rm l4b");
+    let _second = rig.start_agent();
+    wait_for("the restarted agent's first L4 plan", &rig, || {
+        rig.agent_log().contains("L4 programmed")
+    });
+    let (ports, backends) = pinned_vips_and_backends(&rig.pin_dir());
+    assert_eq!(
+        ports,
+        [8080],
+        "the VIP no plan names is gone from the pinned VIPS map"
+    );
+    assert!(
+        !backends.contains(&(echo2, splitter_common::l4::BACKEND_ACTIVE)),
+        "echo2, named by no plan, takes no new flows: {backends:?}"
+    );
+    assert!(
+        connect_and_get(&rig, vip_b).is_err(),
+        "{vip_b} is not served any more"
+    );
+    assert_eq!(
+        connect_and_get(&rig, vip_a).ok().as_deref(),
+        Some("echo-pod"),
+        "the route the plan names still is"
+    );
+
+    // Uninstall: everything the agent made goes.
+    drop(_second);
+    let out = rig
+        .net
+        .gateway
+        .command(env!("CARGO_BIN_EXE_splitter"))
+        .args(["detach", "--all", "--pin-dir"])
+        .arg(rig.pin_dir())
+        .output()
+        .expect("detach --all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!rig.pin_dir().exists(), "the pin directory is gone");
+    let shown = rig
+        .net
+        .gateway
+        .exec("bpftool", &["net", "show", "dev", rig.net.gateway_iface()])
+        .expect("bpftool");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        !shown.contains(" id ") && !shown.contains("splitter"),
+        "no XDP or TC program left: {shown}"
+    );
+    assert!(
+        connect_and_get(&rig, vip_a).is_err(),
+        "nothing serves {vip_a} after uninstall"
+    );
+}
+
+/// Our netlink TC filters on the gateway interface, one line per filter.
+fn netlink_filters(rig: &Rig) -> Vec<String> {
+    ["ingress", "egress"]
+        .iter()
+        .flat_map(|dir| {
+            let out = rig
+                .net
+                .gateway
+                .exec(
+                    "tc",
+                    &["filter", "show", "dev", rig.net.gateway_iface(), dir],
+                )
+                .expect("tc filter show");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(" splitter_tc_"))
+                .map(|l| format!("{dir}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `--tc-attach netlink`, as kernels before 6.6 need: the agent's TC programs are clsact
+/// filters (no tcx link is pinned), replies of kernel-split flows still leave as the VIP, and
+/// a restarted agent replaces its filters instead of adding a second pair.
+#[test]
+fn the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start() {
+    if !testbed::require_root(
+        "the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start",
+    ) {
+        return;
+    }
+    let rig = Rig::new();
+    rig.write("services.yaml", SERVICES);
+    rig.write("l4.yaml", &l4_route(1, 1));
+    let netlink = ["--tc-attach", "netlink"];
+    let mut agent = rig.start_agent_with(&netlink);
+    wait_for("the kernel to serve :8080", &rig, || {
+        generation(&rig).is_some()
+    });
+    let links = rig.pin_dir().join("links");
+    let iface = rig.net.gateway_iface();
+    assert!(
+        links.join(format!("xdp-{iface}")).exists(),
+        "XDP link pinned"
+    );
+    assert!(
+        !links.join(format!("tc-egress-{iface}")).exists(),
+        "no tcx link in netlink mode"
+    );
+    assert!(
+        links.join(format!("tc-netlink-{iface}")).exists(),
+        "recorded"
+    );
+    assert_eq!(
+        netlink_filters(&rig).len(),
+        2,
+        "{:?}",
+        netlink_filters(&rig)
+    );
+
+    // Replies through the TC egress filter: the client talks to the VIP throughout.
+    let vip: SocketAddr = format!("{GATEWAY}:8080").parse().expect("vip");
+    let (mut s, mut r) = rig.net.client.run(|| {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let r = BufReader::new(s.try_clone().expect("clone"));
+        (s, r)
+    });
+    let name = get(&mut s, &mut r, "/hostname").expect("first request");
+
+    nix_kill(agent.id());
+    let _ = agent.child().wait();
+    agent = rig.start_agent_with(&netlink);
+    wait_for("the restarted agent to program L4", &rig, || {
+        rig.agent_log().contains("L4 programmed")
+    });
+    let filters = netlink_filters(&rig);
+    assert_eq!(filters.len(), 2, "replaced, not added: {filters:?}");
+    assert_eq!(
+        get(&mut s, &mut r, "/hostname").expect("request after the restart"),
+        name,
+        "the connection survives on the same backend"
+    );
+    drop(agent);
+
+    let out = rig
+        .net
+        .gateway
+        .command(env!("CARGO_BIN_EXE_splitter"))
+        .args(["detach", "--all", "--pin-dir"])
+        .arg(rig.pin_dir())
+        .output()
+        .expect("detach --all");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        netlink_filters(&rig).is_empty(),
+        "{:?}",
+        netlink_filters(&rig)
+    );
 }

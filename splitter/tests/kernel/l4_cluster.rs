@@ -26,8 +26,14 @@ fn remote_pod_answers_through_node0(routing: Routing, net: u8, v6: bool) {
     let mut obj = ebpf::load_object(Some(&fs.path().join("maps"))).expect("load");
     let links = fs.path().join("links");
     let att = node0.ns.run(|| {
-        ebpf::attach_pinned(&mut obj, &node0.uplink, &links, ebpf::XdpAttachMode::Driver)
-            .expect("attach")
+        ebpf::attach_pinned(
+            &mut obj,
+            &node0.uplink,
+            &links,
+            ebpf::XdpAttachMode::Driver,
+            ebpf::TcAttachMode::Auto,
+        )
+        .expect("attach")
     });
     assert!(matches!(att, Attachment::New(_)));
     let mut act = L4Actuator::new(&mut obj).expect("actuator");

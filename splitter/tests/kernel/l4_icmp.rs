@@ -245,7 +245,7 @@ fn errors_about_a_local_flows_forward_packets_leave_quoting_what_the_client_sent
         // pod): its error to the client keeps the node's source, quotes client -> VIP.
         let err = error(c.snat, c.client.ip(), &quoted);
         let v = tc(&mut r.obj, &err);
-        assert_eq!(v.action, 0, "{}: TC_ACT_OK", c.vip);
+        assert_eq!(v.action, u32::MAX, "{}: TCX_NEXT (-1)", c.vip);
         assert_eq!(
             inspect_error(&v.out),
             ErrorSeen {
@@ -284,7 +284,12 @@ fn errors_about_a_local_flows_forward_packets_leave_quoting_what_the_client_sent
             error(c.snat, node.ip(), &quote(node, c.backend)),
         ] {
             let v = tc(&mut r.obj, &f);
-            assert_eq!((v.action, &v.out), (0, &f), "{}", c.vip);
+            assert_eq!(
+                (v.action, &v.out),
+                (u32::MAX, &f),
+                "{}: TCX_NEXT, untouched",
+                c.vip
+            );
         }
         assert_eq!(events(&r.obj, L4Event::IcmpTranslated), translated);
     }

@@ -196,8 +196,14 @@ fn attach(node: &NetNs, ifaces: &[&str], fs: &BpfFs) -> (KernelObject, L4Actuato
     let links = fs.path().join("links");
     for iface in ifaces {
         let att = node.run(|| {
-            ebpf::attach_pinned(&mut obj, iface, &links, ebpf::XdpAttachMode::Driver)
-                .expect("attach pinned")
+            ebpf::attach_pinned(
+                &mut obj,
+                iface,
+                &links,
+                ebpf::XdpAttachMode::Driver,
+                ebpf::TcAttachMode::Auto,
+            )
+            .expect("attach pinned")
         });
         assert_eq!(
             att,

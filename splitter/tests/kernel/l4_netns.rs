@@ -71,8 +71,14 @@ fn load_and_attach(t: &GatewayNet, pin_dir: &Path) -> (KernelObject, L4Actuator,
     let iface = t.gateway_iface().to_owned();
     let links = pin_dir.join("links");
     let att = t.gateway.run(|| {
-        ebpf::attach_pinned(&mut obj, &iface, &links, ebpf::XdpAttachMode::Auto)
-            .expect("attach pinned")
+        ebpf::attach_pinned(
+            &mut obj,
+            &iface,
+            &links,
+            ebpf::XdpAttachMode::Auto,
+            ebpf::TcAttachMode::Auto,
+        )
+        .expect("attach pinned")
     });
     let act = L4Actuator::new(&mut obj).expect("actuator");
     (obj, act, att)

@@ -24,12 +24,14 @@ fn attach(
     ifaces: &[&str],
     fs: &BpfFs,
     mode: ebpf::XdpAttachMode,
+    tc_mode: ebpf::TcAttachMode,
 ) -> (KernelObject, L4Actuator) {
     let mut obj = ebpf::load_object(Some(&fs.path().join("maps"))).expect("load");
     let links = fs.path().join("links");
     for iface in ifaces {
-        let att =
-            node.run(|| ebpf::attach_pinned(&mut obj, iface, &links, mode).expect("attach pinned"));
+        let att = node.run(|| {
+            ebpf::attach_pinned(&mut obj, iface, &links, mode, tc_mode).expect("attach pinned")
+        });
         let want = match mode {
             ebpf::XdpAttachMode::Generic => aya::programs::XdpMode::Skb,
             _ => aya::programs::XdpMode::Driver,
@@ -50,7 +52,7 @@ fn tx_checksums_off(ns: &NetNs, dev: &str) {
         .expect("ethtool tx off");
 }
 
-fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
+fn refused_in(mode: ebpf::XdpAttachMode, tc_mode: ebpf::TcAttachMode, tag: &str) {
     let plan = AddressPlan {
         front: "10.230.0",
         backends: "10.231",
@@ -59,7 +61,7 @@ fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
     let t = GatewayNet::new(tag, plan, 0).expect("topology");
     t.client_sends_full_checksums().expect("ethtool");
     let fs = BpfFs::new().expect("bpffs");
-    let (_obj, mut act) = attach(&t.gateway, &[t.gateway_iface()], &fs, mode);
+    let (_obj, mut act) = attach(&t.gateway, &[t.gateway_iface()], &fs, mode, tc_mode);
     let vip: SocketAddr = format!("{}:80", plan.gateway()).parse().expect("vip");
     act.apply(&[L4RouteProgram {
         key: "rejected".into(),
@@ -70,18 +72,54 @@ fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
     }])
     .expect("apply");
     let links = fs.path().join("links");
-    let pins = [
-        ebpf::xdp_pin_path(&links, t.gateway_iface()),
-        ebpf::tc_pin_path(&links, t.gateway_iface()),
-        ebpf::tc_ingress_pin_path(&links, t.gateway_iface()),
+    let iface = t.gateway_iface();
+    let netlink = tc_mode == ebpf::TcAttachMode::Netlink;
+    let tc_pins = [
+        ebpf::tc_pin_path(&links, iface),
+        ebpf::tc_ingress_pin_path(&links, iface),
     ];
+    // In netlink mode the TC programs are clsact filters: recorded, never pinned.
+    let pins: Vec<_> = if netlink {
+        vec![
+            ebpf::xdp_pin_path(&links, iface),
+            ebpf::tc_netlink_record_path(&links, iface),
+        ]
+    } else {
+        let mut p = vec![ebpf::xdp_pin_path(&links, iface)];
+        p.extend(tc_pins.iter().cloned());
+        p
+    };
     assert!(pins.iter().all(|p| p.exists()), "{pins:?} pinned");
+    assert_eq!(
+        tc_pins.iter().any(|p| p.exists()),
+        !netlink,
+        "tcx links pinned only in tcx mode"
+    );
+    let filters = || {
+        ["ingress", "egress"].map(|dir| {
+            let out = t
+                .gateway
+                .exec("tc", &["filter", "show", "dev", iface, dir])
+                .expect("tc filter show");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    if netlink {
+        let [ingress, egress] = filters();
+        assert!(ingress.contains("splitter_tc_ingress"), "{ingress}");
+        assert!(egress.contains("splitter_tc_egress"), "{egress}");
+    }
     let xdp_shown = || {
         let out = t
             .gateway
             .exec("bpftool", &["net", "show", "dev", t.gateway_iface()])
             .expect("bpftool net show");
-        String::from_utf8_lossy(&out.stdout).contains(" id ")
+        // The XDP section only: netlink TC filters show ids too.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("tc:")
+            .next()
+            .unwrap_or_default()
+            .contains(" id ")
     };
     assert!(xdp_shown(), "XDP attached");
     t.client.run(|| {
@@ -102,8 +140,11 @@ fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
         }
     });
 
-    // `splitter detach` removes every attachment, the TC ingress one included.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitter"))
+    // `splitter detach` removes every attachment, the TC ingress one included. In the node's
+    // network namespace: netlink filters are found through the interface.
+    let out = t
+        .gateway
+        .command(env!("CARGO_BIN_EXE_splitter"))
         .args(["detach", "--iface", t.gateway_iface(), "--pin-dir"])
         .arg(fs.path())
         .output()
@@ -115,6 +156,11 @@ fn refused_in(mode: ebpf::XdpAttachMode, tag: &str) {
     );
     assert!(!pins.iter().any(|p| p.exists()), "{pins:?} unpinned");
     assert!(!xdp_shown(), "XDP detached with its last reference");
+    let [ingress, egress] = filters();
+    assert!(
+        !ingress.contains("splitter") && !egress.contains("splitter"),
+        "netlink filters removed: {ingress} {egress}"
+    );
 }
 
 #[test]
@@ -122,7 +168,7 @@ fn a_rejected_share_refuses_connections_with_native_xdp() {
     if !testbed::require_root("a_rejected_share_refuses_connections_with_native_xdp") {
         return;
     }
-    refused_in(ebpf::XdpAttachMode::Driver, "rjn");
+    refused_in(ebpf::XdpAttachMode::Driver, ebpf::TcAttachMode::Auto, "rjn");
 }
 
 #[test]
@@ -130,7 +176,25 @@ fn a_rejected_share_refuses_connections_with_generic_xdp() {
     if !testbed::require_root("a_rejected_share_refuses_connections_with_generic_xdp") {
         return;
     }
-    refused_in(ebpf::XdpAttachMode::Generic, "rjg");
+    refused_in(
+        ebpf::XdpAttachMode::Generic,
+        ebpf::TcAttachMode::Auto,
+        "rjg",
+    );
+}
+
+/// Kernels before 6.6 (no tcx) attach TC through clsact + netlink; forced here, where tcx
+/// exists, so the suite covers that mode: the RST comes from the TC ingress filter.
+#[test]
+fn a_rejected_share_refuses_connections_with_netlink_tc() {
+    if !testbed::require_root("a_rejected_share_refuses_connections_with_netlink_tc") {
+        return;
+    }
+    refused_in(
+        ebpf::XdpAttachMode::Driver,
+        ebpf::TcAttachMode::Netlink,
+        "rjl",
+    );
 }
 
 /// Client -- node (the agent's programs on both of its veths, forwarding on) -- other node,
@@ -247,10 +311,11 @@ fn remote_backend_end_to_end(
     backend: SocketAddr,
     node_ip: IpAddr,
     mode: ebpf::XdpAttachMode,
+    tc_mode: ebpf::TcAttachMode,
 ) {
     let n = RemoteNet::new();
     let fs = BpfFs::new().expect("bpffs");
-    let (_obj, mut act) = attach(&n.node, &[&n.front.b, &n.back.a], &fs, mode);
+    let (_obj, mut act) = attach(&n.node, &[&n.front.b, &n.back.a], &fs, mode, tc_mode);
     let ports = SnatPorts::default();
     act.set_config(snat_config(
         &[NODE.parse().expect("ip"), NODE6.parse().expect("ip")],
@@ -363,6 +428,7 @@ fn a_remote_backend_answers_through_snat_ipv4() {
         sa(&format!("{BACKEND}:8080")),
         NODE.parse().expect("ip"),
         ebpf::XdpAttachMode::Driver,
+        ebpf::TcAttachMode::Auto,
     );
 }
 
@@ -376,6 +442,7 @@ fn a_remote_backend_answers_through_snat_with_generic_xdp() {
         sa(&format!("{BACKEND}:8080")),
         NODE.parse().expect("ip"),
         ebpf::XdpAttachMode::Generic,
+        ebpf::TcAttachMode::Auto,
     );
 }
 
@@ -389,5 +456,22 @@ fn a_remote_backend_answers_through_snat_ipv6() {
         sa(&format!("[{BACKEND6}]:8080")),
         NODE6.parse().expect("ip"),
         ebpf::XdpAttachMode::Driver,
+        ebpf::TcAttachMode::Auto,
+    );
+}
+
+/// Forwarded flows (to a remote backend: XDP translates, the TC ingress filter sends each
+/// translated leg out) with the TC programs attached through netlink.
+#[test]
+fn a_remote_backend_answers_through_snat_with_netlink_tc() {
+    if !testbed::require_root("a_remote_backend_answers_through_snat_with_netlink_tc") {
+        return;
+    }
+    remote_backend_end_to_end(
+        sa(&format!("{NODE}:80")),
+        sa(&format!("{BACKEND}:8080")),
+        NODE.parse().expect("ip"),
+        ebpf::XdpAttachMode::Driver,
+        ebpf::TcAttachMode::Netlink,
     );
 }

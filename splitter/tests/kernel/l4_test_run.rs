@@ -345,7 +345,11 @@ fn replies_leave_with_the_vip_as_source() {
             Seg::Ack
         };
         let v = tc(&mut r.obj, &frame(backend, client, reply_seg, b"answer"));
-        assert_eq!(v.action, 0, "TC_ACT_OK");
+        assert_eq!(
+            v.action,
+            u32::MAX,
+            "TCX_NEXT (-1): the next program sees the reply"
+        );
         let out = inspect(&v.out);
         assert_eq!(
             (out.src, out.dst),

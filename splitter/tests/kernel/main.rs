@@ -4,6 +4,7 @@
 
 mod agent_netns;
 mod cluster;
+mod coexist_netns;
 mod l4_cluster;
 mod l4_icmp;
 mod l4_icmp_netns;

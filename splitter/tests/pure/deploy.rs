@@ -138,10 +138,61 @@ fn permissions(scope: Scope, rules: &[PolicyRule]) -> BTreeSet<Permission> {
     out
 }
 
-fn daemonset() -> DaemonSet {
-    let mut all = of_kind::<DaemonSet>("DaemonSet");
-    assert_eq!(all.len(), 1);
+/// The DaemonSet named `name` (the agent's is `splitter`; `splitter-cleanup` uninstalls).
+fn daemonset_named(name: &str) -> DaemonSet {
+    let mut all: Vec<DaemonSet> = of_kind::<DaemonSet>("DaemonSet")
+        .into_iter()
+        .filter(|d| d.metadata.name.as_deref() == Some(name))
+        .collect();
+    assert_eq!(all.len(), 1, "one DaemonSet {name}");
     all.remove(0)
+}
+
+fn daemonset() -> DaemonSet {
+    daemonset_named("splitter")
+}
+
+/// Uninstall runs `splitter detach --all` on every node, where the agent's pins are and in the
+/// host's network namespace (netlink TC filters are found through the interfaces).
+#[test]
+fn the_cleanup_daemonset_detaches_everything_on_every_node() {
+    let ds = daemonset_named("splitter-cleanup");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert!(
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists")),
+        "runs on every node, tainted ones too"
+    );
+    let init = pod.init_containers.unwrap();
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].args.clone().unwrap(), ["detach", "--all"]);
+    let mount = init[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/sys/fs/bpf")
+        .expect("bpffs mounted");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("its volume");
+    assert_eq!(volume.host_path.as_ref().unwrap().path, "/sys/fs/bpf");
+    assert_eq!(
+        init[0]
+            .image
+            .as_deref()
+            .map(|i| i.split(':').next().unwrap_or_default()),
+        daemonset().spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref()
+            .map(|i| i.split(':').next().unwrap_or_default()),
+        "the agent's image"
+    );
 }
 
 #[test]
@@ -307,7 +358,8 @@ fn kustomization_lists_every_manifest_of_the_agent() {
     let present: BTreeSet<String> = std::fs::read_dir(repo().join("deploy"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        // cleanup.yaml is applied only to uninstall (docs/operators.md).
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml" && n != "cleanup.yaml")
         .collect();
     assert_eq!(listed, present);
 }

@@ -363,6 +363,19 @@ pub(super) fn plan<'a>(
             });
         }
     }
+    // A restarted agent adopted route metas without keys: those no desired route took over
+    // belong to routes the plan no longer names (their VIPs were removed above), so they are
+    // cleared too, and pinned state matches the first plan.
+    let bound: BTreeSet<u32> = route_ids.values().copied().collect();
+    for route_id in applied.metas.keys() {
+        let keyed = applied.route_ids.values().any(|id| id == route_id);
+        if !bound.contains(route_id) && !keyed {
+            steps.push(Step::ClearRoute {
+                key: format!("(adopted route {route_id})"),
+                route_id: *route_id,
+            });
+        }
+    }
 
     for (backend, id) in &applied.backend_ids {
         if !wanted.contains(backend) && !applied.draining.contains(id) {

@@ -21,8 +21,9 @@ pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
 pub use l4_sweep::CtKey;
 pub use layout::{MapLayout, PINNED_MAPS};
 pub use links::{
-    Attachment, LinkPinError, XdpAttachMode, attach_pinned, detach_pinned, tc_ingress_pin_path,
-    tc_pin_path, xdp_pin_path,
+    Attachment, DetachReport, LinkPinError, TcAttachMode, XdpAttachMode, attach_pinned,
+    attached_ifaces, detach_all, detach_pinned, has_tcx, is_occupied, tc_ingress_pin_path,
+    tc_netlink_record_path, tc_pin_path, xdp_pin_path,
 };
 pub use loader::{
     EbpfLoadError, KernelObject, attach_tc_egress, attach_tc_ingress, attach_xdp, load_object,

@@ -393,6 +393,35 @@ fn a_restarted_actuator_adopts_ids_and_publishes_into_the_other_half() {
     assert_eq!(third.route_id("web-renamed"), second.route_id("web"));
 }
 
+/// An agent killed with two routes, restarted with a plan that names one: the first apply
+/// removes the other's VIP, drains its backend and clears its route meta, so the pinned state
+/// is exactly the new plan's.
+#[test]
+fn a_restarted_actuator_removes_what_its_first_plan_does_not_name() {
+    let mut first = fake();
+    let (a, c) = (sa("10.1.0.1:80"), sa("10.1.0.3:80"));
+    let web = route("web", &tcp("10.0.0.1:80"), &[Some(a)]);
+    first
+        .apply(&[web.clone(), route("api", &tcp("10.0.0.2:80"), &[Some(c)])])
+        .expect("apply");
+    let api_id = first.route_id("api").expect("api id");
+    let c_id = first.backend_id(c).expect("c id");
+    let mut maps = first.maps().clone();
+    maps.log.clear();
+
+    let mut second = L4Actuator::with_maps(maps).expect("adopt");
+    let report = second.apply(std::slice::from_ref(&web)).expect("apply");
+    assert_eq!(report.vips_removed, 1, "{report:?}");
+    assert_eq!(report.backends_draining, 1, "{report:?}");
+    assert_eq!(visible(second.maps()), expected(&[web]));
+    assert_eq!(second.maps().backend(c_id).state, BACKEND_DRAINING);
+    assert_eq!(
+        second.maps().route(api_id),
+        RouteMeta::default(),
+        "the gone route's meta is cleared"
+    );
+}
+
 /// Two desired states between which every kind of step happens: backends arrive and leave, a
 /// table changes and one does not, a route leaves and its VIP moves to a new route, another
 /// VIP moves between routes.
