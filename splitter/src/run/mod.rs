@@ -18,12 +18,15 @@ use crate::{
     agent::{AgentConfig, run_l7},
     control,
     dataplane::{ebpf::XdpAttachMode, proxy::ProxyConfig},
+    health::KernelHealth,
     source::{self, FileSource},
     status::{self, LeaseConfig, WriterConfig},
 };
 use splitter_plan::plan::{Plan, PlanConfig};
 
-pub use l4::{L4Runner, SnatPorts, l4_programs, merge_reserved_ports, snat_config};
+pub use l4::{
+    ATTACH_RETRY, L4Runner, L4Settings, SnatPorts, l4_programs, merge_reserved_ports, snat_config,
+};
 
 /// Where the objects come from.
 #[derive(Clone, Debug)]
@@ -85,18 +88,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(control::run(updates, config, plans_tx));
 
-    if opts.ifaces.is_empty() {
+    // The kernel half never stops the agent: while it cannot start, L7 serves and it retries.
+    let kernel = if opts.ifaces.is_empty() {
         tracing::warn!("no --iface: L4 listeners are planned but not served");
+        None
     } else {
-        let runner = L4Runner::start(
-            &opts.ifaces,
-            &opts.pin_dir,
-            opts.xdp_mode,
-            opts.node_name.clone(),
-            opts.snat_ports,
-        )?;
-        tokio::spawn(runner.follow(plans.clone()));
-    }
+        let health = KernelHealth::new(&opts.ifaces);
+        let settings = L4Settings {
+            ifaces: opts.ifaces.clone(),
+            pin_dir: opts.pin_dir.clone(),
+            mode: opts.xdp_mode,
+            node_name: opts.node_name.clone(),
+            snat_ports: opts.snat_ports,
+        };
+        tokio::spawn(l4::supervise(settings, plans.clone(), health.clone()));
+        Some(health)
+    };
 
     let agent = AgentConfig {
         admin: opts.admin,
@@ -106,6 +113,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .unwrap_or_else(crate::dataplane::proxy::default_workers),
             ..ProxyConfig::default()
         },
+        kernel,
     };
     let shutdown = async {
         if let Err(e) = crate::signal::terminated().await {
