@@ -126,3 +126,82 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
         .arg(rig.pin_dir())
         .status();
 }
+
+/// One Gateway with one more L4 listener than the kernel has route slots: the route left over
+/// is named on `/debug/l4` and not served, and every other one is.
+#[test]
+fn a_route_over_the_route_limit_is_left_out_and_the_others_are_served() {
+    if !testbed::require_root("a_route_over_the_route_limit_is_left_out_and_the_others_are_served")
+    {
+        return;
+    }
+    let max = splitter_common::l4::MAX_ROUTES as u16;
+    let rig = Rig::new();
+    rig.write("services.yaml", SERVICES);
+    let listeners: Vec<String> = (0..=max)
+        .map(|i| format!("{{name: l{i}, protocol: HTTP, port: {}}}", 8100 + i))
+        .collect();
+    rig.write(
+        "many.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: many, namespace: default}}
+spec:
+  gatewayClassName: splitter
+  listeners: [{}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: all, namespace: default}}
+spec:
+  parentRefs: [{{name: many}}]
+  rules:
+  - backendRefs: [{{name: echo, port: 1027}}]
+",
+            listeners.join(", ")
+        ),
+    );
+    let _agent = rig.start_agent();
+    wait_for("one route reported over the limit", &rig, || {
+        admin(&rig, "/debug/l4")
+            .1
+            .contains("more than 32 L4 routes")
+    });
+    let state: serde_json::Value = serde_json::from_str(&admin(&rig, "/debug/l4").1).expect("JSON");
+    let off = state["routes_off"].as_object().expect("routes_off");
+    assert_eq!(off.len(), 1, "{state}");
+    let off_port: u16 = off
+        .keys()
+        .next()
+        .and_then(|k| k.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the key starts with the port");
+    assert_eq!(state["serving"], true, "{state}");
+    let served: Vec<u16> = (8100..=8100 + max).filter(|p| *p != off_port).collect();
+    assert_eq!(served.len(), max as usize);
+    let text = inspect(&rig);
+    for port in &served {
+        assert!(
+            text.contains(&format!("[{GATEWAY}:{port}/tcp]")),
+            "{port} in the kernel:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(&format!("[{GATEWAY}:{off_port}/tcp]")),
+        "{text}"
+    );
+    for port in [served[0], served[served.len() - 1]] {
+        assert!(
+            rig.curl(&[
+                "-s",
+                "--max-time",
+                "5",
+                &format!("http://{GATEWAY}:{port}/hostname")
+            ])
+            .is_some_and(|b| b.starts_with("echo")),
+            "port {port}: {}",
+            rig.agent_log()
+        );
+    }
+}
