@@ -275,7 +275,8 @@ pub async fn supervise(
                 runner.follow(plans, health).await;
                 return;
             }
-            Ok(Err(e)) => format!("{e:#}"),
+            // `{e}`, not `{e:#}`: the load errors quote their cause in their own message.
+            Ok(Err(e)) => e.to_string(),
             Err(e) => format!("L4 start task: {e}"),
         };
         // Logged when the reason changes, not on every retry.

@@ -3,6 +3,7 @@
 //! the agent process on the kernel path.
 
 mod agent_netns;
+mod agent_node;
 mod cluster;
 mod l4_cluster;
 mod l4_icmp;
