@@ -96,7 +96,8 @@ struct RunArgs {
     /// load balancer or node address that reaches every node.
     #[arg(long = "status-address")]
     status_addresses: Vec<std::net::IpAddr>,
-    /// Client-facing interface for the XDP/TC programs (repeatable).
+    /// Client-facing interface for the XDP/TC programs (repeatable). Default: the interface
+    /// of the default route (IPv4, else IPv6) of the agent's network namespace.
     #[arg(long = "iface")]
     ifaces: Vec<String>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]

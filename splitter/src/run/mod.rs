@@ -3,6 +3,7 @@
 //! each change of the index becomes a new plan (pure), and the plan goes to both actuators, the
 //! kernel (L4 listeners) and the hyper proxy (L7 listeners).
 
+mod default_iface;
 mod l4;
 
 use std::{
@@ -24,6 +25,7 @@ use crate::{
 };
 use splitter_plan::plan::{Plan, PlanConfig};
 
+pub use default_iface::default_route_iface;
 pub use l4::{
     ATTACH_RETRY, L4Runner, L4Settings, SnatPorts, l4_programs, merge_reserved_ports, snat_config,
 };
@@ -51,7 +53,8 @@ pub struct KubeOptions {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub source: Source,
-    /// Where the L4 programs attach; without any, L4 listeners are planned but not served.
+    /// Where the L4 programs attach; without any, the interface of the default route, and
+    /// without one either, L4 listeners are planned but not served.
     pub ifaces: Vec<String>,
     pub pin_dir: PathBuf,
     pub admin: SocketAddr,
@@ -88,14 +91,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(control::run(updates, config, plans_tx));
 
+    let mut ifaces = opts.ifaces.clone();
+    if ifaces.is_empty() {
+        match default_route_iface() {
+            Some(iface) => {
+                tracing::info!(%iface, "no --iface: attaching to the interface of the default route");
+                ifaces.push(iface);
+            }
+            None => tracing::warn!(
+                "no --iface and no default route: L4 listeners are planned but not served"
+            ),
+        }
+    }
     // The kernel half never stops the agent: while it cannot start, L7 serves and it retries.
-    let kernel = if opts.ifaces.is_empty() {
-        tracing::warn!("no --iface: L4 listeners are planned but not served");
+    let kernel = if ifaces.is_empty() {
         None
     } else {
-        let health = KernelHealth::new(&opts.ifaces);
+        let health = KernelHealth::new(&ifaces);
         let settings = L4Settings {
-            ifaces: opts.ifaces.clone(),
+            ifaces,
             pin_dir: opts.pin_dir.clone(),
             mode: opts.xdp_mode,
             node_name: opts.node_name.clone(),

@@ -169,3 +169,79 @@ fn a_pin_dir_on_no_bpffs_is_reported_precisely() {
         "{mounts}"
     );
 }
+
+/// Without `--iface`, the agent attaches to the interface of the default route: IPv4's, or
+/// IPv6's on a node that has no IPv4 default.
+#[test]
+fn without_iface_the_default_routes_interface_is_used() {
+    if !testbed::require_root("without_iface_the_default_routes_interface_is_used") {
+        return;
+    }
+    for v6_only in [false, true] {
+        let ns = NetNs::new("dflt").expect("netns");
+        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
+            .expect("veth");
+        ns.ip(&[
+            "link", "add", "other", "type", "veth", "peer", "name", "otherp",
+        ])
+        .expect("veth");
+        for dev in ["up0", "up0p", "other", "otherp"] {
+            ns.ip(&["link", "set", dev, "up"]).expect("up");
+        }
+        ns.ip(&["addr", "add", "10.253.0.1/24", "dev", "other"])
+            .expect("addr");
+        if v6_only {
+            ns.ip(&["addr", "add", "fd00:253::1/64", "dev", "up0", "nodad"])
+                .expect("addr");
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:253::fe",
+                "dev",
+                "up0",
+            ])
+            .expect("default route");
+        } else {
+            ns.ip(&["addr", "add", "10.254.0.1/24", "dev", "up0"])
+                .expect("addr");
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.254.0.254",
+                "dev",
+                "up0",
+            ])
+            .expect("default route");
+        }
+        let pins = testbed::BpfFs::new().expect("bpffs");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("agent.log");
+        let script = format!(
+            r#"exec "$AGENT" run --manifests "$MANIFESTS" --admin 127.0.0.1:9901 --pin-dir {}/v1"#,
+            pins.path().display()
+        );
+        let agent = spawn(&ns, &[], &script, dir.path(), &log);
+        wait_for("the kernel half to serve", &log, || {
+            admin(&ns, "/debug/l4").1.contains("\"serving\": true")
+        });
+        let state: serde_json::Value =
+            serde_json::from_str(&admin(&ns, "/debug/l4").1).expect("JSON");
+        assert_eq!(
+            state["ifaces"],
+            serde_json::json!(["up0"]),
+            "v6 only: {v6_only}"
+        );
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(
+            text.contains("attaching to the interface of the default route")
+                && text.contains("up0"),
+            "{text}"
+        );
+        drop(agent);
+    }
+}
