@@ -245,3 +245,48 @@ fn without_iface_the_default_routes_interface_is_used() {
         drop(agent);
     }
 }
+
+/// `--admin` bound wider than loopback: probes and metrics answer anyone, `/debug/*` (every
+/// backend address is in the plan) only loopback peers.
+#[test]
+fn debug_pages_answer_loopback_peers_only() {
+    if !testbed::require_root("debug_pages_answer_loopback_peers_only") {
+        return;
+    }
+    let ns = node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("agent.log");
+    // An interface that does not exist keeps the kernel half off: the default pin dir (the
+    // host's /sys/fs/bpf) is never touched.
+    let _agent = spawn(
+        &ns,
+        &[],
+        r#"exec "$AGENT" run --manifests "$MANIFESTS" --iface no-such-if --admin 0.0.0.0:9902"#,
+        dir.path(),
+        &log,
+    );
+    let get = |host: &str, path: &str| {
+        let out = ns
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{host}:9902{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the admin endpoint", &log, || {
+        get("127.0.0.1", "/healthz") == "200"
+    });
+    // From the node's own address: the peer is 10.252.0.1, not loopback.
+    for (path, code) in [
+        ("/healthz", "200"),
+        ("/metrics", "200"),
+        ("/debug/plan", "403"),
+        ("/debug/l4", "403"),
+    ] {
+        assert_eq!(get("10.252.0.1", path), code, "{path} from 10.252.0.1");
+    }
+    for path in ["/debug/plan", "/debug/l4"] {
+        assert_eq!(get("127.0.0.1", path), "200", "{path} from loopback");
+    }
+}
