@@ -23,7 +23,7 @@ pub struct KernelState {
     pub ifaces: Vec<String>,
     /// Whether the programs are attached and the maps programmed by this agent.
     pub serving: bool,
-    /// Why it is not serving (or why the last apply failed), with the time of that attempt.
+    /// Why it is not serving, or why the last apply failed.
     pub reason: Option<String>,
     /// L4 routes left out of the kernel, by route key, with why (over a limit or invalid).
     pub routes_off: BTreeMap<String, String>,

@@ -241,30 +241,47 @@ pub struct L4Settings {
     pub snat_ports: SnatPorts,
 }
 
-/// How often a kernel half that could not start tries again (an interface that appears, a
-/// bpffs mounted late).
+/// How often a kernel half waiting for its interfaces looks again (a cheap check), and the
+/// first wait after a failed load or attach.
 pub const ATTACH_RETRY: Duration = Duration::from_secs(3);
+
+/// The longest wait between two loads: each one runs the verifier, which costs CPU on a node
+/// where attaching keeps failing.
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Starts the kernel half and programs every plan, never giving up: while it cannot start
 /// (an interface missing, a load or attach refused) the L4 half is off, with the reason in
-/// `health` (so on `/readyz`, `/debug/l4` and `/metrics`), and the attach is retried every
-/// [`ATTACH_RETRY`]. L7 listeners are not this task's: they serve all along.
+/// `health` (so on `/readyz`, `/debug/l4` and `/metrics`), and it tries again: every
+/// [`ATTACH_RETRY`] while an interface is missing, with a doubling wait up to
+/// `LOAD_RETRY_MAX` after a failed load or attach. L7 listeners are not this task's: they
+/// serve all along.
 pub async fn supervise(
     settings: L4Settings,
     plans: watch::Receiver<Option<Arc<Plan>>>,
     health: KernelHealth,
 ) {
     let mut last_reason = None;
+    let mut load_wait = ATTACH_RETRY;
     loop {
+        let missing = settings
+            .ifaces
+            .iter()
+            .find(|i| nix::net::if_::if_nametoindex(i.as_str()).is_err());
+        if let Some(missing) = missing {
+            let reason = format!("interface {missing} does not exist in this network namespace");
+            if last_reason.as_ref() != Some(&reason) {
+                tracing::error!(
+                    "L4 half off (L7 listeners keep serving; looking again every {}s): {reason}",
+                    ATTACH_RETRY.as_secs()
+                );
+            }
+            health.attach_failed(reason.clone());
+            last_reason = Some(reason);
+            tokio::time::sleep(ATTACH_RETRY).await;
+            continue;
+        }
         let s = settings.clone();
         let started = tokio::task::spawn_blocking(move || {
-            if let Some(missing) = s
-                .ifaces
-                .iter()
-                .find(|i| nix::net::if_::if_nametoindex(i.as_str()).is_err())
-            {
-                anyhow::bail!("interface {missing} does not exist in this network namespace");
-            }
             L4Runner::start(&s.ifaces, &s.pin_dir, s.mode, s.node_name, s.snat_ports)
         })
         .await;
@@ -282,13 +299,15 @@ pub async fn supervise(
         // Logged when the reason changes, not on every retry.
         if last_reason.as_ref() != Some(&reason) {
             tracing::error!(
-                "L4 half off (L7 listeners keep serving; retrying every {}s): {reason}",
-                ATTACH_RETRY.as_secs()
+                "L4 half off (L7 listeners keep serving; retrying in {}s, then less often): \
+                 {reason}",
+                load_wait.as_secs()
             );
         }
         health.attach_failed(reason.clone());
         last_reason = Some(reason);
-        tokio::time::sleep(ATTACH_RETRY).await;
+        tokio::time::sleep(load_wait).await;
+        load_wait = (load_wait * 2).min(LOAD_RETRY_MAX);
     }
 }
 
