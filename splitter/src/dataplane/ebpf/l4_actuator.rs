@@ -16,7 +16,7 @@ use std::{
 use aya::maps::MapError;
 use splitter_common::l4::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_REMOTE, Backend, L4Config, MAX_BACKENDS,
-    MAX_ROUTES, MAX_TABLE_SIZE, RouteMeta, VipKey,
+    MAX_ROUTES, MAX_TABLE_SIZE, MAX_VIPS, RouteMeta, VipKey,
 };
 
 use super::{
@@ -84,6 +84,8 @@ pub enum L4ApplyError {
     TooManyRoutes,
     #[error("more than {MAX_BACKENDS} backends (including draining ones)")]
     TooManyBackends,
+    #[error("more than {MAX_VIPS} VIPs")]
+    TooManyVips,
     #[error(
         "route {key}: VIP {vip} and backend {backend} are of different IP families (no NAT46/64)"
     )]

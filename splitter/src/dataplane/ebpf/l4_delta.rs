@@ -20,7 +20,7 @@ use std::{
 
 use splitter_common::l4::{
     BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_FLAG_REMOTE, Backend, MAX_BACKENDS, MAX_ROUTES,
-    MAX_TABLE_SIZE, REJECT, RouteMeta, VIP_DEDICATED, VipKey, VipValue,
+    MAX_TABLE_SIZE, MAX_VIPS, REJECT, RouteMeta, VIP_DEDICATED, VipKey, VipValue,
 };
 
 use super::l4_actuator::{L4ApplyError, L4RouteProgram, vip_key};
@@ -248,6 +248,11 @@ struct Admission<'a> {
     backend_ids: BTreeMap<BackendRef, u32>,
 }
 
+/// The VIP keys `r` points at.
+fn vip_keys(r: &L4RouteProgram) -> impl Iterator<Item = VipKey> + '_ {
+    r.vips.iter().map(|(a, p)| vip_key(*a, *p))
+}
+
 fn admit<'a>(applied: &Applied, desired: &'a [L4RouteProgram]) -> Admission<'a> {
     let mut a = Admission {
         accepted: Vec::new(),
@@ -257,9 +262,15 @@ fn admit<'a>(applied: &Applied, desired: &'a [L4RouteProgram]) -> Admission<'a> 
         // Draining ids stay in here: conntrack may name them.
         backend_ids: applied.backend_ids.clone(),
     };
+    let mut vips: BTreeSet<VipKey> = BTreeSet::new();
     for r in desired {
         if let Err(e) = validate(r) {
             a.rejected.push((r.key.clone(), e));
+            continue;
+        }
+        let new_vips: BTreeSet<VipKey> = vip_keys(r).filter(|k| !vips.contains(k)).collect();
+        if vips.len() + new_vips.len() > MAX_VIPS as usize {
+            a.rejected.push((r.key.clone(), L4ApplyError::TooManyVips));
             continue;
         }
         let route_id = match a.route_ids.get(&r.key) {
@@ -299,6 +310,7 @@ fn admit<'a>(applied: &Applied, desired: &'a [L4RouteProgram]) -> Admission<'a> 
             continue;
         }
         a.backend_ids.extend(needed.into_iter().zip(free));
+        vips.extend(new_vips);
         if !a.route_ids.contains_key(&r.key) {
             a.route_ids.insert(r.key.clone(), route_id);
             a.new_routes.insert(&r.key);
@@ -400,17 +412,19 @@ pub(super) fn plan<'a>(applied: &Applied, desired: &'a [L4RouteProgram]) -> Plan
             wanted_vips.insert(vip_key(*addr, *proto), VipValue { route_id, flags });
         }
     }
+    // Removed first: VIPS is a hash map of MAX_VIPS entries, and a change that swaps VIPs at
+    // the limit must not need room for both the old and the new ones.
+    for key in applied.vips.keys() {
+        if !wanted_vips.contains_key(key) {
+            steps.push(Step::RemoveVip { key: *key });
+        }
+    }
     for (key, value) in &wanted_vips {
         if applied.vips.get(key) != Some(value) {
             steps.push(Step::WriteVip {
                 key: *key,
                 value: *value,
             });
-        }
-    }
-    for key in applied.vips.keys() {
-        if !wanted_vips.contains_key(key) {
-            steps.push(Step::RemoveVip { key: *key });
         }
     }
 
@@ -590,6 +604,39 @@ mod tests {
         let applied = recorded(Applied::default(), &planned.steps);
         assert_eq!(applied.route_ids.len(), MAX_ROUTES as usize);
         assert!(!applied.route_ids.contains_key(&last));
+    }
+
+    #[test]
+    fn a_route_over_the_vip_limit_is_left_out_and_removed_vips_go_first() {
+        let mut wide = route("wide", "10.0.0.1:80", &[Some("10.1.0.1:80")]);
+        wide.vips = (0..MAX_VIPS)
+            .map(|i| {
+                (
+                    SocketAddr::new(IpAddr::from([10, 3, (i >> 8) as u8, i as u8]), 80),
+                    L4Proto::Tcp,
+                )
+            })
+            .collect();
+        let one_more = route("more", "10.0.0.9:80", &[Some("10.1.0.1:80")]);
+        let desired = [wide.clone(), one_more.clone()];
+        let planned = plan(&Applied::default(), &desired);
+        assert_eq!(
+            rejected(&planned),
+            vec![("more".into(), L4ApplyError::TooManyVips.to_string())]
+        );
+        let applied = recorded(Applied::default(), &planned.steps);
+        assert_eq!(applied.vips.len(), MAX_VIPS as usize);
+        // The wide route gives way to the other: its VIPs are removed before the new one is
+        // written, so the map never needs MAX_VIPS + 1 entries.
+        let desired = [one_more];
+        let steps = plan(&applied, &desired).steps;
+        let first_write = steps
+            .iter()
+            .position(|s| matches!(s, Step::WriteVip { .. }));
+        let last_remove = steps
+            .iter()
+            .rposition(|s| matches!(s, Step::RemoveVip { .. }));
+        assert!(last_remove < first_write, "{steps:?}");
     }
 
     #[test]
