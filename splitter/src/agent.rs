@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::{
     admin::{AdminError, AdminServer, AdminState, PlanSnapshot, Readiness},
     dataplane::proxy::{ApplyReport, L7Listeners, Proxy, ProxyConfig, ProxyMetrics},
+    health::KernelHealth,
 };
 use splitter_plan::plan::l7::L7RouteTable;
 
@@ -30,6 +31,9 @@ pub struct AgentConfig {
     /// `--admin`: where `/healthz`, `/readyz`, `/metrics` and `/debug/plan` are served.
     pub admin: SocketAddr,
     pub proxy: ProxyConfig,
+    /// The kernel half, when `splitter run` has one: shown on `/readyz`, `/debug/l4` and
+    /// `/metrics`.
+    pub kernel: Option<KernelHealth>,
 }
 
 /// L7 listeners by bind address, as the plan wants them.
@@ -61,6 +65,9 @@ where
         let metrics = ProxyMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        if let Some(k) = &config.kernel {
+            k.register(&mut registry);
+        }
         let readiness = Readiness::default();
         let current: Arc<ArcSwapOption<P>> = Arc::new(ArcSwapOption::empty());
         let snapshot: PlanSnapshot = {
@@ -77,6 +84,7 @@ where
                 registry: Arc::new(registry),
                 readiness: readiness.clone(),
                 plan: snapshot,
+                kernel: config.kernel.clone(),
             },
         )
         .await?;

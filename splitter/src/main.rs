@@ -104,13 +104,15 @@ struct RunArgs {
     /// load balancer or node address that reaches every node.
     #[arg(long = "status-address")]
     status_addresses: Vec<std::net::IpAddr>,
-    /// Client-facing interface for the XDP/TC programs (repeatable).
+    /// Client-facing interface for the XDP/TC programs (repeatable). Default: the interface
+    /// of the default route (IPv4, else IPv6) of the agent's network namespace.
     #[arg(long = "iface")]
     ifaces: Vec<String>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// Admin endpoint: /healthz, /readyz, /metrics, /debug/plan.
-    #[arg(long, default_value = "127.0.0.1:9901")]
+    /// Admin endpoint: /healthz, /readyz, /metrics, and /debug/plan and /debug/l4 (these two
+    /// answer loopback peers only, whatever the address).
+    #[arg(long, default_value = splitter::admin::DEFAULT_ADMIN_ADDR)]
     admin: std::net::SocketAddr,
     #[arg(long, default_value = splitter_plan::plan::listener::DEFAULT_GATEWAY_CLASS)]
     gateway_class: String,

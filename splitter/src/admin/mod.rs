@@ -1,5 +1,7 @@
 //! The admin endpoint (`--admin`, default 127.0.0.1:9901): `/healthz`, `/readyz`, `/metrics`
-//! (Prometheus text format) and `/debug/plan` (the current plan as JSON).
+//! (Prometheus text format), `/debug/plan` (the current plan as JSON) and `/debug/l4` (the
+//! kernel half's state). `/debug/*` answers loopback peers only, whatever `--admin` binds: the
+//! plan names every backend address, which is no business of the network.
 //!
 //! It knows nothing about plan types: the caller hands it a closure that returns the plan as a
 //! `serde_json::Value` (see [`plan_snapshot`]), and a registry with every metric family already
@@ -75,6 +77,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
     pub plan: PlanSnapshot,
+    /// The kernel half, when this agent runs one: `/readyz` fails while it is off.
+    pub kernel: Option<crate::health::KernelHealth>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -140,7 +144,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>, mut stop: wa
             },
         };
         let state = state.clone();
-        let svc = service_fn(move |req| routes::answer(state.clone(), req));
+        let svc = service_fn(move |req| routes::answer(state.clone(), peer, req));
         let conn = graceful.watch(
             builder
                 .serve_connection(TokioIo::new(stream), svc)

@@ -1,6 +1,6 @@
 //! The admin pages.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -13,15 +13,28 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 pub(super) async fn answer(
     state: Arc<AdminState>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
     }
-    Ok(match req.uri().path() {
+    let path = req.uri().path();
+    // A v4-mapped peer on a dual-stack socket is still loopback when it is 127.0.0.1.
+    if path.starts_with("/debug/") && !peer.ip().to_canonical().is_loopback() {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "/debug/ answers loopback peers only\n",
+        ));
+    }
+    Ok(match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.readiness.get() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" => readyz(&state),
+        "/debug/l4" => match &state.kernel {
+            Some(k) => json(&k.snapshot()),
+            None => json(&serde_json::json!({ "ifaces": [], "serving": false,
+                "reason": "no interface to attach to: L4 listeners are planned but not served" })),
+        },
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
@@ -32,15 +45,34 @@ pub(super) async fn answer(
                 ),
             }
         }
-        "/debug/plan" => match serde_json::to_vec_pretty(&(state.plan)()) {
-            Ok(json) => with_type(StatusCode::OK, Bytes::from(json), "application/json"),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("cannot encode the plan: {e}\n"),
-            ),
-        },
+        "/debug/plan" => json(&(state.plan)()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+/// Ready once the first plan is applied with every L7 listener bound, and while the kernel
+/// half (if this agent runs one) serves; the body says what is missing.
+fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+    if !state.readiness.get() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+    }
+    match state.kernel.as_ref().map(|k| k.ready()) {
+        Some(Err(why)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {why}\n"),
+        ),
+        _ => text(StatusCode::OK, "ready\n"),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(json) => with_type(StatusCode::OK, Bytes::from(json), "application/json"),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode JSON: {e}\n"),
+        ),
+    }
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

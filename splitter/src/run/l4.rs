@@ -15,9 +15,12 @@ use splitter_common::l4::{CONFIG_SNAT_V4, CONFIG_SNAT_V6, L4Config};
 
 use tokio::sync::watch;
 
-use crate::dataplane::ebpf::{
-    self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, TcAttachMode,
-    XdpAttachMode,
+use crate::{
+    dataplane::ebpf::{
+        self, Attachment, KernelObject, L4Actuator, L4Proto, L4RouteProgram, TcAttachMode,
+        XdpAttachMode,
+    },
+    health::KernelHealth,
 };
 use splitter_plan::plan::{DataplaneListener, Plan, Transport, maglev::WeightedTable};
 
@@ -229,6 +232,94 @@ pub fn l4_programs(
     programs
 }
 
+/// What the kernel half needs to start.
+#[derive(Clone, Debug)]
+pub struct L4Settings {
+    pub ifaces: Vec<String>,
+    pub pin_dir: PathBuf,
+    pub mode: XdpAttachMode,
+    pub tc_mode: TcAttachMode,
+    pub node_name: Option<String>,
+    pub snat_ports: SnatPorts,
+}
+
+/// How often a kernel half waiting for its interfaces looks again (a cheap check), and the
+/// first wait after a failed load or attach.
+pub const ATTACH_RETRY: Duration = Duration::from_secs(3);
+
+/// The longest wait between two loads: each one runs the verifier, which costs CPU on a node
+/// where attaching keeps failing.
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Starts the kernel half and programs every plan, never giving up: while it cannot start
+/// (an interface missing, a load or attach refused) the L4 half is off, with the reason in
+/// `health` (so on `/readyz`, `/debug/l4` and `/metrics`), and it tries again: every
+/// [`ATTACH_RETRY`] while an interface is missing, with a doubling wait up to
+/// `LOAD_RETRY_MAX` after a failed load or attach. L7 listeners are not this task's: they
+/// serve all along.
+pub async fn supervise(
+    settings: L4Settings,
+    plans: watch::Receiver<Option<Arc<Plan>>>,
+    health: KernelHealth,
+) {
+    let mut last_reason = None;
+    let mut load_wait = ATTACH_RETRY;
+    loop {
+        let missing = settings
+            .ifaces
+            .iter()
+            .find(|i| nix::net::if_::if_nametoindex(i.as_str()).is_err());
+        if let Some(missing) = missing {
+            let reason = format!("interface {missing} does not exist in this network namespace");
+            if last_reason.as_ref() != Some(&reason) {
+                tracing::error!(
+                    "L4 half off (L7 listeners keep serving; looking again every {}s): {reason}",
+                    ATTACH_RETRY.as_secs()
+                );
+            }
+            health.attach_failed(reason.clone());
+            last_reason = Some(reason);
+            tokio::time::sleep(ATTACH_RETRY).await;
+            continue;
+        }
+        let s = settings.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            L4Runner::start(
+                &s.ifaces,
+                &s.pin_dir,
+                s.mode,
+                s.tc_mode,
+                s.node_name,
+                s.snat_ports,
+            )
+        })
+        .await;
+        let reason = match started {
+            Ok(Ok(runner)) => {
+                tracing::info!(ifaces = ?settings.ifaces, "L4 half serving");
+                health.attached();
+                runner.follow(plans, health).await;
+                return;
+            }
+            // `{e}`, not `{e:#}`: the load errors quote their cause in their own message.
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("L4 start task: {e}"),
+        };
+        // Logged when the reason changes, not on every retry.
+        if last_reason.as_ref() != Some(&reason) {
+            tracing::error!(
+                "L4 half off (L7 listeners keep serving; retrying in {}s, then less often): \
+                 {reason}",
+                load_wait.as_secs()
+            );
+        }
+        health.attach_failed(reason.clone());
+        last_reason = Some(reason);
+        tokio::time::sleep(load_wait).await;
+        load_wait = (load_wait * 2).min(LOAD_RETRY_MAX);
+    }
+}
+
 /// The loaded object, its attachments and the actuator.
 pub struct L4Runner {
     _object: KernelObject,
@@ -282,14 +373,17 @@ impl L4Runner {
 
     /// Programs the kernel for every plan until the plan channel closes, and sweeps conntrack
     /// every `SWEEP_EVERY` so draining backends' ids come back (see [`L4Actuator::sweep`]).
-    pub async fn follow(self, mut plans: watch::Receiver<Option<Arc<Plan>>>) {
+    /// A plan the maps refused, or one with routes left out, is applied again after each sweep:
+    /// a freed id or a transient error lets more of it in.
+    pub async fn follow(self, mut plans: watch::Receiver<Option<Arc<Plan>>>, health: KernelHealth) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A plan already there when we start is applied first, without waiting for a change.
-        let first = plans.borrow_and_update().clone();
-        if let Some(plan) = first {
-            self.apply(&plan).await;
-        }
+        let mut current = plans.borrow_and_update().clone();
+        let mut complete = match &current {
+            Some(plan) => self.apply(plan, &health).await,
+            None => true,
+        };
         loop {
             tokio::select! {
                 changed = plans.changed() => {
@@ -299,17 +393,21 @@ impl L4Runner {
                 }
                 _ = sweep.tick() => {
                     self.sweep().await;
+                    if let (false, Some(plan)) = (complete, &current) {
+                        complete = self.apply(plan, &health).await;
+                    }
                     continue;
                 }
             }
-            let plan = plans.borrow_and_update().clone();
-            if let Some(plan) = plan {
-                self.apply(&plan).await;
+            current = plans.borrow_and_update().clone();
+            if let Some(plan) = &current {
+                complete = self.apply(plan, &health).await;
             }
         }
     }
 
-    async fn apply(&self, plan: &Plan) {
+    /// Programs `plan`; true when every route of it is in the kernel.
+    async fn apply(&self, plan: &Plan, health: &KernelHealth) -> bool {
         let addrs = match iface_addresses(&self.ifaces) {
             Ok(a) => a,
             Err(e) => {
@@ -332,11 +430,26 @@ impl L4Runner {
             actuator.apply(&programs)
         })
         .await;
-        match applied {
-            Ok(Ok(report)) => tracing::info!(?report, "L4 programmed"),
-            Ok(Err(e)) => tracing::error!("programming L4 maps: {e}"),
-            Err(e) => tracing::error!("L4 apply task: {e}"),
-        }
+        let outcome: Result<std::collections::BTreeMap<String, String>, String> = match applied {
+            Ok(Ok(report)) => {
+                for (route, why) in &report.rejected {
+                    tracing::warn!(%route, "L4 route not served: {why}");
+                }
+                tracing::info!(?report, "L4 programmed");
+                Ok(report.rejected.into_iter().collect())
+            }
+            Ok(Err(e)) => {
+                tracing::error!("programming L4 maps (retried after the next sweep): {e}");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!("L4 apply task: {e}");
+                Err(e.to_string())
+            }
+        };
+        let complete = matches!(&outcome, Ok(off) if off.is_empty());
+        health.applied(outcome);
+        complete
     }
 
     async fn sweep(&self) {

@@ -3,6 +3,7 @@
 //! each change of the index becomes a new plan (pure), and the plan goes to both actuators, the
 //! kernel (L4 listeners) and the hyper proxy (L7 listeners).
 
+mod default_iface;
 mod l4;
 pub mod node_ports;
 
@@ -22,12 +23,16 @@ use crate::{
         ebpf::{TcAttachMode, XdpAttachMode},
         proxy::ProxyConfig,
     },
+    health::KernelHealth,
     source::{self, FileSource},
     status::{self, LeaseConfig, WriterConfig},
 };
 use splitter_plan::plan::{Plan, PlanConfig};
 
-pub use l4::{L4Runner, SnatPorts, l4_programs, merge_reserved_ports, snat_config};
+pub use default_iface::default_route_iface;
+pub use l4::{
+    ATTACH_RETRY, L4Runner, L4Settings, SnatPorts, l4_programs, merge_reserved_ports, snat_config,
+};
 
 /// Where the objects come from.
 #[derive(Clone, Debug)]
@@ -52,7 +57,8 @@ pub struct KubeOptions {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub source: Source,
-    /// Where the L4 programs attach; without any, L4 listeners are planned but not served.
+    /// Where the L4 programs attach; without any, the interface of the default route, and
+    /// without one either, L4 listeners are planned but not served.
     pub ifaces: Vec<String>,
     pub pin_dir: PathBuf,
     pub admin: SocketAddr,
@@ -95,19 +101,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ports = node_ports::watch(opts.node_port_range, opts.snat_ports);
     tokio::spawn(control::run(updates, config, plans_tx, ports));
 
-    if opts.ifaces.is_empty() {
-        tracing::warn!("no --iface: L4 listeners are planned but not served");
-    } else {
-        let runner = L4Runner::start(
-            &opts.ifaces,
-            &opts.pin_dir,
-            opts.xdp_mode,
-            opts.tc_mode,
-            opts.node_name.clone(),
-            opts.snat_ports,
-        )?;
-        tokio::spawn(runner.follow(plans.clone()));
+    let mut ifaces = opts.ifaces.clone();
+    if ifaces.is_empty() {
+        match default_route_iface() {
+            Some(iface) => {
+                tracing::info!(%iface, "no --iface: attaching to the interface of the default route");
+                ifaces.push(iface);
+            }
+            None => tracing::warn!(
+                "no --iface and no default route: L4 listeners are planned but not served"
+            ),
+        }
     }
+    // The kernel half never stops the agent: while it cannot start, L7 serves and it retries.
+    let kernel = if ifaces.is_empty() {
+        None
+    } else {
+        let health = KernelHealth::new(&ifaces);
+        let settings = L4Settings {
+            ifaces,
+            pin_dir: opts.pin_dir.clone(),
+            mode: opts.xdp_mode,
+            tc_mode: opts.tc_mode,
+            node_name: opts.node_name.clone(),
+            snat_ports: opts.snat_ports,
+        };
+        tokio::spawn(l4::supervise(settings, plans.clone(), health.clone()));
+        Some(health)
+    };
 
     let agent = AgentConfig {
         admin: opts.admin,
@@ -117,6 +138,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .unwrap_or_else(crate::dataplane::proxy::default_workers),
             ..ProxyConfig::default()
         },
+        kernel,
     };
     let shutdown = async {
         if let Err(e) = crate::signal::terminated().await {

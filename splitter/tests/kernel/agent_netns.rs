@@ -66,6 +66,11 @@ impl Rig {
 
     /// The agent with `extra` arguments after the rig's own.
     fn start_agent_with(&self, extra: &[&str]) -> ChildGuard {
+        self.start_agent_on(&[self.net.gateway_iface()], extra)
+    }
+
+    /// The agent attaching to `ifaces` (none: no `--iface`), `extra` arguments last.
+    fn start_agent_on(&self, ifaces: &[&str], extra: &[&str]) -> ChildGuard {
         let log = std::fs::File::create(self.manifests.path().join("agent.log")).expect("log");
         let child = self
             .net
@@ -74,13 +79,8 @@ impl Rig {
             .arg("run")
             .arg("--manifests")
             .arg(self.manifests.path().join("m"))
-            .args([
-                "--iface",
-                self.net.gateway_iface(),
-                "--admin",
-                "127.0.0.1:9901",
-                "--pin-dir",
-            ])
+            .args(ifaces.iter().flat_map(|i| ["--iface", i]))
+            .args(["--admin", "127.0.0.1:9901", "--pin-dir"])
             .arg(self.pin_dir())
             .args(extra)
             .stdout(log.try_clone().expect("log"))
@@ -815,3 +815,5 @@ fn the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start() {
         netlink_filters(&rig)
     );
 }
+
+mod degrade;

@@ -3,6 +3,7 @@
 //! the agent process on the kernel path.
 
 mod agent_netns;
+mod agent_node;
 mod cluster;
 mod coexist_netns;
 mod l4_cluster;

@@ -33,6 +33,7 @@ async fn admin_pages() {
             registry: Arc::new(registry),
             readiness: readiness.clone(),
             plan: plan_snapshot(current.clone()),
+            kernel: None,
         },
     )
     .await

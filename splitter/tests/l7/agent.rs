@@ -63,6 +63,7 @@ async fn plans_drive_listeners_until_shutdown() {
     let config = AgentConfig {
         admin,
         proxy: test_config(),
+        kernel: None,
     };
     let agent = tokio::spawn(run_l7(config, rx, tables, async move {
         let _ = stopped.await;

@@ -266,10 +266,13 @@ fn the_daemonset_has_what_the_agent_needs() {
     assert!(c.command.is_none());
     let args = c.args.clone().unwrap();
     assert_eq!(&args[..2], ["run", "--kube"]);
-    let admin = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--admin="))
-        .expect("--admin");
+    // The interface comes from the node's default route: no per-node setting.
+    assert!(!args.iter().any(|a| a.starts_with("--iface")), "{args:?}");
+    // The admin endpoint stays on the agent's loopback default (`/debug/*` shows every
+    // backend); the kubelet, in the host network namespace, probes it there.
+    assert!(!args.iter().any(|a| a.starts_with("--admin")), "{args:?}");
+    let admin = splitter::admin::DEFAULT_ADMIN_ADDR;
+    assert!(admin.starts_with("127.0.0.1:"));
     let admin_port: i32 = admin.rsplit(':').next().unwrap().parse().unwrap();
     let port = c
         .ports
@@ -287,6 +290,7 @@ fn the_daemonset_has_what_the_agent_needs() {
             .and_then(|p| p.http_get.as_ref())
             .expect("an HTTP probe");
         assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.host.as_deref(), Some("127.0.0.1"), "{path}");
         assert_eq!(
             serde_json::to_value(&get.port).unwrap(),
             Value::String("admin".into())
@@ -300,7 +304,19 @@ fn the_daemonset_has_what_the_agent_needs() {
         .and_then(|v| v.field_ref.as_ref())
         .unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux")
+    );
     let resources = c.resources.as_ref().unwrap();
+    // The request covers the measured RSS (66 MiB) plus the maps' kernel memory (112 MiB),
+    // which the memory cgroup charges to the container.
+    let memory = &resources.requests.as_ref().unwrap()["memory"].0;
+    let mib: u64 = memory.strip_suffix("Mi").expect("MiB").parse().unwrap();
+    assert!(mib >= 66 + 112, "memory request {memory}");
     for key in ["cpu", "memory"] {
         assert!(
             resources.requests.as_ref().unwrap().contains_key(key),

@@ -16,7 +16,7 @@ use std::{
 use aya::maps::MapError;
 use splitter_common::l4::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_REMOTE, Backend, L4Config, MAX_BACKENDS,
-    MAX_ROUTES, MAX_TABLE_SIZE, RouteMeta, VipKey,
+    MAX_ROUTES, MAX_TABLE_SIZE, MAX_VIPS, RouteMeta, VipKey,
 };
 
 use super::{
@@ -84,6 +84,8 @@ pub enum L4ApplyError {
     TooManyRoutes,
     #[error("more than {MAX_BACKENDS} backends (including draining ones)")]
     TooManyBackends,
+    #[error("more than {MAX_VIPS} VIPs")]
+    TooManyVips,
     #[error(
         "route {key}: VIP {vip} and backend {backend} are of different IP families (no NAT46/64)"
     )]
@@ -130,6 +132,8 @@ pub struct ApplyReport {
     pub vips_removed: usize,
     pub backends_added: usize,
     pub backends_draining: usize,
+    /// Routes not served, with why (over a limit or invalid); every other route is.
+    pub rejected: Vec<(String, String)>,
 }
 
 impl ApplyReport {
@@ -147,6 +151,13 @@ impl ApplyReport {
         }
         report
     }
+}
+
+fn rejected(routes: &[(String, L4ApplyError)]) -> Vec<(String, String)> {
+    routes
+        .iter()
+        .map(|(k, e)| (k.clone(), e.to_string()))
+        .collect()
 }
 
 pub struct L4Actuator<M = KernelL4Maps> {
@@ -269,12 +280,38 @@ impl<M: L4Maps> L4Actuator<M> {
         Ok(())
     }
 
-    /// Makes the kernel run exactly `desired`. On an error the maps hold a prefix of the
-    /// steps (never a half-written live table); the next apply carries on from there.
+    /// Makes the kernel run every route of `desired` that fits: a route over a limit or
+    /// invalid is left out (named in the report's `rejected`) and the others are served. On an
+    /// error the maps hold a prefix of the steps (never a half-written live table); the next
+    /// apply carries on from there.
     pub fn apply(&mut self, desired: &[L4RouteProgram]) -> Result<ApplyReport, L4ApplyError> {
-        let steps = l4_delta::plan(&self.applied, desired)?;
-        self.perform_all(&steps)?;
-        Ok(ApplyReport::of(&steps))
+        let planned = l4_delta::plan(&self.applied, desired);
+        self.perform_all(&planned.steps)?;
+        let mut report = ApplyReport::of(&planned.steps);
+        let freed = planned
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::ClearRoute { .. }));
+        let short = planned
+            .rejected
+            .iter()
+            .any(|(_, e)| matches!(e, L4ApplyError::TooManyRoutes));
+        if freed && short {
+            // Route ids of removed routes are free only once their VIPs are gone, which the
+            // steps just did: plan again so the routes that waited for an id get one now.
+            let again = l4_delta::plan(&self.applied, desired);
+            self.perform_all(&again.steps)?;
+            let more = ApplyReport::of(&again.steps);
+            report.tables_published.extend(more.tables_published);
+            report.vips_added += more.vips_added;
+            report.vips_removed += more.vips_removed;
+            report.backends_added += more.backends_added;
+            report.backends_draining += more.backends_draining;
+            report.rejected = rejected(&again.rejected);
+        } else {
+            report.rejected = rejected(&planned.rejected);
+        }
+        Ok(report)
     }
 
     /// Sets the SNAT addresses and port range flows to remote backends use. Written only when

@@ -20,7 +20,7 @@ use std::{
 
 use splitter_common::l4::{
     BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_FLAG_REMOTE, Backend, MAX_BACKENDS, MAX_ROUTES,
-    MAX_TABLE_SIZE, REJECT, RouteMeta, VIP_DEDICATED, VipKey, VipValue,
+    MAX_TABLE_SIZE, MAX_VIPS, REJECT, RouteMeta, VIP_DEDICATED, VipKey, VipValue,
 };
 
 use super::l4_actuator::{L4ApplyError, L4RouteProgram, vip_key};
@@ -196,27 +196,27 @@ impl Applied {
     }
 }
 
-fn validate(desired: &[L4RouteProgram]) -> Result<(), L4ApplyError> {
-    for r in desired {
-        if r.table.is_empty() || r.table.len() > MAX_TABLE_SIZE as usize {
-            return Err(L4ApplyError::TableSize {
+/// What one route asks of the maps that no other route can change: a table of a size the
+/// kernel holds, backends of its VIPs' family.
+fn validate(r: &L4RouteProgram) -> Result<(), L4ApplyError> {
+    if r.table.is_empty() || r.table.len() > MAX_TABLE_SIZE as usize {
+        return Err(L4ApplyError::TableSize {
+            key: r.key.clone(),
+            size: r.table.len(),
+        });
+    }
+    for (vip, _) in &r.vips {
+        if let Some(b) = r
+            .table
+            .iter()
+            .flatten()
+            .find(|b| b.is_ipv4() != vip.is_ipv4())
+        {
+            return Err(L4ApplyError::FamilyMismatch {
                 key: r.key.clone(),
-                size: r.table.len(),
+                vip: *vip,
+                backend: *b,
             });
-        }
-        for (vip, _) in &r.vips {
-            if let Some(b) = r
-                .table
-                .iter()
-                .flatten()
-                .find(|b| b.is_ipv4() != vip.is_ipv4())
-            {
-                return Err(L4ApplyError::FamilyMismatch {
-                    key: r.key.clone(),
-                    vip: *vip,
-                    backend: *b,
-                });
-            }
         }
     }
     Ok(())
@@ -228,43 +228,53 @@ fn lowest_free<'u>(used: impl IntoIterator<Item = &'u u32>, max: u32) -> Option<
     (0..max).find(|i| !used.contains(i))
 }
 
-/// The steps that make the maps run exactly `desired`, in the order they must happen. Limits
-/// are checked here, so a desired state that cannot fit writes nothing.
-pub(super) fn plan<'a>(
-    applied: &Applied,
-    desired: &'a [L4RouteProgram],
-) -> Result<Vec<Step<'a>>, L4ApplyError> {
-    validate(desired)?;
-    let mut steps = Vec::new();
+/// The steps of one plan, and the routes left out of it.
+#[derive(Debug, Default)]
+pub(super) struct Planned<'a> {
+    pub steps: Vec<Step<'a>>,
+    /// Routes over a limit or invalid, with why: they are not served (a route that was is
+    /// unprogrammed like a removed one), and every other route is.
+    pub rejected: Vec<(String, L4ApplyError)>,
+}
 
-    // Ids the plan hands out are visible to the later steps of the same plan.
-    let wanted: BTreeSet<BackendRef> = desired
-        .iter()
-        .flat_map(|r| r.table.iter().flatten().map(|a| r.backend(*a)))
-        .collect();
-    let mut backend_ids = applied.backend_ids.clone();
-    for addr in &wanted {
-        let id = match backend_ids.get(addr) {
-            Some(id) if !applied.draining.contains(id) => continue,
-            Some(id) => *id,
-            None => {
-                // Draining ids are still in `backend_ids`: conntrack may name them.
-                let id = lowest_free(backend_ids.values(), MAX_BACKENDS)
-                    .ok_or(L4ApplyError::TooManyBackends)?;
-                backend_ids.insert(*addr, id);
-                id
-            }
-        };
-        steps.push(Step::ActivateBackend { id, backend: *addr });
-    }
+/// The routes of `desired` that fit, in order, with the route and backend ids they take; the
+/// others with why. A route is admitted whole or not at all, so one over a limit never takes
+/// ids another needs.
+struct Admission<'a> {
+    accepted: Vec<&'a L4RouteProgram>,
+    rejected: Vec<(String, L4ApplyError)>,
+    route_ids: BTreeMap<String, u32>,
+    new_routes: BTreeSet<&'a str>,
+    backend_ids: BTreeMap<BackendRef, u32>,
+}
 
-    let mut route_ids = applied.route_ids.clone();
-    let mut metas = applied.metas.clone();
-    let mut published: BTreeMap<&str, (&[Option<SocketAddr>], &BTreeSet<SocketAddr>)> =
-        BTreeMap::new();
+/// The VIP keys `r` points at.
+fn vip_keys(r: &L4RouteProgram) -> impl Iterator<Item = VipKey> + '_ {
+    r.vips.iter().map(|(a, p)| vip_key(*a, *p))
+}
+
+fn admit<'a>(applied: &Applied, desired: &'a [L4RouteProgram]) -> Admission<'a> {
+    let mut a = Admission {
+        accepted: Vec::new(),
+        rejected: Vec::new(),
+        route_ids: applied.route_ids.clone(),
+        new_routes: BTreeSet::new(),
+        // Draining ids stay in here: conntrack may name them.
+        backend_ids: applied.backend_ids.clone(),
+    };
+    let mut vips: BTreeSet<VipKey> = BTreeSet::new();
     for r in desired {
-        let route_id = match route_ids.get(&r.key) {
-            Some(id) => *id,
+        if let Err(e) = validate(r) {
+            a.rejected.push((r.key.clone(), e));
+            continue;
+        }
+        let new_vips: BTreeSet<VipKey> = vip_keys(r).filter(|k| !vips.contains(k)).collect();
+        if vips.len() + new_vips.len() > MAX_VIPS as usize {
+            a.rejected.push((r.key.clone(), L4ApplyError::TooManyVips));
+            continue;
+        }
+        let route_id = match a.route_ids.get(&r.key) {
+            Some(id) => Some(*id),
             None => {
                 // A restarted agent: reuse the id its VIPs already point at, so the live table
                 // half and the counters carry on. Gone routes still hold their ids here: they
@@ -273,17 +283,79 @@ pub(super) fn plan<'a>(
                     .vips
                     .iter()
                     .find_map(|(a, p)| applied.vips.get(&vip_key(*a, *p)).map(|v| v.route_id))
-                    .filter(|id| !route_ids.values().any(|x| x == id));
-                let id = match adopted {
-                    Some(id) => id,
-                    None => lowest_free(route_ids.values(), MAX_ROUTES)
-                        .ok_or(L4ApplyError::TooManyRoutes)?,
-                };
-                route_ids.insert(r.key.clone(), id);
-                steps.push(Step::BindRoute { key: &r.key, id });
-                id
+                    .filter(|id| !a.route_ids.values().any(|x| x == id));
+                adopted.or_else(|| lowest_free(a.route_ids.values(), MAX_ROUTES))
             }
         };
+        let Some(route_id) = route_id else {
+            a.rejected
+                .push((r.key.clone(), L4ApplyError::TooManyRoutes));
+            continue;
+        };
+        let needed: BTreeSet<BackendRef> = r
+            .table
+            .iter()
+            .flatten()
+            .map(|addr| r.backend(*addr))
+            .filter(|b| !a.backend_ids.contains_key(b))
+            .collect();
+        let used: BTreeSet<u32> = a.backend_ids.values().copied().collect();
+        let free: Vec<u32> = (0..MAX_BACKENDS)
+            .filter(|i| !used.contains(i))
+            .take(needed.len())
+            .collect();
+        if free.len() < needed.len() {
+            a.rejected
+                .push((r.key.clone(), L4ApplyError::TooManyBackends));
+            continue;
+        }
+        a.backend_ids.extend(needed.into_iter().zip(free));
+        vips.extend(new_vips);
+        if !a.route_ids.contains_key(&r.key) {
+            a.route_ids.insert(r.key.clone(), route_id);
+            a.new_routes.insert(&r.key);
+        }
+        a.accepted.push(r);
+    }
+    a
+}
+
+/// The steps that make the maps run the routes of `desired` that fit, in the order they must
+/// happen. Limits are checked per route here: a route that does not fit writes nothing, and
+/// the others are planned as if it were not there.
+pub(super) fn plan<'a>(applied: &Applied, desired: &'a [L4RouteProgram]) -> Planned<'a> {
+    let Admission {
+        accepted,
+        rejected,
+        route_ids,
+        new_routes,
+        backend_ids,
+    } = admit(applied, desired);
+    let mut steps = Vec::new();
+
+    let wanted: BTreeSet<BackendRef> = accepted
+        .iter()
+        .flat_map(|r| r.table.iter().flatten().map(|a| r.backend(*a)))
+        .collect();
+    for addr in &wanted {
+        let id = backend_ids[addr];
+        if applied.backend_ids.get(addr) == Some(&id) && !applied.draining.contains(&id) {
+            continue;
+        }
+        steps.push(Step::ActivateBackend { id, backend: *addr });
+    }
+
+    let mut metas = applied.metas.clone();
+    let mut published: BTreeMap<&str, (&[Option<SocketAddr>], &BTreeSet<SocketAddr>)> =
+        BTreeMap::new();
+    for r in &accepted {
+        let route_id = route_ids[&r.key];
+        if new_routes.contains(r.key.as_str()) {
+            steps.push(Step::BindRoute {
+                key: &r.key,
+                id: route_id,
+            });
+        }
         let current = match published.get(r.key.as_str()) {
             Some(t) => Some(*t),
             None => applied
@@ -329,7 +401,7 @@ pub(super) fn plan<'a>(
     }
 
     let mut wanted_vips = BTreeMap::new();
-    for r in desired {
+    for r in &accepted {
         let route_id = route_ids[&r.key];
         for (addr, proto) in &r.vips {
             let flags = if r.dedicated.contains(&addr.ip()) {
@@ -340,6 +412,13 @@ pub(super) fn plan<'a>(
             wanted_vips.insert(vip_key(*addr, *proto), VipValue { route_id, flags });
         }
     }
+    // Removed first: VIPS is a hash map of MAX_VIPS entries, and a change that swaps VIPs at
+    // the limit must not need room for both the old and the new ones.
+    for key in applied.vips.keys() {
+        if !wanted_vips.contains_key(key) {
+            steps.push(Step::RemoveVip { key: *key });
+        }
+    }
     for (key, value) in &wanted_vips {
         if applied.vips.get(key) != Some(value) {
             steps.push(Step::WriteVip {
@@ -348,13 +427,8 @@ pub(super) fn plan<'a>(
             });
         }
     }
-    for key in applied.vips.keys() {
-        if !wanted_vips.contains_key(key) {
-            steps.push(Step::RemoveVip { key: *key });
-        }
-    }
 
-    let keys: BTreeSet<&str> = desired.iter().map(|r| r.key.as_str()).collect();
+    let keys: BTreeSet<&str> = accepted.iter().map(|r| r.key.as_str()).collect();
     for (key, route_id) in &applied.route_ids {
         if !keys.contains(key.as_str()) {
             steps.push(Step::ClearRoute {
@@ -385,7 +459,7 @@ pub(super) fn plan<'a>(
             });
         }
     }
-    Ok(steps)
+    Planned { steps, rejected }
 }
 
 #[cfg(test)]
@@ -421,7 +495,7 @@ mod tests {
             "10.0.0.1:80",
             &[Some("10.1.0.1:80"), None, Some("10.1.0.2:80")],
         )];
-        let steps = plan(&Applied::default(), &desired).expect("plan");
+        let steps = plan(&Applied::default(), &desired).steps;
         let meta = RouteMeta {
             table_size: 3,
             active: 0,
@@ -475,10 +549,10 @@ mod tests {
         ];
         let mut applied = Applied::default();
         for desired in [&first[..], &second[..]] {
-            let steps = plan(&applied, desired).expect("plan");
+            let steps = plan(&applied, desired).steps;
             assert!(!steps.is_empty());
             applied = recorded(applied, &steps);
-            assert_eq!(plan(&applied, desired).expect("plan again"), vec![]);
+            assert_eq!(plan(&applied, desired).steps, vec![]);
         }
         assert_eq!(applied.route_ids.len(), 2);
         assert_eq!(applied.draining.len(), 1, "10.1.0.2 left every table");
@@ -498,7 +572,7 @@ mod tests {
                 _pad: 0,
             },
         );
-        let steps = plan(&applied, &desired).expect("plan");
+        let steps = plan(&applied, &desired).steps;
         assert!(steps.contains(&Step::WriteTable {
             route_id: 0,
             half: 0,
@@ -520,29 +594,107 @@ mod tests {
         );
     }
 
+    /// The keys a plan rejected, and why.
+    fn rejected(planned: &Planned<'_>) -> Vec<(String, String)> {
+        planned
+            .rejected
+            .iter()
+            .map(|(k, e)| (k.clone(), e.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn limits_are_checked_before_any_step() {
+    fn a_route_over_the_route_limit_is_left_out_and_the_others_are_planned() {
         let routes: Vec<L4RouteProgram> = (0..=MAX_ROUTES)
-            .map(|i| route(&format!("r{i}"), "10.0.0.1:80", &[None]))
+            .map(|i| route(&format!("r{i:02}"), &format!("10.0.0.{i}:80"), &[None]))
             .collect();
-        assert!(matches!(
-            plan(&Applied::default(), &routes),
-            Err(L4ApplyError::TooManyRoutes)
-        ));
+        let planned = plan(&Applied::default(), &routes);
+        let last = format!("r{MAX_ROUTES}");
+        assert_eq!(
+            rejected(&planned),
+            vec![(last.clone(), L4ApplyError::TooManyRoutes.to_string())]
+        );
+        let applied = recorded(Applied::default(), &planned.steps);
+        assert_eq!(applied.route_ids.len(), MAX_ROUTES as usize);
+        assert!(!applied.route_ids.contains_key(&last));
+    }
+
+    #[test]
+    fn a_route_over_the_vip_limit_is_left_out_and_removed_vips_go_first() {
+        let mut wide = route("wide", "10.0.0.1:80", &[Some("10.1.0.1:80")]);
+        wide.vips = (0..MAX_VIPS)
+            .map(|i| {
+                (
+                    SocketAddr::new(IpAddr::from([10, 3, (i >> 8) as u8, i as u8]), 80),
+                    L4Proto::Tcp,
+                )
+            })
+            .collect();
+        let one_more = route("more", "10.0.0.9:80", &[Some("10.1.0.1:80")]);
+        let desired = [wide.clone(), one_more.clone()];
+        let planned = plan(&Applied::default(), &desired);
+        assert_eq!(
+            rejected(&planned),
+            vec![("more".into(), L4ApplyError::TooManyVips.to_string())]
+        );
+        let applied = recorded(Applied::default(), &planned.steps);
+        assert_eq!(applied.vips.len(), MAX_VIPS as usize);
+        // The wide route gives way to the other: its VIPs are removed before the new one is
+        // written, so the map never needs MAX_VIPS + 1 entries.
+        let desired = [one_more];
+        let steps = plan(&applied, &desired).steps;
+        let first_write = steps
+            .iter()
+            .position(|s| matches!(s, Step::WriteVip { .. }));
+        let last_remove = steps
+            .iter()
+            .rposition(|s| matches!(s, Step::RemoveVip { .. }));
+        assert!(last_remove < first_write, "{steps:?}");
+    }
+
+    #[test]
+    fn a_route_over_the_backend_limit_takes_no_id_and_the_others_get_theirs() {
         let mut applied = Applied::default();
-        for id in 0..MAX_BACKENDS {
+        // Every id but one is held by a draining backend: conntrack may still name them.
+        for id in 0..MAX_BACKENDS - 1 {
             let addr = SocketAddr::new(IpAddr::from([10, 2, (id >> 8) as u8, id as u8]), 80);
             applied.backend_ids.insert(BackendRef::local(addr), id);
             applied.draining.insert(id);
         }
-        let one_more = [route("web", "10.0.0.1:80", &[Some("10.1.0.1:80")])];
-        assert!(
-            matches!(
-                plan(&applied, &one_more),
-                Err(L4ApplyError::TooManyBackends)
+        let desired = [
+            route(
+                "big",
+                "10.0.0.1:80",
+                &[Some("10.1.0.1:80"), Some("10.1.0.2:80")],
             ),
-            "draining ids are not free"
+            route("small", "10.0.0.2:80", &[Some("10.1.0.3:80")]),
+            route("empty", "10.0.0.3:80", &[]),
+        ];
+        let planned = plan(&applied, &desired);
+        assert_eq!(
+            rejected(&planned),
+            vec![
+                ("big".into(), L4ApplyError::TooManyBackends.to_string()),
+                (
+                    "empty".into(),
+                    L4ApplyError::TableSize {
+                        key: "empty".into(),
+                        size: 0
+                    }
+                    .to_string()
+                ),
+            ]
         );
+        let applied = recorded(applied, &planned.steps);
+        assert_eq!(
+            applied
+                .backend_ids
+                .get(&BackendRef::local(sa("10.1.0.3:80"))),
+            Some(&(MAX_BACKENDS - 1)),
+            "the small route got the last free id"
+        );
+        assert_eq!(applied.route_ids.keys().collect::<Vec<_>>(), ["small"]);
+        assert_eq!(applied.vips.len(), 1);
     }
 
     #[test]

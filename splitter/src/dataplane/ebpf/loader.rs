@@ -13,18 +13,19 @@ use splitter_common::{
     maps::XDP_PROGRAM,
 };
 
-use super::layout::{MapLayout, PINNED_MAPS, check_pinned_layouts};
+use super::{
+    bpffs::{BpfFsError, prepare_pin_dir},
+    layout::{MapLayout, PINNED_MAPS, check_pinned_layouts},
+};
 
 /// The kernel object built by `build.rs` (aya-build), aligned so aya can parse it in place.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfLoadError {
-    #[error("creating pin directory {path}: {source}")]
-    PinDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The pin directory is not (and could not be made) a directory on a BPF filesystem.
+    #[error(transparent)]
+    PinDir(#[from] BpfFsError),
     #[error(
         "pinned map {path} is {found} but this agent's object declares {expected}: \
          it was pinned by an incompatible agent; remove the pins or use another --pin-dir"
@@ -78,11 +79,10 @@ pub struct KernelObject {
 pub fn load_object(pin_dir: Option<&Path>) -> Result<KernelObject, EbpfLoadError> {
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pin_dir {
+        if let Some(at) = prepare_pin_dir(dir)? {
+            tracing::info!(at = %at.display(), "mounted a BPF filesystem for the pins");
+        }
         check_pinned_layouts(dir)?;
-        std::fs::create_dir_all(dir).map_err(|source| EbpfLoadError::PinDir {
-            path: dir.to_owned(),
-            source,
-        })?;
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }

@@ -1,5 +1,6 @@
 //! The kernel object: embedding, loading (with or without pinned maps) and reading counters.
 
+mod bpffs;
 mod counters;
 mod l4_actuator;
 mod l4_delta;
@@ -12,6 +13,7 @@ mod layout;
 mod links;
 mod loader;
 
+pub use bpffs::{BpfFsError, prepare_pin_dir};
 pub use counters::{DestCount, ParseCounts, read_dest_stats, read_parse_stats};
 pub use l4_actuator::{
     ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, SweepReport, addr16, vip_key,

@@ -255,46 +255,18 @@ fn route_ids_stay_with_their_keys() {
     assert_safe_order(&act.maps().log);
 }
 
+/// A route that is invalid or over a limit is left out and named; the routes beside it are
+/// served as if it were not there, and it writes nothing.
 #[test]
-fn invalid_desired_states_write_nothing() {
+fn a_route_over_a_limit_writes_nothing_and_never_blocks_the_others() {
     let mut act = fake();
     let (a, a6) = (sa("10.1.0.1:80"), sa("[fd01::1]:80"));
-    let good = [route("web", &tcp("10.0.0.1:80"), &[Some(a)])];
-    act.apply(&good).expect("apply");
+    let good = route("web", &tcp("10.0.0.1:80"), &[Some(a)]);
+    act.apply(std::slice::from_ref(&good)).expect("apply");
     take_log(&mut act);
     let before = visible(act.maps());
 
-    let err = act
-        .apply(&[route("web", &tcp("10.0.0.1:80"), &[])])
-        .expect_err("empty table");
-    assert!(
-        matches!(err, L4ApplyError::TableSize { size: 0, .. }),
-        "{err}"
-    );
     let huge = vec![Some(a); MAX_TABLE_SIZE as usize + 1];
-    let err = act
-        .apply(&[route("web", &tcp("10.0.0.1:80"), &huge)])
-        .expect_err("too large");
-    assert!(matches!(err, L4ApplyError::TableSize { .. }), "{err}");
-    let err = act
-        .apply(&[route("web", &tcp("10.0.0.1:80"), &[Some(a6)])])
-        .expect_err("family");
-    assert!(
-        matches!(err, L4ApplyError::FamilyMismatch { vip, backend, .. }
-            if vip == sa("10.0.0.1:80") && backend == a6),
-        "{err}"
-    );
-    let routes: Vec<L4RouteProgram> = (0..=MAX_ROUTES)
-        .map(|i| {
-            route(
-                &format!("r{i}"),
-                &tcp(&format!("10.0.1.{i}:80")),
-                &[Some(a)],
-            )
-        })
-        .collect();
-    let err = act.apply(&routes).expect_err("routes");
-    assert!(matches!(err, L4ApplyError::TooManyRoutes), "{err}");
     let many: Vec<Option<SocketAddr>> = (0..=MAX_BACKENDS)
         .map(|i| {
             Some(SocketAddr::new(
@@ -303,14 +275,50 @@ fn invalid_desired_states_write_nothing() {
             ))
         })
         .collect();
-    let err = act
-        .apply(&[route("web", &tcp("10.0.0.1:80"), &many)])
-        .expect_err("backends");
-    assert!(matches!(err, L4ApplyError::TooManyBackends), "{err}");
+    let bad = [
+        route("empty", &tcp("10.0.2.1:80"), &[]),
+        route("huge", &tcp("10.0.2.2:80"), &huge),
+        route("family", &tcp("10.0.2.3:80"), &[Some(a6)]),
+        route("many", &tcp("10.0.2.4:80"), &many),
+    ];
+    let mut desired = bad.to_vec();
+    desired.push(good.clone());
+    let report = act.apply(&desired).expect("apply");
+    let keys: Vec<&str> = report.rejected.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["empty", "huge", "family", "many"]);
+    assert!(report.rejected[2].1.contains("different IP families"));
+    assert!(report.rejected[3].1.contains("backends"));
+    assert_eq!(take_log(&mut act), vec![], "nothing written for them");
+    assert_eq!(visible(act.maps()), before, "the good route still served");
 
-    assert_eq!(take_log(&mut act), vec![]);
-    assert_eq!(visible(act.maps()), before);
-    assert_eq!(act.apply(&good).expect("apply"), ApplyReport::default());
+    // Routes: the 33rd is left out; the first 32 (the good one among them) are served.
+    let mut routes: Vec<L4RouteProgram> = (1..MAX_ROUTES)
+        .map(|i| {
+            route(
+                &format!("r{i:02}"),
+                &tcp(&format!("10.0.1.{i}:80")),
+                &[Some(a)],
+            )
+        })
+        .collect();
+    routes.insert(0, good.clone());
+    routes.push(route("over", &tcp("10.0.3.1:80"), &[Some(a)]));
+    let report = act.apply(&routes).expect("apply");
+    assert_eq!(
+        report.rejected,
+        vec![("over".into(), L4ApplyError::TooManyRoutes.to_string())]
+    );
+    assert_eq!(
+        visible(act.maps()),
+        expected(&routes[..MAX_ROUTES as usize])
+    );
+
+    // Ids are freed before new ones are taken: with one old route gone in the same plan,
+    // the waiting one gets its id at once.
+    routes.remove(1);
+    let report = act.apply(&routes).expect("apply");
+    assert_eq!(report.rejected, vec![]);
+    assert_eq!(visible(act.maps()), expected(&routes));
 }
 
 #[test]
@@ -504,6 +512,7 @@ fn every_failed_write_leaves_whole_tables_live_and_the_next_apply_converges() {
             vips_removed: 0,
             backends_added: 2,
             backends_draining: 2,
+            rejected: vec![],
         },
         "e and f arrive, b and d leave, two VIPs move to the new route"
     );
