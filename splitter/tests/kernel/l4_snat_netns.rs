@@ -344,8 +344,24 @@ fn remote_backend_end_to_end(
     };
     act.apply(&program(false)).expect("apply local");
     n.client.run(|| {
+        // From a source port outside the ephemeral range: the failed flow stays in conntrack,
+        // and a later connection that drew its port would follow it.
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(vip),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        let unspecified: IpAddr = if vip.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        s.bind(&SocketAddr::new(unspecified, 20999).into())
+            .expect("bind");
         assert!(
-            TcpStream::connect_timeout(&vip, Duration::from_millis(1500)).is_err(),
+            s.connect_timeout(&vip.into(), Duration::from_millis(1500))
+                .is_err(),
             "DNAT alone must not reach a backend with no route back"
         );
     });
