@@ -419,6 +419,47 @@ impl ClusterNet {
 }
 
 impl ClusterNet {
+    /// A Service `name` in `default` with one port (`port_name`, `port`, the pods' port too) and
+    /// its IPv4 EndpointSlice as the EndpointSlice controller writes it: an endpoint per pod
+    /// `(node, pod)`, ready, with its node's name as `nodeName` (how an agent tells its own
+    /// pods from other nodes'). A YAML document list that starts with `---`.
+    pub fn service_yaml(
+        &self,
+        name: &str,
+        port_name: &str,
+        port: u16,
+        pods: &[(usize, usize)],
+    ) -> String {
+        let endpoints: String = pods
+            .iter()
+            .map(|&(node, pod)| {
+                format!(
+                    "\n- {{addresses: [{}], nodeName: {}, conditions: {{ready: true}}}}",
+                    self.pod(node, pod).address_v4(),
+                    self.node(node).name
+                )
+            })
+            .collect();
+        format!(
+            "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: {port_name}, port: {port}, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: {port_name}, port: {port}}}]
+endpoints:{endpoints}
+"
+        )
+    }
+}
+
+impl ClusterNet {
     fn link_client(&self) -> io::Result<()> {
         let plan = &self.plan;
         veth(

@@ -57,34 +57,8 @@ spec:
     );
     // Each Service has a pod on each node; `nodeName` is how an agent tells its own pods.
     for (service, pod) in [("echo", 0), ("echo2", 1)] {
-        let endpoints: String = net
-            .nodes()
-            .iter()
-            .enumerate()
-            .map(|(i, node)| {
-                format!(
-                    "\n- {{addresses: [{}], nodeName: {}, conditions: {{ready: true}}}}",
-                    net.pod(i, pod).address_v4(),
-                    node.name
-                )
-            })
-            .collect();
-        out.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {service}, namespace: default}}
-spec:
-  ports: [{{name: http, port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}
-addressType: IPv4
-ports: [{{name: http, port: {ECHO_PORT}}}]
-endpoints:{endpoints}
-"
-        ));
+        let on_every_node: Vec<(usize, usize)> = (0..net.nodes().len()).map(|n| (n, pod)).collect();
+        out.push_str(&net.service_yaml(service, "http", ECHO_PORT, &on_every_node));
     }
     out
 }

@@ -10,7 +10,7 @@ use std::{
 use testbed::{Routing, WhoamiReply};
 
 use crate::support::cluster::{
-    Cluster, POD_PORT, RouteKind, RouteSpec, SNAT_PORTS, Svc, ask_from, ask_many_from, slot_of,
+    Cluster, POD_PORT, RouteKind, RouteSpec, SNAT_PORTS, a_and_b, ask_from, ask_many_from, slot_of,
 };
 
 const PORT: u16 = 8080;
@@ -50,18 +50,7 @@ fn local_pods_see_the_client_itself() {
         kind: RouteKind::Http,
         port: PORT,
         vip: None,
-        services: &[
-            Svc {
-                name: "a",
-                weight: 1,
-                pods: &[(0, 0)],
-            },
-            Svc {
-                name: "b",
-                weight: 1,
-                pods: &[(0, 1)],
-            },
-        ],
+        services: &a_and_b((1, &[(0, 0)]), (1, &[(0, 1)])),
     };
     c.start_agents(&route);
     let replies = c
@@ -86,18 +75,7 @@ fn remote_pods_see_node1_and_a_snat_port() {
         kind: RouteKind::Tcp,
         port: PORT,
         vip: None,
-        services: &[
-            Svc {
-                name: "a",
-                weight: 1,
-                pods: &[(1, 0)],
-            },
-            Svc {
-                name: "b",
-                weight: 1,
-                pods: &[(1, 1)],
-            },
-        ],
+        services: &a_and_b((1, &[(1, 0)]), (1, &[(1, 1)])),
     };
     c.start_agents(&route);
     let replies = c
@@ -119,18 +97,7 @@ fn mixed_split(tag: &str, net: u8, routing: Routing) {
         kind: RouteKind::Http,
         port: PORT,
         vip: None,
-        services: &[
-            Svc {
-                name: "a",
-                weight: 1,
-                pods: &[(0, 0)],
-            },
-            Svc {
-                name: "b",
-                weight: 1,
-                pods: &[(1, 0)],
-            },
-        ],
+        services: &a_and_b((1, &[(0, 0)]), (1, &[(1, 0)])),
     };
     c.start_agents(&route);
     let replies = c
@@ -171,18 +138,7 @@ fn every_flow_reaches_the_pod_the_shared_hash_predicts() {
         kind: RouteKind::Http,
         port: PORT,
         vip: None,
-        services: &[
-            Svc {
-                name: "a",
-                weight: 3,
-                pods: &[(0, 0), (1, 0)],
-            },
-            Svc {
-                name: "b",
-                weight: 1,
-                pods: &[(0, 1), (1, 1)],
-            },
-        ],
+        services: &a_and_b((3, &[(0, 0), (1, 0)]), (1, &[(0, 1), (1, 1)])),
     };
     c.start_agents(&route);
     let table = c.planned(0, PORT);
@@ -217,18 +173,7 @@ const FINAL: (u32, u32) = (2, 3);
 /// The history tests' route on the router's VIP: Services `a` and `b`, each with a pod on
 /// both nodes.
 fn history_yaml(c: &Cluster, (a, b): (u32, u32)) -> String {
-    let services = [
-        Svc {
-            name: "a",
-            weight: a,
-            pods: &[(0, 0), (1, 0)],
-        },
-        Svc {
-            name: "b",
-            weight: b,
-            pods: &[(0, 1), (1, 1)],
-        },
-    ];
+    let services = a_and_b((a, &[(0, 0), (1, 0)]), (b, &[(0, 1), (1, 1)]));
     let route = RouteSpec {
         kind: RouteKind::Tcp,
         port: PORT,
@@ -395,18 +340,7 @@ fn a_pod_reaches_the_listener_of_another_node() {
         kind: RouteKind::Http,
         port: PORT,
         vip: None,
-        services: &[
-            Svc {
-                name: "a",
-                weight: 1,
-                pods: &[(0, 0)],
-            },
-            Svc {
-                name: "b",
-                weight: 1,
-                pods: &[(1, 0)],
-            },
-        ],
+        services: &a_and_b((1, &[(0, 0)]), (1, &[(1, 0)])),
     };
     c.start_agents(&route);
     // node2-pod1 is no backend: a client in the cluster, on the other node.
@@ -435,18 +369,7 @@ fn a_dual_stack_service_serves_both_address_families() {
         kind: RouteKind::Tcp,
         port: PORT,
         vip: None,
-        services: &[
-            Svc {
-                name: "a",
-                weight: 1,
-                pods: &[(0, 0)],
-            },
-            Svc {
-                name: "b",
-                weight: 1,
-                pods: &[(1, 0)],
-            },
-        ],
+        services: &a_and_b((1, &[(0, 0)]), (1, &[(1, 0)])),
     };
     let mut yaml = route.yaml(&c.net);
     for (name, (node, pod)) in [("a", (0, 0)), ("b", (1, 0))] {

@@ -52,6 +52,25 @@ pub struct Svc<'a> {
     pub pods: &'a [(usize, usize)],
 }
 
+/// Services `a` and `b` with their weights and pods, the two every cluster test routes to.
+pub fn a_and_b<'a>(
+    (weight_a, pods_a): (u32, &'a [(usize, usize)]),
+    (weight_b, pods_b): (u32, &'a [(usize, usize)]),
+) -> [Svc<'a>; 2] {
+    [
+        Svc {
+            name: "a",
+            weight: weight_a,
+            pods: pods_a,
+        },
+        Svc {
+            name: "b",
+            weight: weight_b,
+            pods: pods_b,
+        },
+    ]
+}
+
 /// The manifests of one Gateway with one catch-all route on `port`.
 pub struct RouteSpec<'a> {
     pub kind: RouteKind,
@@ -107,34 +126,7 @@ spec:
 "
         );
         for s in self.services {
-            let endpoints: String = s
-                .pods
-                .iter()
-                .map(|&(node, pod)| {
-                    format!(
-                        "\n- {{addresses: [{}], nodeName: {}, conditions: {{ready: true}}}}",
-                        net.pod(node, pod).address_v4(),
-                        net.node(node).name
-                    )
-                })
-                .collect();
-            out.push_str(&format!(
-                "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec:
-  ports: [{{name: p, port: {POD_PORT}, targetPort: {POD_PORT}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: p, port: {POD_PORT}}}]
-endpoints:{endpoints}
-",
-                name = s.name
-            ));
+            out.push_str(&net.service_yaml(s.name, "p", POD_PORT, s.pods));
         }
         out
     }
