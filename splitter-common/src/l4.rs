@@ -17,6 +17,14 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_VIPS: u32 = 1024;
 /// Default conntrack size (flows, both directions count one entry each).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
+/// Size of each half-open table (`HALF_OPEN`, `HALF_OPEN_V4`): flows a SYN (or a first UDP
+/// datagram, or a recreation) started and the backend has not confirmed yet. Small on purpose:
+/// a flood churns this table, never conntrack. A real handshake is confirmed within a round
+/// trip, long before 65,536 newer half-open flows could push it out.
+pub const HALF_OPEN_ENTRIES: u32 = 65_536;
+/// Sources whose new-flow rate is tracked (`SOURCE_RATE`, an LRU: a spoofed flood churns it,
+/// and a source pushed out starts again with a full bucket).
+pub const SOURCE_RATE_ENTRIES: u32 = 65_536;
 
 /// A table slot holding this id rejects the connection (TCP RST, UDP drop): the share of
 /// invalid or endpoint-less backendRefs, which must not be redistributed.
@@ -30,6 +38,14 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const CONNTRACK: &str = "CONNTRACK";
 /// IPv4 flows, keyed by [`FlowKey4`].
 pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
+/// IPv6 flows not confirmed yet, keyed and valued like `CONNTRACK` (both directions).
+pub const HALF_OPEN: &str = "HALF_OPEN";
+/// IPv4 flows not confirmed yet, keyed and valued like `CONNTRACK_V4`.
+pub const HALF_OPEN_V4: &str = "HALF_OPEN_V4";
+/// Per-source token buckets for new flows, keyed by the 16-byte (v4-mapped) source address.
+pub const SOURCE_RATE: &str = "SOURCE_RATE";
+/// Per-CPU [`FloodWindow`]: new half-open flows in the current second.
+pub const FLOOD_WINDOW: &str = "FLOOD_WINDOW";
 pub const ROUTE_STATS: &str = "ROUTE_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const L4_DROPS: &str = "L4_DROPS";
@@ -134,7 +150,42 @@ pub struct L4Config {
     pub port_min: u16,
     pub port_max: u16,
     pub flags: u32,
+    /// New half-open flows per second, per CPU, above which the node counts as under flood: a
+    /// non-SYN conntrack miss then starts no flow (it is dropped; the sender retransmits once
+    /// the flood is over). 0: never under flood.
+    pub flood_threshold: u32,
+    /// New flows per second one source address may start (token bucket refill); 0: no limit.
+    pub source_rate: u32,
+    /// The bucket's size: how many new flows a source may start at once.
+    pub source_burst: u32,
+    pub _pad: u32,
 }
+
+/// Defaults the agent writes (flags `--flood-threshold`, `--new-flows-per-source`,
+/// `--new-flows-burst`).
+pub const DEFAULT_FLOOD_THRESHOLD: u32 = 20_000;
+pub const DEFAULT_SOURCE_RATE: u32 = 10_000;
+pub const DEFAULT_SOURCE_BURST: u32 = 20_000;
+
+/// Value of the per-CPU `FLOOD_WINDOW` array (one slot): how many half-open flows this CPU
+/// created since `start_ns` (`bpf_ktime_get_ns`); the window restarts every second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodWindow {
+    pub start_ns: u64,
+    pub new_flows: u64,
+}
+
+/// Value of `SOURCE_RATE`: a token bucket in nano-tokens (one new flow costs
+/// [`NANO_TOKENS_PER_FLOW`]), refilled by `source_rate` per second of `bpf_ktime_get_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceBucket {
+    pub nano_tokens: u64,
+    pub last_ns: u64,
+}
+
+pub const NANO_TOKENS_PER_FLOW: u64 = 1_000_000_000;
 
 pub const CONFIG_SNAT_V4: u32 = 1;
 pub const CONFIG_SNAT_V6: u32 = 2;
@@ -232,7 +283,11 @@ pub struct FlowValue {
     pub nat_addr: [u8; 16],
     /// Host byte order.
     pub nat_port: u16,
-    pub _pad2: [u8; 6],
+    pub _pad2: u16,
+    /// Half-open reply entries of TCP flows with `FLOW_SYN_ACK_SEEN`: the sequence number of
+    /// the backend's SYN-ACK. The client's ACK must acknowledge exactly this + 1 to confirm the
+    /// flow, which a spoofed source, never seeing the SYN-ACK, cannot do but by chance.
+    pub syn_ack_seq: u32,
 }
 
 impl<const N: usize> FlowKeyOf<N> {
@@ -291,6 +346,12 @@ impl<const N: usize> FlowKeyOf<N> {
 pub const FLOW_CLOSING: u8 = 1;
 /// `FlowValue::flags`: both addresses are rewritten (a flow to a remote backend).
 pub const FLOW_SNAT: u8 = 2;
+/// `FlowValue::flags`, half-open reply entries: the backend's SYN-ACK went by (`syn_ack_seq`).
+pub const FLOW_SYN_ACK_SEEN: u8 = 4;
+/// `FlowValue::flags`, half-open entries: recreated from a non-SYN conntrack miss, so there is
+/// no handshake to check; the backend's first reply that is not a RST confirms the flow (a
+/// backend answers a packet of a connection it does not know with a RST).
+pub const FLOW_RECREATED: u8 = 8;
 
 /// Per-route and per-backend counters (per CPU; userspace sums).
 #[repr(C)]
@@ -344,10 +405,20 @@ pub enum L4Event {
     IcmpTranslated = 14,
     /// An ICMP error whose quoted packet belongs to no tracked flow: passed untouched.
     IcmpUntracked = 15,
+    /// A new flow entered a half-open table (SYN, first UDP datagram, or a recreation).
+    HalfOpenCreated = 16,
+    /// A half-open flow was confirmed (TCP: the client acknowledged the backend's SYN-ACK;
+    /// UDP and recreated flows: the backend answered) and moved to conntrack.
+    Confirmed = 17,
+    /// A non-SYN conntrack miss on a dedicated VIP while this CPU is under flood: dropped
+    /// instead of recreated.
+    NonSynMissFlood = 18,
+    /// A new flow from a source over its rate (`source_rate`, `source_burst`): dropped.
+    SourceRateLimited = 19,
 }
 
 impl L4Event {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 20;
     pub const ALL: [L4Event; Self::COUNT as usize] = [
         L4Event::RejectRst,
         L4Event::RejectDrop,
@@ -365,6 +436,10 @@ impl L4Event {
         L4Event::RedirectFailed,
         L4Event::IcmpTranslated,
         L4Event::IcmpUntracked,
+        L4Event::HalfOpenCreated,
+        L4Event::Confirmed,
+        L4Event::NonSynMissFlood,
+        L4Event::SourceRateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -385,6 +460,10 @@ impl L4Event {
             L4Event::RedirectFailed => "redirect_failed",
             L4Event::IcmpTranslated => "icmp_translated",
             L4Event::IcmpUntracked => "icmp_untracked",
+            L4Event::HalfOpenCreated => "half_open_created",
+            L4Event::Confirmed => "confirmed",
+            L4Event::NonSynMissFlood => "non_syn_miss_flood",
+            L4Event::SourceRateLimited => "source_rate_limited",
         }
     }
 }
@@ -407,6 +486,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowStats {}
     // SAFETY: as for VipKey.
     unsafe impl aya::Pod for super::L4Config {}
+    // SAFETY: as for VipKey.
+    unsafe impl aya::Pod for super::FloodWindow {}
+    // SAFETY: as for VipKey.
+    unsafe impl aya::Pod for super::SourceBucket {}
 }
 
 #[cfg(test)]
@@ -439,9 +522,13 @@ mod layout {
         assert_eq!(offset_of!(FlowValue, flags), 30);
         assert_eq!(offset_of!(FlowValue, nat_addr), 32);
         assert_eq!(offset_of!(FlowValue, nat_port), 48);
-        assert_eq!(size_of::<L4Config>(), 40);
+        assert_eq!(offset_of!(FlowValue, syn_ack_seq), 52);
+        assert_eq!(size_of::<L4Config>(), 56);
         assert_eq!(offset_of!(L4Config, port_min), 32);
         assert_eq!(offset_of!(L4Config, flags), 36);
+        assert_eq!(offset_of!(L4Config, flood_threshold), 40);
+        assert_eq!(size_of::<FloodWindow>(), 16);
+        assert_eq!(size_of::<SourceBucket>(), 16);
         assert_eq!(size_of::<XdpMark>(), 4);
         assert_eq!(size_of::<FlowStats>(), 32);
     }

@@ -4,7 +4,7 @@
 /// literals, not consts, and the pin directories below are spelled with it.
 macro_rules! layout_version {
     () => {
-        5
+        6
     };
 }
 
@@ -25,11 +25,11 @@ macro_rules! pin_subdir {
 pub const LAYOUT_VERSION: u32 = layout_version!();
 
 /// Where this layout's pins live below a bpffs mount: `splitter/v{LAYOUT_VERSION}` (e.g.
-/// `splitter/v5`).
+/// `splitter/v6`).
 pub const PIN_SUBDIR: &str = pin_subdir!();
 
 /// Default pin directory: [`PIN_SUBDIR`] on the bpffs at `/sys/fs/bpf` (e.g.
-/// `/sys/fs/bpf/splitter/v5`).
+/// `/sys/fs/bpf/splitter/v6`).
 pub const DEFAULT_PIN_DIR: &str = concat!("/sys/fs/bpf/", pin_subdir!());
 
 /// What each layout version's pinned maps are, one line per map in name order:
@@ -85,6 +85,27 @@ L4_DROPS PerCpuArray key=4 value=8 max_entries=16 flags=0x0
 PARSE_STATS PerCpuArray key=4 value=8 max_entries=7 flags=0x0
 ROUTES Array key=4 value=16 max_entries=32 flags=0x0
 ROUTE_STATS PerCpuArray key=4 value=32 max_entries=32 flags=0x0
+TABLES Array key=4 value=4 max_entries=4194368 flags=0x0
+VIPS Hash key=20 value=8 max_entries=1024 flags=0x0
+",
+    ),
+    (
+        6,
+        "\
+BACKENDS Array key=4 value=24 max_entries=4096 flags=0x0
+BACKEND_STATS PerCpuArray key=4 value=32 max_entries=4096 flags=0x0
+CONNTRACK LruHash key=40 value=56 max_entries=262144 flags=0x0
+CONNTRACK_V4 LruHash key=16 value=56 max_entries=262144 flags=0x0
+DEST_STATS PerCpuHash key=20 value=16 max_entries=4096 flags=0x0
+FLOOD_WINDOW PerCpuArray key=4 value=16 max_entries=1 flags=0x0
+HALF_OPEN LruHash key=40 value=56 max_entries=65536 flags=0x0
+HALF_OPEN_V4 LruHash key=16 value=56 max_entries=65536 flags=0x0
+L4_CONFIG Array key=4 value=56 max_entries=1 flags=0x0
+L4_DROPS PerCpuArray key=4 value=8 max_entries=20 flags=0x0
+PARSE_STATS PerCpuArray key=4 value=8 max_entries=7 flags=0x0
+ROUTES Array key=4 value=16 max_entries=32 flags=0x0
+ROUTE_STATS PerCpuArray key=4 value=32 max_entries=32 flags=0x0
+SOURCE_RATE LruHash key=16 value=16 max_entries=65536 flags=0x0
 TABLES Array key=4 value=4 max_entries=4194368 flags=0x0
 VIPS Hash key=20 value=8 max_entries=1024 flags=0x0
 ",

@@ -8,7 +8,8 @@ use splitter_common::{
 
 use crate::{
     counters::{count_backend, count_event, count_route},
-    maps::VIPS,
+    half_open,
+    maps::{L4_CONFIG, VIPS},
     mark::mark,
     parse::{PacketMeta, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN},
     reject, rewrite,
@@ -27,7 +28,18 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
     let flags = meta.tcp_flags;
     let is_syn = is_tcp && flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
 
-    let (choice, route_id) = match select::tracked(meta) {
+    // Conntrack, then the half-open table: a flow a SYN started and the backend has not
+    // confirmed yet lives there (`half_open`).
+    let mut half_open_hit = false;
+    let hit = match select::tracked(meta, false) {
+        Some(hit) => Some(hit),
+        None => {
+            half_open_hit = true;
+            select::tracked(meta, true)
+        }
+    };
+    let mut recreated = false;
+    let (choice, route_id) = match hit {
         Some((Choice::Gone, route_id)) => {
             count_event(L4Event::BackendGone);
             if is_tcp && !is_syn {
@@ -36,7 +48,12 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
             }
             (select::from_table(meta, route_id), route_id)
         }
-        Some(hit) => hit,
+        Some(hit) => {
+            if half_open_hit {
+                half_open::confirm_by_ack(meta);
+            }
+            hit
+        }
         None => {
             let vip_key = VipKey {
                 addr: meta.key.dst,
@@ -48,14 +65,33 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
             let Some(vip) = unsafe { VIPS.get(vip_key) }.copied() else {
                 return reply_leg(ctx, meta);
             };
-            let non_syn_miss = is_tcp && !is_syn && flags & TCP_FLAG_RST == 0;
+            // Only a SYN or a UDP datagram starts a flow; on a dedicated VIP a non-SYN miss
+            // (agent restart with lost state, eviction) recreates one.
+            let non_syn_miss = is_tcp && !is_syn;
             if non_syn_miss {
                 if vip.flags & VIP_DEDICATED == 0 {
                     // On a node address the packet may belong to a host socket: not ours.
                     count_event(L4Event::NonSynMissPassed);
                     return None;
                 }
+                if flags & TCP_FLAG_RST != 0 {
+                    // A reset of a flow nobody tracks: nothing to forward it to.
+                    return Some(xdp_action::XDP_DROP);
+                }
                 count_event(L4Event::NonSynMiss);
+            }
+            let cfg = L4_CONFIG.get(0);
+            let now = half_open::now_ns();
+            if non_syn_miss && half_open::under_flood(cfg, now) {
+                // A flood's blind ACKs must not fill the half-open table; a real flow whose
+                // state was lost retransmits, and is recreated once the flood is over.
+                count_event(L4Event::NonSynMissFlood);
+                return Some(xdp_action::XDP_DROP);
+            }
+            if !half_open::source_allows(meta, cfg, now) {
+                count_event(L4Event::SourceRateLimited);
+                count_route(vip.route_id, bytes, false, true);
+                return Some(xdp_action::XDP_DROP);
             }
             let choice = select::from_table(meta, vip.route_id);
             if non_syn_miss
@@ -66,6 +102,7 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
                 count_event(L4Event::SnatFlowLost);
                 return Some(reject_tcp(ctx, meta, vip.route_id, bytes));
             }
+            recreated = non_syn_miss;
             (choice, vip.route_id)
         }
     };
@@ -95,7 +132,7 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
                 return Some(reject_any(ctx, meta, route_id, bytes, is_tcp));
             }
             if new_flow {
-                select::track(meta);
+                half_open::track(meta, recreated);
             }
             count_route(route_id, bytes, new_flow, false);
             count_backend(meta.flow.backend_id, bytes, new_flow);

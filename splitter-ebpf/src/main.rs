@@ -12,6 +12,7 @@
 
 mod counters;
 mod forward;
+mod half_open;
 mod icmp;
 mod maps;
 mod mark;

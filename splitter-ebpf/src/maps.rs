@@ -15,8 +15,9 @@ pub static PARSE_STATS: PerCpuArray<u64, { ParseOutcome::COUNT as usize }> = Per
 
 use aya_ebpf::btf_maps::{Array, HashMap, LruHashMap};
 use splitter_common::l4::{
-    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowKey4, FlowStats, FlowValue, L4Config, L4Event,
-    MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta, TABLES_LEN, VipKey, VipValue,
+    Backend, DEFAULT_CONNTRACK_ENTRIES, FloodWindow, FlowKey, FlowKey4, FlowStats, FlowValue,
+    HALF_OPEN_ENTRIES, L4Config, L4Event, MAX_BACKENDS, MAX_ROUTES, MAX_VIPS, RouteMeta,
+    SOURCE_RATE_ENTRIES, SourceBucket, TABLES_LEN, VipKey, VipValue,
 };
 
 #[btf_map]
@@ -42,6 +43,30 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowValue, { DEFAULT_CONNTRACK_ENTRIES
 #[btf_map]
 pub static CONNTRACK_V4: LruHashMap<FlowKey4, FlowValue, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
     LruHashMap::new();
+
+/// IPv6 flows a SYN (first datagram, recreation) started and the backend has not confirmed:
+/// both directions, like `CONNTRACK`, until `half_open` moves them there. A spoofed flood only
+/// ever churns this table.
+#[btf_map]
+pub static HALF_OPEN: LruHashMap<FlowKey, FlowValue, { HALF_OPEN_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// IPv4 half-open flows, keyed like `CONNTRACK_V4`.
+#[btf_map]
+pub static HALF_OPEN_V4: LruHashMap<FlowKey4, FlowValue, { HALF_OPEN_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// New-flow token buckets per source address (16 bytes, IPv4 v4-mapped). Shared across CPUs
+/// and updated without atomics: two CPUs racing on one source may each spend the same token,
+/// which bends the limit by a flow or two and never blocks a source that is under it.
+#[btf_map]
+pub static SOURCE_RATE: LruHashMap<[u8; 16], SourceBucket, { SOURCE_RATE_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// New half-open flows this CPU created in the current second (Katran's per-CPU flood
+/// detection: no cross-CPU contention on the path every new flow takes).
+#[btf_map]
+pub static FLOOD_WINDOW: PerCpuArray<FloodWindow, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static ROUTE_STATS: PerCpuArray<FlowStats, { MAX_ROUTES as usize }> = PerCpuArray::new();

@@ -88,6 +88,10 @@ pub struct PacketMeta {
     pub reply: FlowValue,
     /// The flow hash `select::from_table` chose by; where the SNAT port search starts.
     pub hash: u32,
+    /// TCP sequence and acknowledgment numbers, host byte order (0 for UDP): how a half-open
+    /// flow is confirmed (`half_open`).
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
     pub _pad2: u32,
 }
 
@@ -254,6 +258,8 @@ fn parse_l4<F: Frame>(
             meta.key.src_port = 0;
             meta.key.dst_port = 0;
             meta.tcp_flags = 0;
+            meta.tcp_seq = 0;
+            meta.tcp_ack = 0;
             return Ok(());
         }
         _ => return Err(ParseOutcome::OtherL4),
@@ -263,7 +269,15 @@ fn parse_l4<F: Frame>(
     unsafe {
         meta.key.src_port = u16::from_be_bytes([*p, *p.add(1)]);
         meta.key.dst_port = u16::from_be_bytes([*p.add(2), *p.add(3)]);
-        meta.tcp_flags = if proto == IPPROTO_TCP { *p.add(13) } else { 0 };
+        if proto == IPPROTO_TCP {
+            meta.tcp_flags = *p.add(13);
+            meta.tcp_seq = u32::from_be_bytes([*p.add(4), *p.add(5), *p.add(6), *p.add(7)]);
+            meta.tcp_ack = u32::from_be_bytes([*p.add(8), *p.add(9), *p.add(10), *p.add(11)]);
+        } else {
+            meta.tcp_flags = 0;
+            meta.tcp_seq = 0;
+            meta.tcp_ack = 0;
+        }
     }
     Ok(())
 }

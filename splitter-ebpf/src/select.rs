@@ -1,4 +1,5 @@
-//! Choosing a backend: conntrack first, the route's live table for new flows.
+//! Choosing a backend: conntrack first, then the half-open table, the route's live table for
+//! new flows.
 //!
 //! Either way the outcome is written to `meta.flow`, the conntrack value the packet is rewritten
 //! by, so the rewrite has one shape for established and new flows.
@@ -8,12 +9,12 @@ use splitter_common::{
     hash::flow_hash,
     l4::{
         BACKEND_ACTIVE, BACKEND_EMPTY, BACKEND_FLAG_REMOTE, FLOW_CLOSING, FLOW_SNAT, FlowKey,
-        FlowKey4, FlowValue, REJECT, table_index,
+        FlowKey4, REJECT, table_index,
     },
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, CONNTRACK_V4, ROUTES, TABLES},
+    maps::{BACKENDS, CONNTRACK, CONNTRACK_V4, HALF_OPEN, HALF_OPEN_V4, ROUTES, TABLES},
     parse::{Family, PacketMeta, TCP_FLAG_FIN, TCP_FLAG_RST},
     rewrite::is_v4_mapped,
 };
@@ -27,19 +28,28 @@ pub enum Choice {
     Gone,
 }
 
-/// The backend an established flow is pinned to, and the flow's route, if conntrack knows the
-/// flow. A FIN or RST marks the entry closing, which is what lets userspace reap it later.
+/// The backend a tracked flow is pinned to, and the flow's route, if conntrack (or, with
+/// `half_open`, the half-open table) knows the flow. A FIN or RST marks the entry closing,
+/// which is what lets userspace reap it later.
 #[inline(always)]
-pub fn tracked(meta: &mut PacketMeta) -> Option<(Choice, u32)> {
+pub fn tracked(meta: &mut PacketMeta, half_open: bool) -> Option<(Choice, u32)> {
     // By reference: the key stays in the scratch map instead of being copied to the stack.
-    let ct = match meta.family {
-        Family::V4 => {
+    let ct = match (meta.family, half_open) {
+        (Family::V4, false) => {
             let key: &FlowKey4 = &meta.key4;
             CONNTRACK_V4.get_ptr_mut(key)?
         }
-        Family::V6 => {
+        (Family::V6, false) => {
             let key: &FlowKey = &meta.key;
             CONNTRACK.get_ptr_mut(key)?
+        }
+        (Family::V4, true) => {
+            let key: &FlowKey4 = &meta.key4;
+            HALF_OPEN_V4.get_ptr_mut(key)?
+        }
+        (Family::V6, true) => {
+            let key: &FlowKey = &meta.key;
+            HALF_OPEN.get_ptr_mut(key)?
         }
     };
     // SAFETY: an entry of the map, alive for this program run; other CPUs may write `flags`
@@ -138,52 +148,7 @@ pub fn from_table(meta: &mut PacketMeta, route_id: u32) -> Choice {
     f._pad = 0;
     f.nat_addr = [0; 16];
     f.nat_port = 0;
-    f._pad2 = [0; 6];
+    f._pad2 = 0;
+    f.syn_ack_seq = 0;
     Choice::Forward { new_flow: true }
-}
-
-/// Records both directions of a new flow: forward (client -> VIP) as `meta.flow`, reply
-/// (backend -> client) back to the VIP. A SNAT flow's reply entry is in already (claiming it
-/// is how its port was chosen). Not inlined: its keys and values would otherwise share the
-/// caller's 512-byte stack frame.
-#[inline(never)]
-pub fn track(meta: &PacketMeta) {
-    let f = &meta.flow;
-    if f.flags & FLOW_SNAT != 0 {
-        // By reference: the key stays in the scratch map instead of being copied to the stack.
-        let _ = match meta.family {
-            Family::V4 => {
-                let k: &FlowKey4 = &meta.key4;
-                CONNTRACK_V4.insert(k, f, 0)
-            }
-            Family::V6 => {
-                let k: &FlowKey = &meta.key;
-                CONNTRACK.insert(k, f, 0)
-            }
-        };
-        return;
-    }
-    // The reply path rewrites with TC's checksum helpers, which need no deltas.
-    let reply = FlowValue {
-        addr: meta.key.dst,
-        port: meta.key.dst_port,
-        backend_id: f.backend_id,
-        route_id: f.route_id,
-        ..FlowValue::default()
-    };
-    // A full LRU evicts the least recent flow; an insert failure leaves the flow untracked and it
-    // is re-selected (same slot, same backend while the table is unchanged) on its next packet.
-    // The reply key is the forward key's `twin`, the pairing userspace reaps both by.
-    match meta.family {
-        Family::V4 => {
-            let k: &FlowKey4 = &meta.key4;
-            let _ = CONNTRACK_V4.insert(k, f, 0);
-            let _ = CONNTRACK_V4.insert(k.twin(f), reply, 0);
-        }
-        Family::V6 => {
-            let k: &FlowKey = &meta.key;
-            let _ = CONNTRACK.insert(k, f, 0);
-            let _ = CONNTRACK.insert(k.twin(f), reply, 0);
-        }
-    }
 }

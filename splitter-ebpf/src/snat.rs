@@ -2,8 +2,8 @@
 //! collisions, and the reply leg that brings the backend's answers back to the client.
 //!
 //! The reply entry (backend -> SNAT address:port) is the port's reservation: inserting it with
-//! `BPF_NOEXIST` either claims the port for this flow or says another flow to the same backend
-//! has it, atomically across CPUs.
+//! `BPF_NOEXIST` into the half-open table, and finding no confirmed flow with it in conntrack,
+//! either claims the port for this flow or says another flow to the same backend has it.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use splitter_common::{
@@ -15,7 +15,8 @@ use splitter_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, CONNTRACK_V4, L4_CONFIG},
+    half_open,
+    maps::{CONNTRACK, CONNTRACK_V4, HALF_OPEN, HALF_OPEN_V4, L4_CONFIG},
     parse::{Family, PacketMeta, TCP_FLAG_FIN, TCP_FLAG_RST},
     select::copy_words,
 };
@@ -95,7 +96,8 @@ pub fn claim(meta: &mut PacketMeta) -> Result<(), ClaimError> {
     r._pad = 0;
     copy_words(&mut r.nat_addr, &meta.key.src);
     r.nat_port = meta.key.src_port;
-    r._pad2 = [0; 6];
+    r._pad2 = 0;
+    r.syn_ack_seq = 0;
 
     let k6 = &mut meta.reply_key;
     copy_words(&mut k6.src, &meta.flow.addr);
@@ -128,21 +130,33 @@ pub fn claim(meta: &mut PacketMeta) -> Result<(), ClaimError> {
                 &[meta.key.dst_port, meta.key.src_port],
             ),
         );
-        // Keys and value by reference: they stay in the scratch map, off the stack.
+        // Keys and value by reference: they stay in the scratch map, off the stack. The claim
+        // is made in the half-open table (where the flow lives until it is confirmed) and must
+        // not collide with a confirmed flow either: `half_open::promote` inserts into conntrack
+        // before it removes from the half-open table, so checking conntrack after our insert
+        // cannot miss a flow that moves meanwhile.
         let value: &FlowValue = &meta.reply;
-        let inserted = match meta.family {
+        let free = match meta.family {
             Family::V4 => {
                 meta.reply_key4.dst_port = port;
                 let k: &FlowKey4 = &meta.reply_key4;
-                CONNTRACK_V4.insert(k, value, BPF_NOEXIST as u64)
+                HALF_OPEN_V4.insert(k, value, BPF_NOEXIST as u64).is_ok()
+                    && (CONNTRACK_V4.get_ptr(k).is_none() || {
+                        let _ = HALF_OPEN_V4.remove(k);
+                        false
+                    })
             }
             Family::V6 => {
                 meta.reply_key.dst_port = port;
                 let k: &FlowKey = &meta.reply_key;
-                CONNTRACK.insert(k, value, BPF_NOEXIST as u64)
+                HALF_OPEN.insert(k, value, BPF_NOEXIST as u64).is_ok()
+                    && (CONNTRACK.get_ptr(k).is_none() || {
+                        let _ = HALF_OPEN.remove(k);
+                        false
+                    })
             }
         };
-        if inserted.is_ok() {
+        if free {
             claimed = Some(port);
             break;
         }
@@ -177,31 +191,49 @@ pub fn reply_leg(meta: &mut PacketMeta) -> Option<()> {
     if have == 0 || port < cfg.port_min || port > cfg.port_max || meta.key.dst != *snat {
         return None;
     }
+    let mut half_open = false;
     let ct = match meta.family {
         Family::V4 => {
             meta.key4.dir = DIR_REPLY;
             let k: &FlowKey4 = &meta.key4;
-            let found = CONNTRACK_V4.get_ptr_mut(k);
-            meta.key4.dir = 0;
-            found?
+            match CONNTRACK_V4.get_ptr_mut(k) {
+                Some(ct) => Some(ct),
+                None => {
+                    half_open = true;
+                    HALF_OPEN_V4.get_ptr_mut(k)
+                }
+            }
         }
         Family::V6 => {
             meta.key.dir = DIR_REPLY;
             let k: &FlowKey = &meta.key;
-            let found = CONNTRACK.get_ptr_mut(k);
-            meta.key.dir = 0;
-            found?
+            match CONNTRACK.get_ptr_mut(k) {
+                Some(ct) => Some(ct),
+                None => {
+                    half_open = true;
+                    HALF_OPEN.get_ptr_mut(k)
+                }
+            }
         }
     };
-    // SAFETY: an entry of the map, alive for this program run; concurrent writers can only set
-    // the same bit.
-    let ct = unsafe { &mut *ct };
-    if ct.flags & FLOW_SNAT == 0 {
-        return None;
-    }
-    if meta.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && ct.flags & FLOW_CLOSING == 0 {
-        ct.flags |= FLOW_CLOSING;
-    }
-    copy_words(&mut meta.flow, ct);
-    Some(())
+    let found = ct.and_then(|ct| {
+        // SAFETY: an entry of the map, alive for this program run; concurrent writers can only
+        // set the same bit.
+        let r = unsafe { &mut *ct };
+        if r.flags & FLOW_SNAT == 0 {
+            return None;
+        }
+        if meta.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && r.flags & FLOW_CLOSING == 0 {
+            r.flags |= FLOW_CLOSING;
+        }
+        copy_words(&mut meta.flow, r);
+        if half_open {
+            // The key is still the reply key here, as `on_reply` expects.
+            half_open::on_reply(meta, ct);
+        }
+        Some(())
+    });
+    meta.key4.dir = 0;
+    meta.key.dir = 0;
+    found
 }

@@ -14,8 +14,8 @@ use splitter_common::{
 };
 
 use crate::{
-    icmp,
-    maps::{CONNTRACK, CONNTRACK_V4, SCRATCH},
+    half_open, icmp,
+    maps::{CONNTRACK, CONNTRACK_V4, HALF_OPEN, HALF_OPEN_V4, SCRATCH},
     parse::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6, TCP_FLAG_FIN, TCP_FLAG_RST, parse_frame},
     rewrite::l4_csum_offset,
 };
@@ -32,16 +32,29 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     }
     // The reply entry is keyed by the tuple as the reply carries it: look it up in place (by
     // reference: the key stays in the scratch map instead of being copied to the stack).
+    let mut half_open = false;
     let ct = match meta.family {
         Family::V4 => {
             meta.key4.dir = DIR_REPLY;
             let key: &FlowKey4 = &meta.key4;
-            CONNTRACK_V4.get_ptr_mut(key)
+            match CONNTRACK_V4.get_ptr_mut(key) {
+                Some(ct) => Some(ct),
+                None => {
+                    half_open = true;
+                    HALF_OPEN_V4.get_ptr_mut(key)
+                }
+            }
         }
         Family::V6 => {
             meta.key.dir = DIR_REPLY;
             let key: &FlowKey = &meta.key;
-            CONNTRACK.get_ptr_mut(key)
+            match CONNTRACK.get_ptr_mut(key) {
+                Some(ct) => Some(ct),
+                None => {
+                    half_open = true;
+                    HALF_OPEN.get_ptr_mut(key)
+                }
+            }
         }
     };
     let Some(ct) = ct else {
@@ -49,12 +62,17 @@ pub fn reverse_nat(ctx: &TcContext) -> Result<(), ()> {
     };
     // SAFETY: an entry of the map, alive for this program run; concurrent writers can only set
     // the same bit.
-    let ct = unsafe { &mut *ct };
-    if meta.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && ct.flags & FLOW_CLOSING == 0 {
+    let ct_ref = unsafe { &mut *ct };
+    if meta.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && ct_ref.flags & FLOW_CLOSING == 0 {
         // The backend closes: the entry may be reaped once the close is over (userspace).
-        ct.flags |= FLOW_CLOSING;
+        ct_ref.flags |= FLOW_CLOSING;
     }
-    let ct = *ct;
+    let value = *ct_ref;
+    if half_open {
+        // A SYN-ACK is recorded, a UDP answer confirms (the entry may move to conntrack).
+        half_open::on_reply(meta, ct);
+    }
+    let ct = value;
     let csum_off = meta.l4_offset as usize + l4_csum_offset(meta.key.proto);
     let mangled0 = if meta.key.proto == IPPROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64

@@ -82,6 +82,18 @@ pub fn render(pin_dir: &Path) -> anyhow::Result<String> {
             )?;
         }
     }
+    writeln!(
+        out,
+        "half-open flows {}; flood threshold {}/s per CPU (under flood now: {} of {} CPUs, \
+         new flows this second per CPU {:?}); new flows per source {}/s, burst {}",
+        l4.half_open_flows,
+        l4.flood_threshold,
+        l4.cpus_under_flood,
+        l4.new_flows_per_cpu.len(),
+        l4.new_flows_per_cpu,
+        l4.source_rate,
+        l4.source_burst
+    )?;
     writeln!(out, "l4 events:")?;
     for (name, n) in &l4.events {
         writeln!(out, "  {name:<20} {n}")?;

@@ -97,6 +97,18 @@ struct RunArgs {
     /// listeners on the node's addresses may not take it.
     #[arg(long, default_value_t = splitter::run::node_ports::DEFAULT_NODE_PORT_RANGE)]
     node_port_range: splitter::run::SnatPorts,
+    /// New half-open L4 flows per second per CPU above which the node counts as under flood:
+    /// a packet of an unknown flow that is not a SYN (on a VIP no host socket shares) is then
+    /// dropped rather than given a backend. 0: never under flood.
+    #[arg(long, default_value_t = splitter_common::l4::DEFAULT_FLOOD_THRESHOLD)]
+    flood_threshold: u32,
+    /// New L4 flows per second one client address may start (SYNs and first datagrams over it
+    /// are dropped). 0: no limit.
+    #[arg(long, default_value_t = splitter_common::l4::DEFAULT_SOURCE_RATE)]
+    new_flows_per_source: u32,
+    /// How many new L4 flows a client address may start at once (the per-source burst).
+    #[arg(long, default_value_t = splitter_common::l4::DEFAULT_SOURCE_BURST)]
+    new_flows_burst: u32,
     /// The agent's namespace, where the status writer Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "splitter-system")]
     namespace: String,
@@ -229,6 +241,9 @@ fn run(args: RunArgs) -> ExitCode {
         proxy_workers,
         snat_ports,
         node_port_range,
+        flood_threshold,
+        new_flows_per_source,
+        new_flows_burst,
     } = args;
     let source = if kube {
         splitter::run::Source::Kube(splitter::run::KubeOptions {
@@ -252,6 +267,11 @@ fn run(args: RunArgs) -> ExitCode {
         node_name,
         snat_ports,
         node_port_range,
+        flow_limits: splitter::run::FlowLimits {
+            flood_threshold,
+            source_rate: new_flows_per_source,
+            source_burst: new_flows_burst,
+        },
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter_common::l4::{CONFIG_SNAT_V4, CONFIG_SNAT_V6, L4Config};
+use splitter_common::l4::{
+    CONFIG_SNAT_V4, CONFIG_SNAT_V6, DEFAULT_FLOOD_THRESHOLD, DEFAULT_SOURCE_BURST,
+    DEFAULT_SOURCE_RATE, L4Config,
+};
 
 use tokio::sync::watch;
 
@@ -123,6 +126,7 @@ pub fn snat_config(first_iface_addrs: &[IpAddr], ports: SnatPorts) -> L4Config {
         port_max: ports.max,
         ..L4Config::default()
     };
+    FlowLimits::default().write_into(&mut config);
     if let Some(v4) = first_iface_addrs.iter().find(|a| a.is_ipv4()) {
         config.snat_v4 = ebpf::addr16(*v4);
         config.flags |= CONFIG_SNAT_V4;
@@ -232,6 +236,37 @@ pub fn l4_programs(
     programs
 }
 
+/// What bounds the state a flood can create in the kernel (`--flood-threshold`,
+/// `--new-flows-per-source`, `--new-flows-burst`); see the kernel's `half_open` module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// New half-open flows per second per CPU above which a non-SYN conntrack miss is dropped
+    /// instead of recreated; 0: never.
+    pub flood_threshold: u32,
+    /// New flows per second one source address may start; 0: no limit.
+    pub source_rate: u32,
+    /// How many new flows a source may start at once.
+    pub source_burst: u32,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self {
+            flood_threshold: DEFAULT_FLOOD_THRESHOLD,
+            source_rate: DEFAULT_SOURCE_RATE,
+            source_burst: DEFAULT_SOURCE_BURST,
+        }
+    }
+}
+
+impl FlowLimits {
+    pub fn write_into(self, config: &mut L4Config) {
+        config.flood_threshold = self.flood_threshold;
+        config.source_rate = self.source_rate;
+        config.source_burst = self.source_burst;
+    }
+}
+
 /// What the kernel half needs to start.
 #[derive(Clone, Debug)]
 pub struct L4Settings {
@@ -241,6 +276,7 @@ pub struct L4Settings {
     pub tc_mode: TcAttachMode,
     pub node_name: Option<String>,
     pub snat_ports: SnatPorts,
+    pub flow_limits: FlowLimits,
 }
 
 /// How often a kernel half waiting for its interfaces looks again (a cheap check), and the
@@ -291,6 +327,7 @@ pub async fn supervise(
                 s.tc_mode,
                 s.node_name,
                 s.snat_ports,
+                s.flow_limits,
             )
         })
         .await;
@@ -327,6 +364,7 @@ pub struct L4Runner {
     ifaces: Vec<String>,
     node_name: Option<String>,
     snat_ports: SnatPorts,
+    flow_limits: FlowLimits,
 }
 
 impl L4Runner {
@@ -339,6 +377,7 @@ impl L4Runner {
         tc_mode: TcAttachMode,
         node_name: Option<String>,
         snat_ports: SnatPorts,
+        flow_limits: FlowLimits,
     ) -> anyhow::Result<Self> {
         if let Err(e) = reserve_ports(snat_ports) {
             // SNAT still works; a local socket may just take a port a SNAT flow wanted.
@@ -368,6 +407,7 @@ impl L4Runner {
             ifaces: ifaces.to_vec(),
             node_name,
             snat_ports,
+            flow_limits,
         })
     }
 
@@ -421,7 +461,8 @@ impl L4Runner {
         });
         // Addresses may come and go: the SNAT config follows the first interface's.
         let first = iface_addresses(&self.ifaces[..1.min(self.ifaces.len())]).unwrap_or_default();
-        let config = snat_config(&first, self.snat_ports);
+        let mut config = snat_config(&first, self.snat_ports);
+        self.flow_limits.write_into(&mut config);
         let programs = l4_programs(plan, &addrs, &node_addrs, self.node_name.as_deref());
         let actuator = self.actuator.clone();
         let applied = tokio::task::spawn_blocking(move || {

@@ -31,7 +31,8 @@ use splitter_plan::plan::{Plan, PlanConfig};
 
 pub use default_iface::default_route_iface;
 pub use l4::{
-    ATTACH_RETRY, L4Runner, L4Settings, SnatPorts, l4_programs, merge_reserved_ports, snat_config,
+    ATTACH_RETRY, FlowLimits, L4Runner, L4Settings, SnatPorts, l4_programs, merge_reserved_ports,
+    snat_config,
 };
 
 /// Where the objects come from.
@@ -77,6 +78,8 @@ pub struct RunOptions {
     /// The cluster's NodePort range (`--node-port-range`), which listeners on the node's
     /// addresses may not take.
     pub node_port_range: SnatPorts,
+    /// Flood guards of the kernel half (`--flood-threshold`, `--new-flows-per-source`).
+    pub flow_limits: FlowLimits,
 }
 
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
@@ -125,6 +128,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             tc_mode: opts.tc_mode,
             node_name: opts.node_name.clone(),
             snat_ports: opts.snat_ports,
+            flow_limits: opts.flow_limits,
         };
         tokio::spawn(l4::supervise(settings, plans.clone(), health.clone()));
         Some(health)

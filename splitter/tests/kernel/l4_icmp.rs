@@ -188,6 +188,7 @@ fn errors_about_a_local_flows_replies_reach_the_backend_quoting_what_it_sent() {
     for (n, c) in cs.iter().enumerate() {
         let v = xdp(&mut r.obj, &frame(c.client, c.vip, Seg::Syn, &[]));
         assert_eq!((v.action, v.mark), (XDP_PASS, None), "{}: DNAT", c.vip);
+        confirm(&mut r.obj, c.client, c.vip, c.backend, None);
 
         // The backend's reply left as VIP -> client (TC egress); a router on the way says the
         // client's link takes 1280 bytes, to the VIP.
@@ -239,6 +240,7 @@ fn errors_about_a_local_flows_forward_packets_leave_quoting_what_the_client_sent
     let mut translated = 0;
     for (c, remote_vip) in cs.iter().zip(remote_vips) {
         xdp(&mut r.obj, &frame(c.client, c.vip, Seg::Syn, &[]));
+        confirm(&mut r.obj, c.client, c.vip, c.backend, None);
         let quoted = quote(c.client, c.backend);
 
         // The node's stack could not forward the DNATed packet (a smaller MTU towards the
@@ -312,6 +314,7 @@ fn errors_about_either_leg_of_a_snat_flow_reach_the_party_that_sent_it() {
         assert_eq!(fwd.dst, c.backend);
         let node = fwd.src;
         assert_eq!(node.ip(), c.snat);
+        confirm(&mut r.obj, c.client, c.vip, c.backend, Some(node));
         let before = events(&r.obj, L4Event::IcmpTranslated);
 
         // Reply leg: the node sent VIP -> client; a client-side router answers the VIP. The
@@ -443,6 +446,7 @@ fn with_the_translation_off_errors_about_tracked_flows_pass_untouched() {
     r.act.apply(&programs).expect("apply");
     for c in &cs {
         xdp(&mut r.obj, &frame(c.client, c.vip, Seg::Syn, &[]));
+        confirm(&mut r.obj, c.client, c.vip, c.backend, None);
         let err = error(c.router, c.vip.ip(), &quote(c.vip, c.client));
         let v = xdp(&mut r.obj, &err);
         assert_eq!((v.action, v.mark, &v.out), (XDP_PASS, None, &err));

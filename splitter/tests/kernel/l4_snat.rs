@@ -16,8 +16,8 @@ use splitter::{
 use splitter_common::{
     hash::flow_hash,
     l4::{
-        CONNTRACK, CONNTRACK_V4, DIR_FORWARD, DIR_REPLY, FLOW_SNAT, FlowKeyOf, FlowValue, L4Event,
-        XDP_MARK_BOUNCE, XDP_MARK_ROUTE,
+        CONNTRACK, CONNTRACK_V4, DIR_FORWARD, DIR_REPLY, FLOW_RECREATED, FLOW_SNAT, FlowKeyOf,
+        FlowValue, HALF_OPEN, HALF_OPEN_V4, L4Event, XDP_MARK_BOUNCE, XDP_MARK_ROUTE,
     },
 };
 use testbed::BpfFs;
@@ -45,6 +45,14 @@ fn key<const N: usize>(src: SocketAddr, dst: SocketAddr, proto: u8, dir: u8) -> 
 
 fn conntrack<const N: usize>(pins: &Path) -> HashMap<MapData, FlowKeyOf<N>, FlowValue> {
     let name = if N == 4 { CONNTRACK_V4 } else { CONNTRACK };
+    flow_map(pins, name)
+}
+
+fn half_open<const N: usize>(pins: &Path) -> HashMap<MapData, FlowKeyOf<N>, FlowValue> {
+    flow_map(pins, if N == 4 { HALF_OPEN_V4 } else { HALF_OPEN })
+}
+
+fn flow_map<const N: usize>(pins: &Path, name: &str) -> HashMap<MapData, FlowKeyOf<N>, FlowValue> {
     let data = MapData::from_pin(pins.join(name)).expect("pinned conntrack");
     HashMap::try_from(Map::from_map_data(data).expect("map type")).expect("conntrack map")
 }
@@ -58,6 +66,29 @@ fn entry(pins: &Path, src: SocketAddr, dst: SocketAddr, proto: u8, dir: u8) -> O
             .get(&key(src, dst, proto, dir), 0)
             .ok()
     }
+}
+
+/// The half-open entry of the flow `src -> dst` in direction `dir` (started, not confirmed).
+fn half_open_entry(
+    pins: &Path,
+    src: SocketAddr,
+    dst: SocketAddr,
+    proto: u8,
+    dir: u8,
+) -> Option<FlowValue> {
+    if src.is_ipv4() {
+        half_open::<4>(pins).get(&key(src, dst, proto, dir), 0).ok()
+    } else {
+        half_open::<16>(pins)
+            .get(&key(src, dst, proto, dir), 0)
+            .ok()
+    }
+}
+
+/// Neither table knows the flow `src -> dst`.
+fn untracked(pins: &Path, src: SocketAddr, dst: SocketAddr, proto: u8) -> bool {
+    entry(pins, src, dst, proto, DIR_FORWARD).is_none()
+        && half_open_entry(pins, src, dst, proto, DIR_FORWARD).is_none()
 }
 
 /// Takes `port` for another flow to `backend`, as a SNAT flow would.
@@ -141,9 +172,9 @@ fn remote_backends_get_dnat_and_snat_and_their_replies_come_back_v4_v6_tcp_udp()
     r.act.apply(&programs).expect("apply");
     for (vip, proto, backend, client) in cases {
         let p = proto.number();
-        let (first, then) = match proto {
-            L4Proto::Tcp => (Seg::Syn, Seg::Ack),
-            L4Proto::Udp => (Seg::Udp, Seg::Udp),
+        let (first, answer, then) = match proto {
+            L4Proto::Tcp => (Seg::Syn, Seg::SynAck, Seg::Ack),
+            L4Proto::Udp => (Seg::Udp, Seg::Udp, Seg::Udp),
         };
         let v = xdp(&mut r.obj, &frame(client, vip, first, b"hello"));
         assert_eq!(
@@ -161,7 +192,8 @@ fn remote_backends_get_dnat_and_snat_and_their_replies_come_back_v4_v6_tcp_udp()
             "{vip}: SNAT to the node's address, port where the search starts"
         );
 
-        let fwd = entry(r.fs.path(), client, vip, p, DIR_FORWARD).expect("forward entry");
+        // Started, not confirmed: both legs wait in the half-open table.
+        let fwd = half_open_entry(r.fs.path(), client, vip, p, DIR_FORWARD).expect("forward entry");
         assert_eq!(fwd.flags & FLOW_SNAT, FLOW_SNAT);
         assert_eq!((fwd.addr, fwd.port), (addr16(backend.ip()), backend.port()));
         assert_eq!(
@@ -169,7 +201,7 @@ fn remote_backends_get_dnat_and_snat_and_their_replies_come_back_v4_v6_tcp_udp()
             (addr16(snat_ip(vip)), want_port)
         );
         let snat = SocketAddr::new(snat_ip(vip), want_port);
-        let rev = entry(r.fs.path(), backend, snat, p, DIR_REPLY).expect("reply entry");
+        let rev = half_open_entry(r.fs.path(), backend, snat, p, DIR_REPLY).expect("reply entry");
         assert_eq!((rev.addr, rev.port), (addr16(vip.ip()), vip.port()));
         assert_eq!(
             (rev.nat_addr, rev.nat_port),
@@ -177,7 +209,7 @@ fn remote_backends_get_dnat_and_snat_and_their_replies_come_back_v4_v6_tcp_udp()
         );
 
         // The backend answers the node; the client gets it from the VIP.
-        let v = xdp(&mut r.obj, &frame(backend, snat, then, b"answer"));
+        let v = xdp(&mut r.obj, &frame(backend, snat, answer, b""));
         assert_eq!(
             (v.action, v.mark),
             (XDP_PASS, Some(XDP_MARK_ROUTE)),
@@ -190,10 +222,19 @@ fn remote_backends_get_dnat_and_snat_and_their_replies_come_back_v4_v6_tcp_udp()
             "{vip}: reply leg translated back"
         );
 
-        // The established path takes the same port.
+        // The established path takes the same port; the client's ACK of the SYN-ACK (or the
+        // backend's UDP answer) confirmed the flow: both legs are in conntrack now.
         let v = xdp(&mut r.obj, &frame(client, vip, then, b"more"));
         let out = inspect(&v.out);
         assert_eq!((out.src, out.dst), (snat, backend), "{vip}: established");
+        assert_eq!(
+            entry(r.fs.path(), client, vip, p, DIR_FORWARD).map(|f| f.nat_port),
+            Some(want_port),
+            "{vip}: confirmed"
+        );
+        assert!(entry(r.fs.path(), backend, snat, p, DIR_REPLY).is_some());
+        assert!(half_open_entry(r.fs.path(), client, vip, p, DIR_FORWARD).is_none());
+        assert!(half_open_entry(r.fs.path(), backend, snat, p, DIR_REPLY).is_none());
 
         // A packet to the SNAT address whose port no flow holds is not ours.
         let stray = frame(
@@ -251,7 +292,7 @@ fn a_taken_port_is_skipped_and_a_full_range_rejects() {
     assert!(out.rst, "{out:?}");
     assert_eq!(events(&r.obj, L4Event::SnatPortsExhausted), 1);
     assert!(
-        entry(r.fs.path(), late, vip, tcp, DIR_FORWARD).is_none(),
+        untracked(r.fs.path(), late, vip, tcp),
         "a rejected flow is not tracked"
     );
     // A local backend on the same route kind is unaffected by the full range.
@@ -349,7 +390,18 @@ fn a_non_syn_miss_is_recreated_passed_or_refused_by_vip_kind_and_backend() {
     assert_eq!((v.action, v.mark), (XDP_PASS, None));
     assert_eq!(inspect(&v.out).dst, local_backend, "recreated");
     assert_eq!(events(&r.obj, L4Event::NonSynMiss), 1);
+    // Recreated in the half-open table: the backend's first answer that is not a RST confirms
+    // it (TC egress sees it).
+    let recreated = half_open_entry(r.fs.path(), client, dedicated_local, tcp, DIR_FORWARD);
+    assert!(recreated.is_some_and(|f| f.flags & FLOW_RECREATED != 0));
+    assert!(entry(r.fs.path(), client, dedicated_local, tcp, DIR_FORWARD).is_none());
+    tc(
+        &mut r.obj,
+        &frame(local_backend, client, Seg::Ack, b"answer"),
+    );
     assert!(entry(r.fs.path(), client, dedicated_local, tcp, DIR_FORWARD).is_some());
+    assert!(half_open_entry(r.fs.path(), client, dedicated_local, tcp, DIR_FORWARD).is_none());
+    assert_eq!(events(&r.obj, L4Event::Confirmed), 1);
 
     // The node's own address: it may be a host connection; untouched.
     let f = frame(client, node_address, Seg::Ack, b"host traffic");
@@ -360,7 +412,7 @@ fn a_non_syn_miss_is_recreated_passed_or_refused_by_vip_kind_and_backend() {
         "passed untouched"
     );
     assert_eq!(events(&r.obj, L4Event::NonSynMissPassed), 1);
-    assert!(entry(r.fs.path(), client, node_address, tcp, DIR_FORWARD).is_none());
+    assert!(untracked(r.fs.path(), client, node_address, tcp));
 
     // A dedicated VIP whose table names a remote backend: a new SNAT port would be a different
     // connection to the backend, so the client is told at once.
@@ -375,5 +427,5 @@ fn a_non_syn_miss_is_recreated_passed_or_refused_by_vip_kind_and_backend() {
         "{out:?}"
     );
     assert_eq!(events(&r.obj, L4Event::SnatFlowLost), 1);
-    assert!(entry(r.fs.path(), client, dedicated_remote, tcp, DIR_FORWARD).is_none());
+    assert!(untracked(r.fs.path(), client, dedicated_remote, tcp));
 }

@@ -238,6 +238,7 @@ fn closed_flows_of_a_draining_backend_are_reaped_and_its_id_freed() {
     for (client, vip, backend) in [(c1, web, a), (c2, web, a), (c3, api, c)] {
         let v = xdp(&mut r.obj, &frame(client, vip, Seg::Syn, &[]));
         assert_eq!(inspect(&v.out).dst, backend);
+        confirm(&mut r.obj, client, vip, backend, None);
     }
     let (a_id, c_id) = (r.act.backend_id(a), r.act.backend_id(c));
     assert!(a_id.is_some() && c_id.is_some());

@@ -4,8 +4,9 @@
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use splitter_common::l4::{
-    BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, FlowKey, FlowKey4, FlowValue, L4_CONFIG, L4Config,
-    MAX_BACKENDS, MAX_ROUTES, ROUTES, RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
+    BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, FlowKey, FlowKey4, FlowValue, HALF_OPEN,
+    HALF_OPEN_V4, L4_CONFIG, L4Config, MAX_BACKENDS, MAX_ROUTES, ROUTES, RouteMeta, TABLES, VIPS,
+    VipKey, VipValue, table_index,
 };
 
 use super::{KernelObject, l4_actuator::L4ApplyError, l4_sweep::CtKey};
@@ -32,7 +33,8 @@ pub trait L4Maps {
     fn write_config(&mut self, config: L4Config) -> Result<(), L4ApplyError>;
     /// Removing a VIP that is not there succeeds.
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), L4ApplyError>;
-    /// Calls `f` for every conntrack entry, both maps.
+    /// Calls `f` for every conntrack entry, both maps, and every half-open one (a flow in its
+    /// handshake names its backend too, whose id must not be freed under it).
     fn for_each_flow(&self, f: &mut dyn FnMut(CtKey, FlowValue)) -> Result<(), L4ApplyError>;
     /// Removing a flow that is not there succeeds: the LRU may have evicted it since the scan.
     fn remove_flow(&mut self, key: &CtKey) -> Result<(), L4ApplyError>;
@@ -46,6 +48,8 @@ pub struct KernelL4Maps {
     backends: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
     conntrack_v4: HashMap<MapData, FlowKey4, FlowValue>,
+    half_open: HashMap<MapData, FlowKey, FlowValue>,
+    half_open_v4: HashMap<MapData, FlowKey4, FlowValue>,
     config: Array<MapData, L4Config>,
 }
 
@@ -80,6 +84,8 @@ impl KernelL4Maps {
             backends: Array::try_from(take(BACKENDS)?).map_err(map_err(BACKENDS))?,
             conntrack: HashMap::try_from(take(CONNTRACK)?).map_err(map_err(CONNTRACK))?,
             conntrack_v4: HashMap::try_from(take(CONNTRACK_V4)?).map_err(map_err(CONNTRACK_V4))?,
+            half_open: HashMap::try_from(take(HALF_OPEN)?).map_err(map_err(HALF_OPEN))?,
+            half_open_v4: HashMap::try_from(take(HALF_OPEN_V4)?).map_err(map_err(HALF_OPEN_V4))?,
             config: Array::try_from(take(L4_CONFIG)?).map_err(map_err(L4_CONFIG))?,
         })
     }
@@ -145,13 +151,27 @@ impl L4Maps for KernelL4Maps {
             let (k, v) = entry.map_err(map_err(CONNTRACK_V4))?;
             f(CtKey::V4(k), v);
         }
+        // Entries come and go under the walk (LRU, confirmations): those errors are skipped.
+        for (k, v) in self.half_open.iter().filter_map(Result::ok) {
+            f(CtKey::V6(k), v);
+        }
+        for (k, v) in self.half_open_v4.iter().filter_map(Result::ok) {
+            f(CtKey::V4(k), v);
+        }
         Ok(())
     }
 
     fn remove_flow(&mut self, key: &CtKey) -> Result<(), L4ApplyError> {
+        // The flow is in one of the two tables; removing from the other is a no-op.
         match key {
-            CtKey::V4(k) => absent_ok(self.conntrack_v4.remove(k)).map_err(map_err(CONNTRACK_V4)),
-            CtKey::V6(k) => absent_ok(self.conntrack.remove(k)).map_err(map_err(CONNTRACK)),
+            CtKey::V4(k) => {
+                absent_ok(self.half_open_v4.remove(k)).map_err(map_err(HALF_OPEN_V4))?;
+                absent_ok(self.conntrack_v4.remove(k)).map_err(map_err(CONNTRACK_V4))
+            }
+            CtKey::V6(k) => {
+                absent_ok(self.half_open.remove(k)).map_err(map_err(HALF_OPEN))?;
+                absent_ok(self.conntrack.remove(k)).map_err(map_err(CONNTRACK))
+            }
         }
     }
 }

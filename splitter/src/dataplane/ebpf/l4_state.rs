@@ -6,9 +6,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use splitter_common::l4::{
-    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FLOW_SNAT, FlowKeyOf,
-    FlowStats, FlowValue, L4_DROPS, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES,
-    RouteMeta, TABLES, VIPS, VipKey, VipValue, table_index,
+    BACKEND_STATS, BACKENDS, Backend, CONNTRACK, CONNTRACK_V4, DIR_FORWARD, FLOOD_WINDOW,
+    FLOW_SNAT, FloodWindow, FlowKeyOf, FlowStats, FlowValue, HALF_OPEN, HALF_OPEN_V4, L4_CONFIG,
+    L4_DROPS, L4Config, L4Event, MAX_TABLE_SIZE, REJECT, ROUTE_STATS, ROUTES, RouteMeta, TABLES,
+    VIPS, VipKey, VipValue, table_index,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,6 +45,16 @@ pub struct L4State {
     pub flows: usize,
     /// Of those, flows to remote backends (source-NATed).
     pub snat_flows: usize,
+    /// Flows started but not confirmed yet (forward entries of the half-open tables).
+    pub half_open_flows: usize,
+    /// The flood guards as the kernel has them (`L4_CONFIG`).
+    pub flood_threshold: u32,
+    pub source_rate: u32,
+    pub source_burst: u32,
+    /// New half-open flows per CPU in its current one-second window (0 for a window that is
+    /// over), and how many CPUs are at or over `flood_threshold`, i.e. under flood now.
+    pub new_flows_per_cpu: Vec<u64>,
+    pub cpus_under_flood: usize,
     pub events: Vec<(&'static str, u64)>,
 }
 
@@ -145,6 +156,32 @@ pub fn read_l4_state(
 
     let (v6, v6_snat) = forward_entries::<16>(&open(CONNTRACK)?)?;
     let (v4, v4_snat) = forward_entries::<4>(&open(CONNTRACK_V4)?)?;
+    let (h6, _) = forward_entries::<16>(&open(HALF_OPEN)?)?;
+    let (h4, _) = forward_entries::<4>(&open(HALF_OPEN_V4)?)?;
+    let config_map = open(L4_CONFIG)?;
+    let config: L4Config = Array::<&MapData, L4Config>::try_from(&config_map)?.get(&0, 0)?;
+    let flood_map = open(FLOOD_WINDOW)?;
+    let now = monotonic_ns();
+    let new_flows_per_cpu: Vec<u64> = PerCpuArray::<&MapData, FloodWindow>::try_from(&flood_map)?
+        .get(&0, 0)?
+        .iter()
+        .map(|w| {
+            // The same clock as the kernel's bpf_ktime_get_ns.
+            if now.wrapping_sub(w.start_ns) < 1_000_000_000 {
+                w.new_flows
+            } else {
+                0
+            }
+        })
+        .collect();
+    let cpus_under_flood = if config.flood_threshold == 0 {
+        0
+    } else {
+        new_flows_per_cpu
+            .iter()
+            .filter(|n| **n >= u64::from(config.flood_threshold))
+            .count()
+    };
 
     let ev_map = open(L4_DROPS)?;
     let ev = PerCpuArray::<&MapData, u64>::try_from(&ev_map)?;
@@ -157,6 +194,12 @@ pub fn read_l4_state(
         routes: out,
         flows: v4 + v6,
         snat_flows: v4_snat + v6_snat,
+        half_open_flows: h4 + h6,
+        flood_threshold: config.flood_threshold,
+        source_rate: config.source_rate,
+        source_burst: config.source_burst,
+        new_flows_per_cpu,
+        cpus_under_flood,
         events,
     })
 }
@@ -174,4 +217,10 @@ fn forward_entries<const N: usize>(map: &Map) -> Result<(usize, usize), MapError
         }
     }
     Ok((all, snat))
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }

@@ -10,8 +10,8 @@ use aya::maps::{MapError, MapInfo, MapType};
 use aya_obj::{EbpfSectionKind, Object, generated::bpf_map_type};
 use splitter_common::{
     l4::{
-        BACKEND_STATS, BACKENDS, CONNTRACK, CONNTRACK_V4, L4_CONFIG, L4_DROPS, ROUTE_STATS, ROUTES,
-        TABLES, VIPS,
+        BACKEND_STATS, BACKENDS, CONNTRACK, CONNTRACK_V4, FLOOD_WINDOW, HALF_OPEN, HALF_OPEN_V4,
+        L4_CONFIG, L4_DROPS, ROUTE_STATS, ROUTES, SOURCE_RATE, TABLES, VIPS,
     },
     maps::{DEST_STATS, PARSE_STATS},
 };
@@ -21,7 +21,7 @@ use super::loader::{EbpfLoadError, OBJECT};
 /// Maps that are pinned (and so survive an agent restart) when a pin directory is given: every
 /// map that holds state, so conntrack and tables outlive the process and established flows keep
 /// flowing. Only the per-CPU scratch space is left out.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 16] = [
     DEST_STATS,
     PARSE_STATS,
     VIPS,
@@ -30,6 +30,10 @@ pub const PINNED_MAPS: [&str; 12] = [
     BACKENDS,
     CONNTRACK,
     CONNTRACK_V4,
+    HALF_OPEN,
+    HALF_OPEN_V4,
+    SOURCE_RATE,
+    FLOOD_WINDOW,
     ROUTE_STATS,
     BACKEND_STATS,
     L4_DROPS,

@@ -94,8 +94,13 @@ pub enum Seg {
     Ack,
     /// FIN with ACK: one side closes.
     Fin,
+    /// The backend's answer to a SYN: sequence number [`SYN_ACK_SEQ`], acknowledging 1001.
+    SynAck,
     Udp,
 }
+
+/// The SYN-ACK's sequence number: `Seg::Ack` and `Seg::Fin` acknowledge it (5000).
+pub const SYN_ACK_SEQ: u32 = 4999;
 
 /// A frame from `src` to `dst`.
 pub fn frame(src: SocketAddr, dst: SocketAddr, seg: Seg, payload: &[u8]) -> Vec<u8> {
@@ -120,10 +125,43 @@ pub fn frame(src: SocketAddr, dst: SocketAddr, seg: Seg, payload: &[u8]) -> Vec<
             .ack(5000)
             .fin()
             .write(&mut out, payload),
+        Seg::SynAck => ip
+            .tcp(src.port(), dst.port(), SYN_ACK_SEQ, 64240)
+            .syn()
+            .ack(1001)
+            .write(&mut out, payload),
         Seg::Udp => ip.udp(src.port(), dst.port()).write(&mut out, payload),
     }
     .expect("build frame");
     out
+}
+
+/// Completes the handshake of a TCP flow whose SYN went through XDP: the backend's SYN-ACK
+/// (through TC egress to the client for a local backend, through XDP to the node's `snat`
+/// address for a remote one), then the client's ACK of it, which moves the flow from the
+/// half-open table to conntrack.
+pub fn confirm(
+    obj: &mut KernelObject,
+    client: SocketAddr,
+    vip: SocketAddr,
+    backend: SocketAddr,
+    snat: Option<SocketAddr>,
+) {
+    let before = events(obj, L4Event::Confirmed);
+    match snat {
+        None => {
+            tc(obj, &frame(backend, client, Seg::SynAck, &[]));
+        }
+        Some(node) => {
+            xdp(obj, &frame(backend, node, Seg::SynAck, &[]));
+        }
+    }
+    xdp(obj, &frame(client, vip, Seg::Ack, &[]));
+    assert_eq!(
+        events(obj, L4Event::Confirmed),
+        before + 1,
+        "{client} -> {vip}: the handshake confirmed the flow"
+    );
 }
 
 /// Which slot entry the kernel must choose for a new flow (the shared hash, as the kernel uses it).
