@@ -69,6 +69,7 @@ fn ctx() -> StatusContext<'static> {
     StatusContext {
         controller_name: CONTROLLER,
         default_addresses: &[],
+        node: None,
         now: NOW,
     }
 }
@@ -431,7 +432,15 @@ fn start_writer(client: kube::Client, leader: Option<bool>) {
     tokio::spawn(async move {
         // The senders live as long as the writer: a closed channel would read as a change.
         let _senders = (plans_tx, observed_tx, fixed_leader);
-        status::writer::run(client, writer_config(), plans, observed, leader_rx).await;
+        status::writer::run(
+            client,
+            writer_config(),
+            plans,
+            observed,
+            leader_rx,
+            watch::channel(None).1,
+        )
+        .await;
     });
 }
 

@@ -34,6 +34,9 @@ async fn admin_pages() {
             readiness: readiness.clone(),
             plan: plan_snapshot(current.clone()),
             kernel: None,
+            heartbeat: None,
+            status: None,
+            binds: None,
         },
     )
     .await

@@ -60,11 +60,7 @@ async fn plans_drive_listeners_until_shutdown() {
     };
     let (tx, rx) = watch::channel(None);
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = AgentConfig {
-        admin,
-        proxy: test_config(),
-        kernel: None,
-    };
+    let config = AgentConfig::new(admin, test_config());
     let agent = tokio::spawn(run_l7(config, rx, tables, async move {
         let _ = stopped.await;
     }));
