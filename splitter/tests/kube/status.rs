@@ -588,3 +588,110 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
     let gets_before = calls.iter().take_while(|c| c.method == "GET").count();
     assert!(gets_before >= 10, "{gets_before} reads before taking over");
 }
+
+/// With this node's report: a listener the node does not serve is written `Programmed=False`
+/// (`Pending`, naming the node and the error), and so is its Gateway; without
+/// `--status-address`, `status.addresses` is the node's; once the node serves it, both are
+/// `Programmed=True` again.
+#[test]
+fn the_node_report_decides_programmed_and_the_default_addresses() {
+    use splitter_plan::plan::applied::{NodeReport, Unserved};
+    let plan = the_plan();
+    let key = plan
+        .listeners
+        .iter()
+        .find(|l| l.sources().iter().any(|s| s.listener == "http"))
+        .expect("the http listener")
+        .key()
+        .clone();
+    let failed = NodeReport {
+        node: "node-a".into(),
+        addresses: vec!["10.0.0.7".parse().unwrap()],
+        unserved: vec![Unserved {
+            listener: key,
+            why: "cannot listen on 0.0.0.0:80: Address already in use (os error 98)".into(),
+        }],
+    };
+    let c = StatusContext {
+        node: Some(&failed),
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let status = &out
+        .iter()
+        .find(|p| p.key.kind == Kind::Gateway)
+        .unwrap()
+        .body["status"];
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.7"}])
+    );
+    let programmed = |conditions: &Value| {
+        conditions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Programmed")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        programmed(&status["listeners"][0]["conditions"]),
+        cond(
+            "Programmed",
+            "False",
+            "Pending",
+            "not programmed on node node-a: cannot listen on 0.0.0.0:80: Address already in use (os error 98)",
+            3
+        )
+    );
+    let gw = programmed(&status["conditions"]);
+    assert_eq!(
+        (&gw["status"], &gw["reason"]),
+        (&json!("False"), &json!("Pending"))
+    );
+    assert!(
+        gw["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 1 listeners not programmed on node node-a: http (cannot listen"),
+        "{gw}"
+    );
+
+    let fixed = NodeReport {
+        unserved: vec![],
+        ..failed.clone()
+    };
+    let c = StatusContext {
+        node: Some(&fixed),
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let status = &out
+        .iter()
+        .find(|p| p.key.kind == Kind::Gateway)
+        .unwrap()
+        .body["status"];
+    assert_eq!(
+        programmed(&status["listeners"][0]["conditions"])["status"],
+        "True"
+    );
+    assert_eq!(programmed(&status["conditions"])["status"], "True");
+    // `--status-address` wins over the node's addresses.
+    let explicit = ["192.0.2.10".parse().unwrap()];
+    let c = StatusContext {
+        default_addresses: &explicit,
+        node: Some(&fixed),
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let status = &out
+        .iter()
+        .find(|p| p.key.kind == Kind::Gateway)
+        .unwrap()
+        .body["status"];
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "192.0.2.10"}])
+    );
+}
