@@ -5,7 +5,7 @@
 //! [`NodeReport`]; [`gateway_statuses`] turns plan + report into the Gateway statuses to write,
 //! so `Programmed` says what the node did, not what it was asked. Pure, as the rest of `plan`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -24,6 +24,14 @@ pub struct NodeReport {
     pub addresses: Vec<IpAddr>,
     /// Data plane listeners of the plan this node does not serve, with why.
     pub unserved: Vec<Unserved>,
+}
+
+/// A node's report with the plan it is about: the status writer only uses a report with the
+/// plan it writes, so a listener is never written `Programmed=True` before the node applied it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    pub plan: Arc<Plan>,
+    pub report: NodeReport,
 }
 
 /// A data plane listener the node does not serve.

@@ -30,7 +30,10 @@ use crate::{
     status::{self, LeaseConfig, WriterConfig},
 };
 use splitter_plan::{
-    plan::{Plan, PlanConfig, applied::NodeReport},
+    plan::{
+        Plan, PlanConfig,
+        applied::{NodeReport, NodeView},
+    },
     status::{Observed, ObservedStatus, StatusContext},
 };
 
@@ -116,7 +119,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let binds = L7Binds::default();
     let (updates_tx, updates) = mpsc::channel(4);
     let (plans_tx, plans) = watch::channel::<Option<Arc<Plan>>>(None);
-    let (reports_tx, reports) = watch::channel::<Option<NodeReport>>(None);
+    let (reports_tx, reports) = watch::channel::<Option<NodeView>>(None);
     let status_addresses = match &opts.source {
         Source::Manifests(paths) => {
             tokio::spawn(source::watch(
@@ -219,27 +222,47 @@ impl Reporter {
         )
     }
 
-    /// Publishes the report on `out` after each L7 apply and every [`REPORT_EVERY`], when it
-    /// changed, until the plan channel closes.
+    /// Publishes the report with its plan on `out` when it changes, once the L7 agent has
+    /// applied the plan (a report naming listeners "not applied yet" would flap the status):
+    /// after each plan, each change of the binds, and every [`REPORT_EVERY`] (the kernel half and
+    /// the node's addresses change on their own). Returns when the plan channel closes.
     async fn run(
         self,
-        plans: watch::Receiver<Option<Arc<Plan>>>,
-        out: watch::Sender<Option<NodeReport>>,
+        mut plans: watch::Receiver<Option<Arc<Plan>>>,
+        out: watch::Sender<Option<NodeView>>,
     ) {
         let mut binds = self.binds.subscribe();
         let mut tick = tokio::time::interval(REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let plan = plans.borrow().clone();
-            if let Some(plan) = plan {
+            let plan = plans.borrow_and_update().clone();
+            let applied = self.binds.snapshot();
+            if let Some(plan) = plan
+                && plan
+                    .l7_tables()
+                    .keys()
+                    .all(|addr| applied.contains_key(addr))
+            {
                 let report = self.report(&plan);
-                out.send_if_modified(|r| {
-                    let changed = r.as_ref() != Some(&report);
+                out.send_if_modified(|view| {
+                    let changed = view
+                        .as_ref()
+                        .is_none_or(|v| !Arc::ptr_eq(&v.plan, &plan) || v.report != report);
                     if changed {
-                        if !report.unserved.is_empty() {
-                            tracing::warn!(?report.unserved, "listeners this node does not serve");
+                        let was = view.as_ref().map(|v| &v.report.unserved);
+                        if !report.unserved.is_empty() && was != Some(&report.unserved) {
+                            for u in &report.unserved {
+                                tracing::warn!(
+                                    port = u.listener.port,
+                                    "listener not served on this node: {}",
+                                    u.why
+                                );
+                            }
                         }
-                        *r = Some(report);
+                        *view = Some(NodeView {
+                            plan: plan.clone(),
+                            report,
+                        });
                     }
                     changed
                 });
@@ -247,9 +270,7 @@ impl Reporter {
             tokio::select! {
                 _ = tick.tick() => {}
                 r = binds.changed() => if r.is_err() { return },
-            }
-            if plans.has_changed().is_err() {
-                return;
+                r = plans.changed() => if r.is_err() { return },
             }
         }
     }
@@ -316,7 +337,7 @@ async fn start_kube(
     config: &PlanConfig,
     updates: mpsc::Sender<Vec<splitter_plan::model::index::Update>>,
     plans: watch::Receiver<Option<Arc<Plan>>>,
-    reports: watch::Receiver<Option<NodeReport>>,
+    reports: watch::Receiver<Option<NodeView>>,
 ) -> anyhow::Result<()> {
     if opts.node_name.is_empty() {
         anyhow::bail!("--kube needs this node's name: --node-name or NODE_NAME");

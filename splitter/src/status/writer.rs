@@ -16,7 +16,7 @@ use super::{Observed, StatusContext, StatusPatch, patches};
 use splitter_plan::{
     access,
     model::ObjectKey,
-    plan::{Plan, applied::NodeReport},
+    plan::{Plan, applied::NodeView},
 };
 
 /// The field manager of every status write (server-side apply).
@@ -46,14 +46,17 @@ pub struct WriterConfig {
 }
 
 /// Runs until the plan channel closes. `reports` is what this node serves of the plan
-/// (`Programmed` and `status.addresses` follow it): the writer only knows its own node's.
+/// (`Programmed` and `status.addresses` follow it): the writer only knows its own node's. While
+/// `reports` is open, a plan is written once this node's report on it has arrived; a closed
+/// `reports` with no report (a caller that applies nothing) writes the plan's conditions as
+/// they are.
 pub async fn run(
     client: Client,
     config: WriterConfig,
     mut plans: watch::Receiver<Option<Arc<Plan>>>,
     mut observed: watch::Receiver<Arc<Observed>>,
     mut leader: watch::Receiver<bool>,
-    mut reports: watch::Receiver<Option<NodeReport>>,
+    mut reports: watch::Receiver<Option<NodeView>>,
 ) {
     let mut reports_open = true;
     // What we last applied (without timestamps), so that a write is not repeated while the
@@ -67,10 +70,17 @@ pub async fn run(
         let is_leader = *leader.borrow_and_update();
         let plan = plans.borrow_and_update().clone();
         let seen = observed.borrow_and_update().clone();
-        let report = reports.borrow_and_update().clone();
+        let view = reports.borrow_and_update().clone();
+        let report = match (&plan, &view) {
+            (Some(plan), Some(v)) if Arc::ptr_eq(plan, &v.plan) => Ok(Some(v.report.clone())),
+            // Not applied here yet: the report follows.
+            (Some(_), _) if reports_open => Err(()),
+            // The report of an older plan: only the plan's own conditions are known.
+            _ => Ok(None),
+        };
         if !is_leader {
             applied.clear();
-        } else if let Some(plan) = plan {
+        } else if let (Some(plan), Ok(report)) = (plan, report) {
             let now = now();
             let ctx = StatusContext {
                 controller_name: &config.controller_name,

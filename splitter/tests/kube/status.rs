@@ -432,15 +432,9 @@ fn start_writer(client: kube::Client, leader: Option<bool>) {
     tokio::spawn(async move {
         // The senders live as long as the writer: a closed channel would read as a change.
         let _senders = (plans_tx, observed_tx, fixed_leader);
-        status::writer::run(
-            client,
-            writer_config(),
-            plans,
-            observed,
-            leader_rx,
-            watch::channel(None).1,
-        )
-        .await;
+        // No node report (nothing is applied here): the plan's conditions are written.
+        let (_, reports) = watch::channel(None);
+        status::writer::run(client, writer_config(), plans, observed, leader_rx, reports).await;
     });
 }
 
@@ -693,5 +687,72 @@ fn the_node_report_decides_programmed_and_the_default_addresses() {
     assert_eq!(
         status["addresses"],
         json!([{"type": "IPAddress", "value": "192.0.2.10"}])
+    );
+}
+
+/// With a node reporting (as `splitter run` does), the leader writes nothing before this node
+/// has applied the plan, then writes `Programmed` as the node's report says.
+#[tokio::test]
+async fn the_leader_writes_once_its_node_reports_and_programmed_follows_the_report() {
+    use splitter_plan::plan::applied::{NodeReport, NodeView, Unserved};
+    let (client, mock) = MockApi::start(echo);
+    let plan = Arc::new(the_plan());
+    let (_plans_tx, plans) = watch::channel(Some(plan.clone()));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (_leader_tx, leader) = watch::channel(true);
+    let (reports_tx, reports) = watch::channel(None);
+    tokio::spawn(status::writer::run(
+        client,
+        writer_config(),
+        plans,
+        observed,
+        leader,
+        reports,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mock.calls().len(),
+        0,
+        "written before the node applied the plan"
+    );
+
+    let key = plan.listeners[0].key().clone();
+    reports_tx.send_replace(Some(NodeView {
+        plan: plan.clone(),
+        report: NodeReport {
+            node: "node-a".into(),
+            addresses: vec!["10.0.0.7".parse().unwrap()],
+            unserved: vec![Unserved {
+                listener: key,
+                why: "cannot listen on 0.0.0.0:80: Address already in use (os error 98)".into(),
+            }],
+        },
+    }));
+    eventually(WAIT, "the Gateway's status", || {
+        mock.calls()
+            .iter()
+            .any(|c| c.uri.contains("/gateways/gw/status"))
+    })
+    .await;
+    let calls = mock.calls();
+    let gw = calls
+        .iter()
+        .find(|c| c.uri.contains("/gateways/gw/status"))
+        .unwrap();
+    let status = &gw.body["status"];
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.7"}])
+    );
+    let programmed = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .unwrap();
+    assert_eq!(programmed["status"], "False", "{programmed}");
+    assert!(
+        programmed["message"].as_str().unwrap().contains("node-a"),
+        "{programmed}"
     );
 }
