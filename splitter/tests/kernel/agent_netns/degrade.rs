@@ -205,6 +205,22 @@ spec:
         !text.contains(&format!("[{GATEWAY}:{off_port}/tcp]")),
         "{text}"
     );
+    // The Gateway's status says which listener this node left out, and why.
+    let off_listener = format!("l{}", off_port - 8100);
+    let (status, reason, message) = listener_programmed(&rig, "many", &off_listener);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Pending"),
+        "{message}"
+    );
+    assert!(
+        message.contains("left out of the kernel") && message.contains("more than 32 L4 routes"),
+        "{message}"
+    );
+    assert_eq!(
+        listener_programmed(&rig, "many", &format!("l{}", served[0] - 8100)).0,
+        "True"
+    );
     for port in [served[0], served[served.len() - 1]] {
         assert!(
             rig.curl(&[
