@@ -20,6 +20,7 @@ use crate::{
     model::{Kind, ObjectKey},
     plan::{
         Plan,
+        applied::{self, NodeReport},
         status::{Condition, RouteParentStatus},
     },
 };
@@ -50,8 +51,12 @@ pub struct StatusPatch {
 pub struct StatusContext<'a> {
     /// Our `controllerName`: route parents carrying it are ours.
     pub controller_name: &'a str,
-    /// `status.addresses` of a Gateway without `spec.addresses` (`--status-address`).
+    /// `status.addresses` of a Gateway without `spec.addresses` (`--status-address`); when
+    /// empty, the addresses of the node in `node`.
     pub default_addresses: &'a [IpAddr],
+    /// What this node serves of the plan: `Programmed` follows it. `None` writes the plan's
+    /// conditions as they are (nothing applied yet, or a caller that applies nothing).
+    pub node: Option<&'a NodeReport>,
     /// RFC 3339, for conditions whose status changes.
     pub now: &'a str,
 }
@@ -68,7 +73,12 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
             json!({ "conditions": conditions(&c.conditions, field(seen, "conditions"), ctx.now) });
         push(&mut out, key, seen, status, false);
     }
-    for g in &plan.gateways {
+    let gateways = match ctx.node {
+        Some(report) => applied::gateway_statuses(plan, report),
+        None => plan.gateways.clone(),
+    };
+    let node_addresses: &[IpAddr] = ctx.node.map_or(&[], |n| &n.addresses);
+    for g in &gateways {
         let key = g.gateway.clone();
         let Some(seen) = observed.get(&key) else {
             continue;
@@ -97,13 +107,15 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
             "conditions".into(),
             conditions(&g.conditions, field(seen, "conditions"), ctx.now),
         );
-        let addresses: Vec<String> = if g.addresses.is_empty() {
+        let addresses: Vec<String> = if !g.addresses.is_empty() {
+            g.addresses.clone()
+        } else if !ctx.default_addresses.is_empty() {
             ctx.default_addresses
                 .iter()
                 .map(ToString::to_string)
                 .collect()
         } else {
-            g.addresses.clone()
+            node_addresses.iter().map(ToString::to_string).collect()
         };
         if !addresses.is_empty() {
             status.insert(

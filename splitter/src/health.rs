@@ -8,7 +8,10 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
@@ -127,5 +130,93 @@ impl KernelHealth {
                 s.reason.as_deref().unwrap_or("not attached yet")
             ))
         }
+    }
+}
+
+/// How stale the control loop's heartbeat may get before `/healthz` fails: several of its
+/// idle ticks ([`HEARTBEAT_EVERY`]) plus room for a slow plan build.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(30);
+
+/// How often the control loop beats while idle.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// The control loop's heartbeat: it beats after every plan it builds and on a tick while idle,
+/// and `/healthz` fails when the last beat is older than its bound (the loop is stuck or gone).
+/// Uses tokio's clock, so a test with paused time controls it.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    last: Arc<Mutex<Option<Instant>>>,
+    bound: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::with_bound(LIVENESS_BOUND)
+    }
+}
+
+impl Heartbeat {
+    pub fn with_bound(bound: Duration) -> Self {
+        Heartbeat {
+            last: Arc::default(),
+            bound,
+        }
+    }
+
+    pub fn beat(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// `Err(why)` when the loop has not beaten within the bound.
+    pub fn check(&self) -> Result<(), String> {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        liveness(last, Instant::now(), self.bound)
+    }
+}
+
+/// The liveness decision: alive when the last beat is at most `bound` before `now`.
+pub fn liveness(last: Option<Instant>, now: Instant, bound: Duration) -> Result<(), String> {
+    match last {
+        None => Err("the control loop has not started".into()),
+        Some(t) => {
+            let age = now.saturating_duration_since(t);
+            if age <= bound {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the control loop has not run for {}s (bound {}s): it is stuck or gone",
+                    age.as_secs(),
+                    bound.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_fails_once_the_last_beat_is_older_than_the_bound() {
+        let bound = Duration::from_secs(30);
+        let t0 = Instant::now();
+        assert!(liveness(None, t0, bound).is_err(), "never beaten");
+        assert_eq!(liveness(Some(t0), t0, bound), Ok(()));
+        assert_eq!(liveness(Some(t0), t0 + bound, bound), Ok(()));
+        let err = liveness(Some(t0), t0 + Duration::from_secs(31), bound).expect_err("stale");
+        assert!(err.contains("not run for 31s"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_goes_stale_when_nothing_beats_it() {
+        let hb = Heartbeat::default();
+        hb.beat();
+        tokio::time::advance(LIVENESS_BOUND).await;
+        assert_eq!(hb.check(), Ok(()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(hb.check().is_err());
+        hb.beat();
+        assert_eq!(hb.check(), Ok(()));
     }
 }

@@ -113,7 +113,8 @@ struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "splitter-system")]
     namespace: String,
     /// `status.addresses` for Gateways without `spec.addresses` (repeatable), e.g. a
-    /// load balancer or node address that reaches every node.
+    /// load balancer that reaches every node. Default: the writing agent's node's addresses
+    /// (its first interface's).
     #[arg(long = "status-address")]
     status_addresses: Vec<std::net::IpAddr>,
     /// Client-facing interface for the XDP/TC programs (repeatable). Default: the interface
@@ -122,8 +123,8 @@ struct RunArgs {
     ifaces: Vec<String>,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// Admin endpoint: /healthz, /readyz, /metrics, and /debug/plan and /debug/l4 (these two
-    /// answer loopback peers only, whatever the address).
+    /// Admin endpoint: /healthz, /readyz, /metrics, and /debug/plan, /debug/status and
+    /// /debug/l4 (these answer loopback peers only, whatever the address).
     #[arg(long, default_value = splitter::admin::DEFAULT_ADMIN_ADDR)]
     admin: std::net::SocketAddr,
     #[arg(long, default_value = splitter_plan::plan::listener::DEFAULT_GATEWAY_CLASS)]

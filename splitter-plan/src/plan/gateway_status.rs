@@ -29,7 +29,7 @@ pub(crate) fn gateways(
             listener_accepted(l, generation),
             listener_resolved_refs(l, generation),
             listener_conflicted(l, generation),
-            programmed(l.usable(), "listener is not accepted", generation),
+            programmed(l.usable(), &not_programmed(l), generation),
         ];
         conditions.extend(dataplane.remove(&i));
         if let Some(status) = out.last_mut() {
@@ -56,6 +56,15 @@ pub(crate) fn gateways(
         s.conditions = vec![accepted, programmed];
     }
     out
+}
+
+/// Why a listener the data plane does not serve is not programmed: the refusal of its port,
+/// when that is why, so `Programmed` alone tells an operator what to fix.
+fn not_programmed(l: &GatewayListener<'_>) -> String {
+    match (&l.class, &l.conflict, &l.unavailable) {
+        (Some(_), None, Some(why)) => format!("listener is not accepted: {why}"),
+        _ => "listener is not accepted".to_string(),
+    }
 }
 
 /// `Accepted` of a listener: its protocol is served and it does not conflict.

@@ -1,5 +1,6 @@
 //! The plan: a pure function from the index to what every actuator should do. No I/O here.
 
+pub mod applied;
 mod attach;
 mod backends;
 mod build;

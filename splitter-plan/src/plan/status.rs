@@ -33,6 +33,8 @@ pub mod reason {
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
     pub const NO_CONFLICTS: &str = "NoConflicts";
     pub const INVALID: &str = "Invalid";
+    /// `Programmed=False`: not yet programmed, expected to be (the agent retries).
+    pub const PENDING: &str = "Pending";
     pub const L4: &str = "L4";
     pub const L7: &str = "L7";
     pub const L4_REFUSED: &str = "L4Refused";

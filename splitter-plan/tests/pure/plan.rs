@@ -868,6 +868,21 @@ spec:
     assert!(nodeport.message.contains("NodePort range"));
     assert!(accepted("node", "fine").is_true());
     assert!(accepted("vip", "ssh").is_true());
+    // `Programmed` says so too, with the same reason in its message.
+    let programmed = gw("node")
+        .listeners
+        .iter()
+        .find(|l| l.name == "ssh")
+        .map(|l| condition(&l.conditions, "Programmed").clone())
+        .expect("ssh");
+    assert!(!programmed.is_true());
+    assert_eq!(programmed.reason, "Invalid");
+    assert!(
+        programmed.message.starts_with("listener is not accepted: ")
+            && programmed.message.contains("sshd"),
+        "{}",
+        programmed.message
+    );
     let planned: Vec<(u16, bool)> = plan
         .listeners
         .iter()

@@ -1,6 +1,7 @@
-//! The admin endpoint (`--admin`, default 127.0.0.1:9901): `/healthz`, `/readyz`, `/metrics`
-//! (Prometheus text format), `/debug/plan` (the current plan as JSON) and `/debug/l4` (the
-//! kernel half's state). `/debug/*` answers loopback peers only, whatever `--admin` binds: the
+//! The admin endpoint (`--admin`, default 127.0.0.1:9901): `/healthz` (the control loop is
+//! alive), `/readyz` (the node serves every listener of its plan), `/metrics` (Prometheus text
+//! format), `/debug/plan` (the current plan as JSON), `/debug/status` (the Gateway and route
+//! statuses as this node would write them) and `/debug/l4` (the kernel half's state). `/debug/*` answers loopback peers only, whatever `--admin` binds: the
 //! plan names every backend address, which is no business of the network.
 //!
 //! It knows nothing about plan types: the caller hands it a closure that returns the plan as a
@@ -79,6 +80,13 @@ pub struct AdminState {
     pub plan: PlanSnapshot,
     /// The kernel half, when this agent runs one: `/readyz` fails while it is off.
     pub kernel: Option<crate::health::KernelHealth>,
+    /// The control loop's heartbeat: `/healthz` fails while it is stale. Without one,
+    /// `/healthz` only says the endpoint answers.
+    pub heartbeat: Option<crate::health::Heartbeat>,
+    /// `/debug/status`: the statuses as this node would write them.
+    pub status: Option<PlanSnapshot>,
+    /// The L7 listeners' binds: `/readyz` fails while one is not bound.
+    pub binds: Option<crate::agent::L7Binds>,
 }
 
 impl std::fmt::Debug for AdminState {

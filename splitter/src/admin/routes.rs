@@ -28,7 +28,7 @@ pub(super) async fn answer(
         ));
     }
     Ok(match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => healthz(&state),
         "/readyz" => readyz(&state),
         "/debug/l4" => match &state.kernel {
             Some(k) => json(&k.snapshot()),
@@ -46,22 +46,46 @@ pub(super) async fn answer(
             }
         }
         "/debug/plan" => json(&(state.plan)()),
+        "/debug/status" => match &state.status {
+            Some(status) => json(&status()),
+            None => text(StatusCode::NOT_FOUND, "no status here\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
 
-/// Ready once the first plan is applied with every L7 listener bound, and while the kernel
-/// half (if this agent runs one) serves; the body says what is missing.
+/// Alive while the control loop beats (see [`crate::health::Heartbeat`]).
+fn healthz(state: &AdminState) -> Response<Full<Bytes>> {
+    match state.heartbeat.as_ref().map(|h| h.check()) {
+        Some(Err(why)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not healthy: {why}\n"),
+        ),
+        _ => text(StatusCode::OK, "ok\n"),
+    }
+}
+
+/// Ready once the first plan is applied, while every L7 listener of the plan is bound and
+/// while the kernel half (if this agent runs one) serves; the body says what is missing.
 fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
     if !state.readiness.get() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
     }
-    match state.kernel.as_ref().map(|k| k.ready()) {
-        Some(Err(why)) => text(
+    let problems: Vec<String> = [
+        state.binds.as_ref().map(|b| b.ready()),
+        state.kernel.as_ref().map(|k| k.ready()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Result::err)
+    .collect();
+    if problems.is_empty() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: {why}\n"),
-        ),
-        _ => text(StatusCode::OK, "ready\n"),
+            &format!("not ready: {}\n", problems.join("\nnot ready: ")),
+        )
     }
 }
 

@@ -60,7 +60,7 @@ fn addresses(wanted: impl Fn(&str) -> bool) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-fn program_key(l: &DataplaneListener) -> String {
+pub(crate) fn program_key(l: &DataplaneListener) -> String {
     let transport = match l.key.transport {
         Transport::Tcp => "tcp",
         Transport::Udp => "udp",

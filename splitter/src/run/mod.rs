@@ -6,6 +6,7 @@
 mod default_iface;
 mod l4;
 pub mod node_ports;
+pub mod report;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -17,17 +18,24 @@ use std::{
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    agent::{AgentConfig, run_l7},
+    admin::PlanSnapshot,
+    agent::{AgentConfig, L7Binds, run_l7},
     control,
     dataplane::{
         ebpf::{TcAttachMode, XdpAttachMode},
         proxy::ProxyConfig,
     },
-    health::KernelHealth,
+    health::{Heartbeat, KernelHealth},
     source::{self, FileSource},
     status::{self, LeaseConfig, WriterConfig},
 };
-use splitter_plan::plan::{Plan, PlanConfig};
+use splitter_plan::{
+    plan::{
+        Plan, PlanConfig,
+        applied::{NodeReport, NodeView},
+    },
+    status::{Observed, ObservedStatus, StatusContext},
+};
 
 pub use default_iface::default_route_iface;
 pub use l4::{
@@ -89,21 +97,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         gateway_class: opts.gateway_class.clone(),
         ..Default::default()
     };
-    let (updates_tx, updates) = mpsc::channel(4);
-    let (plans_tx, plans) = watch::channel::<Option<Arc<Plan>>>(None);
-    match &opts.source {
-        Source::Manifests(paths) => {
-            tokio::spawn(source::watch(
-                FileSource::new(paths.clone()),
-                opts.poll_interval,
-                updates_tx,
-            ));
-        }
-        Source::Kube(kube) => start_kube(kube, &config, updates_tx, plans.clone()).await?,
-    }
-    let ports = node_ports::watch(opts.node_port_range, opts.snat_ports);
-    tokio::spawn(control::run(updates, config, plans_tx, ports));
-
     let mut ifaces = opts.ifaces.clone();
     if ifaces.is_empty() {
         match default_route_iface() {
@@ -116,13 +109,51 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ),
         }
     }
+    let node = match &opts.source {
+        Source::Kube(k) => k.node_name.clone(),
+        Source::Manifests(_) => opts.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "this node".into())
+        }),
+    };
+    let binds = L7Binds::default();
+    let (updates_tx, updates) = mpsc::channel(4);
+    let (plans_tx, plans) = watch::channel::<Option<Arc<Plan>>>(None);
+    let (reports_tx, reports) = watch::channel::<Option<NodeView>>(None);
+    let status_addresses = match &opts.source {
+        Source::Manifests(paths) => {
+            tokio::spawn(source::watch(
+                FileSource::new(paths.clone()),
+                opts.poll_interval,
+                updates_tx,
+            ));
+            Vec::new()
+        }
+        Source::Kube(kube) => {
+            start_kube(kube, &config, updates_tx, plans.clone(), reports).await?;
+            kube.status_addresses.clone()
+        }
+    };
+    let ports = node_ports::watch(opts.node_port_range, opts.snat_ports);
+    let heartbeat = Heartbeat::default();
+    tokio::spawn(control::run(
+        updates,
+        config.clone(),
+        plans_tx,
+        ports,
+        heartbeat.clone(),
+    ));
+
     // The kernel half never stops the agent: while it cannot start, L7 serves and it retries.
     let kernel = if ifaces.is_empty() {
         None
     } else {
         let health = KernelHealth::new(&ifaces);
         let settings = L4Settings {
-            ifaces,
+            ifaces: ifaces.clone(),
             pin_dir: opts.pin_dir.clone(),
             mode: opts.xdp_mode,
             tc_mode: opts.tc_mode,
@@ -133,17 +164,32 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::spawn(l4::supervise(settings, plans.clone(), health.clone()));
         Some(health)
     };
+    let reporter = Reporter {
+        node,
+        ifaces,
+        binds: binds.clone(),
+        kernel: kernel.clone(),
+    };
+    tokio::spawn(reporter.clone().run(plans.clone(), reports_tx));
 
-    let agent = AgentConfig {
-        admin: opts.admin,
-        proxy: ProxyConfig {
+    let mut agent = AgentConfig::new(
+        opts.admin,
+        ProxyConfig {
             workers: opts
                 .proxy_workers
                 .unwrap_or_else(crate::dataplane::proxy::default_workers),
             ..ProxyConfig::default()
         },
-        kernel,
-    };
+    );
+    agent.kernel = kernel;
+    agent.heartbeat = Some(heartbeat);
+    agent.binds = binds;
+    agent.status = Some(status_page(
+        reporter,
+        plans.clone(),
+        config.controller_name.clone(),
+        status_addresses,
+    ));
     let shutdown = async {
         if let Err(e) = crate::signal::terminated().await {
             tracing::error!("signal handler: {e}");
@@ -155,12 +201,147 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the node report is recomputed besides after each L7 apply (the kernel half's
+/// state and the node's addresses change on their own).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// Gathers this node's report on the plan (see [`report::node_report`]).
+#[derive(Clone)]
+struct Reporter {
+    node: String,
+    ifaces: Vec<String>,
+    binds: L7Binds,
+    kernel: Option<KernelHealth>,
+}
+
+impl Reporter {
+    fn report(&self, plan: &Plan) -> NodeReport {
+        let kernel = self.kernel.as_ref().map(KernelHealth::snapshot);
+        report::node_report(
+            plan,
+            &self.binds.snapshot(),
+            kernel.as_ref(),
+            &self.node,
+            node_status_addresses(&self.ifaces),
+        )
+    }
+
+    /// Publishes the report with its plan on `out` when it changes, once the L7 agent has
+    /// applied the plan (a report naming listeners "not applied yet" would flap the status):
+    /// after each plan, each change of the binds, and every [`REPORT_EVERY`] (the kernel half and
+    /// the node's addresses change on their own). Returns when the plan channel closes.
+    async fn run(
+        self,
+        mut plans: watch::Receiver<Option<Arc<Plan>>>,
+        out: watch::Sender<Option<NodeView>>,
+    ) {
+        let mut binds = self.binds.subscribe();
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let plan = plans.borrow_and_update().clone();
+            let applied = self.binds.snapshot();
+            if let Some(plan) = plan
+                && plan
+                    .l7_tables()
+                    .keys()
+                    .all(|addr| applied.contains_key(addr))
+            {
+                let report = self.report(&plan);
+                out.send_if_modified(|view| {
+                    let changed = view
+                        .as_ref()
+                        .is_none_or(|v| !Arc::ptr_eq(&v.plan, &plan) || v.report != report);
+                    if changed {
+                        let was = view.as_ref().map(|v| &v.report.unserved);
+                        if !report.unserved.is_empty() && was != Some(&report.unserved) {
+                            for u in &report.unserved {
+                                tracing::warn!(
+                                    port = u.listener.port,
+                                    "listener not served on this node: {}",
+                                    u.why
+                                );
+                            }
+                        }
+                        *view = Some(NodeView {
+                            plan: plan.clone(),
+                            report,
+                        });
+                    }
+                    changed
+                });
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = binds.changed() => if r.is_err() { return },
+                r = plans.changed() => if r.is_err() { return },
+            }
+        }
+    }
+}
+
+/// The addresses `status.addresses` names for Gateways without `spec.addresses` when no
+/// `--status-address` is given: the first interface's (the default route's, or the first
+/// `--iface`), loopback and link-local ones left out.
+fn node_status_addresses(ifaces: &[String]) -> Vec<IpAddr> {
+    l4::iface_addresses(&ifaces[..1.min(ifaces.len())])
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| !a.is_loopback())
+        .collect()
+}
+
+/// `/debug/status`: every GatewayClass, Gateway and route status of the current plan as this
+/// node would write it (what the status writer patches in kube mode; the only place files mode
+/// shows it), with `Programmed` from this node's report, computed when asked.
+fn status_page(
+    reporter: Reporter,
+    plans: watch::Receiver<Option<Arc<Plan>>>,
+    controller_name: String,
+    default_addresses: Vec<IpAddr>,
+) -> PlanSnapshot {
+    Arc::new(move || {
+        let Some(plan) = plans.borrow().clone() else {
+            return serde_json::Value::Null;
+        };
+        let report = reporter.report(&plan);
+        let keys = plan
+            .gateway_classes
+            .iter()
+            .map(|c| c.class.clone())
+            .chain(plan.gateways.iter().map(|g| g.gateway.clone()))
+            .chain(plan.routes.iter().map(|r| r.route.clone()));
+        let observed: Observed = keys.map(|k| (k, ObservedStatus::default())).collect();
+        let now = status::writer::now();
+        let ctx = StatusContext {
+            controller_name: &controller_name,
+            default_addresses: &default_addresses,
+            node: Some(&report),
+            now: &now,
+        };
+        let objects: Vec<serde_json::Value> =
+            splitter_plan::status::patches(&plan, &observed, &ctx)
+                .into_iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "kind": p.key.kind.as_str(),
+                        "namespace": p.key.namespace,
+                        "name": p.key.name,
+                        "status": p.body["status"],
+                    })
+                })
+                .collect();
+        serde_json::json!({ "node": report.node, "objects": objects })
+    })
+}
+
 /// The kube source, the Lease campaign and the status writer.
 async fn start_kube(
     opts: &KubeOptions,
     config: &PlanConfig,
     updates: mpsc::Sender<Vec<splitter_plan::model::index::Update>>,
     plans: watch::Receiver<Option<Arc<Plan>>>,
+    reports: watch::Receiver<Option<NodeView>>,
 ) -> anyhow::Result<()> {
     if opts.node_name.is_empty() {
         anyhow::bail!("--kube needs this node's name: --node-name or NODE_NAME");
@@ -183,6 +364,8 @@ async fn start_kube(
         default_addresses: opts.status_addresses.clone(),
         resync: Duration::from_secs(300),
     };
-    tokio::spawn(status::writer::run(client, writer, plans, observed, leader));
+    tokio::spawn(status::writer::run(
+        client, writer, plans, observed, leader, reports,
+    ));
     Ok(())
 }

@@ -48,8 +48,10 @@ pub fn scan(node_port_range: SnatPorts, snat: SnatPorts) -> NodePorts {
             what: "the node's ephemeral port range (net.ipv4.ip_local_port_range)".into(),
         });
     }
-    let own = own_socket_inodes();
-    let mut host = BTreeMap::new();
+    // Our own sockets, listed before and after the tables are read: a listener the agent binds
+    // (or closes) meanwhile is still its own, not a host socket whose port it must give up.
+    let mut own = own_socket_inodes();
+    let mut tables = Vec::new();
     for (file, transport, state, holder) in [
         (
             "/proc/net/tcp",
@@ -66,9 +68,13 @@ pub fn scan(node_port_range: SnatPorts, snat: SnatPorts) -> NodePorts {
         ("/proc/net/udp", Transport::Udp, "07", "a bound UDP socket"),
         ("/proc/net/udp6", Transport::Udp, "07", "a bound UDP socket"),
     ] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
+        if let Ok(text) = std::fs::read_to_string(file) {
+            tables.push((text, transport, state, holder));
+        }
+    }
+    own.extend(own_socket_inodes());
+    let mut host = BTreeMap::new();
+    for (text, transport, state, holder) in tables {
         for port in held_ports(&text, state, &own) {
             host.entry((transport, port))
                 .or_insert_with(|| holder.to_string());

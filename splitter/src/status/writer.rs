@@ -13,7 +13,11 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use super::{Observed, StatusContext, StatusPatch, patches};
-use splitter_plan::{access, model::ObjectKey, plan::Plan};
+use splitter_plan::{
+    access,
+    model::ObjectKey,
+    plan::{Plan, applied::NodeView},
+};
 
 /// The field manager of every status write (server-side apply).
 pub const FIELD_MANAGER: &str = splitter_plan::plan::listener::CONTROLLER_NAME;
@@ -33,20 +37,28 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub controller_name: String,
+    /// `--status-address`: `status.addresses` of Gateways without `spec.addresses`; when
+    /// empty, this node's addresses (from its report).
     pub default_addresses: Vec<IpAddr>,
     /// Everything is recomputed and re-applied this often, which repairs a status someone
     /// else overwrote and retries writes that failed.
     pub resync: Duration,
 }
 
-/// Runs until the plan channel closes.
+/// Runs until the plan channel closes. `reports` is what this node serves of the plan
+/// (`Programmed` and `status.addresses` follow it): the writer only knows its own node's. While
+/// `reports` is open, a plan is written once this node's report on it has arrived; a closed
+/// `reports` with no report (a caller that applies nothing) writes the plan's conditions as
+/// they are.
 pub async fn run(
     client: Client,
     config: WriterConfig,
     mut plans: watch::Receiver<Option<Arc<Plan>>>,
     mut observed: watch::Receiver<Arc<Observed>>,
     mut leader: watch::Receiver<bool>,
+    mut reports: watch::Receiver<Option<NodeView>>,
 ) {
+    let mut reports_open = true;
     // What we last applied (without timestamps), so that a write is not repeated while the
     // watch has not yet shown it back to us.
     let mut applied: HashMap<ObjectKey, Value> = HashMap::new();
@@ -58,13 +70,22 @@ pub async fn run(
         let is_leader = *leader.borrow_and_update();
         let plan = plans.borrow_and_update().clone();
         let seen = observed.borrow_and_update().clone();
+        let view = reports.borrow_and_update().clone();
+        let report = match (&plan, &view) {
+            (Some(plan), Some(v)) if Arc::ptr_eq(plan, &v.plan) => Ok(Some(v.report.clone())),
+            // Not applied here yet: the report follows.
+            (Some(_), _) if reports_open => Err(()),
+            // The report of an older plan: only the plan's own conditions are known.
+            _ => Ok(None),
+        };
         if !is_leader {
             applied.clear();
-        } else if let Some(plan) = plan {
+        } else if let (Some(plan), Ok(report)) = (plan, report) {
             let now = now();
             let ctx = StatusContext {
                 controller_name: &config.controller_name,
                 default_addresses: &config.default_addresses,
+                node: report.as_ref(),
                 now: &now,
             };
             for p in patches(&plan, &seen, &ctx) {
@@ -85,6 +106,8 @@ pub async fn run(
             r = plans.changed() => if r.is_err() { return },
             r = observed.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
+            // A closed report channel keeps the last report.
+            r = reports.changed(), if reports_open => reports_open = r.is_ok(),
             _ = resync.tick() => applied.clear(),
         }
     }

@@ -817,3 +817,4 @@ fn the_agent_attaches_tc_through_netlink_and_replaces_its_filters_at_start() {
 }
 
 mod degrade;
+mod status;

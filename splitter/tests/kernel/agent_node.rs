@@ -282,11 +282,12 @@ fn debug_pages_answer_loopback_peers_only() {
         ("/healthz", "200"),
         ("/metrics", "200"),
         ("/debug/plan", "403"),
+        ("/debug/status", "403"),
         ("/debug/l4", "403"),
     ] {
         assert_eq!(get("10.252.0.1", path), code, "{path} from 10.252.0.1");
     }
-    for path in ["/debug/plan", "/debug/l4"] {
+    for path in ["/debug/plan", "/debug/status", "/debug/l4"] {
         assert_eq!(get("127.0.0.1", path), "200", "{path} from loopback");
     }
 }

@@ -61,6 +61,7 @@ fn start(objects: Vec<Value>, script: impl FnOnce(&MockApi)) -> Running {
         PlanConfig::default(),
         plans_tx,
         watch::channel(Default::default()).1,
+        Default::default(),
     ));
     Running {
         mock,

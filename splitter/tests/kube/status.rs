@@ -69,6 +69,7 @@ fn ctx() -> StatusContext<'static> {
     StatusContext {
         controller_name: CONTROLLER,
         default_addresses: &[],
+        node: None,
         now: NOW,
     }
 }
@@ -431,7 +432,9 @@ fn start_writer(client: kube::Client, leader: Option<bool>) {
     tokio::spawn(async move {
         // The senders live as long as the writer: a closed channel would read as a change.
         let _senders = (plans_tx, observed_tx, fixed_leader);
-        status::writer::run(client, writer_config(), plans, observed, leader_rx).await;
+        // No node report (nothing is applied here): the plan's conditions are written.
+        let (_, reports) = watch::channel(None);
+        status::writer::run(client, writer_config(), plans, observed, leader_rx, reports).await;
     });
 }
 
@@ -578,4 +581,178 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
     // At least a lease duration of unchanged reads came first.
     let gets_before = calls.iter().take_while(|c| c.method == "GET").count();
     assert!(gets_before >= 10, "{gets_before} reads before taking over");
+}
+
+/// With this node's report: a listener the node does not serve is written `Programmed=False`
+/// (`Pending`, naming the node and the error), and so is its Gateway; without
+/// `--status-address`, `status.addresses` is the node's; once the node serves it, both are
+/// `Programmed=True` again.
+#[test]
+fn the_node_report_decides_programmed_and_the_default_addresses() {
+    use splitter_plan::plan::applied::{NodeReport, Unserved};
+    let plan = the_plan();
+    let key = plan
+        .listeners
+        .iter()
+        .find(|l| l.sources().iter().any(|s| s.listener == "http"))
+        .expect("the http listener")
+        .key()
+        .clone();
+    let failed = NodeReport {
+        node: "node-a".into(),
+        addresses: vec!["10.0.0.7".parse().unwrap()],
+        unserved: vec![Unserved {
+            listener: key,
+            why: "cannot listen on 0.0.0.0:80: Address already in use (os error 98)".into(),
+        }],
+    };
+    let c = StatusContext {
+        node: Some(&failed),
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let status = &out
+        .iter()
+        .find(|p| p.key.kind == Kind::Gateway)
+        .unwrap()
+        .body["status"];
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.7"}])
+    );
+    let programmed = |conditions: &Value| {
+        conditions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Programmed")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        programmed(&status["listeners"][0]["conditions"]),
+        cond(
+            "Programmed",
+            "False",
+            "Pending",
+            "not programmed on node node-a: cannot listen on 0.0.0.0:80: Address already in use (os error 98)",
+            3
+        )
+    );
+    let gw = programmed(&status["conditions"]);
+    assert_eq!(
+        (&gw["status"], &gw["reason"]),
+        (&json!("False"), &json!("Pending"))
+    );
+    assert!(
+        gw["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 1 listeners not programmed on node node-a: http (cannot listen"),
+        "{gw}"
+    );
+
+    let fixed = NodeReport {
+        unserved: vec![],
+        ..failed.clone()
+    };
+    let c = StatusContext {
+        node: Some(&fixed),
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let status = &out
+        .iter()
+        .find(|p| p.key.kind == Kind::Gateway)
+        .unwrap()
+        .body["status"];
+    assert_eq!(
+        programmed(&status["listeners"][0]["conditions"])["status"],
+        "True"
+    );
+    assert_eq!(programmed(&status["conditions"])["status"], "True");
+    // `--status-address` wins over the node's addresses.
+    let explicit = ["192.0.2.10".parse().unwrap()];
+    let c = StatusContext {
+        default_addresses: &explicit,
+        node: Some(&fixed),
+        ..ctx()
+    };
+    let out = patches(&plan, &fresh(&plan), &c);
+    let status = &out
+        .iter()
+        .find(|p| p.key.kind == Kind::Gateway)
+        .unwrap()
+        .body["status"];
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "192.0.2.10"}])
+    );
+}
+
+/// With a node reporting (as `splitter run` does), the leader writes nothing before this node
+/// has applied the plan, then writes `Programmed` as the node's report says.
+#[tokio::test]
+async fn the_leader_writes_once_its_node_reports_and_programmed_follows_the_report() {
+    use splitter_plan::plan::applied::{NodeReport, NodeView, Unserved};
+    let (client, mock) = MockApi::start(echo);
+    let plan = Arc::new(the_plan());
+    let (_plans_tx, plans) = watch::channel(Some(plan.clone()));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (_leader_tx, leader) = watch::channel(true);
+    let (reports_tx, reports) = watch::channel(None);
+    tokio::spawn(status::writer::run(
+        client,
+        writer_config(),
+        plans,
+        observed,
+        leader,
+        reports,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mock.calls().len(),
+        0,
+        "written before the node applied the plan"
+    );
+
+    let key = plan.listeners[0].key().clone();
+    reports_tx.send_replace(Some(NodeView {
+        plan: plan.clone(),
+        report: NodeReport {
+            node: "node-a".into(),
+            addresses: vec!["10.0.0.7".parse().unwrap()],
+            unserved: vec![Unserved {
+                listener: key,
+                why: "cannot listen on 0.0.0.0:80: Address already in use (os error 98)".into(),
+            }],
+        },
+    }));
+    eventually(WAIT, "the Gateway's status", || {
+        mock.calls()
+            .iter()
+            .any(|c| c.uri.contains("/gateways/gw/status"))
+    })
+    .await;
+    let calls = mock.calls();
+    let gw = calls
+        .iter()
+        .find(|c| c.uri.contains("/gateways/gw/status"))
+        .unwrap();
+    let status = &gw.body["status"];
+    assert_eq!(
+        status["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.7"}])
+    );
+    let programmed = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .unwrap();
+    assert_eq!(programmed["status"], "False", "{programmed}");
+    assert!(
+        programmed["message"].as_str().unwrap().contains("node-a"),
+        "{programmed}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The admin endpoint over real HTTP: health, readiness, Prometheus metrics fed by proxied
 //! requests, and the plan as JSON.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crate::support::*;
 use arc_swap::ArcSwap;
@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 use splitter::{
     admin::{AdminServer, AdminState, Readiness, plan_snapshot},
     dataplane::proxy::{Proxy, ProxyMetrics},
+    health::Heartbeat,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,6 +35,9 @@ async fn admin_pages() {
             readiness: readiness.clone(),
             plan: plan_snapshot(current.clone()),
             kernel: None,
+            heartbeat: None,
+            status: None,
+            binds: None,
         },
     )
     .await
@@ -77,5 +81,43 @@ async fn admin_pages() {
     let json: serde_json::Value =
         serde_json::from_slice(&get_once(addr, "/debug/plan").await.body).unwrap();
     assert_eq!(json["routes"].as_array().map(Vec::len), Some(0));
+    admin.shutdown().await;
+}
+
+/// `/healthz` follows the control loop's heartbeat: green while it beats, 503 saying so once
+/// the last beat is older than the bound (a stalled loop), green again when it beats.
+#[tokio::test]
+async fn healthz_fails_while_the_control_loop_does_not_beat() {
+    let heartbeat = Heartbeat::with_bound(Duration::from_millis(200));
+    let admin = AdminServer::serve(
+        loopback(),
+        AdminState {
+            registry: Arc::new(Registry::default()),
+            readiness: Readiness::default(),
+            plan: Arc::new(|| serde_json::Value::Null),
+            kernel: None,
+            heartbeat: Some(heartbeat.clone()),
+            status: None,
+            binds: None,
+        },
+    )
+    .await
+    .unwrap();
+    let addr = admin.local_addr();
+    let r = get_once(addr, "/healthz").await;
+    assert_eq!(r.status, 503, "never beaten: {}", r.text());
+    heartbeat.beat();
+    assert_eq!(get_once(addr, "/healthz").await.status, 200);
+    // The loop stalls.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get_once(addr, "/healthz").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text().contains("the control loop has not run for"),
+        "{}",
+        r.text()
+    );
+    heartbeat.beat();
+    assert_eq!(get_once(addr, "/healthz").await.status, 200);
     admin.shutdown().await;
 }

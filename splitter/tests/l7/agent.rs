@@ -60,11 +60,7 @@ async fn plans_drive_listeners_until_shutdown() {
     };
     let (tx, rx) = watch::channel(None);
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = AgentConfig {
-        admin,
-        proxy: test_config(),
-        kernel: None,
-    };
+    let config = AgentConfig::new(admin, test_config());
     let agent = tokio::spawn(run_l7(config, rx, tables, async move {
         let _ = stopped.await;
     }));
@@ -112,4 +108,71 @@ async fn plans_drive_listeners_until_shutdown() {
         .expect("agent ran without error");
     assert!(tokio::net::TcpStream::connect(gw).await.is_err());
     assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+/// A listener whose port another socket holds: `/readyz` fails naming the address and the OS
+/// error, the other listener serves meanwhile, and once the port is free the retry binds it and
+/// `/readyz` is green again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_port_is_taken_fails_readyz_until_the_retry_binds_it() {
+    let one = echo("one").await;
+    let (admin, free) = (free_port().await, free_port().await);
+    let squatter = std::net::TcpListener::bind(loopback()).unwrap();
+    let taken = squatter.local_addr().unwrap();
+    let route = || {
+        table(vec![prefix_route(
+            "r",
+            "/",
+            vec![backend("one", 1, &[one.local_addr()])],
+        )])
+    };
+    let (tx, rx) = watch::channel(Some(Arc::new(TestPlan {
+        generation: 1,
+        listeners: vec![(free, route()), (taken, route())],
+    })));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut config = AgentConfig::new(admin, test_config());
+    config.bind_retry = Duration::from_millis(100);
+    let binds = config.binds.clone();
+    let agent = tokio::spawn(run_l7(config, rx, tables, async move {
+        let _ = stopped.await;
+    }));
+
+    eventually(
+        "the free listener serves",
+        async || matches!(try_get(free, "/hostname").await, Some(r) if r.text() == "one"),
+    )
+    .await;
+    let ready = get_once(admin, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(
+        ready
+            .text()
+            .contains(&format!("cannot listen on {taken}: Address already in use")),
+        "{}",
+        ready.text()
+    );
+    assert_eq!(binds.failed().len(), 1, "{:?}", binds.failed());
+    // Retries keep failing while the port is held, and keep the agent running.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get_once(admin, "/readyz").await.status, 503);
+
+    drop(squatter);
+    eventually(
+        "the retry binds the freed port",
+        async || matches!(try_get(taken, "/hostname").await, Some(r) if r.text() == "one"),
+    )
+    .await;
+    let ready = get_once(admin, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(binds.failed().is_empty());
+    assert_eq!(binds.snapshot().len(), 2);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("agent returns")
+        .unwrap()
+        .expect("agent ran without error");
+    drop(tx);
 }

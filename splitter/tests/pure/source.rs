@@ -268,6 +268,7 @@ async fn watched_manifests_flow_into_published_plans() {
         PlanConfig::default(),
         plans_tx,
         watch::channel(Default::default()).1,
+        Default::default(),
     ));
 
     let wait = |plans: &mut watch::Receiver<Option<Arc<Plan>>>| {

@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-use super::{GATEWAY, Rig, SERVICES, guide_route, l4_route, wait_for};
+use super::{GATEWAY, Rig, SERVICES, guide_route, l4_route, status::listener_programmed, wait_for};
 
 /// `curl -s` of the admin endpoint inside the gateway namespace: (status, body).
-fn admin(rig: &Rig, path: &str) -> (String, String) {
+pub(super) fn admin(rig: &Rig, path: &str) -> (String, String) {
     let out = rig
         .net
         .gateway
@@ -59,6 +59,18 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
     );
     let metrics = admin(&rig, "/metrics").1;
     assert!(metrics.contains("splitter_l4_up 0"), "{metrics}");
+    // The L4 listener is not programmed on this node, and says why; L7 is.
+    let (status, reason, message) = listener_programmed(&rig, "l4", "tcp");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Pending"),
+        "{message}"
+    );
+    assert!(
+        message.contains("L4 half off") && message.contains(&late),
+        "{message}"
+    );
+    assert_eq!(listener_programmed(&rig, "kong", "proxy").0, "True");
     assert!(
         agent.child().try_wait().expect("wait").is_none(),
         "the agent exited: {}",
@@ -115,6 +127,8 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
     let (code, body) = admin(&rig, "/readyz");
     assert_eq!(code, "200", "{body}");
     assert!(admin(&rig, "/metrics").1.contains("splitter_l4_up 1"));
+    let (status, _, message) = listener_programmed(&rig, "l4", "tcp");
+    assert_eq!(status, "True", "{message}");
     assert!(
         rig.curl(&["-s", &format!("http://{GATEWAY}/echo/hostname")])
             .is_some_and(|b| b.starts_with("echo")),
@@ -190,6 +204,22 @@ spec:
     assert!(
         !text.contains(&format!("[{GATEWAY}:{off_port}/tcp]")),
         "{text}"
+    );
+    // The Gateway's status says which listener this node left out, and why.
+    let off_listener = format!("l{}", off_port - 8100);
+    let (status, reason, message) = listener_programmed(&rig, "many", &off_listener);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Pending"),
+        "{message}"
+    );
+    assert!(
+        message.contains("left out of the kernel") && message.contains("more than 32 L4 routes"),
+        "{message}"
+    );
+    assert_eq!(
+        listener_programmed(&rig, "many", &format!("l{}", served[0] - 8100)).0,
+        "True"
     );
     for port in [served[0], served[served.len() - 1]] {
         assert!(
