@@ -1,7 +1,7 @@
 //! An HTTP echo backend: the `splitter-echo` binary, and an in-process server for tests.
 //!
 //! `GET /hostname` answers the server's name with no trailing newline, like the pods of the
-//! reference guide. Any other request gets a JSON description of itself: server name, method,
+//! reference guide; `GET /bytes/N` answers N bytes (at most 16 MiB). Any other request gets a JSON description of itself: server name, method,
 //! path, query, headers, peer address and the number of body bytes read. A request header
 //! `x-echo-delay-ms: N` delays the answer by N milliseconds (at most one minute), which is how
 //! tests make a slow backend. A request with `Connection: upgrade` and `Upgrade: P` is answered
@@ -112,6 +112,9 @@ async fn serve(listener: TcpListener, name: Arc<str>, mut stop: watch::Receiver<
     graceful.shutdown().await;
 }
 
+/// The largest body `GET /bytes/N` returns.
+const MAX_BYTES: usize = 16 << 20;
+
 async fn answer(
     name: Arc<str>,
     peer: SocketAddr,
@@ -165,8 +168,16 @@ async fn answer(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    let sized = parts
+        .uri
+        .path()
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok());
     let mut resp = if parts.method == http::Method::GET && parts.uri.path() == "/hostname" {
         plain(StatusCode::OK, Bytes::from(name.as_bytes().to_vec()))
+    } else if let Some(n) = sized.filter(|_| parts.method == http::Method::GET) {
+        // `GET /bytes/N`: N bytes (at most MAX_BYTES), for responses of a chosen size.
+        plain(StatusCode::OK, Bytes::from(vec![b'x'; n.min(MAX_BYTES)]))
     } else {
         let reply = EchoReply {
             name: name.to_string(),

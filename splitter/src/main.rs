@@ -140,6 +140,10 @@ struct RunArgs {
     /// CPU). The control plane runs on a separate runtime (`TOKIO_WORKER_THREADS`).
     #[arg(long, env = "SPLITTER_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     proxy_workers: Option<u16>,
+    /// One JSON line per L7 request on standard output (route, backend, endpoint, status,
+    /// body bytes, duration, upstream time). Off by default.
+    #[arg(long)]
+    access_log: bool,
 }
 
 #[derive(Args)]
@@ -240,6 +244,7 @@ fn run(args: RunArgs) -> ExitCode {
         xdp_mode,
         tc_attach,
         proxy_workers,
+        access_log,
         snat_ports,
         node_port_range,
         flood_threshold,
@@ -265,6 +270,7 @@ fn run(args: RunArgs) -> ExitCode {
         tc_mode: tc_attach,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
+        access_log,
         node_name,
         snat_ports,
         node_port_range,

@@ -21,7 +21,7 @@ use clap::Args;
 
 use super::{
     callgrind::Callgrind,
-    cpu, interrupted, nginx,
+    cpu, haproxy, interrupted, nginx,
     wrk::{Load, WrkReport},
 };
 use crate::topology::{self, ECHO_PORT, GATEWAY, Profile, TermGuard, Topology, write_l7_manifests};
@@ -59,17 +59,69 @@ pub struct L7Options {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
     Splitter,
+    /// The agent with `--access-log` on (one line per request to its log file).
+    SplitterLog,
     Nginx,
+    Haproxy,
 }
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Peer::Splitter => "splitter",
+            Peer::SplitterLog => "split+log",
             Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
         })
     }
 }
+
+const PEERS: [Peer; 4] = [
+    Peer::Splitter,
+    Peer::Nginx,
+    Peer::Haproxy,
+    Peer::SplitterLog,
+];
+
+/// One kind of request the proxies are raced on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    /// Keep-alive GETs of a short body (the backend's name).
+    Get,
+    /// POSTs of a 4 KiB body (the backend answers with a short JSON echo).
+    Post4k,
+    /// GETs of a 100 KiB body.
+    Get100k,
+}
+
+const CASES: [Case; 3] = [Case::Get, Case::Post4k, Case::Get100k];
+
+impl Case {
+    fn path(self) -> &'static str {
+        match self {
+            Case::Get | Case::Post4k => PATH,
+            Case::Get100k => "/echo/bytes/102400",
+        }
+    }
+
+    /// The access-log round runs only the GET case: it measures the log's cost per request.
+    fn runs(self, peer: Peer) -> bool {
+        self == Case::Get || peer != Peer::SplitterLog
+    }
+}
+
+impl fmt::Display for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Case::Get => "GET",
+            Case::Post4k => "POST 4 KiB",
+            Case::Get100k => "GET 100 KiB",
+        })
+    }
+}
+
+/// wrk's script for the POST case.
+const POST_SCRIPT: &str = "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", 4096)\nwrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n";
 
 /// What a round needs to start either proxy.
 struct Setup<'a> {
@@ -89,18 +141,23 @@ impl Setup<'_> {
     /// [`start`](Self::start), with the proxy run by `prefix` (e.g. valgrind) if not empty.
     fn start_under(&self, peer: Peer, prefix: &[OsString]) -> anyhow::Result<TermGuard> {
         let mut server = match peer {
-            Peer::Splitter => {
-                let child = topology::agent_command_under(
+            Peer::Splitter | Peer::SplitterLog => {
+                let mut cmd = topology::agent_command_under(
                     &self.topo.net.gateway,
                     prefix,
                     self.splitter,
                     &self.work.join("manifests"),
                     &self.work.join("agent.log"),
-                )?
-                .args(["--proxy-workers", &self.workers.to_string()])
-                .spawn()
-                .context("starting the agent")?;
-                TermGuard::new(child)
+                )?;
+                cmd.args(["--proxy-workers", &self.workers.to_string()]);
+                if peer == Peer::SplitterLog {
+                    cmd.arg("--access-log");
+                }
+                TermGuard::new(cmd.spawn().context("starting the agent")?)
+            }
+            Peer::Haproxy => {
+                let dir = self.work.join("haproxy");
+                haproxy::start(&self.topo.net.gateway, &dir.join("haproxy.cfg"), prefix)?
             }
             Peer::Nginx => {
                 let dir = self.work.join("nginx");
@@ -139,7 +196,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     }
     super::catch_interrupt()?;
     crate::setup::run()?;
-    crate::setup::debian_tools(&[("nginx", "nginx"), ("wrk", "wrk")])?;
+    crate::setup::debian_tools(&[("nginx", "nginx"), ("wrk", "wrk"), ("haproxy", "haproxy")])?;
     println!("bench l7: building the agent and the echo backend (release)");
     let bins = topology::build_binaries(Profile::Release)?;
     if opts.instructions {
@@ -185,6 +242,14 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             &upstreams,
         ),
     )?;
+    let haproxy_dir = work.path().join("haproxy");
+    std::fs::create_dir(&haproxy_dir)?;
+    std::fs::write(
+        haproxy_dir.join("haproxy.cfg"),
+        haproxy::config(&haproxy_dir, workers, PORT, &upstreams),
+    )?;
+    let post_script = work.path().join("post.lua");
+    std::fs::write(&post_script, POST_SCRIPT)?;
     let setup = Setup {
         topo: &topo,
         splitter: &bins.splitter,
@@ -201,13 +266,14 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         upstreams.join(", ")
     );
     println!(
-        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: --proxy-workers; nginx: worker_processes)"
+        "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: --proxy-workers; nginx: worker_processes, reuseport; haproxy: nbthread, http-reuse always)"
     );
     println!(
-        "bench l7: wrk {} ({} s warm-up first), {} rounds, order alternating",
+        "bench l7: wrk {} ({} s warm-up first), {} rounds; cases: {}; POST bodies by wrk -s (4096 bytes); split+log (agent with --access-log) runs the GET case only; peer order rotates per round",
         load.args(&url).join(" "),
         opts.warmup,
-        opts.rounds
+        opts.rounds,
+        CASES.map(|c| format!("{c} {}", c.path())).join(", "),
     );
     println!(
         "bench l7: work dir {} (removed at exit)",
@@ -215,70 +281,154 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<8} {:<9} {:>12} {:>10} {:>7} {:>13} {:>8}",
-        "round", "proxy", "requests/s", "p99", "errors", "CPU µs/req", "stolen"
+        "{:<6} {:<12} {:<10} {:>12} {:>10} {:>7} {:>13} {:>8}",
+        "round", "case", "proxy", "requests/s", "p99", "errors", "CPU µs/req", "stolen"
     );
 
-    let mut results: Vec<(Peer, Measured)> = Vec::new();
+    let mut results: Vec<Result_> = Vec::new();
     for round in 0..opts.rounds {
-        let order = if round % 2 == 0 {
-            [Peer::Splitter, Peer::Nginx]
-        } else {
-            [Peer::Nginx, Peer::Splitter]
-        };
+        let mut order = PEERS;
+        order.rotate_left(round % PEERS.len());
         for peer in order {
             interrupted()?;
             let server = setup.start(peer)?;
-            if opts.warmup > 0 {
-                warmup.run(&topo.net.client, &url)?;
+            for case in CASES.into_iter().filter(|c| c.runs(peer)) {
+                let url = format!("http://{GATEWAY}{}", case.path());
+                let script = (case == Case::Post4k).then_some(post_script.as_path());
+                if opts.warmup > 0 {
+                    warmup.run_script(&topo.net.client, &url, script)?;
+                }
+                interrupted()?;
+                let cpu_before = cpu::process_tree(server.id());
+                let machine_before = cpu::machine_ticks();
+                let wrk = load.run_script(&topo.net.client, &url, script)?;
+                let stolen = cpu::stolen_share(machine_before, cpu::machine_ticks());
+                let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
+                let m = Measured {
+                    cpu_per_request: cpu.as_secs_f64() / wrk.requests.max(1) as f64,
+                    wrk,
+                    stolen,
+                };
+                println!(
+                    "{:<6} {:<12} {}",
+                    round + 1,
+                    case.to_string(),
+                    Row(peer, &m)
+                );
+                results.push(Result_ {
+                    round,
+                    case,
+                    peer,
+                    m,
+                });
             }
             interrupted()?;
-            let cpu_before = cpu::process_tree(server.id());
-            let machine_before = cpu::machine_ticks();
-            let wrk = load.run(&topo.net.client, &url)?;
-            let stolen = cpu::stolen_share(machine_before, cpu::machine_ticks());
-            let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
-            interrupted()?;
             drop(server);
-            let m = Measured {
-                cpu_per_request: cpu.as_secs_f64() / wrk.requests.max(1) as f64,
-                wrk,
-                stolen,
-            };
-            println!("{:<8} {}", round + 1, Row(peer, &m));
-            results.push((peer, m));
         }
     }
 
-    let summary = |peer| {
-        let runs: Vec<&Measured> = results
-            .iter()
-            .filter(|(p, _)| *p == peer)
-            .map(|(_, r)| r)
-            .collect();
-        Measured {
-            wrk: WrkReport {
-                requests: runs.iter().map(|r| r.wrk.requests).sum(),
-                requests_per_sec: median(runs.iter().map(|r| r.wrk.requests_per_sec)),
-                p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.wrk.p99.as_secs_f64()))),
-                errors: runs.iter().map(|r| r.wrk.errors).sum(),
-            },
-            cpu_per_request: median(runs.iter().map(|r| r.cpu_per_request)),
-            stolen: median(runs.iter().map(|r| r.stolen)),
+    println!();
+    for case in CASES {
+        for peer in PEERS.into_iter().filter(|p| case.runs(*p)) {
+            let s = summary(&results, case, peer);
+            println!("{:<6} {:<12} {}", "median", case.to_string(), Row(peer, &s));
         }
-    };
-    let s = summary(Peer::Splitter);
-    let n = summary(Peer::Nginx);
-    println!("{:<8} {}", "median", Row(Peer::Splitter, &s));
-    println!("{:<8} {}", "median", Row(Peer::Nginx, &n));
+    }
     println!();
     println!(
-        "splitter/nginx: requests/s {:.2}x (above 1: splitter serves more), p99 {:.2}x (below 1: splitter's tail is shorter), CPU per request {:.2}x (below 1: splitter is cheaper)",
-        s.wrk.requests_per_sec / n.wrk.requests_per_sec,
-        s.wrk.p99.as_secs_f64() / n.wrk.p99.as_secs_f64(),
-        s.cpu_per_request / n.cpu_per_request
+        "ratios: median of the per-round ratios [min-max over rounds]; requests/s above 1 and p99 below 1 favour the first proxy"
     );
+    for case in CASES {
+        let pairs: &[(Peer, Peer)] = if case == Case::Get {
+            &[
+                (Peer::Splitter, Peer::Nginx),
+                (Peer::Splitter, Peer::Haproxy),
+                (Peer::SplitterLog, Peer::Splitter),
+            ]
+        } else {
+            &[
+                (Peer::Splitter, Peer::Nginx),
+                (Peer::Splitter, Peer::Haproxy),
+            ]
+        };
+        for &(a, b) in pairs {
+            let rps = ratios(&results, case, a, b, |m| m.wrk.requests_per_sec);
+            let p99 = ratios(&results, case, a, b, |m| m.wrk.p99.as_secs_f64());
+            let cpu = ratios(&results, case, a, b, |m| m.cpu_per_request);
+            println!(
+                "{:<12} {a}/{b}: requests/s {}, p99 {}, CPU per request {}",
+                case.to_string(),
+                Spread(&rps),
+                Spread(&p99),
+                Spread(&cpu),
+            );
+        }
+    }
     Ok(())
+}
+
+/// One proxy's run of one case in one round.
+struct Result_ {
+    round: usize,
+    case: Case,
+    peer: Peer,
+    m: Measured,
+}
+
+/// `peer`'s medians over the rounds of `case`.
+fn summary(results: &[Result_], case: Case, peer: Peer) -> Measured {
+    let runs: Vec<&Measured> = results
+        .iter()
+        .filter(|r| r.case == case && r.peer == peer)
+        .map(|r| &r.m)
+        .collect();
+    Measured {
+        wrk: WrkReport {
+            requests: runs.iter().map(|r| r.wrk.requests).sum(),
+            requests_per_sec: median(runs.iter().map(|r| r.wrk.requests_per_sec)),
+            p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.wrk.p99.as_secs_f64()))),
+            errors: runs.iter().map(|r| r.wrk.errors).sum(),
+        },
+        cpu_per_request: median(runs.iter().map(|r| r.cpu_per_request)),
+        stolen: median(runs.iter().map(|r| r.stolen)),
+    }
+}
+
+/// `a`'s figure over `b`'s, round by round, for the rounds that ran both.
+fn ratios(
+    results: &[Result_],
+    case: Case,
+    a: Peer,
+    b: Peer,
+    figure: impl Fn(&Measured) -> f64,
+) -> Vec<f64> {
+    let find = |round, peer| {
+        results
+            .iter()
+            .find(|r| r.round == round && r.case == case && r.peer == peer)
+    };
+    results
+        .iter()
+        .filter(|r| r.case == case && r.peer == a)
+        .filter_map(|r| Some(figure(&r.m) / figure(&find(r.round, b)?.m)))
+        .collect()
+}
+
+/// A median ratio and its range: `1.12x [1.02-1.20]`.
+struct Spread<'a>(&'a [f64]);
+
+impl fmt::Display for Spread<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        write!(
+            f,
+            "{:.2}x [{:.2}-{:.2}]",
+            median(self.0.iter().copied()),
+            min,
+            max
+        )
+    }
 }
 
 /// `--instructions`: both proxies under callgrind, one after the other, the same load.
@@ -350,7 +500,7 @@ impl fmt::Display for Row<'_> {
         let w = &self.1.wrk;
         write!(
             f,
-            "{:<9} {:>12.0} {:>7.2} ms {:>7} {:>13.1} {:>7.1}%",
+            "{:<10} {:>12.0} {:>7.2} ms {:>7} {:>13.1} {:>7.1}%",
             self.0.to_string(),
             w.requests_per_sec,
             w.p99.as_secs_f64() * 1e3,
@@ -385,5 +535,10 @@ mod tests {
         assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
         assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
         assert!(median(std::iter::empty()).is_nan());
+    }
+
+    #[test]
+    fn spreads() {
+        assert_eq!(Spread(&[1.1, 0.9, 1.3]).to_string(), "1.10x [0.90-1.30]");
     }
 }

@@ -3,6 +3,7 @@
 
 mod callgrind;
 mod cpu;
+mod haproxy;
 mod l7;
 mod nginx;
 mod wrk;

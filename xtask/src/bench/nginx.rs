@@ -59,7 +59,7 @@ http {{
     }}
 
     server {{
-        listen {port};
+        listen {port} reuseport;
         location /echo/ {{
             # The trailing slash replaces the matched /echo/ by /: strip-path.
             proxy_pass http://echo/;
@@ -132,7 +132,7 @@ mod tests {
         assert!(c.contains("server 10.0.0.1:1027 weight=1;\n        server 10.0.0.2:1027 weight=1;\n        keepalive 64;"));
         assert!(c.contains("proxy_http_version 1.1;"));
         assert!(c.contains("proxy_set_header Connection \"\";"));
-        assert!(c.contains("listen 80;"));
+        assert!(c.contains("listen 80 reuseport;"));
         assert!(c.contains("pid /tmp/x/nginx.pid;"));
     }
 }

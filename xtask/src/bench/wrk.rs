@@ -41,11 +41,21 @@ impl Load {
 
     /// Runs wrk in `ns` and parses its report.
     pub fn run(&self, ns: &NetNs, url: &str) -> anyhow::Result<WrkReport> {
-        let out = ns
-            .command("wrk")
-            .args(self.args(url))
-            .output()
-            .context("running wrk")?;
+        self.run_script(ns, url, None)
+    }
+
+    /// [`run`](Self::run) with a Lua script (`-s`), e.g. one that makes every request a POST.
+    pub fn run_script(
+        &self,
+        ns: &NetNs,
+        url: &str,
+        script: Option<&std::path::Path>,
+    ) -> anyhow::Result<WrkReport> {
+        let mut cmd = ns.command("wrk");
+        if let Some(s) = script {
+            cmd.arg("-s").arg(s);
+        }
+        let out = cmd.args(self.args(url)).output().context("running wrk")?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             bail!(

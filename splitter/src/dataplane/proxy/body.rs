@@ -1,4 +1,5 @@
-//! The body of a response the proxy sends: a backend's, streamed, or a small one of its own.
+//! The body of a response the proxy sends: a backend's, streamed, or a small one of its own;
+//! with the access log on, it carries the request's log line, written when the body ends.
 
 use std::{
     pin::Pin,
@@ -8,16 +9,20 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
-use super::direct::DirectBody;
+use super::{access::AccessEntry, direct::DirectBody};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
-pub enum ProxyBody {
-    /// From a hyper client connection (requests with a body, upgrades).
-    Hyper(Incoming),
+pub struct ProxyBody {
+    inner: Inner,
+    /// The request's access log line, when the log is on.
+    log: Option<Box<AccessEntry>>,
+}
+
+#[derive(Debug)]
+enum Inner {
     /// Read straight from a backend connection by the client connection's task (`direct`).
     Direct(DirectBody),
     /// Written by the proxy itself: errors, redirects.
@@ -26,7 +31,22 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     pub fn local(bytes: Bytes) -> Self {
-        Self::Local(Full::new(bytes))
+        Self {
+            inner: Inner::Local(Full::new(bytes)),
+            log: None,
+        }
+    }
+
+    pub fn direct(body: DirectBody) -> Self {
+        Self {
+            inner: Inner::Direct(body),
+            log: None,
+        }
+    }
+
+    /// Writes `entry` once the body has been sent whole, has failed, or was dropped.
+    pub(crate) fn log_to(&mut self, entry: Box<AccessEntry>) {
+        self.log = Some(entry);
     }
 }
 
@@ -38,26 +58,32 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Self::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Self::Local(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Local(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        };
+        if let (Some(log), Poll::Ready(frame)) = (this.log.as_deref_mut(), &polled) {
+            match frame {
+                Some(Ok(f)) => log.bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(_)) => log.body_failed(),
+                None => log.body_complete(),
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper(b) => b.is_end_stream(),
-            Self::Direct(b) => b.is_end_stream(),
-            Self::Local(b) => b.is_end_stream(),
+        match &self.inner {
+            Inner::Direct(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Hyper(b) => b.size_hint(),
-            Self::Direct(b) => b.size_hint(),
-            Self::Local(b) => b.size_hint(),
+        match &self.inner {
+            Inner::Direct(b) => b.size_hint(),
+            Inner::Local(b) => b.size_hint(),
         }
     }
 }

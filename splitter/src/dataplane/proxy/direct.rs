@@ -1,6 +1,6 @@
-//! Requests without a body (most GETs) go to the backend without hyper's client: the request's
-//! own task writes the request head, reads the response head and then, through [`DirectBody`],
-//! the response body, straight from the pooled socket.
+//! The HTTP/1.1 client: every request goes to its backend from the request's own task, which
+//! writes the request head (and streams the request body, if any), reads the response head
+//! and then, through [`DirectBody`], the response body, straight from the pooled socket.
 //!
 //! hyper's client drives every connection from a task of its own and passes the request, the
 //! response head and each body chunk between that task and the request's over channels. On the
@@ -8,8 +8,14 @@
 //! user CPU. Here there is one task and no channel: the response body is read by whoever polls
 //! it, the client connection's task.
 //!
-//! Requests with a body or an upgrade keep hyper's client (`upstream`): it streams both
-//! directions at once and can hand a 101 over to the splice.
+//! The pieces, laid out as pingora's client is: the connection with its read buffer
+//! ([`Connection`]), the request body sender ([`BodySender`]: as the body's size is known, a
+//! Content-Length body, else chunked, trailers included), the response head reader (at most
+//! [`MAX_INTERIM`] informational responses, a head of at most 64 KiB however the bytes
+//! arrive), the response body decoder ([`Decoder`]: Content-Length, chunked with trailers,
+//! until the close, none for HEAD/1xx/204/304), and the pool of idle connections (`pool`). A
+//! 101 answer to an upgrade request hands the socket, and what was read past the head, over to
+//! the splice (`upgrade`).
 
 use std::{
     io,
@@ -19,13 +25,16 @@ use std::{
     task::{Context, Poll, Waker, ready},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header,
     request::Parts,
 };
 use http_body::{Body, Frame, SizeHint};
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
 use tokio_util::io::poll_read_buf;
 
 use self::layout::{Layout, Seen, span};
@@ -37,8 +46,10 @@ use super::{
 
 /// Most header fields in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
-/// Largest response head read before the backend is given up on.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest response head accepted, status line and final CRLF included.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most informational (1xx) responses before the final one; past it the exchange fails (502).
+pub const MAX_INTERIM: usize = 8;
 /// Longest chunk-size or trailer line of a chunked body.
 const MAX_LINE_BYTES: usize = 4 * 1024;
 /// Bytes asked of the socket per read.
@@ -80,28 +91,37 @@ impl DirectConnection {
             layout: Layout::default(),
         }))
     }
+
+    /// The socket and what was read from it beyond the last response head (an upgraded
+    /// connection's first bytes).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        let Connection { stream, buf, .. } = *self.0;
+        (stream, buf)
+    }
 }
 
 impl Connection {
     /// Whether an idle connection can take another request. Nothing may arrive on an idle
     /// HTTP/1.1 connection: readable means a FIN (the backend's idle timeout), a reset or stray
     /// bytes, and the connection is done. Costs no system call while nothing arrived.
-    pub fn idle_usable(&mut self) -> bool {
+    pub fn idle_state(&mut self) -> IdleState {
         let mut cx = Context::from_waker(Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
+            Poll::Pending => IdleState::Usable,
+            Poll::Ready(Err(_)) => IdleState::Closed,
             // The readiness may be stale (the last read filled the buffer exactly): a read
             // that would block clears it and proves the connection quiet.
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
+            Poll::Ready(Ok(())) => match self.stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => IdleState::Usable,
+                Ok(n) if n > 0 => IdleState::Stray,
+                _ => IdleState::Closed,
+            },
         }
     }
 
-    async fn read_more(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    /// [`idle_state`](Self::idle_state) is [`IdleState::Usable`].
+    pub fn idle_usable(&mut self) -> bool {
+        self.idle_state() == IdleState::Usable
     }
 
     /// Reads what the socket has into the buffer (through tokio's `poll_read`, which notes a
@@ -114,6 +134,17 @@ impl Connection {
     }
 }
 
+/// What an idle pooled connection turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleState {
+    /// Quiet: it can take a request.
+    Usable,
+    /// Closed or reset by the backend.
+    Closed,
+    /// The backend sent bytes nobody asked for: it is out of step with its responses.
+    Stray,
+}
+
 /// Why an exchange produced no response, and whether the request may be sent again on another
 /// connection.
 #[derive(Debug)]
@@ -124,22 +155,62 @@ pub struct ExchangeFailure {
     pub retryable: bool,
 }
 
+/// How the request body is framed on the backend hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    None,
+    /// Content-Length: the body's size was known.
+    Length(u64),
+    /// Transfer-Encoding: chunked.
+    Chunked,
+}
+
+impl RequestFraming {
+    /// The framing of `body` (`None` for no body): by the size the body itself knows, never
+    /// by a Content-Length header, so that the length written is the length sent.
+    pub fn of<B: Body>(body: Option<&B>) -> Self {
+        match body {
+            None => Self::None,
+            Some(b) => match b.size_hint().exact() {
+                Some(n) => Self::Length(n),
+                None => Self::Chunked,
+            },
+        }
+    }
+}
+
 /// The request head as HTTP/1.1 writes it; `parts` carries the origin-form target and the
-/// headers already made fit for the hop but for `hop`'s additions.
-pub fn encode_request_head(parts: &Parts, hop: &HopHeaders<'_>) -> Vec<u8> {
+/// headers already made fit for the hop but for `hop`'s additions. With a body, the framing
+/// header is this client's (any Content-Length in `parts` is left out).
+pub fn encode_request_head(
+    parts: &Parts,
+    hop: &HopHeaders<'_>,
+    framing: RequestFraming,
+) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Vec::with_capacity(160 + target.len() + 48 * parts.headers.len());
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    hop.write_fields(&parts.headers, &mut out);
-    // A method that defines a body says it has none (RFC 9112 section 6.3); an HTTP/2 client
-    // ends such a request without a Content-Length.
-    if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        out.extend_from_slice(b"content-length: 0\r\n");
+    hop.write_fields(&parts.headers, framing != RequestFraming::None, &mut out);
+    match framing {
+        // A method that defines a body says it has none (RFC 9112 section 6.3); an HTTP/2
+        // client ends such a request without a Content-Length.
+        RequestFraming::None => {
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -162,53 +233,282 @@ pub async fn exchange(
             retryable: true,
         });
     }
-    let mut interim = false;
-    loop {
-        let Connection { buf, layout, .. } = &mut *conn;
-        match parse_head(buf, layout) {
-            Ok(Some(head))
-                if head.status.is_informational()
-                    && head.status != StatusCode::SWITCHING_PROTOCOLS =>
-            {
-                // 100 Continue, 103 Early Hints: the final response follows.
-                interim = true;
-                continue;
-            }
-            Ok(Some(head)) => {
-                return DirectBody::respond(conn, head, method == Method::HEAD, endpoint, max_idle)
-                    .map_err(|error| ExchangeFailure {
-                        error,
-                        retryable: false,
-                    });
-            }
-            Ok(None) if conn.buf.len() >= MAX_HEAD_BYTES => {
-                return Err(ExchangeFailure {
-                    error: UpstreamError::Protocol("response head larger than 64 KiB"),
-                    retryable: false,
-                });
-            }
-            Ok(None) => {}
-            Err(error) => {
-                return Err(ExchangeFailure {
-                    error,
-                    retryable: false,
-                });
+    let mut reader = HeadReader::default();
+    match std::future::poll_fn(|cx| reader.poll(&mut conn, cx)).await {
+        Ok(head) => DirectBody::respond(conn, head, method == Method::HEAD, endpoint, max_idle)
+            .map_err(|error| ExchangeFailure {
+                error,
+                retryable: false,
+            }),
+        Err(HeadError {
+            error,
+            nothing_back,
+        }) => Err(ExchangeFailure {
+            error,
+            retryable: nothing_back && may_retry,
+        }),
+    }
+}
+
+/// [`exchange`] for a request with a body: the body is streamed to the backend while its
+/// answer is awaited, so a backend that answers early (413, a redirect) is heard at once; the
+/// connection is then not reused, as the rest of the body was never sent. When the exchange
+/// fails before any of the body was taken, the body comes back with the failure.
+pub async fn exchange_with_body<B>(
+    mut conn: DirectConnection,
+    head: &[u8],
+    body: B,
+    framing: RequestFraming,
+    method: &Method,
+    endpoint: SocketAddr,
+    max_idle: usize,
+) -> Result<Response<DirectBody>, (ExchangeFailure, Option<B>)>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if let Err(e) = conn.stream.write_all(head).await {
+        let failure = ExchangeFailure {
+            error: UpstreamError::Io(e),
+            retryable: true,
+        };
+        return Err((failure, Some(body)));
+    }
+    let mut sender = BodySender::new(body, framing == RequestFraming::Chunked);
+    let mut sent: Option<Result<(), io::Error>> = None;
+    let mut reader = HeadReader::default();
+    let read = std::future::poll_fn(|cx| {
+        if sent.is_none()
+            && let Poll::Ready(r) = sender.poll_send(&mut conn.stream, cx)
+        {
+            match r {
+                Ok(()) => sent = Some(Ok(())),
+                Err(SendError::Client(e)) => {
+                    return Poll::Ready(Err(HeadError {
+                        error: UpstreamError::RequestBody(e),
+                        nothing_back: false,
+                    }));
+                }
+                // The backend may have answered and closed: what it said is read first.
+                Err(SendError::Upstream(e)) => sent = Some(Err(e)),
             }
         }
-        let nothing_back = conn.buf.is_empty() && !interim;
-        match conn.read_more().await {
-            Ok(0) => {
-                return Err(ExchangeFailure {
-                    error: UpstreamError::Protocol("connection closed before a response"),
-                    retryable: nothing_back && may_retry,
-                });
+        reader.poll(&mut conn, cx)
+    })
+    .await;
+    match read {
+        Ok(head) => {
+            let complete = matches!(sent, Some(Ok(())));
+            let mut resp =
+                DirectBody::respond(conn, head, method == Method::HEAD, endpoint, max_idle)
+                    .map_err(|error| {
+                        let failure = ExchangeFailure {
+                            error,
+                            retryable: false,
+                        };
+                        (failure, None)
+                    })?;
+            if !complete {
+                resp.body_mut().reusable = false;
             }
-            Ok(_) => {}
-            Err(e) => {
-                return Err(ExchangeFailure {
-                    error: UpstreamError::Io(e),
-                    retryable: nothing_back && may_retry,
-                });
+            Ok(resp)
+        }
+        Err(HeadError {
+            error,
+            nothing_back,
+        }) => {
+            let untouched = !sender.taken;
+            let failure = ExchangeFailure {
+                error,
+                retryable: nothing_back && untouched,
+            };
+            Err((failure, untouched.then_some(sender.body)))
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why sending a request body stopped.
+enum SendError {
+    /// The client's body failed (it went away, or broke its framing).
+    Client(BoxError),
+    /// Writing to the backend failed.
+    Upstream(io::Error),
+}
+
+/// Streams a request body to the backend, framed by Content-Length (written as it comes) or
+/// chunked (each data frame one chunk; the client's trailers, if any, after the last).
+pub struct BodySender<B> {
+    body: B,
+    chunked: bool,
+    /// Bytes to write before the next frame is asked for.
+    out: std::collections::VecDeque<Bytes>,
+    /// The body has ended and its end is queued.
+    ended: bool,
+    /// Something was taken from the body: it can no longer be sent elsewhere.
+    taken: bool,
+}
+
+impl<B> BodySender<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(body: B, chunked: bool) -> Self {
+        Self {
+            body,
+            chunked,
+            out: std::collections::VecDeque::new(),
+            ended: false,
+            taken: false,
+        }
+    }
+
+    /// Writes the body to `io` as it arrives; ready once all of it has been written.
+    fn poll_send<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            while let Some(front) = self.out.front_mut() {
+                match ready!(Pin::new(&mut *io).poll_write(cx, front)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(SendError::Upstream(
+                            io::ErrorKind::WriteZero.into(),
+                        )));
+                    }
+                    Ok(n) => {
+                        front.advance(n);
+                        if front.is_empty() {
+                            self.out.pop_front();
+                        }
+                    }
+                    Err(e) => return Poll::Ready(Err(SendError::Upstream(e))),
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    self.taken = true;
+                    match frame.into_data() {
+                        Ok(data) if data.is_empty() => {}
+                        Ok(data) if self.chunked => {
+                            self.out
+                                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                            self.out.push_back(data);
+                            self.out.push_back(Bytes::from_static(b"\r\n"));
+                        }
+                        Ok(data) => self.out.push_back(data),
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers()
+                                && self.chunked
+                            {
+                                self.end_chunked(Some(&trailers));
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.taken = true;
+                    return Poll::Ready(Err(SendError::Client(e.into())));
+                }
+                None => {
+                    if self.chunked {
+                        self.end_chunked(None);
+                    }
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    /// Queues the last chunk and the trailer section.
+    fn end_chunked(&mut self, trailers: Option<&HeaderMap>) {
+        if self.ended {
+            return;
+        }
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.into_iter().flatten() {
+            end.extend_from_slice(name.as_str().as_bytes());
+            end.extend_from_slice(b": ");
+            end.extend_from_slice(value.as_bytes());
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(b"\r\n");
+        self.out.push_back(Bytes::from(end));
+        self.ended = true;
+    }
+}
+
+/// Why no final response head was read.
+struct HeadError {
+    error: UpstreamError,
+    /// Nothing at all came back: the request may not have been seen.
+    nothing_back: bool,
+}
+
+/// Reads response heads off a connection up to the final one.
+#[derive(Default)]
+struct HeadReader {
+    /// Informational responses passed over so far.
+    interim: usize,
+}
+
+impl HeadReader {
+    fn poll(
+        &mut self,
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ResponseHead, HeadError>> {
+        let fail = |error| {
+            Poll::Ready(Err(HeadError {
+                error,
+                nothing_back: false,
+            }))
+        };
+        loop {
+            let Connection { buf, layout, .. } = conn;
+            match parse_head(buf, layout) {
+                Ok(Some(head))
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    // 100 Continue, 103 Early Hints: the final response follows.
+                    self.interim += 1;
+                    if self.interim > MAX_INTERIM {
+                        return fail(UpstreamError::Protocol(
+                            "too many informational (1xx) responses",
+                        ));
+                    }
+                    continue;
+                }
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                // Partial: every byte buffered belongs to the head.
+                Ok(None) if conn.buf.len() >= MAX_HEAD_BYTES => {
+                    return fail(UpstreamError::Protocol("response head larger than 64 KiB"));
+                }
+                Ok(None) => {}
+                Err(error) => return fail(error),
+            }
+            let nothing_back = conn.buf.is_empty() && self.interim == 0;
+            match ready!(conn.poll_read_more(cx)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(HeadError {
+                        error: UpstreamError::Protocol("connection closed before a response"),
+                        nothing_back,
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Poll::Ready(Err(HeadError {
+                        error: UpstreamError::Io(e),
+                        nothing_back,
+                    }));
+                }
             }
         }
     }
@@ -241,6 +541,9 @@ fn parse_head(
         let len = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
         {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+                return Err(UpstreamError::Protocol("response head larger than 64 KiB"));
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(UpstreamError::Parse(e)),
@@ -376,6 +679,8 @@ pub struct DirectBody {
     reusable: bool,
     endpoint: SocketAddr,
     max_idle: usize,
+    /// A 101 answer: the connection is kept for [`take_upgraded`](Self::take_upgraded).
+    switched: bool,
 }
 
 impl DirectBody {
@@ -405,14 +710,16 @@ impl DirectBody {
             // the body would mislead it.
             head.headers.remove(header::CONTENT_LENGTH);
         }
+        let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
         let mut body = Self {
             conn: Some(conn),
             framing,
             reusable,
             endpoint,
             max_idle,
+            switched,
         };
-        if framing == Framing::Empty || framing == Framing::Length(0) {
+        if !switched && (framing == Framing::Empty || framing == Framing::Length(0)) {
             body.finish();
         }
         let mut resp = Response::new(body);
@@ -424,11 +731,28 @@ impl DirectBody {
     /// The body has been read whole: the connection goes back to the pool when the backend
     /// keeps it open and sent nothing beyond the body.
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && self.reusable
-            && conn.buf.is_empty()
-        {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !self.reusable {
+            return;
+        }
+        if conn.buf.is_empty() {
             pool::checkin(self.endpoint, conn, self.max_idle);
+        } else {
+            // Bytes after a complete response: the backend is out of step (a wrong length, a
+            // second response nobody asked for). Its connections are not trusted for a while.
+            pool::distrust(self.endpoint);
+        }
+    }
+
+    /// The connection of a 101 (Switching Protocols) answer, for the splice; `None` for any
+    /// other response.
+    pub fn take_upgraded(&mut self) -> Option<DirectConnection> {
+        if self.switched {
+            self.conn.take()
+        } else {
+            None
         }
     }
 
@@ -437,62 +761,68 @@ impl DirectBody {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Some(Step::End));
         };
-        let buf = &mut conn.buf;
-        loop {
-            match &mut self.framing {
-                Framing::Empty | Framing::Length(0) => return Ok(Some(Step::End)),
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                    *left -= take as u64;
-                    if matches!(self.framing, Framing::Chunked(Chunk::Data(0))) {
-                        self.framing = Framing::Chunked(Chunk::DataEnd);
-                    }
-                    return Ok(Some(Step::Data(buf.split_to(take).freeze())));
+        decode(&mut self.framing, &mut conn.buf)
+    }
+}
+
+/// The response body decoder: takes the next piece of body off the front of `buf` as
+/// `framing` says, and advances `framing`; `Ok(None)` means more bytes are needed. Bytes
+/// beyond the body's end are left in `buf`.
+fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Step>, io::Error> {
+    loop {
+        match framing {
+            Framing::Empty | Framing::Length(0) => return Ok(Some(Step::End)),
+            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                if buf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::UntilClose => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Step::Data(buf.split().freeze())));
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                *left -= take as u64;
+                if matches!(*framing, Framing::Chunked(Chunk::Data(0))) {
+                    *framing = Framing::Chunked(Chunk::DataEnd);
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        let _ = buf.split_to(used);
-                        self.framing = Framing::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() < MAX_LINE_BYTES => {
-                        return Ok(None);
-                    }
-                    _ => return Err(invalid("invalid chunk size line")),
-                },
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(invalid("chunk data not followed by CRLF"));
-                    }
-                    let _ = buf.split_to(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
+                return Ok(Some(Step::Data(buf.split_to(take).freeze())));
+            }
+            Framing::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::Trailers) => {
-                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                        if buf.len() >= MAX_LINE_BYTES {
-                            return Err(invalid("trailer line too long"));
-                        }
-                        return Ok(None);
-                    };
-                    let _ = buf.split_to(end + 2);
-                    if end == 0 {
-                        return Ok(Some(Step::End));
+                return Ok(Some(Step::Data(buf.split().freeze())));
+            }
+            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    let _ = buf.split_to(used);
+                    *framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_LINE_BYTES => {
+                    return Ok(None);
+                }
+                _ => return Err(invalid("invalid chunk size line")),
+            },
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(invalid("chunk data not followed by CRLF"));
+                }
+                let _ = buf.split_to(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() >= MAX_LINE_BYTES {
+                        return Err(invalid("trailer line too long"));
                     }
+                    return Ok(None);
+                };
+                let _ = buf.split_to(end + 2);
+                if end == 0 {
+                    return Ok(Some(Step::End));
                 }
             }
         }

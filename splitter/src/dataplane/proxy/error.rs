@@ -49,10 +49,8 @@ pub enum UpstreamError {
     Connect(#[source] io::Error),
     #[error("connect: no answer within {0:?}")]
     ConnectTimeout(Duration),
-    #[error("HTTP/1.1 handshake: {0}")]
-    Handshake(#[source] hyper::Error),
-    #[error("{0}")]
-    Exchange(#[source] hyper::Error),
+    #[error("request body: {0}")]
+    RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("I/O: {0}")]
     Io(#[source] io::Error),
     #[error("invalid response head: {0}")]
@@ -64,10 +62,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// No connection was ever established: nothing of the request reached the backend.
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect(_) | Self::ConnectTimeout(_) | Self::Handshake(_)
-        )
+        matches!(self, Self::Connect(_) | Self::ConnectTimeout(_))
     }
 }
 

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{
+    access::{AccessEntry, AccessLog},
     body::ProxyBody,
     error::{ForwardError, RouteError, UpstreamError},
     metrics::ProxyMetrics,
@@ -22,6 +23,8 @@ use splitter_plan::plan::l7_match::{RequestView, strip_port};
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {
     pub table: ArcSwap<ServingTable>,
+    /// Where access log lines go; `None`: no log.
+    pub access_log: Option<AccessLog>,
     pub upstream: Upstream,
     pub metrics: ProxyMetrics,
     /// The bound address as text, the `listener` label.
@@ -55,12 +58,32 @@ pub(crate) async fn handle(
         };
         table.find(request_host(&req), &view).cloned()
     };
+    // Copied only when the access log is on.
+    let logged = shared
+        .access_log
+        .as_ref()
+        .map(|_| (req.method().clone(), req.uri().path().to_owned()));
     let Some(route) = route else {
         let err = ForwardError::NoRoute;
         record(&shared, &shared.none, &shared.none, err.status(), start);
-        return Ok(error_response(&err));
+        let mut resp = error_response(&err);
+        if let Some(logged) = logged {
+            let none = &shared.none;
+            log_access(
+                &shared,
+                &mut resp,
+                none,
+                none,
+                Note::default(),
+                logged,
+                start,
+            );
+        }
+        return Ok(resp);
     };
-    let (mut resp, backend) = match dispatch(&shared, &route, &client, req, start).await {
+    let mut note = Note::default();
+    let (mut resp, backend) = match dispatch(&shared, &route, &client, req, start, &mut note).await
+    {
         Ok(ok) => ok,
         Err((err, backend)) => {
             tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
@@ -71,10 +94,59 @@ pub(crate) async fn handle(
         edits.apply(resp.headers_mut());
     }
     record(&shared, &route.label, &backend, resp.status(), start);
+    if let Some(logged) = logged {
+        log_access(
+            &shared,
+            &mut resp,
+            &route.label,
+            &backend,
+            note,
+            logged,
+            start,
+        );
+    }
     Ok(resp)
 }
 
+/// Has `resp`'s body write the request's access log line when it ends.
+fn log_access(
+    shared: &ListenerShared,
+    resp: &mut Response<ProxyBody>,
+    route: &Arc<str>,
+    backend: &Arc<str>,
+    note: Note,
+    (method, path): (http::Method, String),
+    start: Instant,
+) {
+    let Some(log) = &shared.access_log else {
+        return;
+    };
+    let entry = AccessEntry {
+        log: log.clone(),
+        listener: shared.listener.clone(),
+        route: route.clone(),
+        backend: backend.clone(),
+        endpoint: note.endpoint,
+        method,
+        path,
+        status: resp.status().as_u16(),
+        start,
+        upstream: note.upstream,
+        bytes: 0,
+        outcome: Default::default(),
+    };
+    resp.body_mut().log_to(Box::new(entry));
+}
+
 type Dispatched = Result<(Response<ProxyBody>, Arc<str>), (ForwardError, Arc<str>)>;
+
+/// What the access log wants to know of a request beyond its route and status.
+#[derive(Default)]
+struct Note {
+    endpoint: Option<std::net::SocketAddr>,
+    /// From sending the request to the backend to its response head.
+    upstream: Option<std::time::Duration>,
+}
 
 async fn dispatch(
     shared: &ListenerShared,
@@ -82,6 +154,7 @@ async fn dispatch(
     client: &HeaderValue,
     req: Request<Incoming>,
     start: Instant,
+    note: &mut Note,
 ) -> Dispatched {
     if let Some(redirect) = &route.filters.redirect {
         let host = request_host(&req).map(strip_port).unwrap_or_default();
@@ -120,7 +193,7 @@ async fn dispatch(
             b.name.clone(),
         )),
         Pick::Endpoint { backend, endpoint } => {
-            match forward(shared, route, client, req, endpoint, start).await {
+            match forward(shared, route, client, req, endpoint, start, note).await {
                 Ok(resp) => Ok((resp, backend.name.clone())),
                 Err(e) => Err((e, backend.name.clone())),
             }
@@ -135,6 +208,7 @@ async fn forward(
     mut req: Request<Incoming>,
     endpoint: &ServingEndpoint,
     start: Instant,
+    note: &mut Note,
 ) -> Result<Response<ProxyBody>, ForwardError> {
     let authority = &endpoint.authority;
     let upgrade = requested_upgrade(req.headers());
@@ -177,6 +251,7 @@ async fn forward(
         client,
         endpoint: authority,
     };
+    note.endpoint = Some(endpoint.addr);
     parts.uri = upstream_uri(path_and_query);
     parts.version = Version::HTTP_11;
 
@@ -198,46 +273,33 @@ async fn forward(
     };
     let timed_out = || ForwardError::Timeout(authority.to_string());
 
-    if client_upgrade.is_none() && body.is_end_stream() {
-        // Most requests: no body to stream, no protocol switch; served from this task.
-        let sent = std::pin::pin!(shared.upstream.send_bodyless(endpoint.addr, &parts, &hop));
-        let mut resp = within(deadline, sent)
-            .await
-            .ok_or_else(timed_out)?
-            .map_err(upstream_error)?;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
-        }
-        strip_hop_by_hop(resp.headers_mut());
-        return Ok(resp.map(ProxyBody::Direct));
-    }
-
-    hop.apply(&mut parts.headers);
-    // Boxed for the same reason as connecting in `send_bodyless`: requests with a body are the
-    // rarer kind, and hyper's client futures are large.
-    let mut sent = Box::pin(
-        shared
-            .upstream
-            .send(endpoint.addr, Request::from_parts(parts, body)),
-    );
-    let mut resp = within(deadline, sent.as_mut())
+    // Most requests have no body to stream (and an upgrade request's body, if any, is the
+    // backend's business only once it switched): served by the lighter bodyless path.
+    let body = (!body.is_end_stream()).then_some(body);
+    let sent_at = Instant::now();
+    let sent = std::pin::pin!(shared.upstream.send(endpoint.addr, &parts, &hop, body));
+    let resp = within(deadline, sent)
         .await
         .ok_or_else(timed_out)?
         .map_err(upstream_error)?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    note.upstream = Some(sent_at.elapsed());
+    let (mut head, mut body) = resp.into_parts();
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
         // A backend may only switch protocols when asked to.
-        let (Some(client), Some(protocol)) =
-            (client_upgrade, resp.headers().get(header::UPGRADE).cloned())
-        else {
+        let (Some(client), Some(protocol), Some(conn)) = (
+            client_upgrade,
+            head.headers.get(header::UPGRADE).cloned(),
+            body.take_upgraded(),
+        ) else {
             return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
         };
-        splice(client, hyper::upgrade::on(&mut resp));
-        strip_hop_by_hop(resp.headers_mut());
-        restore_upgrade_headers(resp.headers_mut(), protocol);
-    } else {
-        strip_hop_by_hop(resp.headers_mut());
+        splice(client, conn);
+        strip_hop_by_hop(&mut head.headers);
+        restore_upgrade_headers(&mut head.headers, protocol);
+        return Ok(Response::from_parts(head, ProxyBody::local(Bytes::new())));
     }
-    Ok(resp.map(ProxyBody::Hyper))
+    strip_hop_by_hop(&mut head.headers);
+    Ok(Response::from_parts(head, ProxyBody::direct(body)))
 }
 
 /// `fut`'s output, or `None` when `deadline` passes first. Taking the future pinned in the

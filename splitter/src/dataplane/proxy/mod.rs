@@ -12,14 +12,16 @@
 //!
 //! Per request: find the first route (precedence order) whose hostnames and match accept it,
 //! apply its filters, pick a backendRef by smooth weighted round robin and an endpoint of it
-//! round robin, and stream the request there over a pooled keep-alive connection: a request
-//! without a body is written and its response read by the request's own task (`direct`), one
-//! with a body or an upgrade goes through hyper's client (`upstream`). Answers of the proxy
+//! round robin, and stream the request there over a pooled keep-alive connection: the request
+//! (and its body, if any) is written and its response read by the request's own task
+//! (`direct`, one HTTP/1.1 client for every request, upgrades included). With `--access-log`,
+//! one line per request (`access`). Answers of the proxy
 //! itself: 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
 //! 502 connect or protocol failure, 504 HTTPRoute timeout.
 //!
 //! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
 
+mod access;
 mod balance;
 mod body;
 mod direct;
@@ -36,6 +38,7 @@ mod upgrade;
 mod upstream;
 mod workers;
 
+pub use access::AccessLog;
 pub use balance::{EndpointCursor, SmoothWrr};
 pub use body::ProxyBody;
 pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};

@@ -6,119 +6,119 @@
 //! connection over. The cost is the one nginx pays with its per-worker `keepalive` cache: each
 //! thread keeps its own idle connections to a backend.
 
-use std::{cell::RefCell, net::SocketAddr, thread::LocalKey, time::Duration};
+use std::{cell::RefCell, net::SocketAddr, time::Duration};
 
 use foldhash::HashMap;
 
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use tokio::time::Instant;
 
-use super::direct::DirectConnection;
+use super::direct::{DirectConnection, IdleState};
 
-/// A connection kind kept in the pools: hyper's client connections (requests with a body or an
-/// upgrade) and the direct ones (bodyless requests, `direct`).
-pub trait Pooled: Sized + 'static {
-    /// This thread's idle connections of the kind.
-    fn pool() -> &'static LocalKey<RefCell<IdlePool<Self>>>;
-    /// Still open, as far as can be told without waiting.
-    fn is_open(&mut self) -> bool;
-    /// Ready to send a request now.
-    fn is_ready(&self) -> bool;
-}
-
-impl Pooled for SendRequest<Incoming> {
-    fn pool() -> &'static LocalKey<RefCell<IdlePool<Self>>> {
-        &HYPER
-    }
-    fn is_open(&mut self) -> bool {
-        !self.is_closed()
-    }
-    fn is_ready(&self) -> bool {
-        SendRequest::is_ready(self)
-    }
-}
-
-impl Pooled for DirectConnection {
-    fn pool() -> &'static LocalKey<RefCell<IdlePool<Self>>> {
-        &DIRECT
-    }
-    fn is_open(&mut self) -> bool {
-        self.idle_usable()
-    }
-    /// Checked in only once its response has been read whole.
-    fn is_ready(&self) -> bool {
-        true
-    }
-}
+/// How long an endpoint that sent stray bytes (bytes after a complete response, or on an idle
+/// connection) gets no pooled connection: each of its requests gets a connection of its own,
+/// closed after the response.
+pub const DISTRUST_FOR: Duration = Duration::from_secs(30);
 
 /// A connection that finished its last exchange and waits for the next one.
-struct IdleConnection<C> {
-    conn: C,
+struct IdleConnection {
+    conn: DirectConnection,
     since: Instant,
 }
 
-impl<C: Pooled> IdleConnection<C> {
-    fn usable(&mut self, now: Instant, idle_timeout: Duration) -> bool {
-        now.duration_since(self.since) < idle_timeout && self.conn.is_open()
+#[derive(Default)]
+struct IdlePool {
+    by_endpoint: HashMap<SocketAddr, Vec<IdleConnection>>,
+    /// Endpoints that sent stray bytes, and until when they are not pooled.
+    distrusted: HashMap<SocketAddr, Instant>,
+}
+
+impl IdlePool {
+    /// Whether `conn` can take a request; an endpoint found sending stray bytes is distrusted.
+    fn usable(
+        &mut self,
+        endpoint: SocketAddr,
+        c: &mut IdleConnection,
+        now: Instant,
+        idle_timeout: Duration,
+    ) -> bool {
+        if now.duration_since(c.since) >= idle_timeout {
+            return false;
+        }
+        match c.conn.idle_state() {
+            IdleState::Usable => true,
+            IdleState::Closed => false,
+            IdleState::Stray => {
+                self.distrusted.insert(endpoint, now + DISTRUST_FOR);
+                false
+            }
+        }
     }
-}
 
-pub struct IdlePool<C> {
-    by_endpoint: HashMap<SocketAddr, Vec<IdleConnection<C>>>,
-}
-
-impl<C> Default for IdlePool<C> {
-    fn default() -> Self {
-        Self {
-            by_endpoint: HashMap::default(),
+    fn is_distrusted(&mut self, endpoint: SocketAddr, now: Instant) -> bool {
+        match self.distrusted.get(&endpoint) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.distrusted.remove(&endpoint);
+                false
+            }
+            None => false,
         }
     }
 }
 
 thread_local! {
-    static HYPER: RefCell<IdlePool<SendRequest<Incoming>>> = RefCell::default();
-    static DIRECT: RefCell<IdlePool<DirectConnection>> = RefCell::default();
+    static POOL: RefCell<IdlePool> = RefCell::default();
 }
 
-/// The most recently used connection to `endpoint` that is ready for a request, still open and
-/// younger than `idle_timeout`; stale ones met on the way are closed. A connection still
-/// streaming its last response body is skipped and kept: it is ready again once that body has
-/// been read.
-pub fn checkout<C: Pooled>(endpoint: SocketAddr, idle_timeout: Duration) -> Option<C> {
+/// The most recently used connection to `endpoint` that is still open and younger than
+/// `idle_timeout`; stale ones met on the way are closed.
+pub fn checkout(endpoint: SocketAddr, idle_timeout: Duration) -> Option<DirectConnection> {
     let now = Instant::now();
-    C::pool().with_borrow_mut(|pool| {
-        let idle = pool.by_endpoint.get_mut(&endpoint)?;
+    POOL.with_borrow_mut(|pool| {
+        let mut idle = pool.by_endpoint.remove(&endpoint)?;
         // Most recently used first: it is the least likely to have been closed by the backend's
         // own idle timeout, and the older ones age out.
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if !idle[i].usable(now, idle_timeout) {
-                idle.remove(i);
-            } else if idle[i].conn.is_ready() {
-                return Some(idle.remove(i).conn);
+        let mut found = None;
+        while let Some(mut c) = idle.pop() {
+            if pool.usable(endpoint, &mut c, now, idle_timeout) {
+                found = Some(c.conn);
+                break;
             }
         }
-        None
+        if pool.is_distrusted(endpoint, now) {
+            // Stray bytes on one of them: none is trusted.
+            return None;
+        }
+        if !idle.is_empty() {
+            pool.by_endpoint.insert(endpoint, idle);
+        }
+        found
     })
 }
 
-/// Returns a connection for reuse. A hyper connection comes back as soon as its response head
-/// has arrived, its body possibly still streaming (`checkout` passes it over until it is done):
-/// putting it back at once costs nothing per request, where waiting for the body's end took a
-/// task of its own. Beyond `max_idle` connections to the endpoint it is closed instead.
-pub fn checkin<C: Pooled>(endpoint: SocketAddr, mut conn: C, max_idle: usize) {
-    if !conn.is_open() {
-        return;
-    }
-    C::pool().with_borrow_mut(|pool| {
+/// Returns a connection whose response was read whole, for reuse. Beyond `max_idle`
+/// connections to the endpoint, or while the endpoint is distrusted, it is closed instead.
+pub fn checkin(endpoint: SocketAddr, conn: DirectConnection, max_idle: usize) {
+    let now = Instant::now();
+    POOL.with_borrow_mut(|pool| {
+        if pool.is_distrusted(endpoint, now) {
+            return;
+        }
         let idle = pool.by_endpoint.entry(endpoint).or_default();
         if idle.len() < max_idle {
-            idle.push(IdleConnection {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push(IdleConnection { conn, since: now });
         }
+    });
+}
+
+/// `endpoint` sent stray bytes: its idle connections are closed and no connection to it is
+/// pooled for [`DISTRUST_FOR`].
+pub fn distrust(endpoint: SocketAddr) {
+    tracing::debug!(%endpoint, "stray bytes from the backend; its connections are not reused for a while");
+    POOL.with_borrow_mut(|pool| {
+        pool.by_endpoint.remove(&endpoint);
+        pool.distrusted
+            .insert(endpoint, Instant::now() + DISTRUST_FOR);
     });
 }
 
@@ -126,24 +126,26 @@ pub fn checkin<C: Pooled>(endpoint: SocketAddr, mut conn: C, max_idle: usize) {
 /// closed, and forgets endpoints with none left (an endpoint that left the plan is never
 /// checked out again, so only this sweep releases its connections).
 pub fn sweep(idle_timeout: Duration) {
-    sweep_kind::<SendRequest<Incoming>>(idle_timeout);
-    sweep_kind::<DirectConnection>(idle_timeout);
-}
-
-fn sweep_kind<C: Pooled>(idle_timeout: Duration) {
     let now = Instant::now();
-    C::pool().with_borrow_mut(|pool| {
-        pool.by_endpoint.retain(|_, idle| {
-            idle.retain_mut(|c| c.usable(now, idle_timeout));
+    POOL.with_borrow_mut(|pool| {
+        let mut by_endpoint = std::mem::take(&mut pool.by_endpoint);
+        by_endpoint.retain(|endpoint, idle| {
+            idle.retain_mut(|c| pool.usable(*endpoint, c, now, idle_timeout));
             !idle.is_empty()
         });
+        for endpoint in pool.distrusted.keys().copied().collect::<Vec<_>>() {
+            if pool.is_distrusted(endpoint, now) {
+                by_endpoint.remove(&endpoint);
+            }
+        }
+        pool.by_endpoint = by_endpoint;
     });
 }
 
-/// Idle connections of a kind this thread holds to `endpoint` (for tests).
+/// Idle connections this thread holds to `endpoint` (for tests).
 #[cfg(test)]
-pub(crate) fn idle_count<C: Pooled>(endpoint: SocketAddr) -> usize {
-    C::pool().with_borrow(|pool| pool.by_endpoint.get(&endpoint).map_or(0, Vec::len))
+pub(crate) fn idle_count(endpoint: SocketAddr) -> usize {
+    POOL.with_borrow(|pool| pool.by_endpoint.get(&endpoint).map_or(0, Vec::len))
 }
 
 /// Sweeps this thread's pool every `every` for as long as the thread's runtime runs.
@@ -158,16 +160,16 @@ pub async fn sweep_every(every: Duration, idle_timeout: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use hyper::client::conn::http1;
-    use hyper_util::rt::TokioIo;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::{
+        io::AsyncWriteExt,
+        net::{TcpListener, TcpStream},
+    };
 
     use super::*;
 
     const LONG: Duration = Duration::from_secs(60);
 
-    /// A backend that accepts connections and holds them open without a word, and a way to
-    /// make HTTP/1.1 connections to it.
+    /// A backend that accepts connections and holds them open without a word.
     async fn silent_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TcpStream>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -180,13 +182,8 @@ mod tests {
         (addr, rx)
     }
 
-    type Hyper = SendRequest<Incoming>;
-
-    async fn connect(addr: SocketAddr) -> Hyper {
-        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-        let (sender, conn) = http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        sender
+    async fn connect(addr: SocketAddr) -> DirectConnection {
+        DirectConnection::new(TcpStream::connect(addr).await.unwrap())
     }
 
     #[tokio::test]
@@ -195,14 +192,10 @@ mod tests {
         checkin(addr, connect(addr).await, 2);
         checkin(addr, connect(addr).await, 2);
         checkin(addr, connect(addr).await, 2);
-        assert_eq!(
-            idle_count::<Hyper>(addr),
-            2,
-            "the third is closed, not kept"
-        );
-        assert!(checkout::<Hyper>(addr, LONG).is_some());
-        assert!(checkout::<Hyper>(addr, LONG).is_some());
-        assert!(checkout::<Hyper>(addr, LONG).is_none());
+        assert_eq!(idle_count(addr), 2, "the third is closed, not kept");
+        assert!(checkout(addr, LONG).is_some());
+        assert!(checkout(addr, LONG).is_some());
+        assert!(checkout(addr, LONG).is_none());
     }
 
     #[tokio::test]
@@ -210,21 +203,34 @@ mod tests {
         let (addr, mut held) = silent_backend().await;
         checkin(addr, connect(addr).await, 8);
         assert!(
-            checkout::<Hyper>(addr, Duration::ZERO).is_none(),
+            checkout(addr, Duration::ZERO).is_none(),
             "idle past the timeout"
         );
-        assert_eq!(idle_count::<Hyper>(addr), 0, "and closed on the way");
+        assert_eq!(idle_count(addr), 0, "and closed on the way");
 
         checkin(addr, connect(addr).await, 8);
         // The backend closes it while idle.
         drop(held.recv().await.unwrap());
         drop(held.recv().await.unwrap());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while HYPER.with_borrow(|p| p.by_endpoint[&addr].iter().any(|c| !c.conn.is_closed())) {
-            assert!(Instant::now() < deadline, "the close was never noticed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(checkout::<Hyper>(addr, LONG).is_none());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(checkout(addr, LONG).is_none());
+    }
+
+    #[tokio::test]
+    async fn stray_bytes_on_an_idle_connection_distrust_the_endpoint() {
+        let (addr, mut held) = silent_backend().await;
+        checkin(addr, connect(addr).await, 8);
+        checkin(addr, connect(addr).await, 8);
+        let mut first = held.recv().await.unwrap();
+        let mut second = held.recv().await.unwrap();
+        // The newest is met first and is stray: the other, quiet one is not handed out either.
+        second.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let _ = &mut first;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(checkout(addr, LONG).is_none(), "neither is handed out");
+        assert_eq!(idle_count(addr), 0);
+        checkin(addr, connect(addr).await, 8);
+        assert_eq!(idle_count(addr), 0, "nor is a new one kept");
     }
 
     #[tokio::test]
@@ -232,8 +238,8 @@ mod tests {
         let (addr, _held) = silent_backend().await;
         checkin(addr, connect(addr).await, 8);
         sweep(LONG);
-        assert_eq!(idle_count::<Hyper>(addr), 1);
+        assert_eq!(idle_count(addr), 1);
         sweep(Duration::ZERO);
-        assert!(HYPER.with_borrow(|p| !p.by_endpoint.contains_key(&addr)));
+        assert!(POOL.with_borrow(|p| !p.by_endpoint.contains_key(&addr)));
     }
 }

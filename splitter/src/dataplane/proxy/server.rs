@@ -25,6 +25,7 @@ use tokio::{
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{
+    access::AccessLog,
     drain::Drain,
     error::ProxyError,
     handler::{self, ListenerShared},
@@ -62,6 +63,8 @@ pub struct ProxyConfig {
     /// backend connections by itself, like an nginx worker process.
     pub workers: usize,
     pub upstream: UpstreamConfig,
+    /// One line per request (`access`); `None`, the default: no log.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +78,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             workers: default_workers(),
             upstream: UpstreamConfig::default(),
+            access_log: None,
         }
     }
 }
@@ -138,6 +142,7 @@ impl Proxy {
         let (compiled, issues) = ServingTable::compile(table, &ServingTable::default());
         let shared = Arc::new(ListenerShared {
             table: ArcSwap::from_pointee(compiled),
+            access_log: self.config.access_log.clone(),
             upstream: self.upstream.clone(),
             metrics: self.metrics.clone(),
             listener: Arc::from(local_addr.to_string()),

@@ -4,8 +4,9 @@
 use http::{HeaderMap, HeaderValue, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
-use super::upstream::list_has;
+use super::{direct::DirectConnection, upstream::list_has};
 
 /// The protocol the client asks to switch to: an `Upgrade` header and the `upgrade` token in
 /// `Connection` (RFC 9110 section 7.8). HTTP/2 has no such mechanism here.
@@ -26,19 +27,24 @@ pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Copies bytes both ways between the upgraded client and backend connections until one side
-/// closes; runs on its own task so the response can be returned first.
-pub fn splice(client: OnUpgrade, upstream: OnUpgrade) {
+/// Copies bytes both ways between the upgraded client connection and the backend's (first
+/// what was read from the backend past its 101 head) until one side closes; runs on its own
+/// task so the response can be returned first.
+pub fn splice(client: OnUpgrade, backend: DirectConnection) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        let (mut backend, early) = backend.into_parts();
+        let mut client = TokioIo::new(client);
+        if !early.is_empty() && client.write_all(&early).await.is_err() {
+            return;
+        }
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
     });

@@ -1,24 +1,23 @@
-//! The client side: keep-alive HTTP/1.1 connections to backends, and the header hygiene of a
-//! proxy hop.
+//! The client side: requests to backends over this thread's keep-alive HTTP/1.1 connections
+//! (the exchange itself is `direct`'s), and the header hygiene of a proxy hop.
 
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response,
-    header::{self, Entry},
+    HeaderMap, HeaderName, HeaderValue, Response, header,
     request::Parts,
     uri::{Authority, PathAndQuery, Uri},
 };
-use hyper::{body::Incoming, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use http_body::Body;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 use super::{
-    direct::{self, DirectBody, DirectConnection},
+    direct::{self, DirectBody, DirectConnection, RequestFraming},
     error::UpstreamError,
     pool,
 };
@@ -57,33 +56,65 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `endpoint` over a hyper client connection:
-    /// for requests with a body (streamed while the response may already be coming back) or
-    /// an upgrade. A request that a reused connection refused before writing any of it (the
-    /// backend closed the connection while it was idle) is sent again on another connection;
-    /// any other failure is returned, since part of the request may have reached the backend.
-    pub async fn send(
+    /// Sends a request (`parts`: origin-form URI; `hop` is added as the head is written) and
+    /// its body, if any, to `endpoint`. Bodyless requests, most of them, take the lighter path
+    /// ([`send_bodyless`](Self::send_bodyless)); a body is streamed, framed by its known size
+    /// or chunked. A request that a reused connection refused before any of its body was taken
+    /// is sent again on another connection.
+    pub async fn send<B>(
         &self,
         endpoint: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        parts: &Parts,
+        hop: &HopHeaders<'_>,
+        body: Option<B>,
+    ) -> Result<Response<DirectBody>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match body {
+            None => self.send_bodyless(endpoint, parts, hop).await,
+            // Boxed: requests with a body are the rarer kind, and the body's future would
+            // otherwise enlarge every request's.
+            Some(body) => Box::pin(self.send_with_body(endpoint, parts, hop, body)).await,
+        }
+    }
+
+    async fn send_with_body<B>(
+        &self,
+        endpoint: SocketAddr,
+        parts: &Parts,
+        hop: &HopHeaders<'_>,
+        mut body: B,
+    ) -> Result<Response<DirectBody>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let framing = RequestFraming::of(Some(&body));
+        let head = direct::encode_request_head(parts, hop, framing);
         loop {
-            let (mut sender, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout)
-            {
-                Some(sender) => (sender, true),
-                None => (self.handshake(endpoint).await?, false),
+            let (conn, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout) {
+                Some(conn) => (conn, true),
+                None => (DirectConnection::new(self.connect(endpoint).await?), false),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    // Back at once, with the body possibly still streaming: the pool hands it
-                    // out again only when it is ready.
-                    pool::checkin(endpoint, sender, self.config.pool_max_idle_per_host);
-                    return Ok(resp);
+            match direct::exchange_with_body(
+                conn,
+                &head,
+                body,
+                framing,
+                &parts.method,
+                endpoint,
+                self.config.pool_max_idle_per_host,
+            )
+            .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err((failure, Some(unsent))) if reused && failure.retryable => {
+                    tracing::debug!(%endpoint, error = %failure.error, "reused connection failed; retrying on another");
+                    body = unsent;
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::Exchange(e.into_error())),
-                },
+                Err((failure, _)) => return Err(failure.error),
             }
         }
     }
@@ -99,18 +130,17 @@ impl Upstream {
         parts: &Parts,
         hop: &HopHeaders<'_>,
     ) -> Result<Response<DirectBody>, UpstreamError> {
-        let head = direct::encode_request_head(parts, hop);
+        let head = direct::encode_request_head(parts, hop, RequestFraming::None);
         loop {
-            let (conn, reused) =
-                match pool::checkout::<DirectConnection>(endpoint, self.config.pool_idle_timeout) {
-                    Some(conn) => (conn, true),
-                    // Boxed: connecting is rare, and its future would otherwise enlarge every
-                    // request's (which hyper moves, whole, per request).
-                    None => (
-                        DirectConnection::new(Box::pin(self.connect(endpoint)).await?),
-                        false,
-                    ),
-                };
+            let (conn, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout) {
+                Some(conn) => (conn, true),
+                // Boxed: connecting is rare, and its future would otherwise enlarge every
+                // request's (which hyper moves, whole, per request).
+                None => (
+                    DirectConnection::new(Box::pin(self.connect(endpoint)).await?),
+                    false,
+                ),
+            };
             match direct::exchange(
                 conn,
                 &head,
@@ -141,26 +171,6 @@ impl Upstream {
         let _ = SockRef::from(&stream)
             .set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)));
         Ok(stream)
-    }
-
-    async fn handshake(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        let stream = self.connect(endpoint).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        // Spawned on the current runtime, which on a worker thread is that thread: the
-        // connection is driven where its requests come from. Upgrades stay possible so that a
-        // 101 can be spliced to the client.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
     }
 }
 
@@ -238,7 +248,9 @@ pub struct HopHeaders<'a> {
 }
 
 impl HopHeaders<'_> {
-    /// Adds them to `headers` (requests that go through hyper's client).
+    /// Adds them to `headers`: what [`write_fields`](Self::write_fields) writes, as a map
+    /// (the tests' reference).
+    #[cfg(test)]
     pub fn apply(&self, headers: &mut HeaderMap) {
         default_host(headers, self.endpoint);
         add_forwarded(headers, self.client);
@@ -248,10 +260,11 @@ impl HopHeaders<'_> {
     /// leaving the map as it is: the lines [`apply`](Self::apply) and then writing every field
     /// would give, but for their order (X-Forwarded-For comes last). Inserting into the map
     /// hashes each name and may grow the map, which costs more than writing the request head.
-    pub fn write_fields(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+    /// With `own_length`, Content-Length is left out: the caller frames the body itself.
+    pub fn write_fields(&self, headers: &HeaderMap, own_length: bool, out: &mut Vec<u8>) {
         let mut host = false;
         for (name, value) in headers {
-            if *name == XFF {
+            if *name == XFF || (own_length && *name == header::CONTENT_LENGTH) {
                 continue;
             }
             host |= *name == header::HOST;
@@ -285,13 +298,14 @@ fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Appends the client address (from [`client_address`]) to `X-Forwarded-For` and the scheme
 /// to `X-Forwarded-Proto`.
+#[cfg(test)]
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
     // One lookup for the common case, a first hop, which has no text to build.
     match headers.entry(&XFF) {
-        Entry::Vacant(slot) => {
+        header::Entry::Vacant(slot) => {
             slot.insert(client.clone());
         }
-        Entry::Occupied(mut previous) => {
+        header::Entry::Occupied(mut previous) => {
             // Several XFF lines are folded into one: a chain of hops is read as one list.
             let mut chain = Vec::new();
             for prev in previous.iter() {
@@ -314,6 +328,7 @@ pub fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
 
 /// Sets Host to the endpoint when the request has none (an HTTP/1.0 client may omit it);
 /// HTTP/1.1 requires it.
+#[cfg(test)]
 pub fn default_host(headers: &mut HeaderMap, endpoint: &Authority) {
     if !headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(endpoint.as_str())
@@ -366,8 +381,8 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 
-    /// The two forms of the hop's additions agree: written as the head is encoded (bodyless
-    /// requests) and inserted into the map (hyper's client).
+    /// The hop's additions as the head is encoded are those of the reference, inserting them
+    /// into the map.
     #[test]
     fn hop_headers_written_or_applied_agree() {
         let endpoint = Authority::from_static("10.0.0.9:8080");
@@ -395,7 +410,7 @@ mod tests {
                 map.append(*n, HeaderValue::from_static(v));
             }
             let mut written = Vec::new();
-            hop.write_fields(&map, &mut written);
+            hop.write_fields(&map, false, &mut written);
             let mut slots = [httparse::EMPTY_HEADER; 16];
             written.extend_from_slice(b"\r\n");
             assert!(

@@ -162,7 +162,7 @@ async fn a_content_length_body_is_read_and_the_connection_reused() {
         let cookies: Vec<_> = headers.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(cookies, ["a", "b"]);
         assert_eq!(body.unwrap(), "hello");
-        assert_eq!(pool::idle_count::<DirectConnection>(addr), 1);
+        assert_eq!(pool::idle_count(addr), 1);
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -243,7 +243,7 @@ async fn a_body_without_length_runs_to_the_close() {
     .await;
     let (_, _, body) = send(addr, Method::GET).await.unwrap();
     assert_eq!(body.unwrap(), "until the end");
-    assert_eq!(pool::idle_count::<DirectConnection>(addr), 0);
+    assert_eq!(pool::idle_count(addr), 0);
 }
 
 #[tokio::test]
@@ -298,7 +298,7 @@ async fn connections_the_backend_will_close_are_not_pooled() {
                 assert!(!headers.contains_key(header::CONTENT_LENGTH), "TE wins over CL");
             }
         }
-        assert_eq!(pool::idle_count::<DirectConnection>(addr), 0);
+        assert_eq!(pool::idle_count(addr), 0);
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh connection per request");
     }
     // HTTP/1.0 with keep-alive asked for is reused.
@@ -351,7 +351,7 @@ async fn a_non_idempotent_request_is_not_sent_twice() {
         }
     });
     send(addr, Method::GET).await.unwrap().2.unwrap();
-    assert_eq!(pool::idle_count::<DirectConnection>(addr), 1);
+    assert_eq!(pool::idle_count(addr), 1);
     let err = send(addr, Method::POST).await.unwrap_err();
     assert!(!err.is_connect(), "{err}");
     assert_eq!(
@@ -389,7 +389,7 @@ async fn broken_bodies_are_body_errors() {
         let (addr, _) = backend(reply_and_close(bytes)).await;
         let (_, _, body) = send(addr, Method::GET).await.unwrap();
         assert!(body.is_err(), "{:?}", std::str::from_utf8(bytes));
-        assert_eq!(pool::idle_count::<DirectConnection>(addr), 0);
+        assert_eq!(pool::idle_count(addr), 0);
     }
 }
 
@@ -415,7 +415,7 @@ async fn a_dead_pooled_connection_is_not_handed_out() {
     let (addr, _) = backend(reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")).await;
     let conn = DirectConnection::new(TcpStream::connect(addr).await.unwrap());
     pool::checkin(addr, conn, 8);
-    assert!(pool::checkout::<DirectConnection>(addr, Duration::from_secs(60)).is_some());
+    assert!(pool::checkout(addr, Duration::from_secs(60)).is_some());
 
     // A peer that closes: readable with EOF, so not usable.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -435,12 +435,17 @@ async fn a_dead_pooled_connection_is_not_handed_out() {
 #[test]
 fn request_heads_are_origin_form_http11() {
     let hop = Hop::new();
-    let head = encode_request_head(&get(Method::GET), &hop.headers());
+    let head = encode_request_head(&get(Method::GET), &hop.headers(), RequestFraming::None);
     assert_eq!(
         String::from_utf8(head).unwrap(),
         "GET /x?y=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\
          x-forwarded-proto: http\r\n\r\n"
     );
-    let head = String::from_utf8(encode_request_head(&get(Method::POST), &hop.headers())).unwrap();
+    let head = String::from_utf8(encode_request_head(
+        &get(Method::POST),
+        &hop.headers(),
+        RequestFraming::None,
+    ))
+    .unwrap();
     assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
 }
