@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent;
+mod backends;
 mod echo;
 mod failures;
 mod hostile;

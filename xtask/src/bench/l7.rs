@@ -50,6 +50,10 @@ pub struct L7Options {
     /// machine's CPUs, which is also the agent's own default).
     #[arg(long)]
     workers: Option<usize>,
+    /// Another build of the agent to race in the same rounds (`baseline`), e.g. the previous
+    /// commit's `target/release/splitter` copied aside: every case, ratios splitter/baseline.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
     /// Instead of timed rounds, count the instructions each proxy executes per request under
     /// valgrind's callgrind (one worker each, wrk -t1 -c4 for --seconds after --warmup).
     #[arg(long)]
@@ -63,6 +67,8 @@ enum Peer {
     SplitterLog,
     Nginx,
     Haproxy,
+    /// `--baseline`: another build of the agent.
+    Baseline,
 }
 
 impl fmt::Display for Peer {
@@ -72,6 +78,7 @@ impl fmt::Display for Peer {
             Peer::SplitterLog => "split+log",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
+            Peer::Baseline => "baseline",
         })
     }
 }
@@ -129,6 +136,7 @@ struct Setup<'a> {
     splitter: &'a Path,
     work: &'a Path,
     workers: usize,
+    baseline: Option<&'a Path>,
 }
 
 impl Setup<'_> {
@@ -141,11 +149,15 @@ impl Setup<'_> {
     /// [`start`](Self::start), with the proxy run by `prefix` (e.g. valgrind) if not empty.
     fn start_under(&self, peer: Peer, prefix: &[OsString]) -> anyhow::Result<TermGuard> {
         let mut server = match peer {
-            Peer::Splitter | Peer::SplitterLog => {
+            Peer::Splitter | Peer::SplitterLog | Peer::Baseline => {
+                let binary = match (peer, self.baseline) {
+                    (Peer::Baseline, Some(b)) => b,
+                    _ => self.splitter,
+                };
                 let mut cmd = topology::agent_command_under(
                     &self.topo.net.gateway,
                     prefix,
-                    self.splitter,
+                    binary,
                     &self.work.join("manifests"),
                     &self.work.join("agent.log"),
                 )?;
@@ -255,6 +267,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         splitter: &bins.splitter,
         work: work.path(),
         workers,
+        baseline: opts.baseline.as_deref(),
     };
 
     let url = format!("http://{GATEWAY}{PATH}");
@@ -285,10 +298,14 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         "round", "case", "proxy", "requests/s", "p99", "errors", "CPU µs/req", "stolen"
     );
 
+    let mut peers = PEERS.to_vec();
+    if opts.baseline.is_some() {
+        peers.push(Peer::Baseline);
+    }
     let mut results: Vec<Result_> = Vec::new();
     for round in 0..opts.rounds {
-        let mut order = PEERS;
-        order.rotate_left(round % PEERS.len());
+        let mut order = peers.clone();
+        order.rotate_left(round % peers.len());
         for peer in order {
             interrupted()?;
             let server = setup.start(peer)?;
@@ -329,7 +346,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
 
     println!();
     for case in CASES {
-        for peer in PEERS.into_iter().filter(|p| case.runs(*p)) {
+        for peer in peers.iter().copied().filter(|p| case.runs(*p)) {
             let s = summary(&results, case, peer);
             println!("{:<6} {:<12} {}", "median", case.to_string(), Row(peer, &s));
         }

@@ -45,7 +45,11 @@ impl ProxyBody {
     }
 
     /// Writes `entry` once the body has been sent whole, has failed, or was dropped.
-    pub(crate) fn log_to(&mut self, entry: Box<AccessEntry>) {
+    pub(crate) fn log_to(&mut self, mut entry: Box<AccessEntry>) {
+        // hyper does not poll a body that says it has ended: an empty one is complete now.
+        if self.is_end_stream() {
+            entry.body_complete();
+        }
         self.log = Some(entry);
     }
 }
@@ -65,7 +69,17 @@ impl Body for ProxyBody {
         };
         if let (Some(log), Poll::Ready(frame)) = (this.log.as_deref_mut(), &polled) {
             match frame {
-                Some(Ok(f)) => log.bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Ok(f)) => {
+                    log.bytes += f.data_ref().map_or(0, |d| d.len() as u64);
+                    // The last frame of a body of known length: hyper asks for no more.
+                    let ended = match &this.inner {
+                        Inner::Direct(b) => b.is_end_stream(),
+                        Inner::Local(b) => b.is_end_stream(),
+                    };
+                    if ended {
+                        log.body_complete();
+                    }
+                }
                 Some(Err(_)) => log.body_failed(),
                 None => log.body_complete(),
             }

@@ -449,3 +449,209 @@ fn request_heads_are_origin_form_http11() {
     .unwrap();
     assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
 }
+
+/// Feeds `wire` to the body decoder in the pieces `cuts` makes (sorted offsets) and returns the
+/// body and what was left after its end, or the decoder's error.
+fn decode_in_pieces(
+    mut framing: Framing,
+    wire: &[u8],
+    cuts: &[usize],
+) -> Result<(Vec<u8>, Vec<u8>), io::Error> {
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c.min(&wire.len()).to_owned()).collect();
+    bounds.push(wire.len());
+    bounds.sort_unstable();
+    let mut fed = 0;
+    for end in bounds {
+        buf.extend_from_slice(&wire[fed..end.max(fed)]);
+        fed = end.max(fed);
+        loop {
+            match decode(&mut framing, &mut buf)? {
+                Some(Step::Data(d)) => body.extend_from_slice(&d),
+                Some(Step::End) => {
+                    let mut rest = buf.to_vec();
+                    rest.extend_from_slice(&wire[fed..]);
+                    return Ok((body, rest));
+                }
+                None => break,
+            }
+        }
+    }
+    Err(invalid("the body never ended"))
+}
+
+/// `body` chunked in pieces of `sizes` (cycled), with an extension on every other size line
+/// and the trailers given.
+fn chunked(body: &[u8], sizes: &[usize], trailers: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes[i % sizes.len()].clamp(1, rest.len());
+        let ext = if i % 2 == 1 { ";ext=1" } else { "" };
+        out.extend_from_slice(format!("{n:X}{ext}\r\n").as_bytes());
+        out.extend_from_slice(&rest[..n]);
+        out.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+        i += 1;
+    }
+    out.extend_from_slice(b"0\r\n");
+    out.extend_from_slice(trailers);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+const NEXT: &[u8] = b"HTTP/1.1 200 OK\r\n";
+
+#[test]
+fn the_body_decoder_meets_every_two_piece_split() {
+    let body = b"hello chunked world";
+    let mut wire = chunked(body, &[5, 1, 7], b"x-t: 1\r\nx-u: 2\r\n");
+    wire.extend_from_slice(NEXT);
+    for cut in 0..=wire.len() {
+        let (got, rest) = decode_in_pieces(Framing::Chunked(Chunk::Size), &wire, &[cut]).unwrap();
+        assert_eq!(
+            (got.as_slice(), rest.as_slice()),
+            (&body[..], NEXT),
+            "cut at {cut}"
+        );
+    }
+    let mut wire = body.to_vec();
+    wire.extend_from_slice(NEXT);
+    for cut in 0..=wire.len() {
+        let (got, rest) =
+            decode_in_pieces(Framing::Length(body.len() as u64), &wire, &[cut]).unwrap();
+        assert_eq!(
+            (got.as_slice(), rest.as_slice()),
+            (&body[..], NEXT),
+            "cut at {cut}"
+        );
+    }
+}
+
+proptest::proptest! {
+    /// Any body, chunked any way, with or without trailers, cut anywhere: the same body comes
+    /// out, and the next response's bytes are left untouched.
+    #[test]
+    fn chunked_bodies_decode_across_arbitrary_splits(
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        sizes in proptest::collection::vec(1usize..200, 1..8),
+        trailers in proptest::bool::ANY,
+        cuts in proptest::collection::vec(0usize..1200, 0..12),
+    ) {
+        let trailer: &[u8] = if trailers { b"x-checksum: 0\r\n" } else { b"" };
+        let mut wire = chunked(&body, &sizes, trailer);
+        wire.extend_from_slice(NEXT);
+        let (got, rest) = decode_in_pieces(Framing::Chunked(Chunk::Size), &wire, &cuts).unwrap();
+        proptest::prop_assert_eq!(got, body);
+        proptest::prop_assert_eq!(rest, NEXT);
+    }
+
+    #[test]
+    fn length_bodies_decode_across_arbitrary_splits(
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        cuts in proptest::collection::vec(0usize..700, 0..12),
+    ) {
+        let mut wire = body.clone();
+        wire.extend_from_slice(NEXT);
+        let (got, rest) = decode_in_pieces(Framing::Length(body.len() as u64), &wire, &cuts).unwrap();
+        proptest::prop_assert_eq!(got, body);
+        proptest::prop_assert_eq!(rest, NEXT);
+    }
+
+    /// Garbage never panics the decoder; it ends, errs or waits for more.
+    #[test]
+    fn the_chunked_decoder_never_panics(
+        wire in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        cuts in proptest::collection::vec(0usize..300, 0..6),
+    ) {
+        let _ = decode_in_pieces(Framing::Chunked(Chunk::Size), &wire, &cuts);
+    }
+}
+
+#[tokio::test]
+async fn informational_responses_are_bounded() {
+    let many: &'static [u8] = Box::leak(
+        [
+            b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ]
+        .concat()
+        .into_boxed_slice(),
+    );
+    let (addr, _) = backend(reply(many)).await;
+    let err = send(addr, Method::GET).await.unwrap_err();
+    assert!(err.to_string().contains("informational"), "{err}");
+}
+
+#[tokio::test]
+async fn a_request_body_is_streamed_in_its_framing() {
+    // The backend reads the whole request (head and body up to an end it recognises), then
+    // answers with what it read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let done = seen.ends_with(b"0\r\n\r\n") || seen.ends_with(b"hello");
+                    if done {
+                        let _ = tx.send(std::mem::take(&mut seen));
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let hop = Hop::new();
+    let mut parts = get(Method::POST);
+    // A stale Content-Length in the map is not what frames the body.
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+    let resp = upstream()
+        .send(
+            addr,
+            &parts,
+            &hop.headers(),
+            Some(http_body_util::Full::new(Bytes::from_static(b"hello"))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let wire = String::from_utf8(rx.recv().await.unwrap()).unwrap();
+    assert!(wire.contains("\r\ncontent-length: 5\r\n"), "{wire}");
+    assert!(!wire.contains("99"), "{wire}");
+    assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
+    drop(resp);
+
+    // No known size: chunked, one chunk per frame.
+    let frames =
+        ["ab", "cde"].map(|d| Ok::<_, io::Error>(Frame::data(Bytes::from_static(d.as_bytes()))));
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let resp = upstream()
+        .send(addr, &get(Method::PUT), &hop.headers(), Some(body))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let wire = String::from_utf8(rx.recv().await.unwrap()).unwrap();
+    assert!(
+        wire.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{wire}"
+    );
+    assert!(
+        wire.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+        "{wire}"
+    );
+}
