@@ -270,3 +270,31 @@ async fn the_access_log_writes_one_line_per_request_when_on_and_none_by_default(
     );
     assert!(upstream > 0.0 && upstream <= total, "{v}");
 }
+
+#[tokio::test]
+async fn a_backend_silent_past_the_read_timeout_gets_504_or_a_cut_body() {
+    let config = || {
+        let mut c = test_config();
+        c.upstream.read_timeout = Some(Duration::from_millis(300));
+        c
+    };
+    // No answer at all.
+    let (silent, _) = scripted(|_, _| Vec::new(), false).await;
+    let (_proxy, listener) = proxy_to(silent, config()).await;
+    let started = std::time::Instant::now();
+    let r = get_once(listener.local_addr(), "/").await;
+    assert_eq!(r.status.as_u16(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A head, part of the body, then silence: the body is cut.
+    let (stalling, _) = scripted(
+        |_, _| b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_vec(),
+        false,
+    )
+    .await;
+    let (_proxy, listener) = proxy_to(stalling, config()).await;
+    let mut client = Connection::open(listener.local_addr()).await;
+    let cut = tokio::time::timeout(Duration::from_secs(5), client.send(get("/")))
+        .await
+        .expect("the body is cut within the read timeout, not left hanging");
+    assert!(cut.is_err(), "{cut:?}");
+}

@@ -23,7 +23,8 @@ pub fn config(dir: &Path, threads: usize, port: u16, backends: &[String]) -> Str
         "# Written by `cargo xtask bench l7`.
 global
     nbthread {threads}
-    maxconn 20000
+    # As many connections as nginx's worker_connections (more would need a higher FD limit).
+    maxconn 4096
     pidfile {dir}/haproxy.pid
 
 defaults

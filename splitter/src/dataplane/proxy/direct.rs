@@ -23,6 +23,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll, Waker, ready},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -34,6 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    time::Sleep,
 };
 use tokio_util::io::poll_read_buf;
 
@@ -68,6 +70,12 @@ pub struct Connection {
     stream: TcpStream,
     buf: BytesMut,
     layout: Layout,
+    /// Longest wait for the backend's next bytes while a response is awaited or read.
+    read_timeout: Option<Duration>,
+    /// The read timer, made at the connection's first wait and re-armed at each later one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A read is waiting and `timer` is armed for it.
+    waiting: bool,
 }
 
 impl std::ops::Deref for DirectConnection {
@@ -89,7 +97,16 @@ impl DirectConnection {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             layout: Layout::default(),
+            read_timeout: None,
+            timer: None,
+            waiting: false,
         }))
+    }
+
+    /// Fails a read that waits longer than `timeout` for the backend's next bytes.
+    pub fn with_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.0.read_timeout = timeout;
+        self
     }
 
     /// The socket and what was read from it beyond the last response head (an upgraded
@@ -125,12 +142,42 @@ impl Connection {
     }
 
     /// Reads what the socket has into the buffer (through tokio's `poll_read`, which notes a
-    /// short read as drained and so spares the next poll a would-block `recv`).
+    /// short read as drained and so spares the next poll a would-block `recv`). A read that
+    /// waits longer than the read timeout fails with `TimedOut`; the timer is armed only
+    /// when a read has to wait, and each read that brings bytes ends the wait.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
             self.buf.reserve(READ_CHUNK);
         }
-        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+        match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
+            Poll::Ready(r) => {
+                self.waiting = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let Some(limit) = self.read_timeout else {
+                    return Poll::Pending;
+                };
+                if !self.waiting {
+                    self.waiting = true;
+                    let at = tokio::time::Instant::now() + limit;
+                    match &mut self.timer {
+                        Some(t) => t.as_mut().reset(at),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                if let Some(t) = &mut self.timer
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    self.waiting = false;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "backend sent nothing within the read timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -503,6 +550,9 @@ impl HeadReader {
                     }));
                 }
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return fail(UpstreamError::ReadTimeout);
+                }
                 Err(e) => {
                     return Poll::Ready(Err(HeadError {
                         error: UpstreamError::Io(e),

@@ -49,6 +49,8 @@ pub enum UpstreamError {
     Connect(#[source] io::Error),
     #[error("connect: no answer within {0:?}")]
     ConnectTimeout(Duration),
+    #[error("no answer within the read timeout")]
+    ReadTimeout,
     #[error("request body: {0}")]
     RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("I/O: {0}")]

@@ -265,7 +265,9 @@ async fn forward(
         .map(|d| start + d);
     let upstream_error = |source: UpstreamError| {
         let endpoint = authority.to_string();
-        if source.is_connect() {
+        if matches!(source, UpstreamError::ReadTimeout) {
+            ForwardError::Timeout(endpoint)
+        } else if source.is_connect() {
             ForwardError::Connect { endpoint, source }
         } else {
             ForwardError::Upstream { endpoint, source }

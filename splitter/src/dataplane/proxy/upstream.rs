@@ -29,6 +29,10 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint, per proxy worker thread.
     pub pool_max_idle_per_host: usize,
+    /// Longest wait for a backend's next bytes while its response is awaited or read (per
+    /// read, like nginx's `proxy_read_timeout`); a wait for the response head gets 504, one
+    /// in the body cuts the response. `None`: no limit.
+    pub read_timeout: Option<Duration>,
 }
 
 impl Default for UpstreamConfig {
@@ -37,6 +41,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 256,
+            read_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -96,7 +101,7 @@ impl Upstream {
         loop {
             let (conn, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout) {
                 Some(conn) => (conn, true),
-                None => (DirectConnection::new(self.connect(endpoint).await?), false),
+                None => (self.open(endpoint).await?, false),
             };
             match direct::exchange_with_body(
                 conn,
@@ -136,10 +141,7 @@ impl Upstream {
                 Some(conn) => (conn, true),
                 // Boxed: connecting is rare, and its future would otherwise enlarge every
                 // request's (which hyper moves, whole, per request).
-                None => (
-                    DirectConnection::new(Box::pin(self.connect(endpoint)).await?),
-                    false,
-                ),
+                None => (Box::pin(self.open(endpoint)).await?, false),
             };
             match direct::exchange(
                 conn,
@@ -157,6 +159,11 @@ impl Upstream {
                 Err(failure) => return Err(failure.error),
             }
         }
+    }
+
+    async fn open(&self, endpoint: SocketAddr) -> Result<DirectConnection, UpstreamError> {
+        let stream = self.connect(endpoint).await?;
+        Ok(DirectConnection::new(stream).with_read_timeout(self.config.read_timeout))
     }
 
     async fn connect(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
