@@ -72,10 +72,11 @@ pub struct Connection {
     layout: Layout,
     /// Longest wait for the backend's next bytes while a response is awaited or read.
     read_timeout: Option<Duration>,
-    /// The read timer, made at the connection's first wait and re-armed at each later one.
+    /// The read timer, made at the connection's first wait.
     timer: Option<Pin<Box<Sleep>>>,
-    /// A read is waiting and `timer` is armed for it.
+    /// A read is waiting, since `wait_since`.
     waiting: bool,
+    wait_since: tokio::time::Instant,
 }
 
 impl std::ops::Deref for DirectConnection {
@@ -100,6 +101,7 @@ impl DirectConnection {
             read_timeout: None,
             timer: None,
             waiting: false,
+            wait_since: tokio::time::Instant::now(),
         }))
     }
 
@@ -143,7 +145,7 @@ impl Connection {
 
     /// Reads what the socket has into the buffer (through tokio's `poll_read`, which notes a
     /// short read as drained and so spares the next poll a would-block `recv`). A read that
-    /// waits longer than the read timeout fails with `TimedOut`; the timer is armed only
+    /// waits longer than the read timeout fails with `TimedOut`; the timer is looked at only
     /// when a read has to wait, and each read that brings bytes ends the wait.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
@@ -160,20 +162,24 @@ impl Connection {
                 };
                 if !self.waiting {
                     self.waiting = true;
-                    let at = tokio::time::Instant::now() + limit;
-                    match &mut self.timer {
-                        Some(t) => t.as_mut().reset(at),
-                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                    }
+                    self.wait_since = tokio::time::Instant::now();
                 }
-                if let Some(t) = &mut self.timer
-                    && t.as_mut().poll(cx).is_ready()
-                {
-                    self.waiting = false;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "backend sent nothing within the read timeout",
-                    )));
+                let due = self.wait_since + limit;
+                // The timer is not moved at each wait (re-registering it costs more than the
+                // rest of a wait): it may fire early, for an older wait, and is then moved on
+                // to this one's deadline.
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                while timer.as_mut().poll(cx).is_ready() {
+                    if tokio::time::Instant::now() >= due {
+                        self.waiting = false;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "backend sent nothing within the read timeout",
+                        )));
+                    }
+                    timer.as_mut().reset(due);
                 }
                 Poll::Pending
             }
@@ -303,7 +309,7 @@ pub async fn exchange(
 /// fails before any of the body was taken, the body comes back with the failure.
 pub async fn exchange_with_body<B>(
     mut conn: DirectConnection,
-    head: &[u8],
+    head: Bytes,
     body: B,
     framing: RequestFraming,
     method: &Method,
@@ -314,14 +320,8 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    if let Err(e) = conn.stream.write_all(head).await {
-        let failure = ExchangeFailure {
-            error: UpstreamError::Io(e),
-            retryable: true,
-        };
-        return Err((failure, Some(body)));
-    }
-    let mut sender = BodySender::new(body, framing == RequestFraming::Chunked);
+    // The head goes out with as much of the body as is already there, in one write.
+    let mut sender = BodySender::new(head, body, framing == RequestFraming::Chunked);
     let mut sent: Option<Result<(), io::Error>> = None;
     let mut reader = HeadReader::default();
     let read = std::future::poll_fn(|cx| {
@@ -402,72 +402,94 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    pub fn new(body: B, chunked: bool) -> Self {
+    /// `head` is written first, with what the body has ready by then.
+    pub fn new(head: Bytes, body: B, chunked: bool) -> Self {
         Self {
             body,
             chunked,
-            out: std::collections::VecDeque::new(),
+            out: std::collections::VecDeque::from([head]),
             ended: false,
             taken: false,
         }
     }
 
-    /// Writes the body to `io` as it arrives; ready once all of it has been written.
+    /// Writes the body to `io` as it arrives, what is queued in one vectored write; ready
+    /// once all of it has been written.
     fn poll_send<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
+        /// Most buffers gathered into one write.
+        const GATHER: usize = 16;
         loop {
-            while let Some(front) = self.out.front_mut() {
-                match ready!(Pin::new(&mut *io).poll_write(cx, front)) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(SendError::Upstream(
-                            io::ErrorKind::WriteZero.into(),
-                        )));
+            // Take what the body has ready, so that it goes out with what is queued.
+            while !self.ended && self.out.len() < GATHER {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.taken = true;
+                        self.queue(frame);
                     }
-                    Ok(n) => {
-                        front.advance(n);
-                        if front.is_empty() {
-                            self.out.pop_front();
+                    Poll::Ready(Some(Err(e))) => {
+                        self.taken = true;
+                        return Poll::Ready(Err(SendError::Client(e.into())));
+                    }
+                    Poll::Ready(None) => {
+                        if self.chunked {
+                            self.end_chunked(None);
                         }
+                        self.ended = true;
                     }
-                    Err(e) => return Poll::Ready(Err(SendError::Upstream(e))),
                 }
             }
-            if self.ended {
-                return Poll::Ready(Ok(()));
+            if self.out.is_empty() {
+                // All written: done, or waiting for the body (its waker is registered).
+                return if self.ended {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    self.taken = true;
-                    match frame.into_data() {
-                        Ok(data) if data.is_empty() => {}
-                        Ok(data) if self.chunked => {
-                            self.out
-                                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                            self.out.push_back(data);
-                            self.out.push_back(Bytes::from_static(b"\r\n"));
-                        }
-                        Ok(data) => self.out.push_back(data),
-                        Err(frame) => {
-                            if let Ok(trailers) = frame.into_trailers()
-                                && self.chunked
-                            {
-                                self.end_chunked(Some(&trailers));
-                            }
-                        }
-                    }
+            let slices: Vec<io::IoSlice<'_>> =
+                self.out.iter().map(|b| io::IoSlice::new(b)).collect();
+            let written = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(SendError::Upstream(io::ErrorKind::WriteZero.into())));
                 }
-                Some(Err(e)) => {
-                    self.taken = true;
-                    return Poll::Ready(Err(SendError::Client(e.into())));
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(SendError::Upstream(e))),
+            };
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = self.out.front_mut() else {
+                    break;
+                };
+                let n = left.min(front.len());
+                front.advance(n);
+                left -= n;
+                if front.is_empty() {
+                    self.out.pop_front();
                 }
-                None => {
-                    if self.chunked {
-                        self.end_chunked(None);
-                    }
-                    self.ended = true;
+            }
+        }
+    }
+
+    fn queue(&mut self, frame: Frame<Bytes>) {
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if self.chunked => {
+                self.out
+                    .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                self.out.push_back(data);
+                self.out.push_back(Bytes::from_static(b"\r\n"));
+            }
+            Ok(data) => self.out.push_back(data),
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers()
+                    && self.chunked
+                {
+                    self.end_chunked(Some(&trailers));
                 }
             }
         }

@@ -97,7 +97,7 @@ impl Upstream {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let framing = RequestFraming::of(Some(&body));
-        let head = direct::encode_request_head(parts, hop, framing);
+        let head = Bytes::from(direct::encode_request_head(parts, hop, framing));
         loop {
             let (conn, reused) = match pool::checkout(endpoint, self.config.pool_idle_timeout) {
                 Some(conn) => (conn, true),
@@ -105,7 +105,7 @@ impl Upstream {
             };
             match direct::exchange_with_body(
                 conn,
-                &head,
+                head.clone(),
                 body,
                 framing,
                 &parts.method,
