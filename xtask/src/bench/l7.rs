@@ -356,19 +356,17 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         "ratios: median of the per-round ratios [min-max over rounds]; requests/s above 1 and p99 below 1 favour the first proxy"
     );
     for case in CASES {
-        let pairs: &[(Peer, Peer)] = if case == Case::Get {
-            &[
-                (Peer::Splitter, Peer::Nginx),
-                (Peer::Splitter, Peer::Haproxy),
-                (Peer::SplitterLog, Peer::Splitter),
-            ]
-        } else {
-            &[
-                (Peer::Splitter, Peer::Nginx),
-                (Peer::Splitter, Peer::Haproxy),
-            ]
-        };
-        for &(a, b) in pairs {
+        let mut pairs = vec![
+            (Peer::Splitter, Peer::Nginx),
+            (Peer::Splitter, Peer::Haproxy),
+        ];
+        if case == Case::Get {
+            pairs.push((Peer::SplitterLog, Peer::Splitter));
+        }
+        if opts.baseline.is_some() {
+            pairs.push((Peer::Splitter, Peer::Baseline));
+        }
+        for (a, b) in pairs {
             let rps = ratios(&results, case, a, b, |m| m.wrk.requests_per_sec);
             let p99 = ratios(&results, case, a, b, |m| m.wrk.p99.as_secs_f64());
             let cpu = ratios(&results, case, a, b, |m| m.cpu_per_request);
