@@ -99,6 +99,15 @@ pub const LEASE: LeaseAccess = LeaseAccess {
     verbs: &["get", "create", "update"],
 };
 
+/// The agent's own pods (the DaemonSet's, by label, in its namespace), listed by the status
+/// writer: the nodes whose pods are Ready are the nodes serving every Gateway, and their
+/// addresses are `status.addresses` of a Gateway without `spec.addresses`.
+pub const AGENT_PODS: LeaseAccess = LeaseAccess {
+    group: "",
+    plural: "pods",
+    verbs: &["list"],
+};
+
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseAccess {
     pub group: &'static str,
@@ -149,13 +158,15 @@ pub fn required() -> Vec<Permission> {
             ));
         }
     }
-    for verb in LEASE.verbs {
-        out.push(p(
-            Scope::OwnNamespace,
-            LEASE.group,
-            LEASE.plural.to_string(),
-            verb,
-        ));
+    for access in [LEASE, AGENT_PODS] {
+        for verb in access.verbs {
+            out.push(p(
+                Scope::OwnNamespace,
+                access.group,
+                access.plural.to_string(),
+                verb,
+            ));
+        }
     }
     out.sort();
     out

@@ -117,6 +117,11 @@ struct RunArgs {
     /// (its first interface's).
     #[arg(long = "status-address")]
     status_addresses: Vec<std::net::IpAddr>,
+    /// Label selector of the agent's own pods (the DaemonSet's): the status writer lists them
+    /// in the agent's namespace, and the nodes of the Ready ones are `status.addresses` of
+    /// Gateways without `spec.addresses` or `--status-address`.
+    #[arg(long, default_value = splitter::status::agents::DEFAULT_SELECTOR)]
+    agent_selector: String,
     /// Client-facing interface for the XDP/TC programs (repeatable). Default: the interface
     /// of the default route (IPv4, else IPv6) of the agent's network namespace.
     #[arg(long = "iface")]
@@ -233,6 +238,7 @@ fn run(args: RunArgs) -> ExitCode {
         node_name,
         namespace,
         status_addresses,
+        agent_selector,
         ifaces,
         pin_dir,
         admin,
@@ -251,6 +257,7 @@ fn run(args: RunArgs) -> ExitCode {
             node_name: node_name.clone().unwrap_or_default(),
             namespace,
             status_addresses,
+            agent_selector,
         })
     } else {
         splitter::run::Source::Manifests(manifests)

@@ -61,6 +61,9 @@ pub struct KubeOptions {
     pub namespace: String,
     /// `status.addresses` of Gateways without `spec.addresses` (`--status-address`).
     pub status_addresses: Vec<IpAddr>,
+    /// The label selector of the agent's own pods (`--agent-selector`): without
+    /// `--status-address`, the nodes of the Ready ones are `status.addresses`.
+    pub agent_selector: String,
 }
 
 #[derive(Clone, Debug)]
@@ -362,6 +365,10 @@ async fn start_kube(
     let writer = WriterConfig {
         controller_name: config.controller_name.clone(),
         default_addresses: opts.status_addresses.clone(),
+        agent_pods: Some(status::agents::AgentPods {
+            namespace: opts.namespace.clone(),
+            selector: opts.agent_selector.clone(),
+        }),
         resync: Duration::from_secs(300),
     };
     tokio::spawn(status::writer::run(
