@@ -79,13 +79,16 @@ pub fn forget(meta: &mut PacketMeta) {
     match meta.family {
         Family::V4 => {
             meta.reply_key4 = meta.key4.twin(&meta.flow);
-            let _ = CONNTRACK_V4.remove(&meta.reply_key4);
-            let _ = CONNTRACK_V4.remove(&meta.key4);
+            // By reference: the keys stay in the scratch map instead of being copied.
+            let (rk, k): (&FlowKey4, &FlowKey4) = (&meta.reply_key4, &meta.key4);
+            let _ = CONNTRACK_V4.remove(rk);
+            let _ = CONNTRACK_V4.remove(k);
         }
         Family::V6 => {
             meta.reply_key = meta.key.twin(&meta.flow);
-            let _ = CONNTRACK.remove(&meta.reply_key);
-            let _ = CONNTRACK.remove(&meta.key);
+            let (rk, k): (&FlowKey, &FlowKey) = (&meta.reply_key, &meta.key);
+            let _ = CONNTRACK.remove(rk);
+            let _ = CONNTRACK.remove(k);
         }
     }
 }
