@@ -154,7 +154,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let kernel = if ifaces.is_empty() {
         None
     } else {
-        let health = KernelHealth::new(&ifaces);
+        let health = KernelHealth::new(&ifaces).with_pin_dir(&opts.pin_dir);
         let settings = L4Settings {
             ifaces: ifaces.clone(),
             pin_dir: opts.pin_dir.clone(),

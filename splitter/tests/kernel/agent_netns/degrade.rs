@@ -130,7 +130,14 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
     });
     let (code, body) = admin(&rig, "/readyz");
     assert_eq!(code, "200", "{body}");
-    assert!(admin(&rig, "/metrics").1.contains("splitter_l4_up 1"));
+    let metrics = admin(&rig, "/metrics").1;
+    assert!(metrics.contains("splitter_l4_up 1"), "{metrics}");
+    // The kernel's own counters: the connection's handshake was confirmed.
+    let confirmed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("splitter_l4_events_total{event=\"confirmed\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(confirmed.is_some_and(|n| n >= 1), "{metrics}");
     let (status, _, message) = listener_programmed(&rig, "l4", "tcp");
     assert_eq!(status, "True", "{message}");
     assert!(
