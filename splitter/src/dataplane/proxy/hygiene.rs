@@ -303,6 +303,16 @@ mod tests {
         assert_eq!(h["x-kept"], "1");
     }
 
+    /// The proxy guards the headers the plan refuses in filters, no more and no fewer.
+    #[test]
+    fn the_guard_and_the_plan_agree_on_framing_headers() {
+        let guarded: Vec<&str> = FRAMING.iter().map(HeaderName::as_str).collect();
+        assert_eq!(
+            guarded,
+            splitter_plan::model::http::FRAMING_HEADERS.to_vec()
+        );
+    }
+
     #[test]
     fn forwarding_headers_by_policy() {
         let mut h = HeaderMap::new();
