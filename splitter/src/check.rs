@@ -36,7 +36,15 @@ struct JsonReport<'a> {
 pub fn run(paths: &[PathBuf], output: Output, config: &PlanConfig) -> CheckOutcome {
     let (index, report) = load(paths);
     let plan = plan::build(&index, config, None);
-    let problems = plan.problems();
+    // Each problem of an object says where the object is: file and document.
+    let problems: Vec<String> = plan
+        .problems_by_object()
+        .into_iter()
+        .map(|(key, p)| match key.and_then(|k| report.origins.get(k)) {
+            Some((path, doc)) => format!("{}: document {doc}: {p}", path.display()),
+            None => p,
+        })
+        .collect();
     let ok = report.errors.is_empty() && problems.is_empty();
     let output = match output {
         Output::Json => {

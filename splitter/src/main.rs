@@ -145,6 +145,11 @@ struct RunArgs {
     /// CPU). The control plane runs on a separate runtime (`TOKIO_WORKER_THREADS`).
     #[arg(long, env = "SPLITTER_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     proxy_workers: Option<u16>,
+    /// Whose X-Forwarded-For the L7 proxy forwards: `append` keeps the client's and appends
+    /// the peer address (behind a trusted load balancer); `replace` drops the client's and
+    /// writes the peer address alone (clients connect directly and could claim any address).
+    #[arg(long, value_enum, env = "SPLITTER_XFF", default_value_t = splitter::dataplane::proxy::XffPolicy::Append)]
+    xff: splitter::dataplane::proxy::XffPolicy,
 }
 
 #[derive(Args)]
@@ -246,6 +251,7 @@ fn run(args: RunArgs) -> ExitCode {
         xdp_mode,
         tc_attach,
         proxy_workers,
+        xff,
         snat_ports,
         node_port_range,
         flood_threshold,
@@ -272,6 +278,7 @@ fn run(args: RunArgs) -> ExitCode {
         tc_mode: tc_attach,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
+        xff,
         node_name,
         snat_ports,
         node_port_range,

@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub poll_interval: Duration,
     /// L7 proxy worker threads; `None` for one per CPU.
     pub proxy_workers: Option<usize>,
+    /// Whose `X-Forwarded-For` the L7 proxy forwards (`--xff`).
+    pub xff: crate::dataplane::proxy::XffPolicy,
     /// This node (`--node-name`): endpoints on other nodes are source-NATed. Without it, every
     /// endpoint is treated as local.
     pub node_name: Option<String>,
@@ -181,6 +183,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             workers: opts
                 .proxy_workers
                 .unwrap_or_else(crate::dataplane::proxy::default_workers),
+            xff: opts.xff,
             ..ProxyConfig::default()
         },
     );

@@ -7,6 +7,7 @@ mod agent;
 mod echo;
 mod failures;
 mod hostile;
+mod hygiene;
 mod journey;
 mod listeners;
 mod reload;

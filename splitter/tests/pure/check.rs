@@ -89,3 +89,30 @@ fn an_unservable_regex_is_an_error_naming_the_field() {
         "{out}"
     );
 }
+
+/// A route filter that would write a framing header is an error of `splitter check`, naming the
+/// file and document, the object and the field.
+#[test]
+fn a_filter_on_a_framing_header_is_an_error_naming_the_field() {
+    let fixtures = repo("../splitter-plan/tests/fixtures");
+    let (ok, out) = check(
+        &[
+            fixtures.join("base.yaml"),
+            fixtures.join("unservable-values.yaml"),
+        ],
+        false,
+    );
+    assert!(!ok, "{out}");
+    let problem = out
+        .lines()
+        .find(|l| l.contains("HTTPRoute infra/smuggling-filters parent"))
+        .unwrap_or_else(|| panic!("no problem line for the route: {out}"));
+    assert!(
+        problem.contains("unservable-values.yaml: document 5: HTTPRoute infra/smuggling-filters")
+            && problem.contains("PartiallyInvalid=True (UnsupportedValue")
+            && problem.contains(
+                "spec.rules[0].filters[0].requestHeaderModifier.set[1].name: header \"content-length\" frames the message"
+            ),
+        "{problem}"
+    );
+}

@@ -74,6 +74,8 @@ impl UpstreamError {
 /// Why a request was answered by the proxy instead of a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    #[error("bad request: {0}")]
+    BadRequest(super::hygiene::BadRequest),
     #[error("no route matches")]
     NoRoute,
     #[error("the rule has no backend with a non-zero weight")]
@@ -108,6 +110,7 @@ pub enum ForwardError {
 impl ForwardError {
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoBackends | Self::InvalidBackend { .. } | Self::Rewrite(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

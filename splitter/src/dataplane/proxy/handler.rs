@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{
     body::ProxyBody,
     error::{ForwardError, RouteError, UpstreamError},
+    hygiene::{self, XffPolicy},
     metrics::ProxyMetrics,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
@@ -29,6 +30,8 @@ pub(crate) struct ListenerShared {
     pub port: u16,
     /// The empty label, for requests that matched no route or reached no backend.
     pub none: Arc<str>,
+    /// Whose `X-Forwarded-For` is forwarded.
+    pub xff: XffPolicy,
 }
 
 /// The Host of a request: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -42,9 +45,14 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 pub(crate) async fn handle(
     shared: Arc<ListenerShared>,
     client: HeaderValue,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
+    if let Err(bad) = hygiene::normalise(&mut req) {
+        let err = ForwardError::BadRequest(bad);
+        record(&shared, &shared.none, &shared.none, err.status(), start);
+        return Ok(error_response(&err));
+    }
     let route = {
         let table = shared.table.load();
         let view = RequestView {
@@ -67,9 +75,7 @@ pub(crate) async fn handle(
             (error_response(&err), backend)
         }
     };
-    for edits in &route.filters.response_headers {
-        edits.apply(resp.headers_mut());
-    }
+    hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
     record(&shared, &route.label, &backend, resp.status(), start);
     Ok(resp)
 }
@@ -151,6 +157,10 @@ async fn forward(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     strip_hop_by_hop(&mut parts.headers);
+    hygiene::forwarded_from_client(&mut parts.headers, shared.xff);
+    if parts.version == Version::HTTP_2 {
+        hygiene::join_cookies(&mut parts.headers);
+    }
     if let Some(protocol) = upgrade {
         restore_upgrade_headers(&mut parts.headers, protocol);
     }
@@ -170,9 +180,7 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, host);
     }
-    for edits in &route.filters.request_headers {
-        edits.apply(&mut parts.headers);
-    }
+    hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
     let hop = HopHeaders {
         client,
         endpoint: authority,
@@ -253,6 +261,7 @@ fn error_response(err: &ForwardError) -> Response<ProxyBody> {
     let status = err.status();
     // The reason phrase only: endpoint addresses and plan details stay in the logs.
     let body: &'static [u8] = match status {
+        StatusCode::BAD_REQUEST => b"Bad Request\n",
         StatusCode::NOT_FOUND => b"Not Found\n",
         StatusCode::SERVICE_UNAVAILABLE => b"Service Unavailable\n",
         StatusCode::BAD_GATEWAY => b"Bad Gateway\n",

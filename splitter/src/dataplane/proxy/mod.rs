@@ -15,7 +15,7 @@
 //! round robin, and stream the request there over a pooled keep-alive connection: a request
 //! without a body is written and its response read by the request's own task (`direct`), one
 //! with a body or an upgrade goes through hyper's client (`upstream`). Answers of the proxy
-//! itself: 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
+//! itself: 400 two Hosts, 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
 //! 502 connect or protocol failure, 504 HTTPRoute timeout.
 //!
 //! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
@@ -26,6 +26,7 @@ mod direct;
 mod drain;
 mod error;
 mod handler;
+mod hygiene;
 mod idle;
 mod listeners;
 mod metrics;
@@ -39,6 +40,7 @@ mod workers;
 pub use balance::{EndpointCursor, SmoothWrr};
 pub use body::ProxyBody;
 pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
+pub use hygiene::{BadRequest, XffPolicy};
 pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
 pub use server::{Proxy, ProxyConfig, ProxyListener};

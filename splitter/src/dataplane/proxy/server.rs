@@ -28,6 +28,7 @@ use super::{
     drain::Drain,
     error::ProxyError,
     handler::{self, ListenerShared},
+    hygiene::XffPolicy,
     idle::{Drainable, Progress, Supervised, TrackedBody},
     metrics::{ListenerLabels, ProxyMetrics},
     table::{ServingTable, TableIssue},
@@ -62,6 +63,8 @@ pub struct ProxyConfig {
     /// backend connections by itself, like an nginx worker process.
     pub workers: usize,
     pub upstream: UpstreamConfig,
+    /// Whose `X-Forwarded-For` is forwarded (`--xff`).
+    pub xff: XffPolicy,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +78,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             workers: default_workers(),
             upstream: UpstreamConfig::default(),
+            xff: XffPolicy::default(),
         }
     }
 }
@@ -143,6 +147,7 @@ impl Proxy {
             listener: Arc::from(local_addr.to_string()),
             port: local_addr.port(),
             none: Arc::from(""),
+            xff: self.config.xff,
         });
         report(&shared.listener, &issues);
         let (stop_tx, stop_rx) = watch::channel(());

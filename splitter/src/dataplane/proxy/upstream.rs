@@ -184,8 +184,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Names listed in Connection are rare; collect them only when Connection is present.
     if headers.contains_key(header::CONNECTION) {
+        // Host is never hop-by-hop, whatever the sender lists (`Connection: host`).
         let listed: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .filter(|n| *n != header::HOST)
             .collect();
         for n in listed {
             headers.remove(n);
