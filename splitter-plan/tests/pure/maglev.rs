@@ -192,3 +192,44 @@ fn lookups_follow_the_slots_and_an_empty_input_rejects() {
     assert_eq!(t.target_for(0), target(1));
     assert_eq!(t.target_for(u32::MAX), target(1));
 }
+
+/// Exploration, not a check: the largest single-change disruption over many random sets,
+/// relative to the bound the property tests assert. `cargo test --release -p splitter-plan
+/// --test pure -- --ignored --nocapture maglev_disruption_survey`.
+#[test]
+#[ignore]
+fn maglev_disruption_survey() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut worst: Vec<(f64, String)> = Vec::new();
+    for case in 0..3000 {
+        let n = 2 + next(28) as usize;
+        let mut set: Vec<(u32, u64)> = Vec::new();
+        while set.len() < n {
+            let id = next(500) as u32;
+            if set.iter().all(|(i, _)| *i != id) {
+                set.push((id, 1 + next(100)));
+            }
+        }
+        set.sort();
+        let old = table(&set, None);
+        let mut c = set.clone();
+        c.push((1000, 1 + next(100)));
+        let new = table(&c, Some(&old));
+        let d = maglev::disruption(&old, &new);
+        let bound = 2 * d.minimum + DEFAULT_M / 100;
+        worst.push((
+            d.moved as f64 / bound as f64,
+            format!("case {case}: {d:?} bound {bound} set {set:?} added {:?}", c.last()),
+        ));
+    }
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (r, s) in worst.iter().take(5) {
+        println!("{r:.3} {s}");
+    }
+}
