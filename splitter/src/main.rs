@@ -140,6 +140,11 @@ struct RunArgs {
     /// CPU). The control plane runs on a separate runtime (`TOKIO_WORKER_THREADS`).
     #[arg(long, env = "SPLITTER_PROXY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     proxy_workers: Option<u16>,
+    /// L7 connections one client address (IPv6: one /64) may hold open at once, over all
+    /// listeners; 0: no limit. Set 0 (or high) when clients arrive through a load balancer or
+    /// NAT that hides their addresses.
+    #[arg(long, default_value_t = splitter::dataplane::proxy::ProxyConfig::default().max_connections_per_source)]
+    max_connections_per_source: usize,
 }
 
 #[derive(Args)]
@@ -240,6 +245,7 @@ fn run(args: RunArgs) -> ExitCode {
         xdp_mode,
         tc_attach,
         proxy_workers,
+        max_connections_per_source,
         snat_ports,
         node_port_range,
         flood_threshold,
@@ -265,6 +271,7 @@ fn run(args: RunArgs) -> ExitCode {
         tc_mode: tc_attach,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
+        max_connections_per_source,
         node_name,
         snat_ports,
         node_port_range,

@@ -29,6 +29,8 @@ pub(crate) struct ListenerShared {
     pub port: u16,
     /// The empty label, for requests that matched no route or reached no backend.
     pub none: Arc<str>,
+    /// How long an upgraded connection may carry no byte either way.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 /// The Host of a request: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -231,7 +233,11 @@ async fn forward(
         else {
             return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
         };
-        splice(client, hyper::upgrade::on(&mut resp));
+        splice(
+            client,
+            hyper::upgrade::on(&mut resp),
+            shared.tunnel_idle_timeout,
+        );
         strip_hop_by_hop(resp.headers_mut());
         restore_upgrade_headers(resp.headers_mut(), protocol);
     } else {
