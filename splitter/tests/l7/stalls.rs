@@ -596,3 +596,60 @@ async fn the_agent_raises_its_open_file_limit_to_the_hard_limit() {
     let (soft, hard) = nofile_limits(pid).expect("the agent's limits");
     assert_eq!(soft, hard, "RLIMIT_NOFILE soft limit after start");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_their_maximum_age_are_drained() {
+    const AGE: Duration = Duration::from_millis(1500);
+    let b = backend().await;
+    let config = ProxyConfig {
+        max_connection_age: AGE,
+        ..test_config()
+    };
+    let (_p, listener) = proxy_to(b.addr, config).await;
+
+    // HTTP/2: a connection that answers every PING (the h2 client does) and has a request in
+    // flight at its maximum age gets GOAWAY, the request is answered, and the connection ends.
+    let opened = Instant::now();
+    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://gateway.test/slow")
+        .header("x-delay-ms", "2000")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.expect("the request in flight is answered");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        opened.elapsed() > AGE,
+        "answered before the age was reached"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the HTTP/2 connection did not end cleanly: {ended:?}"
+    );
+    let req = Request::get("http://gateway.test/").body(()).unwrap();
+    assert!(
+        client.send_request(req, true).is_err(),
+        "a stream opened after the GOAWAY"
+    );
+
+    // HTTP/1.1: a busy keep-alive connection is told `Connection: close` once old enough.
+    let mut h1 = Connection::open(listener.local_addr()).await;
+    let opened = Instant::now();
+    let closed = loop {
+        assert!(opened.elapsed() < AGE * 4, "never told to close");
+        match h1.send(get("/")).await {
+            Ok(r) if r.headers.get("connection").is_some_and(|v| v == "close") => break true,
+            Ok(r) => assert_eq!(r.status, 200),
+            Err(_) => break true,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(closed && opened.elapsed() >= AGE);
+    assert!(
+        h1.send(get("/")).await.is_err(),
+        "still open after the close"
+    );
+}
