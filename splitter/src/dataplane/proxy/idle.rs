@@ -155,7 +155,7 @@ pub struct Progress {
     /// Set when the client reset too many streams: GOAWAY and close at once.
     close: AtomicBool,
     /// HTTP/2 response bodies being sent, for their idle timeout.
-    streams: Mutex<Vec<Weak<dyn Watched>>>,
+    streams: Mutex<Streams>,
     /// HTTP/2 streams reset by the client before their response, and responses given.
     early_resets: AtomicU32,
     answered: AtomicU32,
@@ -180,7 +180,7 @@ impl Progress {
             cut: AtomicBool::new(false),
             drain: AtomicBool::new(false),
             close: AtomicBool::new(false),
-            streams: Mutex::new(Vec::new()),
+            streams: Mutex::new(Streams::default()),
             early_resets: AtomicU32::new(0),
             answered: AtomicU32::new(0),
             in_flight: Semaphore::new(max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
@@ -266,7 +266,7 @@ impl Progress {
 
             if http2 {
                 let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-                streams.retain(|s| s.upgrade().is_some_and(|s| s.tick(need_stream)));
+                streams.tick(need_stream);
             }
         }
     }
@@ -304,10 +304,40 @@ impl Progress {
     }
 
     fn watch_stream(&self, stream: Weak<dyn Watched>) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(stream);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams.push(stream);
+    }
+}
+
+/// The HTTP/2 response bodies of a connection, for the watchdog. Bodies that ended are
+/// forgotten at each tick, and also whenever the list doubled since it was last pruned, so that
+/// a busy connection does not keep a tick's worth of finished streams.
+#[derive(Default)]
+struct Streams {
+    list: Vec<Weak<dyn Watched>>,
+    prune_at: usize,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams")
+            .field("len", &self.list.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Streams {
+    fn push(&mut self, stream: Weak<dyn Watched>) {
+        if self.list.len() >= self.prune_at {
+            self.list.retain(|s| s.strong_count() > 0);
+            self.prune_at = (self.list.len() * 2).max(64);
+        }
+        self.list.push(stream);
+    }
+
+    fn tick(&mut self, need: u32) {
+        self.list
+            .retain(|s| s.upgrade().is_some_and(|s| s.tick(need)));
     }
 }
 
@@ -881,6 +911,23 @@ mod tests {
             Pin::new(&mut body).poll_frame(&mut cx),
             Poll::Ready(Some(Err(_)))
         ));
+    }
+
+    #[test]
+    fn finished_streams_do_not_pile_up_between_ticks() {
+        let p = Arc::new(Progress::new(1));
+        let mut alive = Vec::new();
+        for i in 0..10_000 {
+            let body = TrackedBody::watched(
+                OneFrame(None, Arc::new(AtomicBool::new(false))),
+                p.request(Version::HTTP_2),
+            );
+            if i % 1000 == 0 {
+                alive.push(body);
+            }
+        }
+        let len = p.streams.lock().unwrap().list.len();
+        assert!(len <= 128, "{len} entries kept for 10 live streams");
     }
 
     #[tokio::test(start_paused = true)]
