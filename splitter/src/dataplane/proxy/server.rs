@@ -306,6 +306,12 @@ fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.h2_max_concurrent_streams)
+        // h2's own guards, set to its defaults so that they are on record: streams reset before
+        // the server accepted them (classic rapid reset), and streams the server had to reset
+        // for the client's errors, each past its limit closing the connection with GOAWAY.
+        // Streams reset after they reached the proxy are counted by `idle::in_flight`.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
