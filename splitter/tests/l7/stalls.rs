@@ -653,3 +653,87 @@ async fn connections_past_their_maximum_age_are_drained() {
         "still open after the close"
     );
 }
+
+/// A backend that answers every request with a chunked body of `chunks` bytes, one every
+/// `every`.
+async fn trickling_backend(chunks: usize, every: Duration) -> SocketAddr {
+    let l = TcpListener::bind(LOOPBACK).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                for _ in 0..chunks {
+                    tokio::time::sleep(every).await;
+                    if s.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The stall timeouts are about clients: a backend that takes its time, with a client reading
+/// all along, is waited for however long the response takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_is_not_a_stalled_client() {
+    const CHUNKS: usize = 8;
+    let backend = trickling_backend(CHUNKS, STALL * 2 / 5).await;
+    let (_p, listener) = proxy_to(backend, stall_config()).await;
+    let started = Instant::now();
+    let h1 = Connection::open(listener.local_addr())
+        .await
+        .send(get("/slow"))
+        .await
+        .expect("HTTP/1.1: the slow response was cut");
+    assert_eq!(h1.text(), "x".repeat(CHUNKS));
+
+    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://gateway.test/slow").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("HTTP/2: the slow response was cut");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, "x".repeat(CHUNKS).as_bytes());
+    assert!(started.elapsed() > STALL * 6, "{:?}", started.elapsed());
+}
+
+/// A request body that keeps arriving, however slowly, is read to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_upload_is_not_a_stall() {
+    let b = backend().await;
+    let (_p, listener) = proxy_to(b.addr, stall_config()).await;
+    let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(STALL * 2 / 5).await;
+        s.write_all(b"a").await.unwrap();
+    }
+    let got = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
