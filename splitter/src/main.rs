@@ -150,6 +150,11 @@ struct RunArgs {
     /// writes the peer address alone (clients connect directly and could claim any address).
     #[arg(long, value_enum, env = "SPLITTER_XFF", default_value_t = splitter::dataplane::proxy::XffPolicy::Append)]
     xff: splitter::dataplane::proxy::XffPolicy,
+    /// L7 connections one client address (IPv6: one /64) may hold open at once, over all
+    /// listeners; 0: no limit. Set 0 (or high) when clients arrive through a load balancer or
+    /// NAT that hides their addresses.
+    #[arg(long, default_value_t = splitter::dataplane::proxy::ProxyConfig::default().max_connections_per_source)]
+    max_connections_per_source: usize,
 }
 
 #[derive(Args)]
@@ -252,6 +257,7 @@ fn run(args: RunArgs) -> ExitCode {
         tc_attach,
         proxy_workers,
         xff,
+        max_connections_per_source,
         snat_ports,
         node_port_range,
         flood_threshold,
@@ -279,6 +285,7 @@ fn run(args: RunArgs) -> ExitCode {
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
         xff,
+        max_connections_per_source,
         node_name,
         snat_ports,
         node_port_range,

@@ -225,7 +225,10 @@ fn maglev_disruption_survey() {
         let bound = 2 * d.minimum + DEFAULT_M / 100;
         worst.push((
             d.moved as f64 / bound as f64,
-            format!("case {case}: {d:?} bound {bound} set {set:?} added {:?}", c.last()),
+            format!(
+                "case {case}: {d:?} bound {bound} set {set:?} added {:?}",
+                c.last()
+            ),
         ));
     }
     worst.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub proxy_workers: Option<usize>,
     /// Whose `X-Forwarded-For` the L7 proxy forwards (`--xff`).
     pub xff: crate::dataplane::proxy::XffPolicy,
+    /// See [`ProxyConfig::max_connections_per_source`].
+    pub max_connections_per_source: usize,
     /// This node (`--node-name`): endpoints on other nodes are source-NATed. Without it, every
     /// endpoint is treated as local.
     pub node_name: Option<String>,
@@ -98,6 +100,15 @@ pub struct RunOptions {
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
 /// so established L4 connections survive a restart; `splitter detach` removes them.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Every connection is a file descriptor: at a soft limit of 1,024, a few hundred idle
+    // clients would make accept fail for everyone.
+    match crate::dataplane::proxy::raise_nofile_limit() {
+        Ok(limit) => tracing::info!(
+            limit,
+            "open file limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)"),
+    }
     let config = PlanConfig {
         gateway_class: opts.gateway_class.clone(),
         ..Default::default()
@@ -184,6 +195,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .proxy_workers
                 .unwrap_or_else(crate::dataplane::proxy::default_workers),
             xff: opts.xff,
+            max_connections_per_source: opts.max_connections_per_source,
             ..ProxyConfig::default()
         },
     );

@@ -13,4 +13,5 @@ mod listeners;
 mod reload;
 mod routing;
 mod split;
+mod stalls;
 mod support;

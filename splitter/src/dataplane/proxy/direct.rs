@@ -32,6 +32,7 @@ use self::layout::{Layout, Seen, span};
 use super::{
     error::UpstreamError,
     pool,
+    slots::EndpointPermit,
     upstream::{HopHeaders, list_has, list_items},
 };
 
@@ -55,6 +56,8 @@ pub struct DirectConnection(Box<Connection>);
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
+    /// The connection's place under the per-endpoint cap, given back when it closes.
+    permit: Option<EndpointPermit>,
     buf: BytesMut,
     layout: Layout,
 }
@@ -73,9 +76,16 @@ impl std::ops::DerefMut for DirectConnection {
 }
 
 impl DirectConnection {
+    /// Keeps `permit` for as long as the connection lives.
+    pub fn holding(mut self, permit: EndpointPermit) -> Self {
+        self.0.permit = Some(permit);
+        self
+    }
+
     pub fn new(stream: TcpStream) -> Self {
         Self(Box::new(Connection {
             stream,
+            permit: None,
             buf: BytesMut::with_capacity(READ_CHUNK),
             layout: Layout::default(),
         }))

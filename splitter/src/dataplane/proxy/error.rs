@@ -59,6 +59,8 @@ pub enum UpstreamError {
     Parse(#[source] httparse::Error),
     #[error("{0}")]
     Protocol(&'static str),
+    #[error("the endpoint has {0} connections open, its limit")]
+    EndpointFull(usize),
 }
 
 impl UpstreamError {
@@ -66,7 +68,7 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            Self::Connect(_) | Self::ConnectTimeout(_) | Self::Handshake(_)
+            Self::Connect(_) | Self::ConnectTimeout(_) | Self::Handshake(_) | Self::EndpointFull(_)
         )
     }
 }
@@ -115,7 +117,11 @@ impl ForwardError {
             Self::NoBackends | Self::InvalidBackend { .. } | Self::Rewrite(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoints(_)
+            | Self::Connect {
+                source: UpstreamError::EndpointFull(_),
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } | Self::UnaskedUpgrade(_) => {
                 StatusCode::BAD_GATEWAY
             }

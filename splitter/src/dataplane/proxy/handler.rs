@@ -32,6 +32,8 @@ pub(crate) struct ListenerShared {
     pub none: Arc<str>,
     /// Whose `X-Forwarded-For` is forwarded.
     pub xff: XffPolicy,
+    /// How long an upgraded connection may carry no byte either way.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 /// The Host of a request: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -239,7 +241,11 @@ async fn forward(
         else {
             return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
         };
-        splice(client, hyper::upgrade::on(&mut resp));
+        splice(
+            client,
+            hyper::upgrade::on(&mut resp),
+            shared.tunnel_idle_timeout,
+        );
         strip_hop_by_hop(resp.headers_mut());
         restore_upgrade_headers(resp.headers_mut(), protocol);
     } else {

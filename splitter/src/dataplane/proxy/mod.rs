@@ -18,6 +18,15 @@
 //! itself: 400 two Hosts, 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
 //! 502 connect or protocol failure, 504 HTTPRoute timeout.
 //!
+//! Against clients that hold resources without using them (`idle`, `slots`): one watchdog per
+//! connection keeps the header, body-read, response-write and HTTP/2 stream idle timeouts and
+//! the maximum age; HTTP/2 requests run under a per-connection in-flight limit that requests
+//! reset by the client keep counting against until their backend answers, and a connection
+//! that resets too many streams before their response is closed with GOAWAY; connections are
+//! limited per listener and per client source, and the slots live in the client socket, so an
+//! upgraded tunnel (itself idle-timed, `upgrade`) holds them; backend connections are capped per
+//! endpoint ([`EndpointSlots`]). 503 also answers a request whose endpoint is at that cap.
+//!
 //! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
 
 mod balance;
@@ -31,7 +40,9 @@ mod idle;
 mod listeners;
 mod metrics;
 mod pool;
+mod rlimit;
 mod server;
+mod slots;
 mod table;
 mod upgrade;
 mod upstream;
@@ -43,7 +54,9 @@ pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
 pub use hygiene::{BadRequest, XffPolicy};
 pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
+pub use rlimit::raise_nofile_limit;
 pub use server::{Proxy, ProxyConfig, ProxyListener};
+pub use slots::{EndpointPermit, EndpointSlots};
 pub use table::TableIssue;
 pub use upstream::UpstreamConfig;
 pub use workers::default_workers;

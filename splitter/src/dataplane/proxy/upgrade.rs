@@ -1,9 +1,21 @@
 //! HTTP/1.1 protocol upgrades (WebSocket and the like): the request's `Upgrade` is passed to the
 //! backend, and once it answers 101 the two connections are spliced byte for byte.
 
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
 use http::{HeaderMap, HeaderValue, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::upstream::list_has;
 
@@ -27,8 +39,10 @@ pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Copies bytes both ways between the upgraded client and backend connections until one side
-/// closes; runs on its own task so the response can be returned first.
-pub fn splice(client: OnUpgrade, upstream: OnUpgrade) {
+/// closes or neither carries a byte for `idle_timeout`; runs on its own task so the response
+/// can be returned first. The client connection's slots (listener limit, per-source limit)
+/// live in its socket, so a tunnel holds them for as long as it is open.
+pub fn splice(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -37,11 +51,90 @@ pub fn splice(client: OnUpgrade, upstream: OnUpgrade) {
                 return;
             }
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        let moved = Arc::new(AtomicU64::new(0));
+        let mut client = Counted::new(TokioIo::new(client), moved.clone());
+        let mut upstream = Counted::new(TokioIo::new(upstream), moved.clone());
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::select! {
+            copied = copy => if let Err(e) = copied {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            },
+            () = idle(&moved, idle_timeout) => {
+                tracing::debug!(?idle_timeout, "upgraded connection idle; closing");
+            }
         }
     });
+}
+
+/// Completes once `moved` stayed the same for `timeout` (checked every quarter of it, so
+/// between one timeout and a quarter more after the last byte).
+async fn idle(moved: &AtomicU64, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(10));
+    let need = timeout.as_nanos().div_ceil(tick.as_nanos()).max(1);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut quiet) = (moved.load(Ordering::Relaxed), 0u128);
+    loop {
+        ticks.tick().await;
+        let now = moved.load(Ordering::Relaxed);
+        quiet = if now == seen { quiet + 1 } else { 0 };
+        seen = now;
+        if quiet >= need {
+            return;
+        }
+    }
+}
+
+/// One side of a tunnel, counting the reads and writes that moved bytes.
+struct Counted<S> {
+    io: S,
+    moved: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn new(io: S, moved: Arc<AtomicU64>) -> Self {
+        Self { io, moved }
+    }
+
+    fn count<T>(&self, polled: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Ok(_)) = polled {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.count(&polled);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.count(&polled);
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::{
     direct::{self, DirectBody, DirectConnection},
     error::UpstreamError,
     pool,
+    slots::{EndpointPermit, EndpointSlots},
 };
 
 /// Settings of the upstream connections.
@@ -30,6 +31,9 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint, per proxy worker thread.
     pub pool_max_idle_per_host: usize,
+    /// Connections open to one endpoint at once over all worker threads, idle pooled ones
+    /// included; a request that would need another is answered 503. 0: no limit.
+    pub max_connections_per_endpoint: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -38,6 +42,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 256,
+            max_connections_per_endpoint: 1024,
         }
     }
 }
@@ -48,12 +53,14 @@ impl Default for UpstreamConfig {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     config: UpstreamConfig,
+    slots: EndpointSlots,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Self {
         Self {
             config: config.clone(),
+            slots: EndpointSlots::new(config.max_connections_per_endpoint),
         }
     }
 
@@ -106,10 +113,10 @@ impl Upstream {
                     Some(conn) => (conn, true),
                     // Boxed: connecting is rare, and its future would otherwise enlarge every
                     // request's (which hyper moves, whole, per request).
-                    None => (
-                        DirectConnection::new(Box::pin(self.connect(endpoint)).await?),
-                        false,
-                    ),
+                    None => {
+                        let (stream, permit) = Box::pin(self.connect(endpoint)).await?;
+                        (DirectConnection::new(stream).holding(permit), false)
+                    }
                 };
             match direct::exchange(
                 conn,
@@ -129,7 +136,14 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<(TcpStream, EndpointPermit), UpstreamError> {
+        let permit = self
+            .slots
+            .acquire(endpoint)
+            .ok_or(UpstreamError::EndpointFull(self.slots.max()))?;
         let stream =
             tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(endpoint))
                 .await
@@ -140,14 +154,14 @@ impl Upstream {
         // Finds backends that vanished without a FIN while a connection sits idle in the pool.
         let _ = SockRef::from(&stream)
             .set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)));
-        Ok(stream)
+        Ok((stream, permit))
     }
 
     async fn handshake(
         &self,
         endpoint: SocketAddr,
     ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        let stream = self.connect(endpoint).await?;
+        let (stream, permit) = self.connect(endpoint).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -156,6 +170,9 @@ impl Upstream {
         // connection is driven where its requests come from. Upgrades stay possible so that a
         // 101 can be spliced to the client.
         tokio::spawn(async move {
+            // The connection's place under the per-endpoint cap, for as long as it runs (an
+            // upgraded tunnel's too: the upgrade hands the socket over only when this ends).
+            let _permit = permit;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
             }
