@@ -34,7 +34,7 @@ enum Command {
     /// Run the agent: serve the Gateways of the manifests or of the cluster (L7 listeners in the
     /// proxy, L4 listeners in the kernel on each --iface), following changes until SIGTERM;
     /// with --kube, the elected agent also writes status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove the pinned XDP/TC attachments from each --iface (the agent leaves them in place
     /// on exit so that connections survive restarts); with --all, everything the agent made
     /// under --pin-dir (programs on every interface, maps, the pin directory): uninstall.
@@ -185,7 +185,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor(args),
         Command::Inspect(args) => inspect(args),
         Command::Check(args) => check(args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Detach(args) => detach(args),
     }
 }
