@@ -93,6 +93,41 @@ impl std::fmt::Debug for PlannedCertificate {
 }
 
 impl PlannedCertificate {
+    /// Checks a Secret's `tls.crt` and `tls.key`: a PEM chain whose first certificate parses,
+    /// a PEM key that matches it, and (when `now` is given) a leaf not past its notAfter.
+    pub fn from_pem(
+        secret: ObjectKey,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        now: Option<i64>,
+    ) -> Result<Self, String> {
+        let chain: Vec<Vec<u8>> =
+            match CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>() {
+                Ok(c) if !c.is_empty() => c.into_iter().map(|c| c.to_vec()).collect(),
+                Ok(_) => return Err("tls.crt holds no PEM certificate".to_string()),
+                Err(e) => return Err(format!("tls.crt is not valid PEM: {e}")),
+            };
+        let leaf = x509::leaf(&chain[0])
+            .map_err(|e| format!("the first certificate in tls.crt cannot be parsed: {e}"))?;
+        let planned = Self {
+            secret,
+            names: leaf.names,
+            not_after: leaf.not_after,
+            chain,
+            key_pem: key_pem.to_vec(),
+        };
+        planned.certified_key()?;
+        if let Some(now) = now
+            && planned.not_after < now
+        {
+            return Err(format!(
+                "the certificate expired at {}",
+                rfc3339(planned.not_after)
+            ));
+        }
+        Ok(planned)
+    }
+
     /// The chain and the loaded signing key, as rustls serves them.
     pub fn certified_key(&self) -> Result<CertifiedKey, String> {
         let chain = self
@@ -255,39 +290,8 @@ fn resolve_one(
     let (Some(cert_pem), Some(key_pem)) = (&secret.cert, &secret.key) else {
         return bad(format!("{secret_key} lacks tls.crt or tls.key"));
     };
-    let chain: Vec<Vec<u8>> =
-        match CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>() {
-            Ok(c) if !c.is_empty() => c.into_iter().map(|c| c.to_vec()).collect(),
-            Ok(_) => return bad(format!("tls.crt of {secret_key} holds no PEM certificate")),
-            Err(e) => return bad(format!("tls.crt of {secret_key} is not valid PEM: {e}")),
-        };
-    let leaf = match x509::leaf(&chain[0]) {
-        Ok(l) => l,
-        Err(e) => {
-            return bad(format!(
-                "the first certificate in tls.crt of {secret_key} cannot be parsed: {e}"
-            ));
-        }
-    };
-    let planned = PlannedCertificate {
-        secret: secret_key.clone(),
-        names: leaf.names,
-        not_after: leaf.not_after,
-        chain,
-        key_pem: key_pem.clone(),
-    };
-    if let Err(e) = planned.certified_key() {
-        return bad(format!("{secret_key}: {e}"));
-    }
-    if let Some(now) = now
-        && planned.not_after < now
-    {
-        return bad(format!(
-            "the certificate in {secret_key} expired at {}",
-            rfc3339(planned.not_after)
-        ));
-    }
-    Ok(planned)
+    PlannedCertificate::from_pem(secret_key.clone(), cert_pem, key_pem, now)
+        .map_err(|e| (format!("{secret_key}: {e}"), true))
 }
 
 fn rfc3339(secs: i64) -> String {

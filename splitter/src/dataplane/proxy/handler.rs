@@ -23,6 +23,8 @@ use splitter_plan::plan::l7_match::{RequestView, strip_port};
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {
     pub table: ArcSwap<ServingTable>,
+    /// The TLS configuration of an HTTPS listener (`None`: plain HTTP), read per handshake.
+    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     pub upstream: Upstream,
     pub metrics: ProxyMetrics,
     /// The bound address as text, the `listener` label.

@@ -44,6 +44,7 @@ mod rlimit;
 mod server;
 mod slots;
 mod table;
+mod tls;
 mod upgrade;
 mod upstream;
 mod workers;

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::FutureExt;
 use http::{Request, Version};
 use hyper::{body::Incoming, service::service_fn};
@@ -36,10 +36,11 @@ use super::{
     metrics::{ListenerLabels, ProxyMetrics},
     slots::{SourceSlot, SourceSlots},
     table::{ServingTable, TableIssue},
+    tls::{self, ClientIo},
     upstream::{Upstream, UpstreamConfig, client_address},
     workers::{ProxyWorkers, WorkerSlot, default_workers},
 };
-use splitter_plan::plan::l7::L7RouteTable;
+use splitter_plan::plan::{l7::L7RouteTable, tls::TlsPlan};
 
 /// hyper refuses read buffers smaller than this (and panics when asked to).
 const MIN_HEADER_BUFFER: usize = 8192;
@@ -181,11 +182,17 @@ impl Proxy {
             .local_addr()
             .map_err(|source| ProxyError::Bind { addr, source })?;
         let (compiled, issues) = ServingTable::compile(table, &ServingTable::default());
+        let listener_label = local_addr.to_string();
+        let tls = table
+            .tls
+            .as_ref()
+            .map(|plan| tls::server_config(&listener_label, plan));
         let shared = Arc::new(ListenerShared {
             table: ArcSwap::from_pointee(compiled),
+            tls: ArcSwapOption::new(tls),
             upstream: self.upstream.clone(),
             metrics: self.metrics.clone(),
-            listener: Arc::from(local_addr.to_string()),
+            listener: Arc::from(listener_label),
             port: local_addr.port(),
             none: Arc::from(""),
             xff: self.config.xff,
@@ -205,7 +212,7 @@ impl Proxy {
             ProxyListener {
                 shared,
                 local_addr,
-                install_lock: Mutex::new(()),
+                install_lock: Mutex::new(table.tls.clone()),
                 stop: stop_tx,
                 task,
             },
@@ -239,7 +246,8 @@ fn report(listener: &str, issues: &[TableIssue]) {
 pub struct ProxyListener {
     shared: Arc<ListenerShared>,
     local_addr: SocketAddr,
-    install_lock: Mutex<()>,
+    /// Held while installing; the TLS plan installed last.
+    install_lock: Mutex<Option<TlsPlan>>,
     stop: watch::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -258,11 +266,21 @@ impl ProxyListener {
     }
 
     /// Installs a new table atomically: requests already routed finish on the old one, the next
-    /// request sees the new one. Balancer state of unchanged rules carries over.
+    /// request sees the new one. Balancer state of unchanged rules carries over. A changed TLS
+    /// plan (a rotated certificate) applies to the next handshake; open connections keep theirs.
     pub fn install(&self, table: &L7RouteTable) -> Vec<TableIssue> {
         // Serialised so two installs cannot both compile against the same previous table and
         // lose one's carried-over state.
-        let _guard = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut applied_tls = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *applied_tls != table.tls {
+            self.shared.tls.store(
+                table
+                    .tls
+                    .as_ref()
+                    .map(|plan| tls::server_config(&self.shared.listener, plan)),
+            );
+            applied_tls.clone_from(&table.tls);
+        }
         let previous = self.shared.table.load();
         let (compiled, issues) = ServingTable::compile(table, &previous);
         self.shared.table.store(Arc::new(compiled));
@@ -458,6 +476,8 @@ impl Acceptor {
         let builder = self.builder.clone();
         let drain = self.drain.clone();
         let timeouts = self.timeouts;
+        // Read at accept: a certificate rotated later applies to later connections.
+        let tls = self.shared.tls.load_full();
         Some(async move {
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
@@ -470,6 +490,26 @@ impl Acceptor {
             let watchdog = AbortOnDropHandle::new(tokio::spawn(progress.clone().watch(timeouts)));
             let _registered = drain.register(&progress);
             let io = Metered::new(stream, progress.clone(), guard);
+            let io = match tls {
+                None => ClientIo::Plain(io),
+                // The handshake must end within the time a request head has to arrive.
+                Some(config) => match tokio::time::timeout(
+                    timeouts.header_read,
+                    tokio_rustls::TlsAcceptor::from(config).accept(io),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => ClientIo::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();
