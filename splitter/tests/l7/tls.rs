@@ -24,7 +24,7 @@ use splitter_plan::{
     },
     plan::{
         self, ObjectKey, PlanConfig,
-        l7::{L7Route, L7RouteTable},
+        l7::{Filter, L7Route, L7RouteTable, Redirect},
         status::ConditionStatus,
         tls::{Clock, ListenerCertificate, PlannedCertificate, TlsPlan},
     },
@@ -444,4 +444,25 @@ async fn through_the_plan_a_missing_secret_leaves_only_its_listener_unserved_and
     assert_eq!(renewed.get("/hostname").await.text(), "echo");
     assert_eq!(https.get("/hostname").await.text(), "echo");
     listeners.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_without_scheme_keeps_https() {
+    let mut r = prefix_route("port", "/port", vec![]);
+    r.filters.push(Filter::RequestRedirect(Redirect {
+        scheme: None,
+        hostname: None,
+        path: None,
+        port: None,
+        status_code: http::StatusCode::FOUND,
+    }));
+    let (_proxy, listener) = start_proxy(&tls_table(vec![r], &[(None, "a")])).await;
+    let port = listener.local_addr().port();
+    let mut conn = TlsClient::open(listener.local_addr(), "a.example.com", H1).await;
+    let reply = conn.get_host("/port/x", "a.example.com").await;
+    assert_eq!(reply.status, http::StatusCode::FOUND);
+    assert_eq!(
+        reply.headers["location"],
+        format!("https://a.example.com:{port}/port/x").as_str()
+    );
 }

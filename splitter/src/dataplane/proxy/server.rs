@@ -439,6 +439,9 @@ impl Acceptor {
             }
         };
         let progress = Arc::new(Progress::new(self.streams.max_in_flight));
+        // Read at accept: a certificate rotated later applies to later connections.
+        let tls = self.shared.tls.load_full();
+        let https = tls.is_some();
         let svc = {
             let shared = self.shared.clone();
             let progress = progress.clone();
@@ -448,7 +451,7 @@ impl Acceptor {
                 let version = req.version();
                 let open = progress.request(version);
                 // Boxed: hyper moves the future it is given, and this one is kilobytes.
-                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), req));
+                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), https, req));
                 // HTTP/2 requests run under their connection's in-flight limit and their
                 // bodies are watched per stream; HTTP/1.1 has one at a time, watched through
                 // the socket.
@@ -476,8 +479,6 @@ impl Acceptor {
         let builder = self.builder.clone();
         let drain = self.drain.clone();
         let timeouts = self.timeouts;
-        // Read at accept: a certificate rotated later applies to later connections.
-        let tls = self.shared.tls.load_full();
         Some(async move {
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
