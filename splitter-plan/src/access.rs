@@ -216,6 +216,17 @@ mod tests {
         check::<k8s_openapi::api::discovery::v1::EndpointSlice>(Kind::EndpointSlice);
         check::<k8s_openapi::api::core::v1::Namespace>(Kind::Namespace);
         check::<k8s_openapi::api::core::v1::Secret>(Kind::Secret);
+        // Only TLS Secrets are ever listed or watched.
+        assert_eq!(
+            watched(Kind::Secret).and_then(|r| r.field_selector),
+            Some("type=kubernetes.io/tls")
+        );
+        assert!(
+            WATCHED
+                .iter()
+                .filter(|r| r.kind != Kind::Secret)
+                .all(|r| r.field_selector.is_none())
+        );
         assert_eq!(
             k8s_openapi::api::coordination::v1::Lease::group(&()),
             LEASE.group
