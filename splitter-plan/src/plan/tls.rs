@@ -278,7 +278,11 @@ fn resolve_one(
     }
     let secret_key = ObjectKey::new(Kind::Secret, ns, &r.name);
     let Some(secret) = index.secrets.get(&(ns.to_string(), r.name.clone())) else {
-        return Err((format!("{secret_key} not found"), true));
+        // From a cluster only TLS Secrets are read: one of another type is "not found" too.
+        return Err((
+            format!("{secret_key} not found (only Secrets of type {TLS_SECRET_TYPE} are read)"),
+            true,
+        ));
     };
     let bad = |why: String| Err((why, true));
     if secret.type_ != TLS_SECRET_TYPE {

@@ -466,3 +466,34 @@ async fn a_redirect_without_scheme_keeps_https() {
         format!("https://a.example.com:{port}/port/x").as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend_srv = echo("echo").await;
+    let routes = vec![prefix_route(
+        "r",
+        "/",
+        vec![backend("b", 1, &[backend_srv.local_addr()])],
+    )];
+    let config = splitter::dataplane::proxy::ProxyConfig {
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..test_config()
+    };
+    let (_proxy, listener) = start_proxy_with(config, &tls_table(routes, &[(None, "a")])).await;
+    // Silent, and a ClientHello record header that promises bytes never sent.
+    for first in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00][..]] {
+        let mut tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
+        tcp.write_all(first).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("the proxy closes the connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    }
+    // Served as before.
+    let mut conn = TlsClient::open(listener.local_addr(), "a.example.com", H1).await;
+    assert_eq!(conn.get("/hostname").await.text(), "echo");
+}
