@@ -396,7 +396,7 @@ async fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_the_plan_a_missing_secret_leaves_only_its_listener_unserved_and_a_secret_change_rotates()
+async fn through_the_plan_a_missing_secret_leaves_only_its_listener_unserved_a_changed_one_rotates_a_deleted_one_stops_it()
  {
     let backend_srv = echo("echo").await;
     let ports = [free_port().await, free_port().await, free_port().await];
@@ -443,6 +443,15 @@ async fn through_the_plan_a_missing_secret_leaves_only_its_listener_unserved_and
     assert_eq!(renewed.leaf, leaf_der("a2"));
     assert_eq!(renewed.get("/hostname").await.text(), "echo");
     assert_eq!(https.get("/hostname").await.text(), "echo");
+
+    // The Secret is deleted: the listener stops taking connections; the HTTP one serves on.
+    let yaml = manifests(ports, backend_srv.local_addr(), "a2");
+    let without_secret = &yaml[..yaml.find("---\napiVersion: v1\nkind: Secret").unwrap()];
+    let plan = plan_of(without_secret);
+    let report = listeners.apply(&plan.l7_tables()).await;
+    assert_eq!(report.stopped, [at(ports[0])], "{report:?}");
+    assert!(TcpStream::connect(at(ports[0])).await.is_err());
+    assert_eq!(get_once(at(ports[2]), "/hostname").await.text(), "echo");
     listeners.shutdown().await;
 }
 
