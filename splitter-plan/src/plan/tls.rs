@@ -397,9 +397,13 @@ mod x509 {
     }
 
     /// UTCTime (0x17, YYMMDDHHMMSSZ) or GeneralizedTime (0x18, YYYYMMDDHHMMSSZ).
-    fn time(tag: u8, body: &[u8]) -> Result<i64, String> {
+    pub(super) fn time(tag: u8, body: &[u8]) -> Result<i64, String> {
         let text = std::str::from_utf8(body).map_err(|_| "bad time")?;
         let digits = text.strip_suffix('Z').ok_or("time not in UTC")?;
+        // Checked first: the slicing below is by byte.
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("bad time {text:?}"));
+        }
         let (year, rest) = match (tag, digits.len()) {
             (0x17, 12) => {
                 let yy: i16 = digits[..2].parse().map_err(|_| "bad time")?;
@@ -425,6 +429,26 @@ mod x509 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Secret is user input: no byte of it may panic the planner.
+    #[test]
+    fn mangled_certificates_are_errors_not_panics() {
+        let pem = include_bytes!("../../tests/fixtures/tls/a.crt");
+        let der = CertificateDer::from_pem_slice(pem).unwrap().to_vec();
+        assert!(x509::leaf(&der).is_ok());
+        for n in 0..der.len() {
+            let _ = x509::leaf(&der[..n]);
+            for b in [0x00, 0x01, 0x17, 0x18, 0x30, 0x7f, 0x80, 0x84, 0xc3, 0xff] {
+                let mut m = der.clone();
+                m[n] = b;
+                let _ = x509::leaf(&m);
+            }
+        }
+        // Non-ASCII where the digits of a time go, across a two-digit boundary.
+        assert!(x509::time(0x17, "26110\u{e9}13414Z".as_bytes()).is_err());
+        assert_eq!(x509::time(0x17, b"261106134614Z"), Ok(1_793_972_774));
+        assert_eq!(x509::time(0x18, b"21261106134614Z"), Ok(4_949_646_374));
+    }
 
     #[test]
     fn wildcard_names() {
