@@ -1,5 +1,6 @@
-//! Listeners: accept, guard, and hand connections to hyper (HTTP/1.1 keep-alive and h2c on one
-//! port); swap route tables and drain on shutdown.
+//! Listeners: accept, guard, terminate TLS on HTTPS listeners (`tls`), and hand connections to
+//! hyper (HTTP/1.1 keep-alive and h2c on one port, or both behind TLS by ALPN); swap route
+//! tables and TLS configurations, and drain on shutdown.
 
 use std::{
     convert::Infallible,
