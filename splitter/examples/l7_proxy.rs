@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     }
     let table = L7RouteTable {
         routes: vec![route],
+        tls: None,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -185,6 +185,17 @@ fn listener(o: &mut String, l: &ListenerPlan) {
     }
     let _ = writeln!(o, "  why: {}", l.reason());
     if let Some(t) = &l.l7() {
+        for c in t.tls.iter().flat_map(|tls| &tls.certificates) {
+            let host = c.hostname.as_deref().unwrap_or("*");
+            let until = k8s_openapi::jiff::Timestamp::from_second(c.certificate.not_after)
+                .map_or_else(|_| c.certificate.not_after.to_string(), |t| t.to_string());
+            let _ = writeln!(
+                o,
+                "  tls for {host}: {} [{}] until {until}",
+                c.certificate.secret,
+                c.certificate.names.join(", ")
+            );
+        }
         for r in &t.routes {
             l7_route(o, r);
         }

@@ -19,6 +19,7 @@ use super::{
     maglev::WeightedTable,
     status::{Condition, Diagnostic, RouteStatus, Severity, reason},
     table,
+    tls::{ListenerCertificate, TlsPlan},
 };
 use crate::model::{DATAPLANE_ANNOTATION, Index, Kind, ObjectKey};
 
@@ -53,7 +54,9 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
             previous: previous_tables.get(&key).copied(),
         };
         let (plan, condition) = match class {
-            ListenerClass::Http => http_listener_plan(index, config, &listeners, &attached, group),
+            ListenerClass::Http | ListenerClass::Https => {
+                http_listener_plan(index, config, &listeners, &attached, group)
+            }
             ListenerClass::Tcp | ListenerClass::Udp => l4_listener_plan(
                 config,
                 &listeners,
@@ -279,8 +282,30 @@ fn http_listener_plan(
             }
         }
     }
-    let l7 = table::into_table(entries);
-    let need = table::needs_l7(&group.listener.sources, &l7);
+    let mut l7 = table::into_table(entries);
+    let https = group
+        .members
+        .iter()
+        .any(|&i| listeners[i].class == Some(ListenerClass::Https));
+    let need = if https {
+        // Members share one class: an HTTP listener on the port would have conflicted.
+        l7.tls = Some(TlsPlan {
+            certificates: group
+                .members
+                .iter()
+                .flat_map(|&i| {
+                    let l = &listeners[i];
+                    l.certificates.iter().map(|c| ListenerCertificate {
+                        hostname: l.listener.hostname.clone(),
+                        certificate: c.clone(),
+                    })
+                })
+                .collect(),
+        });
+        Some("HTTPS: the proxy terminates TLS".to_string())
+    } else {
+        table::needs_l7(&group.listener.sources, &l7)
+    };
     let decision = decide_mode(group.wanted, need, group.generation);
     let listener = DataplaneListener {
         reason: decision.why,

@@ -20,6 +20,10 @@ pub use crate::model::http::{
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct L7RouteTable {
     pub routes: Vec<L7Route>,
+    /// The certificates of an HTTPS listener, which the proxy terminates TLS with; `None`: plain
+    /// HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::TlsPlan>,
 }
 
 /// One (rule, match) pair of an HTTPRoute. A rule with three matches gives three `L7Route`s that

@@ -29,6 +29,9 @@ pub struct PlanConfig {
     /// Ports listeners on the node's addresses may not take (the agent's node; none by
     /// default).
     pub node_ports: super::node_ports::NodePorts,
+    /// What HTTPS listeners' certificates are checked for expiry against (off by default, so
+    /// that the plan is a function of the index alone; the agent uses the system clock).
+    pub clock: super::tls::Clock,
 }
 
 impl Default for PlanConfig {
@@ -38,6 +41,7 @@ impl Default for PlanConfig {
             controller_name: CONTROLLER_NAME.to_string(),
             maglev_m: super::maglev::DEFAULT_M,
             node_ports: super::node_ports::NodePorts::default(),
+            clock: super::tls::Clock::Off,
         }
     }
 }

@@ -132,6 +132,7 @@ fn with_strip_path(strip: bool, m: &RouteMatch, filters: &[Filter]) -> Vec<Filte
 pub(crate) fn into_table(mut entries: Vec<Entry>) -> L7RouteTable {
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     L7RouteTable {
+        tls: None,
         routes: entries.into_iter().map(|e| e.route).collect(),
     }
 }

@@ -111,6 +111,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let config = PlanConfig {
         gateway_class: opts.gateway_class.clone(),
+        clock: splitter_plan::plan::tls::Clock::System,
         ..Default::default()
     };
     let mut ifaces = opts.ifaces.clone();

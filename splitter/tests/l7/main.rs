@@ -15,3 +15,4 @@ mod routing;
 mod split;
 mod stalls;
 mod support;
+mod tls;

@@ -94,7 +94,7 @@ pub fn strip_path() -> Filter {
 }
 
 pub fn table(routes: Vec<L7Route>) -> L7RouteTable {
-    L7RouteTable { routes }
+    L7RouteTable { routes, tls: None }
 }
 
 pub async fn echo(name: &str) -> EchoServer {

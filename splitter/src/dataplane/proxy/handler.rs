@@ -4,7 +4,10 @@ use std::{convert::Infallible, pin::Pin, sync::Arc};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri::PathAndQuery};
+use http::{
+    HeaderValue, Request, Response, StatusCode, Version, header,
+    uri::{PathAndQuery, Scheme},
+};
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -23,6 +26,8 @@ use splitter_plan::plan::l7_match::{RequestView, strip_port};
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {
     pub table: ArcSwap<ServingTable>,
+    /// The TLS configuration of an HTTPS listener (`None`: plain HTTP), read per handshake.
+    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     pub upstream: Upstream,
     pub metrics: ProxyMetrics,
     /// The bound address as text, the `listener` label.
@@ -47,6 +52,7 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 pub(crate) async fn handle(
     shared: Arc<ListenerShared>,
     client: HeaderValue,
+    https: bool,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -70,7 +76,7 @@ pub(crate) async fn handle(
         record(&shared, &shared.none, &shared.none, err.status(), start);
         return Ok(error_response(&err));
     };
-    let (mut resp, backend) = match dispatch(&shared, &route, &client, req, start).await {
+    let (mut resp, backend) = match dispatch(&shared, &route, &client, https, req, start).await {
         Ok(ok) => ok,
         Err((err, backend)) => {
             tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
@@ -88,12 +94,15 @@ async fn dispatch(
     shared: &ListenerShared,
     route: &ServingRoute,
     client: &HeaderValue,
+    https: bool,
     req: Request<Incoming>,
     start: Instant,
 ) -> Dispatched {
     if let Some(redirect) = &route.filters.redirect {
         let host = request_host(&req).map(strip_port).unwrap_or_default();
-        let location = redirect.location(
+        let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
+        let location = redirect.location_for(
+            &scheme,
             host,
             req.uri().path(),
             req.uri().query(),
@@ -305,7 +314,7 @@ mod tests {
 
     fn future_size<F, Fut>(_: &F) -> usize
     where
-        F: Fn(Arc<ListenerShared>, HeaderValue, Request<Incoming>) -> Fut,
+        F: Fn(Arc<ListenerShared>, HeaderValue, bool, Request<Incoming>) -> Fut,
     {
         size_of::<Fut>()
     }

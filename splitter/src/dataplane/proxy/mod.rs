@@ -8,7 +8,9 @@
 //! itself (`workers`, `pool`). A new plan is applied with
 //! [`ProxyListener::install`], which swaps the listener's compiled table atomically
 //! (`arc-swap`): requests already routed finish where they were going, keep-alive connections
-//! stay open, and the next request sees the new routes.
+//! stay open, and the next request sees the new routes. An HTTPS listener's table carries its
+//! certificates; the listener terminates TLS (`tls`: rustls, certificate by SNI, ALPN h2 and
+//! http/1.1) and swaps its TLS configuration the same way, for the next handshake.
 //!
 //! Per request: find the first route (precedence order) whose hostnames and match accept it,
 //! apply its filters, pick a backendRef by smooth weighted round robin and an endpoint of it
@@ -44,6 +46,7 @@ mod rlimit;
 mod server;
 mod slots;
 mod table;
+mod tls;
 mod upgrade;
 mod upstream;
 mod workers;

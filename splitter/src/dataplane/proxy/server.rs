@@ -1,5 +1,6 @@
-//! Listeners: accept, guard, and hand connections to hyper (HTTP/1.1 keep-alive and h2c on one
-//! port); swap route tables and drain on shutdown.
+//! Listeners: accept, guard, terminate TLS on HTTPS listeners (`tls`), and hand connections to
+//! hyper (HTTP/1.1 keep-alive and h2c on one port, or both behind TLS by ALPN); swap route
+//! tables and TLS configurations, and drain on shutdown.
 
 use std::{
     convert::Infallible,
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::FutureExt;
 use http::{Request, Version};
 use hyper::{body::Incoming, service::service_fn};
@@ -36,10 +37,11 @@ use super::{
     metrics::{ListenerLabels, ProxyMetrics},
     slots::{SourceSlot, SourceSlots},
     table::{ServingTable, TableIssue},
+    tls::{self, ClientIo},
     upstream::{Upstream, UpstreamConfig, client_address},
     workers::{ProxyWorkers, WorkerSlot, default_workers},
 };
-use splitter_plan::plan::l7::L7RouteTable;
+use splitter_plan::plan::{l7::L7RouteTable, tls::TlsPlan};
 
 /// hyper refuses read buffers smaller than this (and panics when asked to).
 const MIN_HEADER_BUFFER: usize = 8192;
@@ -181,11 +183,17 @@ impl Proxy {
             .local_addr()
             .map_err(|source| ProxyError::Bind { addr, source })?;
         let (compiled, issues) = ServingTable::compile(table, &ServingTable::default());
+        let listener_label = local_addr.to_string();
+        let tls = table
+            .tls
+            .as_ref()
+            .map(|plan| tls::server_config(&listener_label, plan));
         let shared = Arc::new(ListenerShared {
             table: ArcSwap::from_pointee(compiled),
+            tls: ArcSwapOption::new(tls),
             upstream: self.upstream.clone(),
             metrics: self.metrics.clone(),
-            listener: Arc::from(local_addr.to_string()),
+            listener: Arc::from(listener_label),
             port: local_addr.port(),
             none: Arc::from(""),
             xff: self.config.xff,
@@ -205,7 +213,7 @@ impl Proxy {
             ProxyListener {
                 shared,
                 local_addr,
-                install_lock: Mutex::new(()),
+                install_lock: Mutex::new(table.tls.clone()),
                 stop: stop_tx,
                 task,
             },
@@ -239,7 +247,8 @@ fn report(listener: &str, issues: &[TableIssue]) {
 pub struct ProxyListener {
     shared: Arc<ListenerShared>,
     local_addr: SocketAddr,
-    install_lock: Mutex<()>,
+    /// Held while installing; the TLS plan installed last.
+    install_lock: Mutex<Option<TlsPlan>>,
     stop: watch::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -258,11 +267,21 @@ impl ProxyListener {
     }
 
     /// Installs a new table atomically: requests already routed finish on the old one, the next
-    /// request sees the new one. Balancer state of unchanged rules carries over.
+    /// request sees the new one. Balancer state of unchanged rules carries over. A changed TLS
+    /// plan (a rotated certificate) applies to the next handshake; open connections keep theirs.
     pub fn install(&self, table: &L7RouteTable) -> Vec<TableIssue> {
         // Serialised so two installs cannot both compile against the same previous table and
         // lose one's carried-over state.
-        let _guard = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut applied_tls = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *applied_tls != table.tls {
+            self.shared.tls.store(
+                table
+                    .tls
+                    .as_ref()
+                    .map(|plan| tls::server_config(&self.shared.listener, plan)),
+            );
+            applied_tls.clone_from(&table.tls);
+        }
         let previous = self.shared.table.load();
         let (compiled, issues) = ServingTable::compile(table, &previous);
         self.shared.table.store(Arc::new(compiled));
@@ -421,6 +440,9 @@ impl Acceptor {
             }
         };
         let progress = Arc::new(Progress::new(self.streams.max_in_flight));
+        // Read at accept: a certificate rotated later applies to later connections.
+        let tls = self.shared.tls.load_full();
+        let https = tls.is_some();
         let svc = {
             let shared = self.shared.clone();
             let progress = progress.clone();
@@ -430,7 +452,7 @@ impl Acceptor {
                 let version = req.version();
                 let open = progress.request(version);
                 // Boxed: hyper moves the future it is given, and this one is kilobytes.
-                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), req));
+                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), https, req));
                 // HTTP/2 requests run under their connection's in-flight limit and their
                 // bodies are watched per stream; HTTP/1.1 has one at a time, watched through
                 // the socket.
@@ -470,6 +492,26 @@ impl Acceptor {
             let watchdog = AbortOnDropHandle::new(tokio::spawn(progress.clone().watch(timeouts)));
             let _registered = drain.register(&progress);
             let io = Metered::new(stream, progress.clone(), guard);
+            let io = match tls {
+                None => ClientIo::Plain(io),
+                // The handshake must end within the time a request head has to arrive.
+                Some(config) => match tokio::time::timeout(
+                    timeouts.header_read,
+                    tokio_rustls::TlsAcceptor::from(config).accept(io),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => ClientIo::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();

@@ -285,6 +285,7 @@ mod tests {
     fn matches_of_one_rule_share_one_sequence() {
         let t = L7RouteTable {
             routes: vec![rule("/a", &[2, 1]), rule("/b", &[2, 1])],
+            tls: None,
         };
         let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
         assert!(issues.is_empty());
@@ -297,6 +298,7 @@ mod tests {
     fn state_carries_over_only_when_backends_are_unchanged() {
         let t = L7RouteTable {
             routes: vec![rule("/", &[2, 1])],
+            tls: None,
         };
         let (first, _) = ServingTable::compile(&t, &ServingTable::default());
         assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
@@ -309,6 +311,7 @@ mod tests {
         // New weights: a fresh sequence.
         let changed = L7RouteTable {
             routes: vec![rule("/", &[1, 2])],
+            tls: None,
         };
         let (third, _) = ServingTable::compile(&changed, &second);
         assert_eq!(
