@@ -22,10 +22,6 @@ struct Cli {
     command: Command,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once at start; flagged by clippy 1.95 on main already"
-)]
 #[derive(Subcommand)]
 enum Command {
     /// Check whether this node can run the agent (kernel, BTF, bpffs, capabilities, load, attach).
