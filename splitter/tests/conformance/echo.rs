@@ -1,7 +1,8 @@
 //! An echo backend that answers like the upstream conformance echo server (echo-basic): a JSON
 //! body with `path` (the request URI, query included), `host`, `method`, `proto`, `headers`
 //! (name to values, `Host` excluded), `namespace` and `pod`. `X-Echo-Set-Header: name:value,...`
-//! makes it set those response headers, as echo-basic does.
+//! makes it set those response headers and a `delay=1s` (or `500ms`) query parameter delays the
+//! answer, as echo-basic does.
 
 use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -70,6 +71,9 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let _ = body.collect().await;
+    if let Some(d) = parts.uri.query().and_then(delay) {
+        tokio::time::sleep(d).await;
+    }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (n, v) in &parts.headers {
         if n == http::header::HOST {
@@ -120,4 +124,16 @@ async fn answer(
         }
     }
     Ok(resp)
+}
+
+/// echo-basic's `delay` query parameter, a Go duration (`1s`, `500ms`).
+fn delay(query: &str) -> Option<std::time::Duration> {
+    let v = query.split('&').find_map(|kv| kv.strip_prefix("delay="))?;
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(std::time::Duration::from_millis);
+    }
+    v.strip_suffix('s')?
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_secs_f64)
 }

@@ -10,7 +10,8 @@
 //! - each Gateway gets `spec.addresses: 127.0.0.1`, the annotation `splitter.dev/dataplane: l7`
 //!   (the suite exercises the proxy; the kernel path is covered by the kernel tests) and, for
 //!   each listener port, a free loopback port (a cluster gives each Gateway its own address; here
-//!   they share one, so their port 80s become distinct ports);
+//!   they share one, so their port 80s become distinct ports), and a route's parentRef `port`
+//!   names the new port of its Gateway's listener (a port no listener has stays as it is);
 //! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic,
 //!   and each Service one EndpointSlice per selected pod (the Deployments themselves are
 //!   skipped, as the agent skips them).
@@ -40,7 +41,10 @@ use splitter_plan::{
         Index,
         parse::{Parsed, parse},
     },
-    plan::{self, Plan, PlanConfig, status::Condition},
+    plan::{
+        self, Plan, PlanConfig,
+        status::{Condition, ListenerStatus},
+    },
 };
 use tokio::net::TcpStream;
 
@@ -251,6 +255,20 @@ impl Suite {
         }
     }
 
+    /// The status of listener `listener` of Gateway `namespace/name`.
+    pub fn listener(&self, namespace: &str, name: &str, listener: &str) -> ListenerStatus {
+        self.plan
+            .gateways
+            .iter()
+            .find(|g| g.gateway.namespace == namespace && g.gateway.name == name)
+            .expect("Gateway status")
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .cloned()
+            .expect("listener status")
+    }
+
     /// The attachedRoutes of each listener of Gateway `namespace/name`.
     pub fn attached_routes(&self, namespace: &str, name: &str) -> BTreeMap<String, u32> {
         self.plan
@@ -351,6 +369,22 @@ async fn translate(
                 out.push(d);
             }
             _ => out.push(d),
+        }
+    }
+    for d in &mut out {
+        if d["kind"] != "HTTPRoute" {
+            continue;
+        }
+        let route_ns = meta(d).0;
+        for p in d["spec"]["parentRefs"].as_array_mut().into_iter().flatten() {
+            let Some(port) = p["port"].as_u64() else {
+                continue;
+            };
+            let ns = p["namespace"].as_str().unwrap_or(&route_ns).to_owned();
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            if let Some(a) = ports.get(&(ns, name, port as u16)) {
+                p["port"] = json!(a.port());
+            }
         }
     }
     for s in services {
