@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         },
         rule_index: 0,
         hostnames: vec![],
+        shadowed_by: vec![],
         matched: RouteMatch {
             path: PathMatch::Prefix(args.prefix),
             headers: vec![],

@@ -12,6 +12,7 @@ use super::{
     backends::Resolver,
     gateway_status,
     gateways::{self, GatewayListener, ListenerClass},
+    hostname,
     l7::PlannedBackend,
     listener::{
         DataplaneListener, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig,
@@ -268,6 +269,20 @@ fn http_listener_plan(
     let mut entries = Vec::new();
     for &i in group.members {
         let l = &listeners[i];
+        // Listener isolation (GatewayHTTPListenerIsolation): a request goes to the most
+        // specific listener its host matches, so each listener's routes leave alone the hosts
+        // of the listeners on the port whose hostnames lie within its own (all of them for a
+        // listener without hostname).
+        let own = l.listener.hostname.as_deref();
+        let mut shadowed_by: Vec<String> = group
+            .members
+            .iter()
+            .filter_map(|&j| listeners[j].listener.hostname.as_deref())
+            .filter(|h| own.is_none_or(|o| !o.eq_ignore_ascii_case(h) && hostname::covers(o, h)))
+            .map(str::to_ascii_lowercase)
+            .collect();
+        shadowed_by.sort();
+        shadowed_by.dedup();
         for a in &l.http {
             if let (Some(route), Some(rules)) = (
                 index.http_routes.get(&a.route),
@@ -278,6 +293,7 @@ fn http_listener_plan(
                     rules,
                     l.listener.hostname.as_deref(),
                     &a.hostnames,
+                    &shadowed_by,
                 ));
             }
         }

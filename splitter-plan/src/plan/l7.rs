@@ -37,6 +37,11 @@ pub struct L7Route {
     /// Effective hostnames: the intersection of the listener's and the route's. Empty = any host.
     /// Entries are lower-case; `*.example.com` matches one or more labels before `example.com`.
     pub hostnames: Vec<String>,
+    /// Listener isolation: the hostnames of the more specific listeners on the same port. A
+    /// request whose host one of them matches belongs to that listener's routes only, so this
+    /// route does not take it even when no route of that listener matches (404).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadowed_by: Vec<String>,
     pub matched: RouteMatch,
     /// Rule filters, in spec order (the strip-path annotation appears here as a URLRewrite).
     pub filters: Vec<Filter>,

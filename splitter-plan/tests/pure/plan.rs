@@ -363,6 +363,22 @@ fn hostname_intersection_and_listener_precedence() {
             ("on-wild", vec!["*.bar.com".to_string()]),
         ]
     );
+    // Listener isolation: the wildcard listener's routes leave the hosts of the exact
+    // listeners within it to theirs; exact listeners and unrelated ones shadow nothing.
+    let shadowed: Vec<(&str, Vec<String>)> = table
+        .routes
+        .iter()
+        .map(|r| (r.route.name.as_str(), r.shadowed_by.clone()))
+        .collect();
+    assert_eq!(
+        shadowed,
+        [
+            ("on-exact", vec![]),
+            ("on-apex", vec![]),
+            ("intersecting", vec![]),
+            ("on-wild", vec!["foo.bar.com".to_string()]),
+        ]
+    );
     let disjoint = route(&plan, "infra", "disjoint");
     let accepted = condition(&disjoint.parents[0].conditions, "Accepted");
     assert!(!accepted.is_true());

@@ -7,11 +7,16 @@
 //!
 //! - a GatewayClass `splitter` for `splitter.dev/gateway-controller` (the manifests' class is the
 //!   template `{GATEWAY_CLASS_NAME}`);
-//! - each Gateway gets `spec.addresses: 127.0.0.1`, the annotation `splitter.dev/dataplane: l7`
-//!   (the suite exercises the proxy; the kernel path is covered by the kernel tests) and, for
-//!   each listener port, a free loopback port (a cluster gives each Gateway its own address; here
-//!   they share one, so their port 80s become distinct ports), and a route's parentRef `port`
-//!   names the new port of its Gateway's listener (a port no listener has stays as it is);
+//! - each Gateway gets an address of its own, as in a cluster: `spec.addresses` is a loopback
+//!   address `127.N.S.G` unique to the test process (N), the suite (S) and the Gateway (G), and
+//!   each listener port P becomes P + 10000 (binding port 80 needs privileges; 10000 and up
+//!   stays clear of the ephemeral range). A route's parentRef `port` names the new port too.
+//!   The Gateways also get the annotation `splitter.dev/dataplane: l7`: the suite exercises the
+//!   proxy, the kernel path has its own tests;
+//! - the Secrets the upstream suite creates when it starts (`gateway-conformance-web-backend/
+//!   certificate`, `gateway-conformance-infra/tls-validity-checks-certificate`) are made from the
+//!   project's test certificate (`splitter-plan/tests/fixtures/tls/a`), since upstream generates
+//!   its own self-signed ones at run time;
 //! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic,
 //!   and each Service one EndpointSlice per selected pod (the Deployments themselves are
 //!   skipped, as the agent skips them).
@@ -87,10 +92,11 @@ fn meta(doc: &Value) -> (String, String) {
     )
 }
 
-async fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+/// Suites started by this process, for their Gateways' addresses.
+static SUITES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Port `P` of a manifest listener becomes `P + 10000`.
+const PORT_OFFSET: u16 = 10_000;
 
 pub struct Suite {
     pub plan: Plan,
@@ -320,7 +326,28 @@ async fn translate(
         "metadata": {"name": "splitter"},
         "spec": {"controllerName": "splitter.dev/gateway-controller"},
     })];
+    let fixture = |f: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../splitter-plan/tests/fixtures/tls")
+            .join(f);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    for (ns, name) in [
+        (WEB, "certificate"),
+        (INFRA, "tls-validity-checks-certificate"),
+    ] {
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": fixture("a.crt"), "tls.key": fixture("a.key")},
+        }));
+    }
     let mut ports = BTreeMap::new();
+    let process = 10 + (std::process::id() % 200) as u8;
+    let suite = SUITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut gateways = 0u8;
     let mut deployments: Vec<Deployment> = Vec::new();
     let mut pods = Vec::new();
     let mut services = Vec::new();
@@ -329,17 +356,16 @@ async fn translate(
         let (ns, name) = meta(&d);
         match kind.as_str() {
             "Gateway" => {
+                gateways += 1;
+                let ip = std::net::Ipv4Addr::new(127, process, suite, gateways);
                 d["metadata"]["annotations"]["splitter.dev/dataplane"] = json!("l7");
-                d["spec"]["addresses"] = json!([{"type": "IPAddress", "value": "127.0.0.1"}]);
+                d["spec"]["addresses"] = json!([{"type": "IPAddress", "value": ip.to_string()}]);
                 if let Some(ls) = d["spec"]["listeners"].as_array_mut() {
                     for l in ls {
                         let p = l["port"].as_u64().expect("listener port") as u16;
-                        let key = (ns.clone(), name.clone(), p);
-                        if !ports.contains_key(&key) {
-                            let free = free_port().await;
-                            ports.insert(key.clone(), SocketAddr::from(([127, 0, 0, 1], free)));
-                        }
-                        l["port"] = json!(ports[&key].port());
+                        let addr = SocketAddr::from((ip, p + PORT_OFFSET));
+                        ports.insert((ns.clone(), name.clone(), p), addr);
+                        l["port"] = json!(addr.port());
                     }
                 }
                 out.push(d);

@@ -7,5 +7,6 @@
 mod attach;
 mod echo;
 mod extended;
+mod gateway;
 mod harness;
 mod httproute;

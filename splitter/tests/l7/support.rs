@@ -54,6 +54,7 @@ pub fn route(name: &str, path: PathMatch, backends: Vec<PlannedBackend>) -> L7Ro
         route: http_route(name),
         rule_index: 0,
         hostnames: vec![],
+        shadowed_by: vec![],
         matched: matching(path),
         filters: vec![],
         backends,

@@ -89,6 +89,8 @@ pub struct ServingRoute {
     /// `namespace/name/rule-index`, the metrics label.
     pub label: Arc<str>,
     hostnames: Vec<String>,
+    /// Hosts that belong to more specific listeners on the port (listener isolation).
+    shadowed_by: Vec<String>,
     matched: RouteMatch,
     /// The matched path prefix without a trailing `/` (empty for `/`), for ReplacePrefixMatch.
     pub prefix: Option<String>,
@@ -100,7 +102,9 @@ pub struct ServingRoute {
 
 impl ServingRoute {
     pub fn accepts(&self, host: Option<&str>, req: &RequestView<'_>) -> bool {
-        hostname_matches(&self.hostnames, host) && self.matched.matches(req)
+        hostname_matches(&self.hostnames, host)
+            && (self.shadowed_by.is_empty() || !hostname_matches(&self.shadowed_by, host))
+            && self.matched.matches(req)
     }
 
     pub fn pick(&self) -> Pick<'_> {
@@ -220,6 +224,7 @@ impl ServingTable {
                 r.route.namespace, r.route.name, r.rule_index
             )),
             hostnames: r.hostnames.clone(),
+            shadowed_by: r.shadowed_by.clone(),
             matched: r.matched.clone(),
             prefix,
             filters,
@@ -249,6 +254,7 @@ mod tests {
             },
             rule_index: 0,
             hostnames: vec![],
+            shadowed_by: vec![],
             matched: RouteMatch {
                 path: PathMatch::Prefix(path.into()),
                 headers: vec![],
