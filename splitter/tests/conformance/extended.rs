@@ -332,3 +332,62 @@ async fn httproute_303_307_308_redirect() {
     }
     s.shutdown().await;
 }
+
+/// HTTPRouteRedirectPortAndScheme (features HTTPRoutePortRedirect, GatewayPort8080): redirects
+/// from listeners on 80, 8080 and 443 (HTTPS), with and without scheme and port; a port that is
+/// the scheme's default may be left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_redirect_port_and_scheme() {
+    let s = suite!("httproute-redirect-port-and-scheme.yaml");
+    let on_80 = (INFRA, "same-namespace");
+    let on_8080 = (INFRA, "same-namespace-with-http-listener-on-8080");
+    let on_443 = (INFRA, "same-namespace-with-https-listener");
+    s.routes_must_be_accepted(on_80, &[(INFRA, "http-route-for-listener-on-port-80")]);
+    s.routes_must_be_accepted(on_8080, &[(INFRA, "http-route-for-listener-on-port-8080")]);
+    s.routes_must_be_accepted(on_443, &[(INFRA, "http-route-for-listener-on-port-443")]);
+    let to = |scheme, port| Redirect {
+        scheme,
+        host: "example.org",
+        port,
+        path: "",
+    };
+    let case = |path: &str, scheme, port| Case::get(path).redirect(302, to(scheme, port));
+    expect_all(
+        "HTTPRouteRedirectPortAndScheme/http-listener-on-80",
+        s.gateway(on_80.0, on_80.1),
+        &[
+            case("/scheme-nil-and-port-nil", "http", ""),
+            case("/scheme-nil-and-port-80", "http", ""),
+            case("/scheme-nil-and-port-8080", "http", "8080"),
+            case("/scheme-https-and-port-nil", "https", ""),
+            case("/scheme-https-and-port-443", "https", ""),
+            case("/scheme-https-and-port-8443", "https", "8443"),
+        ],
+    )
+    .await;
+    expect_all(
+        "HTTPRouteRedirectPortAndScheme/http-listener-on-8080",
+        s.gateway_port(on_8080.0, on_8080.1, 8080),
+        &[
+            case("/scheme-nil-and-port-nil", "http", "8080"),
+            case("/scheme-nil-and-port-80", "http", ""),
+            case("/scheme-https-and-port-nil", "https", ""),
+        ],
+    )
+    .await;
+    let tls = |path: &str, scheme, port| case(path, scheme, port).host("example.org");
+    expect_all_tls(
+        "HTTPRouteRedirectPortAndScheme/https-listener-on-443",
+        s.gateway_port(on_443.0, on_443.1, 443),
+        &[
+            tls("/scheme-nil-and-port-nil", "https", ""),
+            tls("/scheme-nil-and-port-443", "https", ""),
+            tls("/scheme-nil-and-port-8443", "https", "8443"),
+            tls("/scheme-http-and-port-nil", "http", ""),
+            tls("/scheme-http-and-port-80", "http", ""),
+            tls("/scheme-http-and-port-8080", "http", "8080"),
+        ],
+    )
+    .await;
+    s.shutdown().await;
+}

@@ -31,6 +31,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -39,6 +40,12 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::ring,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
 use serde_json::{Value, json};
 use splitter::dataplane::proxy::{L7Listeners, Proxy, ProxyConfig, ProxyMetrics};
 use splitter_plan::{
@@ -52,6 +59,7 @@ use splitter_plan::{
     },
 };
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::echo::{Captured, EchoPod};
 
@@ -473,7 +481,87 @@ pub async fn round_trip(
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+    exchange(stream, addr, method, host, path, headers).await
+}
+
+/// As [`round_trip`], over TLS with server name `sni` (upstream's `MakeTLSRequest...`). The
+/// client does not verify the certificate: upstream's names are not the test certificate's.
+pub async fn tls_round_trip(
+    addr: SocketAddr,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> Result<Exchange, String> {
+    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake with {sni}: {e}"))?;
+    exchange(tls, addr, "GET", host, path, &[]).await
+}
+
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn exchange<IO>(
+    io: IO,
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<Exchange, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
@@ -649,9 +737,8 @@ impl Case {
         )
     }
 
-    /// Upstream `CompareRoundTrip` (conformance/utils/http/http.go), with one translation: the
-    /// port of a listener is the loopback port standing for the manifest's `:80`, so a redirect
-    /// that keeps the listener's port may name it where upstream allows "80 or none".
+    /// Upstream `CompareRoundTrip` (conformance/utils/http/http.go), with one translation: a
+    /// redirect that keeps the listener's port names its moved port (P + 10000), read as P.
     fn compare(&self, gw: SocketAddr, got: &Exchange) -> Result<(), String> {
         if got.status.as_u16() != self.status {
             return Err(format!(
@@ -750,7 +837,12 @@ impl Case {
             let uri: http::Uri = loc.parse().map_err(|e| format!("Location {loc}: {e}"))?;
             let scheme = uri.scheme_str().unwrap_or("");
             let host = uri.host().unwrap_or("");
-            let port = uri.port_u16().map(|p| p.to_string()).unwrap_or_default();
+            // The listener's moved port stands for the manifest's.
+            let port = uri
+                .port_u16()
+                .map(|p| if p == gw.port() { p - PORT_OFFSET } else { p })
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             let exp_host = if exp.host.is_empty() { host } else { exp.host };
             let exp_scheme = if exp.scheme.is_empty() {
                 "http"
@@ -767,10 +859,9 @@ impl Case {
                     "expected redirected hostname to be {exp_host:?}, got {host:?}"
                 ));
             }
-            let listener = gw.port().to_string();
             if exp.port.is_empty() {
                 let fine = match scheme {
-                    "http" => port.is_empty() || port == "80" || port == listener,
+                    "http" => port.is_empty() || port == "80",
                     "https" => port.is_empty() || port == "443",
                     _ => true,
                 };
@@ -805,10 +896,24 @@ impl Case {
 /// must hold for 3 requests in a row (the plan is already applied, so the first 3 must). All
 /// failing cases are reported together.
 pub async fn expect_all(test: &str, gw: SocketAddr, cases: &[Case]) {
+    expect_all_over(test, gw, cases, false).await
+}
+
+/// [`expect_all`] over TLS, each case's host as the server name
+/// (`tls.MakeTLSRequestAndExpectEventuallyConsistentResponse`).
+pub async fn expect_all_tls(test: &str, gw: SocketAddr, cases: &[Case]) {
+    expect_all_over(test, gw, cases, true).await
+}
+
+async fn expect_all_over(test: &str, gw: SocketAddr, cases: &[Case], tls: bool) {
     let mut failures = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         for _ in 0..3 {
-            let got = round_trip(gw, &c.method, &c.host, &c.path, &c.headers).await;
+            let got = if tls {
+                tls_round_trip(gw, &c.host, &c.host, &c.path).await
+            } else {
+                round_trip(gw, &c.method, &c.host, &c.path, &c.headers).await
+            };
             let verdict = got.and_then(|g| c.compare(gw, &g));
             if let Err(e) = verdict {
                 failures.push(format!("{test}/{}: {e}", c.name(i)));

@@ -589,3 +589,34 @@ async fn httproute_partially_invalid_via_invalid_reference_grant() {
     .await;
     s.shutdown().await;
 }
+
+/// HTTPRouteHTTPSListener: routes on the HTTPS listeners of `same-namespace-with-https-listener`,
+/// each request over TLS with its host as the server name (the client does not verify the
+/// certificate, which is the project's test one rather than upstream's generated one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_https_listener() {
+    let s = suite!("httproute-https-listener.yaml");
+    let gw = (INFRA, "same-namespace-with-https-listener");
+    s.routes_must_be_accepted(
+        gw,
+        &[
+            (INFRA, "httproute-https-test"),
+            (INFRA, "httproute-https-test-no-hostname"),
+        ],
+    );
+    expect_all_tls(
+        "HTTPRouteHTTPSListener",
+        s.gateway_port(gw.0, gw.1, 443),
+        &[
+            Case::get("/")
+                .host("example.org")
+                .backend("infra-backend-v1"),
+            Case::get("/").host("unknown-example.org").status(404),
+            Case::get("/")
+                .host("second-example.org")
+                .backend("infra-backend-v2"),
+        ],
+    )
+    .await;
+    s.shutdown().await;
+}
