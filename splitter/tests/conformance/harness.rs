@@ -19,7 +19,9 @@
 //!   its own self-signed ones at run time;
 //! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic,
 //!   and each Service one EndpointSlice per selected pod (the Deployments themselves are
-//!   skipped, as the agent skips them).
+//!   skipped, as the agent skips them). A test's own IPv4 EndpointSlice without endpoints
+//!   gets the pods of infra-backend-v1, one slice per pod, as HTTPRouteServiceTypes fills it
+//!   (IPv6 ones stay empty: the pods here have no IPv6 address).
 //!
 //! The plan is then built from those objects exactly as the agent builds it (`plan::build`) and
 //! its L7 tables are served by the real proxy (`L7Listeners`). Requests follow the upstream
@@ -133,6 +135,9 @@ impl Suite {
             docs.extend(load(&dir.join("tests").join(t)));
         }
         let (docs, ports, pods) = translate(docs).await;
+        if let Some(dir) = std::env::var_os("SPLITTER_CONFORMANCE_DUMP") {
+            dump(Path::new(&dir), tests, &docs);
+        }
         let mut suite = Self {
             plan: plan_of(&docs).0,
             ports,
@@ -303,6 +308,19 @@ impl Suite {
     }
 }
 
+/// Writes the translated manifests to `dir/<first test>.yaml` (JSON documents are YAML), for
+/// `splitter check --manifests` or `splitter run --manifests` by hand.
+fn dump(dir: &Path, tests: &[&str], docs: &[Value]) {
+    let name = tests.first().copied().unwrap_or("base.yaml");
+    let text: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string_pretty(d).expect("JSON"))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text.join("\n---\n"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
 fn plan_of(docs: &[Value]) -> (Plan, Vec<String>) {
     let mut refused = Vec::new();
     let mut objects = Vec::new();
@@ -359,6 +377,7 @@ async fn translate(
     let mut deployments: Vec<Deployment> = Vec::new();
     let mut pods = Vec::new();
     let mut services = Vec::new();
+    let mut manual = Vec::new();
     for mut d in docs {
         let kind = d["kind"].as_str().unwrap_or_default().to_owned();
         let (ns, name) = meta(&d);
@@ -402,6 +421,12 @@ async fn translate(
                 services.push(d.clone());
                 out.push(d);
             }
+            "EndpointSlice"
+                if d["addressType"] == "IPv4"
+                    && d["endpoints"].as_array().is_none_or(|e| e.is_empty()) =>
+            {
+                manual.push(d);
+            }
             _ => out.push(d),
         }
     }
@@ -419,6 +444,26 @@ async fn translate(
             if let Some(a) = ports.get(&(ns, name, port as u16)) {
                 p["port"] = json!(a.port());
             }
+        }
+    }
+    // HTTPRouteServiceTypes: the test fills its slices with infra-backend-v1's pods.
+    let v1 = deployments
+        .iter()
+        .find(|(ns, labels, _)| ns == INFRA && labels["app"] == "infra-backend-v1")
+        .map(|(_, _, pods)| pods.clone())
+        .unwrap_or_default();
+    for d in manual {
+        for (pod, addr) in &v1 {
+            let mut slice = d.clone();
+            slice["metadata"]["name"] = json!(format!("{}-{pod}", meta(&d).1));
+            for p in slice["ports"].as_array_mut().into_iter().flatten() {
+                p["port"] = json!(addr.port());
+            }
+            slice["endpoints"] = json!([{
+                "addresses": [addr.ip().to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+            }]);
+            out.push(slice);
         }
     }
     for s in services {

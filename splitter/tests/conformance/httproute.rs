@@ -620,3 +620,23 @@ async fn httproute_https_listener() {
     .await;
     s.shutdown().await;
 }
+
+/// HTTPRouteServiceTypes: a headless Service, and Services (headless or not) without selector
+/// whose EndpointSlices are written by hand (filled with infra-backend-v1's pods, as upstream
+/// does at run time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_service_types() {
+    let s = suite!("httproute-service-types.yaml");
+    s.routes_must_be_accepted(SAME, &[(INFRA, "service-types")]);
+    expect_all(
+        "HTTPRouteServiceTypes",
+        s.gateway(SAME.0, SAME.1),
+        &[
+            Case::get("/headless").backend("infra-backend-v1"),
+            Case::get("/manual-endpointslices").backend("infra-backend-v1"),
+            Case::get("/headless-manual-endpointslices").backend("infra-backend-v1"),
+        ],
+    )
+    .await;
+    s.shutdown().await;
+}
