@@ -235,3 +235,71 @@ async fn httproute_timeout_backend_request() {
     .await;
     s.shutdown().await;
 }
+
+/// HTTPRouteObservedGenerationBump: after a spec change (a generation bump, which the harness
+/// makes as the API server would; the change, the first backendRef becoming infra-backend-v2,
+/// is ours), every condition of the route's parent status carries the new observedGeneration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_observed_generation_bump() {
+    let mut s = suite!("httproute-observed-generation-bump.yaml");
+    let r = (INFRA, "observed-generation-bump");
+    s.routes_must_be_accepted(SAME, &[r]);
+    let latest = |s: &Suite, generation: i64| {
+        let conds = s.route_conditions(r.0, r.1, SAME);
+        assert!(!conds.is_empty());
+        for c in &conds {
+            assert_eq!(c.observed_generation, generation, "{conds:#?}");
+        }
+    };
+    latest(&s, 1);
+    let generation = s
+        .edit("HTTPRoute", r.0, r.1, |d| {
+            d["spec"]["rules"][0]["backendRefs"][0]["name"] = "infra-backend-v2".into();
+        })
+        .await;
+    assert_eq!(generation, 2);
+    s.routes_must_be_accepted(SAME, &[r]);
+    latest(&s, 2);
+    expect_all(
+        "HTTPRouteObservedGenerationBump",
+        s.gateway(SAME.0, SAME.1),
+        &[Case::get("/").backend("infra-backend-v2")],
+    )
+    .await;
+    s.shutdown().await;
+}
+
+/// GatewayObservedGenerationBump: a listener is added (generation 2): the Gateway's and every
+/// listener's conditions carry the new observedGeneration, and both listeners are listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_observed_generation_bump() {
+    let mut s = suite!("gateway-observed-generation-bump.yaml");
+    let gw = (INFRA, "gateway-observed-generation-bump");
+    let latest = |s: &Suite, generation: i64, listeners: &[&str]| {
+        let st = s.gateway_status(gw.0, gw.1);
+        for c in &st.conditions {
+            assert_eq!(c.observed_generation, generation, "{st:#?}");
+        }
+        let names: Vec<&str> = st.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, listeners, "{st:#?}");
+        for l in &st.listeners {
+            for c in &l.conditions {
+                assert_eq!(c.observed_generation, generation, "{st:#?}");
+            }
+        }
+    };
+    latest(&s, 1, &["http"]);
+    let generation = s
+        .edit("Gateway", gw.0, gw.1, |d| {
+            let listeners = d["spec"]["listeners"].as_array_mut().unwrap();
+            listeners.push(serde_json::json!({
+                "name": "alternate",
+                "port": 8080 + PORT_OFFSET,
+                "protocol": "HTTP",
+            }));
+        })
+        .await;
+    assert_eq!(generation, 2);
+    latest(&s, 2, &["http", "alternate"]);
+    s.shutdown().await;
+}

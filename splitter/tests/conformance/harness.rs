@@ -57,7 +57,7 @@ use splitter_plan::{
     },
     plan::{
         self, Plan, PlanConfig,
-        status::{Condition, ListenerStatus},
+        status::{Condition, GatewayStatus, ListenerStatus},
     },
 };
 use tokio::net::TcpStream;
@@ -106,7 +106,7 @@ fn meta(doc: &Value) -> (String, String) {
 static SUITES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Port `P` of a manifest listener becomes `P + 10000`.
-const PORT_OFFSET: u16 = 10_000;
+pub const PORT_OFFSET: u16 = 10_000;
 
 pub struct Suite {
     pub plan: Plan,
@@ -178,6 +178,38 @@ impl Suite {
             .retain(|d| !(d["kind"] == kind && meta(d) == (namespace.to_owned(), name.to_owned())));
         assert_eq!(before - 1, self.docs.len(), "{kind} {namespace}/{name}");
         self.apply().await;
+    }
+
+    /// Edits the spec of `kind` `namespace/name` with `f` and bumps its `metadata.generation`,
+    /// as the API server does on a spec change; then applies the new plan. Returns the new
+    /// generation.
+    pub async fn edit(
+        &mut self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> i64 {
+        let doc = self
+            .docs
+            .iter_mut()
+            .find(|d| d["kind"] == kind && meta(d) == (namespace.to_owned(), name.to_owned()))
+            .unwrap_or_else(|| panic!("no {kind} {namespace}/{name}"));
+        f(doc);
+        let generation = doc["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+        doc["metadata"]["generation"] = json!(generation);
+        self.apply().await;
+        generation
+    }
+
+    /// The status of Gateway `namespace/name`.
+    pub fn gateway_status(&self, namespace: &str, name: &str) -> GatewayStatus {
+        self.plan
+            .gateways
+            .iter()
+            .find(|g| g.gateway.namespace == namespace && g.gateway.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no status for Gateway {namespace}/{name}"))
     }
 
     /// The address serving port 80 (or `port`) of Gateway `namespace/name`.
