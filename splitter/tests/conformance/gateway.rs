@@ -192,3 +192,138 @@ async fn gateway_secret_reference_grant() {
         s.shutdown().await;
     }
 }
+
+/// GatewayModifyListeners: a listener added to a Gateway is programmed, gets its route and
+/// serves it (the traffic check is ours); a removed listener is gone from the status and stops
+/// serving. Conditions carry the new generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_modify_listeners() {
+    let mut s = suite!("gateway-modify-listeners.yaml");
+    let ok = |want: &[(&str, u32)], s: &Suite, gw: &str, generation: i64| {
+        let st = s.gateway_status(INFRA, gw);
+        let got: Vec<(&str, u32)> = st
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.attached_routes))
+            .collect();
+        assert_eq!(got, want, "Gateway {gw}: {st:#?}");
+        for l in &st.listeners {
+            listener_must_have(
+                s,
+                gw,
+                &l.name,
+                &[("Accepted", true, ""), ("ResolvedRefs", true, "")],
+            );
+            assert!(
+                l.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == generation),
+                "{st:#?}"
+            );
+        }
+        assert!(
+            st.conditions
+                .iter()
+                .all(|c| c.observed_generation == generation),
+            "{st:#?}"
+        );
+    };
+
+    let add = "gateway-add-listener";
+    ok(&[("https", 1)], &s, add, 1);
+    let ip = s.gateway_port(INFRA, add, 443).ip();
+    let generation = s
+        .edit("Gateway", INFRA, add, |d| {
+            d["spec"]["listeners"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "name": "http",
+                    "port": 80 + PORT_OFFSET,
+                    "protocol": "HTTP",
+                    "hostname": "data.test.com",
+                    "allowedRoutes": {"namespaces": {"from": "All"}},
+                }));
+        })
+        .await;
+    ok(&[("https", 1), ("http", 1)], &s, add, generation);
+    let http = std::net::SocketAddr::new(ip, 80 + PORT_OFFSET);
+    expect_all(
+        "GatewayModifyListeners/added",
+        http,
+        &[Case::get("/")
+            .host("data.test.com")
+            .backend("infra-backend-v1")],
+    )
+    .await;
+
+    let remove = "gateway-remove-listener";
+    ok(&[("https", 1), ("http", 1)], &s, remove, 1);
+    let https = s.gateway_port(INFRA, remove, 443);
+    expect_all_tls(
+        "GatewayModifyListeners/before removal",
+        https,
+        &[Case::get("/")
+            .host("secure.test.com")
+            .backend("infra-backend-v1")],
+    )
+    .await;
+    let generation = s
+        .edit("Gateway", INFRA, remove, |d| {
+            d["spec"]["listeners"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|l| l["name"] == "http");
+        })
+        .await;
+    ok(&[("http", 1)], &s, remove, generation);
+    assert!(
+        tokio::net::TcpStream::connect(https).await.is_err(),
+        "the removed listener stops serving"
+    );
+    s.shutdown().await;
+}
+
+/// GatewayClassObservedGenerationBump: a changed description (generation 2) is reflected in
+/// the class's conditions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatewayclass_observed_generation_bump() {
+    let mut s = suite!("httproute-simple-same-namespace.yaml");
+    let class = |s: &Suite| {
+        s.plan
+            .gateway_classes
+            .iter()
+            .find(|c| c.class.name == "splitter")
+            .cloned()
+            .expect("GatewayClass status")
+    };
+    let before = class(&s);
+    assert!(
+        before
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.is_true() && c.observed_generation == 1),
+        "{before:#?}"
+    );
+    let generation = s
+        .edit("GatewayClass", "", "splitter", |d| {
+            d["spec"]["description"] = "an update".into();
+        })
+        .await;
+    let after = class(&s);
+    assert!(
+        after
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == generation),
+        "{after:#?}"
+    );
+    assert!(
+        after
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.is_true()),
+        "{after:#?}"
+    );
+    s.shutdown().await;
+}
