@@ -108,21 +108,16 @@ static SUITES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0)
 /// Port `P` of a manifest listener becomes `P + 10000`.
 pub const PORT_OFFSET: u16 = 10_000;
 
-pub struct Suite {
-    pub plan: Plan,
-    /// (gateway namespace, name, manifest port) -> loopback address serving it.
-    ports: BTreeMap<(String, String, u16), SocketAddr>,
-    /// Objects the model refused, with why (the agent logs and skips them the same way).
-    pub refused: Vec<String>,
-    _pods: Vec<EchoPod>,
-    listeners: Option<L7Listeners>,
-    docs: Vec<Value>,
+/// The translated manifests of the base and `tests`, with the echo pods serving them and the
+/// Gateways' listener addresses; `None` when the upstream manifests are not there.
+pub struct Translated {
+    pub docs: Vec<Value>,
+    pub ports: BTreeMap<(String, String, u16), SocketAddr>,
+    pub pods: Vec<EchoPod>,
 }
 
-impl Suite {
-    /// The base manifests plus `tests/<name>` for each of `tests`, translated and served. `None`
-    /// when the upstream manifests are not there.
-    pub async fn start(tests: &[&str]) -> Option<Self> {
+impl Translated {
+    pub async fn of(tests: &[&str]) -> Option<Self> {
         let Some(dir) = conformance_dir() else {
             eprintln!(
                 "SKIPPED: the upstream conformance manifests are not at ../shared/conformance \
@@ -138,6 +133,35 @@ impl Suite {
         if let Some(dir) = std::env::var_os("SPLITTER_CONFORMANCE_DUMP") {
             dump(Path::new(&dir), tests, &docs);
         }
+        Some(Self { docs, ports, pods })
+    }
+
+    /// The documents as one multi-document YAML file (JSON documents are YAML).
+    pub fn yaml(&self) -> String {
+        self.docs
+            .iter()
+            .map(|d| serde_json::to_string_pretty(d).expect("JSON"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+pub struct Suite {
+    pub plan: Plan,
+    /// (gateway namespace, name, manifest port) -> loopback address serving it.
+    ports: BTreeMap<(String, String, u16), SocketAddr>,
+    /// Objects the model refused, with why (the agent logs and skips them the same way).
+    pub refused: Vec<String>,
+    _pods: Vec<EchoPod>,
+    listeners: Option<L7Listeners>,
+    docs: Vec<Value>,
+}
+
+impl Suite {
+    /// The base manifests plus `tests/<name>` for each of `tests`, translated and served. `None`
+    /// when the upstream manifests are not there.
+    pub async fn start(tests: &[&str]) -> Option<Self> {
+        let Translated { docs, ports, pods } = Translated::of(tests).await?;
         let mut suite = Self {
             plan: plan_of(&docs).0,
             ports,
@@ -1005,4 +1029,84 @@ async fn expect_all_over(test: &str, gw: SocketAddr, cases: &[Case], tls: bool) 
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Upstream `weight.TestWeightedDistribution` (conformance/utils/weight): 500 requests, 10 at a
+/// time, about half with a random `X-Jitter` header; each backend's share within 0.05 of its
+/// expected share, a share of 0 exactly 0, and no other backend seen.
+pub async fn expect_weights(gw: SocketAddr, expected: &[(&str, f64)]) {
+    const TOTAL: usize = 500;
+    const CONCURRENT: usize = 10;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..TOTAL / CONCURRENT {
+        let mut batch = Vec::new();
+        for _ in 0..CONCURRENT {
+            // xorshift: a jitter header on about half the requests, as upstream does.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let headers = if seed.is_multiple_of(2) {
+                vec![("X-Jitter".to_owned(), (seed % 10_000).to_string())]
+            } else {
+                vec![]
+            };
+            batch.push(tokio::spawn(async move {
+                round_trip(gw, "GET", "", "/", &headers).await
+            }));
+        }
+        for b in batch {
+            let got = b.await.unwrap().expect("request");
+            assert_eq!(got.status, 200, "HTTPRouteWeight: every response is 200");
+            let pod = got.request.expect("echo answer").pod;
+            // Upstream: the backend is the pod name without its last two dash-separated parts.
+            let parts: Vec<&str> = pod.split('-').collect();
+            let backend = parts[..parts.len() - 2].join("-");
+            *seen.entry(backend).or_default() += 1;
+        }
+    }
+    for &(backend, want) in expected {
+        let got = *seen.get(backend).unwrap_or(&0) as f64 / TOTAL as f64;
+        if want == 0.0 {
+            assert_eq!(
+                got, 0.0,
+                "HTTPRouteWeight: {backend} has weight 0: {seen:?}"
+            );
+        } else {
+            assert!(
+                (got - want).abs() <= 0.05,
+                "HTTPRouteWeight: {backend} got {got}, want {want} +- 0.05: {seen:?}"
+            );
+        }
+    }
+    let weighted = expected.iter().filter(|(_, w)| *w > 0.0).count();
+    assert_eq!(
+        seen.len(),
+        weighted,
+        "HTTPRouteWeight: only weighted backends: {seen:?}"
+    );
+}
+
+/// `GET path` on a fresh connection: the status and the body as text.
+pub async fn get_text(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -424,60 +424,15 @@ async fn httproute_weight() {
     s.routes_must_be_accepted(SAME, &[(INFRA, "weighted-backends")]);
     let gw = s.gateway(SAME.0, SAME.1);
     expect_all("HTTPRouteWeight/warm-up", gw, &[Case::get("/").status(200)]).await;
-    const TOTAL: usize = 500;
-    const CONCURRENT: usize = 10;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..TOTAL / CONCURRENT {
-        let mut batch = Vec::new();
-        for _ in 0..CONCURRENT {
-            // xorshift: a jitter header on about half the requests, as upstream does.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let headers = if seed.is_multiple_of(2) {
-                vec![("X-Jitter".to_owned(), (seed % 10_000).to_string())]
-            } else {
-                vec![]
-            };
-            batch.push(tokio::spawn(async move {
-                round_trip(gw, "GET", "", "/", &headers).await
-            }));
-        }
-        for b in batch {
-            let got = b.await.unwrap().expect("request");
-            assert_eq!(got.status, 200, "HTTPRouteWeight: every response is 200");
-            let pod = got.request.expect("echo answer").pod;
-            // Upstream: the backend is the pod name without its last two dash-separated parts.
-            let parts: Vec<&str> = pod.split('-').collect();
-            let backend = parts[..parts.len() - 2].join("-");
-            *seen.entry(backend).or_default() += 1;
-        }
-    }
-    let expected = [
-        ("infra-backend-v1", 0.7),
-        ("infra-backend-v2", 0.3),
-        ("infra-backend-v3", 0.0),
-    ];
-    for (backend, want) in expected {
-        let got = *seen.get(backend).unwrap_or(&0) as f64 / TOTAL as f64;
-        if want == 0.0 {
-            assert_eq!(
-                got, 0.0,
-                "HTTPRouteWeight: {backend} has weight 0: {seen:?}"
-            );
-        } else {
-            assert!(
-                (got - want).abs() <= 0.05,
-                "HTTPRouteWeight: {backend} got {got}, want {want} +- 0.05: {seen:?}"
-            );
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        2,
-        "HTTPRouteWeight: only weighted backends: {seen:?}"
-    );
+    expect_weights(
+        gw,
+        &[
+            ("infra-backend-v1", 0.7),
+            ("infra-backend-v2", 0.3),
+            ("infra-backend-v3", 0.0),
+        ],
+    )
+    .await;
     s.shutdown().await;
 }
 

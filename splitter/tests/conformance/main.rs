@@ -4,6 +4,7 @@
 //! like the upstream echo server. Each test replays an upstream HTTPRoute test whose feature the
 //! project claims, with the upstream expectations and comparison rules (`harness`). Unprivileged.
 
+mod agent;
 mod attach;
 mod echo;
 mod extended;
