@@ -328,7 +328,7 @@ kind: Gateway
 metadata: {{name: gw, namespace: infra, annotations: {{splitter.dev/dataplane: l7}}}}
 spec:
   gatewayClassName: splitter
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  addresses: [{{type: IPAddress, value: {ADDR}}}]
   listeners:
   - {{name: https, protocol: HTTPS, port: {}, tls: {{certificateRefs: [{{name: site-cert}}]}}}}
   - {{name: broken, protocol: HTTPS, port: {}, tls: {{certificateRefs: [{{name: missing}}]}}}}
@@ -395,12 +395,26 @@ async fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// The Gateway's own loopback address: no other test binds it, so a port that was never
+/// served, or was stopped, refuses connections however other tests reuse ports on 127.0.0.1.
+const ADDR: &str = "127.0.88.1";
+
+/// A port that is free on [`ADDR`].
+async fn free_port_on_addr() -> u16 {
+    let l = tokio::net::TcpListener::bind((ADDR, 0)).await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_plan_a_missing_secret_leaves_only_its_listener_unserved_a_changed_one_rotates_a_deleted_one_stops_it()
  {
     let backend_srv = echo("echo").await;
-    let ports = [free_port().await, free_port().await, free_port().await];
-    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let ports = [
+        free_port_on_addr().await,
+        free_port_on_addr().await,
+        free_port_on_addr().await,
+    ];
+    let at = |port: u16| SocketAddr::from(([127, 0, 88, 1], port));
     let plan = plan_of(&manifests(ports, backend_srv.local_addr(), "a"));
 
     let broken = plan.gateways[0]
