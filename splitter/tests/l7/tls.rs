@@ -390,11 +390,6 @@ fn plan_of(yaml: &str) -> plan::Plan {
     plan::build(&Index::from_objects(objects), &config, None)
 }
 
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind(loopback()).await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// The Gateway's own loopback address: no other test binds it, so a port that was never
 /// served, or was stopped, refuses connections however other tests reuse ports on 127.0.0.1.
 const ADDR: &str = "127.0.88.1";
