@@ -201,13 +201,14 @@ impl Proxy {
         });
         report(&shared.listener, &issues);
         let (stop_tx, stop_rx) = watch::channel(());
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(accept_loop(
             listener,
             shared.clone(),
             workers,
             self.config.clone(),
             self.sources.clone(),
-            stop_rx,
+            (stop_rx, closed_tx),
         ));
         Ok((
             ProxyListener {
@@ -215,6 +216,7 @@ impl Proxy {
                 local_addr,
                 install_lock: Mutex::new(table.tls.clone()),
                 stop: stop_tx,
+                closed: Some(closed_rx),
                 task,
             },
             issues,
@@ -250,6 +252,8 @@ pub struct ProxyListener {
     /// Held while installing; the TLS plan installed last.
     install_lock: Mutex<Option<TlsPlan>>,
     stop: watch::Sender<()>,
+    /// Fires once the accept loop has closed the listening socket.
+    closed: Option<tokio::sync::oneshot::Receiver<()>>,
     task: JoinHandle<()>,
 }
 
@@ -294,6 +298,18 @@ impl ProxyListener {
             .inc();
         report(&self.shared.listener, &issues);
         issues
+    }
+
+    /// Stops accepting and returns once the listening socket is closed: from then on the
+    /// address refuses connections and can be bound again. In-flight requests go on until
+    /// [`Self::shutdown`].
+    pub async fn stop_accepting(&mut self) {
+        // Sent, not dropped: `changed()` fires either way, and `shutdown` still owns the sender.
+        let _ = self.stop.send(());
+        if let Some(closed) = self.closed.take() {
+            // An error means the task ended already, which closed the socket too.
+            let _ = closed.await;
+        }
     }
 
     /// Stops accepting (new connections are refused), lets in-flight requests finish within the
@@ -538,7 +554,7 @@ async fn accept_loop(
     workers: Arc<ProxyWorkers>,
     config: ProxyConfig,
     sources: SourceSlots,
-    mut stop: watch::Receiver<()>,
+    (mut stop, closed): (watch::Receiver<()>, tokio::sync::oneshot::Sender<()>),
 ) {
     let acceptor = Acceptor {
         builder: connection_builder(&config),
@@ -586,6 +602,7 @@ async fn accept_loop(
     }
     // Closing the socket refuses new connections while the old ones drain.
     drop(listener);
+    let _ = closed.send(());
     acceptor.drain.start();
     let drained = async { while conns.join_next().await.is_some() {} };
     tokio::select! {
