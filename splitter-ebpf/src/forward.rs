@@ -3,7 +3,9 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use splitter_common::{
     counters::IPPROTO_TCP,
-    l4::{FLOW_SNAT, L4Event, VIP_DEDICATED, VipKey, XDP_MARK_BOUNCE, XDP_MARK_ROUTE},
+    l4::{
+        FLOW_CLOSING, FLOW_SNAT, L4Event, VIP_DEDICATED, VipKey, XDP_MARK_BOUNCE, XDP_MARK_ROUTE,
+    },
 };
 
 use crate::{
@@ -32,6 +34,14 @@ pub fn on_packet(ctx: &XdpContext, meta: &mut PacketMeta, bytes: u64) -> Option<
     // confirmed yet lives there (`half_open`).
     let mut half_open_hit = false;
     let hit = match select::tracked(meta, false) {
+        Some((Choice::Forward { .. }, _)) if is_syn && meta.flow.flags & FLOW_CLOSING != 0 => {
+            // The client reuses the tuple of a connection that closed: a new connection, which
+            // takes a slot of the live table like any other (not the old, maybe draining,
+            // backend).
+            select::forget(meta);
+            half_open_hit = true;
+            select::tracked(meta, true)
+        }
         Some(hit) => Some(hit),
         None => {
             half_open_hit = true;

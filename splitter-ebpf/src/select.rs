@@ -71,6 +71,28 @@ pub fn tracked(meta: &mut PacketMeta, half_open: bool) -> Option<(Choice, u32)> 
     Some((choice, route_id))
 }
 
+/// Removes a tracked flow (its forward entry, `meta.flow`, and its reply entry) from
+/// conntrack: a SYN on the tuple of a connection that is closing starts another connection,
+/// which must not follow the old one to its (maybe draining) backend.
+#[inline(never)]
+pub fn forget(meta: &mut PacketMeta) {
+    match meta.family {
+        Family::V4 => {
+            meta.reply_key4 = meta.key4.twin(&meta.flow);
+            // By reference: the keys stay in the scratch map instead of being copied.
+            let (rk, k): (&FlowKey4, &FlowKey4) = (&meta.reply_key4, &meta.key4);
+            let _ = CONNTRACK_V4.remove(rk);
+            let _ = CONNTRACK_V4.remove(k);
+        }
+        Family::V6 => {
+            meta.reply_key = meta.key.twin(&meta.flow);
+            let (rk, k): (&FlowKey, &FlowKey) = (&meta.reply_key, &meta.key);
+            let _ = CONNTRACK.remove(rk);
+            let _ = CONNTRACK.remove(k);
+        }
+    }
+}
+
 /// Copies `T` in 8-byte words. A plain copy between two map values compiles to a call of a
 /// byte-wise `memmove` (LLVM cannot prove they do not overlap): a load and a store per byte
 /// where this takes one per word.

@@ -17,6 +17,8 @@ pub struct Resource {
     pub group: &'static str,
     pub version: &'static str,
     pub plural: &'static str,
+    /// Restricts the list and watch to matching objects (`fieldSelector`).
+    pub field_selector: Option<&'static str>,
 }
 
 impl Resource {
@@ -46,12 +48,16 @@ const fn gw(kind: Kind, plural: &'static str) -> Resource {
         group: crate::model::GATEWAY_GROUP,
         version: "v1",
         plural,
+        field_selector: None,
     }
 }
 
 /// Listed and watched cluster-wide. Namespaces are watched for listeners whose
-/// `allowedRoutes.namespaces` is a label selector.
-pub const WATCHED: [Resource; 9] = [
+/// `allowedRoutes.namespaces` is a label selector. Secrets are watched for the certificates of
+/// HTTPS listeners, and only those of type `kubernetes.io/tls` (a field selector the API server
+/// applies): RBAC cannot narrow a list/watch grant by type, so the ClusterRole still lets the
+/// agent read every Secret, but the agent never asks for any other kind of Secret.
+pub const WATCHED: [Resource; 10] = [
     gw(Kind::GatewayClass, "gatewayclasses"),
     gw(Kind::Gateway, "gateways"),
     gw(Kind::HttpRoute, "httproutes"),
@@ -63,20 +69,33 @@ pub const WATCHED: [Resource; 9] = [
         group: "",
         version: "v1",
         plural: "services",
+        field_selector: None,
     },
     Resource {
         kind: Kind::EndpointSlice,
         group: "discovery.k8s.io",
         version: "v1",
         plural: "endpointslices",
+        field_selector: None,
     },
     Resource {
         kind: Kind::Namespace,
         group: "",
         version: "v1",
         plural: "namespaces",
+        field_selector: None,
+    },
+    Resource {
+        kind: Kind::Secret,
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        field_selector: Some(TLS_SECRETS),
     },
 ];
+
+/// The field selector of the Secret watch.
+pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
 
 /// Kinds whose `status` subresource the leader patches (server-side apply).
 pub const STATUS_WRITTEN: [Kind; 5] = [
@@ -97,6 +116,15 @@ pub const LEASE: LeaseAccess = LeaseAccess {
     group: "coordination.k8s.io",
     plural: "leases",
     verbs: &["get", "create", "update"],
+};
+
+/// The agent's own pods (the DaemonSet's, by label, in its namespace), listed by the status
+/// writer: the nodes whose pods are Ready are the nodes serving every Gateway, and their
+/// addresses are `status.addresses` of a Gateway without `spec.addresses`.
+pub const AGENT_PODS: LeaseAccess = LeaseAccess {
+    group: "",
+    plural: "pods",
+    verbs: &["list"],
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -149,13 +177,15 @@ pub fn required() -> Vec<Permission> {
             ));
         }
     }
-    for verb in LEASE.verbs {
-        out.push(p(
-            Scope::OwnNamespace,
-            LEASE.group,
-            LEASE.plural.to_string(),
-            verb,
-        ));
+    for access in [LEASE, AGENT_PODS] {
+        for verb in access.verbs {
+            out.push(p(
+                Scope::OwnNamespace,
+                access.group,
+                access.plural.to_string(),
+                verb,
+            ));
+        }
     }
     out.sort();
     out
@@ -185,6 +215,18 @@ mod tests {
         check::<k8s_openapi::api::core::v1::Service>(Kind::Service);
         check::<k8s_openapi::api::discovery::v1::EndpointSlice>(Kind::EndpointSlice);
         check::<k8s_openapi::api::core::v1::Namespace>(Kind::Namespace);
+        check::<k8s_openapi::api::core::v1::Secret>(Kind::Secret);
+        // Only TLS Secrets are ever listed or watched.
+        assert_eq!(
+            watched(Kind::Secret).and_then(|r| r.field_selector),
+            Some("type=kubernetes.io/tls")
+        );
+        assert!(
+            WATCHED
+                .iter()
+                .filter(|r| r.kind != Kind::Secret)
+                .all(|r| r.field_selector.is_none())
+        );
         assert_eq!(
             k8s_openapi::api::coordination::v1::Lease::group(&()),
             LEASE.group

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         },
         rule_index: 0,
         hostnames: vec![],
+        shadowed_by: vec![],
         matched: RouteMatch {
             path: PathMatch::Prefix(args.prefix),
             headers: vec![],
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
     }
     let table = L7RouteTable {
         routes: vec![route],
+        tls: None,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -36,7 +36,15 @@ struct JsonReport<'a> {
 pub fn run(paths: &[PathBuf], output: Output, config: &PlanConfig) -> CheckOutcome {
     let (index, report) = load(paths);
     let plan = plan::build(&index, config, None);
-    let problems = plan.problems();
+    // Each problem of an object says where the object is: file and document.
+    let problems: Vec<String> = plan
+        .problems_by_object()
+        .into_iter()
+        .map(|(key, p)| match key.and_then(|k| report.origins.get(k)) {
+            Some((path, doc)) => format!("{}: document {doc}: {p}", path.display()),
+            None => p,
+        })
+        .collect();
     let ok = report.errors.is_empty() && problems.is_empty();
     let output = match output {
         Output::Json => {
@@ -177,6 +185,17 @@ fn listener(o: &mut String, l: &ListenerPlan) {
     }
     let _ = writeln!(o, "  why: {}", l.reason());
     if let Some(t) = &l.l7() {
+        for c in t.tls.iter().flat_map(|tls| &tls.certificates) {
+            let host = c.hostname.as_deref().unwrap_or("*");
+            let until = k8s_openapi::jiff::Timestamp::from_second(c.certificate.not_after)
+                .map_or_else(|_| c.certificate.not_after.to_string(), |t| t.to_string());
+            let _ = writeln!(
+                o,
+                "  tls for {host}: {} [{}] until {until}",
+                c.certificate.secret,
+                c.certificate.names.join(", ")
+            );
+        }
         for r in &t.routes {
             l7_route(o, r);
         }

@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -14,7 +15,13 @@ use std::{
 use tokio::time::Instant;
 
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        gauge::Gauge,
+    },
     registry::Registry,
 };
 use serde::Serialize;
@@ -36,6 +43,8 @@ pub struct KernelState {
 #[derive(Clone, Debug, Default)]
 pub struct KernelHealth {
     state: Arc<Mutex<KernelState>>,
+    /// Where the maps are pinned: the kernel's own counters are read from there per scrape.
+    pin_dir: Option<PathBuf>,
     up: Gauge,
     attach_failures: Counter,
     apply_failures: Counter,
@@ -47,6 +56,13 @@ impl KernelHealth {
         let health = KernelHealth::default();
         health.lock().ifaces = ifaces.to_vec();
         health
+    }
+
+    /// Also exports the kernel's event counters (`splitter_l4_events_total{event}`), read
+    /// from the maps pinned under `pin_dir` at each scrape.
+    pub fn with_pin_dir(mut self, pin_dir: &Path) -> Self {
+        self.pin_dir = Some(pin_dir.to_owned());
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KernelState> {
@@ -77,6 +93,11 @@ impl KernelHealth {
             "L4 routes left out of the kernel (over a limit or invalid); see /debug/l4",
             self.routes_off.clone(),
         );
+        if let Some(pin_dir) = &self.pin_dir {
+            sub.register_collector(Box::new(KernelEvents {
+                pin_dir: pin_dir.clone(),
+            }));
+        }
     }
 
     /// Loading or attaching failed: the L4 half is off until a retry succeeds.
@@ -218,5 +239,38 @@ mod tests {
         assert!(hb.check().is_err());
         hb.beat();
         assert_eq!(hb.check(), Ok(()));
+    }
+}
+
+/// The kernel's `L4_DROPS` counters (what `splitter inspect` lists under "l4 events": rejects,
+/// SNAT failures, half-open flows created and confirmed, flood drops, rate-limited sources),
+/// read from the pinned map when scraped. Nothing is exported while the map is not pinned
+/// (the kernel half never started).
+#[derive(Debug)]
+struct KernelEvents {
+    pin_dir: PathBuf,
+}
+
+impl Collector for KernelEvents {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let path = self.pin_dir.join(splitter_common::l4::L4_DROPS);
+        let Some(events) = aya::maps::MapData::from_pin(&path)
+            .ok()
+            .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+            .and_then(|m| crate::dataplane::ebpf::read_events(&m).ok())
+        else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "events",
+            "What the kernel path did with VIP packets, by event (see `splitter inspect`)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, n) in events {
+            let labels = [("event", name)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -34,7 +34,7 @@ enum Command {
     /// Run the agent: serve the Gateways of the manifests or of the cluster (L7 listeners in the
     /// proxy, L4 listeners in the kernel on each --iface), following changes until SIGTERM;
     /// with --kube, the elected agent also writes status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove the pinned XDP/TC attachments from each --iface (the agent leaves them in place
     /// on exit so that connections survive restarts); with --all, everything the agent made
     /// under --pin-dir (programs on every interface, maps, the pin directory): uninstall.
@@ -117,6 +117,11 @@ struct RunArgs {
     /// (its first interface's).
     #[arg(long = "status-address")]
     status_addresses: Vec<std::net::IpAddr>,
+    /// Label selector of the agent's own pods (the DaemonSet's): the status writer lists them
+    /// in the agent's namespace, and the nodes of the Ready ones are `status.addresses` of
+    /// Gateways without `spec.addresses` or `--status-address`.
+    #[arg(long, default_value = splitter::status::agents::DEFAULT_SELECTOR)]
+    agent_selector: String,
     /// Client-facing interface for the XDP/TC programs (repeatable). Default: the interface
     /// of the default route (IPv4, else IPv6) of the agent's network namespace.
     #[arg(long = "iface")]
@@ -144,6 +149,16 @@ struct RunArgs {
     /// body bytes, duration, upstream time). Off by default.
     #[arg(long)]
     access_log: bool,
+    /// Whose X-Forwarded-For the L7 proxy forwards: `append` keeps the client's and appends
+    /// the peer address (behind a trusted load balancer); `replace` drops the client's and
+    /// writes the peer address alone (clients connect directly and could claim any address).
+    #[arg(long, value_enum, env = "SPLITTER_XFF", default_value_t = splitter::dataplane::proxy::XffPolicy::Append)]
+    xff: splitter::dataplane::proxy::XffPolicy,
+    /// L7 connections one client address (IPv6: one /64) may hold open at once, over all
+    /// listeners; 0: no limit. Set 0 (or high) when clients arrive through a load balancer or
+    /// NAT that hides their addresses.
+    #[arg(long, default_value_t = splitter::dataplane::proxy::ProxyConfig::default().max_connections_per_source)]
+    max_connections_per_source: usize,
 }
 
 #[derive(Args)]
@@ -174,7 +189,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor(args),
         Command::Inspect(args) => inspect(args),
         Command::Check(args) => check(args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Detach(args) => detach(args),
     }
 }
@@ -223,6 +238,7 @@ fn check(
 ) -> ExitCode {
     let config = splitter_plan::plan::PlanConfig {
         gateway_class,
+        clock: splitter_plan::plan::tls::Clock::System,
         ..Default::default()
     };
     let outcome = check::run(&manifests, output, &config);
@@ -237,6 +253,7 @@ fn run(args: RunArgs) -> ExitCode {
         node_name,
         namespace,
         status_addresses,
+        agent_selector,
         ifaces,
         pin_dir,
         admin,
@@ -245,6 +262,8 @@ fn run(args: RunArgs) -> ExitCode {
         tc_attach,
         proxy_workers,
         access_log,
+        xff,
+        max_connections_per_source,
         snat_ports,
         node_port_range,
         flood_threshold,
@@ -256,6 +275,7 @@ fn run(args: RunArgs) -> ExitCode {
             node_name: node_name.clone().unwrap_or_default(),
             namespace,
             status_addresses,
+            agent_selector,
         })
     } else {
         splitter::run::Source::Manifests(manifests)
@@ -271,6 +291,8 @@ fn run(args: RunArgs) -> ExitCode {
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
         proxy_workers: proxy_workers.map(usize::from),
         access_log,
+        xff,
+        max_connections_per_source,
         node_name,
         snat_ports,
         node_port_range,

@@ -12,7 +12,10 @@ use http::{HeaderName, HeaderValue, StatusCode, uri::Scheme as UriScheme};
 
 use super::{
     FieldPath, ModelError, Refusal,
-    http::{Filter, HeaderModifier, PathModifier, REDIRECT_STATUS_CODES, Redirect, UrlRewrite},
+    http::{
+        Filter, HeaderModifier, PathModifier, REDIRECT_STATUS_CODES, Redirect, UrlRewrite,
+        is_framing_header,
+    },
     validate,
 };
 
@@ -180,7 +183,10 @@ fn type_name(t: &FilterType) -> &'static str {
 }
 
 /// A header modifier. The CRD admits any header value, but one with control characters cannot
-/// be written on the wire: that refuses the rule, not the object.
+/// be written on the wire: that refuses the rule, not the object. So does any action on a
+/// framing header ([`FRAMING_HEADERS`](super::http::FRAMING_HEADERS)): their values are always the proxy's, so setting or adding
+/// one would let the route author smuggle messages, and removing one could not do what it says
+/// (the proxy strips and recomputes them on every hop anyway).
 fn header_modifier(
     set: Vec<(String, String)>,
     add: Vec<(String, String)>,
@@ -208,15 +214,29 @@ fn header_modifier(
             ))
         })
     };
+    let framing = |name: HeaderName, field: &str, i: usize| {
+        if is_framing_header(&name) {
+            return Err(Refusal::Unsupported(format!(
+                "{}: header {:?} frames the message and is always set by the proxy; filters may \
+                 not set, add or remove it",
+                at.field(field).index(i).field("name").path,
+                name.as_str(),
+            )));
+        }
+        Ok(name)
+    };
     let mut m = HeaderModifier::default();
     for (i, (n, v)) in set.into_iter().enumerate() {
-        m.set.push((check(&n, "set", i)?, value(v, "set", i)?));
+        let name = framing(check(&n, "set", i)?, "set", i)?;
+        m.set.push((name, value(v, "set", i)?));
     }
     for (i, (n, v)) in add.into_iter().enumerate() {
-        m.add.push((check(&n, "add", i)?, value(v, "add", i)?));
+        let name = framing(check(&n, "add", i)?, "add", i)?;
+        m.add.push((name, value(v, "add", i)?));
     }
     for (i, n) in remove.into_iter().enumerate() {
-        m.remove.push(check(&n, "remove", i)?);
+        m.remove
+            .push(framing(check(&n, "remove", i)?, "remove", i)?);
     }
     Ok(m)
 }

@@ -1,4 +1,4 @@
-//! GatewayClass, Gateway (with its listeners), ReferenceGrant and Namespace.
+//! GatewayClass, Gateway (with its listeners and their TLS), ReferenceGrant and Namespace.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -7,7 +7,7 @@ use gateway_api::{
     gateways::{
         Gateway as RawGateway, GatewayListeners,
         GatewayListenersAllowedRoutesNamespacesFrom as From,
-        GatewayListenersAllowedRoutesNamespacesSelector as RawSelector,
+        GatewayListenersAllowedRoutesNamespacesSelector as RawSelector, GatewayListenersTlsMode,
     },
     referencegrants::ReferenceGrant as RawReferenceGrant,
 };
@@ -44,6 +44,47 @@ pub struct Listener {
     pub allowed_namespaces: AllowedNamespaces,
     /// `allowedRoutes.kinds`; `None` = the kinds implied by the protocol.
     pub allowed_kinds: Option<Vec<RouteGroupKind>>,
+    /// `tls`, for HTTPS and TLS listeners.
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's `tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub mode: TlsMode,
+    /// `certificateRefs`, with the defaults applied (group "", kind Secret).
+    pub certificate_refs: Vec<CertificateRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TlsMode {
+    Terminate,
+    Passthrough,
+}
+
+/// One `certificateRefs` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertificateRef {
+    /// "" for the core group.
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    /// `None`: the Gateway's namespace.
+    pub namespace: Option<String>,
+}
+
+impl std::fmt::Display for CertificateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.group)
+        };
+        match &self.namespace {
+            Some(ns) => write!(f, "{group}{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{group}{} {}", self.kind, self.name),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -222,6 +263,51 @@ fn listener(l: GatewayListeners, at: &FieldPath<'_>) -> Result<Listener, ModelEr
     if l.protocol.is_empty() {
         return Err(at.field("protocol").err("must not be empty"));
     }
+    let tls = match l.tls {
+        None if matches!(l.protocol.as_str(), "HTTPS" | "TLS") => {
+            return Err(at
+                .field("tls")
+                .err(format!("must be set on a {} listener", l.protocol)));
+        }
+        Some(_) if matches!(l.protocol.as_str(), "HTTP" | "TCP" | "UDP") => {
+            return Err(at
+                .field("tls")
+                .err(format!("must not be set on a {} listener", l.protocol)));
+        }
+        None => None,
+        Some(t) => {
+            let has_options = t.options.as_ref().is_some_and(|o| !o.is_empty());
+            let mode = match t.mode {
+                None | Some(GatewayListenersTlsMode::Terminate) => TlsMode::Terminate,
+                Some(GatewayListenersTlsMode::Passthrough) => TlsMode::Passthrough,
+            };
+            let certificate_refs: Vec<CertificateRef> = t
+                .certificate_refs
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| CertificateRef {
+                    group: r.group.unwrap_or_default(),
+                    kind: r.kind.unwrap_or_else(|| "Secret".to_string()),
+                    name: r.name,
+                    namespace: r.namespace,
+                })
+                .collect();
+            if certificate_refs.len() > 64 {
+                return Err(at
+                    .field("tls.certificateRefs")
+                    .err("at most 64 certificateRefs"));
+            }
+            if mode == TlsMode::Terminate && certificate_refs.is_empty() && !has_options {
+                return Err(at
+                    .field("tls.certificateRefs")
+                    .err("certificateRefs or options must be set when mode is Terminate"));
+            }
+            Some(ListenerTls {
+                mode,
+                certificate_refs,
+            })
+        }
+    };
     let ar = l.allowed_routes.unwrap_or_default();
     let ns = ar.namespaces.unwrap_or_default();
     let allowed_namespaces = match ns.from.unwrap_or(From::Same) {
@@ -253,6 +339,7 @@ fn listener(l: GatewayListeners, at: &FieldPath<'_>) -> Result<Listener, ModelEr
         protocol: l.protocol,
         allowed_namespaces,
         allowed_kinds,
+        tls,
     })
 }
 

@@ -130,7 +130,28 @@ pub enum Filter {
     UrlRewrite(UrlRewrite),
 }
 
-/// `set` replaces, `add` appends, `remove` deletes; one action per name.
+/// Headers that frame a message or describe one hop: they are always the proxy's to write
+/// (computed after filters run), so a header modifier that names one in any action is refused
+/// with its rule. A filter that set `Content-Length` could smuggle a second request inside the
+/// first one's body, or make a response's body spill into the client's next response.
+pub const FRAMING_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Whether `name` is one of [`FRAMING_HEADERS`] (names are lower-case once parsed).
+pub fn is_framing_header(name: &HeaderName) -> bool {
+    FRAMING_HEADERS.contains(&name.as_str())
+}
+
+/// `set` replaces, `add` appends, `remove` deletes; one action per name. No action names a
+/// [framing header](FRAMING_HEADERS).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HeaderModifier {
     #[serde(serialize_with = "ser::fields")]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::{
     EndpointSlice, Gateway, GatewayClass, HttpRoute, Kind, L4Route, Namespace, Object, ObjectKey,
-    ReferenceGrant, Service,
+    ReferenceGrant, Secret, Service,
 };
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped kinds.
@@ -34,6 +34,7 @@ pub struct Index {
     pub endpoint_slices: BTreeMap<NsName, EndpointSlice>,
     pub reference_grants: BTreeMap<NsName, ReferenceGrant>,
     pub namespaces: BTreeMap<String, Namespace>,
+    pub secrets: BTreeMap<NsName, Secret>,
 }
 
 impl Index {
@@ -92,6 +93,9 @@ impl Index {
             Object::Namespace(o) => {
                 self.namespaces.insert(nn.1, o);
             }
+            Object::Secret(o) => {
+                self.secrets.insert(nn, o);
+            }
         }
     }
 
@@ -108,6 +112,7 @@ impl Index {
             Kind::EndpointSlice => self.endpoint_slices.remove(&nn).is_some(),
             Kind::ReferenceGrant => self.reference_grants.remove(&nn).is_some(),
             Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            Kind::Secret => self.secrets.remove(&nn).is_some(),
         }
     }
 
@@ -123,6 +128,7 @@ impl Index {
             Kind::EndpointSlice => self.endpoint_slices.clear(),
             Kind::ReferenceGrant => self.reference_grants.clear(),
             Kind::Namespace => self.namespaces.clear(),
+            Kind::Secret => self.secrets.clear(),
         }
         for o in objects.into_iter().filter(|o| o.kind() == kind) {
             self.apply(o);
@@ -141,6 +147,7 @@ impl Index {
             (Kind::EndpointSlice, self.endpoint_slices.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),
             (Kind::Namespace, self.namespaces.len()),
+            (Kind::Secret, self.secrets.len()),
         ])
     }
 }

@@ -1,4 +1,4 @@
-//! The objects the agent reads (Gateway API kinds, Service, EndpointSlice, Namespace), converted
+//! The objects the agent reads (Gateway API kinds, Service, EndpointSlice, Namespace, TLS Secret), converted
 //! into an internal form with the CRD defaults applied and CRD validation enforced. No I/O here:
 //! sources (files, kube watchers) hand raw objects to [`parse`], and the [`index`] stores the
 //! results. An object the API server would reject never reaches the index.
@@ -11,6 +11,7 @@ pub mod http;
 pub mod index;
 pub mod parse;
 mod route;
+mod secret;
 mod service;
 pub mod validate;
 
@@ -21,11 +22,12 @@ use serde::Serialize;
 pub use error::ModelError;
 pub(crate) use error::{FieldPath, Refusal};
 pub use gateway::{
-    AllowedNamespaces, Gateway, GatewayClass, LabelSelector, Listener, Namespace, ReferenceGrant,
-    RouteGroupKind, SelectorRequirement,
+    AllowedNamespaces, CertificateRef, Gateway, GatewayClass, LabelSelector, Listener, ListenerTls,
+    Namespace, ReferenceGrant, RouteGroupKind, SelectorRequirement, TlsMode,
 };
 pub use index::Index;
 pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef};
+pub use secret::{Secret, TLS_SECRET_TYPE};
 pub use service::{EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort};
 
 /// The API group of every Gateway API kind.
@@ -49,10 +51,11 @@ pub enum Kind {
     EndpointSlice,
     ReferenceGrant,
     Namespace,
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
@@ -62,6 +65,7 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::ReferenceGrant,
         Kind::Namespace,
+        Kind::Secret,
     ];
 
     /// The Kubernetes `kind` string.
@@ -76,6 +80,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -153,6 +158,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     ReferenceGrant(ReferenceGrant),
     Namespace(Namespace),
+    Secret(Secret),
 }
 
 impl Object {
@@ -167,6 +173,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Namespace(_) => Kind::Namespace,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -180,6 +187,7 @@ impl Object {
             Object::EndpointSlice(o) => &o.meta,
             Object::ReferenceGrant(o) => &o.meta,
             Object::Namespace(o) => &o.meta,
+            Object::Secret(o) => &o.meta,
         }
     }
 

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{GATEWAY_GROUP, Kind, Meta, ModelError, Object, crd, gateway, route, service};
+use super::{GATEWAY_GROUP, Kind, Meta, ModelError, Object, crd, gateway, route, secret, service};
 
 /// What a raw document turned out to be.
 #[derive(Debug)]
@@ -46,6 +46,7 @@ pub fn kind_of(api_version: &str, kind: &str) -> Result<Option<Kind>, String> {
         (GATEWAY_GROUP, "ReferenceGrant") => Some((Kind::ReferenceGrant, &["v1", "v1beta1"][..])),
         ("", "Service") => Some((Kind::Service, &["v1"][..])),
         ("", "Namespace") => Some((Kind::Namespace, &["v1"][..])),
+        ("", "Secret") => Some((Kind::Secret, &["v1"][..])),
         ("discovery.k8s.io", "EndpointSlice") => Some((Kind::EndpointSlice, &["v1"][..])),
         _ => None,
     };
@@ -161,6 +162,7 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
             Object::EndpointSlice(service::endpoint_slice(typed(value, &id, "")?, meta, &id)?)
         }
         Kind::Namespace => Object::Namespace(gateway::namespace(typed(value, &id, "")?, meta)),
+        Kind::Secret => Object::Secret(secret::secret(typed(value, &id, "")?, meta)),
     };
     Ok(Parsed::Object(Box::new(object)))
 }

@@ -12,6 +12,7 @@ use super::{
     backends::Resolver,
     gateway_status,
     gateways::{self, GatewayListener, ListenerClass},
+    hostname,
     l7::PlannedBackend,
     listener::{
         DataplaneListener, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig,
@@ -19,6 +20,7 @@ use super::{
     maglev::WeightedTable,
     status::{Condition, Diagnostic, RouteStatus, Severity, reason},
     table,
+    tls::{ListenerCertificate, TlsPlan},
 };
 use crate::model::{DATAPLANE_ANNOTATION, Index, Kind, ObjectKey};
 
@@ -53,7 +55,9 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
             previous: previous_tables.get(&key).copied(),
         };
         let (plan, condition) = match class {
-            ListenerClass::Http => http_listener_plan(index, config, &listeners, &attached, group),
+            ListenerClass::Http | ListenerClass::Https => {
+                http_listener_plan(index, config, &listeners, &attached, group)
+            }
             ListenerClass::Tcp | ListenerClass::Udp => l4_listener_plan(
                 config,
                 &listeners,
@@ -265,6 +269,20 @@ fn http_listener_plan(
     let mut entries = Vec::new();
     for &i in group.members {
         let l = &listeners[i];
+        // Listener isolation (GatewayHTTPListenerIsolation): a request goes to the most
+        // specific listener its host matches, so each listener's routes leave alone the hosts
+        // of the listeners on the port whose hostnames lie within its own (all of them for a
+        // listener without hostname).
+        let own = l.listener.hostname.as_deref();
+        let mut shadowed_by: Vec<String> = group
+            .members
+            .iter()
+            .filter_map(|&j| listeners[j].listener.hostname.as_deref())
+            .filter(|h| own.is_none_or(|o| !o.eq_ignore_ascii_case(h) && hostname::covers(o, h)))
+            .map(str::to_ascii_lowercase)
+            .collect();
+        shadowed_by.sort();
+        shadowed_by.dedup();
         for a in &l.http {
             if let (Some(route), Some(rules)) = (
                 index.http_routes.get(&a.route),
@@ -275,12 +293,35 @@ fn http_listener_plan(
                     rules,
                     l.listener.hostname.as_deref(),
                     &a.hostnames,
+                    &shadowed_by,
                 ));
             }
         }
     }
-    let l7 = table::into_table(entries);
-    let need = table::needs_l7(&group.listener.sources, &l7);
+    let mut l7 = table::into_table(entries);
+    let https = group
+        .members
+        .iter()
+        .any(|&i| listeners[i].class == Some(ListenerClass::Https));
+    let need = if https {
+        // Members share one class: an HTTP listener on the port would have conflicted.
+        l7.tls = Some(TlsPlan {
+            certificates: group
+                .members
+                .iter()
+                .flat_map(|&i| {
+                    let l = &listeners[i];
+                    l.certificates.iter().map(|c| ListenerCertificate {
+                        hostname: l.listener.hostname.clone(),
+                        certificate: c.clone(),
+                    })
+                })
+                .collect(),
+        });
+        Some("HTTPS: the proxy terminates TLS".to_string())
+    } else {
+        table::needs_l7(&group.listener.sources, &l7)
+    };
     let decision = decide_mode(group.wanted, need, group.generation);
     let listener = DataplaneListener {
         reason: decision.why,

@@ -61,8 +61,11 @@ pub(crate) fn gateways(
 /// Why a listener the data plane does not serve is not programmed: the refusal of its port,
 /// when that is why, so `Programmed` alone tells an operator what to fix.
 fn not_programmed(l: &GatewayListener<'_>) -> String {
-    match (&l.class, &l.conflict, &l.unavailable) {
-        (Some(_), None, Some(why)) => format!("listener is not accepted: {why}"),
+    match (&l.class, &l.conflict, &l.unavailable, &l.tls_refused) {
+        (Some(_), None, Some(why), _) => format!("listener is not accepted: {why}"),
+        (Some(_), None, None, Some((_, why))) => {
+            format!("its certificates do not resolve: {why}")
+        }
         _ => "listener is not accepted".to_string(),
     }
 }
@@ -74,10 +77,16 @@ fn listener_accepted(l: &GatewayListener<'_>, generation: i64) -> Condition {
             reason::ACCEPTED,
             false,
             reason::UNSUPPORTED_PROTOCOL,
-            format!(
-                "protocol {} is not supported (HTTP, TCP and UDP are)",
-                l.listener.protocol
-            ),
+            match &l.listener.tls {
+                Some(t) if l.listener.protocol == "HTTPS" => format!(
+                    "HTTPS with tls.mode {:?} is not supported (Terminate is)",
+                    t.mode
+                ),
+                _ => format!(
+                    "protocol {} is not supported (HTTP, HTTPS, TCP and UDP are)",
+                    l.listener.protocol
+                ),
+            },
             generation,
         ),
         (Some(_), Some((r, msg))) => {
@@ -96,9 +105,12 @@ fn listener_accepted(l: &GatewayListener<'_>, generation: i64) -> Condition {
     }
 }
 
-/// `ResolvedRefs` of a listener: every route kind it allows is one we serve there.
+/// `ResolvedRefs` of a listener: its certificates resolve and every route kind it allows is
+/// one we serve there.
 fn listener_resolved_refs(l: &GatewayListener<'_>, generation: i64) -> Condition {
-    if l.invalid_kinds.is_empty() {
+    if let Some((r, msg)) = &l.tls_refused {
+        Condition::new(reason::RESOLVED_REFS, false, r, msg.clone(), generation)
+    } else if l.invalid_kinds.is_empty() {
         Condition::new(
             reason::RESOLVED_REFS,
             true,

@@ -1,39 +1,50 @@
 //! Our Gateways and their listeners: which are ours, what each listener accepts, and where
 //! listeners of different Gateways collide on one address and port.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
     listener::{ListenerKey, PlanConfig, Transport},
     status::Condition,
     status::{Diagnostic, GatewayClassStatus, Severity, reason},
+    tls::{PlannedCertificate, TlsRefusal},
 };
 use crate::model::{
     AllowedNamespaces, GATEWAY_GROUP, Gateway, Index, Kind, L4Route, Listener, ObjectKey,
-    RouteGroupKind,
+    RouteGroupKind, TlsMode,
 };
 
 /// The listener protocols we serve, by the route kind they take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ListenerClass {
     Http,
+    /// HTTPS with `tls.mode: Terminate`: HTTP behind TLS the proxy terminates.
+    Https,
     Tcp,
     Udp,
 }
 
 impl ListenerClass {
-    fn of(protocol: &str) -> Option<Self> {
-        match protocol {
+    fn of(l: &Listener) -> Option<Self> {
+        match l.protocol.as_str() {
             "HTTP" => Some(Self::Http),
+            "HTTPS" if l.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Terminate) => {
+                Some(Self::Https)
+            }
             "TCP" => Some(Self::Tcp),
             "UDP" => Some(Self::Udp),
             _ => None,
         }
     }
 
+    /// HTTP routes by hostname (HTTP and HTTPS).
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Https)
+    }
+
     pub fn route_kind(self) -> &'static str {
         match self {
-            Self::Http => "HTTPRoute",
+            Self::Http | Self::Https => "HTTPRoute",
             Self::Tcp => "TCPRoute",
             Self::Udp => "UDPRoute",
         }
@@ -41,7 +52,7 @@ impl ListenerClass {
 
     fn transport(self) -> Transport {
         match self {
-            Self::Http | Self::Tcp => Transport::Tcp,
+            Self::Http | Self::Https | Self::Tcp => Transport::Tcp,
             Self::Udp => Transport::Udp,
         }
     }
@@ -71,6 +82,10 @@ pub(crate) struct GatewayListener<'a> {
     /// Why the port may not be taken on the node's addresses (a host socket holds it, or it is
     /// in a reserved range), for a listener without Gateway addresses.
     pub unavailable: Option<String>,
+    /// Why the certificates of an HTTPS listener do not resolve (reason, message).
+    pub tls_refused: Option<TlsRefusal>,
+    /// The certificates of an HTTPS listener, resolved.
+    pub certificates: Vec<Arc<PlannedCertificate>>,
     pub attached_routes: u32,
     pub http: Vec<HttpAttachment>,
     pub l4: Vec<&'a L4Route>,
@@ -79,7 +94,10 @@ pub(crate) struct GatewayListener<'a> {
 impl GatewayListener<'_> {
     /// Whether traffic may flow through this listener.
     pub fn usable(&self) -> bool {
-        self.class.is_some() && self.conflict.is_none() && self.unavailable.is_none()
+        self.class.is_some()
+            && self.conflict.is_none()
+            && self.unavailable.is_none()
+            && self.tls_refused.is_none()
     }
 
     pub fn allows_kind(&self, kind: &str) -> bool {
@@ -178,7 +196,7 @@ pub(crate) fn gateway_listeners<'a>(
         addresses.sort();
         addresses.dedup();
         for l in &g.listeners {
-            let class = ListenerClass::of(&l.protocol);
+            let class = ListenerClass::of(l);
             let transport = class.map_or(Transport::Tcp, ListenerClass::transport);
             let key = ListenerKey {
                 port: l.port,
@@ -205,7 +223,7 @@ pub(crate) fn gateway_listeners<'a>(
                     ));
                 } else if let Some((_, _, other)) = placed
                     .iter()
-                    .find(|(pc, h, _)| *pc == c && (c != ListenerClass::Http || *h == l.hostname))
+                    .find(|(pc, h, _)| *pc == c && (!c.is_http() || *h == l.hostname))
                 {
                     conflict = Some((
                         reason::HOSTNAME_CONFLICT,
@@ -215,7 +233,18 @@ pub(crate) fn gateway_listeners<'a>(
                     placed.push((c, l.hostname.clone(), owner));
                 }
             }
+            let (certificates, tls_refused) = match (class, &l.tls) {
+                (Some(ListenerClass::Https), Some(tls)) => {
+                    match super::tls::resolve(index, g, tls, config.clock) {
+                        Ok(c) => (c, None),
+                        Err(refusal) => (Vec::new(), Some(refusal)),
+                    }
+                }
+                _ => (Vec::new(), None),
+            };
             out.push(GatewayListener {
+                tls_refused,
+                certificates,
                 gateway: g,
                 gateway_ref: gateway_ref.clone(),
                 listener: l,

@@ -20,6 +20,10 @@ pub use crate::model::http::{
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct L7RouteTable {
     pub routes: Vec<L7Route>,
+    /// The certificates of an HTTPS listener, which the proxy terminates TLS with; `None`: plain
+    /// HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::TlsPlan>,
 }
 
 /// One (rule, match) pair of an HTTPRoute. A rule with three matches gives three `L7Route`s that
@@ -33,6 +37,11 @@ pub struct L7Route {
     /// Effective hostnames: the intersection of the listener's and the route's. Empty = any host.
     /// Entries are lower-case; `*.example.com` matches one or more labels before `example.com`.
     pub hostnames: Vec<String>,
+    /// Listener isolation: the hostnames of the more specific listeners on the same port. A
+    /// request whose host one of them matches belongs to that listener's routes only, so this
+    /// route does not take it even when no route of that listener matches (404).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadowed_by: Vec<String>,
     pub matched: RouteMatch,
     /// Rule filters, in spec order (the strip-path annotation appears here as a URLRewrite).
     pub filters: Vec<Filter>,

@@ -52,12 +52,8 @@ impl HeaderModifier {
 }
 
 impl Redirect {
-    /// The Location for a request to `host` (port stripped) and `path?query` on a listener
-    /// bound to `listener_port`.
-    ///
-    /// Port rules of the spec: an explicit port wins; otherwise a redirect that names a scheme
-    /// goes to that scheme's well-known port, and one that does not keeps the listener's port.
-    /// The well-known port of the final scheme is left out of the Location.
+    /// The Location for a plain-HTTP request to `host` (port stripped) and `path?query` on a
+    /// listener bound to `listener_port`; see [`location_for`](Self::location_for).
     pub fn location(
         &self,
         host: &str,
@@ -66,7 +62,26 @@ impl Redirect {
         prefix: Option<&str>,
         listener_port: u16,
     ) -> String {
-        let scheme = self.scheme.as_ref().unwrap_or(&Scheme::HTTP);
+        self.location_for(&Scheme::HTTP, host, path, query, prefix, listener_port)
+    }
+
+    /// The Location for a request made with `request_scheme` (`https` on a listener that
+    /// terminates TLS) to `host` (port stripped) and `path?query` on a listener bound to
+    /// `listener_port`. A redirect without a scheme keeps the request's.
+    ///
+    /// Port rules of the spec: an explicit port wins; otherwise a redirect that names a scheme
+    /// goes to that scheme's well-known port, and one that does not keeps the listener's port.
+    /// The well-known port of the final scheme is left out of the Location.
+    pub fn location_for(
+        &self,
+        request_scheme: &Scheme,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        prefix: Option<&str>,
+        listener_port: u16,
+    ) -> String {
+        let scheme = self.scheme.as_ref().unwrap_or(request_scheme);
         let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
         let port = match (self.port, &self.scheme) {
             (Some(p), _) => p,

@@ -29,6 +29,9 @@ pub struct PlanConfig {
     /// Ports listeners on the node's addresses may not take (the agent's node; none by
     /// default).
     pub node_ports: super::node_ports::NodePorts,
+    /// What HTTPS listeners' certificates are checked for expiry against (off by default, so
+    /// that the plan is a function of the index alone; the agent uses the system clock).
+    pub clock: super::tls::Clock,
 }
 
 impl Default for PlanConfig {
@@ -38,6 +41,7 @@ impl Default for PlanConfig {
             controller_name: CONTROLLER_NAME.to_string(),
             maglev_m: super::maglev::DEFAULT_M,
             node_ports: super::node_ports::NodePorts::default(),
+            clock: super::tls::Clock::Off,
         }
     }
 }
@@ -88,15 +92,24 @@ impl Plan {
     /// Everything a user should fix: error diagnostics, conditions that say "not accepted" or
     /// "refs not resolved", and listeners that are not accepted.
     pub fn problems(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
+        self.problems_by_object()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// [`problems`](Self::problems), each with the Gateway or route whose status carries it
+    /// (`None` for diagnostics), so that a caller can say where the object came from.
+    pub fn problems_by_object(&self) -> Vec<(Option<&ObjectKey>, String)> {
+        let mut out: Vec<(Option<&ObjectKey>, String)> = self
             .diagnostics
             .iter()
             .filter(|d| d.severity == Severity::Error)
-            .map(ToString::to_string)
+            .map(|d| (None, d.to_string()))
             .collect();
         for g in &self.gateways {
             for c in g.conditions.iter().filter(|c| !c.is_true()) {
-                out.push(format!("{}: {c}", g.gateway));
+                out.push((Some(&g.gateway), format!("{}: {c}", g.gateway)));
             }
             for l in &g.listeners {
                 for c in &l.conditions {
@@ -106,7 +119,10 @@ impl Plan {
                         !c.is_true()
                     };
                     if bad {
-                        out.push(format!("{} listener {}: {c}", g.gateway, l.name));
+                        out.push((
+                            Some(&g.gateway),
+                            format!("{} listener {}: {c}", g.gateway, l.name),
+                        ));
                     }
                 }
             }
@@ -120,7 +136,10 @@ impl Plan {
                         !c.is_true()
                     };
                     if bad {
-                        out.push(format!("{} parent {}: {c}", r.route, p.parent_ref));
+                        out.push((
+                            Some(&r.route),
+                            format!("{} parent {}: {c}", r.route, p.parent_ref),
+                        ));
                     }
                 }
             }

@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod node_ports;
 pub mod status;
 mod table;
+pub mod tls;
 
 pub use crate::model::ObjectKey;
 pub use build::build;

@@ -24,6 +24,7 @@ pub mod reason {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";

@@ -39,12 +39,14 @@ type SortKey = (
 );
 
 /// The L7 routes one attachment (route on listener with `listener_hostname`) contributes: one
-/// per rule, match and effective hostname, so each is ordered on its own.
+/// per rule, match and effective hostname, so each is ordered on its own. `shadowed_by`: the
+/// hostnames of the more specific listeners on the port (listener isolation).
 pub(crate) fn entries(
     route: &HttpRoute,
     rules: &ResolvedRules,
     listener_hostname: Option<&str>,
     hostnames: &[String],
+    shadowed_by: &[String],
 ) -> Vec<Entry> {
     let meta = &route.meta;
     let route_ref = ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).clone();
@@ -79,6 +81,7 @@ pub(crate) fn entries(
                         route: route_ref.clone(),
                         rule_index: ri,
                         hostnames: h.map(|h| vec![h.clone()]).unwrap_or_default(),
+                        shadowed_by: shadowed_by.to_vec(),
                         matched: m.clone(),
                         filters: filters.clone(),
                         backends: backends.clone(),
@@ -132,6 +135,7 @@ fn with_strip_path(strip: bool, m: &RouteMatch, filters: &[Filter]) -> Vec<Filte
 pub(crate) fn into_table(mut entries: Vec<Entry>) -> L7RouteTable {
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     L7RouteTable {
+        tls: None,
         routes: entries.into_iter().map(|e| e.route).collect(),
     }
 }

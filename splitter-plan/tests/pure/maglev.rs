@@ -42,12 +42,19 @@ fn endpoint_set(max: usize) -> impl Strategy<Value = Vec<(u32, u64)>> {
         .prop_map(|m| m.into_iter().collect())
 }
 
-/// Every single change moves at most twice the minimum plus 1% of the table. Without history a
-/// change of one backend shifts some claims of the others (Maglev's own behaviour); a small
-/// backend added to a large set moves the most relative to its tiny minimum, hence the slack.
+/// What a single change may move: three times the minimum plus 2% of the table. Without
+/// history a change of one backend shifts some claims of the others (Maglev's own behaviour); a
+/// small change moves the most relative to its tiny minimum, hence the slack. Measured
+/// (`maglev_disruption_survey`, 60,000 random additions, removals and weight changes): at most
+/// 0.70 of this bound. The earlier bound, twice the minimum plus 1%, was exceeded about once in
+/// 6,000 additions, which made these property tests fail now and then.
+fn bound(d: &maglev::Disruption) -> u32 {
+    3 * d.minimum + DEFAULT_M / 50
+}
+
 fn assert_bounded(moves: &[maglev::Disruption]) -> Result<(), TestCaseError> {
     for d in moves {
-        prop_assert!(d.moved <= 2 * d.minimum + DEFAULT_M / 100, "{moves:?}");
+        prop_assert!(d.moved <= bound(d), "{moves:?}");
     }
     Ok(())
 }
@@ -191,4 +198,59 @@ fn lookups_follow_the_slots_and_an_empty_input_rejects() {
     let t = table(&[(1, 1)], None);
     assert_eq!(t.target_for(0), target(1));
     assert_eq!(t.target_for(u32::MAX), target(1));
+}
+
+/// Exploration, not a check: the largest single-change disruption over many random sets,
+/// relative to the bound the property tests assert. `cargo test --release -p splitter-plan
+/// --test pure -- --ignored --nocapture maglev_disruption_survey`.
+#[test]
+#[ignore]
+fn maglev_disruption_survey() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut worst: Vec<(f64, String)> = Vec::new();
+    for case in 0..60000 {
+        let n = 2 + next(28) as usize;
+        let mut set: Vec<(u32, u64)> = Vec::new();
+        if next(2) == 0 {
+            set.push((u32::MAX, 1 + next(100)));
+        }
+        while set.len() < n {
+            let id = next(500) as u32;
+            if set.iter().all(|(i, _)| *i != id) {
+                set.push((id, 1 + next(100)));
+            }
+        }
+        set.sort();
+        let old = table(&set, None);
+        let mut c = set.clone();
+        match case % 3 {
+            0 => c.push((1000, 1 + next(100))),
+            1 if c.len() > 1 => {
+                c.remove(next(c.len() as u64) as usize);
+            }
+            _ => {
+                let i = next(c.len() as u64) as usize;
+                c[i].1 = 1 + next(100);
+            }
+        }
+        let new = table(&c, Some(&old));
+        let d = maglev::disruption(&old, &new);
+        worst.push((
+            f64::from(d.moved) / f64::from(bound(&d)),
+            format!(
+                "case {case}: {d:?} bound {} from {set:?} to {c:?}",
+                bound(&d)
+            ),
+        ));
+    }
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (r, s) in worst.iter().take(5) {
+        println!("{r:.3} {s}");
+    }
 }

@@ -4,3 +4,4 @@
 mod maglev;
 mod plan;
 mod support;
+mod tls;

@@ -363,6 +363,22 @@ fn hostname_intersection_and_listener_precedence() {
             ("on-wild", vec!["*.bar.com".to_string()]),
         ]
     );
+    // Listener isolation: the wildcard listener's routes leave the hosts of the exact
+    // listeners within it to theirs; exact listeners and unrelated ones shadow nothing.
+    let shadowed: Vec<(&str, Vec<String>)> = table
+        .routes
+        .iter()
+        .map(|r| (r.route.name.as_str(), r.shadowed_by.clone()))
+        .collect();
+    assert_eq!(
+        shadowed,
+        [
+            ("on-exact", vec![]),
+            ("on-apex", vec![]),
+            ("intersecting", vec![]),
+            ("on-wild", vec!["foo.bar.com".to_string()]),
+        ]
+    );
     let disjoint = route(&plan, "infra", "disjoint");
     let accepted = condition(&disjoint.parents[0].conditions, "Accepted");
     assert!(!accepted.is_true());
@@ -718,6 +734,45 @@ fn unservable_values_drop_their_rule_with_a_condition_and_the_rest_is_served() {
         other => panic!("{other:?}"),
     }
     assert!(!plan.problems().is_empty());
+}
+
+/// Framing headers are the proxy's: a header modifier that sets, adds or removes one (here
+/// `Content-Length`, `Transfer-Encoding`, `Connection`, in any case) drops its rule with the
+/// field path, and the route's other rules are served.
+#[test]
+fn header_modifiers_on_framing_headers_drop_their_rule() {
+    let plan = plan_with(&["unservable-values.yaml"]);
+    let r = route(&plan, "infra", "smuggling-filters");
+    let c = &r.parents[0].conditions;
+    assert!(condition(c, "Accepted").is_true());
+    let p = condition(c, "PartiallyInvalid");
+    assert_eq!(p.reason, "UnsupportedValue", "{p:?}");
+    for field in [
+        "spec.rules[0].filters[0].requestHeaderModifier.set[1].name: header \"content-length\"",
+        "spec.rules[1].filters[0].responseHeaderModifier.add[0].name: header \"transfer-encoding\"",
+        "spec.rules[2].filters[0].requestHeaderModifier.remove[0].name: header \"connection\"",
+    ] {
+        assert!(p.is_true() && p.message.contains(field), "{field}: {p:?}");
+    }
+    let table = listener(&plan, 80).l7().unwrap();
+    let served: Vec<usize> = table
+        .routes
+        .iter()
+        .filter(|r| r.route.name == "smuggling-filters")
+        .map(|r| r.rule_index)
+        .collect();
+    assert_eq!(
+        served,
+        vec![3],
+        "only the rule without a framing header is served"
+    );
+    assert!(
+        plan.problems()
+            .iter()
+            .any(|p| p.contains("HTTPRoute infra/smuggling-filters")),
+        "{:?}",
+        plan.problems()
+    );
 }
 
 /// An EndpointSlice's `nodeName` tells the kernel path which endpoints are on which node (DNAT

@@ -335,8 +335,12 @@ pub async fn supervise(
             Ok(Ok(runner)) => {
                 tracing::info!(ifaces = ?settings.ifaces, "L4 half serving");
                 health.attached();
-                runner.follow(plans, health).await;
-                return;
+                load_wait = ATTACH_RETRY;
+                match runner.follow(plans.clone(), health.clone()).await {
+                    Followed::PlansClosed => return,
+                    // The programs went with the device; attach again once it is back.
+                    Followed::InterfaceLost(reason) => reason,
+                }
             }
             // `{e}`, not `{e:#}`: the load errors quote their cause in their own message.
             Ok(Err(e)) => e.to_string(),
@@ -357,11 +361,22 @@ pub async fn supervise(
     }
 }
 
+/// Why [`L4Runner::follow`] returned.
+pub enum Followed {
+    /// The agent is stopping.
+    PlansClosed,
+    /// An interface was deleted (or deleted and created again: a new ifindex). Its programs
+    /// went with it; the reason says which.
+    InterfaceLost(String),
+}
+
 /// The loaded object, its attachments and the actuator.
 pub struct L4Runner {
     _object: KernelObject,
     actuator: Arc<Mutex<L4Actuator>>,
     ifaces: Vec<String>,
+    /// Each interface's index when the programs were attached to it.
+    ifindexes: Vec<u32>,
     node_name: Option<String>,
     snat_ports: SnatPorts,
     flow_limits: FlowLimits,
@@ -401,10 +416,15 @@ impl L4Runner {
             }
         }
         let actuator = L4Actuator::new(&mut object)?;
+        let ifindexes = ifaces
+            .iter()
+            .map(|i| nix::net::if_::if_nametoindex(i.as_str()).unwrap_or(0))
+            .collect();
         Ok(L4Runner {
             _object: object,
             actuator: Arc::new(Mutex::new(actuator)),
             ifaces: ifaces.to_vec(),
+            ifindexes,
             node_name,
             snat_ports,
             flow_limits,
@@ -414,10 +434,17 @@ impl L4Runner {
     /// Programs the kernel for every plan until the plan channel closes, and sweeps conntrack
     /// every `SWEEP_EVERY` so draining backends' ids come back (see [`L4Actuator::sweep`]).
     /// A plan the maps refused, or one with routes left out, is applied again after each sweep:
-    /// a freed id or a transient error lets more of it in.
-    pub async fn follow(self, mut plans: watch::Receiver<Option<Arc<Plan>>>, health: KernelHealth) {
+    /// a freed id or a transient error lets more of it in. Every [`ATTACH_RETRY`] it checks
+    /// that each interface is still the one it attached to, and returns when one is not.
+    pub async fn follow(
+        self,
+        mut plans: watch::Receiver<Option<Arc<Plan>>>,
+        health: KernelHealth,
+    ) -> Followed {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(ATTACH_RETRY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A plan already there when we start is applied first, without waiting for a change.
         let mut current = plans.borrow_and_update().clone();
         let mut complete = match &current {
@@ -428,8 +455,15 @@ impl L4Runner {
             tokio::select! {
                 changed = plans.changed() => {
                     if changed.is_err() {
-                        return;
+                        return Followed::PlansClosed;
                     }
+                }
+                _ = check.tick() => {
+                    if let Some(reason) = self.lost_interface() {
+                        tracing::error!("L4 half off until the interface is back: {reason}");
+                        return Followed::InterfaceLost(reason);
+                    }
+                    continue;
                 }
                 _ = sweep.tick() => {
                     self.sweep().await;
@@ -444,6 +478,26 @@ impl L4Runner {
                 complete = self.apply(plan, &health).await;
             }
         }
+    }
+
+    /// The first interface that is gone or is another device now (its programs went with the
+    /// device it was), said as the reason the L4 half is off.
+    fn lost_interface(&self) -> Option<String> {
+        self.ifaces
+            .iter()
+            .zip(&self.ifindexes)
+            .find_map(
+                |(iface, was)| match nix::net::if_::if_nametoindex(iface.as_str()) {
+                    Ok(now) if now == *was => None,
+                    Ok(now) => Some(format!(
+                        "interface {iface} was deleted and created again (index {was}, now {now})"
+                    )),
+                    Err(_) => Some(format!(
+                        "interface {iface} does not exist in this network namespace (deleted \
+                         after the programs were attached)"
+                    )),
+                },
+            )
     }
 
     /// Programs `plan`; true when every route of it is in the kernel.

@@ -61,6 +61,9 @@ pub struct KubeOptions {
     pub namespace: String,
     /// `status.addresses` of Gateways without `spec.addresses` (`--status-address`).
     pub status_addresses: Vec<IpAddr>,
+    /// The label selector of the agent's own pods (`--agent-selector`): without
+    /// `--status-address`, the nodes of the Ready ones are `status.addresses`.
+    pub agent_selector: String,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +83,10 @@ pub struct RunOptions {
     pub proxy_workers: Option<usize>,
     /// One line per L7 request on standard output (`--access-log`).
     pub access_log: bool,
+    /// Whose `X-Forwarded-For` the L7 proxy forwards (`--xff`).
+    pub xff: crate::dataplane::proxy::XffPolicy,
+    /// See [`ProxyConfig::max_connections_per_source`].
+    pub max_connections_per_source: usize,
     /// This node (`--node-name`): endpoints on other nodes are source-NATed. Without it, every
     /// endpoint is treated as local.
     pub node_name: Option<String>,
@@ -95,8 +102,18 @@ pub struct RunOptions {
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
 /// so established L4 connections survive a restart; `splitter detach` removes them.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Every connection is a file descriptor: at a soft limit of 1,024, a few hundred idle
+    // clients would make accept fail for everyone.
+    match crate::dataplane::proxy::raise_nofile_limit() {
+        Ok(limit) => tracing::info!(
+            limit,
+            "open file limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)"),
+    }
     let config = PlanConfig {
         gateway_class: opts.gateway_class.clone(),
+        clock: splitter_plan::plan::tls::Clock::System,
         ..Default::default()
     };
     let mut ifaces = opts.ifaces.clone();
@@ -153,7 +170,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let kernel = if ifaces.is_empty() {
         None
     } else {
-        let health = KernelHealth::new(&ifaces);
+        let health = KernelHealth::new(&ifaces).with_pin_dir(&opts.pin_dir);
         let settings = L4Settings {
             ifaces: ifaces.clone(),
             pin_dir: opts.pin_dir.clone(),
@@ -183,6 +200,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             access_log: opts
                 .access_log
                 .then(crate::dataplane::proxy::AccessLog::stdout),
+            xff: opts.xff,
+            max_connections_per_source: opts.max_connections_per_source,
             ..ProxyConfig::default()
         },
     );
@@ -367,6 +386,10 @@ async fn start_kube(
     let writer = WriterConfig {
         controller_name: config.controller_name.clone(),
         default_addresses: opts.status_addresses.clone(),
+        agent_pods: Some(status::agents::AgentPods {
+            namespace: opts.namespace.clone(),
+            selector: opts.agent_selector.clone(),
+        }),
         resync: Duration::from_secs(300),
     };
     tokio::spawn(status::writer::run(

@@ -63,6 +63,8 @@ pub struct LoadReport {
     pub skipped: Vec<Skipped>,
     /// Files read in this scan.
     pub files: usize,
+    /// Where each object served comes from: its file and 1-based document number.
+    pub origins: BTreeMap<ObjectKey, (PathBuf, usize)>,
 }
 
 #[derive(Debug)]
@@ -137,6 +139,7 @@ impl FileSource {
                         first: first.clone(),
                     });
                 } else {
+                    report.origins.insert(key.clone(), (path.clone(), *doc));
                     seen.insert(key, path.clone());
                 }
             }

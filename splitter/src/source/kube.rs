@@ -153,7 +153,11 @@ pub async fn run(
 ) {
     let streams = access::WATCHED.iter().map(|resource| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.api_resource());
-        watcher(api, watcher::Config::default())
+        let config = match resource.field_selector {
+            Some(fields) => watcher::Config::default().fields(fields),
+            None => watcher::Config::default(),
+        };
+        watcher(api, config)
             .default_backoff()
             .map(move |event| (resource, event))
             .boxed()
@@ -277,7 +281,7 @@ mod tests {
         let batch = list_all_empty_but(&mut state, Kind::Service);
         assert!(state.synced());
         // Service reset, its apply, then the other eight resets, in arrival order.
-        assert_eq!(batch.len(), 10);
+        assert_eq!(batch.len(), access::WATCHED.len() + 1);
         assert!(matches!(&batch[0], Update::Reset(Kind::Service, v) if v.len() == 1));
         assert!(matches!(&batch[1], Update::Apply(o) if o.key().name == "b"));
         // Once synced, every event goes out on its own.
@@ -300,7 +304,7 @@ mod tests {
         let tcp = resource(Kind::TcpRoute);
         let batch = state.unavailable(tcp);
         assert!(state.synced());
-        assert_eq!(batch.len(), 9);
+        assert_eq!(batch.len(), access::WATCHED.len());
         assert!(batch.contains(&Update::Reset(Kind::TcpRoute, Vec::new())));
         // Once listed, a later 404 (the CRD removed) changes nothing by itself.
         assert!(state.unavailable(tcp).is_empty());
@@ -312,7 +316,10 @@ mod tests {
         let svc = resource(Kind::Service);
         list_all_empty_but(&mut state, Kind::Service);
         state.event(svc, watcher::Event::Init);
-        assert_eq!(state.event(svc, watcher::Event::InitDone).len(), 9);
+        assert_eq!(
+            state.event(svc, watcher::Event::InitDone).len(),
+            access::WATCHED.len()
+        );
         let mut bad = service("bad");
         bad.data = json!({"spec": {"ports": [{"port": "eighty"}]}});
         state.event(svc, watcher::Event::Init);

@@ -5,6 +5,7 @@
 //! is a pure function of the plan and the observed statuses; [`writer::run`] applies its output,
 //! and only while [`lease`] says this agent is the elected writer.
 
+pub mod agents;
 pub mod lease;
 pub mod writer;
 

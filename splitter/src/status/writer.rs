@@ -12,7 +12,11 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::{Observed, StatusContext, StatusPatch, patches};
+use super::{
+    Observed, StatusContext, StatusPatch,
+    agents::{self, AgentPods},
+    patches,
+};
 use splitter_plan::{
     access,
     model::ObjectKey,
@@ -34,12 +38,19 @@ pub enum StatusError {
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the leader lists the agent's pods: nodes join, leave and turn unready without
+/// any event the writer watches.
+pub const AGENT_PODS_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub controller_name: String,
     /// `--status-address`: `status.addresses` of Gateways without `spec.addresses`; when
-    /// empty, this node's addresses (from its report).
+    /// empty, the addresses of the nodes with a Ready agent pod (`agent_pods`), and without
+    /// those (files mode, no pod listed yet, a failed list) this node's (from its report).
     pub default_addresses: Vec<IpAddr>,
+    /// The agent's own pods, whose nodes serve every Gateway; `None` when not in a cluster.
+    pub agent_pods: Option<AgentPods>,
     /// Everything is recomputed and re-applied this often, which repairs a status someone
     /// else overwrote and retries writes that failed.
     pub resync: Duration,
@@ -62,6 +73,11 @@ pub async fn run(
     // What we last applied (without timestamps), so that a write is not repeated while the
     // watch has not yet shown it back to us.
     let mut applied: HashMap<ObjectKey, Value> = HashMap::new();
+    // The Ready agents' node addresses; listed while leader, every AGENT_PODS_EVERY.
+    let mut agent_addresses: Vec<IpAddr> = Vec::new();
+    let mut pods_tick = tokio::time::interval(AGENT_PODS_EVERY);
+    pods_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut list_pods = true;
     // The first tick is one period away: the first pass runs without waiting for it.
     let mut resync =
         tokio::time::interval_at(tokio::time::Instant::now() + config.resync, config.resync);
@@ -78,13 +94,34 @@ pub async fn run(
             // The report of an older plan: only the plan's own conditions are known.
             _ => Ok(None),
         };
+        if is_leader
+            && list_pods
+            && config.default_addresses.is_empty()
+            && let Some(pods) = &config.agent_pods
+        {
+            list_pods = false;
+            match agents::list(&client, pods).await {
+                Ok(addrs) => agent_addresses = addrs,
+                // The last list stays: a transient error must not flap the addresses.
+                Err(e) => tracing::warn!(
+                    "listing the agent's pods ({} in {}): {e}",
+                    pods.selector,
+                    pods.namespace
+                ),
+            }
+        }
+        let defaults = if config.default_addresses.is_empty() {
+            &agent_addresses
+        } else {
+            &config.default_addresses
+        };
         if !is_leader {
             applied.clear();
         } else if let (Some(plan), Ok(report)) = (plan, report) {
             let now = now();
             let ctx = StatusContext {
                 controller_name: &config.controller_name,
-                default_addresses: &config.default_addresses,
+                default_addresses: defaults,
                 node: report.as_ref(),
                 now: &now,
             };
@@ -109,6 +146,7 @@ pub async fn run(
             // A closed report channel keeps the last report.
             r = reports.changed(), if reports_open => reports_open = r.is_ok(),
             _ = resync.tick() => applied.clear(),
+            _ = pods_tick.tick() => list_pods = true,
         }
     }
 }

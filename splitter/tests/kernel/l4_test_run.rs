@@ -562,3 +562,48 @@ fn table_flips_under_load_never_show_a_mix() {
         "only {moved_during_run} packets raced a publish: the test did not exercise flips"
     );
 }
+
+#[test]
+fn a_syn_reusing_a_closed_connections_tuple_takes_the_live_table() {
+    root_only!("a_syn_reusing_a_closed_connections_tuple_takes_the_live_table");
+    let mut r = rig();
+    let vip = sa("10.0.0.100:80");
+    let (a, b) = (sa("10.1.0.1:8080"), sa("10.1.0.2:8080"));
+    let (closed, open) = (sa("192.0.2.60:45000"), sa("192.0.2.60:45001"));
+    r.act
+        .apply(&[route("web", &[(vip, L4Proto::Tcp)], vec![Some(a); 7])])
+        .expect("apply a");
+    for client in [closed, open] {
+        assert_eq!(
+            inspect(&xdp(&mut r.obj, &frame(client, vip, Seg::Syn, &[])).out).dst,
+            a
+        );
+        confirm(&mut r.obj, client, vip, a, None);
+    }
+    // One connection closes; then a leaves the table and drains.
+    xdp(&mut r.obj, &frame(closed, vip, Seg::Fin, &[]));
+    r.act
+        .apply(&[route("web", &[(vip, L4Proto::Tcp)], vec![Some(b); 7])])
+        .expect("apply b");
+
+    // The client opens a new connection from the closed one's port: a new flow, to b.
+    let v = xdp(&mut r.obj, &frame(closed, vip, Seg::Syn, &[]));
+    assert_eq!(
+        inspect(&v.out).dst,
+        b,
+        "the reused tuple takes the live table"
+    );
+    let v = xdp(&mut r.obj, &frame(closed, vip, Seg::Ack, &[]));
+    assert_eq!(
+        inspect(&v.out).dst,
+        b,
+        "and its next packets follow it there"
+    );
+    // The connection that is still open stays with its draining backend.
+    let v = xdp(&mut r.obj, &frame(open, vip, Seg::Ack, b"more"));
+    assert_eq!(
+        inspect(&v.out).dst,
+        a,
+        "an open connection keeps its backend"
+    );
+}

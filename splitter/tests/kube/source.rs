@@ -232,3 +232,50 @@ async fn a_kind_the_server_does_not_serve_does_not_block_the_others() {
     .await;
     assert!(r.mock.list_calls("tcproutes") >= 1);
 }
+
+#[tokio::test]
+async fn tls_secrets_are_listed_by_type_and_resolve_an_https_listener() {
+    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
+    let fixture = |f: &str| {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../splitter-plan/tests/fixtures/tls")
+                .join(f),
+        )
+        .unwrap()
+    };
+    // As the API server returns it: `data` in base64.
+    let data = |f: &str| serde_json::to_value(k8s_openapi::ByteString(fixture(f))).unwrap();
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "site", "namespace": "infra", "resourceVersion": "3"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": data("a.crt"), "tls.key": data("a.key")}
+    }));
+    objects.push(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "secure", "namespace": "infra", "generation": 1, "resourceVersion": "4"},
+        "spec": {"gatewayClassName": "splitter", "listeners": [{
+            "name": "https", "protocol": "HTTPS", "port": 443,
+            "tls": {"certificateRefs": [{"name": "site"}]}
+        }]}
+    }));
+    let r = start(objects, |_| {});
+    eventually(WAIT, "the HTTPS listener with its certificate", || {
+        current(&r).listeners.iter().any(|l| {
+            l.key().port == 443
+                && l.l7()
+                    .and_then(|t| t.tls.as_ref())
+                    .is_some_and(|t| t.certificates[0].certificate.names[0] == "a.example.com")
+        })
+    })
+    .await;
+    let uris = r.mock.watch_uris("secrets");
+    assert!(!uris.is_empty());
+    for uri in uris {
+        assert!(
+            uri.contains("fieldSelector=type%3Dkubernetes.io%2Ftls"),
+            "every Secret list and watch asks for TLS Secrets only: {uri}"
+        );
+    }
+}

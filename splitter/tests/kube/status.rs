@@ -369,6 +369,7 @@ fn writer_config() -> WriterConfig {
     WriterConfig {
         controller_name: CONTROLLER.into(),
         default_addresses: Vec::new(),
+        agent_pods: None,
         resync: Duration::from_secs(3600),
     }
 }
@@ -754,5 +755,72 @@ async fn the_leader_writes_once_its_node_reports_and_programmed_follows_the_repo
     assert!(
         programmed["message"].as_str().unwrap().contains("node-a"),
         "{programmed}"
+    );
+}
+
+/// Without `--status-address`, the leader lists the agent's pods and a Gateway without
+/// `spec.addresses` reports the nodes of the Ready ones (not only its own node's).
+#[tokio::test]
+async fn gateways_without_addresses_report_the_nodes_of_ready_agent_pods() {
+    use splitter::status::agents::AgentPods;
+    use splitter_plan::plan::applied::{NodeReport, NodeView};
+    let pods_uri = "/api/v1/namespaces/splitter-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dsplitter";
+    let pod = |ip: &str, ready: &str| {
+        json!({"metadata": {"name": format!("splitter-{ip}")},
+               "status": {"hostIP": ip, "hostIPs": [{"ip": ip}],
+                          "conditions": [{"type": "Ready", "status": ready}]}})
+    };
+    let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {},
+        "items": [pod("10.0.0.9", "True"), pod("10.0.0.8", "True"), pod("10.0.0.7", "False")]});
+    let (client, mock) = MockApi::start(move |r| {
+        if r.method == "GET" && r.uri == pods_uri {
+            (200, pods.clone())
+        } else {
+            echo(r)
+        }
+    });
+    let plan = Arc::new(the_plan());
+    let (_plans_tx, plans) = watch::channel(Some(plan.clone()));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (_leader_tx, leader) = watch::channel(true);
+    // This node (10.0.0.7) reports; its own pod is not Ready, so it is not named.
+    let (_reports_tx, reports) = watch::channel(Some(NodeView {
+        plan: plan.clone(),
+        report: NodeReport {
+            node: "node-a".into(),
+            addresses: vec!["10.0.0.7".parse().unwrap()],
+            unserved: vec![],
+        },
+    }));
+    let config = WriterConfig {
+        agent_pods: Some(AgentPods {
+            namespace: "splitter-system".into(),
+            selector: "app.kubernetes.io/name=splitter".into(),
+        }),
+        ..writer_config()
+    };
+    tokio::spawn(status::writer::run(
+        client, config, plans, observed, leader, reports,
+    ));
+    eventually(WAIT, "the Gateway's status", || {
+        mock.calls()
+            .iter()
+            .any(|c| c.uri.contains("/gateways/gw/status"))
+    })
+    .await;
+    let calls = mock.calls();
+    assert!(
+        calls.iter().any(|c| c.uri == pods_uri),
+        "the agent's pods were listed: {:?}",
+        calls.iter().map(|c| &c.uri).collect::<Vec<_>>()
+    );
+    let gw = calls
+        .iter()
+        .find(|c| c.uri.contains("/gateways/gw/status"))
+        .unwrap();
+    assert_eq!(
+        gw.body["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.8"},
+               {"type": "IPAddress", "value": "10.0.0.9"}])
     );
 }

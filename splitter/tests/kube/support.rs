@@ -119,6 +119,17 @@ impl MockApi {
             .unwrap_or(0)
     }
 
+    /// The path and query of every list and watch of `plural`, in order.
+    pub fn watch_uris(&self, plural: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == "GET" && watched_plural(&r.uri).as_deref() == Some(plural))
+            .map(|r| r.uri.clone())
+            .collect()
+    }
+
     /// Requests other than the watchers' lists and watches.
     pub fn calls(&self) -> Vec<Recorded> {
         self.log

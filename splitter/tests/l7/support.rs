@@ -54,6 +54,7 @@ pub fn route(name: &str, path: PathMatch, backends: Vec<PlannedBackend>) -> L7Ro
         route: http_route(name),
         rule_index: 0,
         hostnames: vec![],
+        shadowed_by: vec![],
         matched: matching(path),
         filters: vec![],
         backends,
@@ -94,7 +95,7 @@ pub fn strip_path() -> Filter {
 }
 
 pub fn table(routes: Vec<L7Route>) -> L7RouteTable {
-    L7RouteTable { routes }
+    L7RouteTable { routes, tls: None }
 }
 
 pub async fn echo(name: &str) -> EchoServer {

@@ -89,3 +89,81 @@ fn an_unservable_regex_is_an_error_naming_the_field() {
         "{out}"
     );
 }
+
+/// A route filter that would write a framing header is an error of `splitter check`, naming the
+/// file and document, the object and the field.
+#[test]
+fn a_filter_on_a_framing_header_is_an_error_naming_the_field() {
+    let fixtures = repo("../splitter-plan/tests/fixtures");
+    let (ok, out) = check(
+        &[
+            fixtures.join("base.yaml"),
+            fixtures.join("unservable-values.yaml"),
+        ],
+        false,
+    );
+    assert!(!ok, "{out}");
+    let problem = out
+        .lines()
+        .find(|l| l.contains("HTTPRoute infra/smuggling-filters parent"))
+        .unwrap_or_else(|| panic!("no problem line for the route: {out}"));
+    assert!(
+        problem.contains("unservable-values.yaml: document 5: HTTPRoute infra/smuggling-filters")
+            && problem.contains("PartiallyInvalid=True (UnsupportedValue")
+            && problem.contains(
+                "spec.rules[0].filters[0].requestHeaderModifier.set[1].name: header \"content-length\" frames the message"
+            ),
+        "{problem}"
+    );
+}
+
+#[test]
+fn https_listeners_show_their_certificates_and_a_missing_secret_is_an_error() {
+    let tls = repo("../splitter-plan/tests/fixtures/tls");
+    let indent = |f: &str| {
+        std::fs::read_to_string(tls.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let manifests = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: gw, namespace: infra}}\n\
+         spec:\n  gatewayClassName: splitter\n  listeners:\n\
+         \x20 - {{name: https, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: site}}]}}}}\n\
+         \x20 - {{name: broken, protocol: HTTPS, port: 8443, tls: {{certificateRefs: [{{name: missing}}]}}}}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: site, namespace: infra}}\n\
+         type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
+        indent("a.crt"),
+        indent("a.key")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tls.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let class = repo("../deploy/gatewayclass.yaml");
+    let (ok, out) = check(&[class.clone(), file.clone()], false);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "tls for *: Secret infra/site [a.example.com, *.wild.example.com] until 2126-"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("ResolvedRefs=False (InvalidCertificateRef"),
+        "{out}"
+    );
+    assert!(
+        out.contains("certificateRefs[0] (Secret missing): Secret infra/missing not found"),
+        "{out}"
+    );
+    assert!(!out.contains("listener *:8443"), "{out}");
+    let (_, json) = check(&[class, file], true);
+    assert!(json.contains("a.example.com"), "{json}");
+    assert!(
+        !json.contains("PRIVATE KEY"),
+        "the key never leaves the agent: {json}"
+    );
+}

@@ -183,12 +183,7 @@ pub fn read_l4_state(
             .count()
     };
 
-    let ev_map = open(L4_DROPS)?;
-    let ev = PerCpuArray::<&MapData, u64>::try_from(&ev_map)?;
-    let events = L4Event::ALL
-        .iter()
-        .map(|e| Ok((e.name(), ev.get(&(*e as u32), 0)?.iter().sum())))
-        .collect::<Result<Vec<_>, MapError>>()?;
+    let events = read_events(&open(L4_DROPS)?)?;
     let _ = open(BACKEND_STATS)?; // presence check: a partial pin set means a layout mismatch
     Ok(L4State {
         routes: out,
@@ -202,6 +197,15 @@ pub fn read_l4_state(
         cpus_under_flood,
         events,
     })
+}
+
+/// Every [`L4Event`] counter of `L4_DROPS`, summed over CPUs, by name.
+pub fn read_events(map: &Map) -> Result<Vec<(&'static str, u64)>, MapError> {
+    let ev = PerCpuArray::<&MapData, u64>::try_from(map)?;
+    L4Event::ALL
+        .iter()
+        .map(|e| Ok((e.name(), ev.get(&(*e as u32), 0)?.iter().sum())))
+        .collect()
 }
 
 /// Tracked flows in one conntrack map, and how many of them are source-NATed: its forward

@@ -99,6 +99,24 @@ pub fn is_occupied(e: &ProgramError) -> bool {
     )
 }
 
+/// A pinned link whose device was deleted: the kernel keeps the link, detached, and refuses to
+/// update it (`ENOLINK`). Its pin is stale; a fresh attachment replaces it.
+fn is_defunct(e: &ProgramError) -> bool {
+    matches!(
+        e,
+        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOLINK)
+    )
+}
+
+/// Removes a stale pin (see [`is_defunct`]).
+fn unpin_defunct(path: &Path, iface: &str) -> Result<(), LinkPinError> {
+    tracing::info!(%iface, pin = %path.display(), "pinned link outlived its device: attaching afresh");
+    std::fs::remove_file(path).map_err(|source| LinkPinError::Dir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 pub fn xdp_pin_path(link_dir: &Path, iface: &str) -> PathBuf {
     link_dir.join(format!("xdp-{iface}"))
 }
@@ -155,16 +173,26 @@ pub fn attach_pinned(
     };
 
     let xdp = xdp_program(&mut obj.ebpf)?;
-    let attachment = match existing(&xdp_path).map_err(link_err("reading pinned XDP link"))? {
+    let adopted = match existing(&xdp_path).map_err(link_err("reading pinned XDP link"))? {
         Some(old) => {
             let link = FdLink::from(old)
                 .try_into()
                 .map_err(link_err("adopting XDP link"))?;
-            xdp.attach_to_link(link)
-                .map_err(prog_err("replacing XDP program"))?;
-            Attachment::Replaced
+            match xdp.attach_to_link(link) {
+                Ok(_) => true,
+                Err(e) if is_defunct(&e) => {
+                    unpin_defunct(&xdp_path, iface)?;
+                    false
+                }
+                Err(e) => return Err(prog_err("replacing XDP program")(e)),
+            }
         }
-        None => {
+        None => false,
+    };
+    let attachment = if adopted {
+        Attachment::Replaced
+    } else {
+        {
             let first = match mode {
                 XdpAttachMode::Generic => XdpMode::Skb,
                 XdpAttachMode::Auto | XdpAttachMode::Driver => XdpMode::Driver,
@@ -347,12 +375,22 @@ fn attach_tc_pinned(
         iface: iface.to_owned(),
         source,
     };
-    match existing(path).map_err(link_err)? {
+    let adopted = match existing(path).map_err(link_err)? {
         Some(old) => {
             let link = FdLink::from(old).try_into().map_err(link_err)?;
-            prog.attach_to_link(link).map_err(prog_err)?;
+            match prog.attach_to_link(link) {
+                Ok(_) => true,
+                Err(e) if is_defunct(&e) => {
+                    unpin_defunct(path, iface)?;
+                    false
+                }
+                Err(e) => return Err(prog_err(e)),
+            }
         }
-        None => {
+        None => false,
+    };
+    if !adopted {
+        {
             let id = prog
                 .attach_with_options(
                     iface,

@@ -19,7 +19,7 @@ pub use l4_actuator::{
     ApplyReport, L4Actuator, L4ApplyError, L4Proto, L4RouteProgram, SweepReport, addr16, vip_key,
 };
 pub use l4_maps::{KernelL4Maps, L4Maps};
-pub use l4_state::{BackendShare, L4State, RouteState, read_l4_state};
+pub use l4_state::{BackendShare, L4State, RouteState, read_events, read_l4_state};
 pub use l4_sweep::CtKey;
 pub use layout::{MapLayout, PINNED_MAPS};
 pub use links::{

@@ -43,6 +43,7 @@ use self::layout::{Layout, Seen, span};
 use super::{
     error::UpstreamError,
     pool,
+    slots::EndpointPermit,
     upstream::{HopHeaders, list_has, list_items},
 };
 
@@ -68,6 +69,8 @@ pub struct DirectConnection(Box<Connection>);
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
+    /// The connection's place under the per-endpoint cap, given back when it closes.
+    permit: Option<EndpointPermit>,
     buf: BytesMut,
     layout: Layout,
     /// Longest wait for the backend's next bytes while a response is awaited or read.
@@ -93,9 +96,16 @@ impl std::ops::DerefMut for DirectConnection {
 }
 
 impl DirectConnection {
+    /// Keeps `permit` for as long as the connection lives.
+    pub fn holding(mut self, permit: EndpointPermit) -> Self {
+        self.0.permit = Some(permit);
+        self
+    }
+
     pub fn new(stream: TcpStream) -> Self {
         Self(Box::new(Connection {
             stream,
+            permit: None,
             buf: BytesMut::with_capacity(READ_CHUNK),
             layout: Layout::default(),
             read_timeout: None,
@@ -111,11 +121,17 @@ impl DirectConnection {
         self
     }
 
-    /// The socket and what was read from it beyond the last response head (an upgraded
-    /// connection's first bytes).
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
-        let Connection { stream, buf, .. } = *self.0;
-        (stream, buf)
+    /// The socket, what was read from it beyond the last response head (an upgraded
+    /// connection's first bytes), and its place under the per-endpoint cap, which a tunnel
+    /// keeps for as long as it is open.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, Option<EndpointPermit>) {
+        let Connection {
+            stream,
+            buf,
+            permit,
+            ..
+        } = *self.0;
+        (stream, buf, permit)
     }
 }
 

@@ -105,7 +105,7 @@ mod tests {
     #[tokio::test]
     async fn draining_reaches_present_and_later_connections() {
         let drain = Arc::new(Drain::default());
-        let (a, b) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
+        let (a, b) = (Arc::new(Progress::new(1)), Arc::new(Progress::new(1)));
         let reg_a = drain.register(&a);
         let served_a = tokio::spawn({
             let a = a.clone();

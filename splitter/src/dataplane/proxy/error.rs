@@ -59,18 +59,25 @@ pub enum UpstreamError {
     Parse(#[source] httparse::Error),
     #[error("{0}")]
     Protocol(&'static str),
+    #[error("the endpoint has {0} connections open, its limit")]
+    EndpointFull(usize),
 }
 
 impl UpstreamError {
     /// No connection was ever established: nothing of the request reached the backend.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::ConnectTimeout(_))
+        matches!(
+            self,
+            Self::Connect(_) | Self::ConnectTimeout(_) | Self::EndpointFull(_)
+        )
     }
 }
 
 /// Why a request was answered by the proxy instead of a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    #[error("bad request: {0}")]
+    BadRequest(super::hygiene::BadRequest),
     #[error("no route matches")]
     NoRoute,
     #[error("the rule has no backend with a non-zero weight")]
@@ -103,13 +110,30 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
+    /// The client's request body failed (an HTTP/2 stream it reset, a connection it closed):
+    /// nobody waits for this answer.
+    pub fn client_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::Upstream {
+                source: UpstreamError::RequestBody(_),
+                ..
+            }
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoBackends | Self::InvalidBackend { .. } | Self::Rewrite(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoints(_)
+            | Self::Connect {
+                source: UpstreamError::EndpointFull(_),
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } | Self::UnaskedUpgrade(_) => {
                 StatusCode::BAD_GATEWAY
             }

@@ -4,7 +4,10 @@ use std::{convert::Infallible, pin::Pin, sync::Arc};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri::PathAndQuery};
+use http::{
+    HeaderValue, Request, Response, StatusCode, Version, header,
+    uri::{PathAndQuery, Scheme},
+};
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -13,6 +16,7 @@ use super::{
     access::{AccessEntry, AccessLog},
     body::ProxyBody,
     error::{ForwardError, RouteError, UpstreamError},
+    hygiene::{self, XffPolicy},
     metrics::ProxyMetrics,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
@@ -25,6 +29,8 @@ pub(crate) struct ListenerShared {
     pub table: ArcSwap<ServingTable>,
     /// Where access log lines go; `None`: no log.
     pub access_log: Option<AccessLog>,
+    /// The TLS configuration of an HTTPS listener (`None`: plain HTTP), read per handshake.
+    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     pub upstream: Upstream,
     pub metrics: ProxyMetrics,
     /// The bound address as text, the `listener` label.
@@ -32,6 +38,10 @@ pub(crate) struct ListenerShared {
     pub port: u16,
     /// The empty label, for requests that matched no route or reached no backend.
     pub none: Arc<str>,
+    /// Whose `X-Forwarded-For` is forwarded.
+    pub xff: XffPolicy,
+    /// How long an upgraded connection may carry no byte either way.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 /// The Host of a request: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -45,9 +55,15 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 pub(crate) async fn handle(
     shared: Arc<ListenerShared>,
     client: HeaderValue,
-    req: Request<Incoming>,
+    https: bool,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
+    if let Err(bad) = hygiene::normalise(&mut req) {
+        let err = ForwardError::BadRequest(bad);
+        record(&shared, &shared.none, &shared.none, err.status(), start);
+        return Ok(error_response(&err));
+    }
     let route = {
         let table = shared.table.load();
         let view = RequestView {
@@ -82,17 +98,20 @@ pub(crate) async fn handle(
         return Ok(resp);
     };
     let mut note = Note::default();
-    let (mut resp, backend) = match dispatch(&shared, &route, &client, req, start, &mut note).await
+    let (mut resp, backend) = match dispatch(&shared, &route, &client, https, req, start, &mut note)
+        .await
     {
         Ok(ok) => ok,
         Err((err, backend)) => {
             tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
-            (error_response(&err), backend)
+            let mut resp = error_response(&err);
+            if err.client_gone() {
+                resp.extensions_mut().insert(ClientGone);
+            }
+            (resp, backend)
         }
     };
-    for edits in &route.filters.response_headers {
-        edits.apply(resp.headers_mut());
-    }
+    hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
     record(&shared, &route.label, &backend, resp.status(), start);
     if let Some(logged) = logged {
         log_access(
@@ -152,13 +171,16 @@ async fn dispatch(
     shared: &ListenerShared,
     route: &ServingRoute,
     client: &HeaderValue,
+    https: bool,
     req: Request<Incoming>,
     start: Instant,
     note: &mut Note,
 ) -> Dispatched {
     if let Some(redirect) = &route.filters.redirect {
         let host = request_host(&req).map(strip_port).unwrap_or_default();
-        let location = redirect.location(
+        let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
+        let location = redirect.location_for(
+            &scheme,
             host,
             req.uri().path(),
             req.uri().query(),
@@ -193,7 +215,11 @@ async fn dispatch(
             b.name.clone(),
         )),
         Pick::Endpoint { backend, endpoint } => {
-            match forward(shared, route, client, req, endpoint, start, note).await {
+            let origin = Origin {
+                client,
+                scheme: if https { "https" } else { "http" },
+            };
+            match forward(shared, route, &origin, req, endpoint, start, note).await {
                 Ok(resp) => Ok((resp, backend.name.clone())),
                 Err(e) => Err((e, backend.name.clone())),
             }
@@ -201,10 +227,22 @@ async fn dispatch(
     }
 }
 
+/// Marks a response to a request whose client went away before it was answered (its body
+/// failed): an HTTP/2 stream reset early counts against the connection like any early reset
+/// (see `idle::in_flight`), however fast the proxy gave up on it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientGone;
+
+/// Who sent the request, as the backend is told: `X-Forwarded-For` and `X-Forwarded-Proto`.
+struct Origin<'a> {
+    client: &'a HeaderValue,
+    scheme: &'static str,
+}
+
 async fn forward(
     shared: &ListenerShared,
     route: &ServingRoute,
-    client: &HeaderValue,
+    origin: &Origin<'_>,
     mut req: Request<Incoming>,
     endpoint: &ServingEndpoint,
     start: Instant,
@@ -225,6 +263,10 @@ async fn forward(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     strip_hop_by_hop(&mut parts.headers);
+    hygiene::forwarded_from_client(&mut parts.headers, shared.xff);
+    if parts.version == Version::HTTP_2 {
+        hygiene::join_cookies(&mut parts.headers);
+    }
     if let Some(protocol) = upgrade {
         restore_upgrade_headers(&mut parts.headers, protocol);
     }
@@ -244,12 +286,11 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, host);
     }
-    for edits in &route.filters.request_headers {
-        edits.apply(&mut parts.headers);
-    }
+    hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
     let hop = HopHeaders {
-        client,
+        client: origin.client,
         endpoint: authority,
+        scheme: origin.scheme,
     };
     note.endpoint = Some(endpoint.addr);
     parts.uri = upstream_uri(path_and_query);
@@ -295,7 +336,7 @@ async fn forward(
         ) else {
             return Err(ForwardError::UnaskedUpgrade(authority.to_string()));
         };
-        splice(client, conn);
+        splice(client, conn, shared.tunnel_idle_timeout);
         strip_hop_by_hop(&mut head.headers);
         restore_upgrade_headers(&mut head.headers, protocol);
         return Ok(Response::from_parts(head, ProxyBody::local(Bytes::new())));
@@ -317,6 +358,7 @@ fn error_response(err: &ForwardError) -> Response<ProxyBody> {
     let status = err.status();
     // The reason phrase only: endpoint addresses and plan details stay in the logs.
     let body: &'static [u8] = match status {
+        StatusCode::BAD_REQUEST => b"Bad Request\n",
         StatusCode::NOT_FOUND => b"Not Found\n",
         StatusCode::SERVICE_UNAVAILABLE => b"Service Unavailable\n",
         StatusCode::BAD_GATEWAY => b"Bad Gateway\n",
@@ -354,7 +396,7 @@ mod tests {
 
     fn future_size<F, Fut>(_: &F) -> usize
     where
-        F: Fn(Arc<ListenerShared>, HeaderValue, Request<Incoming>) -> Fut,
+        F: Fn(Arc<ListenerShared>, HeaderValue, bool, Request<Incoming>) -> Fut,
     {
         size_of::<Fut>()
     }

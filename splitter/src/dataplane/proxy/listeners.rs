@@ -73,9 +73,10 @@ impl L7Listeners {
             .copied()
             .collect();
         for addr in gone {
-            if let Some(r) = self.running.remove(&addr) {
-                // The socket closes at once (the address can be bound again); in-flight
-                // requests finish in the background.
+            if let Some(mut r) = self.running.remove(&addr) {
+                // The socket is closed before this returns (the address refuses connections
+                // and can be bound again); in-flight requests finish in the background.
+                r.listener.stop_accepting().await;
                 self.draining.spawn(r.listener.shutdown());
                 report.stopped.push(addr);
             }

@@ -8,7 +8,9 @@
 //! itself (`workers`, `pool`). A new plan is applied with
 //! [`ProxyListener::install`], which swaps the listener's compiled table atomically
 //! (`arc-swap`): requests already routed finish where they were going, keep-alive connections
-//! stay open, and the next request sees the new routes.
+//! stay open, and the next request sees the new routes. An HTTPS listener's table carries its
+//! certificates; the listener terminates TLS (`tls`: rustls, certificate by SNI, ALPN h2 and
+//! http/1.1) and swaps its TLS configuration the same way, for the next handshake.
 //!
 //! Per request: find the first route (precedence order) whose hostnames and match accept it,
 //! apply its filters, pick a backendRef by smooth weighted round robin and an endpoint of it
@@ -16,8 +18,17 @@
 //! (and its body, if any) is written and its response read by the request's own task
 //! (`direct`, one HTTP/1.1 client for every request, upgrades included). With `--access-log`,
 //! one line per request (`access`). Answers of the proxy
-//! itself: 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
+//! itself: 400 two Hosts, 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
 //! 502 connect or protocol failure, 504 HTTPRoute timeout.
+//!
+//! Against clients that hold resources without using them (`idle`, `slots`): one watchdog per
+//! connection keeps the header, body-read, response-write and HTTP/2 stream idle timeouts and
+//! the maximum age; HTTP/2 requests run under a per-connection in-flight limit that requests
+//! reset by the client keep counting against until their backend answers, and a connection
+//! that resets too many streams before their response is closed with GOAWAY; connections are
+//! limited per listener and per client source, and the slots live in the client socket, so an
+//! upgraded tunnel (itself idle-timed, `upgrade`) holds them; backend connections are capped per
+//! endpoint ([`EndpointSlots`]). 503 also answers a request whose endpoint is at that cap.
 //!
 //! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
 
@@ -28,12 +39,16 @@ mod direct;
 mod drain;
 mod error;
 mod handler;
+mod hygiene;
 mod idle;
 mod listeners;
 mod metrics;
 mod pool;
+mod rlimit;
 mod server;
+mod slots;
 mod table;
+mod tls;
 mod upgrade;
 mod upstream;
 mod workers;
@@ -42,9 +57,12 @@ pub use access::AccessLog;
 pub use balance::{EndpointCursor, SmoothWrr};
 pub use body::ProxyBody;
 pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
+pub use hygiene::{BadRequest, XffPolicy};
 pub use listeners::{ApplyReport, L7Listeners};
 pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
+pub use rlimit::raise_nofile_limit;
 pub use server::{Proxy, ProxyConfig, ProxyListener};
+pub use slots::{EndpointPermit, EndpointSlots};
 pub use table::TableIssue;
 pub use upstream::UpstreamConfig;
 pub use workers::default_workers;

@@ -1,5 +1,6 @@
-//! Listeners: accept, guard, and hand connections to hyper (HTTP/1.1 keep-alive and h2c on one
-//! port); swap route tables and drain on shutdown.
+//! Listeners: accept, guard, terminate TLS on HTTPS listeners (`tls`), and hand connections to
+//! hyper (HTTP/1.1 keep-alive and h2c on one port, or both behind TLS by ALPN); swap route
+//! tables and TLS configurations, and drain on shutdown.
 
 use std::{
     convert::Infallible,
@@ -8,8 +9,9 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
-use http::Request;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use futures::FutureExt;
+use http::{Request, Version};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -28,14 +30,19 @@ use super::{
     access::AccessLog,
     drain::Drain,
     error::ProxyError,
-    handler::{self, ListenerShared},
-    idle::{Drainable, Progress, Supervised, TrackedBody},
+    handler::{self, ClientGone, ListenerShared},
+    hygiene::XffPolicy,
+    idle::{
+        Drainable, Metered, Progress, StreamLimits, Supervised, Timeouts, TrackedBody, in_flight,
+    },
     metrics::{ListenerLabels, ProxyMetrics},
+    slots::{SourceSlot, SourceSlots},
     table::{ServingTable, TableIssue},
+    tls::{self, ClientIo},
     upstream::{Upstream, UpstreamConfig, client_address},
     workers::{ProxyWorkers, WorkerSlot, default_workers},
 };
-use splitter_plan::plan::l7::L7RouteTable;
+use splitter_plan::plan::{l7::L7RouteTable, tls::TlsPlan};
 
 /// hyper refuses read buffers smaller than this (and panics when asked to).
 const MIN_HEADER_BUFFER: usize = 8192;
@@ -54,9 +61,35 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Most header fields in one HTTP/1.1 request head.
     pub max_headers: usize,
-    /// Connections served at once per listener; more are closed at accept.
+    /// Connections served at once per listener, upgraded tunnels included; more are closed at
+    /// accept.
     pub max_connections: usize,
+    /// Connections one client source (an IPv4 address, an IPv6 /64) may hold open at once,
+    /// over all listeners; more from it are closed at accept, while other sources are still
+    /// served. 0: no limit (for a node behind a load balancer that hides client addresses).
+    pub max_connections_per_source: usize,
+    /// An HTTP/1.1 request whose body stops arriving for this long (the server waiting on the
+    /// socket for it) has its connection closed.
+    pub body_read_timeout: Duration,
+    /// A connection whose client takes none of what is written to it for this long (the
+    /// socket's send buffer stays full) is closed.
+    pub response_write_timeout: Duration,
+    /// An HTTP/2 response whose stream takes no data for this long (its flow-control window
+    /// stays shut) loses its backend side, and the stream fails.
+    pub h2_stream_idle_timeout: Duration,
+    /// A connection this old is drained (GOAWAY on HTTP/2, `Connection: close` on HTTP/1.1),
+    /// and cut a drain timeout later if still open.
+    pub max_connection_age: Duration,
+    /// An upgraded connection (WebSocket and the like) with no byte in either direction for
+    /// this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
+    /// Requests of one HTTP/2 connection in flight to backends at once, counting those whose
+    /// stream the client reset until their backend answers; more wait for a place.
+    pub h2_max_requests_in_flight: usize,
+    /// Streams an HTTP/2 client may reset before their response, beyond as many as it got
+    /// answered, before its connection is closed with GOAWAY (paced rapid reset).
+    pub h2_max_early_resets: u32,
     /// On shutdown, how long in-flight requests may take before their connections are cut.
     pub drain_timeout: Duration,
     /// Threads serving connections (at least one); each serves its connections and their
@@ -65,6 +98,8 @@ pub struct ProxyConfig {
     pub upstream: UpstreamConfig,
     /// One line per request (`access`); `None`, the default: no log.
     pub access_log: Option<AccessLog>,
+    /// Whose `X-Forwarded-For` is forwarded (`--xff`).
+    pub xff: XffPolicy,
 }
 
 impl Default for ProxyConfig {
@@ -74,11 +109,20 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             max_headers: HYPER_DEFAULT_MAX_HEADERS,
             max_connections: 10_000,
+            max_connections_per_source: 256,
+            body_read_timeout: Duration::from_secs(30),
+            response_write_timeout: Duration::from_secs(30),
+            h2_stream_idle_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::from_secs(3600),
+            tunnel_idle_timeout: Duration::from_secs(300),
             h2_max_concurrent_streams: 256,
+            h2_max_requests_in_flight: 256,
+            h2_max_early_resets: 100,
             drain_timeout: Duration::from_secs(30),
             workers: default_workers(),
             upstream: UpstreamConfig::default(),
             access_log: None,
+            xff: XffPolicy::default(),
         }
     }
 }
@@ -89,6 +133,8 @@ impl Default for ProxyConfig {
 pub struct Proxy {
     config: ProxyConfig,
     upstream: Upstream,
+    /// Shared by all listeners: the per-source limit counts a client's connections to any.
+    sources: SourceSlots,
     metrics: ProxyMetrics,
     /// Started with the first listener, so that making a `Proxy` cannot fail.
     workers: Arc<Mutex<Option<Arc<ProxyWorkers>>>>,
@@ -98,6 +144,7 @@ impl Proxy {
     pub fn new(config: ProxyConfig, metrics: ProxyMetrics) -> Self {
         Self {
             upstream: Upstream::new(&config.upstream),
+            sources: SourceSlots::new(config.max_connections_per_source),
             config,
             metrics,
             workers: Arc::default(),
@@ -140,30 +187,41 @@ impl Proxy {
             .local_addr()
             .map_err(|source| ProxyError::Bind { addr, source })?;
         let (compiled, issues) = ServingTable::compile(table, &ServingTable::default());
+        let listener_label = local_addr.to_string();
+        let tls = table
+            .tls
+            .as_ref()
+            .map(|plan| tls::server_config(&listener_label, plan));
         let shared = Arc::new(ListenerShared {
             table: ArcSwap::from_pointee(compiled),
             access_log: self.config.access_log.clone(),
+            tls: ArcSwapOption::new(tls),
             upstream: self.upstream.clone(),
             metrics: self.metrics.clone(),
-            listener: Arc::from(local_addr.to_string()),
+            listener: Arc::from(listener_label),
             port: local_addr.port(),
             none: Arc::from(""),
+            xff: self.config.xff,
+            tunnel_idle_timeout: self.config.tunnel_idle_timeout,
         });
         report(&shared.listener, &issues);
         let (stop_tx, stop_rx) = watch::channel(());
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(accept_loop(
             listener,
             shared.clone(),
             workers,
             self.config.clone(),
-            stop_rx,
+            self.sources.clone(),
+            (stop_rx, closed_tx),
         ));
         Ok((
             ProxyListener {
                 shared,
                 local_addr,
-                install_lock: Mutex::new(()),
+                install_lock: Mutex::new(table.tls.clone()),
                 stop: stop_tx,
+                closed: Some(closed_rx),
                 task,
             },
             issues,
@@ -196,8 +254,11 @@ fn report(listener: &str, issues: &[TableIssue]) {
 pub struct ProxyListener {
     shared: Arc<ListenerShared>,
     local_addr: SocketAddr,
-    install_lock: Mutex<()>,
+    /// Held while installing; the TLS plan installed last.
+    install_lock: Mutex<Option<TlsPlan>>,
     stop: watch::Sender<()>,
+    /// Fires once the accept loop has closed the listening socket.
+    closed: Option<tokio::sync::oneshot::Receiver<()>>,
     task: JoinHandle<()>,
 }
 
@@ -215,11 +276,21 @@ impl ProxyListener {
     }
 
     /// Installs a new table atomically: requests already routed finish on the old one, the next
-    /// request sees the new one. Balancer state of unchanged rules carries over.
+    /// request sees the new one. Balancer state of unchanged rules carries over. A changed TLS
+    /// plan (a rotated certificate) applies to the next handshake; open connections keep theirs.
     pub fn install(&self, table: &L7RouteTable) -> Vec<TableIssue> {
         // Serialised so two installs cannot both compile against the same previous table and
         // lose one's carried-over state.
-        let _guard = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut applied_tls = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *applied_tls != table.tls {
+            self.shared.tls.store(
+                table
+                    .tls
+                    .as_ref()
+                    .map(|plan| tls::server_config(&self.shared.listener, plan)),
+            );
+            applied_tls.clone_from(&table.tls);
+        }
         let previous = self.shared.table.load();
         let (compiled, issues) = ServingTable::compile(table, &previous);
         self.shared.table.store(Arc::new(compiled));
@@ -232,6 +303,18 @@ impl ProxyListener {
             .inc();
         report(&self.shared.listener, &issues);
         issues
+    }
+
+    /// Stops accepting and returns once the listening socket is closed: from then on the
+    /// address refuses connections and can be bound again. In-flight requests go on until
+    /// [`Self::shutdown`].
+    pub async fn stop_accepting(&mut self) {
+        // Sent, not dropped: `changed()` fires either way, and `shutdown` still owns the sender.
+        let _ = self.stop.send(());
+        if let Some(closed) = self.closed.take() {
+            // An error means the task ended already, which closed the socket too.
+            let _ = closed.await;
+        }
     }
 
     /// Stops accepting (new connections are refused), lets in-flight requests finish within the
@@ -268,16 +351,25 @@ fn connection_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.h2_max_concurrent_streams)
+        // h2's own guards, set to its defaults so that they are on record: streams reset before
+        // the server accepted them (classic rapid reset), and streams the server had to reset
+        // for the client's errors, each past its limit closing the connection with GOAWAY.
+        // Streams reset after they reached the proxy are counted by `idle::in_flight`.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
-/// Holds a connection's slot, its place on its worker and in the open-connections gauge,
-/// released however the connection task ends (including being aborted at the end of a drain).
+/// Holds a connection's slot, its source's, its place on its worker and in the
+/// open-connections gauge. It lives in the socket ([`Metered`]), so it is released when the
+/// socket closes: when the connection task ends however it ends (including being aborted at
+/// the end of a drain), or, once the connection was upgraded, when the tunnel does.
 struct ConnectionGuard {
     open: Gauge,
     _permit: OwnedSemaphorePermit,
+    _source: SourceSlot,
     _worker: WorkerSlot,
 }
 
@@ -297,11 +389,17 @@ where
 }
 
 impl ConnectionGuard {
-    fn new(open: Gauge, permit: OwnedSemaphorePermit, worker: WorkerSlot) -> Self {
+    fn new(
+        open: Gauge,
+        permit: OwnedSemaphorePermit,
+        source: SourceSlot,
+        worker: WorkerSlot,
+    ) -> Self {
         open.inc();
         Self {
             open,
             _permit: permit,
+            _source: source,
             _worker: worker,
         }
     }
@@ -320,9 +418,11 @@ struct Acceptor {
     drain: Arc<Drain>,
     shared: Arc<ListenerShared>,
     limit: Arc<Semaphore>,
+    sources: SourceSlots,
     labels: ListenerLabels,
-    /// See [`ProxyConfig::header_read_timeout`]; kept by the connection's watchdog (`idle`).
-    header_timeout: Duration,
+    /// Kept by each connection's watchdog (`idle`).
+    timeouts: Timeouts,
+    streams: StreamLimits,
 }
 
 impl Acceptor {
@@ -334,12 +434,20 @@ impl Acceptor {
         peer: SocketAddr,
         worker: WorkerSlot,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+        let reject = || {
             self.shared
                 .metrics
                 .rejected_connections
                 .get_or_create(&self.labels)
                 .inc();
+        };
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            reject();
+            return None;
+        };
+        let Some(source) = self.sources.acquire(peer.ip()) else {
+            tracing::debug!(%peer, "the client's source is at its connection limit; closing");
+            reject();
             return None;
         };
         // Nagle would delay small responses behind the client's delayed ACK.
@@ -352,18 +460,34 @@ impl Acceptor {
                 return None;
             }
         };
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new(self.streams.max_in_flight));
+        // Read at accept: a certificate rotated later applies to later connections.
+        let tls = self.shared.tls.load_full();
+        let https = tls.is_some();
         let svc = {
             let shared = self.shared.clone();
             let progress = progress.clone();
             let client = client_address(peer.ip());
+            let limits = self.streams;
             service_fn(move |req: Request<Incoming>| {
-                let open = progress.request(req.version());
+                let version = req.version();
+                let open = progress.request(version);
                 // Boxed: hyper moves the future it is given, and this one is kilobytes.
-                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), req));
+                let resp = Box::pin(handler::handle(shared.clone(), client.clone(), https, req));
+                // HTTP/2 requests run under their connection's in-flight limit and their
+                // bodies are watched per stream; HTTP/1.1 has one at a time, watched through
+                // the socket.
+                let h2 = (version == Version::HTTP_2).then(|| progress.clone());
                 async move {
-                    let resp = resp.await?;
-                    Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, open)))
+                    Ok::<_, Infallible>(match h2 {
+                        None => resp.await?.map(|body| TrackedBody::new(body, open)),
+                        Some(progress) => in_flight(progress, limits, resp, |out| {
+                            out.as_ref()
+                                .is_ok_and(|r| r.extensions().get::<ClientGone>().is_none())
+                        })
+                        .await?
+                        .map(|body| TrackedBody::watched(body, open)),
+                    })
                 }
             })
         };
@@ -374,13 +498,13 @@ impl Acceptor {
                 .get_or_create(&self.labels)
                 .clone(),
             permit,
+            source,
             worker,
         );
         let builder = self.builder.clone();
         let drain = self.drain.clone();
-        let header_timeout = self.header_timeout;
+        let timeouts = self.timeouts;
         Some(async move {
-            let _guard = guard;
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {
@@ -389,15 +513,39 @@ impl Acceptor {
                 }
             };
             // Stopped when this task ends, however it ends.
-            let _watchdog =
-                AbortOnDropHandle::new(tokio::spawn(progress.clone().watch(header_timeout)));
+            let watchdog = AbortOnDropHandle::new(tokio::spawn(progress.clone().watch(timeouts)));
             let _registered = drain.register(&progress);
+            let io = Metered::new(stream, progress.clone(), guard);
+            let io = match tls {
+                None => ClientIo::Plain(io),
+                // The handshake must end within the time a request head has to arrive.
+                Some(config) => match tokio::time::timeout(
+                    timeouts.header_read,
+                    tokio_rustls::TlsAcceptor::from(config).accept(io),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => ClientIo::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();
             match Supervised::new(std::pin::pin!(conn), &progress).await {
+                None if progress.closed_for_resets() => {
+                    tracing::debug!(%peer, "the client reset too many streams before their response; closed with GOAWAY");
+                }
                 None => {
-                    tracing::debug!(%peer, "no complete request head within the header timeout; closing");
+                    let why = watchdog.now_or_never().and_then(Result::ok);
+                    tracing::debug!(%peer, why = ?why, "connection cut by its watchdog");
                 }
                 Some(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -413,16 +561,30 @@ async fn accept_loop(
     shared: Arc<ListenerShared>,
     workers: Arc<ProxyWorkers>,
     config: ProxyConfig,
-    mut stop: watch::Receiver<()>,
+    sources: SourceSlots,
+    (mut stop, closed): (watch::Receiver<()>, tokio::sync::oneshot::Sender<()>),
 ) {
     let acceptor = Acceptor {
         builder: connection_builder(&config),
         drain: Arc::default(),
         limit: Arc::new(Semaphore::new(config.max_connections)),
+        sources,
         labels: ListenerLabels {
             listener: shared.listener.clone(),
         },
-        header_timeout: config.header_read_timeout,
+        timeouts: Timeouts {
+            header_read: config.header_read_timeout,
+            body_read: config.body_read_timeout,
+            response_write: config.response_write_timeout,
+            h2_stream_idle: config.h2_stream_idle_timeout,
+            max_age: config.max_connection_age,
+            age_grace: config.drain_timeout,
+        },
+        streams: StreamLimits {
+            max_in_flight: config.h2_max_requests_in_flight,
+            max_early_resets: config.h2_max_early_resets,
+            detached_for: config.h2_stream_idle_timeout,
+        },
         shared,
     };
     let mut conns = JoinSet::new();
@@ -448,6 +610,7 @@ async fn accept_loop(
     }
     // Closing the socket refuses new connections while the old ones drain.
     drop(listener);
+    let _ = closed.send(());
     acceptor.drain.start();
     let drained = async { while conns.join_next().await.is_some() {} };
     tokio::select! {

@@ -89,6 +89,8 @@ pub struct ServingRoute {
     /// `namespace/name/rule-index`, the metrics label.
     pub label: Arc<str>,
     hostnames: Vec<String>,
+    /// Hosts that belong to more specific listeners on the port (listener isolation).
+    shadowed_by: Vec<String>,
     matched: RouteMatch,
     /// The matched path prefix without a trailing `/` (empty for `/`), for ReplacePrefixMatch.
     pub prefix: Option<String>,
@@ -100,7 +102,9 @@ pub struct ServingRoute {
 
 impl ServingRoute {
     pub fn accepts(&self, host: Option<&str>, req: &RequestView<'_>) -> bool {
-        hostname_matches(&self.hostnames, host) && self.matched.matches(req)
+        hostname_matches(&self.hostnames, host)
+            && (self.shadowed_by.is_empty() || !hostname_matches(&self.shadowed_by, host))
+            && self.matched.matches(req)
     }
 
     pub fn pick(&self) -> Pick<'_> {
@@ -220,6 +224,7 @@ impl ServingTable {
                 r.route.namespace, r.route.name, r.rule_index
             )),
             hostnames: r.hostnames.clone(),
+            shadowed_by: r.shadowed_by.clone(),
             matched: r.matched.clone(),
             prefix,
             filters,
@@ -249,6 +254,7 @@ mod tests {
             },
             rule_index: 0,
             hostnames: vec![],
+            shadowed_by: vec![],
             matched: RouteMatch {
                 path: PathMatch::Prefix(path.into()),
                 headers: vec![],
@@ -285,6 +291,7 @@ mod tests {
     fn matches_of_one_rule_share_one_sequence() {
         let t = L7RouteTable {
             routes: vec![rule("/a", &[2, 1]), rule("/b", &[2, 1])],
+            tls: None,
         };
         let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
         assert!(issues.is_empty());
@@ -297,6 +304,7 @@ mod tests {
     fn state_carries_over_only_when_backends_are_unchanged() {
         let t = L7RouteTable {
             routes: vec![rule("/", &[2, 1])],
+            tls: None,
         };
         let (first, _) = ServingTable::compile(&t, &ServingTable::default());
         assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
@@ -309,6 +317,7 @@ mod tests {
         // New weights: a fresh sequence.
         let changed = L7RouteTable {
             routes: vec![rule("/", &[1, 2])],
+            tls: None,
         };
         let (third, _) = ServingTable::compile(&changed, &second);
         assert_eq!(

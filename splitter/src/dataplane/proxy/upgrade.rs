@@ -1,10 +1,21 @@
 //! HTTP/1.1 protocol upgrades (WebSocket and the like): the request's `Upgrade` is passed to the
 //! backend, and once it answers 101 the two connections are spliced byte for byte.
 
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
 use http::{HeaderMap, HeaderValue, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{direct::DirectConnection, upstream::list_has};
 
@@ -28,9 +39,12 @@ pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Copies bytes both ways between the upgraded client connection and the backend's (first
-/// what was read from the backend past its 101 head) until one side closes; runs on its own
-/// task so the response can be returned first.
-pub fn splice(client: OnUpgrade, backend: DirectConnection) {
+/// what was read from the backend past its 101 head) until one side closes or neither carries
+/// a byte for `idle_timeout`; runs on its own task so the response can be returned first. The
+/// client connection's slots (listener limit, per-source limit) live in its socket, and the
+/// backend connection's place under the per-endpoint cap in its permit, so a tunnel holds both
+/// for as long as it is open.
+pub fn splice(client: OnUpgrade, backend: DirectConnection, idle_timeout: Duration) {
     tokio::spawn(async move {
         let client = match client.await {
             Ok(c) => c,
@@ -39,15 +53,95 @@ pub fn splice(client: OnUpgrade, backend: DirectConnection) {
                 return;
             }
         };
-        let (mut backend, early) = backend.into_parts();
+        let (backend, early, _permit) = backend.into_parts();
         let mut client = TokioIo::new(client);
         if !early.is_empty() && client.write_all(&early).await.is_err() {
             return;
         }
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        let moved = Arc::new(AtomicU64::new(0));
+        let mut client = Counted::new(client, moved.clone());
+        let mut backend = Counted::new(backend, moved.clone());
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
+        tokio::select! {
+            copied = copy => if let Err(e) = copied {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            },
+            () = idle(&moved, idle_timeout) => {
+                tracing::debug!(?idle_timeout, "upgraded connection idle; closing");
+            }
         }
     });
+}
+
+/// Completes once `moved` stayed the same for `timeout` (checked every quarter of it, so
+/// between one timeout and a quarter more after the last byte).
+async fn idle(moved: &AtomicU64, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(10));
+    let need = timeout.as_nanos().div_ceil(tick.as_nanos()).max(1);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut quiet) = (moved.load(Ordering::Relaxed), 0u128);
+    loop {
+        ticks.tick().await;
+        let now = moved.load(Ordering::Relaxed);
+        quiet = if now == seen { quiet + 1 } else { 0 };
+        seen = now;
+        if quiet >= need {
+            return;
+        }
+    }
+}
+
+/// One side of a tunnel, counting the reads and writes that moved bytes.
+struct Counted<S> {
+    io: S,
+    moved: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn new(io: S, moved: Arc<AtomicU64>) -> Self {
+        Self { io, moved }
+    }
+
+    fn count<T>(&self, polled: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Ok(_)) = polled {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.count(&polled);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.count(&polled);
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use super::{
     direct::{self, DirectBody, DirectConnection, RequestFraming},
     error::UpstreamError,
     pool,
+    slots::{EndpointPermit, EndpointSlots},
 };
 
 /// Settings of the upstream connections.
@@ -33,6 +34,9 @@ pub struct UpstreamConfig {
     /// read, like nginx's `proxy_read_timeout`); a wait for the response head gets 504, one
     /// in the body cuts the response. `None`: no limit.
     pub read_timeout: Option<Duration>,
+    /// Connections open to one endpoint at once over all worker threads, idle pooled ones
+    /// included; a request that would need another is answered 503. 0: no limit.
+    pub max_connections_per_endpoint: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -42,6 +46,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 256,
             read_timeout: Some(Duration::from_secs(60)),
+            max_connections_per_endpoint: 1024,
         }
     }
 }
@@ -52,12 +57,14 @@ impl Default for UpstreamConfig {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     config: UpstreamConfig,
+    slots: EndpointSlots,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Self {
         Self {
             config: config.clone(),
+            slots: EndpointSlots::new(config.max_connections_per_endpoint),
         }
     }
 
@@ -162,11 +169,20 @@ impl Upstream {
     }
 
     async fn open(&self, endpoint: SocketAddr) -> Result<DirectConnection, UpstreamError> {
-        let stream = self.connect(endpoint).await?;
-        Ok(DirectConnection::new(stream).with_read_timeout(self.config.read_timeout))
+        let (stream, permit) = self.connect(endpoint).await?;
+        Ok(DirectConnection::new(stream)
+            .with_read_timeout(self.config.read_timeout)
+            .holding(permit))
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<(TcpStream, EndpointPermit), UpstreamError> {
+        let permit = self
+            .slots
+            .acquire(endpoint)
+            .ok_or(UpstreamError::EndpointFull(self.slots.max()))?;
         let stream =
             tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(endpoint))
                 .await
@@ -177,7 +193,7 @@ impl Upstream {
         // Finds backends that vanished without a FIN while a connection sits idle in the pool.
         let _ = SockRef::from(&stream)
             .set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)));
-        Ok(stream)
+        Ok((stream, permit))
     }
 }
 
@@ -201,8 +217,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Names listed in Connection are rare; collect them only when Connection is present.
     if headers.contains_key(header::CONNECTION) {
+        // Host is never hop-by-hop, whatever the sender lists (`Connection: host`).
         let listed: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .filter(|n| *n != header::HOST)
             .collect();
         for n in listed {
             headers.remove(n);
@@ -242,8 +260,6 @@ pub fn client_address(ip: IpAddr) -> HeaderValue {
 
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// The scheme the proxy's listeners speak (no TLS on them).
-const SCHEME: &str = "http";
 
 /// What this hop adds to every request it forwards: Host when the client sent none (see
 /// [`default_host`]) and the client address and scheme (see [`add_forwarded`]).
@@ -252,6 +268,8 @@ pub struct HopHeaders<'a> {
     pub client: &'a HeaderValue,
     /// The endpoint, Host of a request that has none.
     pub endpoint: &'a Authority,
+    /// The scheme the client spoke to the listener, `http` or `https`: `X-Forwarded-Proto`.
+    pub scheme: &'static str,
 }
 
 impl HopHeaders<'_> {
@@ -260,7 +278,7 @@ impl HopHeaders<'_> {
     #[cfg(test)]
     pub fn apply(&self, headers: &mut HeaderMap) {
         default_host(headers, self.endpoint);
-        add_forwarded(headers, self.client);
+        add_forwarded(headers, self.client, self.scheme);
     }
 
     /// Writes `headers` as HTTP/1.1 field lines with the additions made as they are written,
@@ -292,7 +310,7 @@ impl HopHeaders<'_> {
         }
         out.extend_from_slice(self.client.as_bytes());
         out.extend_from_slice(b"\r\n");
-        field_line(out, XFP.as_str().as_bytes(), SCHEME.as_bytes());
+        field_line(out, XFP.as_str().as_bytes(), self.scheme.as_bytes());
     }
 }
 
@@ -306,7 +324,7 @@ fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Appends the client address (from [`client_address`]) to `X-Forwarded-For` and the scheme
 /// to `X-Forwarded-Proto`.
 #[cfg(test)]
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, scheme: &'static str) {
     // One lookup for the common case, a first hop, which has no text to build.
     match headers.entry(&XFF) {
         header::Entry::Vacant(slot) => {
@@ -324,7 +342,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
             previous.insert(HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.clone()));
         }
     }
-    headers.append(XFP.clone(), HeaderValue::from_static(SCHEME));
+    headers.append(XFP.clone(), HeaderValue::from_static(scheme));
 }
 
 /// The upstream request target: origin-form (`/path?query`), which is what an HTTP/1.1 server
@@ -372,19 +390,19 @@ mod tests {
     fn forwarded_headers_append() {
         let client = |a: &str| client_address(a.parse().unwrap());
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, &client("10.0.0.1"));
+        add_forwarded(&mut h, &client("10.0.0.1"), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        add_forwarded(&mut h, &client("::ffff:10.0.0.2"));
+        add_forwarded(&mut h, &client("::ffff:10.0.0.2"), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        add_forwarded(&mut h, &client("10.0.0.3"));
+        add_forwarded(&mut h, &client("10.0.0.3"), "http");
         assert_eq!(
             h["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 1.1.1.1, 10.0.0.3"
         );
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 3);
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, &client("2001:db8::1"));
+        add_forwarded(&mut h, &client("2001:db8::1"), "http");
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 
@@ -397,6 +415,7 @@ mod tests {
         let hop = HopHeaders {
             client: &client,
             endpoint: &endpoint,
+            scheme: "https",
         };
         let maps: [&[(&str, &str)]; 5] = [
             &[],

@@ -1,6 +1,7 @@
 //! The agent degrades instead of exiting: with an `--iface` that does not exist yet, L7 serves
 //! at once, the kernel half is reported off (readiness, `/debug/l4`, metrics), and it attaches
-//! and serves L4 as soon as the interface appears.
+//! and serves L4 as soon as the interface appears, and again when it is deleted and created
+//! again.
 
 use std::process::Command;
 
@@ -78,42 +79,45 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
     );
 
     // The interface appears: a second link to the client, with its own subnet.
-    rig.net
-        .gateway
-        .ip(&[
-            "link",
-            "add",
-            &late,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{late}p"),
-            "netns",
-            rig.net.client.name(),
-        ])
-        .expect("late veth");
-    rig.net
-        .gateway
-        .ip(&["addr", "add", "10.249.0.2/24", "dev", &late])
-        .expect("addr");
-    rig.net
-        .gateway
-        .ip(&["link", "set", &late, "up"])
-        .expect("up");
     let peer = format!("{late}p");
-    rig.net
-        .client
-        .ip(&["addr", "add", "10.249.0.1/24", "dev", &peer])
-        .expect("addr");
-    rig.net
-        .client
-        .ip(&["link", "set", &peer, "up"])
-        .expect("up");
-    rig.net
-        .client
-        .exec("ethtool", &["-K", &peer, "tx", "off"])
-        .expect("ethtool");
+    let create = || {
+        rig.net
+            .gateway
+            .ip(&[
+                "link",
+                "add",
+                &late,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                rig.net.client.name(),
+            ])
+            .expect("late veth");
+        rig.net
+            .gateway
+            .ip(&["addr", "add", "10.249.0.2/24", "dev", &late])
+            .expect("addr");
+        rig.net
+            .gateway
+            .ip(&["link", "set", &late, "up"])
+            .expect("up");
+        rig.net
+            .client
+            .ip(&["addr", "add", "10.249.0.1/24", "dev", &peer])
+            .expect("addr");
+        rig.net
+            .client
+            .ip(&["link", "set", &peer, "up"])
+            .expect("up");
+        rig.net
+            .client
+            .exec("ethtool", &["-K", &peer, "tx", "off"])
+            .expect("ethtool");
+    };
+    create();
 
     wait_for(
         "the kernel to serve the late interface's address",
@@ -126,13 +130,47 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
     });
     let (code, body) = admin(&rig, "/readyz");
     assert_eq!(code, "200", "{body}");
-    assert!(admin(&rig, "/metrics").1.contains("splitter_l4_up 1"));
+    let metrics = admin(&rig, "/metrics").1;
+    assert!(metrics.contains("splitter_l4_up 1"), "{metrics}");
+    // The kernel's own counters: the connection's handshake was confirmed.
+    let confirmed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("splitter_l4_events_total{event=\"confirmed\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(confirmed.is_some_and(|n| n >= 1), "{metrics}");
     let (status, _, message) = listener_programmed(&rig, "l4", "tcp");
     assert_eq!(status, "True", "{message}");
     assert!(
         rig.curl(&["-s", &format!("http://{GATEWAY}/echo/hostname")])
             .is_some_and(|b| b.starts_with("echo")),
         "L7 still serves"
+    );
+
+    // The interface is deleted (its programs go with it) and created again, as a CNI may do:
+    // the agent notices, reports the kernel half off, and attaches to the new device.
+    rig.net
+        .gateway
+        .ip(&["link", "del", &late])
+        .expect("delete the interface");
+    wait_for("the lost interface to be reported", &rig, || {
+        let (code, body) = admin(&rig, "/readyz");
+        code == "503" && body.contains(&late)
+    });
+    create();
+    wait_for(
+        "an L4 connection through the re-created interface",
+        &rig,
+        || {
+            rig.curl(&["-s", "--max-time", "2", "http://10.249.0.2:8080/hostname"])
+                .is_some_and(|b| b.starts_with("echo"))
+        },
+    );
+    let (code, body) = admin(&rig, "/readyz");
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        rig.agent_log().contains("attaching afresh"),
+        "the defunct pinned links were replaced: {}",
+        rig.agent_log()
     );
     drop(agent);
     let _ = Command::new(env!("CARGO_BIN_EXE_splitter"))

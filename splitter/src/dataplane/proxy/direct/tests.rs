@@ -119,6 +119,7 @@ impl Hop {
         HopHeaders {
             client: &self.client,
             endpoint: &self.endpoint,
+            scheme: "http",
         }
     }
 }
