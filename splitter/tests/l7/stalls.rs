@@ -186,6 +186,56 @@ async fn a_request_body_that_stops_arriving_is_cut() {
     );
 }
 
+/// The same over HTTP/2, where the socket keeps moving for the connection's other streams: the
+/// stalled stream's body has its own timer, the request is answered 408 and its backend
+/// connection released, and the connection's other streams are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_body_that_stops_arriving_is_answered_408() {
+    let b = backend().await;
+    let (_p, listener) = proxy_to(b.addr, stall_config()).await;
+    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::post("http://gateway.test/upload")
+        .header("content-length", "100000")
+        .body(())
+        .unwrap();
+    let (resp, mut stream) = client.send_request(req, false).unwrap();
+    stream
+        .send_data(Bytes::from(vec![b'a'; 1000]), false)
+        .unwrap();
+    let started = Instant::now();
+    // Another stream of the same connection is served while the upload stalls.
+    let mut other = client.ready().await.unwrap();
+    let (ok, _) = other
+        .send_request(
+            Request::get("http://gateway.test/quick").body(()).unwrap(),
+            true,
+        )
+        .unwrap();
+    assert_eq!(ok.await.unwrap().status(), 200);
+    // Two backend connections: the stalled upload's, and the quick request's, now pooled.
+    assert!(
+        within(STALL / 2, || b.conns.now() == 2).await,
+        "the upload and the quick request each hold a backend connection"
+    );
+    // The rest of the body never comes.
+    let resp = tokio::time::timeout(STALL * 8, resp)
+        .await
+        .expect("a stalled HTTP/2 request body was never answered")
+        .expect("a response");
+    assert_eq!(resp.status(), 408);
+    assert!(
+        started.elapsed() >= STALL / 2,
+        "answered too early to be the timeout"
+    );
+    assert!(
+        within(STALL * 4, || b.conns.now() == 1).await,
+        "the stalled upload's backend connection stayed open"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_a_large_response_is_cut() {
     let b = backend().await;

@@ -7,6 +7,8 @@ use http::StatusCode;
 
 use splitter_plan::plan::l7::InvalidReason;
 
+use super::request_body::BodyIdle;
+
 /// Starting or running a listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -116,13 +118,27 @@ impl ForwardError {
         matches!(
             self,
             Self::Upstream {
-                source: UpstreamError::RequestBody(_),
+                source: UpstreamError::RequestBody(e),
                 ..
-            }
+            } if !e.is::<BodyIdle>()
+        )
+    }
+
+    /// The client's request body stalled (HTTP/2; see `request_body`).
+    fn body_idle(&self) -> bool {
+        matches!(
+            self,
+            Self::Upstream {
+                source: UpstreamError::RequestBody(e),
+                ..
+            } if e.is::<BodyIdle>()
         )
     }
 
     pub fn status(&self) -> StatusCode {
+        if self.body_idle() {
+            return StatusCode::REQUEST_TIMEOUT;
+        }
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,

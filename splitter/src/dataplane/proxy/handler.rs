@@ -18,6 +18,7 @@ use super::{
     error::{ForwardError, RouteError, UpstreamError},
     hygiene::{self, XffPolicy},
     metrics::ProxyMetrics,
+    request_body::IdleTimedBody,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{HopHeaders, Upstream, strip_hop_by_hop, upstream_uri},
@@ -42,6 +43,8 @@ pub(crate) struct ListenerShared {
     pub xff: XffPolicy,
     /// How long an upgraded connection may carry no byte either way.
     pub tunnel_idle_timeout: std::time::Duration,
+    /// How long an HTTP/2 request body may send nothing (HTTP/1.1: the socket watchdog's).
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// The Host of a request: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -252,6 +255,7 @@ async fn forward(
     let upgrade = requested_upgrade(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let h2 = parts.version == Version::HTTP_2;
     let rewritten = match &route.filters.rewrite {
         Some(rw) => rw
             .path_and_query(parts.uri.path(), parts.uri.query(), route.prefix.as_deref())
@@ -318,7 +322,8 @@ async fn forward(
 
     // Most requests have no body to stream (and an upgrade request's body, if any, is the
     // backend's business only once it switched): served by the lighter bodyless path.
-    let body = (!body.is_end_stream()).then_some(body);
+    let body = (!body.is_end_stream())
+        .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)));
     let sent_at = Instant::now();
     let sent = std::pin::pin!(shared.upstream.send(endpoint.addr, &parts, &hop, body));
     let resp = within(deadline, sent)

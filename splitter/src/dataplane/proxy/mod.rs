@@ -44,6 +44,7 @@ mod idle;
 mod listeners;
 mod metrics;
 mod pool;
+mod request_body;
 mod rlimit;
 mod server;
 mod slots;

@@ -203,6 +203,7 @@ impl Proxy {
             none: Arc::from(""),
             xff: self.config.xff,
             tunnel_idle_timeout: self.config.tunnel_idle_timeout,
+            body_read_timeout: self.config.body_read_timeout,
         });
         report(&shared.listener, &issues);
         let (stop_tx, stop_rx) = watch::channel(());
