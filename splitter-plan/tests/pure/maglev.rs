@@ -200,12 +200,17 @@ fn lookups_follow_the_slots_and_an_empty_input_rejects() {
     assert_eq!(t.target_for(u32::MAX), target(1));
 }
 
-/// Exploration, not a check: the largest single-change disruption over many random sets,
-/// relative to the bound the property tests assert. `cargo test --release -p splitter-plan
-/// --test pure -- --ignored --nocapture maglev_disruption_survey`.
+/// The bound over a fixed, seeded sequence of single changes (additions, removals, weight
+/// changes; REJECT shares in half the sets): deterministic, unlike the property tests, so it
+/// never flakes, and it prints the worst cases. 900 changes by default; the README's figure
+/// (60,000 changes, at most 0.70 of the bound) is `MAGLEV_SURVEY_CASES=60000 cargo test
+/// --release -p splitter-plan --test pure -- --nocapture maglev_disruption_survey`.
 #[test]
-#[ignore]
 fn maglev_disruption_survey() {
+    let cases: u32 = std::env::var("MAGLEV_SURVEY_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(900);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = |n: u64| {
         x ^= x << 13;
@@ -214,7 +219,7 @@ fn maglev_disruption_survey() {
         x % n
     };
     let mut worst: Vec<(f64, String)> = Vec::new();
-    for case in 0..60000 {
+    for case in 0..cases {
         let n = 2 + next(28) as usize;
         let mut set: Vec<(u32, u64)> = Vec::new();
         if next(2) == 0 {
@@ -253,4 +258,5 @@ fn maglev_disruption_survey() {
     for (r, s) in worst.iter().take(5) {
         println!("{r:.3} {s}");
     }
+    assert!(worst[0].0 <= 1.0, "over the bound: {}", worst[0].1);
 }

@@ -459,6 +459,40 @@ async fn tunnels_count_against_the_connection_limit_and_are_closed_when_idle() {
     assert!(served, "the closed tunnel's slot was not given back");
 }
 
+/// Paced rapid reset on one HTTP/2 connection to `listener`: up to 1,000 requests made by
+/// `request`, each reset 1 ms after it was sent (with `end_stream`, HEADERS carry END_STREAM:
+/// the CVE-2023-44487 pattern; without, the body stays open). Asserts that the proxy sent
+/// GOAWAY before the 1,000th and closed the connection.
+async fn paced_resets_are_cut(
+    listener: SocketAddr,
+    request: impl Fn() -> Request<()>,
+    end_stream: bool,
+) {
+    let tcp = TcpStream::connect(listener).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    const ATTEMPTS: usize = 1000;
+    let mut sent = 0;
+    for _ in 0..ATTEMPTS {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let Ok((_resp, mut stream)) = client.send_request(request(), end_stream) else {
+            break;
+        };
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    assert!(
+        sent < ATTEMPTS,
+        "{sent} streams reset one after another without a GOAWAY (end_stream {end_stream})"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the connection was not closed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_http2_resets_get_goaway_and_cannot_pile_up_on_the_backend() {
     let b = backend().await;
@@ -469,34 +503,13 @@ async fn paced_http2_resets_get_goaway_and_cannot_pile_up_on_the_backend() {
         ..test_config()
     };
     let (_p, listener) = proxy_to(b.addr, config).await;
-    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn = tokio::spawn(conn);
-    const ATTEMPTS: usize = 1000;
-    let mut sent = 0;
-    for _ in 0..ATTEMPTS {
-        let Ok(ready) = client.ready().await else {
-            break;
-        };
-        client = ready;
-        let req = Request::get("http://gateway.test/slow")
+    let slow = || {
+        Request::get("http://gateway.test/slow")
             .header("x-delay-ms", "3000")
             .body(())
-            .unwrap();
-        // HEADERS with END_STREAM, then RST_STREAM: the rapid-reset pattern (CVE-2023-44487).
-        let Ok((_resp, mut stream)) = client.send_request(req, true) else {
-            break;
-        };
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        stream.send_reset(h2::Reason::CANCEL);
-    }
-    assert!(
-        sent < ATTEMPTS,
-        "{sent} streams reset one after another without a GOAWAY"
-    );
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    assert!(ended.is_ok(), "the connection was not closed");
+            .unwrap()
+    };
+    paced_resets_are_cut(listener.local_addr(), slow, true).await;
     // Whatever reached the backend ran out its three seconds; never more at once than the cap.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -801,30 +814,10 @@ async fn paced_resets_of_requests_with_open_bodies_get_goaway_too() {
         ..test_config()
     };
     let (_p, listener) = proxy_to(b.addr, config).await;
-    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn = tokio::spawn(conn);
-    const ATTEMPTS: usize = 1000;
-    let mut sent = 0;
-    for _ in 0..ATTEMPTS {
-        let Ok(ready) = client.ready().await else {
-            break;
-        };
-        client = ready;
-        let req = Request::post("http://gateway.test/upload")
+    let upload = || {
+        Request::post("http://gateway.test/upload")
             .body(())
-            .unwrap();
-        let Ok((_resp, mut stream)) = client.send_request(req, false) else {
-            break;
-        };
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        stream.send_reset(h2::Reason::CANCEL);
-    }
-    assert!(
-        sent < ATTEMPTS,
-        "{sent} streams with open bodies reset one after another without a GOAWAY"
-    );
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    assert!(ended.is_ok(), "the connection was not closed");
+            .unwrap()
+    };
+    paced_resets_are_cut(listener.local_addr(), upload, false).await;
 }

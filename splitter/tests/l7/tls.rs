@@ -217,11 +217,7 @@ async fn guide_journey_over_one_verified_tls_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_the_certificate_the_client_verifies() {
     let backend_srv = echo("echo").await;
-    let routes = vec![prefix_route(
-        "r",
-        "/",
-        vec![backend("b", 1, &[backend_srv.local_addr()])],
-    )];
+    let routes = everything_to(&backend_srv);
     let t = tls_table(
         routes,
         &[(Some("a.example.com"), "a"), (Some("b.example.com"), "b")],
@@ -253,13 +249,7 @@ async fn sni_picks_the_certificate_the_client_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_keep_working() {
     let backend_srv = echo("echo").await;
-    let routes = || {
-        vec![prefix_route(
-            "r",
-            "/",
-            vec![backend("b", 1, &[backend_srv.local_addr()])],
-        )]
-    };
+    let routes = || everything_to(&backend_srv);
     let (_proxy, listener) = start_proxy(&tls_table(routes(), &[(None, "a")])).await;
     let addr = listener.local_addr();
     let mut old = TlsClient::open(addr, "a.example.com", H1).await;
@@ -287,11 +277,7 @@ async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_keep_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_and_http11_are_offered_by_alpn() {
     let backend_srv = echo("echo").await;
-    let routes = vec![prefix_route(
-        "r",
-        "/",
-        vec![backend("b", 1, &[backend_srv.local_addr()])],
-    )];
+    let routes = everything_to(&backend_srv);
     let (_proxy, listener) = start_proxy(&tls_table(routes, &[(None, "a")])).await;
     let addr = listener.local_addr();
     let mut h2 = TlsClient::open(addr, "a.example.com", &[b"h2", b"http/1.1"]).await;
@@ -388,6 +374,15 @@ fn plan_of(yaml: &str) -> plan::Plan {
         ..PlanConfig::default()
     };
     plan::build(&Index::from_objects(objects), &config, None)
+}
+
+/// One route, `/`, to `backend`: the tests whose subject is the TLS side, not routing.
+fn everything_to(backend_srv: &splitter::echo::EchoServer) -> Vec<L7Route> {
+    vec![prefix_route(
+        "r",
+        "/",
+        vec![backend("b", 1, &[backend_srv.local_addr()])],
+    )]
 }
 
 /// The Gateway's own loopback address: no other test binds it, so a port that was never
@@ -489,11 +484,7 @@ async fn a_redirect_without_scheme_keeps_https() {
 async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend_srv = echo("echo").await;
-    let routes = vec![prefix_route(
-        "r",
-        "/",
-        vec![backend("b", 1, &[backend_srv.local_addr()])],
-    )];
+    let routes = everything_to(&backend_srv);
     let config = splitter::dataplane::proxy::ProxyConfig {
         header_read_timeout: std::time::Duration::from_millis(300),
         ..test_config()
@@ -521,11 +512,7 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_header_read_ti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_is_told_the_client_spoke_https() {
     let backend_srv = echo("echo").await;
-    let routes = vec![prefix_route(
-        "r",
-        "/",
-        vec![backend("b", 1, &[backend_srv.local_addr()])],
-    )];
+    let routes = everything_to(&backend_srv);
     let (_proxy, listener) = start_proxy(&tls_table(routes, &[(None, "a")])).await;
     let addr = listener.local_addr();
     for alpn in [H1, &[b"h2".as_slice(), b"http/1.1".as_slice()][..]] {
