@@ -6,30 +6,57 @@ use std::time::Duration;
 /// `/proc/PID/stat` counts time in USER_HZ ticks, 100 per second on every Linux ABI.
 const USER_HZ: u64 = 100;
 
-/// `(ppid, utime + stime in ticks)` of one process, `None` when it is gone.
-fn stat(pid: u32) -> Option<(u32, u64)> {
+/// CPU time of a process tree, split where it was spent: a proxy's requests cost mostly
+/// kernel time (TCP), which no user-space change removes, so the split says what is left to win.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    /// The time spent since `before`.
+    pub fn since(self, before: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+}
+
+/// `(ppid, utime, stime in ticks)` of one process, `None` when it is gone.
+fn stat(pid: u32) -> Option<(u32, u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses; the fields start after the last ')'.
     let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    Some((ppid, utime, stime))
 }
 
 /// CPU time used so far by `root` and its live children (nginx's worker processes).
-pub fn process_tree(root: u32) -> Duration {
-    let mut ticks = stat(root).map_or(0, |(_, t)| t);
+pub fn process_tree(root: u32) -> CpuTime {
+    let (mut user, mut system) = stat(root).map_or((0, 0), |(_, u, s)| (u, s));
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            if let Some((ppid, t)) = stat(pid)
+            if let Some((ppid, u, s)) = stat(pid)
                 && ppid == root
             {
-                ticks += t;
+                user += u;
+                system += s;
             }
         }
     }
-    Duration::from_millis(ticks * 1000 / USER_HZ)
+    let time = |ticks: u64| Duration::from_millis(ticks * 1000 / USER_HZ);
+    CpuTime {
+        user: time(user),
+        system: time(system),
+    }
 }
 
 /// The machine's CPU ticks so far from `/proc/stat`: `(stolen, all)`. Stolen time is what the
@@ -79,8 +106,10 @@ mod tests {
     fn own_process_has_a_parent_and_cpu_time() {
         let busy = std::time::Instant::now();
         while busy.elapsed() < Duration::from_millis(50) {}
-        let (ppid, _) = stat(std::process::id()).unwrap();
+        let (ppid, _, _) = stat(std::process::id()).unwrap();
         assert!(ppid > 0);
-        assert!(process_tree(std::process::id()) > Duration::ZERO);
+        let spent = process_tree(std::process::id());
+        assert!(spent.user > Duration::ZERO, "{spent:?}");
+        assert_eq!(spent.since(spent).total(), Duration::ZERO);
     }
 }

@@ -58,6 +58,10 @@ pub struct L7Options {
     /// valgrind's callgrind (one worker each, wrk -t1 -c4 for --seconds after --warmup).
     #[arg(long)]
     instructions: bool,
+    /// Keep the work directory (configurations, logs, callgrind dumps for `callgrind_annotate`)
+    /// instead of removing it at exit.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,9 +236,13 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     };
 
     let topo = Topology::new("l7", &bins.echo)?;
-    let work = tempfile::Builder::new()
+    let mut work = tempfile::Builder::new()
         .prefix("splitter-bench-l7-")
         .tempdir()?;
+    if opts.keep {
+        work.disable_cleanup(true);
+        println!("bench l7: work dir {} (kept)", work.path().display());
+    }
     let manifests = work.path().join("manifests");
     std::fs::create_dir(&manifests)?;
     write_l7_manifests(&manifests, None)?;
@@ -294,8 +302,16 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<6} {:<12} {:<10} {:>12} {:>10} {:>7} {:>13} {:>8}",
-        "round", "case", "proxy", "requests/s", "p99", "errors", "CPU µs/req", "stolen"
+        "{:<6} {:<12} {:<10} {:>12} {:>10} {:>7} {:>13} {:>9} {:>8}",
+        "round",
+        "case",
+        "proxy",
+        "requests/s",
+        "p99",
+        "errors",
+        "CPU µs/req",
+        "in kernel",
+        "stolen"
     );
 
     let mut peers = PEERS.to_vec();
@@ -320,9 +336,10 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
                 let machine_before = cpu::machine_ticks();
                 let wrk = load.run_script(&topo.net.client, &url, script)?;
                 let stolen = cpu::stolen_share(machine_before, cpu::machine_ticks());
-                let cpu = cpu::process_tree(server.id()).saturating_sub(cpu_before);
+                let cpu = cpu::process_tree(server.id()).since(cpu_before);
                 let m = Measured {
-                    cpu_per_request: cpu.as_secs_f64() / wrk.requests.max(1) as f64,
+                    cpu_per_request: cpu.total().as_secs_f64() / wrk.requests.max(1) as f64,
+                    kernel_share: cpu.system.as_secs_f64() / cpu.total().as_secs_f64().max(1e-9),
                     wrk,
                     stolen,
                 };
@@ -405,6 +422,7 @@ fn summary(results: &[Result_], case: Case, peer: Peer) -> Measured {
             errors: runs.iter().map(|r| r.wrk.errors).sum(),
         },
         cpu_per_request: median(runs.iter().map(|r| r.cpu_per_request)),
+        kernel_share: median(runs.iter().map(|r| r.kernel_share)),
         stolen: median(runs.iter().map(|r| r.stolen)),
     }
 }
@@ -503,6 +521,8 @@ fn count_instructions(setup: &Setup<'_>, url: &str, opts: &L7Options) -> anyhow:
 struct Measured {
     wrk: WrkReport,
     cpu_per_request: f64,
+    /// The part of that CPU time spent in the kernel (system time: sockets, TCP, epoll).
+    kernel_share: f64,
     /// The machine's CPU time the hypervisor gave to other guests during the round: rounds
     /// with much of it measured the host, not the proxy.
     stolen: f64,
@@ -515,12 +535,13 @@ impl fmt::Display for Row<'_> {
         let w = &self.1.wrk;
         write!(
             f,
-            "{:<10} {:>12.0} {:>7.2} ms {:>7} {:>13.1} {:>7.1}%",
+            "{:<10} {:>12.0} {:>7.2} ms {:>7} {:>13.1} {:>8.0}% {:>7.1}%",
             self.0.to_string(),
             w.requests_per_sec,
             w.p99.as_secs_f64() * 1e3,
             w.errors,
             self.1.cpu_per_request * 1e6,
+            self.1.kernel_share * 100.0,
             self.1.stolen * 100.0
         )
     }
