@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub heartbeat: Option<Heartbeat>,
     /// `/debug/status`: the statuses as this node would write them, when the caller has them.
     pub status: Option<PlanSnapshot>,
+    /// The control loop's figures (`splitter_plan_*` on `/metrics`), when there is one.
+    pub plan_metrics: Option<crate::control::PlanMetrics>,
     /// Where the agent records which listeners are bound (shared with whoever reports it).
     pub binds: L7Binds,
     /// How often listeners that failed to bind are tried again.
@@ -68,6 +70,7 @@ impl AgentConfig {
             proxy,
             kernel: None,
             heartbeat: None,
+            plan_metrics: None,
             status: None,
             binds: L7Binds::default(),
             bind_retry: BIND_RETRY,
@@ -182,6 +185,9 @@ where
         metrics.register(&mut registry);
         if let Some(k) = &config.kernel {
             k.register(&mut registry);
+        }
+        if let Some(p) = &config.plan_metrics {
+            p.register(&mut registry);
         }
         let readiness = Readiness::default();
         let current: Arc<ArcSwapOption<P>> = Arc::new(ArcSwapOption::empty());

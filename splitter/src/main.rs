@@ -159,6 +159,11 @@ struct RunArgs {
     /// NAT that hides their addresses.
     #[arg(long, default_value_t = splitter::dataplane::proxy::ProxyConfig::default().max_connections_per_source)]
     max_connections_per_source: usize,
+    /// Milliseconds within which changes (watch events, file edits) are planned together: a
+    /// change after a quiet spell is planned at once, a stream of them at most once per this
+    /// long. 0: every batch is planned on its own.
+    #[arg(long, default_value_t = splitter::control::DEFAULT_COALESCE.as_millis() as u64)]
+    coalesce_ms: u64,
 }
 
 #[derive(Args)]
@@ -269,6 +274,7 @@ fn run(args: RunArgs) -> ExitCode {
         flood_threshold,
         new_flows_per_source,
         new_flows_burst,
+        coalesce_ms,
     } = args;
     let source = if kube {
         splitter::run::Source::Kube(splitter::run::KubeOptions {
@@ -289,6 +295,7 @@ fn run(args: RunArgs) -> ExitCode {
         xdp_mode,
         tc_mode: tc_attach,
         poll_interval: splitter::source::DEFAULT_POLL_INTERVAL,
+        coalesce: std::time::Duration::from_millis(coalesce_ms),
         proxy_workers: proxy_workers.map(usize::from),
         access_log,
         xff,

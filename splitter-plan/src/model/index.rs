@@ -51,51 +51,33 @@ impl Index {
         index
     }
 
-    pub fn update(&mut self, update: Update) {
+    /// Applies one update; whether the index changed. The index holds only what the plan reads,
+    /// so an update that changes nothing here (a status-only update, a resync, the echo of the
+    /// agent's own status write) needs no new plan.
+    pub fn update(&mut self, update: Update) -> bool {
         match update {
             Update::Apply(o) => self.apply(*o),
-            Update::Delete(key) => {
-                self.delete(&key);
-            }
+            Update::Delete(key) => self.delete(&key),
             Update::Reset(kind, objects) => self.reset(kind, objects),
         }
     }
 
-    /// Creates or replaces the object with the same kind, namespace and name.
-    pub fn apply(&mut self, object: Object) {
+    /// Creates or replaces the object with the same kind, namespace and name; whether it
+    /// differed from the one held.
+    pub fn apply(&mut self, object: Object) -> bool {
         let key = object.key();
         let nn = (key.namespace, key.name);
         match object {
-            Object::GatewayClass(o) => {
-                self.gateway_classes.insert(nn.1, o);
-            }
-            Object::Gateway(o) => {
-                self.gateways.insert(nn, o);
-            }
-            Object::HttpRoute(o) => {
-                self.http_routes.insert(nn, o);
-            }
-            Object::TcpRoute(o) => {
-                self.tcp_routes.insert(nn, o);
-            }
-            Object::UdpRoute(o) => {
-                self.udp_routes.insert(nn, o);
-            }
-            Object::Service(o) => {
-                self.services.insert(nn, o);
-            }
-            Object::EndpointSlice(o) => {
-                self.endpoint_slices.insert(nn, o);
-            }
-            Object::ReferenceGrant(o) => {
-                self.reference_grants.insert(nn, o);
-            }
-            Object::Namespace(o) => {
-                self.namespaces.insert(nn.1, o);
-            }
-            Object::Secret(o) => {
-                self.secrets.insert(nn, o);
-            }
+            Object::GatewayClass(o) => put(&mut self.gateway_classes, nn.1, o),
+            Object::Gateway(o) => put(&mut self.gateways, nn, o),
+            Object::HttpRoute(o) => put(&mut self.http_routes, nn, o),
+            Object::TcpRoute(o) => put(&mut self.tcp_routes, nn, o),
+            Object::UdpRoute(o) => put(&mut self.udp_routes, nn, o),
+            Object::Service(o) => put(&mut self.services, nn, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, nn, o),
+            Object::ReferenceGrant(o) => put(&mut self.reference_grants, nn, o),
+            Object::Namespace(o) => put(&mut self.namespaces, nn.1, o),
+            Object::Secret(o) => put(&mut self.secrets, nn, o),
         }
     }
 
@@ -116,22 +98,22 @@ impl Index {
         }
     }
 
-    /// Replaces every object of `kind` with `objects`, as a relist does.
-    pub fn reset(&mut self, kind: Kind, objects: Vec<Object>) {
+    /// Replaces every object of `kind` with `objects`, as a relist does; whether that changed
+    /// anything.
+    pub fn reset(&mut self, kind: Kind, objects: Vec<Object>) -> bool {
+        let mut fresh = Index::from_objects(objects.into_iter().filter(|o| o.kind() == kind));
+        let f = &mut fresh;
         match kind {
-            Kind::GatewayClass => self.gateway_classes.clear(),
-            Kind::Gateway => self.gateways.clear(),
-            Kind::HttpRoute => self.http_routes.clear(),
-            Kind::TcpRoute => self.tcp_routes.clear(),
-            Kind::UdpRoute => self.udp_routes.clear(),
-            Kind::Service => self.services.clear(),
-            Kind::EndpointSlice => self.endpoint_slices.clear(),
-            Kind::ReferenceGrant => self.reference_grants.clear(),
-            Kind::Namespace => self.namespaces.clear(),
-            Kind::Secret => self.secrets.clear(),
-        }
-        for o in objects.into_iter().filter(|o| o.kind() == kind) {
-            self.apply(o);
+            Kind::GatewayClass => swap(&mut self.gateway_classes, &mut f.gateway_classes),
+            Kind::Gateway => swap(&mut self.gateways, &mut f.gateways),
+            Kind::HttpRoute => swap(&mut self.http_routes, &mut f.http_routes),
+            Kind::TcpRoute => swap(&mut self.tcp_routes, &mut f.tcp_routes),
+            Kind::UdpRoute => swap(&mut self.udp_routes, &mut f.udp_routes),
+            Kind::Service => swap(&mut self.services, &mut f.services),
+            Kind::EndpointSlice => swap(&mut self.endpoint_slices, &mut f.endpoint_slices),
+            Kind::ReferenceGrant => swap(&mut self.reference_grants, &mut f.reference_grants),
+            Kind::Namespace => swap(&mut self.namespaces, &mut f.namespaces),
+            Kind::Secret => swap(&mut self.secrets, &mut f.secrets),
         }
     }
 
@@ -150,6 +132,22 @@ impl Index {
             (Kind::Secret, self.secrets.len()),
         ])
     }
+}
+
+/// Inserts `value` unless an equal one is there; whether it did.
+fn put<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    if map.get(&key) == Some(&value) {
+        return false;
+    }
+    map.insert(key, value);
+    true
+}
+
+/// Makes `fresh` the content of `held`; whether they differed.
+fn swap<K: Ord, V: PartialEq>(held: &mut BTreeMap<K, V>, fresh: &mut BTreeMap<K, V>) -> bool {
+    let changed = held != fresh;
+    std::mem::swap(held, fresh);
+    changed
 }
 
 #[cfg(test)]
@@ -182,5 +180,24 @@ mod tests {
         // A reset of another kind leaves namespaces alone.
         index.reset(Kind::Service, vec![ns("e")]);
         assert_eq!(index.namespaces.len(), 2);
+    }
+
+    /// What the control loop skips builds on: an update that leaves the index as it was.
+    #[test]
+    fn updates_say_whether_they_changed_anything() {
+        let mut index = Index::new();
+        assert!(index.update(Update::Apply(Box::new(ns("a")))));
+        assert!(!index.update(Update::Apply(Box::new(ns("a")))));
+        assert!(!index.update(Update::Reset(Kind::Namespace, vec![ns("a")])));
+        // Objects of other kinds in a reset are ignored, so they change nothing either.
+        assert!(!index.update(Update::Reset(Kind::Service, vec![ns("z")])));
+        assert!(index.update(Update::Reset(Kind::Namespace, vec![ns("a"), ns("b")])));
+        assert!(!index.update(Update::Delete(ObjectKey::new(Kind::Namespace, "", "x"))));
+        assert!(index.update(Update::Delete(ObjectKey::new(Kind::Namespace, "", "b"))));
+        let mut labelled = ns("a");
+        if let Object::Namespace(n) = &mut labelled {
+            n.meta.labels.insert("team".into(), "x".into());
+        }
+        assert!(index.update(Update::Apply(Box::new(labelled))));
     }
 }

@@ -36,6 +36,8 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const DATAPLANE_ANNOTATION: &str = "splitter.dev/dataplane";
 /// Kong's annotation, honoured so the guide's manifests run unchanged.
 pub const STRIP_PATH_ANNOTATION: &str = "konghq.com/strip-path";
+/// Every annotation the plan reads; the index keeps no other.
+pub const READ_ANNOTATIONS: [&str; 2] = [DATAPLANE_ANNOTATION, STRIP_PATH_ANNOTATION];
 /// The EndpointSlice label naming the Service it belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

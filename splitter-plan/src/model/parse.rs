@@ -186,7 +186,15 @@ fn meta(m: ObjectMeta, namespace: String) -> Meta {
         generation: m.generation.unwrap_or(1),
         created: m.creation_timestamp.map(|t| t.0.as_second()),
         labels: m.labels.unwrap_or_default(),
-        annotations: m.annotations.unwrap_or_default(),
+        // Only the annotations the plan reads: the others (kubectl's last-applied copy of the
+        // whole object among them) would double the index's memory and make a change to them
+        // look like a change to the plan's input.
+        annotations: m
+            .annotations
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| super::READ_ANNOTATIONS.contains(&k.as_str()))
+            .collect(),
     }
 }
 
@@ -240,5 +248,24 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.object, "HTTPRoute ns/r");
         assert_eq!(e.field, "spec.rules[0].matches[0].path.type");
+    }
+
+    /// kubectl's last-applied copy of the whole object (and any annotation the plan does not
+    /// read) is not kept: it would double the index and make its edits look like changes.
+    #[test]
+    fn only_the_annotations_the_plan_reads_are_kept() {
+        let p = parse_yaml(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: g\n  annotations:\n    \
+             kubectl.kubernetes.io/last-applied-configuration: '{\"big\": true}'\n    \
+             splitter.dev/dataplane: l7\n    team: x\n\
+             spec: {gatewayClassName: splitter, listeners: [{name: h, port: 80, protocol: HTTP}]}\n",
+        )
+        .unwrap();
+        let Parsed::Object(o) = p else { panic!() };
+        let Object::Gateway(g) = *o else { panic!() };
+        assert_eq!(
+            g.meta.annotations.into_iter().collect::<Vec<_>>(),
+            [("splitter.dev/dataplane".to_string(), "l7".to_string())]
+        );
     }
 }

@@ -79,6 +79,8 @@ pub struct RunOptions {
     /// How the TC programs attach (`--tc-attach`).
     pub tc_mode: TcAttachMode,
     pub poll_interval: Duration,
+    /// See [`control::run`] (`--coalesce-ms`).
+    pub coalesce: Duration,
     /// L7 proxy worker threads; `None` for one per CPU.
     pub proxy_workers: Option<usize>,
     /// One line per L7 request on standard output (`--access-log`).
@@ -158,12 +160,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let ports = node_ports::watch(opts.node_port_range, opts.snat_ports);
     let heartbeat = Heartbeat::default();
+    let plan_metrics = control::PlanMetrics::default();
     tokio::spawn(control::run(
         updates,
         config.clone(),
         plans_tx,
         ports,
-        heartbeat.clone(),
+        control::LoopSettings {
+            heartbeat: heartbeat.clone(),
+            coalesce: opts.coalesce,
+            metrics: plan_metrics.clone(),
+        },
     ));
 
     // The kernel half never stops the agent: while it cannot start, L7 serves and it retries.
@@ -207,6 +214,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     agent.kernel = kernel;
     agent.heartbeat = Some(heartbeat);
+    agent.plan_metrics = Some(plan_metrics);
     agent.binds = binds;
     agent.status = Some(status_page(
         reporter,

@@ -91,6 +91,11 @@ impl FileSource {
         }
     }
 
+    /// The paths given at start (files or directories).
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
     /// Reads every file whose size or modification time changed (all of them the first time).
     pub fn scan(&mut self) -> LoadReport {
         let mut report = LoadReport::default();

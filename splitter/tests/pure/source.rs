@@ -296,6 +296,81 @@ async fn watched_manifests_flow_into_published_plans() {
     assert!(tables.keys().all(|a| a.port() == 80));
 }
 
+/// The weight of the route in the next batch the watcher sends (batches without it skipped).
+async fn next_weight(rx: &mut tokio::sync::mpsc::Receiver<Vec<Update>>) -> u32 {
+    loop {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a batch within 10 s")
+            .expect("watcher alive");
+        let weight = batch.iter().find_map(|u| match u {
+            Update::Reset(Kind::HttpRoute, objects) => objects.iter().find_map(|o| match o {
+                Object::HttpRoute(r) => Some(r.rules[0].backends[0].weight),
+                _ => None,
+            }),
+            _ => None,
+        });
+        if let Some(w) = weight {
+            return w;
+        }
+    }
+}
+
+/// With polling an hour apart, only change notification can deliver an edit: an editor's save
+/// (a new file renamed over the old one) to a file given by path.
+#[tokio::test]
+async fn an_edit_is_noticed_by_notification_not_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("route.yaml");
+    write(dir.path(), "route.yaml", &ROUTE.replace("WEIGHT", "1"));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(splitter::source::watch(
+        FileSource::new([file.clone()]),
+        std::time::Duration::from_secs(3600),
+        tx,
+    ));
+    assert_eq!(next_weight(&mut rx).await, 1);
+    for w in [7, 9] {
+        let tmp = dir.path().join(".route.yaml.swp");
+        fs::write(&tmp, ROUTE.replace("WEIGHT", &w.to_string())).unwrap();
+        fs::rename(&tmp, &file).unwrap();
+        assert_eq!(next_weight(&mut rx).await, w);
+    }
+}
+
+/// A ConfigMap volume as the kubelet writes it: the files are symlinks through `..data`, and
+/// an update writes a new timestamped directory and swaps the `..data` symlink to it.
+#[tokio::test]
+async fn a_configmap_volume_update_is_noticed() {
+    use std::os::unix::fs::symlink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let version = |name: &str, weight: u32| {
+        fs::create_dir(root.join(name)).unwrap();
+        write(
+            &root.join(name),
+            "route.yaml",
+            &ROUTE.replace("WEIGHT", &weight.to_string()),
+        );
+    };
+    version("..2026_11_30_a", 3);
+    symlink("..2026_11_30_a", root.join("..data")).unwrap();
+    symlink("..data/route.yaml", root.join("route.yaml")).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(splitter::source::watch(
+        FileSource::new([root.to_path_buf()]),
+        std::time::Duration::from_secs(3600),
+        tx,
+    ));
+    assert_eq!(next_weight(&mut rx).await, 3);
+    version("..2026_11_30_b", 5);
+    symlink("..2026_11_30_b", root.join("..data_tmp")).unwrap();
+    fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    fs::remove_dir_all(root.join("..2026_11_30_a")).unwrap();
+    assert_eq!(next_weight(&mut rx).await, 5);
+}
+
 #[test]
 fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
