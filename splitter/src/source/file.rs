@@ -67,7 +67,7 @@ pub struct LoadReport {
     pub origins: BTreeMap<ObjectKey, (PathBuf, usize)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FileState {
     stamp: Option<(SystemTime, u64)>,
     /// The objects of the file in document order, each with its document number.
@@ -76,11 +76,27 @@ struct FileState {
     skipped: Vec<Skipped>,
 }
 
+impl FileState {
+    fn find(&self, key: &ObjectKey) -> Option<&Object> {
+        find(&self.objects, key)
+    }
+}
+
+fn find<'a>(objects: &'a [(usize, Object)], key: &ObjectKey) -> Option<&'a Object> {
+    objects.iter().map(|(_, o)| o).find(|o| {
+        o.kind() == key.kind && o.meta().namespace == key.namespace && o.meta().name == key.name
+    })
+}
+
 /// The manifests under a set of paths, re-read when they change.
 #[derive(Debug)]
 pub struct FileSource {
     roots: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
+    /// The files defining each object, in path order: the first one's version is served.
+    owners: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// What the scans since the last [`take_changes`](Self::take_changes) changed.
+    changes: Vec<Update>,
 }
 
 impl FileSource {
@@ -88,7 +104,22 @@ impl FileSource {
         Self {
             roots: roots.into_iter().collect(),
             files: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            changes: Vec::new(),
         }
+    }
+
+    /// The objects that changed since the last call, as applies and deletes: an edit of one
+    /// file sends its objects that changed, not the whole source (at thousands of objects,
+    /// resending everything made every edit cost a full comparison downstream).
+    pub fn take_changes(&mut self) -> Vec<Update> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The version of `key` served: the one of the first file in path order that defines it.
+    fn served(&self, key: &ObjectKey) -> Option<&Object> {
+        let path = self.owners.get(key)?.first()?;
+        self.files.get(path)?.find(key)
     }
 
     /// The paths given at start (files or directories).
@@ -110,26 +141,40 @@ impl FileSource {
                 }),
             }
         }
-        let before = self.files.len();
-        self.files.retain(|p, _| present.contains(p));
-        report.changed |= self.files.len() != before;
+        // The old objects of every file that is gone or re-read, for the diff below.
+        let mut old: BTreeMap<PathBuf, Vec<(usize, Object)>> = BTreeMap::new();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        report.changed |= !gone.is_empty();
+        for path in &gone {
+            if let Some(state) = self.files.get_mut(path) {
+                old.insert(path.clone(), std::mem::take(&mut state.objects));
+            }
+        }
+        let mut reread = Vec::new();
         for path in present {
             let stamp = std::fs::metadata(&path)
                 .ok()
                 .and_then(|m| Some((m.modified().ok()?, m.len())));
-            let state = self.files.entry(path.clone()).or_insert_with(|| FileState {
-                stamp: None,
-                objects: Vec::new(),
-                errors: Vec::new(),
-                skipped: Vec::new(),
-            });
+            let state = self.files.entry(path.clone()).or_default();
             if stamp.is_some() && state.stamp == stamp {
                 continue;
             }
             report.changed = true;
             report.files += 1;
             state.stamp = stamp;
-            reload(&path, state);
+            let before = std::mem::take(&mut state.objects);
+            reload(&path, state, &before);
+            old.insert(path.clone(), before);
+            reread.push(path);
+        }
+        self.diff(&old, &reread);
+        for path in &gone {
+            self.files.remove(path);
         }
         report.errors = root_errors;
         let mut seen: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
@@ -152,6 +197,58 @@ impl FileSource {
             report.skipped.extend(state.skipped.iter().cloned());
         }
         report
+    }
+
+    /// Records what re-reading `reread` and dropping the files that are gone (the objects of
+    /// both, before, are in `old`) changed of what is served, and updates the owners.
+    fn diff(&mut self, old: &BTreeMap<PathBuf, Vec<(usize, Object)>>, reread: &[PathBuf]) {
+        let mut touched: BTreeSet<ObjectKey> = old
+            .values()
+            .flat_map(|objects| objects.iter().map(|(_, o)| o.key()))
+            .collect();
+        for path in reread {
+            if let Some(state) = self.files.get(path) {
+                touched.extend(state.objects.iter().map(|(_, o)| o.key()));
+            }
+        }
+        // What was served before: owners are still as they were.
+        let before: Vec<Option<Object>> = touched
+            .iter()
+            .map(|key| {
+                let path = self.owners.get(key)?.first()?;
+                match old.get(path) {
+                    Some(objects) => find(objects, key),
+                    None => self.files.get(path)?.find(key),
+                }
+                .cloned()
+            })
+            .collect();
+        for (path, objects) in old {
+            for (_, o) in objects {
+                let key = o.key();
+                if let Some(paths) = self.owners.get_mut(&key) {
+                    paths.remove(path);
+                    if paths.is_empty() {
+                        self.owners.remove(&key);
+                    }
+                }
+            }
+        }
+        for path in reread {
+            if let Some(state) = self.files.get(path) {
+                for (_, o) in &state.objects {
+                    self.owners.entry(o.key()).or_default().insert(path.clone());
+                }
+            }
+        }
+        for (key, before) in touched.into_iter().zip(before) {
+            match (before, self.served(&key)) {
+                (Some(b), Some(n)) if b == *n => {}
+                (_, Some(n)) => self.changes.push(Update::Apply(Box::new(n.clone()))),
+                (Some(_), None) => self.changes.push(Update::Delete(key)),
+                (None, None) => {}
+            }
+        }
     }
 
     /// Every object, once (the first file in path order wins a duplicate).
@@ -190,7 +287,9 @@ pub fn load(paths: &[PathBuf]) -> (Index, LoadReport) {
     (source.index(), report)
 }
 
-fn reload(path: &Path, state: &mut FileState) {
+/// Reads `path` into `state`; `before` holds the file's objects as of the last read, whose
+/// versions a broken document keeps.
+fn reload(path: &Path, state: &mut FileState, before: &[(usize, Object)]) {
     state.errors.clear();
     state.skipped.clear();
     let text = match std::fs::read_to_string(path) {
@@ -200,6 +299,8 @@ fn reload(path: &Path, state: &mut FileState) {
                 path: path.to_path_buf(),
                 source: e,
             });
+            // Unreadable: the file keeps everything it had.
+            state.objects = before.to_vec();
             return;
         }
     };
@@ -210,11 +311,11 @@ fn reload(path: &Path, state: &mut FileState) {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             });
+            state.objects = before.to_vec();
             return;
         }
     };
-    let previous: BTreeMap<ObjectKey, Object> =
-        state.objects.drain(..).map(|(_, o)| (o.key(), o)).collect();
+    let previous: BTreeMap<ObjectKey, &Object> = before.iter().map(|(_, o)| (o.key(), o)).collect();
     for (i, doc) in docs.into_iter().enumerate() {
         let document = i + 1;
         if doc.is_null() {
@@ -235,7 +336,7 @@ fn reload(path: &Path, state: &mut FileState) {
             }
             Err(error) => {
                 if let Some(old) = claimed.and_then(|k| previous.get(&k)) {
-                    state.objects.push((document, old.clone()));
+                    state.objects.push((document, (*old).clone()));
                 }
                 state.errors.push(SourceError::Object {
                     path: path.to_path_buf(),

@@ -31,8 +31,8 @@ pub const SAFETY_SCAN: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(20);
 
 /// Scans `source` now and then on every change notification (or every `poll` without one);
-/// whenever something changed, logs the errors and sends the source's content as one batch of
-/// relists. Returns when the receiver is gone.
+/// whenever something changed, logs the errors and sends what changed (the first time: the
+/// whole content, as one relist per kind). Returns when the receiver is gone.
 pub async fn watch(mut source: FileSource, poll: Duration, tx: mpsc::Sender<Vec<Update>>) {
     let (wake_tx, mut wake) = mpsc::channel::<()>(1);
     let notifier = notifier(source.roots(), wake_tx);
@@ -63,6 +63,9 @@ pub async fn watch(mut source: FileSource, poll: Duration, tx: mpsc::Sender<Vec<
         if !report.changed && !first {
             continue;
         }
+        // The first batch relists every kind; later ones carry what changed.
+        let changes = source.take_changes();
+        let batch = if first { source.updates() } else { changes };
         first = false;
         for e in &report.errors {
             tracing::error!("manifests: {e}");
@@ -72,7 +75,10 @@ pub async fn watch(mut source: FileSource, poll: Duration, tx: mpsc::Sender<Vec<
             errors = report.errors.len(),
             "manifests reloaded"
         );
-        if tx.send(source.updates()).await.is_err() {
+        if batch.is_empty() {
+            continue;
+        }
+        if tx.send(batch).await.is_err() {
             return;
         }
     }

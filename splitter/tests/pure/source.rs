@@ -303,11 +303,13 @@ async fn next_weight(rx: &mut tokio::sync::mpsc::Receiver<Vec<Update>>) -> u32 {
             .await
             .expect("a batch within 10 s")
             .expect("watcher alive");
+        let weight_of = |o: &Object| match o {
+            Object::HttpRoute(r) => Some(r.rules[0].backends[0].weight),
+            _ => None,
+        };
         let weight = batch.iter().find_map(|u| match u {
-            Update::Reset(Kind::HttpRoute, objects) => objects.iter().find_map(|o| match o {
-                Object::HttpRoute(r) => Some(r.rules[0].backends[0].weight),
-                _ => None,
-            }),
+            Update::Reset(Kind::HttpRoute, objects) => objects.iter().find_map(weight_of),
+            Update::Apply(o) => weight_of(o),
             _ => None,
         });
         if let Some(w) = weight {
@@ -398,4 +400,85 @@ fn the_guides_manifests_give_two_equal_backends_with_strip_path() {
         splitter_plan::plan::l7::Filter::UrlRewrite(_)
     ));
     assert!(plan.problems().is_empty(), "{:?}", plan.problems());
+}
+
+fn namespace_doc(name: &str, version: u32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{v: \"{version}\"}}}}\n"
+    )
+}
+
+/// After the first scan, the source sends what changed, object by object: a duplicate in a
+/// later file changes nothing until the first file's copy goes; a removal is a delete.
+#[test]
+fn scans_report_the_objects_that_changed_first_file_winning() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &namespace_doc("x", 1));
+    write(dir.path(), "b.yaml", &namespace_doc("x", 2));
+    let mut source = FileSource::new([dir.path().to_path_buf()]);
+    source.scan();
+    let first = source.take_changes();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let label = |u: &Update| match u {
+        Update::Apply(o) => o.meta().labels.get("v").cloned(),
+        _ => None,
+    };
+    assert_eq!(label(&first[0]).as_deref(), Some("1"));
+
+    // The shadowed copy changes: nothing served changes.
+    write(dir.path(), "b.yaml", &namespace_doc("x", 3));
+    bump_mtime(&dir.path().join("b.yaml"));
+    assert!(source.scan().changed);
+    assert_eq!(source.take_changes(), []);
+    // The first copy goes: the other one is served.
+    fs::remove_file(dir.path().join("a.yaml")).unwrap();
+    source.scan();
+    let changes = source.take_changes();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(label(&changes[0]).as_deref(), Some("3"));
+    // The last copy goes: a delete.
+    write(dir.path(), "b.yaml", &ROUTE.replace("WEIGHT", "4"));
+    bump_mtime(&dir.path().join("b.yaml"));
+    source.scan();
+    let changes = source.take_changes();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        changes.contains(&Update::Delete(splitter_plan::model::ObjectKey::new(
+            Kind::Namespace,
+            "",
+            "x"
+        )))
+    );
+    assert!(!source.scan().changed);
+    assert_eq!(source.take_changes(), []);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any sequence of file writes and removals: the changes, applied to an index that started
+    /// from the first scan, give the index of the source's content (what a relist would give).
+    #[test]
+    fn changes_applied_in_turn_equal_a_relist(
+        steps in proptest::collection::vec((0usize..3, proptest::collection::vec((0usize..4, 0u32..3), 0..4), proptest::bool::weighted(0.2)), 1..12)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = FileSource::new([dir.path().to_path_buf()]);
+        let mut index = splitter_plan::model::Index::new();
+        for (file, docs, remove) in steps {
+            let path = dir.path().join(format!("f{file}.yaml"));
+            if remove {
+                let _ = fs::remove_file(&path);
+            } else {
+                let text: Vec<String> = docs.iter().map(|(n, v)| namespace_doc(&format!("ns{n}"), *v)).collect();
+                fs::write(&path, text.join("---\n")).unwrap();
+                bump_mtime(&path);
+            }
+            source.scan();
+            for u in source.take_changes() {
+                index.update(u);
+            }
+            proptest::prop_assert_eq!(&index, &source.index());
+        }
+    }
 }

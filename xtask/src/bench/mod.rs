@@ -1,4 +1,4 @@
-//! `cargo xtask bench l4 | l7 | plan`: benchmarks, not tests. They print figures and ratios
+//! `cargo xtask bench l4 | l7 | plan | scale`: benchmarks, not tests. They print figures and ratios
 //! against peers measured in the same run, and assert nothing about speed.
 
 mod callgrind;
@@ -6,6 +6,7 @@ mod cpu;
 mod haproxy;
 mod l7;
 mod nginx;
+mod scale;
 mod wrk;
 
 use std::{
@@ -18,6 +19,7 @@ use clap::Subcommand;
 use nix::sys::signal::{SigHandler, Signal, signal};
 
 pub use l7::L7Options;
+pub use scale::ScaleOptions;
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -33,6 +35,9 @@ pub enum Bench {
     L7(L7Options),
     /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench -p splitter-plan --bench plan`).
     Plan,
+    /// The control plane at scale: memory, time to the first plan, and endpoint-change and
+    /// route-edit latencies at 1k and 10k routes, in files mode (root).
+    Scale(ScaleOptions),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -44,6 +49,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         }
         Bench::Plan => cargo_bench("splitter-plan", "plan", &[]),
         Bench::L7(opts) => l7::run(&opts),
+        Bench::Scale(opts) => scale::run(&opts),
     }
 }
 
