@@ -15,11 +15,13 @@ use tokio::time::Instant;
 use super::{
     access::{AccessEntry, AccessLog},
     body::ProxyBody,
+    cors::{self, CorsStep},
     error::{ForwardError, RouteError, UpstreamError},
     hygiene::{self, XffPolicy},
     metrics::ProxyMetrics,
+    mirror::{self, MirrorContext},
     request_body::IdleTimedBody,
-    table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
+    table::{Pick, ServingBackend, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{HopHeaders, Upstream, strip_hop_by_hop, upstream_uri},
 };
@@ -100,6 +102,30 @@ pub(crate) async fn handle(
         }
         return Ok(resp);
     };
+    // CORS: rules without the filter pay this one check.
+    let cors_headers = match &route.filters.cors {
+        None => None,
+        Some(c) => match cors::step(c, &req) {
+            CorsStep::Pass => None,
+            CorsStep::Headers(h) => Some(h),
+            CorsStep::Answer(mut resp) => {
+                record(&shared, &route.label, &shared.none, resp.status(), start);
+                if let Some(logged) = logged {
+                    let none = &shared.none;
+                    log_access(
+                        &shared,
+                        &mut resp,
+                        &route.label,
+                        none,
+                        Note::default(),
+                        logged,
+                        start,
+                    );
+                }
+                return Ok(resp);
+            }
+        },
+    };
     let mut note = Note::default();
     let (mut resp, backend) = match dispatch(&shared, &route, &client, https, req, start, &mut note)
         .await
@@ -115,6 +141,9 @@ pub(crate) async fn handle(
         }
     };
     hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
+    if let Some(h) = cors_headers {
+        cors::insert(&mut resp, h);
+    }
     record(&shared, &route.label, &backend, resp.status(), start);
     if let Some(logged) = logged {
         log_access(
@@ -222,8 +251,23 @@ async fn dispatch(
                 client,
                 scheme: if https { "https" } else { "http" },
             };
-            match forward(shared, route, &origin, req, endpoint, start, note).await {
-                Ok(resp) => Ok((resp, backend.name.clone())),
+            match forward(
+                shared,
+                route,
+                &origin,
+                req,
+                (backend, endpoint),
+                start,
+                note,
+            )
+            .await
+            {
+                Ok(mut resp) => {
+                    if let Some(f) = &backend.filters {
+                        hygiene::apply_header_filters(&f.response_headers, resp.headers_mut());
+                    }
+                    Ok((resp, backend.name.clone()))
+                }
                 Err(e) => Err((e, backend.name.clone())),
             }
         }
@@ -247,7 +291,7 @@ async fn forward(
     route: &ServingRoute,
     origin: &Origin<'_>,
     mut req: Request<Incoming>,
-    endpoint: &ServingEndpoint,
+    (backend, endpoint): (&ServingBackend, &ServingEndpoint),
     start: Instant,
     note: &mut Note,
 ) -> Result<Response<ProxyBody>, ForwardError> {
@@ -291,6 +335,29 @@ async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
+    // Copies see the request as the rule made it, before the backendRef's own filters.
+    let tee = if route.mirrors.is_empty() {
+        None
+    } else {
+        let cx = MirrorContext {
+            upstream: &shared.upstream,
+            budget: &shared.metrics.mirrors,
+            listener: &shared.listener,
+            route: &route.label,
+            client: origin.client,
+            scheme: origin.scheme,
+        };
+        mirror::start(
+            &cx,
+            &route.mirrors,
+            &parts,
+            &path_and_query,
+            !body.is_end_stream(),
+        )
+    };
+    if let Some(f) = &backend.filters {
+        hygiene::apply_header_filters(&f.request_headers, &mut parts.headers);
+    }
     let hop = HopHeaders {
         client: origin.client,
         endpoint: authority,
@@ -323,7 +390,7 @@ async fn forward(
     // Most requests have no body to stream (and an upgrade request's body, if any, is the
     // backend's business only once it switched): served by the lighter bodyless path.
     let body = (!body.is_end_stream())
-        .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)));
+        .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)).with_tee(tee));
     let sent_at = Instant::now();
     let sent = std::pin::pin!(shared.upstream.send(endpoint.addr, &parts, &hop, body));
     let resp = within(deadline, sent)

@@ -1,0 +1,397 @@
+//! RequestMirror, backendRef filters and CORS through the real proxy over loopback: what the
+//! client gets, and what each backend (the mirror included) received.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use splitter_plan::plan::l7::{
+    Allowed, Cors, Filter, Fraction, HeaderModifier, OriginPattern, PlannedBackend, PlannedMirror,
+};
+use tokio::net::TcpListener;
+
+/// What a recording backend received.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A backend that records every request it reads whole and answers `200 mirror`. Requests are
+/// served with hyper, so a body that does not match its framing is never recorded.
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start() -> Self {
+        let listener = TcpListener::bind(loopback()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        log.lock().unwrap().push(Seen {
+                            method: parts.method.to_string(),
+                            path: parts.uri.to_string(),
+                            headers: parts.headers,
+                            body,
+                        });
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(
+                            b"mirror",
+                        ))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            _task: task,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 5 s) until `n` requests were recorded.
+    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n || Instant::now() > until {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn mirror_to(name: &str, addr: SocketAddr, numerator: u32, denominator: u32) -> PlannedMirror {
+    PlannedMirror {
+        name: format!("default/{name}:80"),
+        endpoints: vec![addr],
+        fraction: Fraction {
+            numerator,
+            denominator,
+        },
+    }
+}
+
+fn set_header(name: &'static str, value: &'static str) -> HeaderModifier {
+    HeaderModifier {
+        set: vec![(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        )],
+        ..HeaderModifier::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_gets_a_copy_with_path_headers_and_body_while_the_client_gets_the_primary() {
+    let primary = echo("primary").await;
+    let mirror = Recorder::start().await;
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.filters
+        .push(Filter::RequestHeaderModifier(set_header("x-rule", "yes")));
+    r.mirrors.push(mirror_to("mirror", mirror.addr, 1, 1));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+
+    let got = conn.get("/mirror/a?q=1").await;
+    assert_eq!(got.echo().name, "primary");
+    let body = Bytes::from(vec![b'x'; 10_000]);
+    let post = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "gateway.test")
+        .header("x-client", "c1")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let got = conn.send(post).await.unwrap();
+    assert_eq!(got.echo().name, "primary");
+    assert_eq!(got.echo().body_bytes, 10_000);
+
+    let seen = mirror.wait_for(2).await;
+    assert_eq!(seen.len(), 2, "the mirror got both requests: {seen:?}");
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].path, "/mirror/a?q=1");
+    assert_eq!(seen[0].headers["host"], "gateway.test");
+    assert_eq!(seen[0].headers["x-rule"], "yes");
+    assert!(seen[0].body.is_empty());
+    assert_eq!(seen[1].method, "POST");
+    assert_eq!(seen[1].path, "/upload");
+    assert_eq!(seen[1].headers["x-client"], "c1");
+    assert_eq!(seen[1].body, body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_bound_is_not_mirrored_and_the_primary_gets_it_whole() {
+    let primary = echo("primary").await;
+    let mirror = Recorder::start().await;
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("mirror", mirror.addr, 1, 1));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    let big = Request::builder()
+        .method("POST")
+        .uri("/big")
+        .header("host", "gateway.test")
+        .body(Full::new(Bytes::from(vec![b'y'; 64 * 1024 + 1])))
+        .unwrap();
+    let got = conn.send(big).await.unwrap();
+    assert_eq!(got.echo().body_bytes, 64 * 1024 + 1);
+    conn.get("/small").await;
+    let seen = mirror.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paths: Vec<String> = mirror.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, vec!["/small"], "{seen:?}");
+}
+
+/// A mirror that accepts and never answers, and one whose port is closed: the client's answers
+/// come from the primary as fast as without a mirror (bound: 2 s for 20 requests, where the
+/// hung mirror alone would hold each for the 10 s mirror timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_or_down_mirror_neither_slows_nor_fails_the_client() {
+    let primary = echo("primary").await;
+    let hung = TcpListener::bind(loopback()).await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = hung.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let down = {
+        let l = std::net::TcpListener::bind(loopback()).unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("hung", hung_addr, 1, 1));
+    r.mirrors.push(mirror_to("down", down, 1, 1));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let post = Request::builder()
+            .method("POST")
+            .uri(format!("/p{i}"))
+            .header("host", "gateway.test")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let got = conn.send(post).await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.echo().name, "primary");
+        assert_eq!(got.echo().path, format!("/p{i}"));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "20 requests took {took:?}");
+    // The hung mirror did get the copies (so the test measured a real stalled mirror).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fractional_mirror_copies_exactly_its_share_and_several_mirrors_each_get_theirs() {
+    let primary = echo("primary").await;
+    let (a, b) = (Recorder::start().await, Recorder::start().await);
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("a", a.addr, 20, 100));
+    r.mirrors.push(mirror_to("b", b.addr, 25, 50));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    for i in 0..100 {
+        assert_eq!(conn.get(&format!("/{i}")).await.echo().name, "primary");
+    }
+    let (sa, sb) = (a.wait_for(20).await, b.wait_for(50).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.seen().len(), 20, "20% of 100: {}", sa.len());
+    assert_eq!(b.seen().len(), 50, "25/50 of 100: {}", sb.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_filters_apply_only_to_their_backend_under_weights() {
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let with = |b: PlannedBackend, value: &'static str, resp: &'static str| PlannedBackend {
+        filters: vec![
+            Filter::RequestHeaderModifier(set_header("backend", value)),
+            Filter::ResponseHeaderModifier(set_header("x-answered-by", resp)),
+        ],
+        ..b
+    };
+    let r = prefix_route(
+        "w",
+        "/",
+        vec![
+            with(
+                backend("v1", 1, &[v1.local_addr()]),
+                "infra-backend-v1",
+                "one",
+            ),
+            with(
+                backend("v2", 1, &[v2.local_addr()]),
+                "infra-backend-v2",
+                "two",
+            ),
+        ],
+    );
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+    let mut per = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        let got = conn.get("/").await;
+        let e = got.echo();
+        let (want_req, want_resp) = match e.name.as_str() {
+            "v1" => ("infra-backend-v1", "one"),
+            _ => ("infra-backend-v2", "two"),
+        };
+        assert_eq!(e.header("backend"), vec![want_req], "{}", e.name);
+        assert_eq!(got.headers["x-answered-by"], want_resp);
+        *per.entry(e.name).or_default() += 1;
+    }
+    assert_eq!(per.get("v1"), Some(&10));
+    assert_eq!(per.get("v2"), Some(&10));
+}
+
+fn cors(credentials: bool) -> Cors {
+    Cors {
+        allow_origins: vec![
+            OriginPattern::Origin {
+                scheme: "https".into(),
+                host: "www.foo.com".into(),
+                port: None,
+            },
+            OriginPattern::Origin {
+                scheme: "https".into(),
+                host: "*.bar.com".into(),
+                port: None,
+            },
+        ],
+        allow_methods: Allowed::List(Some("GET, OPTIONS".into())),
+        allow_headers: Allowed::List(Some("x-header-1, x-header-2".into())),
+        expose_headers: Some("x-header-3, x-header-4".into()),
+        max_age: 3600,
+        allow_credentials: credentials,
+    }
+}
+
+fn with_headers(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = request(method, path, "gateway.test");
+    for (n, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_by_the_proxy_and_actual_responses_get_the_headers() {
+    let primary = echo("primary").await;
+    let mut r = prefix_route("c", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.filters.push(Filter::Cors(cors(true)));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut conn = Connection::open(listener.local_addr()).await;
+
+    let pre = conn
+        .send(with_headers(
+            "OPTIONS",
+            "/cors",
+            &[
+                ("origin", "https://xpto.www.bar.com"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "x-header-1"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(pre.status, StatusCode::OK);
+    assert!(pre.body.is_empty(), "answered by the proxy: {}", pre.text());
+    let h = &pre.headers;
+    assert_eq!(h["access-control-allow-origin"], "https://xpto.www.bar.com");
+    assert_eq!(h["access-control-allow-methods"], "GET, OPTIONS");
+    assert_eq!(h["access-control-allow-headers"], "x-header-1, x-header-2");
+    assert_eq!(h["access-control-expose-headers"], "x-header-3, x-header-4");
+    assert_eq!(h["access-control-max-age"], "3600");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+
+    // A preflight from another origin is not approved: it reaches the backend as any OPTIONS.
+    let other = conn
+        .send(with_headers(
+            "OPTIONS",
+            "/cors",
+            &[
+                ("origin", "https://foobar.com"),
+                ("access-control-request-method", "GET"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(other.echo().method, "OPTIONS");
+
+    let actual = conn
+        .send(with_headers(
+            "GET",
+            "/cors",
+            &[("origin", "https://www.foo.com")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(actual.echo().name, "primary");
+    assert_eq!(
+        actual.headers["access-control-allow-origin"],
+        "https://www.foo.com"
+    );
+    assert_eq!(actual.headers["access-control-allow-credentials"], "true");
+    assert_eq!(
+        actual.headers["access-control-expose-headers"],
+        "x-header-3, x-header-4"
+    );
+
+    let refused = conn
+        .send(with_headers(
+            "GET",
+            "/cors",
+            &[("origin", "https://foobar.com")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(refused.echo().name, "primary");
+    assert!(!refused.headers.contains_key("access-control-allow-origin"));
+    assert!(
+        !refused
+            .headers
+            .contains_key("access-control-allow-credentials")
+    );
+}
