@@ -107,7 +107,7 @@ pub(crate) async fn handle(
         None => None,
         Some(c) => match cors::step(c, &req) {
             CorsStep::Pass => None,
-            CorsStep::Headers(h) => Some(h),
+            CorsStep::Headers(h) => Some(Box::new(h)),
             CorsStep::Answer(mut resp) => {
                 record(&shared, &route.label, &shared.none, resp.status(), start);
                 if let Some(logged) = logged {
@@ -142,7 +142,7 @@ pub(crate) async fn handle(
     };
     hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
     if let Some(h) = cors_headers {
-        cors::insert(&mut resp, h);
+        cors::insert(&mut resp, *h);
     }
     record(&shared, &route.label, &backend, resp.status(), start);
     if let Some(logged) = logged {
@@ -335,29 +335,6 @@ async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
-    // Copies see the request as the rule made it, before the backendRef's own filters.
-    let tee = if route.mirrors.is_empty() {
-        None
-    } else {
-        let cx = MirrorContext {
-            upstream: &shared.upstream,
-            budget: &shared.metrics.mirrors,
-            listener: &shared.listener,
-            route: &route.label,
-            client: origin.client,
-            scheme: origin.scheme,
-        };
-        mirror::start(
-            &cx,
-            &route.mirrors,
-            &parts,
-            &path_and_query,
-            !body.is_end_stream(),
-        )
-    };
-    if let Some(f) = &backend.filters {
-        hygiene::apply_header_filters(&f.request_headers, &mut parts.headers);
-    }
     let hop = HopHeaders {
         client: origin.client,
         endpoint: authority,
@@ -366,6 +343,22 @@ async fn forward(
     note.endpoint = Some(endpoint.addr);
     parts.uri = upstream_uri(path_and_query);
     parts.version = Version::HTTP_11;
+    // Most requests have no body to stream (and an upgrade request's body, if any, is the
+    // backend's business only once it switched): served by the lighter bodyless path. Mirror
+    // copies see the request as the rule made it, before the backendRef's own filters.
+    let body = {
+        let tee = if route.mirrors.is_empty() {
+            None
+        } else {
+            let has_body = !body.is_end_stream();
+            start_mirrors(shared, route, origin, &parts, has_body)
+        };
+        (!body.is_end_stream())
+            .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)).with_tee(tee))
+    };
+    if let Some(f) = &backend.filters {
+        hygiene::apply_header_filters(&f.request_headers, &mut parts.headers);
+    }
 
     // The two HTTPRoute timeouts collapse into one deadline: with no retries, one backend try
     // is the whole request. It runs until the response head arrives; a body that is already
@@ -387,10 +380,6 @@ async fn forward(
     };
     let timed_out = || ForwardError::Timeout(authority.to_string());
 
-    // Most requests have no body to stream (and an upgrade request's body, if any, is the
-    // backend's business only once it switched): served by the lighter bodyless path.
-    let body = (!body.is_end_stream())
-        .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)).with_tee(tee));
     let sent_at = Instant::now();
     let sent = std::pin::pin!(shared.upstream.send(endpoint.addr, &parts, &hop, body));
     let resp = within(deadline, sent)
@@ -415,6 +404,27 @@ async fn forward(
     }
     strip_hop_by_hop(&mut head.headers);
     Ok(Response::from_parts(head, ProxyBody::direct(body)))
+}
+
+/// Starts the copies of a rule with RequestMirror filters (see `mirror`); kept out of
+/// `forward` so that its locals do not enlarge every request's future.
+#[inline(never)]
+fn start_mirrors(
+    shared: &ListenerShared,
+    route: &ServingRoute,
+    origin: &Origin<'_>,
+    parts: &http::request::Parts,
+    has_body: bool,
+) -> Option<Box<mirror::BodyTee>> {
+    let cx = MirrorContext {
+        upstream: &shared.upstream,
+        budget: &shared.metrics.mirrors,
+        listener: &shared.listener,
+        route: &route.label,
+        client: origin.client,
+        scheme: origin.scheme,
+    };
+    mirror::start(&cx, &route.mirrors, parts, has_body)
 }
 
 /// `fut`'s output, or `None` when `deadline` passes first. Taking the future pinned in the

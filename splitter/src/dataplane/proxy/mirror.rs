@@ -168,7 +168,6 @@ pub fn start(
     cx: &MirrorContext<'_>,
     mirrors: &[ServingMirror],
     parts: &Parts,
-    path_and_query: &PathAndQuery,
     has_body: bool,
 ) -> Option<Box<BodyTee>> {
     let mut pending = Vec::new();
@@ -206,7 +205,11 @@ pub fn start(
     }
     let head = Arc::new(CopyHead {
         method: parts.method.clone(),
-        path_and_query: path_and_query.clone(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         headers: parts.headers.clone(),
         client: cx.client.clone(),
         scheme: cx.scheme,
