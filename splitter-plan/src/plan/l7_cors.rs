@@ -20,7 +20,7 @@ impl Cors {
     }
 
     /// A preflight's answer headers (the proxy answers it 200 itself), or `None` when the
-    /// origin is not allowed (the request then goes to the backend as any other OPTIONS).
+    /// origin is not allowed (the proxy answers 403).
     pub fn preflight(
         &self,
         origin: &HeaderValue,

@@ -345,7 +345,7 @@ async fn cors_preflights_are_answered_by_the_proxy_and_actual_responses_get_the_
     assert_eq!(h["access-control-max-age"], "3600");
     assert_eq!(h["access-control-allow-credentials"], "true");
 
-    // A preflight from another origin is not approved: it reaches the backend as any OPTIONS.
+    // A preflight from another origin is refused by the proxy, with no CORS header.
     let other = conn
         .send(with_headers(
             "OPTIONS",
@@ -357,8 +357,23 @@ async fn cors_preflights_are_answered_by_the_proxy_and_actual_responses_get_the_
         ))
         .await
         .unwrap();
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert!(other.body.is_empty(), "not the backend's: {}", other.text());
     assert!(!other.headers.contains_key("access-control-allow-origin"));
-    assert_eq!(other.echo().method, "OPTIONS");
+    // An OPTIONS that is no preflight (no Access-Control-Request-Method) is the backend's.
+    let plain = conn
+        .send(with_headers(
+            "OPTIONS",
+            "/cors",
+            &[("origin", "https://www.foo.com")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(plain.echo().method, "OPTIONS");
+    assert_eq!(
+        plain.headers["access-control-allow-origin"],
+        "https://www.foo.com"
+    );
 
     let actual = conn
         .send(with_headers(
