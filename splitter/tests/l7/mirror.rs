@@ -410,3 +410,96 @@ async fn cors_preflights_are_answered_by_the_proxy_and_actual_responses_get_the_
             .contains_key("access-control-allow-credentials")
     );
 }
+
+/// Every copy's outcome is counted in `splitter_l7_mirrored_requests_total`: sent, failed
+/// (the mirror's port is closed), body_too_large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_outcomes_are_counted_in_the_metrics() {
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+    use splitter::dataplane::proxy::{Proxy, ProxyMetrics};
+    let primary = echo("primary").await;
+    let ok = Recorder::start().await;
+    let down = {
+        let l = std::net::TcpListener::bind(loopback()).unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("ok", ok.addr, 1, 1));
+    r.mirrors.push(mirror_to("down", down, 1, 1));
+    let metrics = ProxyMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let proxy = Proxy::new(test_config(), metrics);
+    let (listener, _) = proxy.listen(loopback(), &table(vec![r])).await.unwrap();
+    let mut conn = Connection::open(listener.local_addr()).await;
+    for _ in 0..3 {
+        conn.get("/").await;
+    }
+    let big = Request::builder()
+        .method("POST")
+        .uri("/big")
+        .header("host", "gateway.test")
+        .body(Full::new(Bytes::from(vec![b'z'; 100_000])))
+        .unwrap();
+    assert_eq!(conn.send(big).await.unwrap().status, StatusCode::OK);
+    ok.wait_for(3).await;
+    let count = |mirror: &str, outcome: &str| -> u64 {
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find(|l| {
+                l.starts_with("splitter_l7_mirrored_requests_total{")
+                    && l.contains(&format!("mirror=\"default/{mirror}:80\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while (count("ok", "sent") < 3 || count("down", "failed") < 3) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count("ok", "sent"), 3);
+    assert_eq!(count("down", "failed"), 3);
+    assert_eq!(count("ok", "body_too_large"), 1);
+    assert_eq!(count("down", "body_too_large"), 1);
+}
+
+/// A mirror that never answers holds at most 256 copies at once: 300 requests leave 256 copies
+/// waiting and 44 not sent (`outcome="busy"`), and every client answer still comes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_to_a_hung_mirror_are_bounded() {
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+    use splitter::dataplane::proxy::{Proxy, ProxyMetrics};
+    let primary = echo("primary").await;
+    let hung = TcpListener::bind(loopback()).await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = hung.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("hung", hung_addr, 1, 1));
+    let metrics = ProxyMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let proxy = Proxy::new(test_config(), metrics);
+    let (listener, _) = proxy.listen(loopback(), &table(vec![r])).await.unwrap();
+    let mut conn = Connection::open(listener.local_addr()).await;
+    let started = Instant::now();
+    for _ in 0..300 {
+        assert_eq!(conn.get("/").await.echo().name, "primary");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "300 requests took {took:?}");
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    let busy = text
+        .lines()
+        .find(|l| l.starts_with("splitter_l7_mirrored_requests_total{") && l.contains("busy"))
+        .unwrap_or_else(|| panic!("no busy copies in:\n{text}"));
+    assert!(busy.ends_with(" 44"), "{busy}");
+}
