@@ -347,7 +347,8 @@ async fn forward(
     // backend's business only once it switched): served by the lighter bodyless path. Mirror
     // copies see the request as the rule made it, before the backendRef's own filters.
     let body = {
-        let tee = if route.mirrors.is_empty() {
+        // An upgrade (WebSocket) is not copied: a mirror could switch protocols on a copy.
+        let tee = if route.mirrors.is_empty() || client_upgrade.is_some() {
             None
         } else {
             let has_body = !body.is_end_stream();

@@ -11,7 +11,7 @@
 //!   full; a longer body is not mirrored at all (`outcome="body_too_large"`), rather than sent
 //!   truncated: a cut body would be a different request. A body the primary never finishes
 //!   reading (the client goes away, the primary fails first) is not mirrored either
-//!   (`outcome="body_incomplete"`);
+//!   (`outcome="body_incomplete"`); an upgrade (WebSocket) request is not copied;
 //! - each copy has [`MIRROR_TIMEOUT`] for its whole exchange.
 //!
 //! The copy carries the request as the primary backend gets it after the rule's filters
