@@ -1102,3 +1102,48 @@ fn invalid_mirror_and_cors_fields_are_refused_precisely() {
         assert!(e.reason.contains(why), "{filter}: {e}");
     }
 }
+
+#[test]
+fn a_mirror_of_another_kind_is_left_out_with_invalid_kind() {
+    let plan = plan_with(&["mirror-cors-backend-filters.yaml"]);
+    let c = &route(&plan, "infra", "mirrored-kind").parents[0].conditions;
+    assert!(condition(c, "Accepted").is_true());
+    let refs = condition(c, "ResolvedRefs");
+    assert_eq!(
+        (refs.status, refs.reason.as_str()),
+        (ConditionStatus::False, "InvalidKind"),
+        "{refs:?}"
+    );
+    let table = listener(&plan, 80).l7().unwrap();
+    let r = table
+        .routes
+        .iter()
+        .find(|r| r.route.name == "mirrored-kind")
+        .unwrap();
+    assert!(r.mirrors.is_empty());
+    assert!(matches!(r.backends[0].target, BackendTarget::Endpoints(_)));
+}
+
+/// A catch-all rule with only a mirror, or only a backendRef filter, still needs the proxy: the
+/// kernel path cannot copy requests or edit headers.
+#[test]
+fn mirrors_and_backend_filters_keep_a_catch_all_listener_on_l7() {
+    for (what, rule) in [
+        (
+            "RequestMirror",
+            "filters: [{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 8080}}}]\n    backendRefs: [{name: a, port: 8080}]",
+        ),
+        (
+            "has filters",
+            "backendRefs: [{name: a, port: 8080, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-team, value: blue}]}}]}]",
+        ),
+    ] {
+        let route = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: all, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - {rule}\n"
+        );
+        let plan = plan_of(&[&fixture("base.yaml"), &route]);
+        let l = listener(&plan, 80);
+        assert_eq!(l.mode(), Mode::L7, "{what}");
+        assert!(l.reason().contains(what), "{what}: {}", l.reason());
+    }
+}
