@@ -322,6 +322,9 @@ fn backends(o: &mut String, backends: &[PlannedBackend], invalid_answer: &str, e
             b.weight,
             b.name
         );
+        for f in &b.filters {
+            let _ = writeln!(o, "      backend filter {}", filter(f));
+        }
     }
     if sum > 0 {
         let _ = writeln!(

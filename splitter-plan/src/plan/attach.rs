@@ -65,7 +65,10 @@ impl<'i> Attacher<'i, '_> {
                                 self.resolver
                                     .resolve("HTTPRoute", &meta.namespace, &m.backend);
                             if let Some(u) = u {
-                                unresolved.push(u);
+                                unresolved.push(Unresolved {
+                                    message: format!("RequestMirror {}", u.message),
+                                    ..u
+                                });
                                 return None;
                             }
                             Some(PlannedMirror {

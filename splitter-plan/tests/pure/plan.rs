@@ -984,7 +984,11 @@ fn mirrors_resolve_like_backend_refs_and_an_unresolved_one_is_left_out_with_reso
         (ConditionStatus::False, "RefNotPermitted"),
         "{refs:?}"
     );
-    assert!(refs.message.contains("other/web:8080"), "{refs:?}");
+    assert!(
+        refs.message
+            .contains("RequestMirror backendRef other/web:8080: no ReferenceGrant"),
+        "{refs:?}"
+    );
 }
 
 #[test]
