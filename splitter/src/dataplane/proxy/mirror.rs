@@ -14,8 +14,9 @@
 //!   (`outcome="body_incomplete"`); an upgrade (WebSocket) request is not copied;
 //! - each copy has [`MIRROR_TIMEOUT`] for its whole exchange.
 //!
-//! The copy carries the request as the primary backend gets it after the rule's filters
-//! (before the backendRef's own), with its Host unchanged: the spec asks for no `-shadow`
+//! Only requests forwarded to a backend are copied (not redirects, nor the 500/503 shares the
+//! proxy answers itself). The copy carries the request as the primary backend gets it after the
+//! rule's filters (before the backendRef's own), with its Host unchanged: the spec asks for no `-shadow`
 //! suffix and the upstream tests check none.
 
 use std::{
@@ -57,7 +58,8 @@ pub struct ServingMirror {
     endpoints: Box<[(SocketAddr, Authority)]>,
     cursor: EndpointCursor,
     fraction: Fraction,
-    /// Requests this mirror has seen, for the exact fraction.
+    /// Requests this mirror has seen, for the exact fraction (from 0 again when the table is
+    /// reinstalled: at most one cycle of `denominator` requests is uneven per reload).
     seen: AtomicU64,
 }
 
