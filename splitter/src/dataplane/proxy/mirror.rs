@@ -16,8 +16,8 @@
 //!
 //! Only requests forwarded to a backend are copied (not redirects, nor the 500/503 shares the
 //! proxy answers itself). The copy carries the request as the primary backend gets it after the
-//! rule's filters (before the backendRef's own), with its Host unchanged: the spec asks for no `-shadow`
-//! suffix and the upstream tests check none.
+//! rule's filters (before the backendRef's own), with its Host unchanged: the spec asks for no
+//! `-shadow` suffix and the upstream tests check none.
 
 use std::{
     net::SocketAddr,
