@@ -153,6 +153,38 @@ async fn the_mirror_gets_a_copy_with_path_headers_and_body_while_the_client_gets
     assert_eq!(seen[1].body, body);
 }
 
+/// A chunked upload (no Content-Length, written in pieces by a raw client): the mirror gets the
+/// whole body once the client's last chunk arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_is_mirrored_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let primary = echo("primary").await;
+    let mirror = Recorder::start().await;
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("mirror", mirror.addr, 1, 1));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let mut s = tokio::net::TcpStream::connect(listener.local_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /chunked HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"name\":\"primary\""), "{answer}");
+    let seen = mirror.wait_for(1).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/chunked");
+    assert_eq!(&seen[0].body[..], b"hello world");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_bound_is_not_mirrored_and_the_primary_gets_it_whole() {
     let primary = echo("primary").await;
@@ -176,9 +208,10 @@ async fn a_body_over_the_bound_is_not_mirrored_and_the_primary_gets_it_whole() {
     assert_eq!(paths, vec!["/small"], "{seen:?}");
 }
 
-/// A mirror that accepts and never answers, and one whose port is closed: the client's answers
-/// come from the primary as fast as without a mirror (bound: 2 s for 20 requests, where the
-/// hung mirror alone would hold each for the 10 s mirror timeout).
+/// A mirror that accepts and never answers, one whose port is closed and one that resets every
+/// connection: the client's answers come from the primary as fast as without a mirror (bound:
+/// 2 s for 20 requests, where the hung mirror alone would hold each for the 10 s mirror
+/// timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_or_down_mirror_neither_slows_nor_fails_the_client() {
     let primary = echo("primary").await;
@@ -195,9 +228,22 @@ async fn a_hung_or_down_mirror_neither_slows_nor_fails_the_client() {
         let l = std::net::TcpListener::bind(loopback()).unwrap();
         l.local_addr().unwrap()
     };
+    // Accepts and resets at once (linger 0).
+    let resets = TcpListener::bind(loopback()).await.unwrap();
+    let resets_addr = resets.local_addr().unwrap();
+    let reset_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reset_count.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = resets.accept().await {
+            let _ = s.set_linger(Some(Duration::ZERO));
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(s);
+        }
+    });
     let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
     r.mirrors.push(mirror_to("hung", hung_addr, 1, 1));
     r.mirrors.push(mirror_to("down", down, 1, 1));
+    r.mirrors.push(mirror_to("resets", resets_addr, 1, 1));
     let (_proxy, listener) = start_proxy(&table(vec![r])).await;
     let mut conn = Connection::open(listener.local_addr()).await;
     let started = Instant::now();
@@ -215,9 +261,10 @@ async fn a_hung_or_down_mirror_neither_slows_nor_fails_the_client() {
     }
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "20 requests took {took:?}");
-    // The hung mirror did get the copies (so the test measured a real stalled mirror).
+    // The hung and resetting mirrors did get the copies (so the test measured real ones).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!held.lock().unwrap().is_empty());
+    assert!(reset_count.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
