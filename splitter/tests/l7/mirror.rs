@@ -235,7 +235,7 @@ async fn a_hung_or_down_mirror_neither_slows_nor_fails_the_client() {
     let counted = reset_count.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = resets.accept().await {
-            let _ = s.set_linger(Some(Duration::ZERO));
+            let _ = s.set_zero_linger();
             counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(s);
         }
