@@ -1,7 +1,8 @@
 //! An HTTP/2 request body that gives up when its client stops sending. HTTP/1.1 bodies are
 //! watched through the connection's socket (`idle`); an HTTP/2 connection carries many streams,
 //! and one stalled upload stays invisible while the others move, so each stream's body keeps
-//! its own timer.
+//! its own timer. On a rule with RequestMirror filters the body also hands each chunk to the
+//! copies' tee (`mirror::BodyTee`), which sends them when the body ends.
 
 use std::{
     pin::Pin,
