@@ -34,8 +34,8 @@ pub struct HttpRule {
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
     pub timeouts: Timeouts,
-    /// Set when the rule asks for something this implementation does not do (a filter type,
-    /// backendRef filters) or holds a value the CRD admits but nothing can serve (a regular
+    /// Set when the rule asks for something this implementation does not do (ExtensionRef, a
+    /// backendRef filter other than the header modifiers) or holds a value the CRD admits but nothing can serve (a regular
     /// expression that does not compile, a header value with control characters); the plan
     /// drops the rule and says so in the route status.
     pub unsupported: Option<String>,
