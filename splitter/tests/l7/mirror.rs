@@ -550,3 +550,38 @@ async fn copies_to_a_hung_mirror_are_bounded() {
         .unwrap_or_else(|| panic!("no busy copies in:\n{text}"));
     assert!(busy.ends_with(" 44"), "{busy}");
 }
+
+/// An h2c client's requests are mirrored as HTTP/1.1 copies with their Host (from
+/// `:authority`) and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_requests_are_mirrored() {
+    let primary = echo("primary").await;
+    let mirror = Recorder::start().await;
+    let mut r = prefix_route("m", "/", vec![backend("p", 1, &[primary.local_addr()])]);
+    r.mirrors.push(mirror_to("mirror", mirror.addr, 1, 1));
+    let (_proxy, listener) = start_proxy(&table(vec![r])).await;
+    let stream = tokio::net::TcpStream::connect(listener.local_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("PUT")
+        .uri("http://gateway.test/h2/put")
+        .body(Full::new(Bytes::from_static(b"over h2")))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let seen: splitter::echo::EchoReply = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen.name, "primary");
+    let copies = mirror.wait_for(1).await;
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].method, "PUT");
+    assert_eq!(copies[0].path, "/h2/put");
+    assert_eq!(copies[0].headers["host"], "gateway.test");
+    assert_eq!(&copies[0].body[..], b"over h2");
+}
