@@ -52,6 +52,7 @@ fn parse_backend(s: &str) -> Result<PlannedBackend, String> {
         name: name.to_owned(),
         weight,
         target: BackendTarget::Endpoints(endpoints),
+        filters: vec![],
     })
 }
 
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
         filters: vec![],
         backends: args.backends,
         timeouts: Timeouts::default(),
+        mirrors: vec![],
     };
     if args.strip_path {
         route.filters.push(Filter::UrlRewrite(UrlRewrite {

@@ -230,6 +230,15 @@ fn l7_route(o: &mut String, r: &L7Route) {
     for f in &r.filters {
         let _ = writeln!(o, "    filter {}", filter(f));
     }
+    for m in &r.mirrors {
+        let _ = writeln!(
+            o,
+            "    mirror {}: {} endpoint{}",
+            m.name,
+            m.endpoints.len(),
+            if m.endpoints.len() == 1 { "" } else { "s" }
+        );
+    }
     backends(o, &r.backends, "500", "503");
 }
 
@@ -257,6 +266,16 @@ fn filter(f: &Filter) -> String {
                 .unwrap_or_default();
             format!("URLRewrite{host}{}", path(&r.path))
         }
+        Filter::RequestMirror(m) => format!(
+            "RequestMirror to {}/{} ({}/{} of requests)",
+            m.backend.namespace, m.backend.name, m.fraction.numerator, m.fraction.denominator
+        ),
+        Filter::Cors(c) => format!(
+            "CORS {} origin{}, credentials {}",
+            c.allow_origins.len(),
+            if c.allow_origins.len() == 1 { "" } else { "s" },
+            c.allow_credentials
+        ),
     }
 }
 
@@ -303,6 +322,9 @@ fn backends(o: &mut String, backends: &[PlannedBackend], invalid_answer: &str, e
             b.weight,
             b.name
         );
+        for f in &b.filters {
+            let _ = writeln!(o, "      backend filter {}", filter(f));
+        }
     }
     if sum > 0 {
         let _ = writeln!(

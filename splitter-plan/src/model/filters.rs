@@ -8,15 +8,20 @@ use gateway_api::httproutes::{
     HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
 };
 
+use gateway_api::httproutes::{
+    HttpRouteRulesBackendRefsFilters as RawBackendFilter, HttpRouteRulesFiltersCors as RawCors,
+    HttpRouteRulesFiltersRequestMirror as RawMirror,
+};
 use http::{HeaderName, HeaderValue, StatusCode, uri::Scheme as UriScheme};
 
 use super::{
     FieldPath, ModelError, Refusal,
+    cors::{self, Allowed, CORS_METHODS, Cors},
     http::{
-        Filter, HeaderModifier, PathModifier, REDIRECT_STATUS_CODES, Redirect, UrlRewrite,
-        is_framing_header,
+        Filter, Fraction, HeaderModifier, Mirror, PathModifier, REDIRECT_STATUS_CODES, Redirect,
+        UrlRewrite, is_framing_header,
     },
-    validate,
+    route, validate,
 };
 
 /// `(name, value)` pairs of a header modifier's `set` or `add` list. The request and response
@@ -35,6 +40,7 @@ macro_rules! name_values {
 /// (the rule is then dropped by the plan rather than served without it).
 pub(crate) fn rule_filters(
     raw: Vec<RawFilter>,
+    ns: &str,
     at: &FieldPath<'_>,
 ) -> Result<(Vec<Filter>, Option<String>), ModelError> {
     if raw.len() > 16 {
@@ -58,7 +64,7 @@ pub(crate) fn rule_filters(
             }
             seen.push(name);
         }
-        match filter(f, name, &fat) {
+        match filter(f, name, ns, &fat) {
             Ok(f) => out.push(f),
             Err(Refusal::Unsupported(why)) => {
                 unsupported.get_or_insert(why);
@@ -69,8 +75,163 @@ pub(crate) fn rule_filters(
     Ok((out, unsupported))
 }
 
+/// A backendRef's filters. The generated type has the rule filters' shape (the CRD shares one
+/// schema), so it is read through that one; only the header modifiers are served per backend,
+/// any other type drops the rule with a reason naming the field.
+pub(crate) fn backend_filters(
+    raw: Vec<RawBackendFilter>,
+    ns: &str,
+    at: &FieldPath<'_>,
+) -> Result<(Vec<Filter>, Option<String>), ModelError> {
+    let mut same_shape = Vec::with_capacity(raw.len());
+    for (i, f) in raw.into_iter().enumerate() {
+        let converted = serde_json::to_value(f)
+            .and_then(serde_json::from_value::<RawFilter>)
+            .map_err(|e| at.index(i).err(format!("not a filter: {e}")))?;
+        same_shape.push(converted);
+    }
+    let (filters, mut unsupported) = rule_filters(same_shape, ns, at)?;
+    if unsupported.is_none()
+        && let Some((i, f)) = filters.iter().enumerate().find(|(_, f)| {
+            !matches!(
+                f,
+                Filter::RequestHeaderModifier(_) | Filter::ResponseHeaderModifier(_)
+            )
+        })
+    {
+        unsupported = Some(format!(
+            "{}.type: {} is not supported as a backendRef filter (only RequestHeaderModifier \
+             and ResponseHeaderModifier)",
+            at.index(i).path,
+            filter_name(f)
+        ));
+    }
+    Ok((filters, unsupported))
+}
+
+fn filter_name(f: &Filter) -> &'static str {
+    match f {
+        Filter::RequestHeaderModifier(_) => "RequestHeaderModifier",
+        Filter::ResponseHeaderModifier(_) => "ResponseHeaderModifier",
+        Filter::RequestRedirect(_) => "RequestRedirect",
+        Filter::UrlRewrite(_) => "URLRewrite",
+        Filter::RequestMirror(_) => "RequestMirror",
+        Filter::Cors(_) => "CORS",
+    }
+}
+
+/// `requestMirror`: the backendRef as any other (a Service needs a port), and the share of
+/// requests, `percent` or `fraction` but not both (CEL).
+fn mirror(m: RawMirror, ns: &str, at: &FieldPath<'_>) -> Result<Mirror, ModelError> {
+    let b = m.backend_ref;
+    let backend = route::backend_ref(
+        ns,
+        b.group,
+        b.kind,
+        b.namespace,
+        b.name,
+        b.port,
+        None,
+        &at.field("backendRef"),
+    )?;
+    let fraction = match (m.percent, m.fraction) {
+        (Some(_), Some(_)) => {
+            return Err(at.err("only one of percent or fraction may be specified"));
+        }
+        (Some(p), None) => {
+            let p = u32::try_from(p).ok().filter(|p| *p <= 100).ok_or_else(|| {
+                at.field("percent")
+                    .err(format!("{p} is not within 0..=100"))
+            })?;
+            Fraction {
+                numerator: p,
+                denominator: 100,
+            }
+        }
+        (None, Some(f)) => {
+            let fat = at.field("fraction");
+            let numerator = u32::try_from(f.numerator)
+                .map_err(|_| fat.field("numerator").err("must not be negative"))?;
+            let denominator = u32::try_from(f.denominator.unwrap_or(100))
+                .ok()
+                .filter(|d| *d >= 1)
+                .ok_or_else(|| fat.field("denominator").err("must be at least 1"))?;
+            if numerator > denominator {
+                return Err(fat.err(format!(
+                    "numerator {numerator} must be less than or equal to denominator {denominator}"
+                )));
+            }
+            Fraction {
+                numerator,
+                denominator,
+            }
+        }
+        (None, None) => Fraction::ALL,
+    };
+    Ok(Mirror { backend, fraction })
+}
+
+/// `cors`, with the CRD's limits and CEL rules.
+fn cors_filter(c: RawCors, at: &FieldPath<'_>) -> Result<Cors, ModelError> {
+    let origins = c.allow_origins.unwrap_or_default();
+    if origins.len() > 64 {
+        return Err(at.field("allowOrigins").err("more than 64 entries"));
+    }
+    let allow_origins = origins
+        .iter()
+        .enumerate()
+        .map(|(i, o)| cors::origin_pattern(o).map_err(|e| at.field("allowOrigins").index(i).err(e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let methods = c.allow_methods.unwrap_or_default();
+    let mat = at.field("allowMethods");
+    if methods.len() > 9 {
+        return Err(mat.err("more than 9 entries"));
+    }
+    let allow_methods = if methods.iter().any(|m| m == "*") {
+        if methods.len() > 1 {
+            return Err(mat.err("\"*\" must be the only entry"));
+        }
+        Allowed::Any
+    } else {
+        for (i, m) in methods.iter().enumerate() {
+            if !CORS_METHODS.contains(&m.as_str()) {
+                return Err(mat
+                    .index(i)
+                    .err(format!("{m:?} is not one of {CORS_METHODS:?} or \"*\"")));
+            }
+            if methods[..i].contains(m) {
+                return Err(mat.index(i).err(format!("{m:?} appears twice")));
+            }
+        }
+        Allowed::List((!methods.is_empty()).then(|| methods.join(", ")))
+    };
+    let allow_headers = cors::header_list(&c.allow_headers.unwrap_or_default())
+        .map_err(|e| at.field("allowHeaders").err(e))?;
+    let expose_headers = match cors::header_list(&c.expose_headers.unwrap_or_default())
+        .map_err(|e| at.field("exposeHeaders").err(e))?
+    {
+        Allowed::Any => Some("*".to_string()),
+        Allowed::List(l) => l,
+    };
+    let max_age = match c.max_age {
+        None => 5,
+        Some(a) => u32::try_from(a)
+            .ok()
+            .filter(|a| *a >= 1)
+            .ok_or_else(|| at.field("maxAge").err(format!("{a} is less than 1")))?,
+    };
+    Ok(Cors {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+    })
+}
+
 /// One filter, or why it is refused.
-fn filter(f: RawFilter, name: &str, fat: &FieldPath<'_>) -> Result<Filter, Refusal> {
+fn filter(f: RawFilter, name: &str, ns: &str, fat: &FieldPath<'_>) -> Result<Filter, Refusal> {
     let missing = |field: &str| {
         fat.field(field)
             .err(format!("must be set for a {name} filter"))
@@ -164,9 +325,22 @@ fn filter(f: RawFilter, name: &str, fat: &FieldPath<'_>) -> Result<Filter, Refus
                 .transpose()?;
             Ok(Filter::UrlRewrite(UrlRewrite { hostname, path }))
         }
-        FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => Err(
-            Refusal::Unsupported(format!("{}: filter type {name} is not supported", fat.path)),
-        ),
+        FilterType::RequestMirror => {
+            let m = f.request_mirror.ok_or_else(|| missing("requestMirror"))?;
+            Ok(Filter::RequestMirror(mirror(
+                m,
+                ns,
+                &fat.field("requestMirror"),
+            )?))
+        }
+        FilterType::Cors => {
+            let c = f.cors.ok_or_else(|| missing("cors"))?;
+            Ok(Filter::Cors(cors_filter(c, &fat.field("cors"))?))
+        }
+        FilterType::ExtensionRef => Err(Refusal::Unsupported(format!(
+            "{}: filter type {name} is not supported",
+            fat.path
+        ))),
     }
 }
 

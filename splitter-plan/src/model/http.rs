@@ -128,6 +128,32 @@ pub enum Filter {
     ResponseHeaderModifier(HeaderModifier),
     RequestRedirect(Redirect),
     UrlRewrite(UrlRewrite),
+    /// A copy of each selected request to another backend; the plan resolves the ref into
+    /// the rule's mirrors, the proxy never sees this variant's ref.
+    RequestMirror(Mirror),
+    Cors(super::cors::Cors),
+}
+
+/// `requestMirror`: where copies go and which share of requests is copied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mirror {
+    pub backend: super::route::BackendRef,
+    pub fraction: Fraction,
+}
+
+/// `numerator / denominator` of requests (`percent: p` is `p / 100`; absent: every request).
+/// `denominator >= 1`, `numerator <= denominator` (CRD rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Fraction {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl Fraction {
+    pub const ALL: Fraction = Fraction {
+        numerator: 1,
+        denominator: 1,
+    };
 }
 
 /// Headers that frame a message or describe one hop: they are always the proxy's to write

@@ -3,6 +3,7 @@
 //! sources (files, kube watchers) hand raw objects to [`parse`], and the [`index`] stores the
 //! results. An object the API server would reject never reaches the index.
 
+pub mod cors;
 pub mod crd;
 mod error;
 mod filters;

@@ -34,8 +34,8 @@ pub struct HttpRule {
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
     pub timeouts: Timeouts,
-    /// Set when the rule asks for something this implementation does not do (a filter type,
-    /// backendRef filters) or holds a value the CRD admits but nothing can serve (a regular
+    /// Set when the rule asks for something this implementation does not do (ExtensionRef, a
+    /// backendRef filter other than the header modifiers) or holds a value the CRD admits but nothing can serve (a regular
     /// expression that does not compile, a header value with control characters); the plan
     /// drops the rule and says so in the route status.
     pub unsupported: Option<String>,
@@ -59,7 +59,7 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BackendRef {
     /// "" is the core group.
     pub group: String,
@@ -69,6 +69,10 @@ pub struct BackendRef {
     /// Required for a core Service (CRD rule), optional for other kinds.
     pub port: Option<u16>,
     pub weight: u32,
+    /// `backendRefs[].filters` (HTTPRoute only): applied when this backend is picked, after
+    /// the rule's. Only the header modifiers are served; a rule with another kind is dropped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
 }
 
 impl BackendRef {
@@ -181,12 +185,12 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
     let mut backends = Vec::new();
     for (i, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
         let bat = at.field("backendRefs").index(i);
-        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            unsupported.get_or_insert_with(|| {
-                format!("{}.filters: backendRef filters are not supported", bat.path)
-            });
+        let (filters, problem) =
+            filters::backend_filters(b.filters.unwrap_or_default(), ns, &bat.field("filters"))?;
+        if let Some(p) = problem {
+            unsupported.get_or_insert(p);
         }
-        backends.push(backend_ref(
+        let mut planned = backend_ref(
             ns,
             b.group,
             b.kind,
@@ -195,13 +199,15 @@ fn http_rule(r: HttpRouteRules, ns: &str, at: &FieldPath<'_>) -> Result<HttpRule
             b.port,
             b.weight,
             &bat,
-        )?);
+        )?;
+        planned.filters = filters;
+        backends.push(planned);
     }
     if backends.len() > 16 {
         return Err(at.field("backendRefs").err("more than 16 backendRefs"));
     }
     let (filters, filter_problem) =
-        filters::rule_filters(r.filters.unwrap_or_default(), &at.field("filters"))?;
+        filters::rule_filters(r.filters.unwrap_or_default(), ns, &at.field("filters"))?;
     if let Some(p) = filter_problem {
         unsupported.get_or_insert(p);
     }
@@ -440,6 +446,7 @@ pub(crate) fn backend_ref(
         name,
         port,
         weight,
+        filters: Vec::new(),
     })
 }
 

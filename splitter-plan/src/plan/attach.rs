@@ -7,7 +7,7 @@ use super::{
     backends::{Resolver, Unresolved},
     gateways::{GatewayListener, HttpAttachment},
     hostname,
-    l7::{InvalidReason, PlannedBackend},
+    l7::{BackendTarget, Filter, InvalidReason, PlannedBackend, PlannedMirror},
     listener::PlanConfig,
     status::{
         Condition, Diagnostic, RouteParentStatus, RouteStatus, Severity, StatusParentRef, reason,
@@ -15,8 +15,8 @@ use super::{
 };
 use crate::model::{GATEWAY_GROUP, HttpRoute, Index, Kind, L4Route, Meta, ObjectKey, ParentRef};
 
-/// An HTTPRoute's rules with their backendRefs resolved; `None` for a dropped rule.
-pub(crate) type ResolvedRules = Vec<Option<Vec<PlannedBackend>>>;
+/// An HTTPRoute's rules with their backendRefs and mirrors resolved; `None` for a dropped rule.
+pub(crate) type ResolvedRules = Vec<Option<(Vec<PlannedBackend>, Vec<PlannedMirror>)>>;
 
 pub(crate) struct Attacher<'i, 'l> {
     pub index: &'i Index,
@@ -42,14 +42,46 @@ impl<'i> Attacher<'i, '_> {
             .iter()
             .map(|r| {
                 r.unsupported.is_none().then(|| {
-                    r.backends
+                    let backends = r
+                        .backends
                         .iter()
                         .map(|b| {
                             let (pb, u) = self.resolver.resolve("HTTPRoute", &meta.namespace, b);
                             unresolved.extend(u);
                             pb
                         })
-                        .collect()
+                        .collect();
+                    // A mirror's ref resolves like a backendRef; one that does not is dropped
+                    // (the spec: ResolvedRefs False, not configured), the rule still serves.
+                    let mirrors = r
+                        .filters
+                        .iter()
+                        .filter_map(|f| match f {
+                            Filter::RequestMirror(m) => Some(m),
+                            _ => None,
+                        })
+                        .filter_map(|m| {
+                            let (pb, u) =
+                                self.resolver
+                                    .resolve("HTTPRoute", &meta.namespace, &m.backend);
+                            if let Some(u) = u {
+                                unresolved.push(Unresolved {
+                                    message: format!("RequestMirror {}", u.message),
+                                    ..u
+                                });
+                                return None;
+                            }
+                            Some(PlannedMirror {
+                                name: pb.name,
+                                endpoints: match pb.target {
+                                    BackendTarget::Endpoints(eps) => eps,
+                                    _ => Vec::new(),
+                                },
+                                fraction: m.fraction,
+                            })
+                        })
+                        .collect();
+                    (backends, mirrors)
                 })
             })
             .collect();

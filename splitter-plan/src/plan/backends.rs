@@ -52,6 +52,7 @@ impl<'a> Resolver<'a> {
                     name: name.clone(),
                     weight: b.weight,
                     target: BackendTarget::Invalid(reason),
+                    filters: b.filters.clone(),
                 },
                 Some(Unresolved { reason, message }),
             )
@@ -109,6 +110,7 @@ impl<'a> Resolver<'a> {
                 name,
                 weight: b.weight,
                 target,
+                filters: b.filters.clone(),
             },
             None,
         )

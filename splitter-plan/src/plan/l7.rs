@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::ObjectKey;
+pub use crate::model::cors::{Allowed, Cors, OriginPattern};
 pub use crate::model::http::{
-    Filter, HeaderMatch, HeaderModifier, PathMatch, PathModifier, Pattern, QueryMatch, Redirect,
-    RouteMatch, Timeouts, UrlRewrite, ValueMatch,
+    Filter, Fraction, HeaderMatch, HeaderModifier, PathMatch, PathModifier, Pattern, QueryMatch,
+    Redirect, RouteMatch, Timeouts, UrlRewrite, ValueMatch,
 };
 
 /// Routes of one L7 listener, in Gateway API precedence order: the proxy serves a request with
@@ -49,6 +50,22 @@ pub struct L7Route {
     /// sequence being deterministic).
     pub backends: Vec<PlannedBackend>,
     pub timeouts: Timeouts,
+    /// The rule's RequestMirror filters whose backendRef resolved, in spec order: each selected
+    /// request is copied to one endpoint of each, and their answers are discarded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<PlannedMirror>,
+}
+
+/// A RequestMirror filter after resolution. A mirror whose ref did not resolve is left out (the
+/// route's `ResolvedRefs` says why); one whose Service has no ready endpoint is kept, and its
+/// copies are dropped and counted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlannedMirror {
+    /// `namespace/name:port` of the Service.
+    pub name: String,
+    /// Ready endpoints; empty when there are none.
+    pub endpoints: Vec<SocketAddr>,
+    pub fraction: Fraction,
 }
 
 /// One backendRef of a rule after resolution.
@@ -59,6 +76,10 @@ pub struct PlannedBackend {
     /// The backendRef weight (0..=1_000_000). Share = weight / sum of the rule's weights.
     pub weight: u32,
     pub target: BackendTarget,
+    /// `backendRefs[].filters`: only RequestHeaderModifier and ResponseHeaderModifier, applied
+    /// after the rule's when this backend is picked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -9,7 +9,7 @@ use http::{
     uri::{InvalidUri, PathAndQuery, Scheme},
 };
 
-use super::l7::{Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use super::l7::{Cors, Filter, HeaderModifier, PathModifier, Redirect, UrlRewrite};
 
 /// A rule's filters by what they act on, so the request path does not scan the list.
 #[derive(Clone, Debug, Default)]
@@ -18,6 +18,8 @@ pub struct RuleFilters {
     pub response_headers: Vec<HeaderModifier>,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<UrlRewrite>,
+    /// Boxed: most rules have none, and the struct sits in every route.
+    pub cors: Option<Box<Cors>>,
 }
 
 impl RuleFilters {
@@ -30,6 +32,9 @@ impl RuleFilters {
                 Filter::ResponseHeaderModifier(m) => out.response_headers.push(m.clone()),
                 Filter::RequestRedirect(r) => out.redirect = Some(r.clone()),
                 Filter::UrlRewrite(r) => out.rewrite = Some(r.clone()),
+                Filter::Cors(c) => out.cors = Some(Box::new(c.clone())),
+                // Resolved by the plan into the route's mirrors.
+                Filter::RequestMirror(_) => {}
             }
         }
         out

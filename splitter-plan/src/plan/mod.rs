@@ -8,6 +8,7 @@ mod gateway_status;
 mod gateways;
 pub mod hostname;
 pub mod l7;
+pub mod l7_cors;
 pub mod l7_filters;
 pub mod l7_match;
 pub mod listener;

@@ -57,7 +57,9 @@ pub(crate) fn entries(
     };
     let mut out = Vec::new();
     for (ri, (rule, backends)) in route.rules.iter().zip(rules).enumerate() {
-        let Some(backends) = backends else { continue };
+        let Some((backends, mirrors)) = backends else {
+            continue;
+        };
         for (mi, m) in rule.matches.iter().enumerate() {
             let filters = with_strip_path(route.strip_path, m, &rule.filters);
             for h in &hosts {
@@ -86,6 +88,7 @@ pub(crate) fn entries(
                         filters: filters.clone(),
                         backends: backends.clone(),
                         timeouts: rule.timeouts,
+                        mirrors: mirrors.clone(),
                     },
                 });
             }
@@ -189,6 +192,8 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
             Filter::ResponseHeaderModifier(_) => "ResponseHeaderModifier",
             Filter::RequestRedirect(_) => "RequestRedirect",
             Filter::UrlRewrite(_) => "URLRewrite",
+            Filter::RequestMirror(_) => "RequestMirror",
+            Filter::Cors(_) => "CORS",
         })
         .collect();
     if !real_filters.is_empty() {
@@ -199,6 +204,12 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
     }
     if r.timeouts.request.is_some() || r.timeouts.backend_request.is_some() {
         return Some("request timeouts are enforced per request".to_string());
+    }
+    if let Some(b) = r.backends.iter().find(|b| !b.filters.is_empty()) {
+        return Some(format!(
+            "backendRef {} has filters, applied per request",
+            b.name
+        ));
     }
     unanswerable_share(&r.backends)
 }

@@ -950,3 +950,204 @@ spec:
     let plain = splitter_plan::plan::build(&index, &PlanConfig::default(), None);
     assert!(plain.listeners.iter().any(|l| l.key().port == 30080));
 }
+
+#[test]
+fn mirrors_resolve_like_backend_refs_and_an_unresolved_one_is_left_out_with_resolved_refs_false() {
+    let plan = plan_with(&["mirror-cors-backend-filters.yaml"]);
+    let table = listener(&plan, 80).l7().unwrap();
+    let r = table
+        .routes
+        .iter()
+        .find(|r| r.route.name == "mirrored")
+        .unwrap();
+    let mirrors: Vec<(&str, usize, u32, u32)> = r
+        .mirrors
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.endpoints.len(),
+                m.fraction.numerator,
+                m.fraction.denominator,
+            )
+        })
+        .collect();
+    assert_eq!(
+        mirrors,
+        vec![("infra/b:8080", 2, 20, 100), ("infra/c:8080", 1, 25, 50)]
+    );
+    let c = &route(&plan, "infra", "mirrored").parents[0].conditions;
+    assert!(condition(c, "Accepted").is_true());
+    let refs = condition(c, "ResolvedRefs");
+    assert_eq!(
+        (refs.status, refs.reason.as_str()),
+        (ConditionStatus::False, "RefNotPermitted"),
+        "{refs:?}"
+    );
+    assert!(
+        refs.message
+            .contains("RequestMirror backendRef other/web:8080: no ReferenceGrant"),
+        "{refs:?}"
+    );
+}
+
+#[test]
+fn backend_filters_reach_their_backend_only_and_other_kinds_drop_the_rule() {
+    let plan = plan_with(&["mirror-cors-backend-filters.yaml"]);
+    let table = listener(&plan, 80).l7().unwrap();
+    let served: Vec<_> = table
+        .routes
+        .iter()
+        .filter(|r| r.route.name == "backend-filters")
+        .collect();
+    assert_eq!(served.len(), 1, "only rule 0 is served");
+    let (a, b) = (&served[0].backends[0], &served[0].backends[1]);
+    assert!(matches!(
+        a.filters.as_slice(),
+        [
+            Filter::RequestHeaderModifier(_),
+            Filter::ResponseHeaderModifier(_)
+        ]
+    ));
+    assert!(b.filters.is_empty());
+    let c = &route(&plan, "infra", "backend-filters").parents[0].conditions;
+    let p = condition(c, "PartiallyInvalid");
+    assert!(
+        p.is_true()
+            && p.message.contains(
+                "spec.rules[1].backendRefs[0].filters[0].type: RequestRedirect is not supported as a backendRef filter"
+            ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_cors_filter_is_planned_with_its_lists_joined() {
+    let plan = plan_with(&["mirror-cors-backend-filters.yaml"]);
+    let table = listener(&plan, 80).l7().unwrap();
+    let r = table
+        .routes
+        .iter()
+        .find(|r| r.route.name == "cors")
+        .unwrap();
+    let Some(Filter::Cors(c)) = r.filters.first() else {
+        panic!("{:?}", r.filters)
+    };
+    assert_eq!(c.allow_origins.len(), 2);
+    assert_eq!(
+        c.allow_methods,
+        splitter_plan::plan::l7::Allowed::List(Some("GET, OPTIONS".into()))
+    );
+    assert_eq!(c.expose_headers.as_deref(), Some("x-header-3"));
+    assert_eq!(c.max_age, 5, "the CRD default");
+    assert!(c.allow_credentials);
+    assert!(
+        plan.problems().is_empty()
+            || !plan
+                .problems()
+                .iter()
+                .any(|p| p.to_string().contains("cors"))
+    );
+}
+
+/// What the API server would refuse is refused with the object, the field and why.
+#[test]
+fn invalid_mirror_and_cors_fields_are_refused_precisely() {
+    let route_with = |filter: &str| {
+        let yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: infra}}\nspec:\n  rules:\n  - filters: [{filter}]\n    backendRefs: [{{name: a, port: 8080}}]\n"
+        );
+        let doc: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        splitter_plan::model::parse::parse(doc)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {filter}"))
+    };
+    let cases = [
+        (
+            "{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 8080}, percent: 10, fraction: {numerator: 1}}}",
+            "spec.rules[0].filters[0].requestMirror",
+            "only one of percent or fraction",
+        ),
+        (
+            "{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 8080}, fraction: {numerator: 3, denominator: 2}}}",
+            "spec.rules[0].filters[0].requestMirror.fraction",
+            "numerator 3 must be less than or equal to denominator 2",
+        ),
+        (
+            "{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 8080}, percent: 101}}",
+            "spec.rules[0].filters[0].requestMirror.percent",
+            "101 is not within 0..=100",
+        ),
+        (
+            "{type: RequestMirror, requestMirror: {backendRef: {name: b}}}",
+            "spec.rules[0].filters[0].requestMirror.backendRef.port",
+            "must have port",
+        ),
+        (
+            "{type: CORS, cors: {allowMethods: ['*', GET]}}",
+            "spec.rules[0].filters[0].cors.allowMethods",
+            "must be the only entry",
+        ),
+        (
+            "{type: CORS, cors: {allowOrigins: ['www.foo.com']}}",
+            "spec.rules[0].filters[0].cors.allowOrigins[0]",
+            "scheme://host",
+        ),
+        (
+            "{type: CORS, cors: {maxAge: 0}}",
+            "spec.rules[0].filters[0].cors.maxAge",
+            "less than 1",
+        ),
+    ];
+    for (filter, field, why) in cases {
+        let e = route_with(filter);
+        assert_eq!(e.object, "HTTPRoute infra/r", "{filter}");
+        assert_eq!(e.field, field, "{filter}: {e}");
+        assert!(e.reason.contains(why), "{filter}: {e}");
+    }
+}
+
+#[test]
+fn a_mirror_of_another_kind_is_left_out_with_invalid_kind() {
+    let plan = plan_with(&["mirror-cors-backend-filters.yaml"]);
+    let c = &route(&plan, "infra", "mirrored-kind").parents[0].conditions;
+    assert!(condition(c, "Accepted").is_true());
+    let refs = condition(c, "ResolvedRefs");
+    assert_eq!(
+        (refs.status, refs.reason.as_str()),
+        (ConditionStatus::False, "InvalidKind"),
+        "{refs:?}"
+    );
+    let table = listener(&plan, 80).l7().unwrap();
+    let r = table
+        .routes
+        .iter()
+        .find(|r| r.route.name == "mirrored-kind")
+        .unwrap();
+    assert!(r.mirrors.is_empty());
+    assert!(matches!(r.backends[0].target, BackendTarget::Endpoints(_)));
+}
+
+/// A catch-all rule with only a mirror, or only a backendRef filter, still needs the proxy: the
+/// kernel path cannot copy requests or edit headers.
+#[test]
+fn mirrors_and_backend_filters_keep_a_catch_all_listener_on_l7() {
+    for (what, rule) in [
+        (
+            "RequestMirror",
+            "filters: [{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 8080}}}]\n    backendRefs: [{name: a, port: 8080}]",
+        ),
+        (
+            "has filters",
+            "backendRefs: [{name: a, port: 8080, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-team, value: blue}]}}]}]",
+        ),
+    ] {
+        let route = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: all, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - {rule}\n"
+        );
+        let plan = plan_of(&[&fixture("base.yaml"), &route]);
+        let l = listener(&plan, 80);
+        assert_eq!(l.mode(), Mode::L7, "{what}");
+        assert!(l.reason().contains(what), "{what}: {}", l.reason());
+    }
+}

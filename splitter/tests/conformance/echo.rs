@@ -4,7 +4,12 @@
 //! makes it set those response headers and a `delay=1s` (or `500ms`) query parameter delays the
 //! answer, as echo-basic does.
 
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -30,9 +35,14 @@ pub struct Captured {
     pub pod: String,
 }
 
-/// One echo "pod": a server on a loopback port, stopped on drop.
+/// One echo "pod": a server on a loopback port, stopped on drop. Like echo-basic it logs
+/// `Echoing back request made to PATH to client` per request, which the mirror tests read (as
+/// upstream reads the pod's log).
 pub struct EchoPod {
     pub addr: SocketAddr,
+    pub namespace: String,
+    pub pod: String,
+    pub log: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -47,30 +57,44 @@ impl EchoPod {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("echo binds");
         let addr = listener.local_addr().unwrap();
         let ctx: Arc<(String, String)> = Arc::new((namespace.into(), pod.into()));
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let pod_log = log.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let ctx = ctx.clone();
+                let log = pod_log.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(ctx.clone(), req));
+                    let svc = service_fn(move |req| answer(ctx.clone(), log.clone(), req));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Self { addr, task }
+        Self {
+            addr,
+            namespace: namespace.into(),
+            pod: pod.into(),
+            log,
+            task,
+        }
     }
 }
 
 async fn answer(
     ctx: Arc<(String, String)>,
+    log: Arc<Mutex<Vec<String>>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let _ = body.collect().await;
+    log.lock().expect("log lock").push(format!(
+        "Echoing back request made to {} to client",
+        parts.uri
+    ));
     if let Some(d) = parts.uri.query().and_then(delay) {
         tokio::time::sleep(d).await;
     }

@@ -152,7 +152,7 @@ pub struct Suite {
     ports: BTreeMap<(String, String, u16), SocketAddr>,
     /// Objects the model refused, with why (the agent logs and skips them the same way).
     pub refused: Vec<String>,
-    _pods: Vec<EchoPod>,
+    pods: Vec<EchoPod>,
     listeners: Option<L7Listeners>,
     docs: Vec<Value>,
 }
@@ -166,7 +166,7 @@ impl Suite {
             plan: plan_of(&docs).0,
             ports,
             refused: Vec::new(),
-            _pods: pods,
+            pods,
             listeners: Some(L7Listeners::new(Proxy::new(
                 ProxyConfig {
                     header_read_timeout: Duration::from_secs(5),
@@ -326,6 +326,40 @@ impl Suite {
                     l.name,
                     l.conditions
                 );
+            }
+        }
+    }
+
+    /// How many requests for `path` the pods of Deployment `namespace/deployment` logged
+    /// (upstream reads `Echoing back request made to PATH to client` from the pods' logs).
+    pub fn echo_log_count(&self, namespace: &str, deployment: &str, path: &str) -> usize {
+        let line = format!("Echoing back request made to {path} to client");
+        let prefix = format!("{deployment}-");
+        self.pods
+            .iter()
+            .filter(|p| p.namespace == namespace && p.pod.starts_with(&prefix))
+            .map(|p| {
+                p.log
+                    .lock()
+                    .expect("log lock")
+                    .iter()
+                    .filter(|l| **l == line)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Upstream `http.ExpectMirroredRequest`: the mirror's pods log the request's path (within
+    /// 10 s, as copies are sent fire and forget).
+    pub async fn expect_mirrored(&self, test: &str, mirrors: &[&str], path: &str) {
+        for m in mirrors {
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while self.echo_log_count(INFRA, m, path) == 0 {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "{test}: no request for {path} in the logs of {INFRA}/{m}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -687,7 +721,7 @@ where
         .map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let request = if parts.status == StatusCode::OK && method != "HEAD" {
+    let request = if parts.status == StatusCode::OK && method != "HEAD" && !body.is_empty() {
         Some(serde_json::from_slice(&body).map_err(|e| {
             format!(
                 "not an echo answer ({e}): {}",
@@ -730,6 +764,11 @@ pub struct Case {
     pub absent_headers: Vec<String>,
     pub response_headers: Vec<(String, String)>,
     pub absent_response_headers: Vec<String>,
+    /// Upstream `ValidHeaderValues`: the response header is one of these (whitespace ignored,
+    /// as the CORS tests' `IgnoreWhitespace`).
+    pub response_one_of: Vec<(String, Vec<String>)>,
+    /// Upstream `StatusCodes`: any of these (empty: `status`).
+    pub statuses: Vec<u16>,
     pub redirect: Option<Redirect>,
 }
 
@@ -750,8 +789,19 @@ impl Case {
             absent_headers: vec![],
             response_headers: vec![],
             absent_response_headers: vec![],
+            response_one_of: vec![],
+            statuses: vec![],
             redirect: None,
         }
+    }
+    pub fn statuses(mut self, s: &[u16]) -> Self {
+        self.statuses = s.to_vec();
+        self
+    }
+    pub fn response_one_of(mut self, n: &str, values: &[&str]) -> Self {
+        self.response_one_of
+            .push((n.into(), values.iter().map(|v| (*v).to_owned()).collect()));
+        self
     }
     pub fn host(mut self, h: &str) -> Self {
         self.host = h.into();
@@ -841,11 +891,61 @@ impl Case {
     /// Upstream `CompareRoundTrip` (conformance/utils/http/http.go), with one translation: a
     /// redirect that keeps the listener's port names its moved port (P + 10000), read as P.
     fn compare(&self, gw: SocketAddr, got: &Exchange) -> Result<(), String> {
-        if got.status.as_u16() != self.status {
+        let status_ok = if self.statuses.is_empty() {
+            got.status.as_u16() == self.status
+        } else {
+            self.statuses.contains(&got.status.as_u16())
+        };
+        if !status_ok {
             return Err(format!(
-                "expected status code to be {}, got {}",
-                self.status, got.status
+                "expected status code to be {:?}, got {}",
+                if self.statuses.is_empty() {
+                    vec![self.status]
+                } else {
+                    self.statuses.clone()
+                },
+                got.status
             ));
+        }
+        let squash = |v: &str| v.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+        for (n, valid) in &self.response_one_of {
+            let got_value = got
+                .headers
+                .get_all(n.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            if got_value.is_empty() {
+                return Err(format!("expected response header {n} to be set"));
+            }
+            if !valid.iter().any(|v| squash(v) == squash(&got_value)) {
+                return Err(format!(
+                    "expected response header {n} to be one of {valid:?}, got {got_value:?}"
+                ));
+            }
+        }
+        for (n, v) in &self.response_headers {
+            let all: Vec<&str> = got
+                .headers
+                .get_all(n.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if all.is_empty() {
+                return Err(format!("expected response header {n} to be set"));
+            }
+            if all.join(",") != *v {
+                return Err(format!(
+                    "expected response header {n} to be {v}, got {}",
+                    all.join(",")
+                ));
+            }
+        }
+        for n in &self.absent_response_headers {
+            if got.headers.contains_key(n.as_str()) {
+                return Err(format!("expected response header {n} to not be set"));
+            }
         }
         let lower = |m: &BTreeMap<String, Vec<String>>| -> BTreeMap<String, String> {
             m.iter()
@@ -896,28 +996,6 @@ impl Case {
             for n in &self.absent_headers {
                 if let Some(v) = seen.get(&n.to_ascii_lowercase()) {
                     return Err(format!("expected {n} header to not be set, got {v}"));
-                }
-            }
-            for (n, v) in &self.response_headers {
-                let all: Vec<&str> = got
-                    .headers
-                    .get_all(n.as_str())
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                if all.is_empty() {
-                    return Err(format!("expected response header {n} to be set"));
-                }
-                if all.join(",") != *v {
-                    return Err(format!(
-                        "expected response header {n} to be {v}, got {}",
-                        all.join(",")
-                    ));
-                }
-            }
-            for n in &self.absent_response_headers {
-                if got.headers.contains_key(n.as_str()) {
-                    return Err(format!("expected response header {n} to not be set"));
                 }
             }
             if !req.pod.starts_with(&self.backend) {

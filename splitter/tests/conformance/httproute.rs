@@ -336,11 +336,22 @@ async fn httproute_listener_hostname_matching() {
 /// case-insensitive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_request_header_modifier() {
-    let s = suite!("httproute-request-header-modifier.yaml");
+    request_header_modifier(
+        "HTTPRouteRequestHeaderModifier",
+        "httproute-request-header-modifier.yaml",
+    )
+    .await;
+}
+
+/// HTTPRouteRequestHeaderModifier's cases on `file`'s route `request-header-modifier`: upstream
+/// runs the same cases for the rule's filters and, as HTTPRouteBackendRequestHeaderModifier, for
+/// the same filters on the backendRef.
+pub(crate) async fn request_header_modifier(test: &str, file: &str) {
+    let s = suite!(file);
     s.routes_must_be_accepted(SAME, &[(INFRA, "request-header-modifier")]);
     let v1 = |c: Case| c.backend("infra-backend-v1");
     expect_all(
-        "HTTPRouteRequestHeaderModifier",
+        test,
         s.gateway(SAME.0, SAME.1),
         &[
             v1(Case::get("/set")

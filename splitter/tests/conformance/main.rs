@@ -9,6 +9,7 @@ mod agent;
 mod attach;
 mod echo;
 mod extended;
+mod filters;
 mod gateway;
 mod harness;
 mod httproute;

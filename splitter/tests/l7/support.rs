@@ -59,6 +59,7 @@ pub fn route(name: &str, path: PathMatch, backends: Vec<PlannedBackend>) -> L7Ro
         filters: vec![],
         backends,
         timeouts: Timeouts::default(),
+        mirrors: vec![],
     }
 }
 
@@ -67,6 +68,7 @@ pub fn backend(name: &str, weight: u32, endpoints: &[SocketAddr]) -> PlannedBack
         name: format!("default/{name}:80"),
         weight,
         target: BackendTarget::Endpoints(endpoints.to_vec()),
+        filters: vec![],
     }
 }
 
@@ -75,6 +77,7 @@ pub fn no_endpoints(name: &str, weight: u32) -> PlannedBackend {
         name: format!("default/{name}:80"),
         weight,
         target: BackendTarget::NoEndpoints,
+        filters: vec![],
     }
 }
 
@@ -83,6 +86,7 @@ pub fn invalid(name: &str, weight: u32) -> PlannedBackend {
         name: format!("default/{name}:80"),
         weight,
         target: BackendTarget::Invalid(InvalidReason::BackendNotFound),
+        filters: vec![],
     }
 }
 

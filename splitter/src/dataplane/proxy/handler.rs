@@ -15,11 +15,13 @@ use tokio::time::Instant;
 use super::{
     access::{AccessEntry, AccessLog},
     body::ProxyBody,
+    cors::{self, CorsStep},
     error::{ForwardError, RouteError, UpstreamError},
     hygiene::{self, XffPolicy},
     metrics::ProxyMetrics,
+    mirror::{self, MirrorContext},
     request_body::IdleTimedBody,
-    table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
+    table::{Pick, ServingBackend, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
     upstream::{HopHeaders, Upstream, strip_hop_by_hop, upstream_uri},
 };
@@ -100,6 +102,30 @@ pub(crate) async fn handle(
         }
         return Ok(resp);
     };
+    // CORS: rules without the filter pay this one check.
+    let cors_headers = match &route.filters.cors {
+        None => None,
+        Some(c) => match cors::step(c, &req) {
+            CorsStep::Pass => None,
+            CorsStep::Headers(h) => Some(Box::new(h)),
+            CorsStep::Answer(mut resp) => {
+                record(&shared, &route.label, &shared.none, resp.status(), start);
+                if let Some(logged) = logged {
+                    let none = &shared.none;
+                    log_access(
+                        &shared,
+                        &mut resp,
+                        &route.label,
+                        none,
+                        Note::default(),
+                        logged,
+                        start,
+                    );
+                }
+                return Ok(resp);
+            }
+        },
+    };
     let mut note = Note::default();
     let (mut resp, backend) = match dispatch(&shared, &route, &client, https, req, start, &mut note)
         .await
@@ -115,6 +141,9 @@ pub(crate) async fn handle(
         }
     };
     hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
+    if let Some(h) = cors_headers {
+        cors::insert(&mut resp, *h);
+    }
     record(&shared, &route.label, &backend, resp.status(), start);
     if let Some(logged) = logged {
         log_access(
@@ -222,8 +251,23 @@ async fn dispatch(
                 client,
                 scheme: if https { "https" } else { "http" },
             };
-            match forward(shared, route, &origin, req, endpoint, start, note).await {
-                Ok(resp) => Ok((resp, backend.name.clone())),
+            match forward(
+                shared,
+                route,
+                &origin,
+                req,
+                (backend, endpoint),
+                start,
+                note,
+            )
+            .await
+            {
+                Ok(mut resp) => {
+                    if let Some(f) = &backend.filters {
+                        hygiene::apply_header_filters(&f.response_headers, resp.headers_mut());
+                    }
+                    Ok((resp, backend.name.clone()))
+                }
                 Err(e) => Err((e, backend.name.clone())),
             }
         }
@@ -247,7 +291,7 @@ async fn forward(
     route: &ServingRoute,
     origin: &Origin<'_>,
     mut req: Request<Incoming>,
-    endpoint: &ServingEndpoint,
+    (backend, endpoint): (&ServingBackend, &ServingEndpoint),
     start: Instant,
     note: &mut Note,
 ) -> Result<Response<ProxyBody>, ForwardError> {
@@ -299,6 +343,23 @@ async fn forward(
     note.endpoint = Some(endpoint.addr);
     parts.uri = upstream_uri(path_and_query);
     parts.version = Version::HTTP_11;
+    // Most requests have no body to stream (and an upgrade request's body, if any, is the
+    // backend's business only once it switched): served by the lighter bodyless path. Mirror
+    // copies see the request as the rule made it, before the backendRef's own filters.
+    let body = {
+        // An upgrade (WebSocket) is not copied: a mirror could switch protocols on a copy.
+        let tee = if route.mirrors.is_empty() || client_upgrade.is_some() {
+            None
+        } else {
+            let has_body = !body.is_end_stream();
+            start_mirrors(shared, route, origin, &parts, has_body)
+        };
+        (!body.is_end_stream())
+            .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)).with_tee(tee))
+    };
+    if let Some(f) = &backend.filters {
+        hygiene::apply_header_filters(&f.request_headers, &mut parts.headers);
+    }
 
     // The two HTTPRoute timeouts collapse into one deadline: with no retries, one backend try
     // is the whole request. It runs until the response head arrives; a body that is already
@@ -320,10 +381,6 @@ async fn forward(
     };
     let timed_out = || ForwardError::Timeout(authority.to_string());
 
-    // Most requests have no body to stream (and an upgrade request's body, if any, is the
-    // backend's business only once it switched): served by the lighter bodyless path.
-    let body = (!body.is_end_stream())
-        .then(|| IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)));
     let sent_at = Instant::now();
     let sent = std::pin::pin!(shared.upstream.send(endpoint.addr, &parts, &hop, body));
     let resp = within(deadline, sent)
@@ -348,6 +405,27 @@ async fn forward(
     }
     strip_hop_by_hop(&mut head.headers);
     Ok(Response::from_parts(head, ProxyBody::direct(body)))
+}
+
+/// Starts the copies of a rule with RequestMirror filters (see `mirror`); kept out of
+/// `forward` so that its locals do not enlarge every request's future.
+#[inline(never)]
+fn start_mirrors(
+    shared: &ListenerShared,
+    route: &ServingRoute,
+    origin: &Origin<'_>,
+    parts: &http::request::Parts,
+    has_body: bool,
+) -> Option<Box<mirror::BodyTee>> {
+    let cx = MirrorContext {
+        upstream: &shared.upstream,
+        budget: &shared.metrics.mirrors,
+        listener: &shared.listener,
+        route: &route.label,
+        client: origin.client,
+        scheme: origin.scheme,
+    };
+    mirror::start(&cx, &route.mirrors, parts, has_body)
 }
 
 /// `fut`'s output, or `None` when `deadline` passes first. Taking the future pinned in the

@@ -55,6 +55,9 @@ pub struct ProxyMetrics {
     pub(crate) open_connections: Family<ListenerLabels, Gauge>,
     pub(crate) rejected_connections: Family<ListenerLabels, Counter>,
     pub(crate) table_installs: Family<ListenerLabels, Counter>,
+    /// RequestMirror copies: their counters, and the slots that bound them (one budget per
+    /// proxy, as the families are).
+    pub(crate) mirrors: super::mirror::MirrorBudget,
     /// Tells apart the families of different `ProxyMetrics` in the per-thread handle cache
     /// (clones share it, as they share the families).
     id: usize,
@@ -118,6 +121,7 @@ impl Default for ProxyMetrics {
             open_connections: Family::default(),
             rejected_connections: Family::default(),
             table_installs: Family::default(),
+            mirrors: super::mirror::MirrorBudget::default(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -152,6 +156,7 @@ impl ProxyMetrics {
             "Route tables installed on a listener",
             self.table_installs.clone(),
         );
+        self.mirrors.register(registry);
     }
 
     /// Counts one answered request and observes its latency (seconds from request received

@@ -35,6 +35,7 @@
 mod access;
 mod balance;
 mod body;
+mod cors;
 mod direct;
 mod drain;
 mod error;
@@ -43,6 +44,7 @@ mod hygiene;
 mod idle;
 mod listeners;
 mod metrics;
+mod mirror;
 mod pool;
 mod request_body;
 mod rlimit;

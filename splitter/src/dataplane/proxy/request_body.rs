@@ -1,7 +1,8 @@
 //! An HTTP/2 request body that gives up when its client stops sending. HTTP/1.1 bodies are
 //! watched through the connection's socket (`idle`); an HTTP/2 connection carries many streams,
 //! and one stalled upload stays invisible while the others move, so each stream's body keeps
-//! its own timer.
+//! its own timer. On a rule with RequestMirror filters the body also hands each chunk to the
+//! copies' tee (`mirror::BodyTee`), which sends them when the body ends.
 
 use std::{
     pin::Pin,
@@ -27,6 +28,8 @@ pub struct IdleTimedBody<B> {
     timeout: Option<Duration>,
     /// Armed when a poll waits, moved forward by every frame.
     timer: Option<Pin<Box<Sleep>>>,
+    /// RequestMirror copies waiting for this body (`None` on almost every request).
+    tee: Option<Box<super::mirror::BodyTee>>,
 }
 
 impl<B> IdleTimedBody<B> {
@@ -35,7 +38,14 @@ impl<B> IdleTimedBody<B> {
             inner,
             timeout,
             timer: None,
+            tee: None,
         }
+    }
+
+    /// Has `tee` see every data chunk and send its copies when the body ends.
+    pub fn with_tee(mut self, tee: Option<Box<super::mirror::BodyTee>>) -> Self {
+        self.tee = tee;
+        self
     }
 }
 
@@ -56,6 +66,27 @@ where
             Poll::Ready(frame) => {
                 // A frame (or the end) came: the next wait starts its own count.
                 this.timer = None;
+                if let Some(tee) = &mut this.tee {
+                    match &frame {
+                        Some(Ok(f)) => {
+                            if let Some(data) = f.data_ref() {
+                                tee.data(data);
+                            }
+                            if this.inner.is_end_stream()
+                                && let Some(tee) = this.tee.take()
+                            {
+                                tee.finish();
+                            }
+                        }
+                        None => {
+                            if let Some(tee) = this.tee.take() {
+                                tee.finish();
+                            }
+                        }
+                        // A failed body is not mirrored (the tee's drop counts it).
+                        Some(Err(_)) => this.tee = None,
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {

@@ -9,10 +9,14 @@ use http::uri::Authority;
 use super::{
     balance::{EndpointCursor, SmoothWrr},
     error::RouteError,
+    mirror::ServingMirror,
 };
 use splitter_plan::plan::{
     ObjectKey,
-    l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, RouteMatch, Timeouts},
+    l7::{
+        BackendTarget, Filter, HeaderModifier, InvalidReason, L7Route, L7RouteTable, PathMatch,
+        RouteMatch, Timeouts,
+    },
     l7_filters::RuleFilters,
     l7_match::{RequestView, hostname_matches},
 };
@@ -61,6 +65,34 @@ pub struct ServingBackend {
     /// `namespace/name:port`, also the metrics label.
     pub name: Arc<str>,
     pub target: ServingTarget,
+    /// `backendRefs[].filters`; `None` for the usual backendRef without any.
+    pub filters: Option<Box<BackendFilters>>,
+}
+
+/// A backendRef's own header modifiers: the request's run after the rule's, the response's
+/// before the rule's (the backendRef is the inner, more specific scope).
+#[derive(Debug, Default)]
+pub struct BackendFilters {
+    pub request_headers: Vec<HeaderModifier>,
+    pub response_headers: Vec<HeaderModifier>,
+}
+
+impl BackendFilters {
+    /// The model admits only the two header modifiers here.
+    fn of(filters: &[Filter]) -> Option<Box<Self>> {
+        if filters.is_empty() {
+            return None;
+        }
+        let mut out = Self::default();
+        for f in filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => out.request_headers.push(m.clone()),
+                Filter::ResponseHeaderModifier(m) => out.response_headers.push(m.clone()),
+                _ => {}
+            }
+        }
+        Some(Box::new(out))
+    }
 }
 
 /// An endpoint as the pool keys it (the address) and as messages name it (the authority,
@@ -97,6 +129,8 @@ pub struct ServingRoute {
     pub filters: RuleFilters,
     pub timeouts: Timeouts,
     backends: Box<[ServingBackend]>,
+    /// The rule's RequestMirror filters; empty for almost every route.
+    pub mirrors: Box<[ServingMirror]>,
     state: Arc<RuleState>,
 }
 
@@ -198,6 +232,7 @@ impl ServingTable {
                         }
                         BackendTarget::Invalid(reason) => ServingTarget::Invalid(*reason),
                     },
+                    filters: BackendFilters::of(&b.filters),
                 })
             })
             .collect::<Result<_, RouteError>>()?;
@@ -230,6 +265,7 @@ impl ServingTable {
             filters,
             timeouts: r.timeouts,
             backends,
+            mirrors: r.mirrors.iter().filter_map(ServingMirror::new).collect(),
             state,
         })
     }
@@ -272,9 +308,11 @@ mod tests {
                         [127, 0, 0, 1],
                         8000 + i as u16,
                     ))]),
+                    filters: vec![],
                 })
                 .collect(),
             timeouts: Timeouts::default(),
+            mirrors: vec![],
         }
     }
 
