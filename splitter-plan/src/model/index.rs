@@ -28,6 +28,8 @@ pub struct Index {
     pub gateway_classes: BTreeMap<String, GatewayClass>,
     pub gateways: BTreeMap<NsName, Gateway>,
     pub http_routes: BTreeMap<NsName, HttpRoute>,
+    /// GRPCRoutes, in the HTTPRoute shape they are lowered to.
+    pub grpc_routes: BTreeMap<NsName, HttpRoute>,
     pub tcp_routes: BTreeMap<NsName, L4Route>,
     pub udp_routes: BTreeMap<NsName, L4Route>,
     pub services: BTreeMap<NsName, Service>,
@@ -75,6 +77,9 @@ impl Index {
             Object::HttpRoute(o) => {
                 self.http_routes.insert(nn, o);
             }
+            Object::GrpcRoute(o) => {
+                self.grpc_routes.insert(nn, o);
+            }
             Object::TcpRoute(o) => {
                 self.tcp_routes.insert(nn, o);
             }
@@ -99,6 +104,14 @@ impl Index {
         }
     }
 
+    /// The HTTPRoutes or the GRPCRoutes.
+    pub fn routes_of(&self, kind: super::RouteKind) -> &BTreeMap<NsName, HttpRoute> {
+        match kind {
+            super::RouteKind::Http => &self.http_routes,
+            super::RouteKind::Grpc => &self.grpc_routes,
+        }
+    }
+
     /// Removes an object; returns whether it was there.
     pub fn delete(&mut self, key: &ObjectKey) -> bool {
         let nn = (key.namespace.clone(), key.name.clone());
@@ -106,6 +119,7 @@ impl Index {
             Kind::GatewayClass => self.gateway_classes.remove(&key.name).is_some(),
             Kind::Gateway => self.gateways.remove(&nn).is_some(),
             Kind::HttpRoute => self.http_routes.remove(&nn).is_some(),
+            Kind::GrpcRoute => self.grpc_routes.remove(&nn).is_some(),
             Kind::TcpRoute => self.tcp_routes.remove(&nn).is_some(),
             Kind::UdpRoute => self.udp_routes.remove(&nn).is_some(),
             Kind::Service => self.services.remove(&nn).is_some(),
@@ -122,6 +136,7 @@ impl Index {
             Kind::GatewayClass => self.gateway_classes.clear(),
             Kind::Gateway => self.gateways.clear(),
             Kind::HttpRoute => self.http_routes.clear(),
+            Kind::GrpcRoute => self.grpc_routes.clear(),
             Kind::TcpRoute => self.tcp_routes.clear(),
             Kind::UdpRoute => self.udp_routes.clear(),
             Kind::Service => self.services.clear(),
@@ -141,6 +156,7 @@ impl Index {
             (Kind::GatewayClass, self.gateway_classes.len()),
             (Kind::Gateway, self.gateways.len()),
             (Kind::HttpRoute, self.http_routes.len()),
+            (Kind::GrpcRoute, self.grpc_routes.len()),
             (Kind::TcpRoute, self.tcp_routes.len()),
             (Kind::UdpRoute, self.udp_routes.len()),
             (Kind::Service, self.services.len()),
