@@ -52,6 +52,7 @@ fn parse_backend(s: &str) -> Result<PlannedBackend, String> {
         name: name.to_owned(),
         weight,
         target: BackendTarget::Endpoints(endpoints),
+        protocol: Default::default(),
     })
 }
 
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
             headers: vec![],
             query: vec![],
             method: None,
+            grpc: None,
         },
         filters: vec![],
         backends: args.backends,

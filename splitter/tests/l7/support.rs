@@ -41,6 +41,7 @@ pub fn matching(path: PathMatch) -> RouteMatch {
         headers: vec![],
         query: vec![],
         method: None,
+        grpc: None,
     }
 }
 
@@ -67,6 +68,7 @@ pub fn backend(name: &str, weight: u32, endpoints: &[SocketAddr]) -> PlannedBack
         name: format!("default/{name}:80"),
         weight,
         target: BackendTarget::Endpoints(endpoints.to_vec()),
+        protocol: Default::default(),
     }
 }
 
@@ -75,6 +77,7 @@ pub fn no_endpoints(name: &str, weight: u32) -> PlannedBackend {
         name: format!("default/{name}:80"),
         weight,
         target: BackendTarget::NoEndpoints,
+        protocol: Default::default(),
     }
 }
 
@@ -83,6 +86,7 @@ pub fn invalid(name: &str, weight: u32) -> PlannedBackend {
         name: format!("default/{name}:80"),
         weight,
         target: BackendTarget::Invalid(InvalidReason::BackendNotFound),
+        protocol: Default::default(),
     }
 }
 

@@ -38,6 +38,8 @@ mod body;
 mod direct;
 mod drain;
 mod error;
+mod grpc;
+mod h2c;
 mod handler;
 mod hygiene;
 mod idle;

@@ -10,11 +10,17 @@ use super::{
     balance::{EndpointCursor, SmoothWrr},
     error::RouteError,
 };
-use splitter_plan::plan::{
+use splitter_plan::{
+    model::Kind,
+    plan::{
     ObjectKey,
-    l7::{BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch, RouteMatch, Timeouts},
+    l7::{
+        BackendProtocol, BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch,
+        RouteMatch, Timeouts,
+    },
     l7_filters::RuleFilters,
     l7_match::{RequestView, hostname_matches},
+    },
 };
 
 /// Identity of an HTTPRoute rule across table installs.
@@ -61,6 +67,8 @@ pub struct ServingBackend {
     /// `namespace/name:port`, also the metrics label.
     pub name: Arc<str>,
     pub target: ServingTarget,
+    /// HTTP/1.1 (`direct`) or HTTP/2 with prior knowledge (`h2c`).
+    pub protocol: BackendProtocol,
 }
 
 /// An endpoint as the pool keys it (the address) and as messages name it (the authority,
@@ -96,6 +104,8 @@ pub struct ServingRoute {
     pub prefix: Option<String>,
     pub filters: RuleFilters,
     pub timeouts: Timeouts,
+    /// A GRPCRoute's: the proxy's own answers are gRPC statuses (`grpc`).
+    pub grpc: bool,
     backends: Box<[ServingBackend]>,
     state: Arc<RuleState>,
 }
@@ -198,6 +208,7 @@ impl ServingTable {
                         }
                         BackendTarget::Invalid(reason) => ServingTarget::Invalid(*reason),
                     },
+                    protocol: b.protocol,
                 })
             })
             .collect::<Result<_, RouteError>>()?;
@@ -229,6 +240,7 @@ impl ServingTable {
             prefix,
             filters,
             timeouts: r.timeouts,
+            grpc: r.route.kind == Kind::GrpcRoute,
             backends,
             state,
         })
@@ -260,6 +272,7 @@ mod tests {
                 headers: vec![],
                 query: vec![],
                 method: None,
+                grpc: None,
             },
             filters: vec![],
             backends: weights
@@ -272,6 +285,7 @@ mod tests {
                         [127, 0, 0, 1],
                         8000 + i as u16,
                     ))]),
+                    protocol: Default::default(),
                 })
                 .collect(),
             timeouts: Timeouts::default(),
