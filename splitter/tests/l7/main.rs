@@ -7,6 +7,7 @@ mod agent;
 mod backends;
 mod echo;
 mod failures;
+mod grpc;
 mod hostile;
 mod hygiene;
 mod journey;

@@ -8,8 +8,8 @@ use http::{
     HeaderValue, Request, Response, StatusCode, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::BodyExt;
 use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -23,9 +23,7 @@ use super::{
     request_body::IdleTimedBody,
     table::{Pick, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
-    upstream::{
-        HopHeaders, Upstream, add_forwarded, list_has, strip_hop_by_hop, upstream_uri,
-    },
+    upstream::{HopHeaders, Upstream, add_forwarded, list_has, strip_hop_by_hop, upstream_uri},
 };
 use splitter_plan::plan::{
     l7::BackendProtocol,

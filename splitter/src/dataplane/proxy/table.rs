@@ -13,13 +13,13 @@ use super::{
 use splitter_plan::{
     model::Kind,
     plan::{
-    ObjectKey,
-    l7::{
-        BackendProtocol, BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch,
-        RouteMatch, Timeouts,
-    },
-    l7_filters::RuleFilters,
-    l7_match::{RequestView, hostname_matches},
+        ObjectKey,
+        l7::{
+            BackendProtocol, BackendTarget, InvalidReason, L7Route, L7RouteTable, PathMatch,
+            RouteMatch, Timeouts,
+        },
+        l7_filters::RuleFilters,
+        l7_match::{RequestView, hostname_matches},
     },
 };
 

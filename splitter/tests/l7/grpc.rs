@@ -1,0 +1,592 @@
+//! GRPCRoute and HTTP/2 backends through the real proxy on loopback: manifests go through the
+//! model and the plan as the agent's do, a real HTTP/2 client (prior knowledge) makes gRPC
+//! calls, and real h2c backends (`splitter::grpc_echo`) answer them. Method and header
+//! matching, exact weighted shares, the proxy's own gRPC statuses, streaming both ways,
+//! trailers both ways; an HTTPRoute whose Service port says `kubernetes.io/h2c` (the backend
+//! sees HTTP/2) and one that says `kubernetes.io/ws` (a WebSocket-style upgrade goes through).
+
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use splitter::{
+    dataplane::proxy::{Proxy, ProxyListener},
+    grpc_echo::{ECHO_SERVICE, GrpcEchoServer, PodContext, STREAM_SERVICE, wire},
+};
+use splitter_plan::{
+    model::{
+        Index,
+        parse::{Parsed, parse},
+    },
+    plan::{self, PlanConfig},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use crate::support::*;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ClientBody = UnsyncBoxBody<Bytes, BoxError>;
+
+const HOST: &str = "grpc.example.com";
+
+/// The common objects: our GatewayClass and an HTTP Gateway on port 80.
+const GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: splitter}
+spec: {controllerName: splitter.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: splitter
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+"#;
+
+/// A Service `name` (port 8080, `appProtocol` if given) whose one endpoint is `addr`.
+fn service(name: &str, addr: Option<SocketAddr>, app_protocol: Option<&str>) -> String {
+    let app = app_protocol
+        .map(|a| format!(", appProtocol: {a}"))
+        .unwrap_or_default();
+    let port = addr.map_or(9, |a| a.port());
+    let endpoints = match addr {
+        Some(a) => format!("endpoints: [{{addresses: [\"{}\"]}}]", a.ip()),
+        None => "endpoints: []".into(),
+    };
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: p, port: 8080, targetPort: {port}{app}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: p, port: {port}, protocol: TCP}}]
+{endpoints}
+"#
+    )
+}
+
+/// The proxy serving the plan of `yaml` (plus the Gateway): the table of its one listener.
+async fn proxy_for(yaml: &str) -> (Proxy, ProxyListener) {
+    let text = format!("{GATEWAY}{yaml}");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("valid YAML");
+    let objects =
+        docs.into_iter()
+            .filter(|d| !d.is_null())
+            .map(|d| match parse(d).expect("valid object") {
+                Parsed::Object(o) => *o,
+                Parsed::Skipped { kind, .. } => panic!("{kind} skipped"),
+            });
+    let plan = plan::build(&Index::from_objects(objects), &PlanConfig::default(), None);
+    // The listener binds every address (0.0.0.0 and [::]): one table, served here once.
+    let table = plan
+        .l7_tables()
+        .into_values()
+        .next()
+        .unwrap_or_else(|| panic!("an L7 listener: {:#?}", plan.listeners));
+    start_proxy(&table).await
+}
+
+async fn grpc_echo(pod: &str) -> GrpcEchoServer {
+    GrpcEchoServer::bind(
+        loopback(),
+        PodContext {
+            namespace: "default".into(),
+            pod: pod.into(),
+            ..PodContext::default()
+        },
+    )
+    .await
+    .expect("gRPC echo binds")
+}
+
+/// One HTTP/2 connection with prior knowledge, as gRPC clients open them.
+struct H2 {
+    sender: http2::SendRequest<ClientBody>,
+}
+
+/// A gRPC call's outcome as the client saw it.
+#[derive(Debug)]
+struct Call {
+    status: StatusCode,
+    headers: HeaderMap,
+    messages: Vec<Bytes>,
+    /// The trailers; for a trailers-only answer, empty (the status is in `headers`).
+    trailers: HeaderMap,
+}
+
+impl Call {
+    /// `grpc-status`, from the trailers or, trailers-only, from the head.
+    fn grpc_status(&self) -> Option<u32> {
+        self.trailers
+            .get("grpc-status")
+            .or_else(|| self.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn echo(&self) -> splitter::grpc_echo::EchoAssertions {
+        assert_eq!(self.grpc_status(), Some(0), "{self:?}");
+        assert_eq!(self.messages.len(), 1, "{self:?}");
+        wire::parse_echo_response(&self.messages[0]).expect("an EchoResponse")
+    }
+}
+
+impl H2 {
+    async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)], body: ClientBody) -> Request<ClientBody> {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(format!("http://{HOST}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(body).expect("valid request")
+    }
+
+    /// A unary call with an empty request message.
+    async fn unary(&mut self, path: &str, headers: &[(&str, &str)]) -> Call {
+        let body = Full::new(wire::frame(&[]))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let resp = self
+            .sender
+            .clone()
+            .send_request(Self::request(path, headers, body))
+            .await
+            .expect("call answered");
+        let (parts, mut body) = resp.into_parts();
+        let mut buf = BytesMut::new();
+        let mut trailers = HeaderMap::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("response stream");
+            match frame.into_data() {
+                Ok(d) => buf.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().expect("data or trailers"),
+            }
+        }
+        let mut messages = Vec::new();
+        while let Some(m) = wire::take_message(&mut buf) {
+            messages.push(m);
+        }
+        assert!(buf.is_empty(), "a partial message left over");
+        Call {
+            status: parts.status,
+            headers: parts.headers,
+            messages,
+            trailers,
+        }
+    }
+}
+
+fn echo_path(method: &str) -> String {
+    format!("/{ECHO_SERVICE}/{method}")
+}
+
+#[tokio::test]
+async fn grpc_calls_are_routed_by_method_and_header_to_h2c_backends() {
+    let (v1, v2, v3) = (
+        grpc_echo("v1").await,
+        grpc_echo("v2").await,
+        grpc_echo("v3").await,
+    );
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: g, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{HOST}]
+  rules:
+  - matches: [{{method: {{service: {ECHO_SERVICE}, method: Echo}}}}]
+    backendRefs: [{{name: v1, port: 8080}}]
+  - matches: [{{method: {{service: {ECHO_SERVICE}, method: EchoTwo}}}}]
+    backendRefs: [{{name: v2, port: 8080}}]
+  - matches:
+    - method: {{service: {ECHO_SERVICE}, method: Echo}}
+      headers: [{{name: version, value: three}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-from-gateway, value: "yes"}}]}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{add: [{{name: x-route, value: three}}]}}
+    backendRefs: [{{name: v3, port: 8080}}]
+{}{}{}"#,
+        service("v1", Some(v1.local_addr()), None),
+        service("v2", Some(v2.local_addr()), None),
+        service("v3", Some(v3.local_addr()), None),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    let mut client = H2::open(listener.local_addr()).await;
+
+    let call = client.unary(&echo_path("Echo"), &[]).await;
+    assert_eq!(call.status, StatusCode::OK);
+    let echo = call.echo();
+    assert_eq!(echo.context.pod, "v1");
+    assert_eq!(echo.fully_qualified_method, echo_path("Echo"));
+    // The backend was called over HTTP/2 with the client's authority and gRPC's te.
+    assert_eq!(echo.authority, HOST);
+    assert_eq!(echo.header("te"), ["trailers"]);
+    assert_eq!(echo.header("content-type"), ["application/grpc"]);
+    assert_eq!(echo.header("x-forwarded-proto"), ["http"]);
+
+    assert_eq!(
+        client
+            .unary(&echo_path("EchoTwo"), &[])
+            .await
+            .echo()
+            .context
+            .pod,
+        "v2"
+    );
+
+    let call = client
+        .unary(&echo_path("Echo"), &[("version", "three")])
+        .await;
+    assert_eq!(
+        call.headers.get("x-route").map(|v| v.as_bytes()),
+        Some(&b"three"[..])
+    );
+    let echo = call.echo();
+    assert_eq!(echo.context.pod, "v3");
+    assert_eq!(echo.header("x-from-gateway"), ["yes"]);
+
+    // No rule for EchoThree, another service, or another host: UNIMPLEMENTED, trailers-only.
+    for (path, host) in [
+        (echo_path("EchoThree"), HOST),
+        ("/other.Service/Echo".to_string(), HOST),
+    ] {
+        let call = client.unary(&path, &[]).await;
+        assert_eq!(call.status, StatusCode::OK, "{path} on {host}");
+        assert_eq!(call.headers["content-type"], "application/grpc");
+        assert_eq!(call.grpc_status(), Some(12), "{path}: {call:?}");
+        assert!(call.trailers.is_empty() && call.messages.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn grpc_weights_are_exact_shares_per_call_over_one_multiplexed_connection() {
+    let (v1, v2, v3) = (
+        grpc_echo("v1").await,
+        grpc_echo("v2").await,
+        grpc_echo("v3").await,
+    );
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: w, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs:
+    - {{name: v1, port: 8080, weight: 70}}
+    - {{name: v2, port: 8080, weight: 30}}
+    - {{name: v3, port: 8080, weight: 0}}
+{}{}{}"#,
+        service("v1", Some(v1.local_addr()), None),
+        service("v2", Some(v2.local_addr()), None),
+        service("v3", Some(v3.local_addr()), None),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    let client = H2::open(listener.local_addr()).await;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    // 500 calls, 10 in flight at a time on the one connection.
+    for _ in 0..50 {
+        let calls = (0..10).map(|_| {
+            let mut c = H2 {
+                sender: client.sender.clone(),
+            };
+            async move { c.unary(&echo_path("Echo"), &[]).await }
+        });
+        for call in futures::future::join_all(calls).await {
+            *seen.entry(call.echo().context.pod).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([("v1".to_string(), 350), ("v2".to_string(), 150)])
+    );
+}
+
+#[tokio::test]
+async fn calls_without_a_healthy_backend_get_unavailable() {
+    // A port nothing listens on: bound, then closed.
+    let dead = {
+        let l = std::net::TcpListener::bind(loopback()).unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: u, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{method: {{service: a.Dead}}}}]
+    backendRefs: [{{name: dead, port: 8080}}]
+  - matches: [{{method: {{service: a.Empty}}}}]
+    backendRefs: [{{name: empty, port: 8080}}]
+  - matches: [{{method: {{service: a.Missing}}}}]
+    backendRefs: [{{name: missing, port: 8080}}]
+{}{}"#,
+        service("dead", Some(dead), None),
+        service("empty", None, None),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    let mut client = H2::open(listener.local_addr()).await;
+    for service in ["a.Dead", "a.Empty", "a.Missing"] {
+        let call = client.unary(&format!("/{service}/Call"), &[]).await;
+        assert_eq!(call.status, StatusCode::OK, "{service}");
+        assert_eq!(call.headers["content-type"], "application/grpc");
+        assert_eq!(call.grpc_status(), Some(14), "{service}: {call:?}");
+        assert!(call.headers.contains_key("grpc-message"));
+    }
+}
+
+#[tokio::test]
+async fn server_streaming_messages_arrive_before_the_call_ends() {
+    let v1 = grpc_echo("v1").await;
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: s, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: v1, port: 8080}}]
+{}"#,
+        service("v1", Some(v1.local_addr()), None),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    let client = H2::open(listener.local_addr()).await;
+    let body = Full::new(wire::frame(&[]))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = H2::request(
+        &format!("/{STREAM_SERVICE}/Count"),
+        &[("x-count", "3"), ("x-interval-ms", "400")],
+        body,
+    );
+    let resp = client.sender.clone().send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let start = tokio::time::Instant::now();
+    let mut arrivals = Vec::new();
+    let mut trailers = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame.unwrap().into_data() {
+            Ok(d) => {
+                buf.extend_from_slice(&d);
+                while let Some(m) = wire::take_message(&mut buf) {
+                    arrivals.push((start.elapsed(), m));
+                }
+            }
+            Err(f) => trailers = Some((start.elapsed(), f.into_trailers().unwrap())),
+        }
+    }
+    let (ended, trailers) = trailers.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(arrivals.len(), 3);
+    // The first message came while the backend was still streaming (two more at 400 ms
+    // intervals): nothing held the response back until its end.
+    assert!(
+        ended - arrivals[0].0 >= Duration::from_millis(600),
+        "first message at {:?}, end at {ended:?}",
+        arrivals[0].0
+    );
+}
+
+#[tokio::test]
+async fn bidi_streaming_echoes_each_message_at_once_and_trailers_pass_both_ways() {
+    let v1 = grpc_echo("v1").await;
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: b, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: v1, port: 8080}}]
+{}"#,
+        service("v1", Some(v1.local_addr()), None),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    let client = H2::open(listener.local_addr()).await;
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let body = StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed_unsync();
+    let req = H2::request(&format!("/{STREAM_SERVICE}/Bidi"), &[], body);
+    let resp = client.sender.clone().send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let mut body = resp.into_body();
+    let mut buf = BytesMut::new();
+    // Each message comes back while the request stream is still open.
+    for i in 0..3u8 {
+        let msg = wire::string_field(1, &format!("ping {i}"));
+        tx.send(Ok(Frame::data(wire::frame(&msg)))).await.unwrap();
+        let got = loop {
+            if let Some(m) = wire::take_message(&mut buf) {
+                break m;
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("the echo of a message arrives while the call is open")
+                .expect("a frame")
+                .unwrap();
+            buf.extend_from_slice(&frame.into_data().expect("data"));
+        };
+        assert_eq!(got, msg);
+    }
+    // The request ends with trailers, which the backend reports in its own.
+    let mut t = HeaderMap::new();
+    t.insert("x-client-note", HeaderValue::from_static("done"));
+    tx.send(Ok(Frame::trailers(t))).await.unwrap();
+    drop(tx);
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        if let Ok(t) = frame.unwrap().into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let trailers = trailers.expect("response trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-messages"], "3");
+    assert_eq!(trailers["x-request-trailer-x-client-note"], "done");
+}
+
+/// A backend that answers every request with the HTTP version it was spoken to in, over
+/// HTTP/1.1 or HTTP/2 (prior knowledge), whichever the client uses.
+async fn version_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
+                            "{:?}",
+                            req.version()
+                        )))))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_httproute_backend_whose_port_says_h2c_is_spoken_to_over_http2() {
+    let (addr, _task) = version_backend().await;
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: h, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /h2c}}}}]
+    backendRefs: [{{name: h2, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /plain}}}}]
+    backendRefs: [{{name: plain, port: 8080}}]
+{}{}"#,
+        service("h2", Some(addr), Some("kubernetes.io/h2c")),
+        service("plain", Some(addr), None),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    // An HTTP/1.1 client, several requests on one connection.
+    let mut conn = Connection::open(listener.local_addr()).await;
+    for _ in 0..3 {
+        let r = conn.get("/h2c/x").await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "HTTP/2.0"));
+        let r = conn.get("/plain/x").await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "HTTP/1.1"));
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_reaches_a_backend_whose_port_says_ws() {
+    let echo = echo("ws").await;
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ws, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /ws}}}}]
+    backendRefs: [{{name: ws, port: 8080}}]
+{}"#,
+        service("ws", Some(echo.local_addr()), Some("kubernetes.io/ws")),
+    );
+    let (_proxy, listener) = proxy_for(&yaml).await;
+    let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // A masked text frame "hi" goes through the tunnel and comes back.
+    let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    s.write_all(&frame).await.unwrap();
+    let mut back = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("the tunnel answers")
+        .unwrap();
+    assert_eq!(back, frame);
+}
