@@ -7,8 +7,10 @@
 
 mod agent;
 mod attach;
+mod backend_protocol;
 mod echo;
 mod extended;
 mod gateway;
+mod grpcroute;
 mod harness;
 mod httproute;
