@@ -261,7 +261,10 @@ fn gateway_and_class_patches() {
     assert_eq!(listener["attachedRoutes"], 4);
     assert_eq!(
         listener["supportedKinds"],
-        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+        json!([
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+        ])
     );
     let types: Vec<&str> = listener["conditions"]
         .as_array()
