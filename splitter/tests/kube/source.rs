@@ -334,8 +334,10 @@ async fn grpcroutes_are_listed_and_watched() {
         .find(|l| l.key().port == 80)
         .and_then(|l| l.l7())
         .expect("a GRPCRoute makes the listener L7");
-    assert!(l7.routes.iter().all(|r| r.backends.iter().all(|b| {
-        b.protocol == splitter_plan::plan::l7::BackendProtocol::H2c
-    })));
+    assert!(l7.routes.iter().all(|r| {
+        r.backends
+            .iter()
+            .all(|b| b.protocol == splitter_plan::plan::l7::BackendProtocol::H2c)
+    }));
     assert_eq!(plan.gateways[0].listeners[0].attached_routes, 2);
 }

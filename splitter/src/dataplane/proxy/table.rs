@@ -260,7 +260,7 @@ mod tests {
     fn rule(path: &str, weights: &[u32]) -> L7Route {
         L7Route {
             route: ObjectKey {
-                kind: splitter_plan::model::Kind::HttpRoute,
+                kind: Kind::HttpRoute,
                 namespace: "ns".into(),
                 name: "r".into(),
             },
