@@ -5,7 +5,9 @@
 //!
 //! - `GrpcEcho/Echo` and `GrpcEcho/EchoTwo`: one `EchoResponse` whose assertions name the
 //!   method called, the request headers (`:authority` first) and the pod's context;
-//!   `GrpcEcho/EchoThree` and any other method: UNIMPLEMENTED, as upstream.
+//!   `GrpcEcho/EchoThree` and any other method: UNIMPLEMENTED, as upstream. A request header
+//!   `x-echo-delay-ms: N` delays the answer by N milliseconds (at most a minute): a slow
+//!   backend for the tests.
 //! - `splitter.echo.Stream/Count`: server streaming, `x-count` messages (default 3) of the
 //!   pod's name, one every `x-interval-ms` milliseconds (default 100), then status OK.
 //! - `splitter.echo.Stream/Bidi`: every message is sent back as soon as it arrives; the
@@ -131,9 +133,18 @@ async fn echo(context: &PodContext, req: Request<Incoming>, path: &str) -> Respo
             String::from_utf8_lossy(v.as_bytes()).into_owned(),
         ));
     }
+    let delay = req
+        .headers()
+        .get("x-echo-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.min(60_000)));
     // The request message is empty; read it to the end of the stream.
     if req.into_body().collect().await.is_err() {
         return trailers_only(13, "request stream failed");
+    }
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
     }
     let reply = EchoAssertions {
         fully_qualified_method: path.to_owned(),

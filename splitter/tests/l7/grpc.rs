@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use splitter::{
-    dataplane::proxy::{Proxy, ProxyListener},
+    dataplane::proxy::{Proxy, ProxyConfig, ProxyListener, UpstreamConfig},
     grpc_echo::{ECHO_SERVICE, GrpcEchoServer, PodContext, STREAM_SERVICE, wire},
 };
 use splitter_plan::{
@@ -83,6 +83,10 @@ ports: [{{name: p, port: {port}, protocol: TCP}}]
 
 /// The proxy serving the plan of `yaml` (plus the Gateway): the table of its one listener.
 async fn proxy_for(yaml: &str) -> (Proxy, ProxyListener) {
+    proxy_with(test_config(), yaml).await
+}
+
+async fn proxy_with(config: ProxyConfig, yaml: &str) -> (Proxy, ProxyListener) {
     let text = format!("{GATEWAY}{yaml}");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("valid YAML");
     let objects =
@@ -99,7 +103,7 @@ async fn proxy_for(yaml: &str) -> (Proxy, ProxyListener) {
         .into_values()
         .next()
         .unwrap_or_else(|| panic!("an L7 listener: {:#?}", plan.listeners));
-    start_proxy(&table).await
+    start_proxy_with(config, &table).await
 }
 
 async fn grpc_echo(pod: &str) -> GrpcEchoServer {
@@ -372,6 +376,43 @@ spec:
         assert_eq!(call.grpc_status(), Some(14), "{service}: {call:?}");
         assert!(call.headers.contains_key("grpc-message"));
     }
+}
+
+#[tokio::test]
+async fn a_backend_slower_than_the_read_timeout_gets_deadline_exceeded() {
+    let v1 = grpc_echo("v1").await;
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: d, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: v1, port: 8080}}]
+{}"#,
+        service("v1", Some(v1.local_addr()), None),
+    );
+    let config = ProxyConfig {
+        upstream: UpstreamConfig {
+            read_timeout: Some(Duration::from_millis(300)),
+            ..UpstreamConfig::default()
+        },
+        ..test_config()
+    };
+    let (_proxy, listener) = proxy_with(config, &yaml).await;
+    let mut client = H2::open(listener.local_addr()).await;
+    let call = client
+        .unary(&echo_path("Echo"), &[("x-echo-delay-ms", "1500")])
+        .await;
+    assert_eq!(call.status, StatusCode::OK);
+    assert_eq!(call.grpc_status(), Some(4), "{call:?}");
+    // In time, the same call is answered.
+    let call = client
+        .unary(&echo_path("Echo"), &[("x-echo-delay-ms", "10")])
+        .await;
+    assert_eq!(call.echo().context.pod, "v1");
 }
 
 #[tokio::test]
