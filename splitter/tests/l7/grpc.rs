@@ -5,7 +5,7 @@
 //! trailers both ways; an HTTPRoute whose Service port says `kubernetes.io/h2c` (the backend
 //! sees HTTP/2) and one that says `kubernetes.io/ws` (a WebSocket-style upgrade goes through).
 
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
@@ -13,6 +13,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use splitter::{
     dataplane::proxy::{Proxy, ProxyConfig, ProxyListener, UpstreamConfig},
     grpc_echo::{ECHO_SERVICE, GrpcEchoServer, PodContext, STREAM_SERVICE, wire},
@@ -87,8 +88,12 @@ async fn proxy_for(yaml: &str) -> (Proxy, ProxyListener) {
 }
 
 async fn proxy_with(config: ProxyConfig, yaml: &str) -> (Proxy, ProxyListener) {
-    let text = format!("{GATEWAY}{yaml}");
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("valid YAML");
+    serve(config, &format!("{GATEWAY}{yaml}")).await
+}
+
+/// The proxy serving the plan of the whole of `text`.
+async fn serve(config: ProxyConfig, text: &str) -> (Proxy, ProxyListener) {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).expect("valid YAML");
     let objects =
         docs.into_iter()
             .filter(|d| !d.is_null())
@@ -153,7 +158,13 @@ impl Call {
 
 impl H2 {
     async fn open(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::over(TcpStream::connect(addr).await.expect("connect")).await
+    }
+
+    async fn over<S>(stream: S) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("HTTP/2 handshake");
@@ -630,4 +641,90 @@ spec:
         .expect("the tunnel answers")
         .unwrap();
     assert_eq!(back, frame);
+}
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/../splitter-plan/tests/fixtures/tls/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn grpc_over_tls_with_alpn_h2_reaches_the_h2c_backend() {
+    let v1 = grpc_echo("v1").await;
+    let pem = |f: &str| {
+        fixture(f)
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let text = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: splitter}}
+spec: {{controllerName: splitter.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {{name: https, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: cert}}]}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: default}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}
+  tls.key: |
+{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: g, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{method: {{service: {ECHO_SERVICE}}}}}]
+    backendRefs: [{{name: v1, port: 8080}}]
+{}"#,
+        pem("a.crt"),
+        pem("a.key"),
+        service("v1", Some(v1.local_addr()), None),
+    );
+    let (_proxy, listener) = serve(test_config(), &text).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(fixture("ca.crt").as_bytes()).expect("CA PEM"))
+        .expect("CA");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(listener.local_addr()).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("a.example.com").unwrap(), tcp)
+        .await
+        .expect("verified TLS");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut client = H2::over(stream).await;
+    let echo = client.unary(&echo_path("Echo"), &[]).await.echo();
+    assert_eq!(echo.context.pod, "v1");
+    // The backend is told the client spoke HTTPS, over its own cleartext HTTP/2.
+    assert_eq!(echo.header("x-forwarded-proto"), ["https"]);
+    assert_eq!(
+        client.unary("/other.Svc/M", &[]).await.grpc_status(),
+        Some(12)
+    );
 }
