@@ -424,6 +424,28 @@ spec:
         .unary(&echo_path("Echo"), &[("x-echo-delay-ms", "10")])
         .await;
     assert_eq!(call.echo().context.pod, "v1");
+    // A client's own deadline (`grpc-timeout`) replaces the read timeout: longer, the slow
+    // call is answered; shorter, it ends at the client's deadline.
+    let call = client
+        .unary(
+            &echo_path("Echo"),
+            &[("x-echo-delay-ms", "800"), ("grpc-timeout", "5S")],
+        )
+        .await;
+    assert_eq!(call.echo().context.pod, "v1");
+    let start = tokio::time::Instant::now();
+    let call = client
+        .unary(
+            &echo_path("Echo"),
+            &[("x-echo-delay-ms", "1500"), ("grpc-timeout", "100m")],
+        )
+        .await;
+    assert_eq!(call.grpc_status(), Some(4), "{call:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -483,6 +505,23 @@ spec:
 
 #[tokio::test]
 async fn bidi_streaming_echoes_each_message_at_once_and_trailers_pass_both_ways() {
+    bidi(test_config(), Duration::ZERO).await;
+}
+
+/// A gRPC stream may be quiet longer than an HTTP/2 request body may (`body_read_timeout`):
+/// a bidirectional call waiting for events is not cut.
+#[tokio::test]
+async fn a_quiet_bidi_stream_outlives_the_request_body_idle_timeout() {
+    let config = ProxyConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    bidi(config, Duration::from_millis(900)).await;
+}
+
+/// Three messages echoed one by one (with `pause` before each), then request trailers
+/// reported back in the response trailers.
+async fn bidi(config: ProxyConfig, pause: Duration) {
     let v1 = grpc_echo("v1").await;
     let yaml = format!(
         r#"
@@ -497,7 +536,7 @@ spec:
 {}"#,
         service("v1", Some(v1.local_addr()), None),
     );
-    let (_proxy, listener) = proxy_for(&yaml).await;
+    let (_proxy, listener) = proxy_with(config, &yaml).await;
     let client = H2::open(listener.local_addr()).await;
     let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
     let body = StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed_unsync();
@@ -508,6 +547,7 @@ spec:
     let mut buf = BytesMut::new();
     // Each message comes back while the request stream is still open.
     for i in 0..3u8 {
+        tokio::time::sleep(pause).await;
         let msg = wire::string_field(1, &format!("ping {i}"));
         tx.send(Ok(Frame::data(wire::frame(&msg)))).await.unwrap();
         let got = loop {

@@ -6,6 +6,8 @@
 //! backend to go to (invalid backendRef, no ready endpoint, connection refused), UNIMPLEMENTED
 //! for a call no rule matches (the code a gRPC client also derives from HTTP 404).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 
@@ -31,6 +33,27 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
                 .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
                 && matches!(v.as_bytes().get(16), None | Some(b'+' | b';'))
         })
+}
+
+/// The client's deadline for the call: `grpc-timeout` (PROTOCOL-HTTP2: 1 to 8 digits and a
+/// unit, `H` hours, `M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n`
+/// nanoseconds). `None` when absent or malformed (a malformed one is the backend's to refuse).
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The gRPC status of a call the proxy could not forward, and its message. The message is
@@ -87,6 +110,24 @@ mod tests {
         assert!(!of("application/grpc-web"));
         assert!(!of("application/json"));
         assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        let of = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            timeout(&h)
+        };
+        assert_eq!(of("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(of("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(of("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(of("123456789S"), None, "more than 8 digits");
+        assert_eq!(of("m"), None);
+        assert_eq!(of("10x"), None);
+        assert_eq!(of("-1S"), None);
+        assert_eq!(timeout(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -409,6 +409,13 @@ async fn forward_h2c(
         .or_else(|| parts.uri.path_and_query().cloned())
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let te_trailers = list_has(&parts.headers, &header::TE, "trailers");
+    // A gRPC client states its deadline; the wait for the answer is the client's then, not
+    // the proxy's read timeout (a long call the client is willing to wait for is not cut).
+    let client_deadline = if route.grpc {
+        grpc::timeout(&parts.headers)
+    } else {
+        None
+    };
     strip_hop_by_hop(&mut parts.headers);
     hygiene::forwarded_from_client(&mut parts.headers, shared.xff);
     // The host the backend is told, as `:authority`: a URLRewrite hostname, else the client's.
@@ -437,18 +444,21 @@ async fn forward_h2c(
     parts.uri = http::Uri::from_parts(uri)
         .map_err(|e| ForwardError::Rewrite(RouteError::RewrittenPath(e.to_string())))?;
     parts.version = Version::HTTP_2;
+    // A gRPC stream may stay quiet for as long as the call lasts (a bidirectional stream
+    // waiting for events): no body idle timer on gRPC calls; other HTTP/2 bodies keep theirs.
+    let body_timeout = (h2 && !route.grpc).then_some(shared.body_read_timeout);
     let body = if body.is_end_stream() {
         h2c::empty()
     } else {
-        IdleTimedBody::new(body, h2.then_some(shared.body_read_timeout)).boxed_unsync()
+        IdleTimedBody::new(body, body_timeout).boxed_unsync()
     };
     let config = shared.upstream.config();
-    // As on HTTP/1.1: the route's timeouts and the read timeout bound the wait for the
-    // response head; a streaming response body is not cut.
+    // As on HTTP/1.1: the route's timeouts and the read timeout (or a gRPC client's own
+    // deadline) bound the wait for the response head; a streaming response body is not cut.
     let deadline = [
         route.timeouts.request,
         route.timeouts.backend_request,
-        config.read_timeout,
+        client_deadline.or(config.read_timeout),
     ]
     .into_iter()
     .flatten()
