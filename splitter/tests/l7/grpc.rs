@@ -768,3 +768,91 @@ spec:
         Some(12)
     );
 }
+
+/// An HTTP/2-only backend that counts the connections it accepted and those that closed.
+async fn counting_h2_backend() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, closed)
+}
+
+#[tokio::test]
+async fn h2c_requests_share_one_connection_per_endpoint_and_an_idle_one_is_closed() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, closed) = counting_h2_backend().await;
+    let yaml = format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: h, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs: [{{name: h2, port: 8080}}]
+{}"#,
+        service("h2", Some(addr), Some("kubernetes.io/h2c")),
+    );
+    let config = ProxyConfig {
+        workers: 1,
+        upstream: UpstreamConfig {
+            pool_idle_timeout: Duration::from_millis(300),
+            ..UpstreamConfig::default()
+        },
+        ..test_config()
+    };
+    let (_proxy, listener) = proxy_with(config, &yaml).await;
+    // 40 requests at once from 40 client connections, the first ones included: one backend
+    // connection carries them all.
+    let replies = futures::future::join_all(
+        (0..40).map(|_| async { get_once(listener.local_addr(), "/x").await }),
+    )
+    .await;
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.status == StatusCode::OK && r.text() == "ok")
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    // Unused for longer than the pool's idle timeout: let go, and closed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "the idle connection is closed"
+    );
+    assert_eq!(get_once(listener.local_addr(), "/x").await.text(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
