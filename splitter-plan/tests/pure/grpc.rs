@@ -264,3 +264,40 @@ fn grpc_route_field_errors_name_the_field() {
     let e = bad("  hostnames: [\"bad_host\"]\n");
     assert!(e.contains("spec.hostnames[0]"), "{e}");
 }
+
+#[test]
+fn one_catch_all_rule_is_still_l7_for_a_grpcroute_or_an_h2c_backend() {
+    let svc = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: h2, namespace: infra}
+spec:
+  ports: [{name: h2c, port: 9000, targetPort: 3000, appProtocol: kubernetes.io/h2c}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: h2-1, namespace: infra, labels: {kubernetes.io/service-name: h2}}
+addressType: IPv4
+ports: [{name: h2c, port: 3000, protocol: TCP}]
+endpoints: [{addresses: [10.6.0.1]}]
+"#;
+    let route = |kind: &str, backend: &str, port: u16| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: r, namespace: infra}}\n\
+             spec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: {backend}, port: {port}}}]\n"
+        )
+    };
+    let base = fixture("base.yaml");
+    for (text, why) in [
+        (route("GRPCRoute", "a", 8080), "GRPCRoute"),
+        (route("HTTPRoute", "h2", 9000), "kubernetes.io/h2c"),
+    ] {
+        let plan = plan_of(&[&base, svc, &text]);
+        let l = listener(&plan, 80);
+        assert_eq!(l.mode(), Mode::L7, "{}", l.reason());
+        assert!(l.reason().contains(why), "{}", l.reason());
+    }
+    // The same catch-all HTTPRoute to a plain HTTP/1.1 Service stays in the kernel.
+    let plan = plan_of(&[&base, svc, &route("HTTPRoute", "a", 8080)]);
+    assert_eq!(listener(&plan, 80).mode(), Mode::L4);
+}
