@@ -418,7 +418,9 @@ async fn forward_h2c(
     };
     strip_hop_by_hop(&mut parts.headers);
     hygiene::forwarded_from_client(&mut parts.headers, shared.xff);
-    // The host the backend is told, as `:authority`: a URLRewrite hostname, else the client's.
+    hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
+    // The host the backend is told, as `:authority` (HTTP/2 has no Host field): a URLRewrite
+    // hostname, else the Host as the filters left it, else the client's `:authority`.
     let host = route
         .filters
         .rewrite
@@ -429,7 +431,6 @@ async fn forward_h2c(
         .or_else(|| parts.uri.authority().cloned())
         .unwrap_or_else(|| authority.clone());
     parts.headers.remove(header::HOST);
-    hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
     add_forwarded(&mut parts.headers, origin.client, origin.scheme);
     if te_trailers {
         parts
