@@ -173,9 +173,18 @@ impl H2 {
     }
 
     fn request(path: &str, headers: &[(&str, &str)], body: ClientBody) -> Request<ClientBody> {
+        Self::request_to(HOST, path, headers, body)
+    }
+
+    fn request_to(
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ClientBody,
+    ) -> Request<ClientBody> {
         let mut b = Request::builder()
             .method("POST")
-            .uri(format!("http://{HOST}{path}"))
+            .uri(format!("http://{authority}{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
         for (k, v) in headers {
@@ -186,13 +195,17 @@ impl H2 {
 
     /// A unary call with an empty request message.
     async fn unary(&mut self, path: &str, headers: &[(&str, &str)]) -> Call {
+        self.unary_to(HOST, path, headers).await
+    }
+
+    async fn unary_to(&mut self, authority: &str, path: &str, headers: &[(&str, &str)]) -> Call {
         let body = Full::new(wire::frame(&[]))
             .map_err(|never| match never {})
             .boxed_unsync();
         let resp = self
             .sender
             .clone()
-            .send_request(Self::request(path, headers, body))
+            .send_request(Self::request_to(authority, path, headers, body))
             .await
             .expect("call answered");
         let (parts, mut body) = resp.into_parts();
@@ -297,8 +310,9 @@ spec:
     for (path, host) in [
         (echo_path("EchoThree"), HOST),
         ("/other.Service/Echo".to_string(), HOST),
+        (echo_path("Echo"), "other.example.com"),
     ] {
-        let call = client.unary(&path, &[]).await;
+        let call = client.unary_to(host, &path, &[]).await;
         assert_eq!(call.status, StatusCode::OK, "{path} on {host}");
         assert_eq!(call.headers["content-type"], "application/grpc");
         assert_eq!(call.grpc_status(), Some(12), "{path}: {call:?}");
