@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent;
+mod backend_protocol;
 mod backends;
 mod echo;
 mod failures;
@@ -12,6 +13,7 @@ mod hostile;
 mod hygiene;
 mod journey;
 mod listeners;
+mod manifests;
 mod reload;
 mod routing;
 mod split;
