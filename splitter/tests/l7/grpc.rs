@@ -14,7 +14,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use splitter::{
-    dataplane::proxy::{ProxyConfig, UpstreamConfig},
+    dataplane::proxy::{ProxyConfig, RequestLabels, UpstreamConfig},
     grpc_echo::{ECHO_SERVICE, GrpcEchoServer, PodContext, STREAM_SERVICE, wire},
 };
 use tokio::{net::TcpStream, sync::mpsc};
@@ -307,7 +307,7 @@ spec:
         service("dead", Some(dead), None),
         service("empty", None, None),
     );
-    let (_proxy, listener) = proxy_for(&yaml).await;
+    let (proxy, listener) = proxy_for(&yaml).await;
     let mut client = H2::open(listener.local_addr()).await;
     for service in ["a.Dead", "a.Empty", "a.Missing"] {
         let call = client.unary(&format!("/{service}/Call"), &[]).await;
@@ -315,6 +315,21 @@ spec:
         assert_eq!(call.headers["content-type"], "application/grpc");
         assert_eq!(call.grpc_status(), Some(14), "{service}: {call:?}");
         assert!(call.headers.contains_key("grpc-message"));
+    }
+    // The metrics count each failed call under the HTTP status its failure stands for, not
+    // the 200 that carried its grpc-status.
+    for (rule, backend, status) in [
+        (0, "default/dead:8080", 502),
+        (1, "default/empty:8080", 503),
+        (2, "default/missing:8080", 500),
+    ] {
+        let labels = RequestLabels {
+            listener: listener.local_addr().to_string().into(),
+            route: format!("default/u/{rule}").into(),
+            backend: backend.into(),
+            status,
+        };
+        assert_eq!(proxy.metrics().requests_with(&labels), 1, "{labels:?}");
     }
 }
 

@@ -110,10 +110,15 @@ pub(crate) async fn handle(
         return Ok(resp);
     };
     let mut note = Note::default();
-    let (mut resp, backend) = match dispatch(&shared, &route, &client, https, req, start, &mut note)
-        .await
+    // The status metrics count: the response's, or for a gRPC call the proxy answered (HTTP
+    // 200 with a `grpc-status`), the HTTP status its failure stands for, so that failed calls
+    // show as failures.
+    let (mut resp, backend, counted) = match dispatch(
+        &shared, &route, &client, https, req, start, &mut note,
+    )
+    .await
     {
-        Ok(ok) => ok,
+        Ok((resp, backend)) => (resp, backend, None),
         Err((err, backend)) => {
             tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
             let mut resp = if route.grpc {
@@ -124,11 +129,12 @@ pub(crate) async fn handle(
             if err.client_gone() {
                 resp.extensions_mut().insert(ClientGone);
             }
-            (resp, backend)
+            (resp, backend, Some(err.status()))
         }
     };
     hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
-    record(&shared, &route.label, &backend, resp.status(), start);
+    let counted = counted.unwrap_or_else(|| resp.status());
+    record(&shared, &route.label, &backend, counted, start);
     if let Some(logged) = logged {
         log_access(
             &shared,
