@@ -57,10 +57,11 @@ const fn gw(kind: Kind, plural: &'static str) -> Resource {
 /// HTTPS listeners, and only those of type `kubernetes.io/tls` (a field selector the API server
 /// applies): RBAC cannot narrow a list/watch grant by type, so the ClusterRole still lets the
 /// agent read every Secret, but the agent never asks for any other kind of Secret.
-pub const WATCHED: [Resource; 10] = [
+pub const WATCHED: [Resource; 11] = [
     gw(Kind::GatewayClass, "gatewayclasses"),
     gw(Kind::Gateway, "gateways"),
     gw(Kind::HttpRoute, "httproutes"),
+    gw(Kind::GrpcRoute, "grpcroutes"),
     gw(Kind::TcpRoute, "tcproutes"),
     gw(Kind::UdpRoute, "udproutes"),
     gw(Kind::ReferenceGrant, "referencegrants"),
@@ -98,10 +99,11 @@ pub const WATCHED: [Resource; 10] = [
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
 
 /// Kinds whose `status` subresource the leader patches (server-side apply).
-pub const STATUS_WRITTEN: [Kind; 5] = [
+pub const STATUS_WRITTEN: [Kind; 6] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
+    Kind::GrpcRoute,
     Kind::TcpRoute,
     Kind::UdpRoute,
 ];
@@ -209,6 +211,7 @@ mod tests {
         check::<gateway_api::gatewayclasses::GatewayClass>(Kind::GatewayClass);
         check::<gateway_api::gateways::Gateway>(Kind::Gateway);
         check::<gateway_api::httproutes::HttpRoute>(Kind::HttpRoute);
+        check::<gateway_api::grpcroutes::GrpcRoute>(Kind::GrpcRoute);
         check::<crate::model::crd::TcpRoute>(Kind::TcpRoute);
         check::<crate::model::crd::UdpRoute>(Kind::UdpRoute);
         check::<gateway_api::referencegrants::ReferenceGrant>(Kind::ReferenceGrant);

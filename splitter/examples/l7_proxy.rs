@@ -53,6 +53,7 @@ fn parse_backend(s: &str) -> Result<PlannedBackend, String> {
         weight,
         target: BackendTarget::Endpoints(endpoints),
         filters: vec![],
+        protocol: Default::default(),
     })
 }
 
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
             headers: vec![],
             query: vec![],
             method: None,
+            grpc: None,
         },
         filters: vec![],
         backends: args.backends,

@@ -239,7 +239,12 @@ fn l7_route(o: &mut String, r: &L7Route) {
             if m.endpoints.len() == 1 { "" } else { "s" }
         );
     }
-    backends(o, &r.backends, "500", "503");
+    // A gRPC call the proxy cannot forward is answered with a gRPC status (`proxy::grpc`).
+    if r.route.kind == splitter_plan::model::Kind::GrpcRoute {
+        backends(o, &r.backends, "UNAVAILABLE", "UNAVAILABLE");
+    } else {
+        backends(o, &r.backends, "500", "503");
+    }
 }
 
 fn filter(f: &Filter) -> String {
@@ -315,9 +320,10 @@ fn backends(o: &mut String, backends: &[PlannedBackend], invalid_answer: &str, e
                 format!("invalid: {r:?} ({invalid_answer})")
             }
         };
+        let h2c = if b.protocol.is_http1() { "" } else { ", h2c" };
         let _ = writeln!(
             o,
-            "    {:>7.2}%  weight {:<7} {:<32} {what}",
+            "    {:>7.2}%  weight {:<7} {:<32} {what}{h2c}",
             pct(b.weight),
             b.weight,
             b.name

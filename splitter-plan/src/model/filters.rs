@@ -361,7 +361,7 @@ fn type_name(t: &FilterType) -> &'static str {
 /// framing header ([`FRAMING_HEADERS`](super::http::FRAMING_HEADERS)): their values are always the proxy's, so setting or adding
 /// one would let the route author smuggle messages, and removing one could not do what it says
 /// (the proxy strips and recomputes them on every hop anyway).
-fn header_modifier(
+pub(crate) fn header_modifier(
     set: Vec<(String, String)>,
     add: Vec<(String, String)>,
     remove: Vec<String>,

@@ -82,6 +82,18 @@ pub struct RouteMatch {
     pub query: Vec<QueryMatch>,
     #[serde(serialize_with = "ser::opt_display")]
     pub method: Option<Method>,
+    /// A GRPCRoute match: the service and method it was written with (`path` holds them
+    /// lowered to `/service/method`), for GRPCRoute precedence, which counts their characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMethodMatch>,
+}
+
+/// A GRPCRoute `method` match as written (either may be absent: any service, any method).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GrpcMethodMatch {
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub regex: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

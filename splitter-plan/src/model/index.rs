@@ -28,6 +28,8 @@ pub struct Index {
     pub gateway_classes: BTreeMap<String, GatewayClass>,
     pub gateways: BTreeMap<NsName, Gateway>,
     pub http_routes: BTreeMap<NsName, HttpRoute>,
+    /// GRPCRoutes, in the HTTPRoute shape they are lowered to.
+    pub grpc_routes: BTreeMap<NsName, HttpRoute>,
     pub tcp_routes: BTreeMap<NsName, L4Route>,
     pub udp_routes: BTreeMap<NsName, L4Route>,
     pub services: BTreeMap<NsName, Service>,
@@ -71,6 +73,7 @@ impl Index {
             Object::GatewayClass(o) => put(&mut self.gateway_classes, nn.1, o),
             Object::Gateway(o) => put(&mut self.gateways, nn, o),
             Object::HttpRoute(o) => put(&mut self.http_routes, nn, o),
+            Object::GrpcRoute(o) => put(&mut self.grpc_routes, nn, o),
             Object::TcpRoute(o) => put(&mut self.tcp_routes, nn, o),
             Object::UdpRoute(o) => put(&mut self.udp_routes, nn, o),
             Object::Service(o) => put(&mut self.services, nn, o),
@@ -81,6 +84,14 @@ impl Index {
         }
     }
 
+    /// The HTTPRoutes or the GRPCRoutes.
+    pub fn routes_of(&self, kind: super::RouteKind) -> &BTreeMap<NsName, HttpRoute> {
+        match kind {
+            super::RouteKind::Http => &self.http_routes,
+            super::RouteKind::Grpc => &self.grpc_routes,
+        }
+    }
+
     /// Removes an object; returns whether it was there.
     pub fn delete(&mut self, key: &ObjectKey) -> bool {
         let nn = (key.namespace.clone(), key.name.clone());
@@ -88,6 +99,7 @@ impl Index {
             Kind::GatewayClass => self.gateway_classes.remove(&key.name).is_some(),
             Kind::Gateway => self.gateways.remove(&nn).is_some(),
             Kind::HttpRoute => self.http_routes.remove(&nn).is_some(),
+            Kind::GrpcRoute => self.grpc_routes.remove(&nn).is_some(),
             Kind::TcpRoute => self.tcp_routes.remove(&nn).is_some(),
             Kind::UdpRoute => self.udp_routes.remove(&nn).is_some(),
             Kind::Service => self.services.remove(&nn).is_some(),
@@ -107,6 +119,7 @@ impl Index {
             Kind::GatewayClass => swap(&mut self.gateway_classes, &mut f.gateway_classes),
             Kind::Gateway => swap(&mut self.gateways, &mut f.gateways),
             Kind::HttpRoute => swap(&mut self.http_routes, &mut f.http_routes),
+            Kind::GrpcRoute => swap(&mut self.grpc_routes, &mut f.grpc_routes),
             Kind::TcpRoute => swap(&mut self.tcp_routes, &mut f.tcp_routes),
             Kind::UdpRoute => swap(&mut self.udp_routes, &mut f.udp_routes),
             Kind::Service => swap(&mut self.services, &mut f.services),
@@ -123,6 +136,7 @@ impl Index {
             (Kind::GatewayClass, self.gateway_classes.len()),
             (Kind::Gateway, self.gateways.len()),
             (Kind::HttpRoute, self.http_routes.len()),
+            (Kind::GrpcRoute, self.grpc_routes.len()),
             (Kind::TcpRoute, self.tcp_routes.len()),
             (Kind::UdpRoute, self.udp_routes.len()),
             (Kind::Service, self.services.len()),

@@ -8,6 +8,7 @@ pub mod crd;
 mod error;
 mod filters;
 mod gateway;
+mod grpc_route;
 pub mod http;
 pub mod index;
 pub mod parse;
@@ -27,7 +28,7 @@ pub use gateway::{
     Namespace, ReferenceGrant, RouteGroupKind, SelectorRequirement, TlsMode,
 };
 pub use index::Index;
-pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef};
+pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef, RouteKind};
 pub use secret::{Secret, TLS_SECRET_TYPE};
 pub use service::{EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort};
 
@@ -48,6 +49,7 @@ pub enum Kind {
     GatewayClass,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     TcpRoute,
     UdpRoute,
     Service,
@@ -58,10 +60,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
         Kind::TcpRoute,
         Kind::UdpRoute,
         Kind::Service,
@@ -77,6 +80,7 @@ impl Kind {
             Kind::GatewayClass => "GatewayClass",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::TcpRoute => "TCPRoute",
             Kind::UdpRoute => "UDPRoute",
             Kind::Service => "Service",
@@ -155,6 +159,8 @@ pub enum Object {
     GatewayClass(GatewayClass),
     Gateway(Gateway),
     HttpRoute(HttpRoute),
+    /// A GRPCRoute, lowered to an HTTPRoute's shape (`kind` is [`RouteKind::Grpc`]).
+    GrpcRoute(HttpRoute),
     TcpRoute(L4Route),
     UdpRoute(L4Route),
     Service(Service),
@@ -170,6 +176,7 @@ impl Object {
             Object::GatewayClass(_) => Kind::GatewayClass,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::UdpRoute(_) => Kind::UdpRoute,
             Object::Service(_) => Kind::Service,
@@ -184,7 +191,7 @@ impl Object {
         match self {
             Object::GatewayClass(o) => &o.meta,
             Object::Gateway(o) => &o.meta,
-            Object::HttpRoute(o) => &o.meta,
+            Object::HttpRoute(o) | Object::GrpcRoute(o) => &o.meta,
             Object::TcpRoute(o) | Object::UdpRoute(o) => &o.meta,
             Object::Service(o) => &o.meta,
             Object::EndpointSlice(o) => &o.meta,

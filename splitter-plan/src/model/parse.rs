@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{GATEWAY_GROUP, Kind, Meta, ModelError, Object, crd, gateway, route, secret, service};
+use super::{
+    GATEWAY_GROUP, Kind, Meta, ModelError, Object, crd, gateway, grpc_route, route, secret, service,
+};
 
 /// What a raw document turned out to be.
 #[derive(Debug)]
@@ -41,6 +43,7 @@ pub fn kind_of(api_version: &str, kind: &str) -> Result<Option<Kind>, String> {
         (GATEWAY_GROUP, "GatewayClass") => Some((Kind::GatewayClass, &["v1", "v1beta1"][..])),
         (GATEWAY_GROUP, "Gateway") => Some((Kind::Gateway, &["v1", "v1beta1"][..])),
         (GATEWAY_GROUP, "HTTPRoute") => Some((Kind::HttpRoute, &["v1", "v1beta1"][..])),
+        (GATEWAY_GROUP, "GRPCRoute") => Some((Kind::GrpcRoute, &["v1"][..])),
         (GATEWAY_GROUP, "TCPRoute") => Some((Kind::TcpRoute, &["v1", "v1alpha2"][..])),
         (GATEWAY_GROUP, "UDPRoute") => Some((Kind::UdpRoute, &["v1", "v1alpha2"][..])),
         (GATEWAY_GROUP, "ReferenceGrant") => Some((Kind::ReferenceGrant, &["v1", "v1beta1"][..])),
@@ -136,6 +139,9 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
         }
         Kind::Gateway => Object::Gateway(gateway::gateway(typed(value, &id, "")?, meta, &id)?),
         Kind::HttpRoute => Object::HttpRoute(route::http_route(typed(value, &id, "")?, meta, &id)?),
+        Kind::GrpcRoute => {
+            Object::GrpcRoute(grpc_route::grpc_route(typed(value, &id, "")?, meta, &id)?)
+        }
         Kind::TcpRoute => {
             let raw: crd::TcpRoute = typed(value, &id, "")?;
             Object::TcpRoute(route::l4_route(

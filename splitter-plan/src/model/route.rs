@@ -18,6 +18,10 @@ use super::{
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpRoute {
+    /// HTTPRoute, or a GRPCRoute lowered to the same shape (its method matches become path
+    /// matches on `/service/method`, see `grpc_route`): attachment, backends and statuses are
+    /// the same rules for both, so one plan serves both.
+    pub kind: RouteKind,
     pub meta: Meta,
     pub parent_refs: Vec<ParentRef>,
     /// Lower-case; empty = every host the listener accepts.
@@ -25,6 +29,34 @@ pub struct HttpRoute {
     pub rules: Vec<HttpRule>,
     /// `konghq.com/strip-path: "true"`: every PathPrefix match strips its prefix upstream.
     pub strip_path: bool,
+}
+
+/// Which route kind an [`HttpRoute`] value was read from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteKind {
+    #[default]
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn kind(self) -> super::Kind {
+        match self {
+            Self::Http => super::Kind::HttpRoute,
+            Self::Grpc => super::Kind::GrpcRoute,
+        }
+    }
+
+    /// The `kind` string, as ReferenceGrants and listener `allowedRoutes` name it.
+    pub fn as_str(self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+impl HttpRoute {
+    pub fn key(&self) -> super::ObjectKey {
+        super::ObjectKey::new(self.kind.kind(), &self.meta.namespace, &self.meta.name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +115,7 @@ impl BackendRef {
 
 /// Every `spec.parentRefs` entry through [`parent_ref`]. HTTPRoute's and the L4 routes' parent
 /// refs are distinct generated types of the same shape, hence a macro, not a function.
-macro_rules! parent_refs {
+macro_rules! parent_refs_of {
     ($list:expr, $namespace:expr, $spec:expr) => {
         $list
             .unwrap_or_default()
@@ -104,10 +136,11 @@ macro_rules! parent_refs {
             .collect::<Result<Vec<_>, _>>()
     };
 }
+pub(crate) use parent_refs_of;
 
 pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<HttpRoute, ModelError> {
     let spec = FieldPath::root(id, "spec");
-    let parent_refs = parent_refs!(raw.spec.parent_refs, &meta.namespace, &spec)?;
+    let parent_refs = parent_refs_of!(raw.spec.parent_refs, &meta.namespace, &spec)?;
     let mut hostnames = Vec::new();
     for (i, h) in raw
         .spec
@@ -149,6 +182,7 @@ pub(crate) fn http_route(raw: RawHttpRoute, meta: Meta, id: &str) -> Result<Http
         .get(STRIP_PATH_ANNOTATION)
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     Ok(HttpRoute {
+        kind: RouteKind::Http,
         meta,
         parent_refs,
         hostnames,
@@ -288,30 +322,17 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
             PathMatch::Regex(pattern(&value, &pat)?)
         }
     };
-    let mut headers: Vec<HeaderMatch> = Vec::new();
-    for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
-        let hat = at.field("headers").index(i);
-        validate::header_name(&h.name).map_err(|e| hat.field("name").err(e))?;
-        if h.value.is_empty() || h.value.len() > 4096 {
-            return Err(hat
-                .field("value")
-                .err("must be 1 to 4096 characters")
-                .into());
-        }
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| hat.field("name").err("not a valid header name"))?;
-        // Spec: with a repeated name only the first entry counts.
-        if headers.iter().any(|x| x.name == name) {
-            continue;
-        }
-        let value = match h.r#type.unwrap_or(HeaderType::Exact) {
-            HeaderType::Exact => ValueMatch::Exact(h.value),
-            HeaderType::RegularExpression => {
-                ValueMatch::Regex(pattern(&h.value, &hat.field("value"))?)
-            }
-        };
-        headers.push(HeaderMatch { name, value });
-    }
+    let headers = header_matches(
+        m.headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| {
+                let regex = matches!(h.r#type, Some(HeaderType::RegularExpression));
+                (h.name, regex, h.value)
+            })
+            .collect(),
+        at,
+    )?;
     let mut query: Vec<QueryMatch> = Vec::new();
     for (i, q) in m.query_params.unwrap_or_default().into_iter().enumerate() {
         let qat = at.field("queryParams").index(i);
@@ -354,11 +375,49 @@ fn route_match(m: HttpRouteRulesMatches, at: &FieldPath<'_>) -> Result<RouteMatc
         headers,
         query,
         method,
+        grpc: None,
     })
 }
 
+/// `matches[].headers` of an HTTPRoute or GRPCRoute as `(name, is a regular expression,
+/// value)`: names checked, of several entries with one name only the first kept (spec).
+pub(crate) fn header_matches(
+    raw: Vec<(String, bool, String)>,
+    at: &FieldPath<'_>,
+) -> Result<Vec<HeaderMatch>, Refusal> {
+    if raw.len() > 16 {
+        return Err(at
+            .field("headers")
+            .err("more than 16 header matches")
+            .into());
+    }
+    let mut headers: Vec<HeaderMatch> = Vec::new();
+    for (i, (raw_name, regex, raw_value)) in raw.into_iter().enumerate() {
+        let hat = at.field("headers").index(i);
+        validate::header_name(&raw_name).map_err(|e| hat.field("name").err(e))?;
+        if raw_value.is_empty() || raw_value.len() > 4096 {
+            return Err(hat
+                .field("value")
+                .err("must be 1 to 4096 characters")
+                .into());
+        }
+        let name = HeaderName::from_bytes(raw_name.as_bytes())
+            .map_err(|_| hat.field("name").err("not a valid header name"))?;
+        if headers.iter().any(|x| x.name == name) {
+            continue;
+        }
+        let value = if regex {
+            ValueMatch::Regex(pattern(&raw_value, &hat.field("value"))?)
+        } else {
+            ValueMatch::Exact(raw_value)
+        };
+        headers.push(HeaderMatch { name, value });
+    }
+    Ok(headers)
+}
+
 /// A regular expression the CRD admits (any string) compiled, or why it cannot be served.
-fn pattern(source: &str, at: &FieldPath<'_>) -> Result<Pattern, Refusal> {
+pub(crate) fn pattern(source: &str, at: &FieldPath<'_>) -> Result<Pattern, Refusal> {
     Pattern::new(source).map_err(|e| {
         // The parser's message draws a caret diagram over several lines; a status condition
         // and a `check` line want its last line, which names the problem.
@@ -457,7 +516,7 @@ pub(crate) fn l4_route(
     id: &str,
 ) -> Result<L4Route, ModelError> {
     let spec = FieldPath::root(id, "spec");
-    let parent_refs = parent_refs!(parent_refs, &meta.namespace, &spec)?;
+    let parent_refs = parent_refs_of!(parent_refs, &meta.namespace, &spec)?;
     if rules.len() != 1 {
         return Err(spec
             .field("rules")

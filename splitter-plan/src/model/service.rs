@@ -25,6 +25,8 @@ pub struct ServicePort {
     pub target_port: TargetPort,
     /// `TCP`, `UDP` or `SCTP`.
     pub protocol: String,
+    /// `appProtocol`, as written (GEP-1911: `kubernetes.io/h2c`, `kubernetes.io/ws`, ...).
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +85,7 @@ pub(crate) fn service(raw: RawService, meta: Meta, id: &str) -> Result<Service, 
             port,
             target_port,
             protocol: p.protocol.unwrap_or_else(|| "TCP".to_string()),
+            app_protocol: p.app_protocol.filter(|a| !a.is_empty()),
         });
     }
     Ok(Service {

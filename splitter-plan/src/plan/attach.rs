@@ -7,13 +7,15 @@ use super::{
     backends::{Resolver, Unresolved},
     gateways::{GatewayListener, HttpAttachment},
     hostname,
-    l7::{BackendTarget, Filter, InvalidReason, PlannedBackend, PlannedMirror},
+    l7::{BackendProtocol, BackendTarget, Filter, InvalidReason, PlannedBackend, PlannedMirror},
     listener::PlanConfig,
     status::{
         Condition, Diagnostic, RouteParentStatus, RouteStatus, Severity, StatusParentRef, reason,
     },
 };
-use crate::model::{GATEWAY_GROUP, HttpRoute, Index, Kind, L4Route, Meta, ObjectKey, ParentRef};
+use crate::model::{
+    GATEWAY_GROUP, HttpRoute, Index, Kind, L4Route, Meta, ObjectKey, ParentRef, RouteKind,
+};
 
 /// An HTTPRoute's rules with their backendRefs and mirrors resolved; `None` for a dropped rule.
 pub(crate) type ResolvedRules = Vec<Option<(Vec<PlannedBackend>, Vec<PlannedMirror>)>>;
@@ -33,9 +35,11 @@ enum Attach {
 }
 
 impl<'i> Attacher<'i, '_> {
-    /// Attaches an HTTPRoute; returns its status and its resolved rules.
+    /// Attaches an HTTPRoute or GRPCRoute; returns its status and its resolved rules.
     pub fn http_route(&mut self, route: &'i HttpRoute) -> (Option<RouteStatus>, ResolvedRules) {
         let meta = &route.meta;
+        let kind = route.kind.kind();
+        let grpc = route.kind == RouteKind::Grpc;
         let mut unresolved = Vec::new();
         let rules: ResolvedRules = route
             .rules
@@ -46,8 +50,13 @@ impl<'i> Attacher<'i, '_> {
                         .backends
                         .iter()
                         .map(|b| {
-                            let (pb, u) = self.resolver.resolve("HTTPRoute", &meta.namespace, b);
+                            let (mut pb, u) =
+                                self.resolver.resolve(kind.as_str(), &meta.namespace, b);
                             unresolved.extend(u);
+                            // gRPC is HTTP/2, whatever the Service port says.
+                            if grpc {
+                                pb.protocol = BackendProtocol::H2c;
+                            }
                             pb
                         })
                         .collect();
@@ -99,10 +108,10 @@ impl<'i> Attacher<'i, '_> {
         let mut parents = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, p) in route.parent_refs.iter().enumerate() {
-            let Some(candidates) = self.candidates(Kind::HttpRoute, meta, i, p) else {
+            let Some(candidates) = self.candidates(kind, meta, i, p) else {
                 continue;
             };
-            let outcome = match self.allowed(candidates, "HTTPRoute", &meta.namespace, p) {
+            let outcome = match self.allowed(candidates, kind.as_str(), &meta.namespace, p) {
                 Err(refused) => refused,
                 Ok(allowed) => {
                     let matched: Vec<(usize, Vec<String>)> = allowed
@@ -115,7 +124,25 @@ impl<'i> Attacher<'i, '_> {
                             .map(|h| (li, h))
                         })
                         .collect();
-                    if matched.is_empty() {
+                    // An HTTPRoute and a GRPCRoute may not share a hostname on a listener:
+                    // routes attach oldest first, so the one already there wins (spec).
+                    let (free, conflicts): (Vec<_>, Vec<_>) =
+                        matched.into_iter().partition(|(li, hosts)| {
+                            self.other_kind_on(*li, route.kind, hosts).is_none()
+                        });
+                    let conflict = conflicts.first().and_then(|(li, hosts)| {
+                        self.other_kind_on(*li, route.kind, hosts).map(|other| {
+                            format!(
+                                "listener {:?} already serves these hostnames to the older {other}; \
+                                 an HTTPRoute and a GRPCRoute may not share a hostname on a listener",
+                                self.listeners[*li].listener.name
+                            )
+                        })
+                    });
+                    let matched = free;
+                    if let (true, Some(why)) = (matched.is_empty(), conflict) {
+                        Attach::Refused(reason::NOT_ALLOWED_BY_LISTENERS, why)
+                    } else if matched.is_empty() {
                         Attach::Refused(
                             reason::NO_MATCHING_LISTENER_HOSTNAME,
                             format!("no listener hostname intersects {:?}", route.hostnames),
@@ -134,6 +161,7 @@ impl<'i> Attacher<'i, '_> {
                         let l = &mut self.listeners[*li];
                         l.attached_routes += 1;
                         l.http.push(HttpAttachment {
+                            kind: route.kind,
                             route: (meta.namespace.clone(), meta.name.clone()),
                             hostnames: hosts.clone(),
                         });
@@ -153,10 +181,20 @@ impl<'i> Attacher<'i, '_> {
             parents.push(self.parent_status(p, conditions));
         }
         let status = (!parents.is_empty()).then(|| RouteStatus {
-            route: ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).clone(),
+            route: ObjectKey::new(kind, &meta.namespace, &meta.name).clone(),
             parents,
         });
         (status, rules)
+    }
+
+    /// The route of the other kind (HTTPRoute against GRPCRoute) already attached to listener
+    /// `li` whose hostnames overlap `hosts`.
+    fn other_kind_on(&self, li: usize, kind: RouteKind, hosts: &[String]) -> Option<ObjectKey> {
+        self.listeners[li]
+            .http
+            .iter()
+            .find(|a| a.kind != kind && hostname::lists_overlap(&a.hostnames, hosts))
+            .map(|a| ObjectKey::new(a.kind.kind(), &a.route.0, &a.route.1))
     }
 
     /// Attaches a TCPRoute or UDPRoute; returns its status and its resolved backends.
@@ -316,6 +354,7 @@ impl<'i> Attacher<'i, '_> {
                     InvalidReason::BackendNotFound => reason::BACKEND_NOT_FOUND,
                     InvalidReason::InvalidKind => reason::INVALID_KIND,
                     InvalidReason::RefNotPermitted => reason::REF_NOT_PERMITTED,
+                    InvalidReason::UnsupportedProtocol => reason::UNSUPPORTED_PROTOCOL,
                 },
                 unresolved
                     .iter()

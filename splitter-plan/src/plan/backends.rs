@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
 };
 
-use super::l7::{BackendTarget, InvalidReason, PlannedBackend};
+use super::l7::{BackendProtocol, BackendTarget, InvalidReason, PlannedBackend};
 use crate::model::{BackendRef, EndpointSlice, Index, Service, ServicePort, TargetPort};
 
 /// Why a backendRef did not resolve, for the route's `ResolvedRefs` condition.
@@ -53,6 +53,7 @@ impl<'a> Resolver<'a> {
                     weight: b.weight,
                     target: BackendTarget::Invalid(reason),
                     filters: b.filters.clone(),
+                    protocol: BackendProtocol::Http1,
                 },
                 Some(Unresolved { reason, message }),
             )
@@ -99,6 +100,15 @@ impl<'a> Resolver<'a> {
                 format!("backendRef {name}: the Service has no port {port}"),
             );
         };
+        let protocol = match backend_protocol(sp.app_protocol.as_deref()) {
+            Ok(p) => p,
+            Err(why) => {
+                return invalid(
+                    InvalidReason::UnsupportedProtocol,
+                    format!("backendRef {name}: {why}"),
+                );
+            }
+        };
         let eps = self.ready_endpoints(svc, sp);
         let target = if eps.is_empty() {
             BackendTarget::NoEndpoints
@@ -111,6 +121,7 @@ impl<'a> Resolver<'a> {
                 weight: b.weight,
                 target,
                 filters: b.filters.clone(),
+                protocol,
             },
             None,
         )
@@ -155,5 +166,23 @@ impl<'a> Resolver<'a> {
             }
         }
         out.into_iter().collect()
+    }
+}
+
+/// The protocol a Service port's `appProtocol` asks for (GEP-1911, with the Kubernetes
+/// standard application protocols of KEP-3726). `kubernetes.io/h2c` is HTTP/2 with prior
+/// knowledge; `kubernetes.io/ws` is WebSocket over HTTP/1.1, which the proxy's Upgrade tunnel
+/// serves. `kubernetes.io/wss` needs TLS to the backend, which the proxy does not speak: the
+/// ref is invalid (`UnsupportedProtocol`) rather than sent cleartext. Any other value
+/// (IANA names such as `http`, vendor-prefixed ones) says nothing the proxy acts on and is
+/// ignored: HTTP/1.1, as without one.
+pub(crate) fn backend_protocol(app_protocol: Option<&str>) -> Result<BackendProtocol, String> {
+    match app_protocol {
+        Some("kubernetes.io/h2c") => Ok(BackendProtocol::H2c),
+        Some("kubernetes.io/wss") => Err(
+            "appProtocol kubernetes.io/wss needs TLS to the backend, which is not supported"
+                .to_string(),
+        ),
+        _ => Ok(BackendProtocol::Http1),
     }
 }

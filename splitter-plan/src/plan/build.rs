@@ -22,7 +22,7 @@ use super::{
     table,
     tls::{ListenerCertificate, TlsPlan},
 };
-use crate::model::{DATAPLANE_ANNOTATION, Index, Kind, ObjectKey};
+use crate::model::{DATAPLANE_ANNOTATION, Index, Kind, ObjectKey, RouteKind};
 
 /// Builds the plan. `previous` is the plan currently applied; it only feeds the disruption
 /// figures of the L4 tables.
@@ -94,8 +94,8 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
 /// Every route attached to the listeners, resolved.
 struct AttachedRoutes {
     statuses: Vec<RouteStatus>,
-    /// HTTPRoute rules with resolved backends, by (namespace, name).
-    http_rules: HashMap<(String, String), ResolvedRules>,
+    /// HTTPRoute and GRPCRoute rules with resolved backends, by (kind, namespace, name).
+    http_rules: HashMap<(RouteKind, String, String), ResolvedRules>,
     /// TCPRoute/UDPRoute backends, by (kind, namespace, name).
     l4_backends: HashMap<(Kind, String, String), Vec<PlannedBackend>>,
 }
@@ -118,10 +118,29 @@ fn attach_routes<'i>(
         listeners,
         diagnostics,
     };
-    for (key, r) in &index.http_routes {
+    // Oldest first: an HTTPRoute and a GRPCRoute sharing a hostname on a listener leave it to
+    // the older one.
+    let mut routes: Vec<_> = index
+        .http_routes
+        .values()
+        .chain(index.grpc_routes.values())
+        .collect();
+    routes.sort_by(|a, b| {
+        gateways::age_key(a.meta.created, &a.meta.namespace, &a.meta.name)
+            .cmp(&gateways::age_key(
+                b.meta.created,
+                &b.meta.namespace,
+                &b.meta.name,
+            ))
+            .then(a.kind.cmp(&b.kind))
+    });
+    for r in routes {
         let (status, rules) = attacher.http_route(r);
         out.statuses.extend(status);
-        out.http_rules.insert(key.clone(), rules);
+        out.http_rules.insert(
+            (r.kind, r.meta.namespace.clone(), r.meta.name.clone()),
+            rules,
+        );
     }
     for (kind, map) in [
         (Kind::TcpRoute, &index.tcp_routes),
@@ -285,8 +304,10 @@ fn http_listener_plan(
         shadowed_by.dedup();
         for a in &l.http {
             if let (Some(route), Some(rules)) = (
-                index.http_routes.get(&a.route),
-                attached.http_rules.get(&a.route),
+                index.routes_of(a.kind).get(&a.route),
+                attached
+                    .http_rules
+                    .get(&(a.kind, a.route.0.clone(), a.route.1.clone())),
             ) {
                 entries.extend(table::entries(
                     route,

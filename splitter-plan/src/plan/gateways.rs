@@ -11,7 +11,7 @@ use super::{
 };
 use crate::model::{
     AllowedNamespaces, GATEWAY_GROUP, Gateway, Index, Kind, L4Route, Listener, ObjectKey,
-    RouteGroupKind, TlsMode,
+    RouteGroupKind, RouteKind, TlsMode,
 };
 
 /// The listener protocols we serve, by the route kind they take.
@@ -43,10 +43,16 @@ impl ListenerClass {
     }
 
     pub fn route_kind(self) -> &'static str {
+        self.route_kinds()[0]
+    }
+
+    /// Every route kind the listener takes, the native one first: HTTP and HTTPS listeners
+    /// take HTTPRoutes and GRPCRoutes (gRPC is HTTP/2).
+    pub fn route_kinds(self) -> &'static [&'static str] {
         match self {
-            Self::Http | Self::Https => "HTTPRoute",
-            Self::Tcp => "TCPRoute",
-            Self::Udp => "UDPRoute",
+            Self::Http | Self::Https => &["HTTPRoute", "GRPCRoute"],
+            Self::Tcp => &["TCPRoute"],
+            Self::Udp => &["UDPRoute"],
         }
     }
 
@@ -61,6 +67,7 @@ impl ListenerClass {
 /// An HTTPRoute attached to a listener, with the hostnames it serves there.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpAttachment {
+    pub kind: RouteKind,
     pub route: (String, String),
     /// Empty = any host.
     pub hostnames: Vec<String>,
@@ -269,16 +276,20 @@ fn kinds(l: &Listener, class: Option<ListenerClass>) -> (Vec<RouteGroupKind>, Ve
     let Some(class) = class else {
         return (Vec::new(), Vec::new());
     };
-    let native = RouteGroupKind {
-        group: GATEWAY_GROUP.to_string(),
-        kind: class.route_kind().to_string(),
-    };
+    let native: Vec<RouteGroupKind> = class
+        .route_kinds()
+        .iter()
+        .map(|k| RouteGroupKind {
+            group: GATEWAY_GROUP.to_string(),
+            kind: k.to_string(),
+        })
+        .collect();
     match &l.allowed_kinds {
-        None => (vec![native], Vec::new()),
-        Some(ks) if ks.is_empty() => (vec![native], Vec::new()),
+        None => (native, Vec::new()),
+        Some(ks) if ks.is_empty() => (native, Vec::new()),
         Some(ks) => {
             let (ok, bad): (Vec<&RouteGroupKind>, Vec<&RouteGroupKind>) =
-                ks.iter().partition(|k| **k == native);
+                ks.iter().partition(|k| native.contains(k));
             let mut supported: Vec<RouteGroupKind> = ok.into_iter().cloned().collect();
             supported.dedup();
             (

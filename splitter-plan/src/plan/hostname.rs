@@ -54,6 +54,14 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
     }
 }
 
+/// Whether two effective hostname lists (empty: any host) share a host.
+pub fn lists_overlap(a: &[String], b: &[String]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter()
+            .any(|x| b.iter().any(|y| x == y || covers(x, y) || covers(y, x)))
+}
+
 /// Sort key: exact names first (longest first), then wildcards (longest suffix first), then
 /// "any host". Smaller sorts first.
 pub fn specificity(hostname: Option<&str>) -> (u8, std::cmp::Reverse<usize>) {

@@ -80,6 +80,26 @@ pub struct PlannedBackend {
     /// after the rule's when this backend is picked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// How the proxy speaks to the endpoints: from the Service port's `appProtocol`, and
+    /// always HTTP/2 for a GRPCRoute.
+    #[serde(skip_serializing_if = "BackendProtocol::is_http1")]
+    pub protocol: BackendProtocol,
+}
+
+/// The protocol the proxy speaks to a backend (GEP-1911).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum BackendProtocol {
+    /// HTTP/1.1; WebSocket upgrades (`kubernetes.io/ws`) go over it too.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (`kubernetes.io/h2c`, GRPCRoute backends).
+    H2c,
+}
+
+impl BackendProtocol {
+    pub fn is_http1(&self) -> bool {
+        *self == Self::Http1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -99,4 +119,7 @@ pub enum InvalidReason {
     BackendNotFound,
     InvalidKind,
     RefNotPermitted,
+    /// The Service port's `appProtocol` names a protocol the proxy cannot speak to it
+    /// (`kubernetes.io/wss`: TLS to backends is not supported).
+    UnsupportedProtocol,
 }

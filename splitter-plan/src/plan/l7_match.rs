@@ -150,6 +150,7 @@ mod tests {
             headers: vec![],
             query: vec![],
             method: None,
+            grpc: None,
         }
     }
 

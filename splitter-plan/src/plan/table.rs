@@ -12,8 +12,8 @@ use super::{
     gateways::{ListenerClass, age_key},
     hostname,
     l7::{
-        BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier, PlannedBackend,
-        RouteMatch, UrlRewrite,
+        BackendProtocol, BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier,
+        PlannedBackend, RouteMatch, UrlRewrite,
     },
     listener::{L4Plan, ListenerSource, Mode},
     maglev::{self, TableShare, TableTarget, WeightedTable},
@@ -29,14 +29,47 @@ pub(crate) struct Entry {
 type SortKey = (
     (u8, Reverse<usize>),
     (u8, Reverse<usize>),
-    (u8, Reverse<usize>),
-    bool,
-    Reverse<usize>,
-    Reverse<usize>,
+    MatchRank,
     (i64, String, String),
     usize,
     usize,
 );
+
+/// What orders two matches on the same hostnames: for an HTTPRoute the path (kind, length),
+/// the method, then the numbers of header and query matches; for a GRPCRoute the characters
+/// of the service, then of the method, then the number of header matches (GRPCRoute spec).
+type MatchRank = (
+    u8,
+    Reverse<usize>,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+);
+
+fn match_rank(m: &RouteMatch) -> MatchRank {
+    match &m.grpc {
+        None => {
+            let (kind, len) = path_rank(&m.path);
+            (
+                kind,
+                len,
+                Reverse(0),
+                m.method.is_none(),
+                Reverse(m.headers.len()),
+                Reverse(m.query.len()),
+            )
+        }
+        Some(g) => (
+            0,
+            Reverse(g.service.as_ref().map_or(0, String::len)),
+            Reverse(g.method.as_ref().map_or(0, String::len)),
+            false,
+            Reverse(m.headers.len()),
+            Reverse(0),
+        ),
+    }
+}
 
 /// The L7 routes one attachment (route on listener with `listener_hostname`) contributes: one
 /// per rule, match and effective hostname, so each is ordered on its own. `shadowed_by`: the
@@ -49,7 +82,7 @@ pub(crate) fn entries(
     shadowed_by: &[String],
 ) -> Vec<Entry> {
     let meta = &route.meta;
-    let route_ref = ObjectKey::new(Kind::HttpRoute, &meta.namespace, &meta.name).clone();
+    let route_ref = route.key();
     let hosts: Vec<Option<&String>> = if hostnames.is_empty() {
         vec![None]
     } else {
@@ -66,10 +99,7 @@ pub(crate) fn entries(
                 let key = (
                     hostname::specificity(listener_hostname),
                     hostname::specificity(h.map(String::as_str)),
-                    path_rank(&m.path),
-                    m.method.is_none(),
-                    Reverse(m.headers.len()),
-                    Reverse(m.query.len()),
+                    match_rank(m),
                     {
                         let (t, ns, n) = age_key(meta.created, &meta.namespace, &meta.name);
                         (t, ns.to_string(), n.to_string())
@@ -166,6 +196,21 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
         }
     }
     let r = &routes[0];
+    if r.route.kind == Kind::GrpcRoute {
+        return Some(
+            "a GRPCRoute is attached: gRPC calls are routed one by one over HTTP/2".to_string(),
+        );
+    }
+    if let Some(b) = r
+        .backends
+        .iter()
+        .find(|b| b.protocol == BackendProtocol::H2c)
+    {
+        return Some(format!(
+            "backend {} speaks HTTP/2 (appProtocol kubernetes.io/h2c): the proxy talks h2c to it",
+            b.name
+        ));
+    }
     if !r.hostnames.is_empty() {
         return Some(format!(
             "route hostnames {:?} are checked per request",

@@ -492,12 +492,23 @@ async fn translate(
                     continue;
                 }
                 let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1);
+                // echo-basic serves gRPC (h2c) instead of HTTP when GRPC_ECHO_SERVER is set.
+                let grpc = d["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["env"].as_array().into_iter().flatten())
+                    .any(|e| e["name"] == "GRPC_ECHO_SERVER");
                 let mut mine = Vec::new();
                 for i in 0..replicas {
                     // Like a ReplicaSet's pods: name-<hash>-<suffix> (the weight test strips the
                     // last two parts to find the backend).
                     let pod = format!("{name}-6d4b8f9c7-p{i}x");
-                    let p = EchoPod::start(&ns, &pod).await;
+                    let p = if grpc {
+                        EchoPod::start_grpc(&ns, &pod).await
+                    } else {
+                        EchoPod::start(&ns, &pod).await
+                    };
                     mine.push((pod, p.addr));
                     pods.push(p);
                 }
@@ -521,7 +532,7 @@ async fn translate(
         }
     }
     for d in &mut out {
-        if d["kind"] != "HTTPRoute" {
+        if d["kind"] != "HTTPRoute" && d["kind"] != "GRPCRoute" {
             continue;
         }
         let route_ns = meta(d).0;

@@ -7,9 +7,11 @@
 
 mod agent;
 mod attach;
+mod backend_protocol;
 mod echo;
 mod extended;
 mod filters;
 mod gateway;
+mod grpcroute;
 mod harness;
 mod httproute;

@@ -279,3 +279,65 @@ async fn tls_secrets_are_listed_by_type_and_resolve_an_https_listener() {
         );
     }
 }
+
+/// GRPCRoutes are listed and watched like HTTPRoutes: a listed one attaches, a watched one is
+/// added to the plan as a gRPC route with HTTP/2 backends, and its status is observed.
+#[tokio::test]
+async fn grpcroutes_are_listed_and_watched() {
+    let grpc = |name: &str, rv: &str| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": name, "namespace": "infra", "generation": 1,
+                         "resourceVersion": rv, "creationTimestamp": "2026-01-02T00:00:00Z"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [format!("{name}.example.com")],
+                     "rules": [{"matches": [{"method": {"service": "pkg.Svc", "method": "Get"}}],
+                                "backendRefs": [{"name": "a", "port": 8080}]}]}
+        })
+    };
+    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
+    objects.push(grpc("listed", "5"));
+    let mut watch = None;
+    let r = start(objects, |m| watch = Some(m.watch("grpcroutes")));
+    let watch = watch.unwrap();
+    let grpc_routes = |p: &Plan| {
+        p.routes
+            .iter()
+            .filter(|r| r.route.kind == splitter_plan::model::Kind::GrpcRoute)
+            .map(|r| r.route.name.clone())
+            .collect::<Vec<_>>()
+    };
+    eventually(WAIT, "the listed GRPCRoute", || {
+        grpc_routes(&current(&r)) == ["listed"]
+    })
+    .await;
+    assert_eq!(r.mock.list_calls("grpcroutes"), 1);
+    let key = splitter_plan::model::ObjectKey::new(
+        splitter_plan::model::Kind::GrpcRoute,
+        "infra",
+        "listed",
+    );
+    assert_eq!(
+        r.observed.borrow()[&key].resource_version.as_deref(),
+        Some("5")
+    );
+    watch
+        .send(json!({"type": "ADDED", "object": grpc("watched", "6")}))
+        .unwrap();
+    eventually(WAIT, "the watched GRPCRoute", || {
+        grpc_routes(&current(&r)) == ["listed", "watched"]
+    })
+    .await;
+    let plan = current(&r);
+    let l7 = plan
+        .listeners
+        .iter()
+        .find(|l| l.key().port == 80)
+        .and_then(|l| l.l7())
+        .expect("a GRPCRoute makes the listener L7");
+    assert!(l7.routes.iter().all(|r| {
+        r.backends
+            .iter()
+            .all(|b| b.protocol == splitter_plan::plan::l7::BackendProtocol::H2c)
+    }));
+    assert_eq!(plan.gateways[0].listeners[0].attached_routes, 2);
+}

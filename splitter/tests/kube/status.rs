@@ -45,11 +45,7 @@ fn fresh(plan: &Plan) -> Observed {
             .iter()
             .map(|g| ObjectKey::new(Kind::Gateway, &g.gateway.namespace, &g.gateway.name)),
     );
-    keys.extend(
-        plan.routes
-            .iter()
-            .map(|r| ObjectKey::new(Kind::HttpRoute, &r.route.namespace, &r.route.name)),
-    );
+    keys.extend(plan.routes.iter().map(|r| r.route.clone()));
     keys.into_iter()
         .map(|k| {
             let rv = format!("rv-{}", k.name);
@@ -261,7 +257,10 @@ fn gateway_and_class_patches() {
     assert_eq!(listener["attachedRoutes"], 4);
     assert_eq!(
         listener["supportedKinds"],
-        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+        json!([
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+        ])
     );
     let types: Vec<&str> = listener["conditions"]
         .as_array()
@@ -823,4 +822,43 @@ async fn gateways_without_addresses_report_the_nodes_of_ready_agent_pods() {
         json!([{"type": "IPAddress", "value": "10.0.0.8"},
                {"type": "IPAddress", "value": "10.0.0.9"}])
     );
+}
+
+/// A GRPCRoute's status goes to `grpcroutes/<name>/status`, with its conditions.
+#[tokio::test]
+async fn a_grpcroute_status_is_patched_on_grpcroutes() {
+    let (index, report) =
+        splitter::source::file::load(&[fixture("base.yaml"), fixture("grpc.yaml")]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let plan = plan::build(&index, &PlanConfig::default(), None);
+    let (client, mock) = MockApi::start(echo);
+    let (_plans_tx, plans) = watch::channel(Some(Arc::new(plan.clone())));
+    let (_observed_tx, observed) = watch::channel(Arc::new(fresh(&plan)));
+    let (_leader_tx, leader) = watch::channel(true);
+    tokio::spawn(async move {
+        // No node report (nothing is applied here): the plan's conditions are written.
+        let (_, reports) = watch::channel(None);
+        status::writer::run(client, writer_config(), plans, observed, leader, reports).await;
+    });
+    let uri =
+        format!("/apis/gateway.networking.k8s.io/v1/namespaces/infra/grpcroutes/g/status{QUERY}");
+    eventually(WAIT, "the GRPCRoute patch", || {
+        mock.calls().iter().any(|c| c.uri == uri)
+    })
+    .await;
+    let calls = mock.calls();
+    let call = calls.iter().find(|c| c.uri == uri).unwrap();
+    assert_eq!(call.method, "PATCH");
+    assert_eq!(call.body["kind"], "GRPCRoute");
+    let conditions = &call.body["status"]["parents"][0]["conditions"];
+    let reason = |t: &str| {
+        conditions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .map(|c| c["reason"].clone())
+    };
+    assert_eq!(reason("Accepted"), Some(json!("Accepted")));
+    assert_eq!(reason("ResolvedRefs"), Some(json!("RefNotPermitted")));
 }

@@ -4,13 +4,16 @@
 
 mod admin;
 mod agent;
+mod backend_protocol;
 mod backends;
 mod echo;
 mod failures;
+mod grpc;
 mod hostile;
 mod hygiene;
 mod journey;
 mod listeners;
+mod manifests;
 mod mirror;
 mod reload;
 mod routing;

@@ -41,6 +41,7 @@ pub fn matching(path: PathMatch) -> RouteMatch {
         headers: vec![],
         query: vec![],
         method: None,
+        grpc: None,
     }
 }
 
@@ -69,6 +70,7 @@ pub fn backend(name: &str, weight: u32, endpoints: &[SocketAddr]) -> PlannedBack
         weight,
         target: BackendTarget::Endpoints(endpoints.to_vec()),
         filters: vec![],
+        protocol: Default::default(),
     }
 }
 
@@ -78,6 +80,7 @@ pub fn no_endpoints(name: &str, weight: u32) -> PlannedBackend {
         weight,
         target: BackendTarget::NoEndpoints,
         filters: vec![],
+        protocol: Default::default(),
     }
 }
 
@@ -87,6 +90,7 @@ pub fn invalid(name: &str, weight: u32) -> PlannedBackend {
         weight,
         target: BackendTarget::Invalid(InvalidReason::BackendNotFound),
         filters: vec![],
+        protocol: Default::default(),
     }
 }
 

@@ -167,3 +167,56 @@ fn https_listeners_show_their_certificates_and_a_missing_secret_is_an_error() {
         "the key never leaves the agent: {json}"
     );
 }
+
+#[test]
+fn grpc_routes_are_checked_and_a_bad_one_names_file_object_and_field() {
+    let fixtures = repo("../splitter-plan/tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-grpc.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {name: bad, namespace: infra}\nspec:\n  rules:\n  - matches:\n    \
+         - method: {service: \"a/b\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_splitter"))
+        .arg("check")
+        .env("RUST_LOG", "off")
+        .args(["--manifests"])
+        .arg(fixtures.join("base.yaml"))
+        .args(["--manifests"])
+        .arg(fixtures.join("grpc.yaml"))
+        .args(["--manifests"])
+        .arg(&bad)
+        .output()
+        .expect("run splitter");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: document 1: GRPCRoute infra/bad: spec.rules[0].matches[0].method.service",
+            bad.display()
+        )),
+        "{text}"
+    );
+    // The valid GRPCRoute is planned: its rules, HTTP/2 backends, and gRPC answers.
+    assert!(
+        text.contains("GRPCRoute infra/g rule 0: path = /pkg.Svc/Get"),
+        "{text}"
+    );
+    assert!(text.contains("infra/a:8080"), "{text}");
+    assert!(text.contains("2 endpoints, h2c"), "{text}");
+    assert!(
+        text.contains("invalid: RefNotPermitted (UNAVAILABLE)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("supportedKinds [HTTPRoute, GRPCRoute]"),
+        "{text}"
+    );
+}

@@ -27,12 +27,21 @@ enum Inner {
     Direct(DirectBody),
     /// Written by the proxy itself: errors, redirects.
     Local(Full<Bytes>),
+    /// An HTTP/2 backend's (`h2c`), streamed frame by frame, trailers included.
+    Http2(hyper::body::Incoming),
 }
 
 impl ProxyBody {
     pub fn local(bytes: Bytes) -> Self {
         Self {
             inner: Inner::Local(Full::new(bytes)),
+            log: None,
+        }
+    }
+
+    pub fn http2(body: hyper::body::Incoming) -> Self {
+        Self {
+            inner: Inner::Http2(body),
             log: None,
         }
     }
@@ -66,6 +75,7 @@ impl Body for ProxyBody {
         let polled = match &mut this.inner {
             Inner::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inner::Local(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         };
         if let (Some(log), Poll::Ready(frame)) = (this.log.as_deref_mut(), &polled) {
             match frame {
@@ -75,6 +85,7 @@ impl Body for ProxyBody {
                     let ended = match &this.inner {
                         Inner::Direct(b) => b.is_end_stream(),
                         Inner::Local(b) => b.is_end_stream(),
+                        Inner::Http2(b) => b.is_end_stream(),
                     };
                     if ended {
                         log.body_complete();
@@ -91,6 +102,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Direct(b) => b.is_end_stream(),
             Inner::Local(b) => b.is_end_stream(),
+            Inner::Http2(b) => b.is_end_stream(),
         }
     }
 
@@ -98,6 +110,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Direct(b) => b.size_hint(),
             Inner::Local(b) => b.size_hint(),
+            Inner::Http2(b) => b.size_hint(),
         }
     }
 }

@@ -63,6 +63,8 @@ pub enum UpstreamError {
     Protocol(&'static str),
     #[error("the endpoint has {0} connections open, its limit")]
     EndpointFull(usize),
+    #[error("HTTP/2: {0}")]
+    Http2(#[source] hyper::Error),
 }
 
 impl UpstreamError {

@@ -6,9 +6,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{
     HeaderValue, Request, Response, StatusCode, Version, header,
-    uri::{PathAndQuery, Scheme},
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -17,15 +18,19 @@ use super::{
     body::ProxyBody,
     cors::{self, CorsStep},
     error::{ForwardError, RouteError, UpstreamError},
+    grpc, h2c,
     hygiene::{self, XffPolicy},
     metrics::ProxyMetrics,
     mirror::{self, MirrorContext},
     request_body::IdleTimedBody,
     table::{Pick, ServingBackend, ServingEndpoint, ServingRoute, ServingTable},
     upgrade::{requested_upgrade, restore_upgrade_headers, splice},
-    upstream::{HopHeaders, Upstream, strip_hop_by_hop, upstream_uri},
+    upstream::{HopHeaders, Upstream, add_forwarded, list_has, strip_hop_by_hop, upstream_uri},
 };
-use splitter_plan::plan::l7_match::{RequestView, strip_port};
+use splitter_plan::plan::{
+    l7::BackendProtocol,
+    l7_match::{RequestView, strip_port},
+};
 
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {
@@ -87,7 +92,11 @@ pub(crate) async fn handle(
     let Some(route) = route else {
         let err = ForwardError::NoRoute;
         record(&shared, &shared.none, &shared.none, err.status(), start);
-        let mut resp = error_response(&err);
+        let mut resp = if grpc::is_grpc(req.headers()) {
+            grpc::error_response(&err)
+        } else {
+            error_response(&err)
+        };
         if let Some(logged) = logged {
             let none = &shared.none;
             log_access(
@@ -127,24 +136,34 @@ pub(crate) async fn handle(
         },
     };
     let mut note = Note::default();
-    let (mut resp, backend) = match dispatch(&shared, &route, &client, https, req, start, &mut note)
-        .await
+    // The status metrics count: the response's, or for a gRPC call the proxy answered (HTTP
+    // 200 with a `grpc-status`), the HTTP status its failure stands for, so that failed calls
+    // show as failures.
+    let (mut resp, backend, counted) = match dispatch(
+        &shared, &route, &client, https, req, start, &mut note,
+    )
+    .await
     {
-        Ok(ok) => ok,
+        Ok((resp, backend)) => (resp, backend, None),
         Err((err, backend)) => {
             tracing::debug!(route = %route.label, error = %err, "request answered by the proxy");
-            let mut resp = error_response(&err);
+            let mut resp = if route.grpc {
+                grpc::error_response(&err)
+            } else {
+                error_response(&err)
+            };
             if err.client_gone() {
                 resp.extensions_mut().insert(ClientGone);
             }
-            (resp, backend)
+            (resp, backend, Some(err.status()))
         }
     };
     hygiene::apply_header_filters(&route.filters.response_headers, resp.headers_mut());
     if let Some(h) = cors_headers {
         cors::insert(&mut resp, *h);
     }
-    record(&shared, &route.label, &backend, resp.status(), start);
+    let counted = counted.unwrap_or_else(|| resp.status());
+    record(&shared, &route.label, &backend, counted, start);
     if let Some(logged) = logged {
         log_access(
             &shared,
@@ -251,17 +270,34 @@ async fn dispatch(
                 client,
                 scheme: if https { "https" } else { "http" },
             };
-            match forward(
-                shared,
-                route,
-                &origin,
-                req,
-                (backend, endpoint),
-                start,
-                note,
-            )
-            .await
-            {
+            let forwarded = match backend.protocol {
+                BackendProtocol::Http1 => {
+                    forward(
+                        shared,
+                        route,
+                        &origin,
+                        req,
+                        (backend, endpoint),
+                        start,
+                        note,
+                    )
+                    .await
+                }
+                // Boxed: the HTTP/1.1 request's future stays the size it was.
+                BackendProtocol::H2c => {
+                    Box::pin(forward_h2c(
+                        shared,
+                        route,
+                        &origin,
+                        req,
+                        (backend, endpoint),
+                        start,
+                        note,
+                    ))
+                    .await
+                }
+            };
+            match forwarded {
                 Ok(mut resp) => {
                     if let Some(f) = &backend.filters {
                         hygiene::apply_header_filters(&f.response_headers, resp.headers_mut());
@@ -426,6 +462,122 @@ fn start_mirrors(
         scheme: origin.scheme,
     };
     mirror::start(&cx, &route.mirrors, parts, has_body)
+}
+
+/// [`forward`] to a backend that speaks HTTP/2 with prior knowledge (`h2c`): the same header
+/// hygiene and filters, the request as HTTP/2 (`:authority` from the Host the backend would
+/// have seen), bodies streamed both ways with their trailers (`te: trailers` is kept: gRPC
+/// servers want it).
+async fn forward_h2c(
+    shared: &ListenerShared,
+    route: &ServingRoute,
+    origin: &Origin<'_>,
+    req: Request<Incoming>,
+    (backend, endpoint): (&ServingBackend, &ServingEndpoint),
+    start: Instant,
+    note: &mut Note,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    let authority = &endpoint.authority;
+    if requested_upgrade(req.headers()).is_some() {
+        return Err(ForwardError::Upstream {
+            endpoint: authority.to_string(),
+            source: UpstreamError::Protocol(
+                "an HTTP/1.1 Upgrade cannot be forwarded to an HTTP/2 backend",
+            ),
+        });
+    }
+    let (mut parts, body) = req.into_parts();
+    let h2 = parts.version == Version::HTTP_2;
+    let rewritten = match &route.filters.rewrite {
+        Some(rw) => rw
+            .path_and_query(parts.uri.path(), parts.uri.query(), route.prefix.as_deref())
+            .map_err(|e| ForwardError::Rewrite(RouteError::RewrittenPath(e.to_string())))?,
+        None => None,
+    };
+    let path_and_query = rewritten
+        .or_else(|| parts.uri.path_and_query().cloned())
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let te_trailers = list_has(&parts.headers, &header::TE, "trailers");
+    // A gRPC client states its deadline; the wait for the answer is the client's then, not
+    // the proxy's read timeout (a long call the client is willing to wait for is not cut).
+    let client_deadline = if route.grpc {
+        grpc::timeout(&parts.headers)
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    hygiene::forwarded_from_client(&mut parts.headers, shared.xff);
+    hygiene::apply_header_filters(&route.filters.request_headers, &mut parts.headers);
+    if let Some(f) = &backend.filters {
+        hygiene::apply_header_filters(&f.request_headers, &mut parts.headers);
+    }
+    // The host the backend is told, as `:authority` (HTTP/2 has no Host field): a URLRewrite
+    // hostname, else the Host as the filters left it, else the client's `:authority`.
+    let host = route
+        .filters
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.hostname.clone())
+        .or_else(|| parts.headers.get(header::HOST).cloned())
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| parts.uri.authority().cloned())
+        .unwrap_or_else(|| authority.clone());
+    parts.headers.remove(header::HOST);
+    add_forwarded(&mut parts.headers, origin.client, origin.scheme);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    note.endpoint = Some(endpoint.addr);
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(host);
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = http::Uri::from_parts(uri)
+        .map_err(|e| ForwardError::Rewrite(RouteError::RewrittenPath(e.to_string())))?;
+    parts.version = Version::HTTP_2;
+    // A gRPC stream may stay quiet for as long as the call lasts (a bidirectional stream
+    // waiting for events): no body idle timer on gRPC calls; other HTTP/2 bodies keep theirs.
+    let body_timeout = (h2 && !route.grpc).then_some(shared.body_read_timeout);
+    let body = if body.is_end_stream() {
+        h2c::empty()
+    } else {
+        IdleTimedBody::new(body, body_timeout).boxed_unsync()
+    };
+    let config = shared.upstream.config();
+    // As on HTTP/1.1: the route's timeouts and the read timeout (or a gRPC client's own
+    // deadline) bound the wait for the response head; a streaming response body is not cut.
+    let deadline = [
+        route.timeouts.request,
+        route.timeouts.backend_request,
+        client_deadline.or(config.read_timeout),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|d| start + d);
+    let sent_at = Instant::now();
+    let sent = std::pin::pin!(h2c::send(
+        endpoint.addr,
+        config.connect_timeout,
+        Request::from_parts(parts, body),
+    ));
+    let resp = within(deadline, sent)
+        .await
+        .ok_or_else(|| ForwardError::Timeout(authority.to_string()))?
+        .map_err(|source| {
+            let endpoint = authority.to_string();
+            if source.is_connect() {
+                ForwardError::Connect { endpoint, source }
+            } else {
+                ForwardError::Upstream { endpoint, source }
+            }
+        })?;
+    note.upstream = Some(sent_at.elapsed());
+    let (mut head, body) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    Ok(Response::from_parts(head, ProxyBody::http2(body)))
 }
 
 /// `fut`'s output, or `None` when `deadline` passes first. Taking the future pinned in the

@@ -16,10 +16,13 @@
 //! apply its filters, pick a backendRef by smooth weighted round robin and an endpoint of it
 //! round robin, and stream the request there over a pooled keep-alive connection: the request
 //! (and its body, if any) is written and its response read by the request's own task
-//! (`direct`, one HTTP/1.1 client for every request, upgrades included). With `--access-log`,
-//! one line per request (`access`). Answers of the proxy
+//! (`direct`, one HTTP/1.1 client for every request, upgrades included). A backend that speaks
+//! HTTP/2 (a GRPCRoute's, or a Service port with `appProtocol: kubernetes.io/h2c`) is reached
+//! through `h2c` instead: one multiplexed connection per endpoint and thread, bodies and
+//! trailers streamed. With `--access-log`, one line per request (`access`). Answers of the proxy
 //! itself: 400 two Hosts, 404 no route, 500 invalid backendRef share (or all weights 0), 503 no endpoints,
-//! 502 connect or protocol failure, 504 HTTPRoute timeout.
+//! 502 connect or protocol failure, 504 HTTPRoute timeout; to a gRPC call, the matching gRPC
+//! status in a trailers-only response (`grpc`).
 //!
 //! Against clients that hold resources without using them (`idle`, `slots`): one watchdog per
 //! connection keeps the header, body-read, response-write and HTTP/2 stream idle timeouts and
@@ -39,6 +42,8 @@ mod cors;
 mod direct;
 mod drain;
 mod error;
+mod grpc;
+mod h2c;
 mod handler;
 mod hygiene;
 mod idle;

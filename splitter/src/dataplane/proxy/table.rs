@@ -11,14 +11,17 @@ use super::{
     error::RouteError,
     mirror::ServingMirror,
 };
-use splitter_plan::plan::{
-    ObjectKey,
-    l7::{
-        BackendTarget, Filter, HeaderModifier, InvalidReason, L7Route, L7RouteTable, PathMatch,
-        RouteMatch, Timeouts,
+use splitter_plan::{
+    model::Kind,
+    plan::{
+        ObjectKey,
+        l7::{
+            BackendProtocol, BackendTarget, Filter, HeaderModifier, InvalidReason, L7Route,
+            L7RouteTable, PathMatch, RouteMatch, Timeouts,
+        },
+        l7_filters::RuleFilters,
+        l7_match::{RequestView, hostname_matches},
     },
-    l7_filters::RuleFilters,
-    l7_match::{RequestView, hostname_matches},
 };
 
 /// Identity of an HTTPRoute rule across table installs.
@@ -65,6 +68,8 @@ pub struct ServingBackend {
     /// `namespace/name:port`, also the metrics label.
     pub name: Arc<str>,
     pub target: ServingTarget,
+    /// HTTP/1.1 (`direct`) or HTTP/2 with prior knowledge (`h2c`).
+    pub protocol: BackendProtocol,
     /// `backendRefs[].filters`; `None` for the usual backendRef without any.
     pub filters: Option<Box<BackendFilters>>,
 }
@@ -128,6 +133,8 @@ pub struct ServingRoute {
     pub prefix: Option<String>,
     pub filters: RuleFilters,
     pub timeouts: Timeouts,
+    /// A GRPCRoute's: the proxy's own answers are gRPC statuses (`grpc`).
+    pub grpc: bool,
     backends: Box<[ServingBackend]>,
     /// The rule's RequestMirror filters; empty for almost every route.
     pub mirrors: Box<[ServingMirror]>,
@@ -233,6 +240,7 @@ impl ServingTable {
                         BackendTarget::Invalid(reason) => ServingTarget::Invalid(*reason),
                     },
                     filters: BackendFilters::of(&b.filters),
+                    protocol: b.protocol,
                 })
             })
             .collect::<Result<_, RouteError>>()?;
@@ -264,6 +272,7 @@ impl ServingTable {
             prefix,
             filters,
             timeouts: r.timeouts,
+            grpc: r.route.kind == Kind::GrpcRoute,
             backends,
             mirrors: r.mirrors.iter().filter_map(ServingMirror::new).collect(),
             state,
@@ -284,7 +293,7 @@ mod tests {
     fn rule(path: &str, weights: &[u32]) -> L7Route {
         L7Route {
             route: ObjectKey {
-                kind: splitter_plan::model::Kind::HttpRoute,
+                kind: Kind::HttpRoute,
                 namespace: "ns".into(),
                 name: "r".into(),
             },
@@ -296,6 +305,7 @@ mod tests {
                 headers: vec![],
                 query: vec![],
                 method: None,
+                grpc: None,
             },
             filters: vec![],
             backends: weights
@@ -309,6 +319,7 @@ mod tests {
                         8000 + i as u16,
                     ))]),
                     filters: vec![],
+                    protocol: Default::default(),
                 })
                 .collect(),
             timeouts: Timeouts::default(),

@@ -61,6 +61,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
     pub fn new(config: &UpstreamConfig) -> Self {
         Self {
             config: config.clone(),
@@ -322,8 +326,8 @@ fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends the client address (from [`client_address`]) to `X-Forwarded-For` and the scheme
-/// to `X-Forwarded-Proto`.
-#[cfg(test)]
+/// to `X-Forwarded-Proto`. (The HTTP/1.1 path writes the same while writing the head, see
+/// [`HopHeaders::write_fields`]; the HTTP/2 client takes a map.)
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, scheme: &'static str) {
     // One lookup for the common case, a first hop, which has no text to build.
     match headers.entry(&XFF) {

@@ -20,7 +20,7 @@ use std::{
 
 use tokio::{runtime::Handle, sync::oneshot};
 
-use super::pool;
+use super::{h2c, pool};
 
 /// The default worker count: one per CPU the process may run on.
 pub fn default_workers() -> usize {
@@ -81,6 +81,7 @@ impl ProxyWorkers {
             .name(format!("splitter-proxy-{index}"))
             .spawn(move || {
                 runtime.spawn(pool::sweep_every(sweep, idle_timeout));
+                runtime.spawn(h2c::sweep_every(sweep, idle_timeout));
                 // Returns when the sender is dropped, i.e. when the workers are.
                 let _ = runtime.block_on(stop_rx);
             })?;
