@@ -472,6 +472,27 @@ async fn the_lease_moves_to_the_second_agent_when_the_first_stops_and_never_both
         }
     }
     assert_eq!(writers, [first, follower.node.clone()]);
+    // Lease reads: the holder renews from the latest version, the others read the API
+    // server's cache (no quorum read of etcd per node and round).
+    let renewals = log.iter().filter(|l| {
+        l.method == "GET" && l.path.contains("/leases/") && l.param("resourceVersion").is_none()
+    });
+    assert!(renewals.clone().count() >= 5);
+    let mut holder_now: Option<&str> = None;
+    for l in &log {
+        if (200..300).contains(&l.code) && l.is_write() && l.path.contains("/leases") {
+            holder_now = l.body["spec"]["holderIdentity"].as_str();
+        }
+        if l.method == "GET" && l.path.contains("/leases/") && l.param("resourceVersion").is_none()
+        {
+            assert_eq!(
+                holder_now,
+                Some(l.client.as_str()),
+                "a latest read by a follower: {l:#?}"
+            );
+        }
+    }
+    drop(renewals);
     // The follower only read the Lease while it was held.
     assert!(
         log.iter()
