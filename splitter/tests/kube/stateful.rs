@@ -174,6 +174,39 @@ fn parent_controllers(api: &ApiServer) -> Vec<String> {
         .collect()
 }
 
+/// Walks the log in order, following the Lease holder as last written: checks that every
+/// status write that went through, and every read of the latest Lease (a renewal's), came from
+/// the holder of that moment; returns the status writers in turn.
+fn writes_by_holders(log: &[Logged]) -> Vec<String> {
+    let mut holder: Option<&str> = None;
+    let mut writers: Vec<String> = Vec::new();
+    let mut renewals = 0;
+    for l in log {
+        let ok = (200..300).contains(&l.code);
+        if ok && l.is_write() && l.path.contains("/leases") {
+            holder = l.body["spec"]["holderIdentity"].as_str();
+        }
+        if ok && is_status_write(l) {
+            assert_eq!(holder, Some(l.client.as_str()), "{l:#?}");
+            if writers.last() != Some(&l.client) {
+                writers.push(l.client.clone());
+            }
+        }
+        // Followers read the API server's cache; only the holder asks for the latest.
+        if l.method == "GET" && l.path.contains("/leases/") && l.param("resourceVersion").is_none()
+        {
+            assert_eq!(
+                holder,
+                Some(l.client.as_str()),
+                "a latest read by a follower: {l:#?}"
+            );
+            renewals += 1;
+        }
+    }
+    assert!(renewals >= 1, "the holder never renewed");
+    writers
+}
+
 fn is_status_write(l: &Logged) -> bool {
     l.method == "PATCH" && l.path.ends_with("/status")
 }
@@ -452,50 +485,47 @@ async fn the_lease_moves_to_the_second_agent_when_the_first_stops_and_never_both
     let lease = api.get(&lease_id, NS, "splitter-status-writer").unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 
-    // The log, in order: every status write was made by the holder of the Lease as last
-    // written, and the old leader's writes all came before the new one's.
+    // The old leader's writes all came before the new one's.
     let log = api.log();
-    let mut current: Option<String> = None;
-    let mut writers = Vec::new();
-    for l in &log {
-        let ok = (200..300).contains(&l.code);
-        if ok && l.is_write() && l.path.contains("/leases") {
-            current = l.body["spec"]["holderIdentity"]
-                .as_str()
-                .map(str::to_string);
-        }
-        if ok && is_status_write(l) {
-            assert_eq!(current.as_deref(), Some(l.client.as_str()), "{l:#?}");
-            if writers.last() != Some(&l.client) {
-                writers.push(l.client.clone());
-            }
-        }
-    }
-    assert_eq!(writers, [first, follower.node.clone()]);
-    // Lease reads: the holder renews from the latest version, the others read the API
-    // server's cache (no quorum read of etcd per node and round).
-    let renewals = log.iter().filter(|l| {
-        l.method == "GET" && l.path.contains("/leases/") && l.param("resourceVersion").is_none()
-    });
-    assert!(renewals.clone().count() >= 5);
-    let mut holder_now: Option<&str> = None;
-    for l in &log {
-        if (200..300).contains(&l.code) && l.is_write() && l.path.contains("/leases") {
-            holder_now = l.body["spec"]["holderIdentity"].as_str();
-        }
-        if l.method == "GET" && l.path.contains("/leases/") && l.param("resourceVersion").is_none()
-        {
-            assert_eq!(
-                holder_now,
-                Some(l.client.as_str()),
-                "a latest read by a follower: {l:#?}"
-            );
-        }
-    }
-    drop(renewals);
+    assert_eq!(writes_by_holders(&log), [first, follower.node.clone()]);
     // The follower only read the Lease while it was held.
     assert!(
         log.iter()
             .any(|l| l.client == follower.node && l.method == "GET" && l.path.contains("/leases"))
     );
+}
+
+#[tokio::test]
+async fn a_lease_create_that_loses_the_race_gets_409_and_the_agent_follows() {
+    let api = seeded(&[]);
+    let lease_id = resource_id("coordination.k8s.io", "v1", "leases");
+    // node-z creates the Lease between node-a's read (none) and its create, then dies.
+    let id = lease_id.clone();
+    api.race_next_write(
+        |l| l.method == "POST" && l.path.ends_with("/leases"),
+        move |store| {
+            let lease = json!({"metadata": {"name": "splitter-status-writer"},
+                               "spec": {"holderIdentity": "node-z", "leaseDurationSeconds": 1}});
+            Some(store.create(&id, NS, lease).unwrap().1)
+        },
+    );
+    let mut a = agent(&api, "node-a").await;
+    a.write_status();
+    eventually(WAIT, "node-a's status after taking over", || {
+        parent_controllers(&api).contains(&OURS.to_string())
+    })
+    .await;
+    // A few renewals.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = api.log();
+    let create = log
+        .iter()
+        .find(|l| l.method == "POST" && l.path.ends_with("/leases"))
+        .expect("a create");
+    assert_eq!(create.code, 409, "{create:#?}");
+    // Nothing written while node-z held it: node-a's writes follow its takeover.
+    assert_eq!(writes_by_holders(&log), ["node-a"]);
+    let lease = api.get(&lease_id, NS, "splitter-status-writer").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "node-a");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
 }
