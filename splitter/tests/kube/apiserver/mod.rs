@@ -619,3 +619,54 @@ pub fn agent_resources(except: &[&str]) -> Vec<ResourceType> {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_resources_as_the_real_server_does() {
+        let mut store = Store::default();
+        for r in agent_resources(&["tcproutes"]) {
+            store.serve(r);
+        }
+        let t =
+            |p: &str| Target::parse(p, &store).map(|t| (t.resource, t.namespace, t.name, t.part));
+        let svc = resource_id("", "v1", "services");
+        let ns = resource_id("", "v1", "namespaces");
+        assert_eq!(
+            t("/api/v1/services"),
+            Some((svc.clone(), None, None, Part::Object))
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/infra/services/a/status"),
+            Some((svc, Some("infra".into()), Some("a".into()), Part::Status))
+        );
+        // The Namespace kind itself: a list, an object, its status.
+        assert_eq!(
+            t("/api/v1/namespaces"),
+            Some((ns.clone(), None, None, Part::Object))
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/infra"),
+            Some((ns.clone(), None, Some("infra".into()), Part::Object))
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/infra/status"),
+            Some((ns, None, Some("infra".into()), Part::Status))
+        );
+        // Not served, or a cluster-scoped kind under a namespace: 404.
+        assert!(t("/apis/gateway.networking.k8s.io/v1/tcproutes").is_none());
+        assert!(t("/apis/gateway.networking.k8s.io/v1/namespaces/x/gatewayclasses").is_none());
+        assert_eq!(
+            parse_query("fieldSelector=type%3Dkubernetes.io%2Ftls&watch=true"),
+            [
+                (
+                    "fieldSelector".to_string(),
+                    "type=kubernetes.io/tls".to_string()
+                ),
+                ("watch".to_string(), "true".to_string())
+            ]
+        );
+    }
+}
