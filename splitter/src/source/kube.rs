@@ -1,7 +1,8 @@
 //! `--kube`: the cluster as a source. One watcher per kind of [`access::WATCHED`] feeds the same
 //! [`Update`]s the file source produces, so the index and the plan never know the difference.
 //!
-//! A watcher lists, then watches; after a 410 Gone (or any desync) kube's watcher lists again,
+//! A watcher lists (from the API server's watch cache, see [`watch_config`]), then watches with
+//! bookmarks; after a 410 Gone (or any desync) kube's watcher lists again,
 //! which arrives here as `Init .. InitApply* .. InitDone` and becomes one `Update::Reset` of that
 //! kind. Nothing is sent until every kind has finished its first list: a plan built from
 //! Gateways without their routes would program empty listeners and report `attachedRoutes: 0`.
