@@ -1,7 +1,8 @@
 //! `--kube`: the cluster as a source. One watcher per kind of [`access::WATCHED`] feeds the same
 //! [`Update`]s the file source produces, so the index and the plan never know the difference.
 //!
-//! A watcher lists, then watches; after a 410 Gone (or any desync) kube's watcher lists again,
+//! A watcher lists (from the API server's watch cache, see [`watch_config`]), then watches with
+//! bookmarks; after a 410 Gone (or any desync) kube's watcher lists again,
 //! which arrives here as `Init .. InitApply* .. InitDone` and becomes one `Update::Reset` of that
 //! kind. Nothing is sent until every kind has finished its first list: a plan built from
 //! Gateways without their routes would program empty listeners and report `attachedRoutes: 0`.
@@ -153,11 +154,7 @@ pub async fn run(
 ) {
     let streams = access::WATCHED.iter().map(|resource| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.api_resource());
-        let config = match resource.field_selector {
-            Some(fields) => watcher::Config::default().fields(fields),
-            None => watcher::Config::default(),
-        };
-        watcher(api, config)
+        watcher(api, watch_config(resource))
             .default_backoff()
             .map(move |event| (resource, event))
             .boxed()
@@ -181,6 +178,24 @@ pub async fn run(
         if !batch.is_empty() && updates.send(batch).await.is_err() {
             return;
         }
+    }
+}
+
+/// How every kind is listed and watched. Every node of the cluster runs these watchers, so a
+/// relist (start, 410 Gone) must be served from the API server's watch cache, not by a quorum
+/// read from etcd: `resourceVersion=0&resourceVersionMatch=NotOlderThan` (`ListSemantic::Any`).
+/// kube drops `resourceVersion=0` from a list that has a `limit` (the watch cache ignores the
+/// limit, so kube turns the request into a paginated etcd read instead), hence no page size:
+/// the list is one response from the cache, as client-go's reflectors get it. Bookmarks keep a
+/// quiet kind's resourceVersion current, so a reconnect after compaction resumes instead of
+/// answering 410 and forcing a relist.
+pub fn watch_config(resource: &Resource) -> watcher::Config {
+    let mut config = watcher::Config::default().any_semantic();
+    config.page_size = None;
+    config.bookmarks = true;
+    match resource.field_selector {
+        Some(fields) => config.fields(fields),
+        None => config,
     }
 }
 
@@ -260,6 +275,23 @@ mod tests {
             out.extend(state.event(r, watcher::Event::InitDone));
         }
         out
+    }
+
+    #[test]
+    fn lists_are_served_from_the_watch_cache_and_watches_ask_for_bookmarks() {
+        for r in &access::WATCHED {
+            let config = watch_config(r);
+            assert_eq!(
+                config.list_semantic,
+                watcher::ListSemantic::Any,
+                "{}",
+                r.kind
+            );
+            // With a page size kube would leave resourceVersion=0 out of the request.
+            assert_eq!(config.page_size, None, "{}", r.kind);
+            assert!(config.bookmarks, "{}", r.kind);
+            assert_eq!(config.field_selector.as_deref(), r.field_selector);
+        }
     }
 
     #[test]

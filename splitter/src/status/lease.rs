@@ -16,7 +16,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{GetParams, ObjectMeta, PostParams},
 };
 use thiserror::Error;
 use tokio::{sync::watch, time::Instant};
@@ -112,6 +112,7 @@ pub async fn run(api: Api<Lease>, config: LeaseConfig, leader: watch::Sender<boo
         api,
         config,
         seen: None,
+        holding: false,
     };
     loop {
         let holding = match elector.round().await {
@@ -121,6 +122,7 @@ pub async fn run(api: Api<Lease>, config: LeaseConfig, leader: watch::Sender<boo
                 false
             }
         };
+        elector.holding = holding;
         leader.send_if_modified(|l| {
             if *l != holding {
                 tracing::info!(leader = holding, "lease: status writer leadership changed");
@@ -142,21 +144,34 @@ struct Elector {
     config: LeaseConfig,
     /// The resourceVersion last read and when we first saw it.
     seen: Option<(String, Instant)>,
+    /// Whether the last round ended holding the Lease.
+    holding: bool,
 }
 
 impl Elector {
     /// One look at the Lease; returns whether we hold it afterwards.
     async fn round(&mut self) -> Result<bool, LeaseError> {
         let c = &self.config;
-        let current = self
-            .api
-            .get_opt(&c.name)
-            .await
-            .map_err(|source| LeaseError::Get {
-                namespace: c.namespace.clone(),
-                name: c.name.clone(),
-                source,
-            })?;
+        // Every node looks every `renew_every`: thousands of followers must not each cost a
+        // quorum read of etcd, so they read the API server's cache (`resourceVersion=0`). A
+        // stale copy is safe: it can only delay a takeover, or make one fail with 409 (the
+        // replace carries the version read). The holder reads the latest, or its renewal
+        // would lose to its own previous write.
+        let params = if self.holding {
+            GetParams::default()
+        } else {
+            GetParams::any()
+        };
+        let current = match self.api.get_with(&c.name, &params).await {
+            Ok(l) => Ok(Some(l)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(e),
+        };
+        let current = current.map_err(|source| LeaseError::Get {
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            source,
+        })?;
         let now = Instant::now();
         let rv = current
             .as_ref()

@@ -73,6 +73,11 @@ pub async fn run(
     // What we last applied (without timestamps), so that a write is not repeated while the
     // watch has not yet shown it back to us.
     let mut applied: HashMap<ObjectKey, Value> = HashMap::new();
+    // Objects whose write was refused with 409 (our copy was stale), with the resourceVersion
+    // we had: not written again until the watch shows a newer version. The watch is the
+    // re-read: it delivers the newer object anyway, and writing before it has would only be
+    // refused again.
+    let mut conflicted: HashMap<ObjectKey, Option<String>> = HashMap::new();
     // The Ready agents' node addresses; listed while leader, every AGENT_PODS_EVERY.
     let mut agent_addresses: Vec<IpAddr> = Vec::new();
     let mut pods_tick = tokio::time::interval(AGENT_PODS_EVERY);
@@ -117,6 +122,7 @@ pub async fn run(
         };
         if !is_leader {
             applied.clear();
+            conflicted.clear();
         } else if let (Some(plan), Ok(report)) = (plan, report) {
             let now = now();
             let ctx = StatusContext {
@@ -130,10 +136,25 @@ pub async fn run(
                 if applied.get(&p.key) == Some(&fingerprint) {
                     continue;
                 }
+                let version = seen.get(&p.key).and_then(|s| s.resource_version.clone());
+                if conflicted.get(&p.key) == Some(&version) {
+                    continue;
+                }
                 match apply(&client, &p).await {
                     Ok(()) => {
                         tracing::info!(object = %p.key, "status written");
+                        conflicted.remove(&p.key);
                         applied.insert(p.key, fingerprint);
+                    }
+                    Err(StatusError::Patch {
+                        source: kube::Error::Api(s),
+                        ..
+                    }) if s.code == 409 => {
+                        tracing::info!(
+                            object = %p.key,
+                            "status: our copy is stale (409); written again once the watch shows the new version"
+                        );
+                        conflicted.insert(p.key, version);
                     }
                     Err(e) => tracing::warn!("{e}"),
                 }
@@ -145,7 +166,10 @@ pub async fn run(
             r = leader.changed() => if r.is_err() { return },
             // A closed report channel keeps the last report.
             r = reports.changed(), if reports_open => reports_open = r.is_ok(),
-            _ = resync.tick() => applied.clear(),
+            _ = resync.tick() => {
+                applied.clear();
+                conflicted.clear();
+            }
             _ = pods_tick.tick() => list_pods = true,
         }
     }

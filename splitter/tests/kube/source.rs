@@ -214,26 +214,6 @@ async fn gone_410_relists_the_kind() {
 }
 
 #[tokio::test]
-async fn a_kind_the_server_does_not_serve_does_not_block_the_others() {
-    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
-    objects.push(route(
-        "split",
-        json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8080}]),
-        "5",
-    ));
-    // Gateway API before v1.6: no TCPRoute/UDPRoute v1.
-    let r = start(objects, |m| {
-        m.fail_lists("tcproutes", 404);
-        m.fail_lists("udproutes", 404);
-    });
-    eventually(WAIT, "the plan without L4 routes", || {
-        weights(&current(&r)) == [1, 1]
-    })
-    .await;
-    assert!(r.mock.list_calls("tcproutes") >= 1);
-}
-
-#[tokio::test]
 async fn tls_secrets_are_listed_by_type_and_resolve_an_https_listener() {
     let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
     let fixture = |f: &str| {

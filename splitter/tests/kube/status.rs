@@ -383,6 +383,11 @@ fn lease_config() -> LeaseConfig {
 const LEASE_URI: &str =
     "/apis/coordination.k8s.io/v1/namespaces/splitter-system/leases/splitter-status-writer";
 
+/// A read of the Lease: from the cache (`resourceVersion=0`) while not holding it, else the latest.
+fn is_lease_get(r: &Recorded) -> bool {
+    r.method == "GET" && (r.uri == LEASE_URI || r.uri == format!("{LEASE_URI}?&resourceVersion=0"))
+}
+
 fn is_status_patch(r: &Recorded) -> bool {
     r.method == "PATCH" && r.uri.contains("/status?")
 }
@@ -478,7 +483,7 @@ async fn the_leader_writes_each_status_once_with_server_side_apply() {
 async fn a_non_leader_writes_nothing() {
     let renewed = status::writer::now();
     let (client, mock) = MockApi::start(move |r| {
-        if r.method == "GET" && r.uri == LEASE_URI {
+        if is_lease_get(r) {
             (
                 200,
                 json!({
@@ -504,7 +509,8 @@ async fn a_non_leader_writes_nothing() {
     assert!(
         calls
             .iter()
-            .all(|c| c.method == "GET" && c.uri == LEASE_URI),
+            // A follower reads the API server's cache, never etcd.
+            .all(|c| c.method == "GET" && c.uri == format!("{LEASE_URI}?&resourceVersion=0")),
         "{calls:#?}"
     );
 }
@@ -512,7 +518,7 @@ async fn a_non_leader_writes_nothing() {
 #[tokio::test]
 async fn the_agent_creates_a_missing_lease_then_writes() {
     let (client, mock) = MockApi::start(|r| {
-        if r.method == "GET" && r.uri == LEASE_URI {
+        if is_lease_get(r) {
             not_found()
         } else if r.method == "POST"
             && r.uri == "/apis/coordination.k8s.io/v1/namespaces/splitter-system/leases?"
@@ -546,7 +552,7 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
     // node-b's record never changes: after its 1 s duration has passed on our clock, node-a
     // replaces it, guarded by the resourceVersion it read.
     let (client, mock) = MockApi::start(|r| {
-        if r.method == "GET" && r.uri == LEASE_URI {
+        if is_lease_get(r) {
             (
                 200,
                 json!({

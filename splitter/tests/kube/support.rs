@@ -1,7 +1,10 @@
 //! A scripted Kubernetes API for kube::Client (the controller-rs "ApiServerVerifier" pattern on
 //! tower-test): lists answer from fixtures, watches stay open and stream what a test pushes,
 //! every other call is recorded and answered by a test-supplied function. Every request is
-//! logged, so a test can assert the exact calls made, and that no others were.
+//! logged, so a test can assert the exact calls made, and that no others were. A resource the
+//! server does not serve (404) is the stateful mock's business (`apiserver`): this one had a
+//! `fail_lists` that its answers never consulted, so the test built on it passed with or
+//! without the agent's 404 handling.
 
 use std::{
     collections::HashMap,
@@ -39,8 +42,6 @@ struct Script {
     list_calls: HashMap<String, usize>,
     /// plural -> where a test's watch events go.
     watches: HashMap<String, mpsc::UnboundedSender<Value>>,
-    /// plural -> the status code every list of it answers with instead of a list.
-    failing: HashMap<String, u16>,
     /// plural -> watch streams waiting to be connected.
     pending: HashMap<String, Vec<mpsc::UnboundedReceiver<Value>>>,
 }
@@ -89,15 +90,6 @@ impl MockApi {
             .unwrap()
             .lists
             .insert(plural.into(), lists);
-    }
-
-    /// Every list of `plural` fails with `code` (404: the resource is not served).
-    pub fn fail_lists(&self, plural: &str, code: u16) {
-        self.script
-            .lock()
-            .unwrap()
-            .failing
-            .insert(plural.into(), code);
     }
 
     /// A sender of watch events for the next watch of `plural`.
