@@ -154,7 +154,7 @@ impl L7Binds {
 }
 
 /// L7 listeners by bind address, as the plan wants them.
-pub type L7Tables = BTreeMap<SocketAddr, L7RouteTable>;
+pub type L7Tables = BTreeMap<SocketAddr, Arc<L7RouteTable>>;
 
 /// A running L7 agent: admin endpoint up, listeners following [`Self::apply`].
 pub struct L7Agent<P> {

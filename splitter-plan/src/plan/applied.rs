@@ -124,7 +124,6 @@ mod tests {
         model::{Kind, ObjectKey, RouteGroupKind},
         plan::{
             DataplaneListener, ListenerPlan, ListenerSource, Transport,
-            l7::L7RouteTable,
             status::{ConditionStatus, ListenerStatus},
         },
     };
@@ -174,7 +173,7 @@ mod tests {
                 }],
                 reason: String::new(),
             },
-            l7: L7RouteTable::default(),
+            l7: Default::default(),
         }
     }
 

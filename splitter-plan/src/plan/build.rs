@@ -359,7 +359,10 @@ fn http_listener_plan(
             ),
             listener,
         },
-        _ => ListenerPlan::L7 { listener, l7 },
+        _ => ListenerPlan::L7 {
+            listener,
+            l7: std::sync::Arc::new(l7),
+        },
     };
     (plan, decision.condition)
 }

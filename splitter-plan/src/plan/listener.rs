@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -61,7 +62,7 @@ impl Plan {
     /// The listeners the hyper proxy serves, with their route tables.
     pub fn l7_listeners(&self) -> impl Iterator<Item = (&DataplaneListener, &L7RouteTable)> {
         self.listeners.iter().filter_map(|l| match l {
-            ListenerPlan::L7 { listener, l7 } => Some((listener, l7)),
+            ListenerPlan::L7 { listener, l7 } => Some((listener, &**l7)),
             ListenerPlan::L4 { .. } => None,
         })
     }
@@ -75,11 +76,16 @@ impl Plan {
     }
 
     /// Every L7 listener's route table by bind address: what `agent::run_l7` serves.
-    pub fn l7_tables(&self) -> BTreeMap<SocketAddr, L7RouteTable> {
+    ///
+    /// The plan's own tables, shared by each listener's bind addresses (`0.0.0.0` and `[::]`)
+    /// and by the proxy: at thousands of routes every copy of a table is tens of megabytes.
+    pub fn l7_tables(&self) -> BTreeMap<SocketAddr, Arc<L7RouteTable>> {
         let mut out = BTreeMap::new();
-        for (l, table) in self.l7_listeners() {
-            for addr in l.bind() {
-                out.insert(addr, table.clone());
+        for l in &self.listeners {
+            if let ListenerPlan::L7 { listener, l7 } = l {
+                for addr in listener.bind() {
+                    out.insert(addr, l7.clone());
+                }
             }
         }
         out
@@ -203,7 +209,8 @@ pub enum ListenerPlan {
     L7 {
         #[serde(flatten)]
         listener: DataplaneListener,
-        l7: L7RouteTable,
+        /// Shared with the proxy's listeners (`l7_tables`): one copy for all of them.
+        l7: Arc<L7RouteTable>,
     },
 }
 

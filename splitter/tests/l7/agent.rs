@@ -16,7 +16,10 @@ struct TestPlan {
 }
 
 fn tables(p: &TestPlan) -> L7Tables {
-    p.listeners.iter().cloned().collect::<BTreeMap<_, _>>()
+    p.listeners
+        .iter()
+        .map(|(a, t)| (*a, Arc::new(t.clone())))
+        .collect::<BTreeMap<_, _>>()
 }
 
 async fn free_port() -> SocketAddr {

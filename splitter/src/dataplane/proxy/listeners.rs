@@ -1,20 +1,24 @@
 //! The L7 actuator: keeps the set of running listeners equal to the plan's, changing only what
 //! changed (DESIGN section 2: actuators diff the new plan against what they applied).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use tokio::task::JoinSet;
 
 use super::{
     error::ProxyError,
     server::{Proxy, ProxyListener},
-    table::TableIssue,
+    table::{ServingTable, TableIssue},
 };
 use splitter_plan::plan::l7::L7RouteTable;
 
 struct Running {
     listener: ProxyListener,
-    applied: L7RouteTable,
+    applied: Arc<L7RouteTable>,
 }
 
 /// What one [`L7Listeners::apply`] did.
@@ -61,7 +65,13 @@ impl L7Listeners {
     /// Makes the running listeners match `desired`: binds new addresses, swaps tables that
     /// changed (balancer state of unchanged rules carries over), and drains addresses that are
     /// gone. An address that fails to bind is reported and does not stop the others.
-    pub async fn apply(&mut self, desired: &BTreeMap<SocketAddr, L7RouteTable>) -> ApplyReport {
+    ///
+    /// Addresses given the same table (one `Arc`: the bind addresses of one Gateway listener)
+    /// serve one compiled table: one copy of the routes and one balancer between them.
+    pub async fn apply(
+        &mut self,
+        desired: &BTreeMap<SocketAddr, Arc<L7RouteTable>>,
+    ) -> ApplyReport {
         let mut report = ApplyReport::default();
         // Reap drains that finished, so the set does not grow without bound.
         while self.draining.try_join_next().is_some() {}
@@ -82,18 +92,28 @@ impl L7Listeners {
             }
         }
 
+        // Compiled tables of this apply, by the plan table they came from.
+        let mut compiled: HashMap<usize, Arc<ServingTable>> = HashMap::new();
         for (addr, table) in desired {
+            let key = Arc::as_ptr(table).addr();
+            let shared = compiled.get(&key).cloned();
             match self.running.get_mut(addr) {
-                Some(r) if r.applied == *table => {}
+                Some(r) if Arc::ptr_eq(&r.applied, table) || *r.applied == **table => {
+                    // Unchanged: the next address of the same table shares this one's.
+                    compiled.entry(key).or_insert_with(|| r.listener.serving());
+                    r.applied = table.clone();
+                }
                 Some(r) => {
-                    let issues = r.listener.install(table);
+                    let issues = r.listener.install_compiled(table, shared);
+                    compiled.entry(key).or_insert_with(|| r.listener.serving());
                     r.applied = table.clone();
                     report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
                     report.updated.push(*addr);
                 }
-                None => match self.proxy.listen(*addr, table).await {
+                None => match self.proxy.listen_compiled(*addr, table, shared).await {
                     Ok((listener, issues)) => {
                         report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
+                        compiled.entry(key).or_insert_with(|| listener.serving());
                         self.running.insert(
                             *addr,
                             Running {

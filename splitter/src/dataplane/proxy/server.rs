@@ -181,19 +181,37 @@ impl Proxy {
         addr: SocketAddr,
         table: &L7RouteTable,
     ) -> Result<(ProxyListener, Vec<TableIssue>), ProxyError> {
+        self.listen_compiled(addr, table, None).await
+    }
+
+    /// [`listen`](Self::listen), serving `compiled` when given: `table` as another listener
+    /// already compiled it, shared (one copy of the routes, and one balancer, for the bind
+    /// addresses of one Gateway listener).
+    pub(crate) async fn listen_compiled(
+        &self,
+        addr: SocketAddr,
+        table: &L7RouteTable,
+        compiled: Option<Arc<ServingTable>>,
+    ) -> Result<(ProxyListener, Vec<TableIssue>), ProxyError> {
         let workers = self.workers()?;
         let listener = bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ProxyError::Bind { addr, source })?;
-        let (compiled, issues) = ServingTable::compile(table, &ServingTable::default());
+        let (compiled, issues) = match compiled {
+            Some(c) => (c, Vec::new()),
+            None => {
+                let (c, issues) = ServingTable::compile(table, &ServingTable::default());
+                (Arc::new(c), issues)
+            }
+        };
         let listener_label = local_addr.to_string();
         let tls = table
             .tls
             .as_ref()
             .map(|plan| tls::server_config(&listener_label, plan));
         let shared = Arc::new(ListenerShared {
-            table: ArcSwap::from_pointee(compiled),
+            table: ArcSwap::new(compiled),
             access_log: self.config.access_log.clone(),
             tls: ArcSwapOption::new(tls),
             upstream: self.upstream.clone(),
@@ -280,6 +298,21 @@ impl ProxyListener {
     /// request sees the new one. Balancer state of unchanged rules carries over. A changed TLS
     /// plan (a rotated certificate) applies to the next handshake; open connections keep theirs.
     pub fn install(&self, table: &L7RouteTable) -> Vec<TableIssue> {
+        self.install_compiled(table, None)
+    }
+
+    /// The table being served.
+    pub(crate) fn serving(&self) -> Arc<ServingTable> {
+        self.shared.table.load_full()
+    }
+
+    /// [`install`](Self::install), installing `compiled` when given (`table` as another
+    /// listener compiled it: shared).
+    pub(crate) fn install_compiled(
+        &self,
+        table: &L7RouteTable,
+        compiled: Option<Arc<ServingTable>>,
+    ) -> Vec<TableIssue> {
         // Serialised so two installs cannot both compile against the same previous table and
         // lose one's carried-over state.
         let mut applied_tls = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,9 +325,15 @@ impl ProxyListener {
             );
             applied_tls.clone_from(&table.tls);
         }
-        let previous = self.shared.table.load();
-        let (compiled, issues) = ServingTable::compile(table, &previous);
-        self.shared.table.store(Arc::new(compiled));
+        let (compiled, issues) = match compiled {
+            Some(c) => (c, Vec::new()),
+            None => {
+                let previous = self.shared.table.load();
+                let (c, issues) = ServingTable::compile(table, &previous);
+                (Arc::new(c), issues)
+            }
+        };
+        self.shared.table.store(compiled);
         self.shared
             .metrics
             .table_installs
