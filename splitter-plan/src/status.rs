@@ -141,8 +141,10 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
     }
     // Routes that no longer reach any of our Gateways: take our entries out.
     for (key, seen) in observed {
-        if !matches!(key.kind, Kind::HttpRoute | Kind::TcpRoute | Kind::UdpRoute)
-            || planned.contains(key)
+        if !matches!(
+            key.kind,
+            Kind::HttpRoute | Kind::TcpRoute | Kind::UdpRoute | Kind::TlsRoute
+        ) || planned.contains(key)
         {
             continue;
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::{
     EndpointSlice, Gateway, GatewayClass, HttpRoute, Kind, L4Route, Namespace, Object, ObjectKey,
-    ReferenceGrant, Secret, Service,
+    ReferenceGrant, Secret, Service, TlsRoute,
 };
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped kinds.
@@ -30,6 +30,7 @@ pub struct Index {
     pub http_routes: BTreeMap<NsName, HttpRoute>,
     pub tcp_routes: BTreeMap<NsName, L4Route>,
     pub udp_routes: BTreeMap<NsName, L4Route>,
+    pub tls_routes: BTreeMap<NsName, TlsRoute>,
     pub services: BTreeMap<NsName, Service>,
     pub endpoint_slices: BTreeMap<NsName, EndpointSlice>,
     pub reference_grants: BTreeMap<NsName, ReferenceGrant>,
@@ -81,6 +82,9 @@ impl Index {
             Object::UdpRoute(o) => {
                 self.udp_routes.insert(nn, o);
             }
+            Object::TlsRoute(o) => {
+                self.tls_routes.insert(nn, o);
+            }
             Object::Service(o) => {
                 self.services.insert(nn, o);
             }
@@ -108,6 +112,7 @@ impl Index {
             Kind::HttpRoute => self.http_routes.remove(&nn).is_some(),
             Kind::TcpRoute => self.tcp_routes.remove(&nn).is_some(),
             Kind::UdpRoute => self.udp_routes.remove(&nn).is_some(),
+            Kind::TlsRoute => self.tls_routes.remove(&nn).is_some(),
             Kind::Service => self.services.remove(&nn).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(&nn).is_some(),
             Kind::ReferenceGrant => self.reference_grants.remove(&nn).is_some(),
@@ -124,6 +129,7 @@ impl Index {
             Kind::HttpRoute => self.http_routes.clear(),
             Kind::TcpRoute => self.tcp_routes.clear(),
             Kind::UdpRoute => self.udp_routes.clear(),
+            Kind::TlsRoute => self.tls_routes.clear(),
             Kind::Service => self.services.clear(),
             Kind::EndpointSlice => self.endpoint_slices.clear(),
             Kind::ReferenceGrant => self.reference_grants.clear(),
@@ -143,6 +149,7 @@ impl Index {
             (Kind::HttpRoute, self.http_routes.len()),
             (Kind::TcpRoute, self.tcp_routes.len()),
             (Kind::UdpRoute, self.udp_routes.len()),
+            (Kind::TlsRoute, self.tls_routes.len()),
             (Kind::Service, self.services.len()),
             (Kind::EndpointSlice, self.endpoint_slices.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),

@@ -26,7 +26,7 @@ pub use gateway::{
     Namespace, ReferenceGrant, RouteGroupKind, SelectorRequirement, TlsMode,
 };
 pub use index::Index;
-pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef};
+pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef, TlsRoute};
 pub use secret::{Secret, TLS_SECRET_TYPE};
 pub use service::{EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort};
 
@@ -47,6 +47,7 @@ pub enum Kind {
     HttpRoute,
     TcpRoute,
     UdpRoute,
+    TlsRoute,
     Service,
     EndpointSlice,
     ReferenceGrant,
@@ -55,12 +56,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::TcpRoute,
         Kind::UdpRoute,
+        Kind::TlsRoute,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::ReferenceGrant,
@@ -76,6 +78,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::TcpRoute => "TCPRoute",
             Kind::UdpRoute => "UDPRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ReferenceGrant => "ReferenceGrant",
@@ -154,6 +157,7 @@ pub enum Object {
     HttpRoute(HttpRoute),
     TcpRoute(L4Route),
     UdpRoute(L4Route),
+    TlsRoute(TlsRoute),
     Service(Service),
     EndpointSlice(EndpointSlice),
     ReferenceGrant(ReferenceGrant),
@@ -169,6 +173,7 @@ impl Object {
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::TlsRoute(_) => Kind::TlsRoute,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
@@ -183,6 +188,7 @@ impl Object {
             Object::Gateway(o) => &o.meta,
             Object::HttpRoute(o) => &o.meta,
             Object::TcpRoute(o) | Object::UdpRoute(o) => &o.meta,
+            Object::TlsRoute(o) => &o.meta,
             Object::Service(o) => &o.meta,
             Object::EndpointSlice(o) => &o.meta,
             Object::ReferenceGrant(o) => &o.meta,
