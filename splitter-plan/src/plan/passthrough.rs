@@ -31,13 +31,20 @@ pub struct SniRoute {
 
 impl PassthroughTable {
     /// The route a ClientHello's server name goes to: the first, most specific, match.
-    /// A ClientHello without a server name only matches a route that takes any name.
     pub fn route_for(&self, sni: Option<&str>) -> Option<&SniRoute> {
-        self.routes.iter().find(|r| match (&r.hostname, sni) {
+        self.routes.iter().find(|r| r.takes(sni))
+    }
+}
+
+impl SniRoute {
+    /// Whether this entry takes a ClientHello with server name `sni`. A ClientHello without
+    /// a server name only matches an entry that takes any name.
+    pub fn takes(&self, sni: Option<&str>) -> bool {
+        match (&self.hostname, sni) {
             (None, _) => true,
             (Some(pattern), Some(name)) => hostname::matches(pattern, name),
             (Some(_), None) => false,
-        })
+        }
     }
 }
 

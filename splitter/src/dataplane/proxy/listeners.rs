@@ -7,13 +7,48 @@ use tokio::task::JoinSet;
 
 use super::{
     error::ProxyError,
+    passthrough::PassthroughListener,
     server::{Proxy, ProxyListener},
     table::TableIssue,
 };
 use splitter_plan::plan::l7::L7RouteTable;
 
+/// What serves one address: HTTP (and HTTPS), or TLS passthrough by SNI.
+enum Served {
+    Http(ProxyListener),
+    Passthrough(PassthroughListener),
+}
+
+impl Served {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Http(l) => l.local_addr(),
+            Self::Passthrough(l) => l.local_addr(),
+        }
+    }
+
+    async fn stop_accepting(&mut self) {
+        match self {
+            Self::Http(l) => l.stop_accepting().await,
+            Self::Passthrough(l) => l.stop_accepting().await,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Self::Http(l) => l.shutdown().await,
+            Self::Passthrough(l) => l.shutdown().await,
+        }
+    }
+
+    /// Whether this serves what `table` asks for (else it is replaced).
+    fn serves_kind_of(&self, table: &L7RouteTable) -> bool {
+        matches!(self, Self::Passthrough(_)) == table.passthrough.is_some()
+    }
+}
+
 struct Running {
-    listener: ProxyListener,
+    listener: Served,
     applied: L7RouteTable,
 }
 
@@ -66,11 +101,13 @@ impl L7Listeners {
         // Reap drains that finished, so the set does not grow without bound.
         while self.draining.try_join_next().is_some() {}
 
+        // Gone, or now served the other way (HTTP <-> passthrough): closed first, so that the
+        // address can be bound again below.
         let gone: Vec<SocketAddr> = self
             .running
-            .keys()
-            .filter(|a| !desired.contains_key(a))
-            .copied()
+            .iter()
+            .filter(|(a, r)| desired.get(a).is_none_or(|t| !r.listener.serves_kind_of(t)))
+            .map(|(a, _)| *a)
             .collect();
         for addr in gone {
             if let Some(mut r) = self.running.remove(&addr) {
@@ -78,7 +115,9 @@ impl L7Listeners {
                 // and can be bound again); in-flight requests finish in the background.
                 r.listener.stop_accepting().await;
                 self.draining.spawn(r.listener.shutdown());
-                report.stopped.push(addr);
+                if !desired.contains_key(&addr) {
+                    report.stopped.push(addr);
+                }
             }
         }
 
@@ -86,12 +125,19 @@ impl L7Listeners {
             match self.running.get_mut(addr) {
                 Some(r) if r.applied == *table => {}
                 Some(r) => {
-                    let issues = r.listener.install(table);
+                    match (&r.listener, &table.passthrough) {
+                        (Served::Http(l), _) => {
+                            let issues = l.install(table);
+                            report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
+                        }
+                        (Served::Passthrough(l), Some(sni)) => l.install(sni),
+                        // Replaced above.
+                        (Served::Passthrough(_), None) => {}
+                    }
                     r.applied = table.clone();
-                    report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
                     report.updated.push(*addr);
                 }
-                None => match self.proxy.listen(*addr, table).await {
+                None => match self.start(*addr, table).await {
                     Ok((listener, issues)) => {
                         report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
                         self.running.insert(
@@ -109,6 +155,23 @@ impl L7Listeners {
             }
         }
         report
+    }
+
+    async fn start(
+        &self,
+        addr: SocketAddr,
+        table: &L7RouteTable,
+    ) -> Result<(Served, Vec<TableIssue>), ProxyError> {
+        match &table.passthrough {
+            Some(sni) => Ok((
+                Served::Passthrough(self.proxy.listen_passthrough(addr, sni).await?),
+                Vec::new(),
+            )),
+            None => {
+                let (l, issues) = self.proxy.listen(addr, table).await?;
+                Ok((Served::Http(l), issues))
+            }
+        }
     }
 
     /// The address actually bound for a requested one (they differ when the port was 0).

@@ -42,6 +42,18 @@ pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
 
+/// One TLS passthrough connection: where it went and how it ended (`spliced`,
+/// `no_client_hello`, `no_route`, `refused`, `connect_failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabels {
+    pub listener: Arc<str>,
+    /// `namespace/name` of the TLSRoute, empty when none took the connection.
+    pub route: Arc<str>,
+    /// The backendRef's `namespace/name:port`, empty when none was chosen.
+    pub backend: Arc<str>,
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. about 16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -55,6 +67,7 @@ pub struct ProxyMetrics {
     pub(crate) open_connections: Family<ListenerLabels, Gauge>,
     pub(crate) rejected_connections: Family<ListenerLabels, Counter>,
     pub(crate) table_installs: Family<ListenerLabels, Counter>,
+    pub(crate) passthrough: Family<PassthroughLabels, Counter>,
     /// Tells apart the families of different `ProxyMetrics` in the per-thread handle cache
     /// (clones share it, as they share the families).
     id: usize,
@@ -118,6 +131,7 @@ impl Default for ProxyMetrics {
             open_connections: Family::default(),
             rejected_connections: Family::default(),
             table_installs: Family::default(),
+            passthrough: Family::default(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -151,6 +165,11 @@ impl ProxyMetrics {
             "table_installs",
             "Route tables installed on a listener",
             self.table_installs.clone(),
+        );
+        sub.register(
+            "passthrough_connections",
+            "TLS passthrough connections, by listener, TLSRoute, backendRef and outcome",
+            self.passthrough.clone(),
         );
     }
 
@@ -188,6 +207,11 @@ impl ProxyMetrics {
             .histogram
             .observe(seconds);
         });
+    }
+
+    /// Count of passthrough connections with these labels (for tests).
+    pub fn passthrough_with(&self, labels: &PassthroughLabels) -> u64 {
+        self.passthrough.get_or_create(labels).get()
     }
 
     /// Count of requests with these labels (for tests and the admin page).
