@@ -5,3 +5,4 @@ mod maglev;
 mod plan;
 mod support;
 mod tls;
+mod tlsroute;

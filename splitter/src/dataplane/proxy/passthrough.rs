@@ -235,7 +235,12 @@ impl Outcome {
     }
 }
 
-async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _guard: ConnectionGuard) {
+async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _guard: ConnectionGuard,
+) {
     let _ = client.set_nodelay(true);
     let count = |outcome: Outcome, route: &Arc<str>, backend: &Arc<str>| {
         shared
@@ -262,7 +267,9 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _gu
     let table = shared.table.load_full();
     let Some(route) = table.route_for(hello.server_name.as_deref()) else {
         tracing::debug!(%peer, server_name = ?hello.server_name, "passthrough: no route takes the name");
-        let _ = client.write_all(&client_hello::UNRECOGNIZED_NAME_ALERT).await;
+        let _ = client
+            .write_all(&client_hello::UNRECOGNIZED_NAME_ALERT)
+            .await;
         count(Outcome::NoRoute, &none, &none);
         return;
     };
@@ -276,19 +283,20 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _gu
             return;
         }
     };
-    let upstream = match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(endpoint)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, %endpoint, error = %e, "passthrough: connect failed");
-            count(Outcome::ConnectFailed, &route.label, &backend);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, %endpoint, "passthrough: connect timed out");
-            count(Outcome::ConnectFailed, &route.label, &backend);
-            return;
-        }
-    };
+    let upstream =
+        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(endpoint)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, %endpoint, error = %e, "passthrough: connect failed");
+                count(Outcome::ConnectFailed, &route.label, &backend);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, %endpoint, "passthrough: connect timed out");
+                count(Outcome::ConnectFailed, &route.label, &backend);
+                return;
+            }
+        };
     let _ = upstream.set_nodelay(true);
     count(Outcome::Spliced, &route.label, &backend);
     let route = route.label.clone();

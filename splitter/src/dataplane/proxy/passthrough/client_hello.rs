@@ -67,10 +67,7 @@ async fn read_until_complete<S: AsyncRead + Unpin>(
         }
         bytes.extend_from_slice(&chunk[..n]);
         if let Some(server_name) = feed(&mut acceptor, &chunk[..n])? {
-            return Ok(ClientHello {
-                bytes,
-                server_name,
-            });
+            return Ok(ClientHello { bytes, server_name });
         }
     }
 }

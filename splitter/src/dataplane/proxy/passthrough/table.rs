@@ -104,7 +104,11 @@ impl ServingSniTable {
                 states.push((r, state.clone()));
                 Arc::new(ServingSniRoute {
                     label: Arc::from(format!("{}/{}", r.route.namespace, r.route.name)),
-                    names: r.backends.iter().map(|b| Arc::from(b.name.as_str())).collect(),
+                    names: r
+                        .backends
+                        .iter()
+                        .map(|b| Arc::from(b.name.as_str()))
+                        .collect(),
                     plan: r.clone(),
                     state,
                 })
@@ -124,8 +128,7 @@ impl ServingSniTable {
 /// weighted sequence).
 fn same_backends(a: &SniRoute, b: &SniRoute) -> bool {
     a.backends.len() == b.backends.len()
-        && a
-            .backends
+        && a.backends
             .iter()
             .zip(&b.backends)
             .all(|(x, y)| x.name == y.name && x.weight == y.weight)
