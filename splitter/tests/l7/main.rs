@@ -11,6 +11,7 @@ mod hostile;
 mod hygiene;
 mod journey;
 mod listeners;
+mod passthrough;
 mod reload;
 mod routing;
 mod split;
