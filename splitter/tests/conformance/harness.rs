@@ -391,8 +391,25 @@ fn plan_of(docs: &[Value]) -> (Plan, Vec<String>) {
     (plan, refused)
 }
 
-/// A Deployment's namespace, pod labels and pods (name, address).
-type Deployment = (String, Value, Vec<(String, SocketAddr)>);
+/// A Deployment's namespace, pod labels and pods (name, address, and the address of its TLS
+/// port 8443 when it has one apart: upstream's `tcp-backend`).
+type Deployment = (String, Value, Vec<(String, SocketAddr, Option<SocketAddr>)>);
+
+/// What a Deployment's echo-basic container serves, from its environment: plain HTTP,
+/// HTTPS (`TLS_SERVER_CERT`), or the TCP server with a TLS port (`TCP_ECHO_SERVER`).
+fn pod_env(d: &Value) -> (bool, bool) {
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["env"].as_array().into_iter().flatten())
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    (
+        names.contains(&"TLS_SERVER_CERT"),
+        names.contains(&"TCP_ECHO_SERVER"),
+    )
+}
 
 /// The translation (module docs).
 async fn translate(
@@ -417,6 +434,9 @@ async fn translate(
     for (ns, name) in [
         (WEB, "certificate"),
         (INFRA, "tls-validity-checks-certificate"),
+        (INFRA, "tls-checks-certificate"),
+        (INFRA, "tls-passthrough-checks-certificate"),
+        (INFRA, "tls-terminate-checks-certificate"),
     ] {
         out.push(json!({
             "apiVersion": "v1",
@@ -458,13 +478,31 @@ async fn translate(
                     continue;
                 }
                 let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1);
+                let (tls, tcp) = pod_env(&d);
                 let mut mine = Vec::new();
                 for i in 0..replicas {
                     // Like a ReplicaSet's pods: name-<hash>-<suffix> (the weight test strips the
                     // last two parts to find the backend).
                     let pod = format!("{name}-6d4b8f9c7-p{i}x");
-                    let p = EchoPod::start(&ns, &pod).await;
-                    mine.push((pod, p.addr));
+                    // The stand-in for every certificate upstream generates (fixture `a`).
+                    let config = || {
+                        splitter::echo_tls::server_config(
+                            fixture("a.crt").as_bytes(),
+                            fixture("a.key").as_bytes(),
+                        )
+                        .expect("fixture certificate")
+                    };
+                    let (p, tls_port) = match (tls, tcp) {
+                        (true, true) => {
+                            let t = EchoPod::start_tcp_tls(&ns, &pod, config()).await;
+                            let addr = t.addr;
+                            pods.push(t);
+                            (EchoPod::start(&ns, &pod).await, Some(addr))
+                        }
+                        (true, false) => (EchoPod::start_https(&ns, &pod, config()).await, None),
+                        _ => (EchoPod::start(&ns, &pod).await, None),
+                    };
+                    mine.push((pod, p.addr, tls_port));
                     pods.push(p);
                 }
                 deployments.push((
@@ -487,7 +525,7 @@ async fn translate(
         }
     }
     for d in &mut out {
-        if d["kind"] != "HTTPRoute" {
+        if d["kind"] != "HTTPRoute" && d["kind"] != "TLSRoute" {
             continue;
         }
         let route_ns = meta(d).0;
@@ -509,7 +547,7 @@ async fn translate(
         .map(|(_, _, pods)| pods.clone())
         .unwrap_or_default();
     for d in manual {
-        for (pod, addr) in &v1 {
+        for (pod, addr, _) in &v1 {
             let mut slice = d.clone();
             slice["metadata"]["name"] = json!(format!("{}-{pod}", meta(&d).1));
             for p in slice["ports"].as_array_mut().into_iter().flatten() {
@@ -532,15 +570,20 @@ async fn translate(
             if !selected {
                 continue;
             }
-            for (pod, addr) in dpods {
+            for (pod, addr, tls) in dpods {
                 let slice_ports: Vec<Value> = s["spec"]["ports"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .map(|p| {
+                        // tcp-backend's TLS port is a server of its own.
+                        let port = match tls {
+                            Some(t) if p["targetPort"].as_u64() == Some(8443) => t.port(),
+                            _ => addr.port(),
+                        };
                         json!({
                             "name": p["name"].as_str().unwrap_or(""),
-                            "port": addr.port(),
+                            "port": port,
                             "protocol": p["protocol"].as_str().unwrap_or("TCP"),
                         })
                     })
@@ -612,7 +655,7 @@ pub async fn tls_round_trip(
 }
 
 #[derive(Debug)]
-struct AnyCertificate;
+pub struct AnyCertificate;
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -12,3 +12,5 @@ mod extended;
 mod gateway;
 mod harness;
 mod httproute;
+mod tcp;
+mod tlsroute;
