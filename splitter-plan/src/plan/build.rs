@@ -283,16 +283,7 @@ fn http_listener_plan(
         // specific listener its host matches, so each listener's routes leave alone the hosts
         // of the listeners on the port whose hostnames lie within its own (all of them for a
         // listener without hostname).
-        let own = l.listener.hostname.as_deref();
-        let mut shadowed_by: Vec<String> = group
-            .members
-            .iter()
-            .filter_map(|&j| listeners[j].listener.hostname.as_deref())
-            .filter(|h| own.is_none_or(|o| !o.eq_ignore_ascii_case(h) && hostname::covers(o, h)))
-            .map(str::to_ascii_lowercase)
-            .collect();
-        shadowed_by.sort();
-        shadowed_by.dedup();
+        let shadowed_by = shadowed_by(listeners, group.members, i);
         for a in &l.http {
             if let (Some(route), Some(rules)) = (
                 index.http_routes.get(&a.route),
@@ -351,6 +342,21 @@ fn http_listener_plan(
         _ => ListenerPlan::L7 { listener, l7 },
     };
     (plan, decision.condition)
+}
+
+/// The hostnames of the listeners on the port (`members`) that lie within listener `i`'s own
+/// (all of them for a listener without hostname): their names are theirs alone.
+fn shadowed_by(listeners: &[GatewayListener<'_>], members: &[usize], i: usize) -> Vec<String> {
+    let own = listeners[i].listener.hostname.as_deref();
+    let mut out: Vec<String> = members
+        .iter()
+        .filter_map(|&j| listeners[j].listener.hostname.as_deref())
+        .filter(|h| own.is_none_or(|o| !o.eq_ignore_ascii_case(h) && hostname::covers(o, h)))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A TCP or UDP listener: always the kernel; the oldest attached route gets the traffic.
@@ -420,8 +426,15 @@ fn tls_listener_plan(
     attached: &AttachedRoutes,
     group: ListenerGroup<'_>,
 ) -> (ListenerPlan, Condition) {
+    // Listener isolation, as for HTTP: a name of a more specific listener on the port is
+    // that listener's alone.
+    let shadows: Vec<Vec<String>> = group
+        .members
+        .iter()
+        .map(|&i| shadowed_by(listeners, group.members, i))
+        .collect();
     let mut attachments = Vec::new();
-    for &i in group.members {
+    for (&i, shadowed_by) in group.members.iter().zip(&shadows) {
         for a in &listeners[i].tls {
             if let (Some(route), Some(backends)) = (
                 index.tls_routes.get(&a.route),
@@ -432,6 +445,7 @@ fn tls_listener_plan(
                     created: route.meta.created,
                     hostnames: &a.hostnames,
                     backends,
+                    shadowed_by,
                 });
             }
         }
@@ -464,7 +478,7 @@ fn tls_listener_plan(
                 condition(true, reason::L7, "forced by annotation"),
             )
         }
-        (_, [only], _) if only.hostname.is_none() => {
+        (_, [only], _) if only.hostname.is_none() && only.shadowed_by.is_empty() => {
             let why = format!(
                 "one TLSRoute ({}) takes every server name: connections are split in the kernel without reading the ClientHello",
                 only.route

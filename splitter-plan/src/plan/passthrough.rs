@@ -27,6 +27,11 @@ pub struct SniRoute {
     pub hostname: Option<String>,
     /// The rule's weighted backendRefs, in spec order.
     pub backends: Vec<PlannedBackend>,
+    /// Listener isolation: the hostnames of the more specific TLS listeners on the port. A
+    /// name one of them matches belongs to that listener's routes only, so this entry does not
+    /// take it even when none of those routes does (the connection is closed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadowed_by: Vec<String>,
 }
 
 impl PassthroughTable {
@@ -40,11 +45,17 @@ impl SniRoute {
     /// Whether this entry takes a ClientHello with server name `sni`. A ClientHello without
     /// a server name only matches an entry that takes any name.
     pub fn takes(&self, sni: Option<&str>) -> bool {
-        match (&self.hostname, sni) {
+        let named = match (&self.hostname, sni) {
             (None, _) => true,
             (Some(pattern), Some(name)) => hostname::matches(pattern, name),
             (Some(_), None) => false,
-        }
+        };
+        named
+            && !sni.is_some_and(|name| {
+                self.shadowed_by
+                    .iter()
+                    .any(|listener| hostname::matches(listener, name))
+            })
     }
 }
 
@@ -55,6 +66,8 @@ pub(crate) struct SniAttachment<'a> {
     /// The effective names (listener and route hostnames intersected); empty = any name.
     pub hostnames: &'a [String],
     pub backends: &'a [PlannedBackend],
+    /// The hostnames of the more specific listeners on the port (listener isolation).
+    pub shadowed_by: &'a [String],
 }
 
 /// The table of a listener from its attached routes, in precedence order. An effective name
@@ -79,6 +92,7 @@ pub(crate) fn table(attachments: &[SniAttachment<'_>]) -> PassthroughTable {
                     route: a.route.clone(),
                     hostname: name.cloned(),
                     backends: a.backends.to_vec(),
+                    shadowed_by: a.shadowed_by.to_vec(),
                 },
             ));
         }
@@ -100,6 +114,7 @@ mod tests {
             created: Some(created),
             hostnames,
             backends: &[],
+            shadowed_by: &[],
         }
     }
 
@@ -134,6 +149,17 @@ mod tests {
         assert_eq!(names(&t, None), None);
         // Names compare case-insensitively, as DNS names do.
         assert_eq!(names(&t, Some("A.EXAMPLE.com")).as_deref(), Some("wild"));
+    }
+
+    #[test]
+    fn a_name_of_a_more_specific_listener_is_not_taken_by_another_listeners_route() {
+        let wild = vec!["*.example.com".to_string()];
+        let shadow = vec!["abc.example.com".to_string()];
+        let mut a = attach("wild", 1, &wild);
+        a.shadowed_by = &shadow;
+        let t = table(&[a]);
+        assert_eq!(names(&t, Some("abc.example.com")), None);
+        assert_eq!(names(&t, Some("x.example.com")).as_deref(), Some("wild"));
     }
 
     #[test]

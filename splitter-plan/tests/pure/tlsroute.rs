@@ -266,3 +266,42 @@ fn invalid_tlsroutes_are_refused_with_the_field_and_the_reason() {
     );
     assert!(parse(serde_saphyr::from_str(&ok).unwrap()).is_ok());
 }
+
+#[test]
+fn listener_isolation_a_specific_listeners_name_is_its_own() {
+    let yaml = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: iso, namespace: infra}
+spec:
+  gatewayClassName: splitter
+  listeners:
+  - {name: specific, protocol: TLS, port: 6443, hostname: abc.example.com, tls: {mode: Passthrough}}
+  - {name: any, protocol: TLS, port: 6443, tls: {mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: all, namespace: infra}
+spec:
+  parentRefs: [{name: iso, sectionName: any}]
+  rules:
+  - backendRefs: [{name: a, port: 8080}]
+"#;
+    let plan = plan_of(&[&fixture("base.yaml"), yaml]);
+    let l = listener(&plan, 6443);
+    // Not a catch-all: the other listener's name must not reach this route.
+    assert_eq!(l.mode(), Mode::L7, "{}", l.reason());
+    let table = l.l7().unwrap().passthrough.as_ref().unwrap();
+    assert_eq!(
+        table
+            .route_for(Some("abc.example.com"))
+            .map(|r| r.route.name.as_str()),
+        None
+    );
+    assert_eq!(
+        table
+            .route_for(Some("x.example.com"))
+            .map(|r| r.route.name.as_str()),
+        Some("all")
+    );
+}

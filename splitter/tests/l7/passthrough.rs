@@ -220,6 +220,7 @@ fn sni_route(
         route: tls_route(name),
         hostname: hostname.map(str::to_string),
         backends,
+        shadowed_by: Vec::new(),
     }
 }
 
@@ -590,4 +591,82 @@ fn table_of_http(to: SocketAddr) -> L7RouteTable {
         "/",
         vec![backend("http", 1, &[to])],
     )])
+}
+
+#[tokio::test]
+async fn an_idle_spliced_connection_is_closed_at_the_tunnel_idle_timeout() {
+    let alpha = tls_backend("alpha", "a").await;
+    let table = PassthroughTable {
+        routes: vec![sni_route(
+            "a",
+            None,
+            vec![backend("alpha", 1, &[alpha.local_addr()])],
+        )],
+    };
+    let config = ProxyConfig {
+        tunnel_idle_timeout: Duration::from_millis(400),
+        ..test_config()
+    };
+    let (_proxy, listener) = passthrough_proxy(config, &table).await;
+    let mut s = Session::open(listener.local_addr(), "a.example.com")
+        .await
+        .expect("spliced");
+    // Traffic keeps it open past the timeout...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(s.ask("PING").await, "PONG");
+    }
+    // ...silence closes it.
+    let started = Instant::now();
+    let end = s.lines.next_line().await;
+    assert!(!matches!(end, Ok(Some(_))), "closed, not answered: {end:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_per_source_limit_are_closed_at_accept() {
+    let alpha = tls_backend("alpha", "a").await;
+    let table = PassthroughTable {
+        routes: vec![sni_route(
+            "a",
+            None,
+            vec![backend("alpha", 1, &[alpha.local_addr()])],
+        )],
+    };
+    let config = ProxyConfig {
+        max_connections_per_source: 1,
+        ..test_config()
+    };
+    let (proxy, listener) = passthrough_proxy(config, &table).await;
+    let addr = listener.local_addr();
+    let mut first = Session::open(addr, "a.example.com").await.expect("first");
+    assert!(
+        Session::open(addr, "a.example.com").await.is_err(),
+        "a second connection from the same source is closed"
+    );
+    assert_eq!(
+        proxy.metrics().passthrough_with(&PassthroughLabels {
+            listener: Arc::from(addr.to_string()),
+            route: Arc::from("infra/a"),
+            backend: Arc::from("default/alpha:80"),
+            outcome: "spliced",
+        }),
+        1
+    );
+    assert_eq!(first.ask("PING").await, "PONG");
+    drop(first);
+    // The slot comes back when the connection closes.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(s) = Session::open(addr, "a.example.com").await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again.expect("a slot again").test().await.pod, "alpha");
 }
