@@ -618,7 +618,9 @@ async fn an_idle_spliced_connection_is_closed_at_the_tunnel_idle_timeout() {
     }
     // ...silence closes it.
     let started = Instant::now();
-    let end = s.lines.next_line().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), s.lines.next_line())
+        .await
+        .expect("closed by the proxy within the idle timeout");
     assert!(!matches!(end, Ok(Some(_))), "closed, not answered: {end:?}");
     assert!(
         started.elapsed() >= Duration::from_millis(300),
