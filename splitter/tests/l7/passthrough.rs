@@ -672,3 +672,40 @@ async fn connections_over_the_per_source_limit_are_closed_at_accept() {
     }
     assert_eq!(again.expect("a slot again").test().await.pod, "alpha");
 }
+
+#[tokio::test]
+async fn the_per_endpoint_connection_cap_counts_spliced_connections() {
+    let alpha = tls_backend("alpha", "a").await;
+    let table = PassthroughTable {
+        routes: vec![sni_route(
+            "a",
+            None,
+            vec![backend("alpha", 1, &[alpha.local_addr()])],
+        )],
+    };
+    let config = ProxyConfig {
+        upstream: splitter::dataplane::proxy::UpstreamConfig {
+            max_connections_per_endpoint: 1,
+            ..Default::default()
+        },
+        ..test_config()
+    };
+    let (proxy, listener) = passthrough_proxy(config, &table).await;
+    let addr = listener.local_addr();
+    let mut first = Session::open(addr, "a.example.com").await.expect("first");
+    assert!(
+        Session::open(addr, "a.example.com").await.is_err(),
+        "the endpoint is at its cap: the second connection is closed"
+    );
+    assert_eq!(
+        outcomes(
+            &proxy,
+            addr,
+            "infra/a",
+            "default/alpha:80",
+            "connect_failed"
+        ),
+        1
+    );
+    assert_eq!(first.ask("PING").await, "PONG");
+}

@@ -35,6 +35,7 @@ use super::{
     server::{Proxy, ProxyConfig, bind},
     slots::{SourceSlot, SourceSlots},
     upgrade::splice_idle,
+    upstream::Upstream,
 };
 use splitter_plan::plan::passthrough::PassthroughTable;
 
@@ -42,9 +43,10 @@ use splitter_plan::plan::passthrough::PassthroughTable;
 struct Shared {
     table: ArcSwap<ServingSniTable>,
     metrics: ProxyMetrics,
+    /// Connects under the per-endpoint cap and the connect timeout, as HTTP requests do.
+    upstream: Upstream,
     listener: Arc<str>,
     header_read_timeout: Duration,
-    connect_timeout: Duration,
     tunnel_idle_timeout: Duration,
 }
 
@@ -74,7 +76,7 @@ impl Proxy {
         addr: SocketAddr,
         table: &PassthroughTable,
     ) -> Result<PassthroughListener, ProxyError> {
-        let (config, sources, metrics) = self.parts();
+        let (config, sources, upstream, metrics) = self.parts();
         let listener = bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
@@ -85,9 +87,9 @@ impl Proxy {
                 &ServingSniTable::default(),
             )),
             metrics: metrics.clone(),
+            upstream: upstream.clone(),
             listener: Arc::from(local_addr.to_string()),
             header_read_timeout: config.header_read_timeout,
-            connect_timeout: config.upstream.connect_timeout,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
         });
         let (stop_tx, stop_rx) = watch::channel(());
@@ -283,25 +285,21 @@ async fn serve(
             return;
         }
     };
-    let upstream =
-        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(endpoint)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, %endpoint, error = %e, "passthrough: connect failed");
-                count(Outcome::ConnectFailed, &route.label, &backend);
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, %endpoint, "passthrough: connect timed out");
-                count(Outcome::ConnectFailed, &route.label, &backend);
-                return;
-            }
-        };
+    // The permit (the endpoint's connection cap) lives as long as the splice.
+    let (mut upstream, _permit) = match shared.upstream.connect(endpoint).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, %endpoint, error = %e, "passthrough: cannot connect");
+            count(Outcome::ConnectFailed, &route.label, &backend);
+            return;
+        }
+    };
     let _ = upstream.set_nodelay(true);
     count(Outcome::Spliced, &route.label, &backend);
     let route = route.label.clone();
+    // The table is not held while the connection lives: a later install frees it.
     drop(table);
-    let mut upstream = upstream;
+    // What the client sent so far (the ClientHello, maybe more) goes first.
     if upstream.write_all(&hello.bytes).await.is_err() {
         return;
     }

@@ -175,9 +175,10 @@ impl Proxy {
     }
 
     /// What the passthrough listeners share with the HTTP ones: the limits and timeouts, the
-    /// per-source slots (a client's connections count over every listener) and the metrics.
-    pub(super) fn parts(&self) -> (&ProxyConfig, &SourceSlots, &ProxyMetrics) {
-        (&self.config, &self.sources, &self.metrics)
+    /// per-source slots (a client's connections count over every listener), the upstream side
+    /// (its per-endpoint cap counts passthrough connections too) and the metrics.
+    pub(super) fn parts(&self) -> (&ProxyConfig, &SourceSlots, &Upstream, &ProxyMetrics) {
+        (&self.config, &self.sources, &self.upstream, &self.metrics)
     }
 
     /// Binds `addr` and serves `table` on it until [`ProxyListener::shutdown`] (or drop).
