@@ -186,4 +186,31 @@ mod tests {
         let e = read_client_hello(&mut server, 100, Duration::from_secs(1)).await;
         assert!(matches!(e, Err(HelloError::TooLarge(100))), "{e:?}");
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends, in whatever pieces, the reader answers without panicking:
+        /// a real hello with bytes flipped, or bytes at random.
+        #[test]
+        fn any_bytes_in_any_pieces_never_panic(
+            flips in proptest::collection::vec((0usize..2048, proptest::num::u8::ANY), 0..8),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            cut in 1usize..64,
+            real in proptest::bool::ANY,
+        ) {
+            let mut bytes = if real { client_hello("a.example.com") } else { noise };
+            for (at, x) in flips {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] ^= x;
+                }
+            }
+            let mut acceptor = Acceptor::default();
+            for piece in bytes.chunks(cut) {
+                match feed(&mut acceptor, piece) {
+                    Ok(None) => {}
+                    Ok(Some(_)) | Err(_) => break,
+                }
+            }
+        }
+    }
 }
