@@ -14,11 +14,14 @@
 //!   The Gateways also get the annotation `splitter.dev/dataplane: l7`: the suite exercises the
 //!   proxy, the kernel path has its own tests;
 //! - the Secrets the upstream suite creates when it starts (`gateway-conformance-web-backend/
-//!   certificate`, `gateway-conformance-infra/tls-validity-checks-certificate`) are made from the
+//!   certificate`, `gateway-conformance-infra/tls-validity-checks-certificate` and the
+//!   `tls-checks`, `tls-passthrough-checks` and `tls-terminate-checks` ones) are made from the
 //!   project's test certificate (`splitter-plan/tests/fixtures/tls/a`), since upstream generates
 //!   its own self-signed ones at run time;
-//! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic,
-//!   and each Service one EndpointSlice per selected pod (the Deployments themselves are
+//! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic
+//!   (over HTTPS with the test certificate when its container has `TLS_SERVER_CERT`, as
+//!   upstream's `tls-backend`; with `TCP_ECHO_SERVER` too, port 8443 is upstream's TCP server
+//!   over TLS, `tcp-backend`), and each Service one EndpointSlice per selected pod (the Deployments themselves are
 //!   skipped, as the agent skips them). A test's own IPv4 EndpointSlice without endpoints
 //!   gets the pods of infra-backend-v1, one slice per pod, as HTTPRouteServiceTypes fills it
 //!   (IPv6 ones stay empty: the pods here have no IPv6 address).
