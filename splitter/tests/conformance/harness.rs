@@ -21,10 +21,10 @@
 //! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic
 //!   (over HTTPS with the test certificate when its container has `TLS_SERVER_CERT`, as
 //!   upstream's `tls-backend`; with `TCP_ECHO_SERVER` too, port 8443 is upstream's TCP server
-//!   over TLS, `tcp-backend`), and each Service one EndpointSlice per selected pod (the Deployments themselves are
-//!   skipped, as the agent skips them). A test's own IPv4 EndpointSlice without endpoints
-//!   gets the pods of infra-backend-v1, one slice per pod, as HTTPRouteServiceTypes fills it
-//!   (IPv6 ones stay empty: the pods here have no IPv6 address).
+//!   over TLS, `tcp-backend`), and each Service one EndpointSlice per selected pod (the
+//!   Deployments themselves are skipped, as the agent skips them). A test's own IPv4
+//!   EndpointSlice without endpoints gets the pods of infra-backend-v1, one slice per pod, as
+//!   HTTPRouteServiceTypes fills it (IPv6 ones stay empty: the pods here have no IPv6 address).
 //!
 //! The plan is then built from those objects exactly as the agent builds it (`plan::build`) and
 //! its L7 tables are served by the real proxy (`L7Listeners`). Requests follow the upstream
