@@ -57,13 +57,14 @@ const fn gw(kind: Kind, plural: &'static str) -> Resource {
 /// HTTPS listeners, and only those of type `kubernetes.io/tls` (a field selector the API server
 /// applies): RBAC cannot narrow a list/watch grant by type, so the ClusterRole still lets the
 /// agent read every Secret, but the agent never asks for any other kind of Secret.
-pub const WATCHED: [Resource; 11] = [
+pub const WATCHED: [Resource; 12] = [
     gw(Kind::GatewayClass, "gatewayclasses"),
     gw(Kind::Gateway, "gateways"),
     gw(Kind::HttpRoute, "httproutes"),
     gw(Kind::GrpcRoute, "grpcroutes"),
     gw(Kind::TcpRoute, "tcproutes"),
     gw(Kind::UdpRoute, "udproutes"),
+    gw(Kind::TlsRoute, "tlsroutes"),
     gw(Kind::ReferenceGrant, "referencegrants"),
     Resource {
         kind: Kind::Service,
@@ -99,13 +100,14 @@ pub const WATCHED: [Resource; 11] = [
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
 
 /// Kinds whose `status` subresource the leader patches (server-side apply).
-pub const STATUS_WRITTEN: [Kind; 6] = [
+pub const STATUS_WRITTEN: [Kind; 7] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
     Kind::GrpcRoute,
     Kind::TcpRoute,
     Kind::UdpRoute,
+    Kind::TlsRoute,
 ];
 
 /// The watched resource of a kind.
@@ -214,6 +216,7 @@ mod tests {
         check::<gateway_api::grpcroutes::GrpcRoute>(Kind::GrpcRoute);
         check::<crate::model::crd::TcpRoute>(Kind::TcpRoute);
         check::<crate::model::crd::UdpRoute>(Kind::UdpRoute);
+        check::<gateway_api::tlsroutes::TlsRoute>(Kind::TlsRoute);
         check::<gateway_api::referencegrants::ReferenceGrant>(Kind::ReferenceGrant);
         check::<k8s_openapi::api::core::v1::Service>(Kind::Service);
         check::<k8s_openapi::api::discovery::v1::EndpointSlice>(Kind::EndpointSlice);

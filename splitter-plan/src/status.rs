@@ -143,7 +143,7 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
     for (key, seen) in observed {
         if !matches!(
             key.kind,
-            Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::UdpRoute
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::UdpRoute | Kind::TlsRoute
         ) || planned.contains(key)
         {
             continue;

@@ -95,6 +95,7 @@ fn main() -> ExitCode {
     let table = L7RouteTable {
         routes: vec![route],
         tls: None,
+        passthrough: None,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -199,6 +199,11 @@ fn listener(o: &mut String, l: &ListenerPlan) {
         for r in &t.routes {
             l7_route(o, r);
         }
+        for r in t.passthrough.iter().flat_map(|p| &p.routes) {
+            let name = r.hostname.as_deref().unwrap_or("any name");
+            let _ = writeln!(o, "  {} passthrough for SNI {name}", r.route);
+            backends(o, &r.backends, "closed", "closed");
+        }
     }
     if let Some(p) = &l.l4() {
         l4(o, p);

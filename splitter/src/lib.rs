@@ -11,6 +11,7 @@ pub mod control;
 pub mod dataplane;
 pub mod doctor;
 pub mod echo;
+pub mod echo_tls;
 pub mod grpc_echo;
 pub mod health;
 pub mod inspect;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::{
     EndpointSlice, Gateway, GatewayClass, HttpRoute, Kind, L4Route, Namespace, Object, ObjectKey,
-    ReferenceGrant, Secret, Service,
+    ReferenceGrant, Secret, Service, TlsRoute,
 };
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped kinds.
@@ -32,6 +32,7 @@ pub struct Index {
     pub grpc_routes: BTreeMap<NsName, HttpRoute>,
     pub tcp_routes: BTreeMap<NsName, L4Route>,
     pub udp_routes: BTreeMap<NsName, L4Route>,
+    pub tls_routes: BTreeMap<NsName, TlsRoute>,
     pub services: BTreeMap<NsName, Service>,
     pub endpoint_slices: BTreeMap<NsName, EndpointSlice>,
     pub reference_grants: BTreeMap<NsName, ReferenceGrant>,
@@ -76,6 +77,7 @@ impl Index {
             Object::GrpcRoute(o) => put(&mut self.grpc_routes, nn, o),
             Object::TcpRoute(o) => put(&mut self.tcp_routes, nn, o),
             Object::UdpRoute(o) => put(&mut self.udp_routes, nn, o),
+            Object::TlsRoute(o) => put(&mut self.tls_routes, nn, o),
             Object::Service(o) => put(&mut self.services, nn, o),
             Object::EndpointSlice(o) => put(&mut self.endpoint_slices, nn, o),
             Object::ReferenceGrant(o) => put(&mut self.reference_grants, nn, o),
@@ -102,6 +104,7 @@ impl Index {
             Kind::GrpcRoute => self.grpc_routes.remove(&nn).is_some(),
             Kind::TcpRoute => self.tcp_routes.remove(&nn).is_some(),
             Kind::UdpRoute => self.udp_routes.remove(&nn).is_some(),
+            Kind::TlsRoute => self.tls_routes.remove(&nn).is_some(),
             Kind::Service => self.services.remove(&nn).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(&nn).is_some(),
             Kind::ReferenceGrant => self.reference_grants.remove(&nn).is_some(),
@@ -122,6 +125,7 @@ impl Index {
             Kind::GrpcRoute => swap(&mut self.grpc_routes, &mut f.grpc_routes),
             Kind::TcpRoute => swap(&mut self.tcp_routes, &mut f.tcp_routes),
             Kind::UdpRoute => swap(&mut self.udp_routes, &mut f.udp_routes),
+            Kind::TlsRoute => swap(&mut self.tls_routes, &mut f.tls_routes),
             Kind::Service => swap(&mut self.services, &mut f.services),
             Kind::EndpointSlice => swap(&mut self.endpoint_slices, &mut f.endpoint_slices),
             Kind::ReferenceGrant => swap(&mut self.reference_grants, &mut f.reference_grants),
@@ -139,6 +143,7 @@ impl Index {
             (Kind::GrpcRoute, self.grpc_routes.len()),
             (Kind::TcpRoute, self.tcp_routes.len()),
             (Kind::UdpRoute, self.udp_routes.len()),
+            (Kind::TlsRoute, self.tls_routes.len()),
             (Kind::Service, self.services.len()),
             (Kind::EndpointSlice, self.endpoint_slices.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),

@@ -28,7 +28,7 @@ pub use gateway::{
     Namespace, ReferenceGrant, RouteGroupKind, SelectorRequirement, TlsMode,
 };
 pub use index::Index;
-pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef, RouteKind};
+pub use route::{BackendRef, HttpRoute, HttpRule, L4Route, ParentRef, RouteKind, TlsRoute};
 pub use secret::{Secret, TLS_SECRET_TYPE};
 pub use service::{EndpointSlice, Service, ServicePort, SliceEndpoint, SlicePort, TargetPort};
 
@@ -52,6 +52,7 @@ pub enum Kind {
     GrpcRoute,
     TcpRoute,
     UdpRoute,
+    TlsRoute,
     Service,
     EndpointSlice,
     ReferenceGrant,
@@ -60,13 +61,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::TcpRoute,
         Kind::UdpRoute,
+        Kind::TlsRoute,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::ReferenceGrant,
@@ -83,6 +85,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::TcpRoute => "TCPRoute",
             Kind::UdpRoute => "UDPRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ReferenceGrant => "ReferenceGrant",
@@ -163,6 +166,7 @@ pub enum Object {
     GrpcRoute(HttpRoute),
     TcpRoute(L4Route),
     UdpRoute(L4Route),
+    TlsRoute(TlsRoute),
     Service(Service),
     EndpointSlice(EndpointSlice),
     ReferenceGrant(ReferenceGrant),
@@ -179,6 +183,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::TlsRoute(_) => Kind::TlsRoute,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
@@ -193,6 +198,7 @@ impl Object {
             Object::Gateway(o) => &o.meta,
             Object::HttpRoute(o) | Object::GrpcRoute(o) => &o.meta,
             Object::TcpRoute(o) | Object::UdpRoute(o) => &o.meta,
+            Object::TlsRoute(o) => &o.meta,
             Object::Service(o) => &o.meta,
             Object::EndpointSlice(o) => &o.meta,
             Object::ReferenceGrant(o) => &o.meta,

@@ -46,6 +46,9 @@ pub fn kind_of(api_version: &str, kind: &str) -> Result<Option<Kind>, String> {
         (GATEWAY_GROUP, "GRPCRoute") => Some((Kind::GrpcRoute, &["v1"][..])),
         (GATEWAY_GROUP, "TCPRoute") => Some((Kind::TcpRoute, &["v1", "v1alpha2"][..])),
         (GATEWAY_GROUP, "UDPRoute") => Some((Kind::UdpRoute, &["v1", "v1alpha2"][..])),
+        // v1 since Gateway API v1.5 (the upstream conformance manifests use it); the alpha
+        // versions have the same shape, hostnames optional.
+        (GATEWAY_GROUP, "TLSRoute") => Some((Kind::TlsRoute, &["v1", "v1alpha3", "v1alpha2"][..])),
         (GATEWAY_GROUP, "ReferenceGrant") => Some((Kind::ReferenceGrant, &["v1", "v1beta1"][..])),
         ("", "Service") => Some((Kind::Service, &["v1"][..])),
         ("", "Namespace") => Some((Kind::Namespace, &["v1"][..])),
@@ -159,6 +162,16 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
                 raw.spec.rules,
                 &id,
             )?)
+        }
+        Kind::TlsRoute => {
+            let v1 = api_version.ends_with("/v1");
+            let mut value = value;
+            // v1 requires hostnames; the alpha versions let them out (any SNI).
+            if !v1 && let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.entry("hostnames")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+            }
+            Object::TlsRoute(route::tls_route(typed(value, &id, "")?, meta, v1, &id)?)
         }
         Kind::ReferenceGrant => {
             Object::ReferenceGrant(gateway::reference_grant(typed(value, &id, "")?, meta, &id)?)

@@ -1,4 +1,4 @@
-//! HTTPRoute (v1 and v1beta1 share one schema), TCPRoute and UDPRoute.
+//! HTTPRoute (v1 and v1beta1 share one schema), TCPRoute, UDPRoute and TLSRoute.
 
 use gateway_api::httproutes::{
     HttpRoute as RawHttpRoute, HttpRouteRules, HttpRouteRulesMatches,
@@ -6,6 +6,7 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType as QueryType,
 };
 
+use gateway_api::tlsroutes::TlsRoute as RawTlsRoute;
 use http::{HeaderName, Method};
 
 use super::{
@@ -78,6 +79,18 @@ pub struct HttpRule {
 pub struct L4Route {
     pub meta: Meta,
     pub parent_refs: Vec<ParentRef>,
+    pub backends: Vec<BackendRef>,
+}
+
+/// A TLSRoute: SNI hostnames and one rule of weighted backends. The connection is passed
+/// through to a backend without terminating TLS (the backend holds the certificate).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsRoute {
+    pub meta: Meta,
+    pub parent_refs: Vec<ParentRef>,
+    /// Lower-case SNI names, `*.` wildcards allowed; empty (alpha versions only) = every name
+    /// the listener accepts.
+    pub hostnames: Vec<String>,
     pub backends: Vec<BackendRef>,
 }
 
@@ -547,6 +560,62 @@ pub(crate) fn l4_route(
     Ok(L4Route {
         meta,
         parent_refs,
+        backends,
+    })
+}
+
+/// A TLSRoute, validated as the v1 CRD does: 1 to 1024 hostnames (the alpha versions, `v1`
+/// false, may have none), exactly one rule, 1 to 16 backendRefs.
+pub(crate) fn tls_route(
+    raw: RawTlsRoute,
+    meta: Meta,
+    v1: bool,
+    id: &str,
+) -> Result<TlsRoute, ModelError> {
+    let spec = FieldPath::root(id, "spec");
+    let parent_refs = parent_refs_of!(raw.spec.parent_refs, &meta.namespace, &spec)?;
+    let hostnames = raw.spec.hostnames;
+    if (v1 && hostnames.is_empty()) || hostnames.len() > 1024 {
+        return Err(spec.field("hostnames").err(format!(
+            "must hold 1 to 1024 hostnames, found {}",
+            hostnames.len()
+        )));
+    }
+    for (i, h) in hostnames.iter().enumerate() {
+        validate::hostname(h, true).map_err(|e| spec.field("hostnames").index(i).err(e))?;
+    }
+    if raw.spec.rules.len() != 1 {
+        return Err(spec.field("rules").err(format!(
+            "must hold exactly one rule, found {}",
+            raw.spec.rules.len()
+        )));
+    }
+    let rule = raw.spec.rules.into_iter().next().unwrap_or_default();
+    let at = spec.field("rules").index(0).field("backendRefs");
+    if rule.backend_refs.is_empty() || rule.backend_refs.len() > 16 {
+        return Err(at.err("needs 1 to 16 backendRefs"));
+    }
+    let backends = rule
+        .backend_refs
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            backend_ref(
+                &meta.namespace,
+                b.group,
+                b.kind,
+                b.namespace,
+                b.name,
+                b.port,
+                b.weight,
+                &at.index(i),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TlsRoute {
+        meta,
+        parent_refs,
+        hostnames,
         backends,
     })
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::{
     backends::{Resolver, Unresolved},
-    gateways::{GatewayListener, HttpAttachment},
+    gateways::{GatewayListener, HttpAttachment, TlsAttachment},
     hostname,
     l7::{BackendProtocol, BackendTarget, Filter, InvalidReason, PlannedBackend, PlannedMirror},
     listener::PlanConfig,
@@ -14,7 +14,7 @@ use super::{
     },
 };
 use crate::model::{
-    GATEWAY_GROUP, HttpRoute, Index, Kind, L4Route, Meta, ObjectKey, ParentRef, RouteKind,
+    GATEWAY_GROUP, HttpRoute, Index, Kind, L4Route, Meta, ObjectKey, ParentRef, RouteKind, TlsRoute,
 };
 
 /// An HTTPRoute's rules with their backendRefs and mirrors resolved; `None` for a dropped rule.
@@ -232,6 +232,72 @@ impl<'i> Attacher<'i, '_> {
                         let l = &mut self.listeners[*li];
                         l.attached_routes += 1;
                         l.l4.push(route);
+                    }
+                }
+            }
+            let conditions = self.conditions(meta, outcome, &unresolved);
+            parents.push(self.parent_status(p, conditions));
+        }
+        let status = (!parents.is_empty()).then(|| RouteStatus {
+            route: ObjectKey::new(kind, &meta.namespace, &meta.name).clone(),
+            parents,
+        });
+        (status, backends)
+    }
+
+    /// Attaches a TLSRoute to the TLS listeners whose hostname intersects its hostnames;
+    /// returns its status and its resolved backends.
+    pub fn tls_route(&mut self, route: &'i TlsRoute) -> (Option<RouteStatus>, Vec<PlannedBackend>) {
+        let meta = &route.meta;
+        let kind = Kind::TlsRoute;
+        let mut unresolved = Vec::new();
+        let backends: Vec<PlannedBackend> = route
+            .backends
+            .iter()
+            .map(|b| {
+                let (pb, u) = self.resolver.resolve(kind.as_str(), &meta.namespace, b);
+                unresolved.extend(u);
+                pb
+            })
+            .collect();
+        let mut parents = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, p) in route.parent_refs.iter().enumerate() {
+            let Some(candidates) = self.candidates(kind, meta, i, p) else {
+                continue;
+            };
+            let outcome = match self.allowed(candidates, kind.as_str(), &meta.namespace, p) {
+                Err(refused) => refused,
+                Ok(allowed) => {
+                    let matched: Vec<(usize, Vec<String>)> = allowed
+                        .into_iter()
+                        .filter_map(|li| {
+                            hostname::intersect(
+                                self.listeners[li].listener.hostname.as_deref(),
+                                &route.hostnames,
+                            )
+                            .map(|h| (li, h))
+                        })
+                        .collect();
+                    if matched.is_empty() {
+                        Attach::Refused(
+                            reason::NO_MATCHING_LISTENER_HOSTNAME,
+                            format!("no listener hostname intersects {:?}", route.hostnames),
+                        )
+                    } else {
+                        Attach::Accepted(matched)
+                    }
+                }
+            };
+            if let Attach::Accepted(matched) = &outcome {
+                for (li, hosts) in matched {
+                    if seen.insert(*li) {
+                        let l = &mut self.listeners[*li];
+                        l.attached_routes += 1;
+                        l.tls.push(TlsAttachment {
+                            route: (meta.namespace.clone(), meta.name.clone()),
+                            hostnames: hosts.clone(),
+                        });
                     }
                 }
             }

@@ -18,6 +18,7 @@ use super::{
         DataplaneListener, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig,
     },
     maglev::WeightedTable,
+    passthrough::{self, SniAttachment},
     status::{Condition, Diagnostic, RouteStatus, Severity, reason},
     table,
     tls::{ListenerCertificate, TlsPlan},
@@ -58,6 +59,7 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
             ListenerClass::Http | ListenerClass::Https => {
                 http_listener_plan(index, config, &listeners, &attached, group)
             }
+            ListenerClass::Tls => tls_listener_plan(index, config, &listeners, &attached, group),
             ListenerClass::Tcp | ListenerClass::Udp => l4_listener_plan(
                 config,
                 &listeners,
@@ -98,6 +100,8 @@ struct AttachedRoutes {
     http_rules: HashMap<(RouteKind, String, String), ResolvedRules>,
     /// TCPRoute/UDPRoute backends, by (kind, namespace, name).
     l4_backends: HashMap<(Kind, String, String), Vec<PlannedBackend>>,
+    /// TLSRoute backends, by (namespace, name).
+    tls_backends: HashMap<(String, String), Vec<PlannedBackend>>,
 }
 
 fn attach_routes<'i>(
@@ -110,6 +114,7 @@ fn attach_routes<'i>(
         statuses: Vec::new(),
         http_rules: HashMap::new(),
         l4_backends: HashMap::new(),
+        tls_backends: HashMap::new(),
     };
     let mut attacher = Attacher {
         index,
@@ -152,6 +157,11 @@ fn attach_routes<'i>(
             out.l4_backends
                 .insert((kind, ns.clone(), name.clone()), backends);
         }
+    }
+    for (key, r) in &index.tls_routes {
+        let (status, backends) = attacher.tls_route(r);
+        out.statuses.extend(status);
+        out.tls_backends.insert(key.clone(), backends);
     }
     out
 }
@@ -292,16 +302,7 @@ fn http_listener_plan(
         // specific listener its host matches, so each listener's routes leave alone the hosts
         // of the listeners on the port whose hostnames lie within its own (all of them for a
         // listener without hostname).
-        let own = l.listener.hostname.as_deref();
-        let mut shadowed_by: Vec<String> = group
-            .members
-            .iter()
-            .filter_map(|&j| listeners[j].listener.hostname.as_deref())
-            .filter(|h| own.is_none_or(|o| !o.eq_ignore_ascii_case(h) && hostname::covers(o, h)))
-            .map(str::to_ascii_lowercase)
-            .collect();
-        shadowed_by.sort();
-        shadowed_by.dedup();
+        let shadowed_by = shadowed_by(listeners, group.members, i);
         for a in &l.http {
             if let (Some(route), Some(rules)) = (
                 index.routes_of(a.kind).get(&a.route),
@@ -367,6 +368,21 @@ fn http_listener_plan(
     (plan, decision.condition)
 }
 
+/// The hostnames of the listeners on the port (`members`) that lie within listener `i`'s own
+/// (all of them for a listener without hostname): their names are theirs alone.
+fn shadowed_by(listeners: &[GatewayListener<'_>], members: &[usize], i: usize) -> Vec<String> {
+    let own = listeners[i].listener.hostname.as_deref();
+    let mut out: Vec<String> = members
+        .iter()
+        .filter_map(|&j| listeners[j].listener.hostname.as_deref())
+        .filter(|h| own.is_none_or(|o| !o.eq_ignore_ascii_case(h) && hostname::covers(o, h)))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// A TCP or UDP listener: always the kernel; the oldest attached route gets the traffic.
 fn l4_listener_plan(
     config: &PlanConfig,
@@ -420,4 +436,131 @@ fn l4_listener_plan(
         },
         condition,
     )
+}
+
+/// A TLS passthrough listener: the kernel when one TLSRoute takes every name the listener
+/// accepts (a listener without hostname, a route without hostnames), as a TCPRoute would be;
+/// otherwise the proxy, which reads each ClientHello's server name to pick the route. The
+/// annotation `l4` puts a listener with exactly one route in the kernel even when names would
+/// be checked: the kernel does not read them, so every connection goes to that route.
+fn tls_listener_plan(
+    index: &Index,
+    config: &PlanConfig,
+    listeners: &[GatewayListener<'_>],
+    attached: &AttachedRoutes,
+    group: ListenerGroup<'_>,
+) -> (ListenerPlan, Condition) {
+    // Listener isolation, as for HTTP: a name of a more specific listener on the port is
+    // that listener's alone.
+    let shadows: Vec<Vec<String>> = group
+        .members
+        .iter()
+        .map(|&i| shadowed_by(listeners, group.members, i))
+        .collect();
+    let mut attachments = Vec::new();
+    for (&i, shadowed_by) in group.members.iter().zip(&shadows) {
+        for a in &listeners[i].tls {
+            if let (Some(route), Some(backends)) = (
+                index.tls_routes.get(&a.route),
+                attached.tls_backends.get(&a.route),
+            ) {
+                attachments.push(SniAttachment {
+                    route: ObjectKey::new(Kind::TlsRoute, &a.route.0, &a.route.1),
+                    created: route.meta.created,
+                    hostnames: &a.hostnames,
+                    backends,
+                    shadowed_by,
+                });
+            }
+        }
+    }
+    let table = passthrough::table(&attachments);
+    let mut routes: Vec<&ObjectKey> = table.routes.iter().map(|r| &r.route).collect();
+    routes.sort();
+    routes.dedup();
+    let names = || {
+        table
+            .routes
+            .iter()
+            .filter_map(|r| r.hostname.as_deref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let generation = group.generation;
+    let condition = |ok: bool, r: &str, message: &str| {
+        Condition::new(reason::DATAPLANE, ok, r, message, generation)
+    };
+    // (the route the kernel serves, why, condition); `None` route: the proxy serves.
+    let (kernel, why, cond) = match (group.wanted, table.routes.as_slice(), routes.len()) {
+        (Some(Mode::L7), _, _) => {
+            let why = format!(
+                "forced by the Gateway annotation {DATAPLANE_ANNOTATION}: l7; the proxy routes each connection by its SNI"
+            );
+            (
+                None,
+                why,
+                condition(true, reason::L7, "forced by annotation"),
+            )
+        }
+        (_, [only], _) if only.hostname.is_none() && only.shadowed_by.is_empty() => {
+            let why = format!(
+                "one TLSRoute ({}) takes every server name: connections are split in the kernel without reading the ClientHello",
+                only.route
+            );
+            (Some(only), why.clone(), condition(true, reason::L4, &why))
+        }
+        (Some(Mode::L4), [first, ..], 1) => {
+            let why = format!(
+                "{DATAPLANE_ANNOTATION}: l4: one TLSRoute ({}) split in the kernel, which does not read the server name: every connection goes to it, whatever name it asks for (the route's names: {})",
+                first.route,
+                names()
+            );
+            (Some(first), why.clone(), condition(true, reason::L4, &why))
+        }
+        (wanted, _, n) => {
+            let why = if n == 0 {
+                "TLS passthrough with no TLSRoute attached: the proxy closes every connection"
+                    .to_string()
+            } else {
+                format!(
+                    "TLS passthrough by server name ({}): the proxy reads each ClientHello and splices the connection to the route's backend",
+                    names()
+                )
+            };
+            match wanted {
+                Some(Mode::L4) => {
+                    let why = format!("{DATAPLANE_ANNOTATION}: l4 refused: {why}");
+                    (
+                        None,
+                        why.clone(),
+                        condition(false, reason::L4_REFUSED, &why),
+                    )
+                }
+                _ => (None, why.clone(), condition(true, reason::L7, &why)),
+            }
+        }
+    };
+    let listener = DataplaneListener {
+        reason: why,
+        ..group.listener
+    };
+    let plan = match kernel {
+        Some(route) => ListenerPlan::L4 {
+            l4: table::l4_plan(
+                Some(route.route.clone()),
+                route.backends.clone(),
+                config.maglev_m,
+                group.previous,
+            ),
+            listener,
+        },
+        None => ListenerPlan::L7 {
+            listener,
+            l7: std::sync::Arc::new(super::l7::L7RouteTable {
+                passthrough: Some(table),
+                ..Default::default()
+            }),
+        },
+    };
+    (plan, cond)
 }

@@ -73,7 +73,18 @@ fn not_programmed(l: &GatewayListener<'_>) -> String {
 /// `Accepted` of a listener: its protocol is served and it does not conflict.
 fn listener_accepted(l: &GatewayListener<'_>, generation: i64) -> Condition {
     match (&l.class, &l.conflict) {
-        (None, _) => Condition::new(
+        // A conflict first: a TLS Terminate listener next to a Passthrough one conflicts.
+        (_, Some((r, msg))) => Condition::new(reason::ACCEPTED, false, r, msg.clone(), generation),
+        // The spec's word for a TLS listener whose mode is not supported (upstream
+        // `TLSRouteListenerTerminateNotSupported`).
+        (None, None) if l.listener.protocol == "TLS" => Condition::new(
+            reason::ACCEPTED,
+            false,
+            reason::UNSUPPORTED_VALUE,
+            "TLS with tls.mode Terminate is not supported (Passthrough is)",
+            generation,
+        ),
+        (None, None) => Condition::new(
             reason::ACCEPTED,
             false,
             reason::UNSUPPORTED_PROTOCOL,
@@ -83,15 +94,12 @@ fn listener_accepted(l: &GatewayListener<'_>, generation: i64) -> Condition {
                     t.mode
                 ),
                 _ => format!(
-                    "protocol {} is not supported (HTTP, HTTPS, TCP and UDP are)",
+                    "protocol {} is not supported (HTTP, HTTPS, TLS, TCP and UDP are)",
                     l.listener.protocol
                 ),
             },
             generation,
         ),
-        (Some(_), Some((r, msg))) => {
-            Condition::new(reason::ACCEPTED, false, r, msg.clone(), generation)
-        }
         (Some(_), None) => match &l.unavailable {
             Some(why) => Condition::new(
                 reason::ACCEPTED,

@@ -22,6 +22,8 @@ pub(crate) enum ListenerClass {
     Https,
     Tcp,
     Udp,
+    /// TLS with `tls.mode: Passthrough`: TLSRoutes by SNI, TLS left to the backends.
+    Tls,
 }
 
 impl ListenerClass {
@@ -33,13 +35,23 @@ impl ListenerClass {
             }
             "TCP" => Some(Self::Tcp),
             "UDP" => Some(Self::Udp),
+            // Terminate on a TLS listener (TLSRoute termination) is not served: the listener is
+            // refused with `UnsupportedValue` (see `gateway_status`).
+            "TLS"
+                if l.tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == TlsMode::Passthrough) =>
+            {
+                Some(Self::Tls)
+            }
             _ => None,
         }
     }
 
-    /// HTTP routes by hostname (HTTP and HTTPS).
-    pub fn is_http(self) -> bool {
-        matches!(self, Self::Http | Self::Https)
+    /// Listeners of this class share a port when their hostnames differ (HTTP by Host, TLS
+    /// passthrough by SNI).
+    fn by_hostname(self) -> bool {
+        matches!(self, Self::Http | Self::Https | Self::Tls)
     }
 
     pub fn route_kind(self) -> &'static str {
@@ -53,12 +65,13 @@ impl ListenerClass {
             Self::Http | Self::Https => &["HTTPRoute", "GRPCRoute"],
             Self::Tcp => &["TCPRoute"],
             Self::Udp => &["UDPRoute"],
+            Self::Tls => &["TLSRoute"],
         }
     }
 
     fn transport(self) -> Transport {
         match self {
-            Self::Http | Self::Https | Self::Tcp => Transport::Tcp,
+            Self::Http | Self::Https | Self::Tcp | Self::Tls => Transport::Tcp,
             Self::Udp => Transport::Udp,
         }
     }
@@ -70,6 +83,14 @@ pub(crate) struct HttpAttachment {
     pub kind: RouteKind,
     pub route: (String, String),
     /// Empty = any host.
+    pub hostnames: Vec<String>,
+}
+
+/// A TLSRoute attached to a listener, with the SNI names it serves there.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsAttachment {
+    pub route: (String, String),
+    /// Empty = any name the listener accepts.
     pub hostnames: Vec<String>,
 }
 
@@ -96,6 +117,7 @@ pub(crate) struct GatewayListener<'a> {
     pub attached_routes: u32,
     pub http: Vec<HttpAttachment>,
     pub l4: Vec<&'a L4Route>,
+    pub tls: Vec<TlsAttachment>,
 }
 
 impl GatewayListener<'_> {
@@ -230,7 +252,7 @@ pub(crate) fn gateway_listeners<'a>(
                     ));
                 } else if let Some((_, _, other)) = placed
                     .iter()
-                    .find(|(pc, h, _)| *pc == c && (!c.is_http() || *h == l.hostname))
+                    .find(|(pc, h, _)| *pc == c && (!c.by_hostname() || *h == l.hostname))
                 {
                     conflict = Some((
                         reason::HOSTNAME_CONFLICT,
@@ -264,10 +286,50 @@ pub(crate) fn gateway_listeners<'a>(
                 attached_routes: 0,
                 http: Vec::new(),
                 l4: Vec::new(),
+                tls: Vec::new(),
             });
         }
     }
+    mixed_tls_modes(&mut out);
     out
+}
+
+/// A TLS listener with `tls.mode: Terminate` is not served; on the port of a Passthrough
+/// listener (of any of our Gateways on that address) it would ask one port to terminate some
+/// handshakes and pass others through, which is not supported either: both get
+/// `ProtocolConflict` (upstream `TLSRouteListenerMixedTerminationNotSupported`).
+fn mixed_tls_modes(listeners: &mut [GatewayListener<'_>]) {
+    let terminate = |l: &GatewayListener<'_>| {
+        l.listener.protocol == "TLS"
+            && l.listener
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == TlsMode::Terminate)
+    };
+    let keys: Vec<ListenerKey> = listeners
+        .iter()
+        .filter(|l| terminate(l))
+        .map(|l| l.key.clone())
+        .collect();
+    for key in keys {
+        let passthrough = listeners
+            .iter()
+            .any(|l| l.key == key && l.class == Some(ListenerClass::Tls));
+        if !passthrough {
+            continue;
+        }
+        for l in listeners.iter_mut().filter(|l| l.key == key) {
+            if terminate(l) || l.class == Some(ListenerClass::Tls) {
+                l.conflict = Some((
+                    reason::PROTOCOL_CONFLICT,
+                    format!(
+                        "port {} mixes TLS Terminate and Passthrough listeners, which is not supported",
+                        l.listener.port
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// The route kinds a listener takes: `allowedRoutes.kinds` restricted to what its protocol

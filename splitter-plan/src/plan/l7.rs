@@ -25,6 +25,11 @@ pub struct L7RouteTable {
     /// HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::tls::TlsPlan>,
+    /// A TLS passthrough listener: no HTTP at all (`routes` and `tls` are empty); the proxy
+    /// reads each connection's ClientHello, picks a TLSRoute by its server name and splices
+    /// the connection to a backend (`proxy::passthrough`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<super::passthrough::PassthroughTable>,
 }
 
 /// One (rule, match) pair of an HTTPRoute. A rule with three matches gives three `L7Route`s that

@@ -14,6 +14,7 @@ pub mod l7_match;
 pub mod listener;
 pub mod maglev;
 pub mod node_ports;
+pub mod passthrough;
 pub mod status;
 mod table;
 pub mod tls;

@@ -169,6 +169,7 @@ pub(crate) fn into_table(mut entries: Vec<Entry>) -> L7RouteTable {
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     L7RouteTable {
         tls: None,
+        passthrough: None,
         routes: entries.into_iter().map(|e| e.route).collect(),
     }
 }

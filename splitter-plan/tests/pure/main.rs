@@ -6,3 +6,4 @@ mod maglev;
 mod plan;
 mod support;
 mod tls;
+mod tlsroute;

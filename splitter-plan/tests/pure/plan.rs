@@ -632,9 +632,9 @@ fn listener_conflicts_unsupported_protocols_selectors_and_dropped_rules() {
         (clash.status, clash.reason.as_str()),
         (ConditionStatus::True, "ProtocolConflict")
     );
-    let tls = condition(&status("tls").conditions, "Accepted");
+    let custom = condition(&status("custom").conditions, "Accepted");
     assert_eq!(
-        (tls.status, tls.reason.as_str()),
+        (custom.status, custom.reason.as_str()),
         (ConditionStatus::False, "UnsupportedProtocol")
     );
     let accepted = condition(&edge.conditions, "Accepted");

@@ -1,6 +1,7 @@
 //! The agent as a process on translated manifests: `splitter run --manifests FILE` reads them
 //! from a file, as on a node in files mode, serves HTTPRouteWeight's route with the upstream
-//! shares and shows the route's statuses on `/debug/status`.
+//! shares and shows the route's statuses on `/debug/status`; and passes TLS through by SNI for
+//! TLSRouteSimpleSameNamespace.
 //!
 //! The agent runs unprivileged (under root, the test drops to `nobody` with `setpriv`) with an
 //! `--iface` that does not exist, so its kernel half waits and never loads: a test on the host
@@ -19,8 +20,9 @@ impl Drop for Agent {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_process_serves_httproute_weight_from_files() {
+/// `splitter run` as `nobody` (under root) on `t`'s translation, with no kernel half; returns
+/// the process (killed on drop), its admin address and the directory holding its files.
+fn start_agent(t: &Translated) -> Option<(Agent, SocketAddr, tempfile::TempDir)> {
     let setpriv = std::process::Command::new("setpriv")
         .arg("--version")
         .stdout(Stdio::null())
@@ -28,11 +30,8 @@ async fn the_agent_process_serves_httproute_weight_from_files() {
         .is_ok_and(|s| s.success());
     if testbed::is_root() && !setpriv {
         eprintln!("SKIPPED: root without setpriv (util-linux) to run the agent as nobody");
-        return;
+        return None;
     }
-    let Some(t) = Translated::of(&["httproute-weight.yaml"]).await else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     // Readable by `nobody`.
     std::fs::set_permissions(
@@ -54,7 +53,7 @@ async fn the_agent_process_serves_httproute_weight_from_files() {
     } else {
         std::process::Command::new(bin)
     };
-    let _agent = Agent(
+    let agent = Agent(
         cmd.arg("run")
             .arg("--manifests")
             .arg(&manifests)
@@ -67,6 +66,17 @@ async fn the_agent_process_serves_httproute_weight_from_files() {
             .spawn()
             .expect("start splitter run"),
     );
+    Some((agent, admin, dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_process_serves_httproute_weight_from_files() {
+    let Some(t) = Translated::of(&["httproute-weight.yaml"]).await else {
+        return;
+    };
+    let Some((_agent, admin, _dir)) = start_agent(&t) else {
+        return;
+    };
     let gw: SocketAddr = t.ports[&(INFRA.to_owned(), "same-namespace".to_owned(), 80)];
     let mut up = false;
     for _ in 0..200 {
@@ -106,4 +116,36 @@ async fn the_agent_process_serves_httproute_weight_from_files() {
             .any(|c| c["type"] == type_ && c["status"] == "True" && c["reason"] == type_);
         assert!(ok, "{type_}: {route}");
     }
+}
+
+/// TLSRouteSimpleSameNamespace through the agent process: its passthrough listener takes
+/// `abc.example.com` to `tcp-backend` over TLS the backend terminates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_process_passes_tls_through_by_sni() {
+    let Some(t) = Translated::of(&["tlsroute-simple-same-namespace.yaml"]).await else {
+        return;
+    };
+    let Some((_agent, _admin, _dir)) = start_agent(&t) else {
+        return;
+    };
+    let gw: SocketAddr = t.ports[&(INFRA.to_owned(), "gateway-tlsroute".to_owned(), 443)];
+    let mut answer = Err(String::new());
+    for _ in 0..200 {
+        answer = crate::tcp::tcp_over_tls(gw, "abc.example.com").await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = answer.expect("the agent passes the connection through");
+    assert_eq!((a.is_tls.as_str(), a.namespace.as_str()), ("true", INFRA));
+    assert!(a.pod.starts_with("tcp-backend-"), "{}", a.pod);
+    assert_eq!(a.server_name, "abc.example.com");
+    assert_eq!(a.leaf, crate::tcp::backend_leaf());
+    assert!(
+        crate::tcp::tcp_over_tls(gw, "nobody.example.org")
+            .await
+            .is_err(),
+        "a name no route takes is refused"
+    );
 }

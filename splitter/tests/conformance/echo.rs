@@ -83,6 +83,78 @@ impl EchoPod {
         }
     }
 
+    /// echo-basic with `TLS_SERVER_CERT` (upstream's `tls-backend`): the same answers over
+    /// HTTPS, terminated with `config`.
+    pub async fn start_https(
+        namespace: &str,
+        pod: &str,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("echo binds");
+        let addr = listener.local_addr().unwrap();
+        let ctx: Arc<(String, String)> = Arc::new((namespace.into(), pod.into()));
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let pod_log = log.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (ctx, acceptor, log) = (ctx.clone(), acceptor.clone(), pod_log.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| answer(ctx.clone(), log.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            namespace: namespace.into(),
+            pod: pod.into(),
+            log,
+            task: Some(task),
+            _grpc: None,
+        }
+    }
+
+    /// echo-basic's TCP server with `TLS_SERVER_CERT` (upstream's `tcp-backend` TLS port): the
+    /// welcome line, then `PING`, `IS_TLS` and `TEST` answered (`splitter::echo_tls`).
+    pub async fn start_tcp_tls(
+        namespace: &str,
+        pod: &str,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Self {
+        let server = splitter::echo_tls::TlsEchoServer::bind(
+            "127.0.0.1:0".parse().expect("address"),
+            pod,
+            namespace,
+            config,
+        )
+        .await
+        .expect("TLS echo binds");
+        let addr = server.local_addr();
+        // Held by the task: aborting it (drop) stops the server.
+        let task = tokio::spawn(async move {
+            let _server = server;
+            std::future::pending::<()>().await;
+        });
+        Self {
+            addr,
+            namespace: namespace.into(),
+            pod: pod.into(),
+            // Read by no test: the TCP echo answers lines, not requests.
+            log: Arc::default(),
+            task: Some(task),
+            _grpc: None,
+        }
+    }
+
     pub async fn start(namespace: &str, pod: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("echo binds");
         let addr = listener.local_addr().unwrap();

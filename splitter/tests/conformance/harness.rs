@@ -14,14 +14,17 @@
 //!   The Gateways also get the annotation `splitter.dev/dataplane: l7`: the suite exercises the
 //!   proxy, the kernel path has its own tests;
 //! - the Secrets the upstream suite creates when it starts (`gateway-conformance-web-backend/
-//!   certificate`, `gateway-conformance-infra/tls-validity-checks-certificate`) are made from the
+//!   certificate`, `gateway-conformance-infra/tls-validity-checks-certificate` and the
+//!   `tls-checks`, `tls-passthrough-checks` and `tls-terminate-checks` ones) are made from the
 //!   project's test certificate (`splitter-plan/tests/fixtures/tls/a`), since upstream generates
 //!   its own self-signed ones at run time;
-//! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic,
-//!   and each Service one EndpointSlice per selected pod (the Deployments themselves are
-//!   skipped, as the agent skips them). A test's own IPv4 EndpointSlice without endpoints
-//!   gets the pods of infra-backend-v1, one slice per pod, as HTTPRouteServiceTypes fills it
-//!   (IPv6 ones stay empty: the pods here have no IPv6 address).
+//! - each Deployment becomes `replicas` echo pods on loopback ports answering like echo-basic
+//!   (over HTTPS with the test certificate when its container has `TLS_SERVER_CERT`, as
+//!   upstream's `tls-backend`; with `TCP_ECHO_SERVER` too, port 8443 is upstream's TCP server
+//!   over TLS, `tcp-backend`), and each Service one EndpointSlice per selected pod (the
+//!   Deployments themselves are skipped, as the agent skips them). A test's own IPv4
+//!   EndpointSlice without endpoints gets the pods of infra-backend-v1, one slice per pod, as
+//!   HTTPRouteServiceTypes fills it (IPv6 ones stay empty: the pods here have no IPv6 address).
 //!
 //! The plan is then built from those objects exactly as the agent builds it (`plan::build`) and
 //! its L7 tables are served by the real proxy (`L7Listeners`). Requests follow the upstream
@@ -425,8 +428,25 @@ fn plan_of(docs: &[Value]) -> (Plan, Vec<String>) {
     (plan, refused)
 }
 
-/// A Deployment's namespace, pod labels and pods (name, address).
-type Deployment = (String, Value, Vec<(String, SocketAddr)>);
+/// A Deployment's namespace, pod labels and pods (name, address, and the address of its TLS
+/// port 8443 when it has one apart: upstream's `tcp-backend`).
+type Deployment = (String, Value, Vec<(String, SocketAddr, Option<SocketAddr>)>);
+
+/// What a Deployment's echo-basic container serves, from its environment: plain HTTP,
+/// HTTPS (`TLS_SERVER_CERT`), or the TCP server with a TLS port (`TCP_ECHO_SERVER`).
+fn pod_env(d: &Value) -> (bool, bool) {
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["env"].as_array().into_iter().flatten())
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    (
+        names.contains(&"TLS_SERVER_CERT"),
+        names.contains(&"TCP_ECHO_SERVER"),
+    )
+}
 
 /// The translation (module docs).
 async fn translate(
@@ -451,6 +471,9 @@ async fn translate(
     for (ns, name) in [
         (WEB, "certificate"),
         (INFRA, "tls-validity-checks-certificate"),
+        (INFRA, "tls-checks-certificate"),
+        (INFRA, "tls-passthrough-checks-certificate"),
+        (INFRA, "tls-terminate-checks-certificate"),
     ] {
         out.push(json!({
             "apiVersion": "v1",
@@ -499,17 +522,34 @@ async fn translate(
                     .flatten()
                     .flat_map(|c| c["env"].as_array().into_iter().flatten())
                     .any(|e| e["name"] == "GRPC_ECHO_SERVER");
+                let (tls, tcp) = pod_env(&d);
                 let mut mine = Vec::new();
                 for i in 0..replicas {
                     // Like a ReplicaSet's pods: name-<hash>-<suffix> (the weight test strips the
                     // last two parts to find the backend).
                     let pod = format!("{name}-6d4b8f9c7-p{i}x");
-                    let p = if grpc {
-                        EchoPod::start_grpc(&ns, &pod).await
-                    } else {
-                        EchoPod::start(&ns, &pod).await
+                    // The stand-in for every certificate upstream generates (fixture `a`).
+                    let config = || {
+                        splitter::echo_tls::server_config(
+                            fixture("a.crt").as_bytes(),
+                            fixture("a.key").as_bytes(),
+                        )
+                        .expect("fixture certificate")
                     };
-                    mine.push((pod, p.addr));
+                    let (p, tls_port) = match (grpc, tls, tcp) {
+                        (true, _, _) => (EchoPod::start_grpc(&ns, &pod).await, None),
+                        (false, true, true) => {
+                            let t = EchoPod::start_tcp_tls(&ns, &pod, config()).await;
+                            let addr = t.addr;
+                            pods.push(t);
+                            (EchoPod::start(&ns, &pod).await, Some(addr))
+                        }
+                        (false, true, false) => {
+                            (EchoPod::start_https(&ns, &pod, config()).await, None)
+                        }
+                        _ => (EchoPod::start(&ns, &pod).await, None),
+                    };
+                    mine.push((pod, p.addr, tls_port));
                     pods.push(p);
                 }
                 deployments.push((
@@ -532,7 +572,7 @@ async fn translate(
         }
     }
     for d in &mut out {
-        if d["kind"] != "HTTPRoute" && d["kind"] != "GRPCRoute" {
+        if d["kind"] != "HTTPRoute" && d["kind"] != "GRPCRoute" && d["kind"] != "TLSRoute" {
             continue;
         }
         let route_ns = meta(d).0;
@@ -554,7 +594,7 @@ async fn translate(
         .map(|(_, _, pods)| pods.clone())
         .unwrap_or_default();
     for d in manual {
-        for (pod, addr) in &v1 {
+        for (pod, addr, _) in &v1 {
             let mut slice = d.clone();
             slice["metadata"]["name"] = json!(format!("{}-{pod}", meta(&d).1));
             for p in slice["ports"].as_array_mut().into_iter().flatten() {
@@ -577,15 +617,20 @@ async fn translate(
             if !selected {
                 continue;
             }
-            for (pod, addr) in dpods {
+            for (pod, addr, tls) in dpods {
                 let slice_ports: Vec<Value> = s["spec"]["ports"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .map(|p| {
+                        // tcp-backend's TLS port is a server of its own.
+                        let port = match tls {
+                            Some(t) if p["targetPort"].as_u64() == Some(8443) => t.port(),
+                            _ => addr.port(),
+                        };
                         json!({
                             "name": p["name"].as_str().unwrap_or(""),
-                            "port": addr.port(),
+                            "port": port,
                             "protocol": p["protocol"].as_str().unwrap_or("TCP"),
                         })
                     })
@@ -657,7 +702,7 @@ pub async fn tls_round_trip(
 }
 
 #[derive(Debug)]
-struct AnyCertificate;
+pub struct AnyCertificate;
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

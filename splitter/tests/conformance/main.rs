@@ -15,3 +15,5 @@ mod gateway;
 mod grpcroute;
 mod harness;
 mod httproute;
+mod tcp;
+mod tlsroute;

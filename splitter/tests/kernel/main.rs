@@ -15,5 +15,6 @@ mod l4_snat_netns;
 mod l4_test_run;
 mod pinned_maps;
 mod support;
+mod tls_netns;
 mod xdp_parse;
 mod xdp_veth;

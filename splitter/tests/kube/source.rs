@@ -321,3 +321,77 @@ async fn grpcroutes_are_listed_and_watched() {
     }));
     assert_eq!(plan.gateways[0].listeners[0].attached_routes, 2);
 }
+
+fn tls_route(name: &str, hostname: &str, rv: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "TLSRoute",
+        "metadata": {"name": name, "namespace": "infra", "generation": 1, "resourceVersion": rv},
+        "spec": {"parentRefs": [{"name": "passthrough"}], "hostnames": [hostname],
+                 "rules": [{"backendRefs": [{"name": "a", "port": 8080}]}]}
+    })
+}
+
+/// SNI names of the passthrough listener on :8443, in table order.
+fn sni_names(plan: &Plan) -> Vec<String> {
+    plan.listeners
+        .iter()
+        .find(|l| l.key().port == 8443)
+        .and_then(|l| l.l7())
+        .and_then(|t| t.passthrough.as_ref())
+        .map(|p| {
+            p.routes
+                .iter()
+                .map(|r| r.hostname.clone().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tlsroutes_are_listed_and_watched_into_a_passthrough_listener() {
+    let mut objects = yaml("../splitter-plan/tests/fixtures/base.yaml");
+    objects.push(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "passthrough", "namespace": "infra", "generation": 1, "resourceVersion": "4"},
+        "spec": {"gatewayClassName": "splitter", "listeners": [{
+            "name": "tls", "protocol": "TLS", "port": 8443, "tls": {"mode": "Passthrough"}
+        }]}
+    }));
+    objects.push(tls_route("exact", "abc.example.com", "5"));
+    let mut watch = None;
+    let r = start(objects, |m| watch = Some(m.watch("tlsroutes")));
+    let watch = watch.unwrap();
+    eventually(WAIT, "the listed TLSRoute", || {
+        sni_names(&current(&r)) == ["abc.example.com"]
+    })
+    .await;
+    assert_eq!(r.mock.list_calls("tlsroutes"), 1);
+    let key = splitter_plan::model::ObjectKey::new(
+        splitter_plan::model::Kind::TlsRoute,
+        "infra",
+        "exact",
+    );
+    assert_eq!(
+        r.observed.borrow()[&key].resource_version.as_deref(),
+        Some("5"),
+        "the status writer may patch it"
+    );
+    let wild = tls_route("wild", "*.example.com", "6");
+    watch
+        .send(json!({"type": "ADDED", "object": wild.clone()}))
+        .unwrap();
+    eventually(
+        WAIT,
+        "the added wildcard route after the exact name",
+        || sni_names(&current(&r)) == ["abc.example.com", "*.example.com"],
+    )
+    .await;
+    watch
+        .send(json!({"type": "DELETED", "object": wild}))
+        .unwrap();
+    eventually(WAIT, "the deleted route gone", || {
+        sni_names(&current(&r)) == ["abc.example.com"]
+    })
+    .await;
+    assert!(r.mock.calls().is_empty(), "{:?}", r.mock.calls());
+}

@@ -868,3 +868,65 @@ async fn a_grpcroute_status_is_patched_on_grpcroutes() {
     assert_eq!(reason("Accepted"), Some(json!("Accepted")));
     assert_eq!(reason("ResolvedRefs"), Some(json!("RefNotPermitted")));
 }
+
+#[tokio::test]
+async fn the_leader_writes_tlsroute_statuses_to_their_own_resource() {
+    let (index, report) =
+        splitter::source::file::load(&[fixture("base.yaml"), fixture("tls-passthrough.yaml")]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let plan = plan::build(&index, &PlanConfig::default(), None);
+    let observed: Observed = plan
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.route.clone(),
+                ObservedStatus {
+                    generation: Some(1),
+                    resource_version: Some(format!("rv-{}", r.route.name)),
+                    status: Value::Null,
+                },
+            )
+        })
+        .collect();
+    assert!(observed.keys().all(|k| k.kind == Kind::TlsRoute));
+    let (client, mock) = MockApi::start(echo);
+    let (plans_tx, plans) = watch::channel(Some(Arc::new(plan)));
+    let (observed_tx, observed) = watch::channel(Arc::new(observed));
+    let (leader_tx, leader) = watch::channel(true);
+    tokio::spawn(async move {
+        let _senders = (plans_tx, observed_tx, leader_tx);
+        let (_, reports) = watch::channel(None);
+        status::writer::run(client, writer_config(), plans, observed, leader, reports).await;
+    });
+    let uri =
+        format!("/apis/gateway.networking.k8s.io/v1/namespaces/infra/tlsroutes/wild/status{QUERY}");
+    eventually(WAIT, "the TLSRoute status patch", || {
+        mock.calls().iter().any(|c| c.uri == uri)
+    })
+    .await;
+    let calls = mock.calls();
+    let call = calls.iter().find(|c| c.uri == uri).expect("patched");
+    assert_eq!(call.method, "PATCH");
+    let body = &call.body;
+    assert_eq!(
+        (body["apiVersion"].as_str(), body["kind"].as_str()),
+        (Some("gateway.networking.k8s.io/v1"), Some("TLSRoute"))
+    );
+    let parents = body["status"]["parents"].as_array().expect("parents");
+    // Two parentRefs (listeners sni and named), each Accepted with the missing backend named.
+    assert_eq!(parents.len(), 2, "{body:#}");
+    for p in parents {
+        let reason = |t: &str| {
+            p["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+                .map(|c| (c["status"].clone(), c["reason"].clone()))
+        };
+        assert_eq!(reason("Accepted"), Some((json!("True"), json!("Accepted"))));
+        assert_eq!(
+            reason("ResolvedRefs"),
+            Some((json!("False"), json!("BackendNotFound")))
+        );
+    }
+}

@@ -15,6 +15,7 @@ mod journey;
 mod listeners;
 mod manifests;
 mod mirror;
+mod passthrough;
 mod reload;
 mod routing;
 mod split;

@@ -103,7 +103,11 @@ pub fn strip_path() -> Filter {
 }
 
 pub fn table(routes: Vec<L7Route>) -> L7RouteTable {
-    L7RouteTable { routes, tls: None }
+    L7RouteTable {
+        routes,
+        tls: None,
+        passthrough: None,
+    }
 }
 
 pub async fn echo(name: &str) -> EchoServer {

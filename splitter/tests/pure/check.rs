@@ -220,3 +220,31 @@ fn grpc_routes_are_checked_and_a_bad_one_names_file_object_and_field() {
         "{text}"
     );
 }
+
+#[test]
+fn tls_passthrough_listeners_say_kernel_or_proxy_and_why() {
+    let fixtures = repo("../splitter-plan/tests/fixtures");
+    let (ok, out) = check(
+        &[
+            fixtures.join("base.yaml"),
+            fixtures.join("tls-passthrough.yaml"),
+        ],
+        false,
+    );
+    // The fixture holds a refused Terminate listener and a route that attaches nowhere.
+    assert!(!ok, "{out}");
+    assert!(out.contains("listener *:8443/tcp: L4"), "{out}");
+    assert!(out.contains("takes every server name"), "{out}");
+    assert!(out.contains("listener *:9443/tcp: L7"), "{out}");
+    assert!(
+        out.contains("TLSRoute infra/exact passthrough for SNI abc.example.com"),
+        "{out}"
+    );
+    assert!(
+        out.contains("TLSRoute infra/wild passthrough for SNI *.example.com"),
+        "{out}"
+    );
+    assert!(out.contains("invalid: BackendNotFound (closed)"), "{out}");
+    assert!(out.contains("Accepted=False (UnsupportedValue"), "{out}");
+    assert!(!out.contains("listener *:11443"), "{out}");
+}

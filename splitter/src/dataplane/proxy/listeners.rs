@@ -11,13 +11,48 @@ use tokio::task::JoinSet;
 
 use super::{
     error::ProxyError,
+    passthrough::PassthroughListener,
     server::{Proxy, ProxyListener},
     table::{ServingTable, TableIssue},
 };
 use splitter_plan::plan::l7::L7RouteTable;
 
+/// What serves one address: HTTP (and HTTPS), or TLS passthrough by SNI.
+enum Served {
+    Http(ProxyListener),
+    Passthrough(PassthroughListener),
+}
+
+impl Served {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Http(l) => l.local_addr(),
+            Self::Passthrough(l) => l.local_addr(),
+        }
+    }
+
+    async fn stop_accepting(&mut self) {
+        match self {
+            Self::Http(l) => l.stop_accepting().await,
+            Self::Passthrough(l) => l.stop_accepting().await,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Self::Http(l) => l.shutdown().await,
+            Self::Passthrough(l) => l.shutdown().await,
+        }
+    }
+
+    /// Whether this serves what `table` asks for (else it is replaced).
+    fn serves_kind_of(&self, table: &L7RouteTable) -> bool {
+        matches!(self, Self::Passthrough(_)) == table.passthrough.is_some()
+    }
+}
+
 struct Running {
-    listener: ProxyListener,
+    listener: Served,
     applied: Arc<L7RouteTable>,
 }
 
@@ -76,11 +111,13 @@ impl L7Listeners {
         // Reap drains that finished, so the set does not grow without bound.
         while self.draining.try_join_next().is_some() {}
 
+        // Gone, or now served the other way (HTTP <-> passthrough): closed first, so that the
+        // address can be bound again below.
         let gone: Vec<SocketAddr> = self
             .running
-            .keys()
-            .filter(|a| !desired.contains_key(a))
-            .copied()
+            .iter()
+            .filter(|(a, r)| desired.get(a).is_none_or(|t| !r.listener.serves_kind_of(t)))
+            .map(|(a, _)| *a)
             .collect();
         for addr in gone {
             if let Some(mut r) = self.running.remove(&addr) {
@@ -88,11 +125,13 @@ impl L7Listeners {
                 // and can be bound again); in-flight requests finish in the background.
                 r.listener.stop_accepting().await;
                 self.draining.spawn(r.listener.shutdown());
-                report.stopped.push(addr);
+                if !desired.contains_key(&addr) {
+                    report.stopped.push(addr);
+                }
             }
         }
 
-        // Compiled tables of this apply, by the plan table they came from.
+        // Compiled HTTP tables of this apply, by the plan table they came from.
         let mut compiled: HashMap<usize, Arc<ServingTable>> = HashMap::new();
         for (addr, table) in desired {
             let key = Arc::as_ptr(table).addr();
@@ -100,20 +139,31 @@ impl L7Listeners {
             match self.running.get_mut(addr) {
                 Some(r) if Arc::ptr_eq(&r.applied, table) || *r.applied == **table => {
                     // Unchanged: the next address of the same table shares this one's.
-                    compiled.entry(key).or_insert_with(|| r.listener.serving());
+                    if let Served::Http(l) = &r.listener {
+                        compiled.entry(key).or_insert_with(|| l.serving());
+                    }
                     r.applied = table.clone();
                 }
                 Some(r) => {
-                    let issues = r.listener.install_compiled(table, shared);
-                    compiled.entry(key).or_insert_with(|| r.listener.serving());
+                    match (&r.listener, &table.passthrough) {
+                        (Served::Http(l), _) => {
+                            let issues = l.install_compiled(table, shared);
+                            compiled.entry(key).or_insert_with(|| l.serving());
+                            report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
+                        }
+                        (Served::Passthrough(l), Some(sni)) => l.install(sni),
+                        // Replaced above.
+                        (Served::Passthrough(_), None) => {}
+                    }
                     r.applied = table.clone();
-                    report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
                     report.updated.push(*addr);
                 }
-                None => match self.proxy.listen_compiled(*addr, table, shared).await {
+                None => match self.start(*addr, table, shared).await {
                     Ok((listener, issues)) => {
                         report.issues.extend(issues.into_iter().map(|i| (*addr, i)));
-                        compiled.entry(key).or_insert_with(|| listener.serving());
+                        if let Served::Http(l) = &listener {
+                            compiled.entry(key).or_insert_with(|| l.serving());
+                        }
                         self.running.insert(
                             *addr,
                             Running {
@@ -129,6 +179,24 @@ impl L7Listeners {
             }
         }
         report
+    }
+
+    async fn start(
+        &self,
+        addr: SocketAddr,
+        table: &L7RouteTable,
+        compiled: Option<Arc<ServingTable>>,
+    ) -> Result<(Served, Vec<TableIssue>), ProxyError> {
+        match &table.passthrough {
+            Some(sni) => Ok((
+                Served::Passthrough(self.proxy.listen_passthrough(addr, sni).await?),
+                Vec::new(),
+            )),
+            None => {
+                let (l, issues) = self.proxy.listen_compiled(addr, table, compiled).await?;
+                Ok((Served::Http(l), issues))
+            }
+        }
     }
 
     /// The address actually bound for a requested one (they differ when the port was 0).

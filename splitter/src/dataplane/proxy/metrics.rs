@@ -42,6 +42,18 @@ pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
 
+/// One TLS passthrough connection: where it went and how it ended (`spliced`,
+/// `no_client_hello`, `no_route`, `refused`, `connect_failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabels {
+    pub listener: Arc<str>,
+    /// `namespace/name` of the TLSRoute, empty when none took the connection.
+    pub route: Arc<str>,
+    /// The backendRef's `namespace/name:port`, empty when none was chosen.
+    pub backend: Arc<str>,
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. about 16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -58,6 +70,7 @@ pub struct ProxyMetrics {
     /// RequestMirror copies: their counters, and the slots that bound them (one budget per
     /// proxy, as the families are).
     pub(crate) mirrors: super::mirror::MirrorBudget,
+    pub(crate) passthrough: Family<PassthroughLabels, Counter>,
     /// Tells apart the families of different `ProxyMetrics` in the per-thread handle cache
     /// (clones share it, as they share the families).
     id: usize,
@@ -122,6 +135,7 @@ impl Default for ProxyMetrics {
             rejected_connections: Family::default(),
             table_installs: Family::default(),
             mirrors: super::mirror::MirrorBudget::default(),
+            passthrough: Family::default(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -155,6 +169,11 @@ impl ProxyMetrics {
             "table_installs",
             "Route tables installed on a listener",
             self.table_installs.clone(),
+        );
+        sub.register(
+            "passthrough_connections",
+            "TLS passthrough connections, by listener, TLSRoute, backendRef and outcome",
+            self.passthrough.clone(),
         );
         self.mirrors.register(registry);
     }
@@ -193,6 +212,11 @@ impl ProxyMetrics {
             .histogram
             .observe(seconds);
         });
+    }
+
+    /// Count of passthrough connections with these labels (for tests).
+    pub fn passthrough_with(&self, labels: &PassthroughLabels) -> u64 {
+        self.passthrough.get_or_create(labels).get()
     }
 
     /// Count of requests with these labels (for tests and the admin page).

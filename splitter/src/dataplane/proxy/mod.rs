@@ -33,6 +33,9 @@
 //! upgraded tunnel (itself idle-timed, `upgrade`) holds them; backend connections are capped per
 //! endpoint ([`EndpointSlots`]). 503 also answers a request whose endpoint is at that cap.
 //!
+//! TLS passthrough listeners (TLSRoutes by SNI) are served here too (`passthrough`): no HTTP,
+//! the ClientHello's server name picks the route and the connection is spliced to a backend.
+//!
 //! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
 
 mod access;
@@ -50,6 +53,7 @@ mod idle;
 mod listeners;
 mod metrics;
 mod mirror;
+mod passthrough;
 mod pool;
 mod request_body;
 mod rlimit;
@@ -67,7 +71,10 @@ pub use body::ProxyBody;
 pub use error::{ForwardError, ProxyError, RouteError, UpstreamError};
 pub use hygiene::{BadRequest, XffPolicy};
 pub use listeners::{ApplyReport, L7Listeners};
-pub use metrics::{ListenerLabels, ProxyMetrics, RequestLabels, RouteLabels};
+pub use metrics::{ListenerLabels, PassthroughLabels, ProxyMetrics, RequestLabels, RouteLabels};
+pub use passthrough::{
+    ClientHello, HelloError, MAX_CLIENT_HELLO, PassthroughListener, read_client_hello,
+};
 pub use rlimit::raise_nofile_limit;
 pub use server::{Proxy, ProxyConfig, ProxyListener};
 pub use slots::{EndpointPermit, EndpointSlots};

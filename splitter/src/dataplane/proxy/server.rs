@@ -174,6 +174,13 @@ impl Proxy {
         &self.metrics
     }
 
+    /// What the passthrough listeners share with the HTTP ones: the limits and timeouts, the
+    /// per-source slots (a client's connections count over every listener), the upstream side
+    /// (its per-endpoint cap counts passthrough connections too) and the metrics.
+    pub(super) fn parts(&self) -> (&ProxyConfig, &SourceSlots, &Upstream, &ProxyMetrics) {
+        (&self.config, &self.sources, &self.upstream, &self.metrics)
+    }
+
     /// Binds `addr` and serves `table` on it until [`ProxyListener::shutdown`] (or drop).
     /// Routes that cannot be served are left out and returned as issues.
     pub async fn listen(
@@ -248,7 +255,7 @@ impl Proxy {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {

@@ -341,6 +341,7 @@ mod tests {
         let t = L7RouteTable {
             routes: vec![rule("/a", &[2, 1]), rule("/b", &[2, 1])],
             tls: None,
+            passthrough: None,
         };
         let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
         assert!(issues.is_empty());
@@ -354,6 +355,7 @@ mod tests {
         let t = L7RouteTable {
             routes: vec![rule("/", &[2, 1])],
             tls: None,
+            passthrough: None,
         };
         let (first, _) = ServingTable::compile(&t, &ServingTable::default());
         assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
@@ -367,6 +369,7 @@ mod tests {
         let changed = L7RouteTable {
             routes: vec![rule("/", &[1, 2])],
             tls: None,
+            passthrough: None,
         };
         let (third, _) = ServingTable::compile(&changed, &second);
         assert_eq!(

@@ -73,6 +73,26 @@ pub fn splice(client: OnUpgrade, backend: DirectConnection, idle_timeout: Durati
     });
 }
 
+/// Copies bytes both ways between two connections (a TLS passthrough client and its backend)
+/// until both sides have closed (an EOF on one is passed on as a shutdown of the other's
+/// writing half) or neither carries a byte for `idle_timeout`.
+pub(super) async fn splice_idle<A, B>(a: A, b: B, idle_timeout: Duration) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut a = Counted::new(a, moved.clone());
+    let mut b = Counted::new(b, moved.clone());
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => copied.map(|_| ()),
+        () = idle(&moved, idle_timeout) => {
+            tracing::debug!(?idle_timeout, "spliced connection idle; closing");
+            Ok(())
+        }
+    }
+}
+
 /// Completes once `moved` stayed the same for `timeout` (checked every quarter of it, so
 /// between one timeout and a quarter more after the last byte).
 async fn idle(moved: &AtomicU64, timeout: Duration) {

@@ -179,7 +179,9 @@ impl Upstream {
             .holding(permit))
     }
 
-    async fn connect(
+    /// A new connection to `endpoint` under the per-endpoint cap and the connect timeout (also
+    /// what a TLS passthrough connection splices to).
+    pub(super) async fn connect(
         &self,
         endpoint: SocketAddr,
     ) -> Result<(TcpStream, EndpointPermit), UpstreamError> {
