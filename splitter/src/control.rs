@@ -144,7 +144,9 @@ pub async fn run(
         let mut changed = tokio::select! {
             _ = idle.tick() => continue,
             batch = updates.recv() => match batch {
-                Some(batch) => apply(&mut index, batch),
+                // The first batch always plans, even when it holds nothing (a source with no
+                // objects yet): the actuators and /readyz wait for a first plan.
+                Some(batch) => apply(&mut index, batch) || current.is_none(),
                 None => return,
             },
             r = node_ports.changed(), if ports_open => {
@@ -468,5 +470,20 @@ mod tests {
         h.send(vec![class(12)]).await;
         assert_eq!(h.next_plan().await, ["splitter@12"]);
         assert!(sent.elapsed() < window / 2, "{:?}", sent.elapsed());
+    }
+
+    /// A source that starts with no objects (an empty manifest directory) still gets a first
+    /// plan: /readyz and the actuators wait for one.
+    #[tokio::test(start_paused = true)]
+    async fn a_first_batch_that_holds_nothing_still_plans() {
+        let mut h = start(Duration::ZERO);
+        h.send(vec![Update::Reset(
+            splitter_plan::model::Kind::GatewayClass,
+            Vec::new(),
+        )])
+        .await;
+        assert_eq!(h.next_plan().await, Vec::<String>::new());
+        assert!(h.plans.borrow().is_some());
+        assert_eq!(h.metrics.builds(), 1);
     }
 }
