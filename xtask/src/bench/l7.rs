@@ -120,15 +120,17 @@ enum Case {
     /// `--tls`: one GET per new TLS connection, every handshake a full one; its "requests" are
     /// connections.
     TlsNew,
+    /// `--tls`: as `TlsNew`, the client offering the sessions it was given (resumption).
+    TlsResumed,
 }
 
 const CASES: [Case; 3] = [Case::Get, Case::Post4k, Case::Get100k];
-const TLS_CASES: [Case; 2] = [Case::TlsGet, Case::TlsNew];
+const TLS_CASES: [Case; 3] = [Case::TlsGet, Case::TlsNew, Case::TlsResumed];
 
 impl Case {
     fn path(self) -> &'static str {
         match self {
-            Case::Get | Case::Post4k | Case::TlsGet | Case::TlsNew => PATH,
+            Case::Get | Case::Post4k | Case::TlsGet | Case::TlsNew | Case::TlsResumed => PATH,
             Case::Get100k => "/echo/bytes/102400",
         }
     }
@@ -147,6 +149,7 @@ impl fmt::Display for Case {
             Case::Get100k => "GET 100 KiB",
             Case::TlsGet => "TLS GET",
             Case::TlsNew => "TLS new conn",
+            Case::TlsResumed => "TLS resumed",
         })
     }
 }
@@ -337,7 +340,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     );
     if opts.tls {
         println!(
-            "bench l7 --tls: HTTPS on :{port}, a self-signed ECDSA P-256 certificate made at run time, the same files for both (agent: Secret kubernetes.io/tls; nginx: ssl_certificate, TLS 1.2+1.3, ALPN h2+http/1.1, ssl_session_cache shared:SSL:10m, session tickets on); TLS new conn: splitter-tls-load (rustls client, X25519 offered, resumption disabled and every handshake checked to be full, certificate verified, one GET with Connection: close per connection, {} in flight): its requests/s are connections/s, its p99 connect-to-last-byte, its CPU per connection",
+            "bench l7 --tls: HTTPS on :{port}, a self-signed ECDSA P-256 certificate made at run time, the same files for both (agent: Secret kubernetes.io/tls; nginx: ssl_certificate, TLS 1.2+1.3, ALPN h2+http/1.1, ssl_session_cache shared:SSL:10m, session tickets on); TLS new conn: splitter-tls-load (rustls client, X25519 offered, resumption disabled and every handshake checked to be full, certificate verified, one GET with Connection: close per connection, {} in flight): its requests/s are connections/s, its p99 connect-to-last-byte, its CPU per connection; TLS resumed: the same client offering the sessions (tickets) it was given, the share resumed printed",
             load.connections
         );
     }
@@ -345,7 +348,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: --proxy-workers; nginx: worker_processes, reuseport; haproxy: nbthread, http-reuse always)"
     );
     println!(
-        "bench l7: wrk {} ({} s warm-up first), {} rounds; cases: {}; POST bodies by wrk -s (4096 bytes); split+log (agent with --access-log) runs the GET case only; peer order rotates per round",
+        "bench l7: wrk {} ({} s warm-up first), {} rounds; cases: {}; {}peer order rotates per round",
         load.args(&url).join(" "),
         opts.warmup,
         opts.rounds,
@@ -354,6 +357,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             .map(|c| format!("{c} {}", c.path()))
             .collect::<Vec<_>>()
             .join(", "),
+        if opts.tls {
+            ""
+        } else {
+            "POST bodies by wrk -s (4096 bytes); split+log (agent with --access-log) runs the GET case only; "
+        },
     );
     println!(
         "bench l7: work dir {} (removed at exit)",
@@ -391,15 +399,23 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
             for case in cases.iter().copied().filter(|c| c.runs(peer)) {
                 let url = format!("{origin}{}", case.path());
                 let script = (case == Case::Post4k).then_some(post_script.as_path());
+                // The report, and the share of resumed handshakes for the new-connection cases.
                 let drive = |load: &Load| match (case, &tls_files) {
-                    (Case::TlsNew, Some(f)) => tls::new_connections(
+                    (Case::TlsNew | Case::TlsResumed, Some(f)) => tls::new_connections(
                         &topo.net.client,
                         &bins.tls_load,
                         &f.cert,
                         case.path(),
                         load,
-                    ),
-                    _ => load.run_script(&topo.net.client, &url, script),
+                        case == Case::TlsResumed,
+                    )
+                    .map(|h| {
+                        let share = h.resumed as f64 / h.report.requests.max(1) as f64;
+                        (h.report, Some(share))
+                    }),
+                    _ => load
+                        .run_script(&topo.net.client, &url, script)
+                        .map(|r| (r, None)),
                 };
                 if opts.warmup > 0 {
                     drive(&warmup)?;
@@ -407,7 +423,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
                 interrupted()?;
                 let cpu_before = cpu::process_tree(server.id());
                 let machine_before = cpu::machine_ticks();
-                let wrk = drive(&load)?;
+                let (wrk, resumed) = drive(&load)?;
                 let stolen = cpu::stolen_share(machine_before, cpu::machine_ticks());
                 let cpu = cpu::process_tree(server.id()).since(cpu_before);
                 let m = Measured {
@@ -417,10 +433,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
                     stolen,
                 };
                 println!(
-                    "{:<6} {:<12} {}",
+                    "{:<6} {:<12} {}{}",
                     round + 1,
                     case.to_string(),
-                    Row(peer, &m)
+                    Row(peer, &m),
+                    resumed.map_or(String::new(), |r| format!("  resumed {:.1}%", r * 100.0))
                 );
                 results.push(Result_ {
                     round,

@@ -103,18 +103,29 @@ spec:
     )
 }
 
-/// New TLS connections, one request each, full handshakes only: `splitter-tls-load` with
-/// `load.connections` connections in flight for `load.duration`, in `ns`. The report reads
-/// as wrk's, a connection for a request. A resumed handshake voids the run.
+/// A run of `splitter-tls-load`: its report read as wrk's (a connection for a request), and
+/// how many of its handshakes were resumptions.
+pub struct Handshakes {
+    pub report: WrkReport,
+    pub resumed: u64,
+}
+
+/// New TLS connections, one request each: `splitter-tls-load` with `load.connections`
+/// connections in flight for `load.duration`, in `ns`. Without `resume`, full handshakes
+/// only: a resumed one voids the run. With it, the client offers the sessions it was given.
 pub fn new_connections(
     ns: &NetNs,
     tool: &Path,
     ca: &Path,
     path: &str,
     load: &Load,
-) -> anyhow::Result<WrkReport> {
-    let out = ns
-        .command(tool)
+    resume: bool,
+) -> anyhow::Result<Handshakes> {
+    let mut cmd = ns.command(tool);
+    if resume {
+        cmd.arg("--resume");
+    }
+    let out = cmd
         .args(["--connect", &format!("{GATEWAY}:{PORT}")])
         .args(["--server-name", GATEWAY, "--path", path])
         .arg("--ca")
@@ -130,27 +141,31 @@ pub fn new_connections(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    parse(&String::from_utf8_lossy(&out.stdout))
+    let h = parse(&String::from_utf8_lossy(&out.stdout))?;
+    if !resume && h.resumed > 0 {
+        bail!(
+            "{} handshakes were resumptions: the case measures full handshakes only",
+            h.resumed
+        );
+    }
+    Ok(h)
 }
 
 /// Reads `splitter-tls-load`'s JSON line.
-fn parse(text: &str) -> anyhow::Result<WrkReport> {
+fn parse(text: &str) -> anyhow::Result<Handshakes> {
     let v: serde_json::Value = serde_json::from_str(text.trim())
         .with_context(|| format!("reading splitter-tls-load's report {text:?}"))?;
     let int = |k: &str| v[k].as_u64().with_context(|| format!("no {k} in {text:?}"));
-    if int("resumed")? > 0 {
-        bail!(
-            "{} handshakes were resumptions: the case measures full handshakes only",
-            int("resumed")?
-        );
-    }
-    Ok(WrkReport {
-        requests: int("connections")?,
-        requests_per_sec: v["per_sec"]
-            .as_f64()
-            .with_context(|| format!("no per_sec in {text:?}"))?,
-        p99: Duration::from_micros(int("p99_us")?),
-        errors: int("errors")?,
+    Ok(Handshakes {
+        report: WrkReport {
+            requests: int("connections")?,
+            requests_per_sec: v["per_sec"]
+                .as_f64()
+                .with_context(|| format!("no per_sec in {text:?}"))?,
+            p99: Duration::from_micros(int("p99_us")?),
+            errors: int("errors")?,
+        },
+        resumed: int("resumed")?,
     })
 }
 
@@ -160,15 +175,14 @@ mod tests {
 
     #[test]
     fn reads_the_load_report() {
-        let r =
-            parse(r#"{"connections":1200,"per_sec":120.5,"p99_us":2500,"errors":1,"resumed":0}"#)
+        let h =
+            parse(r#"{"connections":1200,"per_sec":120.5,"p99_us":2500,"errors":1,"resumed":7}"#)
                 .unwrap();
-        assert_eq!(r.requests, 1200);
-        assert_eq!(r.requests_per_sec, 120.5);
-        assert_eq!(r.p99, Duration::from_micros(2500));
-        assert_eq!(r.errors, 1);
-        assert!(
-            parse(r#"{"connections":1,"per_sec":1,"p99_us":1,"errors":0,"resumed":1}"#).is_err()
-        );
+        assert_eq!(h.report.requests, 1200);
+        assert_eq!(h.report.requests_per_sec, 120.5);
+        assert_eq!(h.report.p99, Duration::from_micros(2500));
+        assert_eq!(h.report.errors, 1);
+        assert_eq!(h.resumed, 7);
+        assert!(parse(r#"{"connections":1,"per_sec":1,"p99_us":1,"errors":0}"#).is_err());
     }
 }
