@@ -36,9 +36,11 @@ pub enum Profile {
 pub struct Binaries {
     pub splitter: PathBuf,
     pub echo: PathBuf,
+    /// The new-TLS-connection load of `bench l7 --tls`.
+    pub tls_load: PathBuf,
 }
 
-/// Builds `splitter` and `splitter-echo` and returns their paths.
+/// Builds `splitter`, `splitter-echo` and `splitter-tls-load` and returns their paths.
 pub fn build_binaries(profile: Profile) -> anyhow::Result<Binaries> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["build", "--quiet", "--package", "splitter", "--bins"]);
@@ -57,6 +59,7 @@ pub fn build_binaries(profile: Profile) -> anyhow::Result<Binaries> {
     Ok(Binaries {
         splitter: dir.join("splitter").canonicalize()?,
         echo: dir.join("splitter-echo").canonicalize()?,
+        tls_load: dir.join("splitter-tls-load").canonicalize()?,
     })
 }
 
@@ -126,10 +129,22 @@ impl Topology {
 
     /// Waits until `http://GATEWAY<path>` answers 200 to the client.
     pub fn wait_until_served(&self, path: &str, timeout: Duration) -> anyhow::Result<()> {
-        let url = format!("http://{GATEWAY}{path}");
+        self.wait_until_answers(&format!("http://{GATEWAY}{path}"), &[], timeout)
+    }
+
+    /// Waits until `url` answers 200 to the client's curl, run with `args` added (e.g.
+    /// `--cacert` for an https URL).
+    pub fn wait_until_answers(
+        &self,
+        url: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         wait_for(&format!("{url} to answer 200"), timeout, || {
-            self.curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
-                .is_ok_and(|c| c == "200")
+            let mut all = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+            all.extend_from_slice(args);
+            all.push(url);
+            self.curl(&all).is_ok_and(|c| c == "200")
         })
     }
 }

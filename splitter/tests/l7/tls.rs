@@ -521,3 +521,63 @@ async fn the_backend_is_told_the_client_spoke_https() {
         assert!(text.contains(r#"["x-forwarded-proto","https"]"#), "{text}");
     }
 }
+
+/// One connection of `config` to `addr` for `a.example.com`: a `GET` with `Connection: close`,
+/// the response read to its end (so TLS 1.3 tickets sent after the handshake are taken), and
+/// whether the handshake was a resumption.
+async fn one_request(addr: SocketAddr, config: &Arc<ClientConfig>) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("a.example.com").expect("server name");
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .expect("verified TLS connection");
+    tls.write_all(b"GET /hostname HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    // A close without close_notify after a whole response is not this test's concern.
+    let _ = tls.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 200 "), "{response:?}");
+    tls.get_ref().1.handshake_kind().expect("handshake done")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_client_resumes_by_ticket_after_many_other_handshakes() {
+    let backend_srv = echo("echo").await;
+    let t = tls_table(everything_to(&backend_srv), &[(Some("a.example.com"), "a")]);
+    let (_proxy, listener) = start_proxy(&t).await;
+    let addr = listener.local_addr();
+    let client = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&fixture("ca.crt")).expect("CA PEM"))
+            .expect("CA");
+        Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_protocol_versions(versions)
+                .expect("protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    };
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let returning = client(&[version]);
+        assert_eq!(
+            one_request(addr, &returning).await,
+            rustls::HandshakeKind::Full
+        );
+        // More handshakes by other clients than rustls' default 256-entry session cache
+        // outlives (TLS 1.2 stores one session there, TLS 1.3 two tickets): the returning
+        // client resumes only with stateless tickets.
+        for _ in 0..300 {
+            one_request(addr, &client(&[version])).await;
+        }
+        assert_eq!(
+            one_request(addr, &returning).await,
+            rustls::HandshakeKind::Resumed,
+            "{version:?}"
+        );
+    }
+}

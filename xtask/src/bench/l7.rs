@@ -13,6 +13,11 @@
 //! also has a mostly idle supervisor: nginx its master process, the agent its control-plane
 //! runtime (file watcher, admin endpoint, accept loop). Rounds interleave the two proxies and alternate which goes first, so drift in the
 //! machine's load (builds, other benches) lands on both; the summary is the median per proxy.
+//!
+//! `--tls` races the agent and nginx over HTTPS instead (`tls`): the Gateway's listener is
+//! HTTPS on 443 with a certificate made at run time, nginx listens with TLS on 443 with the same
+//! files; two cases, keep-alive GETs over TLS (wrk) and new connections with a full handshake
+//! each (`splitter-tls-load`).
 
 use std::{ffi::OsString, fmt, path::Path, time::Duration};
 
@@ -21,7 +26,7 @@ use clap::Args;
 
 use super::{
     callgrind::Callgrind,
-    cpu, haproxy, interrupted, nginx,
+    cpu, haproxy, interrupted, nginx, tls,
     wrk::{Load, WrkReport},
 };
 use crate::topology::{self, ECHO_PORT, GATEWAY, Profile, TermGuard, Topology, write_l7_manifests};
@@ -62,6 +67,10 @@ pub struct L7Options {
     /// instead of removing it at exit.
     #[arg(long)]
     keep: bool,
+    /// Race the agent and nginx over HTTPS instead: keep-alive GETs over TLS, and new
+    /// connections with a full TLS handshake each (no resumption), on port 443.
+    #[arg(long, conflicts_with = "instructions")]
+    tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +103,9 @@ const PEERS: [Peer; 4] = [
     Peer::SplitterLog,
 ];
 
+/// `--tls` races the agent against nginx only (the peer).
+const TLS_PEERS: [Peer; 2] = [Peer::Splitter, Peer::Nginx];
+
 /// One kind of request the proxies are raced on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
@@ -103,14 +115,22 @@ enum Case {
     Post4k,
     /// GETs of a 100 KiB body.
     Get100k,
+    /// `--tls`: keep-alive GETs of a short body over TLS (one handshake per wrk connection).
+    TlsGet,
+    /// `--tls`: one GET per new TLS connection, every handshake a full one; its "requests" are
+    /// connections.
+    TlsNew,
+    /// `--tls`: as `TlsNew`, the client offering the sessions it was given (resumption).
+    TlsResumed,
 }
 
 const CASES: [Case; 3] = [Case::Get, Case::Post4k, Case::Get100k];
+const TLS_CASES: [Case; 3] = [Case::TlsGet, Case::TlsNew, Case::TlsResumed];
 
 impl Case {
     fn path(self) -> &'static str {
         match self {
-            Case::Get | Case::Post4k => PATH,
+            Case::Get | Case::Post4k | Case::TlsGet | Case::TlsNew | Case::TlsResumed => PATH,
             Case::Get100k => "/echo/bytes/102400",
         }
     }
@@ -127,6 +147,9 @@ impl fmt::Display for Case {
             Case::Get => "GET",
             Case::Post4k => "POST 4 KiB",
             Case::Get100k => "GET 100 KiB",
+            Case::TlsGet => "TLS GET",
+            Case::TlsNew => "TLS new conn",
+            Case::TlsResumed => "TLS resumed",
         })
     }
 }
@@ -141,6 +164,10 @@ struct Setup<'a> {
     work: &'a Path,
     workers: usize,
     baseline: Option<&'a Path>,
+    /// `http://GATEWAY` or, with `--tls`, `https://GATEWAY`.
+    origin: String,
+    /// curl's extra arguments for `origin` (`--cacert` with `--tls`).
+    curl_args: Vec<String>,
 }
 
 impl Setup<'_> {
@@ -185,7 +212,12 @@ impl Setup<'_> {
                 )?
             }
         };
-        if let Err(e) = self.topo.wait_until_served(PATH, Duration::from_secs(30)) {
+        let url = format!("{}{PATH}", self.origin);
+        let args: Vec<&str> = self.curl_args.iter().map(String::as_str).collect();
+        if let Err(e) = self
+            .topo
+            .wait_until_answers(&url, &args, Duration::from_secs(30))
+        {
             server.check_running(&peer.to_string())?;
             return Err(e);
         }
@@ -195,8 +227,10 @@ impl Setup<'_> {
 
     /// Both proxies must spread requests over both backends, or the comparison is void.
     fn check_split(&self, peer: Peer) -> anyhow::Result<()> {
-        let url = format!("http://{GATEWAY}{PATH}?n=[1-4]");
-        let seen = self.topo.curl(&["-s", "-w", "\\n", &url])?;
+        let url = format!("{}{PATH}?n=[1-4]", self.origin);
+        let mut args: Vec<&str> = self.curl_args.iter().map(String::as_str).collect();
+        args.extend(["-s", "-w", "\\n", &url]);
+        let seen = self.topo.curl(&args)?;
         for b in &self.topo.backends {
             if !seen.lines().any(|l| l == b.pod) {
                 bail!("{peer} sent none of 4 requests to {}: {seen:?}", b.pod);
@@ -246,6 +280,21 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     let manifests = work.path().join("manifests");
     std::fs::create_dir(&manifests)?;
     write_l7_manifests(&manifests, None)?;
+    let tls_files = if opts.tls {
+        let files = tls::generate(work.path())?;
+        tls::write_manifests(&manifests, &files)?;
+        Some(files)
+    } else {
+        None
+    };
+    let (port, cases, origin) = match &tls_files {
+        None => (PORT, &CASES[..], format!("http://{GATEWAY}")),
+        Some(_) => (tls::PORT, &TLS_CASES[..], format!("https://{GATEWAY}")),
+    };
+    let curl_args = match &tls_files {
+        None => vec![],
+        Some(f) => vec!["--cacert".into(), f.cert.display().to_string()],
+    };
     let nginx_dir = work.path().join("nginx");
     std::fs::create_dir(&nginx_dir)?;
     let upstreams: Vec<String> = topo
@@ -258,8 +307,9 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         nginx::config(
             &nginx_dir,
             if opts.instructions { 0 } else { workers },
-            PORT,
+            port,
             &upstreams,
+            tls_files.as_ref(),
         ),
     )?;
     let haproxy_dir = work.path().join("haproxy");
@@ -276,25 +326,42 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         work: work.path(),
         workers,
         baseline: opts.baseline.as_deref(),
+        origin: origin.clone(),
+        curl_args,
     };
 
-    let url = format!("http://{GATEWAY}{PATH}");
+    let url = format!("{origin}{PATH}");
     if opts.instructions {
         return count_instructions(&setup, &url, opts);
     }
     println!(
-        "bench l7: client -> gateway :{PORT} -> 2 backends ({}), each in its own network namespace, over veth",
+        "bench l7: client -> gateway :{port} -> 2 backends ({}), each in its own network namespace, over veth",
         upstreams.join(", ")
     );
+    if opts.tls {
+        println!(
+            "bench l7 --tls: HTTPS on :{port}, a self-signed ECDSA P-256 certificate made at run time, the same files for both (agent: Secret kubernetes.io/tls; nginx: ssl_certificate, TLS 1.2+1.3, ALPN h2+http/1.1, ssl_session_cache shared:SSL:10m, session tickets on); TLS new conn: splitter-tls-load (rustls client, X25519 offered, resumption disabled and every handshake checked to be full, certificate verified, one GET with Connection: close per connection, {} in flight): its requests/s are connections/s, its p99 connect-to-last-byte, its CPU per connection; TLS resumed: the same client offering the sessions (tickets) it was given, the share resumed printed",
+            load.connections
+        );
+    }
     println!(
         "bench l7: {cpus} CPUs; proxies get {workers} workers (agent: --proxy-workers; nginx: worker_processes, reuseport; haproxy: nbthread, http-reuse always)"
     );
     println!(
-        "bench l7: wrk {} ({} s warm-up first), {} rounds; cases: {}; POST bodies by wrk -s (4096 bytes); split+log (agent with --access-log) runs the GET case only; peer order rotates per round",
+        "bench l7: wrk {} ({} s warm-up first), {} rounds; cases: {}; {}peer order rotates per round",
         load.args(&url).join(" "),
         opts.warmup,
         opts.rounds,
-        CASES.map(|c| format!("{c} {}", c.path())).join(", "),
+        cases
+            .iter()
+            .map(|c| format!("{c} {}", c.path()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if opts.tls {
+            ""
+        } else {
+            "POST bodies by wrk -s (4096 bytes); split+log (agent with --access-log) runs the GET case only; "
+        },
     );
     println!(
         "bench l7: work dir {} (removed at exit)",
@@ -314,7 +381,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         "stolen"
     );
 
-    let mut peers = PEERS.to_vec();
+    let mut peers = if opts.tls {
+        TLS_PEERS.to_vec()
+    } else {
+        PEERS.to_vec()
+    };
     if opts.baseline.is_some() {
         peers.push(Peer::Baseline);
     }
@@ -325,16 +396,34 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
         for peer in order {
             interrupted()?;
             let server = setup.start(peer)?;
-            for case in CASES.into_iter().filter(|c| c.runs(peer)) {
-                let url = format!("http://{GATEWAY}{}", case.path());
+            for case in cases.iter().copied().filter(|c| c.runs(peer)) {
+                let url = format!("{origin}{}", case.path());
                 let script = (case == Case::Post4k).then_some(post_script.as_path());
+                // The report, and the share of resumed handshakes for the new-connection cases.
+                let drive = |load: &Load| match (case, &tls_files) {
+                    (Case::TlsNew | Case::TlsResumed, Some(f)) => tls::new_connections(
+                        &topo.net.client,
+                        &bins.tls_load,
+                        &f.cert,
+                        case.path(),
+                        load,
+                        case == Case::TlsResumed,
+                    )
+                    .map(|h| {
+                        let share = h.resumed as f64 / h.report.requests.max(1) as f64;
+                        (h.report, Some(share))
+                    }),
+                    _ => load
+                        .run_script(&topo.net.client, &url, script)
+                        .map(|r| (r, None)),
+                };
                 if opts.warmup > 0 {
-                    warmup.run_script(&topo.net.client, &url, script)?;
+                    drive(&warmup)?;
                 }
                 interrupted()?;
                 let cpu_before = cpu::process_tree(server.id());
                 let machine_before = cpu::machine_ticks();
-                let wrk = load.run_script(&topo.net.client, &url, script)?;
+                let (wrk, resumed) = drive(&load)?;
                 let stolen = cpu::stolen_share(machine_before, cpu::machine_ticks());
                 let cpu = cpu::process_tree(server.id()).since(cpu_before);
                 let m = Measured {
@@ -344,10 +433,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
                     stolen,
                 };
                 println!(
-                    "{:<6} {:<12} {}",
+                    "{:<6} {:<12} {}{}",
                     round + 1,
                     case.to_string(),
-                    Row(peer, &m)
+                    Row(peer, &m),
+                    resumed.map_or(String::new(), |r| format!("  resumed {:.1}%", r * 100.0))
                 );
                 results.push(Result_ {
                     round,
@@ -362,7 +452,7 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     }
 
     println!();
-    for case in CASES {
+    for case in cases.iter().copied() {
         for peer in peers.iter().copied().filter(|p| case.runs(*p)) {
             let s = summary(&results, case, peer);
             println!("{:<6} {:<12} {}", "median", case.to_string(), Row(peer, &s));
@@ -372,11 +462,11 @@ pub fn run(opts: &L7Options) -> anyhow::Result<()> {
     println!(
         "ratios: median of the per-round ratios [min-max over rounds]; requests/s above 1 and p99 below 1 favour the first proxy"
     );
-    for case in CASES {
-        let mut pairs = vec![
-            (Peer::Splitter, Peer::Nginx),
-            (Peer::Splitter, Peer::Haproxy),
-        ];
+    for case in cases.iter().copied() {
+        let mut pairs = vec![(Peer::Splitter, Peer::Nginx)];
+        if peers.contains(&Peer::Haproxy) {
+            pairs.push((Peer::Splitter, Peer::Haproxy));
+        }
         if case == Case::Get {
             pairs.push((Peer::SplitterLog, Peer::Splitter));
         }

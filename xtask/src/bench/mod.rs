@@ -7,6 +7,7 @@ mod haproxy;
 mod l7;
 mod nginx;
 mod scale;
+mod tls;
 mod wrk;
 
 use std::{
@@ -31,7 +32,8 @@ pub enum Bench {
         #[arg(long)]
         cost: bool,
     },
-    /// The L7 proxy against nginx with the same weighted upstream, driven by wrk (root).
+    /// The L7 proxy against nginx with the same weighted upstream, driven by wrk (root);
+    /// `--tls`: over HTTPS, keep-alive and new connections.
     L7(L7Options),
     /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench -p splitter-plan --bench plan`).
     Plan,

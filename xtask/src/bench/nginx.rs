@@ -5,7 +5,25 @@ use std::{ffi::OsString, path::Path, process::Stdio};
 use anyhow::{Context, bail};
 use testbed::NetNs;
 
+use super::tls::TlsFiles;
 use crate::topology::{TermGuard, command_under};
+
+/// nginx's best competent TLS listener with the agent's certificate and what the agent offers:
+/// TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` (`http2` on the listen line, nginx 1.22's
+/// syntax), a session cache shared by the workers and session tickets (nginx's default, kept).
+/// Ciphers, curves and `ssl_buffer_size` are nginx's defaults.
+fn tls_listen(port: u16, files: &TlsFiles) -> String {
+    format!(
+        "listen {port} ssl http2 reuseport;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;",
+        files.cert.display(),
+        files.key.display()
+    )
+}
 
 /// nginx's equivalent of the guide's HTTPRoute: `/echo` stripped, two backends weighted 1:1,
 /// upstream connections kept alive. `workers` matches the agent's tokio worker threads so
@@ -19,7 +37,15 @@ use crate::topology::{TermGuard, command_under};
 ///
 /// `workers: 0` asks for one process that does everything (`master_process off`), as the
 /// instruction count needs: callgrind follows the process it started.
-pub fn config(dir: &Path, workers: usize, port: u16, backends: &[String]) -> String {
+///
+/// With `tls`, the server listens with TLS on `port` instead ([`tls_listen`]).
+pub fn config(
+    dir: &Path,
+    workers: usize,
+    port: u16,
+    backends: &[String],
+    tls: Option<&TlsFiles>,
+) -> String {
     let (master, workers) = if workers == 0 {
         ("off", 1)
     } else {
@@ -30,6 +56,10 @@ pub fn config(dir: &Path, workers: usize, port: u16, backends: &[String]) -> Str
         .iter()
         .map(|b| format!("        server {b} weight=1;\n"))
         .collect();
+    let listen = match tls {
+        None => format!("listen {port} reuseport;"),
+        Some(files) => tls_listen(port, files),
+    };
     format!(
         "# Written by `cargo xtask bench l7`.
 daemon off;
@@ -59,7 +89,7 @@ http {{
     }}
 
     server {{
-        listen {port} reuseport;
+        {listen}
         location /echo/ {{
             # The trailing slash replaces the matched /echo/ by /: strip-path.
             proxy_pass http://echo/;
@@ -124,15 +154,37 @@ mod tests {
             2,
             80,
             &["10.0.0.1:1027".into(), "10.0.0.2:1027".into()],
+            None,
         );
         assert!(c.contains("worker_processes 2;"));
         assert!(c.contains("master_process on;"));
-        let single = config(Path::new("/tmp/x"), 0, 80, &["10.0.0.1:1027".into()]);
+        let single = config(Path::new("/tmp/x"), 0, 80, &["10.0.0.1:1027".into()], None);
         assert!(single.contains("master_process off;") && single.contains("worker_processes 1;"));
         assert!(c.contains("server 10.0.0.1:1027 weight=1;\n        server 10.0.0.2:1027 weight=1;\n        keepalive 64;"));
         assert!(c.contains("proxy_http_version 1.1;"));
         assert!(c.contains("proxy_set_header Connection \"\";"));
         assert!(c.contains("listen 80 reuseport;"));
         assert!(c.contains("pid /tmp/x/nginx.pid;"));
+        assert!(!c.contains("ssl"));
+    }
+
+    #[test]
+    fn tls_config_listens_with_the_certificate() {
+        let files = TlsFiles {
+            cert: "/tmp/x/cert.pem".into(),
+            key: "/tmp/x/key.pem".into(),
+        };
+        let c = config(
+            Path::new("/tmp/x"),
+            2,
+            443,
+            &["10.0.0.1:1027".into()],
+            Some(&files),
+        );
+        assert!(c.contains("listen 443 ssl http2 reuseport;"));
+        assert!(c.contains("ssl_certificate /tmp/x/cert.pem;"));
+        assert!(c.contains("ssl_certificate_key /tmp/x/key.pem;"));
+        assert!(c.contains("ssl_session_cache shared:SSL:10m;"));
+        assert!(!c.contains("listen 443 reuseport"));
     }
 }

@@ -66,6 +66,20 @@ pub(crate) fn server_config(listener: &str, plan: &TlsPlan) -> Arc<ServerConfig>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets, as nginx ships them: a returning client resumes whatever the
+    // number of clients, where rustls' default (tickets that point into a 256-entry session
+    // cache) forgets a client after 128 TLS 1.3 handshakes by others
+    // (`l7::tls::a_returning_client_resumes_by_ticket_after_many_other_handshakes`; the bench's
+    // 64 clients never reach that). TLS 1.3 resumption still runs an ECDHE
+    // exchange (rustls offers only psk_dhe_ke), so forward secrecy holds; the ticket keys are
+    // random, rotate every 6 hours and never leave the process. A new plan (a rotated
+    // certificate) makes a new ticketer: tickets issued before it give full handshakes.
+    match ring::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        Err(e) => {
+            tracing::warn!(%listener, error = %e, "no session tickets: resumption only through the session cache")
+        }
+    }
     Arc::new(config)
 }
 
