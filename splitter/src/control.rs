@@ -109,8 +109,7 @@ impl PlanMetrics {
 /// of the last build wait until it has passed and are planned together, so a stream of watch
 /// events costs at most one build per `coalesce`. A batch that changes nothing the plan reads
 /// (a status-only update, a resync, the echo of our own status write) builds nothing. Builds run
-/// on a blocking thread: at thousands of routes one takes long enough to stall the runtime the
-/// watchers, the admin server and the status writer share.
+/// on the blocking pool ([`build_off_runtime`]).
 pub async fn run(
     mut updates: mpsc::Receiver<Vec<Update>>,
     mut config: PlanConfig,
@@ -133,7 +132,6 @@ pub async fn run(
     let mut sources_open = true;
     // When the last build started; `None` before the first.
     let mut last_build: Option<Instant> = None;
-    let planner = Planner::start();
     config.node_ports = node_ports.borrow_and_update().clone();
     loop {
         heartbeat.beat();
@@ -183,9 +181,13 @@ pub async fn run(
         }
         last_build = Some(Instant::now());
         metrics.builds.inc();
-        let Some((back, next, same)) = planner
-            .build(index, config.clone(), current.clone(), &metrics)
-            .await
+        let Some((back, next, same)) = build_off_runtime(
+            index,
+            config.clone(),
+            current.clone(),
+            metrics.build_seconds.clone(),
+        )
+        .await
         else {
             // A panicking build took the index with it; the agent cannot go on planning.
             tracing::error!("plan build failed; the control loop stops");
@@ -205,81 +207,27 @@ pub async fn run(
     }
 }
 
-/// The thread plans are built on. One long-lived thread rather than tokio's blocking pool: a
-/// build allocates the whole plan, and glibc gives each new thread an arena of its own, so
-/// builds spread over pool threads that come and go leave memory in every arena they used
-/// (measured: RSS 201 MiB after the first plan of 10k routes, 437 MiB after a minute of
-/// changes). After each build the thread hands freed memory back to the system.
-struct Planner {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-type Built = (Index, Plan, bool);
-
-struct Job {
+/// Builds the next plan on the blocking pool: at thousands of routes a build takes long enough
+/// to stall the runtime the watchers, the admin server and the status writer share. Returns
+/// the index back, the plan, and whether it equals `previous` but for its disruption figures;
+/// `None` when the build panicked.
+async fn build_off_runtime(
     index: Index,
     config: PlanConfig,
     previous: Option<Arc<Plan>>,
     timer: Histogram,
-    done: std::sync::mpsc::SyncSender<Built>,
-}
-
-impl Planner {
-    fn start() -> Self {
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("splitter-planner".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let started = std::time::Instant::now();
-                    let next = plan::build(&job.index, &job.config, job.previous.as_deref());
-                    job.timer.observe(started.elapsed().as_secs_f64());
-                    let same = job
-                        .previous
-                        .as_deref()
-                        .is_some_and(|c| same_except_disruption(c, &next));
-                    drop(job.previous);
-                    let _ = job.done.send((job.index, next, same));
-                    release_free_memory();
-                }
-            })
-            .expect("spawning the planner thread");
-        Self { jobs }
-    }
-
-    /// Builds on the planner thread; `None` when the build panicked.
-    async fn build(
-        &self,
-        index: Index,
-        config: PlanConfig,
-        previous: Option<Arc<Plan>>,
-        metrics: &PlanMetrics,
-    ) -> Option<Built> {
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let job = Job {
-            index,
-            config,
-            previous,
-            timer: metrics.build_seconds.clone(),
-            done,
-        };
-        self.jobs.send(job).ok()?;
-        // Waited for on the blocking pool (which allocates nothing here), so that the runtime
-        // knows work is in flight: a paused test clock does not jump ahead of the build.
-        tokio::task::spawn_blocking(move || result.recv().ok())
-            .await
-            .ok()
-            .flatten()
-    }
-}
-
-/// Returns the free memory of every malloc arena to the system (glibc keeps it otherwise).
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+) -> Option<(Index, Plan, bool)> {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let next = plan::build(&index, &config, previous.as_deref());
+        timer.observe(started.elapsed().as_secs_f64());
+        let same = previous
+            .as_deref()
+            .is_some_and(|c| same_except_disruption(c, &next));
+        (index, next, same)
+    })
+    .await
+    .ok()
 }
 
 /// Applies a batch; whether anything the plan reads changed.

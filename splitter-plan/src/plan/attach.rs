@@ -203,56 +203,68 @@ impl<'i> Attacher<'i, '_> {
         kind: Kind,
         route: &'i L4Route,
     ) -> (Option<RouteStatus>, Vec<PlannedBackend>) {
-        let meta = &route.meta;
-        let mut unresolved = Vec::new();
-        let backends: Vec<PlannedBackend> = route
-            .backends
-            .iter()
-            .map(|b| {
-                let (pb, u) = self.resolver.resolve(kind.as_str(), &meta.namespace, b);
-                unresolved.extend(u);
-                pb
-            })
-            .collect();
-        let mut parents = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (i, p) in route.parent_refs.iter().enumerate() {
-            let Some(candidates) = self.candidates(kind, meta, i, p) else {
-                continue;
-            };
-            let outcome = match self.allowed(candidates, kind.as_str(), &meta.namespace, p) {
-                Err(refused) => refused,
-                Ok(allowed) => {
-                    Attach::Accepted(allowed.into_iter().map(|li| (li, Vec::new())).collect())
-                }
-            };
-            if let Attach::Accepted(matched) = &outcome {
-                for (li, _) in matched {
-                    if seen.insert(*li) {
-                        let l = &mut self.listeners[*li];
-                        l.attached_routes += 1;
-                        l.l4.push(route);
-                    }
-                }
-            }
-            let conditions = self.conditions(meta, outcome, &unresolved);
-            parents.push(self.parent_status(p, conditions));
-        }
-        let status = (!parents.is_empty()).then(|| RouteStatus {
-            route: ObjectKey::new(kind, &meta.namespace, &meta.name).clone(),
-            parents,
-        });
-        (status, backends)
+        self.whole_route(
+            kind,
+            &route.meta,
+            &route.parent_refs,
+            &route.backends,
+            |_, allowed| Attach::Accepted(allowed.into_iter().map(|li| (li, Vec::new())).collect()),
+            |l, _| l.l4.push(route),
+        )
     }
 
     /// Attaches a TLSRoute to the TLS listeners whose hostname intersects its hostnames;
     /// returns its status and its resolved backends.
     pub fn tls_route(&mut self, route: &'i TlsRoute) -> (Option<RouteStatus>, Vec<PlannedBackend>) {
         let meta = &route.meta;
-        let kind = Kind::TlsRoute;
+        self.whole_route(
+            Kind::TlsRoute,
+            meta,
+            &route.parent_refs,
+            &route.backends,
+            |this, allowed| {
+                let matched: Vec<(usize, Vec<String>)> = allowed
+                    .into_iter()
+                    .filter_map(|li| {
+                        hostname::intersect(
+                            this.listeners[li].listener.hostname.as_deref(),
+                            &route.hostnames,
+                        )
+                        .map(|h| (li, h))
+                    })
+                    .collect();
+                if matched.is_empty() {
+                    Attach::Refused(
+                        reason::NO_MATCHING_LISTENER_HOSTNAME,
+                        format!("no listener hostname intersects {:?}", route.hostnames),
+                    )
+                } else {
+                    Attach::Accepted(matched)
+                }
+            },
+            |l, hosts| {
+                l.tls.push(TlsAttachment {
+                    route: (meta.namespace.clone(), meta.name.clone()),
+                    hostnames: hosts.to_vec(),
+                })
+            },
+        )
+    }
+
+    /// Attaches a route whose backends belong to the whole route (one rule, no matches):
+    /// resolves them, then for each parentRef the listeners it selects and `matched` keeps
+    /// (with the hostnames each serves it under) take it through `attach`, once per listener.
+    fn whole_route(
+        &mut self,
+        kind: Kind,
+        meta: &Meta,
+        parent_refs: &[ParentRef],
+        backends: &[crate::model::BackendRef],
+        matched: impl Fn(&Self, Vec<usize>) -> Attach,
+        mut attach: impl FnMut(&mut GatewayListener<'i>, &[String]),
+    ) -> (Option<RouteStatus>, Vec<PlannedBackend>) {
         let mut unresolved = Vec::new();
-        let backends: Vec<PlannedBackend> = route
-            .backends
+        let backends: Vec<PlannedBackend> = backends
             .iter()
             .map(|b| {
                 let (pb, u) = self.resolver.resolve(kind.as_str(), &meta.namespace, b);
@@ -262,42 +274,20 @@ impl<'i> Attacher<'i, '_> {
             .collect();
         let mut parents = Vec::new();
         let mut seen = BTreeSet::new();
-        for (i, p) in route.parent_refs.iter().enumerate() {
+        for (i, p) in parent_refs.iter().enumerate() {
             let Some(candidates) = self.candidates(kind, meta, i, p) else {
                 continue;
             };
             let outcome = match self.allowed(candidates, kind.as_str(), &meta.namespace, p) {
                 Err(refused) => refused,
-                Ok(allowed) => {
-                    let matched: Vec<(usize, Vec<String>)> = allowed
-                        .into_iter()
-                        .filter_map(|li| {
-                            hostname::intersect(
-                                self.listeners[li].listener.hostname.as_deref(),
-                                &route.hostnames,
-                            )
-                            .map(|h| (li, h))
-                        })
-                        .collect();
-                    if matched.is_empty() {
-                        Attach::Refused(
-                            reason::NO_MATCHING_LISTENER_HOSTNAME,
-                            format!("no listener hostname intersects {:?}", route.hostnames),
-                        )
-                    } else {
-                        Attach::Accepted(matched)
-                    }
-                }
+                Ok(allowed) => matched(self, allowed),
             };
             if let Attach::Accepted(matched) = &outcome {
                 for (li, hosts) in matched {
                     if seen.insert(*li) {
                         let l = &mut self.listeners[*li];
                         l.attached_routes += 1;
-                        l.tls.push(TlsAttachment {
-                            route: (meta.namespace.clone(), meta.name.clone()),
-                            hostnames: hosts.clone(),
-                        });
+                        attach(l, hosts);
                     }
                 }
             }
@@ -305,7 +295,7 @@ impl<'i> Attacher<'i, '_> {
             parents.push(self.parent_status(p, conditions));
         }
         let status = (!parents.is_empty()).then(|| RouteStatus {
-            route: ObjectKey::new(kind, &meta.namespace, &meta.name).clone(),
+            route: ObjectKey::new(kind, &meta.namespace, &meta.name),
             parents,
         });
         (status, backends)
