@@ -149,14 +149,52 @@ pub fn track(meta: &mut PacketMeta, recreated: bool) {
     match meta.family {
         Family::V4 => {
             let k: &FlowKey4 = &meta.key4;
+            let rk = k.twin(f);
+            take_over_v4(&rk);
             let _ = HALF_OPEN_V4.insert(k, f, 0);
-            let _ = HALF_OPEN_V4.insert(k.twin(f), reply, 0);
+            let _ = HALF_OPEN_V4.insert(&rk, reply, 0);
         }
         Family::V6 => {
             let k: &FlowKey = &meta.key;
+            let rk = k.twin(f);
+            take_over_v6(&rk);
             let _ = HALF_OPEN.insert(k, f, 0);
-            let _ = HALF_OPEN.insert(k.twin(f), reply, 0);
+            let _ = HALF_OPEN.insert(&rk, reply, 0);
         }
+    }
+}
+
+// The reply key (backend -> client) does not name the VIP: a client that reuses a port for a
+// connection to another VIP, or to another port of it, that lands on the same backend makes a
+// new flow with an older flow's reply key. The backend can hold one connection per tuple, so
+// the new SYN means the old connection is over; it gives the key up, with its forward entry
+// (left behind, it would be reaped later together with its twin, which by then is the new
+// flow's). Without this the old entry, looked up first, sends the new SYN-ACK out as the old
+// VIP and the connection never opens.
+
+#[inline(always)]
+fn take_over_v4(rk: &FlowKey4) {
+    if let Some(old) = CONNTRACK_V4.get_ptr(rk) {
+        // SAFETY: an entry of the map, alive for this program run.
+        let _ = CONNTRACK_V4.remove(&rk.twin(unsafe { &*old }));
+        let _ = CONNTRACK_V4.remove(rk);
+    }
+    if let Some(old) = HALF_OPEN_V4.get_ptr(rk) {
+        // SAFETY: as above.
+        let _ = HALF_OPEN_V4.remove(&rk.twin(unsafe { &*old }));
+    }
+}
+
+#[inline(always)]
+fn take_over_v6(rk: &FlowKey) {
+    if let Some(old) = CONNTRACK.get_ptr(rk) {
+        // SAFETY: an entry of the map, alive for this program run.
+        let _ = CONNTRACK.remove(&rk.twin(unsafe { &*old }));
+        let _ = CONNTRACK.remove(rk);
+    }
+    if let Some(old) = HALF_OPEN.get_ptr(rk) {
+        // SAFETY: as above.
+        let _ = HALF_OPEN.remove(&rk.twin(unsafe { &*old }));
     }
 }
 

@@ -94,8 +94,11 @@ fn remote_pod_answers_through_node0(routing: Routing, net: u8, v6: bool) {
         // 7 s: room for two SYN retransmissions (1 s, then 2 s more). One CI run, with the
         // kernel tests sharing two CPUs, saw one connection of 200 not set up within 3 s
         // (not reproduced in isolation; noted for investigation).
-        let r = ask_whoami(c.client(), vip, Duration::from_secs(7))
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let r = ask_whoami(c.client(), vip, Duration::from_secs(7)).unwrap_or_else(|e| {
+            let state = splitter::inspect::render(&fs.path().join("maps"))
+                .unwrap_or_else(|e| format!("inspect: {e:#}"));
+            panic!("connection {i}: {e}\n{state}")
+        });
         if r.pod == remote_name {
             assert_eq!(r.peer.ip(), node0_ip, "{r}: node 1's pod sees node 0");
             assert!(

@@ -607,3 +607,57 @@ fn a_syn_reusing_a_closed_connections_tuple_takes_the_live_table() {
         "an open connection keeps its backend"
     );
 }
+
+/// The reply key (backend -> client) does not name the VIP: a client that closes a connection
+/// to one VIP and opens one from the same port to another VIP with the same backend makes a
+/// flow whose replies have the old one's key. The new flow must own it, or its SYN-ACK would
+/// leave with the old VIP as source and the connection would never open.
+#[test]
+fn a_new_flow_takes_over_the_reply_key_of_a_closed_flow_to_another_vip() {
+    root_only!("a_new_flow_takes_over_the_reply_key_of_a_closed_flow_to_another_vip");
+    let mut r = rig();
+    for (first, second, backend, client) in [
+        (
+            sa("10.0.0.100:81"),
+            sa("10.0.0.100:80"),
+            sa("10.1.0.1:8080"),
+            sa("192.0.2.70:45000"),
+        ),
+        (
+            sa("[fd00::100]:81"),
+            sa("[fd00::101]:80"),
+            sa("[fd01::1]:8080"),
+            sa("[2001:db8::70]:45000"),
+        ),
+    ] {
+        r.act
+            .apply(&[
+                route("one", &[(first, L4Proto::Tcp)], vec![Some(backend); 7]),
+                route("two", &[(second, L4Proto::Tcp)], vec![Some(backend); 7]),
+            ])
+            .expect("apply");
+        xdp(&mut r.obj, &frame(client, first, Seg::Syn, &[]));
+        confirm(&mut r.obj, client, first, backend, None);
+        xdp(&mut r.obj, &frame(client, first, Seg::Fin, &[]));
+        tc(&mut r.obj, &frame(backend, client, Seg::Fin, &[]));
+
+        // The same client port, another VIP, the same backend.
+        assert_eq!(
+            inspect(&xdp(&mut r.obj, &frame(client, second, Seg::Syn, &[])).out).dst,
+            backend
+        );
+        let syn_ack = inspect(&tc(&mut r.obj, &frame(backend, client, Seg::SynAck, &[])).out);
+        assert_eq!(
+            (syn_ack.src, syn_ack.dst),
+            (second, client),
+            "the SYN-ACK leaves as the VIP the client asked"
+        );
+        xdp(&mut r.obj, &frame(client, second, Seg::Ack, &[]));
+        let data = inspect(&tc(&mut r.obj, &frame(backend, client, Seg::Ack, b"hi")).out);
+        assert_eq!((data.src, data.dst), (second, client), "and so does the rest");
+        // The closed flow's forward entry went with its reply entry: conntrack holds no half
+        // of a flow.
+        let v = xdp(&mut r.obj, &frame(client, first, Seg::Syn, &[]));
+        assert_eq!(inspect(&v.out).dst, backend);
+    }
+}
