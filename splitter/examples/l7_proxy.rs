@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         }));
     }
     let table = L7RouteTable {
-        routes: vec![route],
+        routes: vec![route.into()],
         tls: None,
         passthrough: None,
     };

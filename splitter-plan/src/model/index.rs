@@ -4,7 +4,7 @@
 //! same three operations: `apply` (create or replace), `delete`, and `reset` (a relist: the given
 //! objects become the whole content of that kind).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     EndpointSlice, Gateway, GatewayClass, HttpRoute, Kind, L4Route, Namespace, Object, ObjectKey,
@@ -21,6 +21,36 @@ pub enum Update {
     Delete(ObjectKey),
     /// The complete set of objects of one kind (objects of another kind are ignored).
     Reset(Kind, Vec<Object>),
+}
+
+/// What updates changed, for choosing how to plan again: a change confined to the
+/// EndpointSlices of some Services refreshes their backends in the last plan
+/// (`plan::refresh_endpoints`); anything else builds a whole plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Something other than the EndpointSlices of a Service changed (a slice without a
+    /// Service name counts here: the plan reads its endpoints' node names).
+    pub other: bool,
+    /// The Services (namespace, name) whose EndpointSlices changed.
+    pub endpoints_of: BTreeSet<NsName>,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        self.other || !self.endpoints_of.is_empty()
+    }
+
+    /// Records that `slice` (its old or its new version) changed.
+    fn slice(&mut self, namespace: &str, slice: Option<&EndpointSlice>) {
+        match slice.map(|s| s.service_name.as_ref()) {
+            None => {}
+            Some(Some(svc)) => {
+                self.endpoints_of
+                    .insert((namespace.to_string(), svc.clone()));
+            }
+            Some(None) => self.other = true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,6 +92,63 @@ impl Index {
             Update::Apply(o) => self.apply(*o),
             Update::Delete(key) => self.delete(&key),
             Update::Reset(kind, objects) => self.reset(kind, objects),
+        }
+    }
+
+    /// [`update`](Self::update), recording what changed in `changes`.
+    pub fn update_noting(&mut self, update: Update, changes: &mut Changes) -> bool {
+        match update {
+            Update::Apply(o) => match *o {
+                Object::EndpointSlice(slice) => {
+                    let nn = (slice.meta.namespace.clone(), slice.meta.name.clone());
+                    if self.endpoint_slices.get(&nn) == Some(&slice) {
+                        return false;
+                    }
+                    changes.slice(&nn.0, self.endpoint_slices.get(&nn));
+                    changes.slice(&nn.0, Some(&slice));
+                    self.endpoint_slices.insert(nn, slice);
+                    true
+                }
+                other => {
+                    let changed = self.apply(other);
+                    changes.other |= changed;
+                    changed
+                }
+            },
+            Update::Delete(key) if key.kind == Kind::EndpointSlice => {
+                let old = self
+                    .endpoint_slices
+                    .remove(&(key.namespace.clone(), key.name));
+                changes.slice(&key.namespace, old.as_ref());
+                old.is_some()
+            }
+            Update::Reset(Kind::EndpointSlice, objects) => {
+                let fresh: BTreeMap<NsName, EndpointSlice> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::EndpointSlice(s) => {
+                            Some(((s.meta.namespace.clone(), s.meta.name.clone()), s))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let held = &self.endpoint_slices;
+                for key in held.keys().chain(fresh.keys()) {
+                    let (a, b) = (held.get(key), fresh.get(key));
+                    if a != b {
+                        changes.slice(&key.0, a);
+                        changes.slice(&key.0, b);
+                    }
+                }
+                let changed = *held != fresh;
+                self.endpoint_slices = fresh;
+                changed
+            }
+            other => {
+                let changed = self.update(other);
+                changes.other |= changed;
+                changed
+            }
         }
     }
 

@@ -7,7 +7,9 @@ use std::{
 };
 
 use super::l7::{BackendProtocol, BackendTarget, InvalidReason, PlannedBackend};
-use crate::model::{BackendRef, EndpointSlice, Index, Service, ServicePort, TargetPort};
+use crate::model::{
+    BackendRef, EndpointSlice, Index, Service, ServicePort, TargetPort, index::NsName,
+};
 
 /// Why a backendRef did not resolve, for the route's `ResolvedRefs` condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,9 +25,28 @@ pub(crate) struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     pub fn new(index: &'a Index) -> Self {
+        Self::with_slices(index, |_, _| true)
+    }
+
+    /// A resolver that knows the endpoints of `services` only (an endpoint refresh).
+    pub fn for_services(index: &'a Index, services: &BTreeSet<NsName>) -> Self {
+        // Looked up without allocating a key per slice.
+        let wanted: HashMap<&str, BTreeSet<&str>> =
+            services.iter().fold(HashMap::new(), |mut m, (ns, name)| {
+                m.entry(ns.as_str()).or_default().insert(name.as_str());
+                m
+            });
+        Self::with_slices(index, |ns, svc| {
+            wanted.get(ns).is_some_and(|names| names.contains(svc))
+        })
+    }
+
+    fn with_slices(index: &'a Index, keep: impl Fn(&str, &str) -> bool) -> Self {
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for ((ns, _), s) in &index.endpoint_slices {
-            if let Some(svc) = &s.service_name {
+            if let Some(svc) = &s.service_name
+                && keep(ns, svc)
+            {
                 slices
                     .entry((ns.as_str(), svc.as_str()))
                     .or_default()

@@ -5,7 +5,7 @@
 //! matches and filters are the model's typed values): an invalid field never reaches here, it
 //! becomes a status condition or a `BackendTarget::Invalid` share.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -20,7 +20,10 @@ pub use crate::model::http::{
 /// the first route whose hostnames and match accept it, and answers 404 when none does.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct L7RouteTable {
-    pub routes: Vec<L7Route>,
+    /// Shared, so that a plan that changes a few routes (an endpoint refresh,
+    /// [`super::refresh`]) keeps the others' allocations, and the proxy recompiles only the
+    /// routes whose `Arc` is new.
+    pub routes: Vec<Arc<L7Route>>,
     /// The certificates of an HTTPS listener, which the proxy terminates TLS with; `None`: plain
     /// HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,6 +33,22 @@ pub struct L7RouteTable {
     /// the connection to a backend (`proxy::passthrough`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passthrough: Option<super::passthrough::PassthroughTable>,
+}
+
+impl L7RouteTable {
+    /// Equality that compares shared routes by address first: after an endpoint refresh most
+    /// routes of two tables are the same `Arc`, and a deep comparison of thousands of routes
+    /// is what the sharing saves.
+    pub fn same_as(&self, other: &L7RouteTable) -> bool {
+        self.tls == other.tls
+            && self.passthrough == other.passthrough
+            && self.routes.len() == other.routes.len()
+            && self
+                .routes
+                .iter()
+                .zip(&other.routes)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
 }
 
 /// One (rule, match) pair of an HTTPRoute. A rule with three matches gives three `L7Route`s that

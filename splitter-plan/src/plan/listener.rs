@@ -91,6 +91,24 @@ impl Plan {
         out
     }
 
+    /// Equal but for the disruption figures of the L4 tables, which compare a table against
+    /// the one it replaced and so change with every rebuild.
+    pub fn same_except_disruption(&self, other: &Plan) -> bool {
+        fn strip(p: &Plan) -> Plan {
+            let mut p = p.clone();
+            for l in &mut p.listeners {
+                if let ListenerPlan::L4 { l4, .. } = l {
+                    l4.table.disruption = None;
+                    if let Some(t) = &mut l4.table_v6 {
+                        t.disruption = None;
+                    }
+                }
+            }
+            p
+        }
+        strip(self) == strip(other)
+    }
+
     pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerPlan> {
         self.listeners.iter().find(|l| l.key() == key)
     }

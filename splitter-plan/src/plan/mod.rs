@@ -15,6 +15,7 @@ pub mod listener;
 pub mod maglev;
 pub mod node_ports;
 pub mod passthrough;
+mod refresh;
 pub mod status;
 mod table;
 pub mod tls;
@@ -25,3 +26,4 @@ pub use listener::{
     DataplaneListener, L4Plan, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig,
     Transport,
 };
+pub use refresh::refresh_endpoints;

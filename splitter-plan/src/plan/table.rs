@@ -5,6 +5,7 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use super::{
@@ -170,7 +171,7 @@ pub(crate) fn into_table(mut entries: Vec<Entry>) -> L7RouteTable {
     L7RouteTable {
         tls: None,
         passthrough: None,
-        routes: entries.into_iter().map(|e| e.route).collect(),
+        routes: entries.into_iter().map(|e| Arc::new(e.route)).collect(),
     }
 }
 
@@ -188,7 +189,7 @@ pub(crate) fn needs_l7(sources: &[ListenerSource], table: &L7RouteTable) -> Opti
         0 => return Some("no HTTPRoute attached: the proxy answers 404".to_string()),
         1 => {}
         n => {
-            let first: Vec<String> = routes.iter().take(3).map(describe).collect();
+            let first: Vec<String> = routes.iter().take(3).map(|r| describe(r)).collect();
             let more = if n > 3 { ", ..." } else { "" };
             return Some(format!(
                 "{n} route matches ({}{more}): requests are matched one by one",

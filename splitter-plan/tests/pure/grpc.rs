@@ -16,7 +16,7 @@ use splitter_plan::{
 
 /// The first route of the listener on port 80 that takes a gRPC call of `path` on `host`.
 fn pick<'a>(
-    routes: &'a [L7Route],
+    routes: &'a [std::sync::Arc<L7Route>],
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -34,10 +34,13 @@ fn pick<'a>(
         query: None,
         headers: &map,
     };
-    routes.iter().find(|r| {
-        splitter_plan::plan::l7_match::hostname_matches(&r.hostnames, Some(host))
-            && r.matched.matches(&view)
-    })
+    routes
+        .iter()
+        .find(|r| {
+            splitter_plan::plan::l7_match::hostname_matches(&r.hostnames, Some(host))
+                && r.matched.matches(&view)
+        })
+        .map(|r| &**r)
 }
 
 #[test]
@@ -48,6 +51,7 @@ fn grpc_method_and_header_matches_route_calls_in_grpc_precedence() {
     let routes = &l.l7().unwrap().routes;
     let grpc: Vec<&L7Route> = routes
         .iter()
+        .map(|r| &**r)
         .filter(|r| r.route.kind == Kind::GrpcRoute)
         .collect();
     assert!(!grpc.is_empty());

@@ -4,6 +4,7 @@
 mod grpc;
 mod maglev;
 mod plan;
+mod refresh;
 mod support;
 mod tls;
 mod tlsroute;

@@ -654,7 +654,11 @@ fn a_new_flow_takes_over_the_reply_key_of_a_closed_flow_to_another_vip() {
         );
         xdp(&mut r.obj, &frame(client, second, Seg::Ack, &[]));
         let data = inspect(&tc(&mut r.obj, &frame(backend, client, Seg::Ack, b"hi")).out);
-        assert_eq!((data.src, data.dst), (second, client), "and so does the rest");
+        assert_eq!(
+            (data.src, data.dst),
+            (second, client),
+            "and so does the rest"
+        );
         // The closed flow's forward entry went with its reply entry: conntrack holds no half
         // of a flow.
         let v = xdp(&mut r.obj, &frame(client, first, Seg::Syn, &[]));

@@ -86,11 +86,14 @@ async fn weighted_sequence_survives_an_unrelated_reload() {
     }
     // Another route appears (some other HTTPRoute changed); this rule's backendRefs did not.
     let mut changed = t.clone();
-    changed.routes.push(route(
-        "other",
-        PathMatch::Exact("/other".into()),
-        vec![backend("echo", 1, &[echo.local_addr()])],
-    ));
+    changed.routes.push(
+        route(
+            "other",
+            PathMatch::Exact("/other".into()),
+            vec![backend("echo", 1, &[echo.local_addr()])],
+        )
+        .into(),
+    );
     assert!(listener.install(&changed).is_empty());
     for i in 101..=200 {
         replies.push(conn.get(&format!("/echo/hostname?iteration={i}")).await);

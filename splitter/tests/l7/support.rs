@@ -104,7 +104,7 @@ pub fn strip_path() -> Filter {
 
 pub fn table(routes: Vec<L7Route>) -> L7RouteTable {
     L7RouteTable {
-        routes,
+        routes: routes.into_iter().map(std::sync::Arc::new).collect(),
         tls: None,
         passthrough: None,
     }

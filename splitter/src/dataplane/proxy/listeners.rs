@@ -137,7 +137,7 @@ impl L7Listeners {
             let key = Arc::as_ptr(table).addr();
             let shared = compiled.get(&key).cloned();
             match self.running.get_mut(addr) {
-                Some(r) if Arc::ptr_eq(&r.applied, table) || *r.applied == **table => {
+                Some(r) if Arc::ptr_eq(&r.applied, table) || r.applied.same_as(table) => {
                     // Unchanged: the next address of the same table shares this one's.
                     if let Served::Http(l) = &r.listener {
                         compiled.entry(key).or_insert_with(|| l.serving());

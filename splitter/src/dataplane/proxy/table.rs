@@ -178,27 +178,62 @@ impl fmt::Display for TableIssue {
     }
 }
 
+/// A plan route and the serving route compiled from it.
+type CompiledFrom = (Arc<L7Route>, Arc<ServingRoute>);
+
 /// The installed, immutable table of one listener.
 #[derive(Debug, Default)]
 pub struct ServingTable {
     routes: Vec<Arc<ServingRoute>>,
     rules: HashMap<RuleKey, Arc<RuleState>>,
+    /// The plan route each serving route was compiled from, by rule: the next table reuses a
+    /// compiled route whose plan route it holds again (the same `Arc`, as an endpoint refresh
+    /// leaves every route it does not touch, or an equal one, as a full build makes).
+    compiled_from: HashMap<RuleKey, Vec<CompiledFrom>>,
 }
 
 impl ServingTable {
-    /// Compiles `table`, reusing balancer state from `previous` for unchanged rules.
+    /// Compiles `table`, reusing from `previous` the routes that did not change and the
+    /// balancer state of rules whose backendRefs did not change.
     pub fn compile(table: &L7RouteTable, previous: &ServingTable) -> (Self, Vec<TableIssue>) {
         let mut out = Self::default();
         let mut issues = Vec::new();
+        // Most endpoints appear in several routes: each authority is written once.
+        let mut authorities = HashMap::new();
         for route in &table.routes {
-            match out.compile_route(route, previous) {
-                Ok(r) => out.routes.push(Arc::new(r)),
-                Err(error) => issues.push(TableIssue {
-                    route: route.route.clone(),
-                    rule_index: route.rule_index,
-                    error,
-                }),
-            }
+            let key = RuleKey {
+                route: route.route.clone(),
+                rule_index: route.rule_index,
+            };
+            let reused = previous.compiled_from.get(&key).and_then(|v| {
+                v.iter()
+                    .find(|(from, _)| Arc::ptr_eq(from, route) || **from == **route)
+                    .map(|(_, served)| served.clone())
+            });
+            let served = match reused {
+                Some(served) => {
+                    out.rules
+                        .entry(key.clone())
+                        .or_insert_with(|| served.state.clone());
+                    served
+                }
+                None => match out.compile_route(route, previous, &mut authorities) {
+                    Ok(r) => Arc::new(r),
+                    Err(error) => {
+                        issues.push(TableIssue {
+                            route: route.route.clone(),
+                            rule_index: route.rule_index,
+                            error,
+                        });
+                        continue;
+                    }
+                },
+            };
+            out.compiled_from
+                .entry(key)
+                .or_default()
+                .push((route.clone(), served.clone()));
+            out.routes.push(served);
         }
         (out, issues)
     }
@@ -207,6 +242,7 @@ impl ServingTable {
         &mut self,
         r: &L7Route,
         previous: &ServingTable,
+        authorities: &mut HashMap<SocketAddr, Authority>,
     ) -> Result<ServingRoute, RouteError> {
         let filters = RuleFilters::of(&r.filters);
         let prefix = match &r.matched.path {
@@ -227,8 +263,7 @@ impl ServingTable {
                                     .map(|a| {
                                         Ok(ServingEndpoint {
                                             addr: *a,
-                                            authority: Authority::try_from(a.to_string())
-                                                .map_err(|_| RouteError::Endpoint(*a))?,
+                                            authority: authority(authorities, *a)?,
                                         })
                                     })
                                     .collect::<Result<_, RouteError>>()?,
@@ -279,10 +314,32 @@ impl ServingTable {
         })
     }
 
+    /// How many of this table's routes are the very ones of `other` (reused, not compiled).
+    #[cfg(test)]
+    fn shared_routes(&self, other: &ServingTable) -> usize {
+        self.routes
+            .iter()
+            .filter(|r| other.routes.iter().any(|o| Arc::ptr_eq(r, o)))
+            .count()
+    }
+
     /// The first route, in precedence order, that accepts the request.
     pub fn find(&self, host: Option<&str>, req: &RequestView<'_>) -> Option<&Arc<ServingRoute>> {
         self.routes.iter().find(|r| r.accepts(host, req))
     }
+}
+
+/// The authority of `addr`, written once per compile.
+fn authority(
+    cache: &mut HashMap<SocketAddr, Authority>,
+    addr: SocketAddr,
+) -> Result<Authority, RouteError> {
+    if let Some(a) = cache.get(&addr) {
+        return Ok(a.clone());
+    }
+    let a = Authority::try_from(addr.to_string()).map_err(|_| RouteError::Endpoint(addr))?;
+    cache.insert(addr, a.clone());
+    Ok(a)
 }
 
 #[cfg(test)]
@@ -339,7 +396,7 @@ mod tests {
     #[test]
     fn matches_of_one_rule_share_one_sequence() {
         let t = L7RouteTable {
-            routes: vec![rule("/a", &[2, 1]), rule("/b", &[2, 1])],
+            routes: vec![Arc::new(rule("/a", &[2, 1])), Arc::new(rule("/b", &[2, 1]))],
             tls: None,
             passthrough: None,
         };
@@ -353,7 +410,7 @@ mod tests {
     #[test]
     fn state_carries_over_only_when_backends_are_unchanged() {
         let t = L7RouteTable {
-            routes: vec![rule("/", &[2, 1])],
+            routes: vec![Arc::new(rule("/", &[2, 1]))],
             tls: None,
             passthrough: None,
         };
@@ -367,7 +424,7 @@ mod tests {
         );
         // New weights: a fresh sequence.
         let changed = L7RouteTable {
-            routes: vec![rule("/", &[1, 2])],
+            routes: vec![Arc::new(rule("/", &[1, 2]))],
             tls: None,
             passthrough: None,
         };
@@ -375,6 +432,54 @@ mod tests {
         assert_eq!(
             picks(&third.routes[0], 3),
             vec!["ns/svc1:80", "ns/svc0:80", "ns/svc1:80"]
+        );
+    }
+
+    #[test]
+    fn unchanged_routes_are_reused_not_compiled() {
+        let t = L7RouteTable {
+            routes: vec![
+                Arc::new(rule("/a", &[2, 1])),
+                Arc::new(rule("/b", &[1])),
+                Arc::new(rule("/c", &[1, 1])),
+            ],
+            tls: None,
+            passthrough: None,
+        };
+        let (first, _) = ServingTable::compile(&t, &ServingTable::default());
+        assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
+        // An endpoint refresh: /b has a new endpoint (a new Arc), /a is the same Arc, and /c an
+        // equal route in a new Arc (as a full build makes it).
+        let mut b = rule("/b", &[1]);
+        b.backends[0].target =
+            BackendTarget::Endpoints(vec![SocketAddr::from(([127, 0, 0, 2], 9))]);
+        let refreshed = L7RouteTable {
+            routes: vec![
+                t.routes[0].clone(),
+                Arc::new(b),
+                Arc::new(rule("/c", &[1, 1])),
+            ],
+            tls: None,
+            passthrough: None,
+        };
+        let (second, issues) = ServingTable::compile(&refreshed, &first);
+        assert!(issues.is_empty());
+        assert_eq!(second.shared_routes(&first), 2, "/a and /c reused");
+        assert!(
+            !Arc::ptr_eq(&second.routes[1], &first.routes[1]),
+            "/b compiled"
+        );
+        match second.routes[1].pick() {
+            Pick::Endpoint { endpoint, .. } => {
+                assert_eq!(endpoint.addr, SocketAddr::from(([127, 0, 0, 2], 9)));
+                assert_eq!(endpoint.authority.as_str(), "127.0.0.2:9");
+            }
+            _ => panic!("an endpoint"),
+        }
+        // The reused route's sequence goes on where it was.
+        assert_eq!(
+            picks(&second.routes[0], 2),
+            vec!["ns/svc1:80", "ns/svc0:80"]
         );
     }
 }
