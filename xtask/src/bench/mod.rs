@@ -6,6 +6,7 @@ mod cpu;
 mod haproxy;
 mod l7;
 mod nginx;
+mod pinned;
 mod scale;
 mod tls;
 mod wrk;
