@@ -6,6 +6,7 @@ mod cpu;
 mod haproxy;
 mod l7;
 mod nginx;
+mod pinned;
 mod scale;
 mod tls;
 mod wrk;
@@ -38,7 +39,8 @@ pub enum Bench {
     /// Planning 10,000 HTTPRoutes and building a Maglev table (`cargo bench -p splitter-plan --bench plan`).
     Plan,
     /// The control plane at scale: memory, time to the first plan, and endpoint-change and
-    /// route-edit latencies at 1k and 10k routes, in files mode (root).
+    /// route-edit latencies to the proxy, and endpoint-change latency to the kernel table, at
+    /// 1k and 10k routes, in files mode (root).
     Scale(ScaleOptions),
 }
 

@@ -2,25 +2,34 @@
 //!
 //! A synthetic cluster (HTTPRoutes over Services whose EndpointSlices hold made-up addresses
 //! nobody connects to) is written as manifest files, and the agent runs on them in a network
-//! namespace of its own (loopback only: no interface, so its kernel half stays off and nothing
-//! leaves the namespace). Two real echo servers in the namespace answer a probe route. The
-//! bench prints the agent's memory, the time from start to the probe route served, and two
-//! latencies over `--changes` changes, while `--churn` other objects per second change in other
-//! files:
+//! namespace of its own, with its kernel half attached (XDP and TC) to one end of a veth pair
+//! whose both ends are in that namespace, maps pinned on a private bpffs. Nothing leaves the
+//! namespace: the bench sends no packet to the kernel route, it reads the kernel's tables.
+//! Two real echo servers in the namespace answer a probe route. The bench prints the agent's
+//! memory, the time from start to the probe route served, and three latencies over `--changes`
+//! changes each, while `--churn` other objects per second change in other files:
 //!
 //! - **endpoint change -> served**: the probe Service's EndpointSlice file is rewritten to name
 //!   the other echo server; the latency ends with the first response from it;
 //! - **route edit -> served**: an HTTPRoute file is rewritten to send its host to the other
-//!   echo Service; the same.
+//!   echo Service; the same;
+//! - **endpoint change -> kernel table**: one of the four endpoints of the Service behind an L4
+//!   listener (a TCPRoute on a TCP listener of the same Gateway, served by XDP) is swapped for
+//!   another address in its EndpointSlice file; the latency ends when the live half of the
+//!   route's Maglev table names the new endpoint set. The bench reads the route's meta from the
+//!   pinned `ROUTES` map about every millisecond; when the live half flips (the agent's publish
+//!   step), it reads the whole live half and its backends (that read is not counted).
 //!
-//! Each latency includes everything a user waits for: the file system notification, the scan,
+//! The first two include everything a user waits for: the file system notification, the scan,
 //! the plan, the proxy table install, and a request (one keep-alive connection, a request
-//! every 200 µs). Nothing is asserted; the figures are printed next to the issue's targets.
+//! every 200 µs); the third the notification, scan, plan and the kernel table write. Nothing is
+//! asserted; the figures are printed next to the issue's targets.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write as _,
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -31,9 +40,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use testbed::{ChildGuard, NetNs};
+use testbed::{BpfFs, ChildGuard, NetNs, VethPair};
 
-use super::interrupted;
+use super::{interrupted, pinned::PinnedL4};
 use crate::topology::{self, Profile};
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +101,12 @@ const ECHO: [(&str, &str); 2] = [("127.0.0.2", "scale-a"), ("127.0.0.3", "scale-
 const ECHO_PORT: u16 = 1027;
 /// Objects per generated file: a rewrite of one (churn) re-reads this many.
 const PER_FILE: usize = 500;
+/// The node address on the interface the kernel half attaches to: the L4 listener's VIP.
+const NODE: &str = "10.77.0.1";
+/// The Gateway's TCP listener, served in the kernel.
+const KERNEL_PORT: u16 = 9090;
+/// The endpoints' port of the Service behind the TCP listener.
+const KERNEL_TARGET: u16 = 8080;
 
 pub fn run(opts: &ScaleOptions) -> anyhow::Result<()> {
     if !testbed::is_root() {
@@ -120,6 +135,18 @@ pub fn run(opts: &ScaleOptions) -> anyhow::Result<()> {
 
 fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyhow::Result<()> {
     let ns = NetNs::new("scale")?;
+    // The kernel half's interface: a veth pair with both ends in the namespace, so nothing the
+    // programs could pass on leaves it. Removed with the namespace.
+    let link = VethPair::new(&ns, &[&format!("{NODE}/24")], &ns, &[])?;
+    let pins = BpfFs::new()?;
+    let pin_dir = pins.path().join(splitter_common::pin::PIN_SUBDIR);
+    // Declared after the namespace and the bpffs, so it runs before they go (and after the
+    // agent, declared later, has stopped).
+    let _detach = Detach {
+        ns: &ns,
+        splitter: &bins.splitter,
+        pin_dir: &pin_dir,
+    };
     let mut echoes = Vec::new();
     for (addr, name) in ECHO {
         let child = ns
@@ -140,6 +167,7 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
     write_cluster(&dir, size)?;
     write_probe_slice(&dir, 0)?;
     write_edit_route(&dir, 0)?;
+    write_kernel_slice(&dir, 0)?;
     println!(
         "manifests: {} files, {:.1} MiB, written in {:.1} s",
         std::fs::read_dir(&dir)?.count(),
@@ -160,7 +188,11 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
                 "1",
                 "--coalesce-ms",
                 "100",
+                "--iface",
+                &link.a,
+                "--pin-dir",
             ])
+            .arg(&pin_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -178,6 +210,17 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
         rss_start.0,
         rss_start.1
     );
+    let vip = SocketAddr::new(NODE.parse()?, KERNEL_PORT);
+    let (kernel, route) = wait_kernel(&pin_dir, vip, Duration::from_secs(300))
+        .with_context(|| format!("the kernel route (agent log: {})", work.path().display()))?;
+    let meta = kernel.meta(route)?;
+    println!(
+        "kernel: {} on {}; {vip}/tcp is route {route}, a {}-slot table over {} endpoints",
+        xdp_attachment(&ns, &link.a)?,
+        link.a,
+        meta.table_size,
+        kernel_endpoints(0).len()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let churned = Arc::new(AtomicU64::new(0));
@@ -194,19 +237,30 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
             write_edit_route(&dir, i % 2)?;
             Ok(ECHO[i % 2].1)
         })?;
-        Ok((endpoint, edit))
+        let table = measure_kernel(opts.changes, &kernel, route, |i| {
+            write_kernel_slice(&dir, i % 2)?;
+            Ok(kernel_endpoints(i % 2))
+        })?;
+        Ok((endpoint, edit, table))
     });
     stop.store(true, Ordering::Relaxed);
     if let Some(c) = churn {
         let _ = c.join();
     }
-    let (endpoint, edit) = measured?;
+    let (endpoint, edit, (table, other_publishes)) = measured?;
     let rss_end = memory(pid)?;
     let builds = ns.run(plan_builds).unwrap_or(f64::NAN);
+    drop(kernel);
     drop(agent);
     drop(echoes);
-    println!("endpoint change -> served: {endpoint}");
-    println!("route edit -> served:      {edit}");
+    println!("endpoint change -> served:       {endpoint}");
+    println!("route edit -> served:            {edit}");
+    println!("endpoint change -> kernel table: {table}");
+    println!(
+        "  (from the EndpointSlice file's rename to the route's live table half naming the new \
+         endpoints, read from the pinned maps about every 1 ms; no packet sent; {other_publishes} \
+         other publishes of that route seen meanwhile)"
+    );
     println!(
         "other objects changed meanwhile: {}; plans built: {builds}",
         churned.load(Ordering::Relaxed)
@@ -216,6 +270,85 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
         rss_end.0, rss_end.1
     );
     Ok(())
+}
+
+/// Removes what the agent leaves pinned on exit (its XDP/TC links, its maps) with `splitter
+/// detach --all`, on every way out of [`one_size`]; the bpffs is unmounted after it.
+struct Detach<'a> {
+    ns: &'a NetNs,
+    splitter: &'a Path,
+    pin_dir: &'a Path,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if !self.pin_dir.exists() {
+            return;
+        }
+        match self
+            .ns
+            .command(self.splitter)
+            .args(["detach", "--all", "--pin-dir"])
+            .arg(self.pin_dir)
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "bench scale: splitter detach --all: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("bench scale: splitter detach --all: {e}"),
+        }
+    }
+}
+
+/// Waits until the maps are pinned, `vip` names a route and its live table names the endpoints
+/// of [`write_kernel_slice`]`(0)`.
+fn wait_kernel(
+    pin_dir: &Path,
+    vip: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<(PinnedL4, u32)> {
+    let t0 = Instant::now();
+    let want = kernel_endpoints(0);
+    loop {
+        interrupted()?;
+        let last = match PinnedL4::open(pin_dir) {
+            Ok(kernel) => match kernel.route_of(vip)? {
+                Some(route) => {
+                    let meta = kernel.meta(route)?;
+                    let live = kernel.live_backends(route, &meta)?;
+                    if live == want {
+                        return Ok((kernel, route));
+                    }
+                    format!("route {route} names {live:?}")
+                }
+                None => format!("no route for {vip}"),
+            },
+            Err(e) => format!("{e:#}"),
+        };
+        if t0.elapsed() > timeout {
+            bail!("{vip} not programmed within {timeout:?}: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How XDP is attached to `iface`, from `ip -d link show`; fails when it is not.
+fn xdp_attachment(ns: &NetNs, iface: &str) -> anyhow::Result<&'static str> {
+    let out = ns.ip(&["-d", "link", "show", "dev", iface])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // iproute2 prints `xdp`, `xdpgeneric`, `xdpdrv` or `xdpoffload` after the MTU.
+    let mode = text
+        .split_whitespace()
+        .find_map(|w| match w {
+            "xdpgeneric" => Some("XDP (generic mode)"),
+            "xdp" | "xdpdrv" => Some("XDP (driver mode)"),
+            "xdpoffload" => Some("XDP (offloaded)"),
+            _ => None,
+        })
+        .with_context(|| format!("no XDP program on {iface}: {text}"))?;
+    Ok(mode)
 }
 
 /// The synthetic cluster: Services with made-up endpoints, routes over them, and the probe's
@@ -229,7 +362,8 @@ fn write_cluster(dir: &Path, size: Size) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         base,
-        "  listeners: [{{name: http, protocol: HTTP, port: {PORT}}}]"
+        "  listeners:\n  - {{name: http, protocol: HTTP, port: {PORT}}}\n  \
+         - {{name: tcp, protocol: TCP, port: {KERNEL_PORT}}}"
     );
     for (i, (addr, _)) in ECHO.iter().enumerate() {
         base.push_str(&service(&format!("echo{i}")));
@@ -242,6 +376,14 @@ fn write_cluster(dir: &Path, size: Size) -> anyhow::Result<()> {
     }
     base.push_str(&service("probe"));
     base.push_str(&route("probe", "probe.scale.test", "/", &[("probe", 1)]));
+    // The L4 listener's route: always served in the kernel.
+    base.push_str(&service("kern"));
+    base.push_str(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\n\
+         metadata: {name: kern, namespace: scale}\n\
+         spec:\n  parentRefs: [{name: gw, sectionName: tcp}]\n  \
+         rules: [{backendRefs: [{name: kern, port: 80}]}]\n",
+    );
     std::fs::write(dir.join("base.yaml"), base)?;
 
     let per_service = size.endpoints.div_ceil(size.services).max(1);
@@ -335,6 +477,25 @@ fn write_edit_route(dir: &Path, which: usize) -> anyhow::Result<()> {
     topology::write_atomically(&dir.join("edit-route.yaml"), &y)
 }
 
+/// The endpoints of the Service behind the kernel route in state `which`: three fixed ones and
+/// a fourth that the measured changes swap (TEST-NET-1 addresses nobody connects to).
+fn kernel_endpoints(which: usize) -> BTreeSet<SocketAddr> {
+    [1, 2, 3, 10 + which]
+        .into_iter()
+        .map(|h| SocketAddr::from(([192, 0, 2, h as u8], KERNEL_TARGET)))
+        .collect()
+}
+
+/// The kernel route's Service's slice in state `which`.
+fn write_kernel_slice(dir: &Path, which: usize) -> anyhow::Result<()> {
+    let addrs: Vec<String> = kernel_endpoints(which)
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect();
+    let y = slice("kern", "1", &addrs, KERNEL_TARGET);
+    topology::write_atomically(&dir.join("kernel-slice.yaml"), &y)
+}
+
 /// Rewrites the slice of one made-up Service after another, `rate` per second, each in a small
 /// file of its own (as many watch events are: one object each).
 fn churn_loop(dir: &Path, size: Size, rate: u32, stop: &AtomicBool, done: &AtomicU64) {
@@ -384,6 +545,48 @@ fn measure(
         std::thread::sleep(Duration::from_millis(20 + (i as u64 * 37) % 80));
     }
     Ok(Latencies(took))
+}
+
+/// Latencies of `changes` changes to the Service behind the kernel route: each made by
+/// `change(i)`, which returns the endpoints the route's table names once it is live. Polls the
+/// route's meta (one map lookup) about every millisecond; a changed meta is a publish (a flip of
+/// the live half with a new generation), after which the live half is read whole: the change
+/// is live when it names exactly the wanted endpoints. The latency is taken at the poll that saw
+/// the flip, before that read. Also returns how many publishes did not carry the change (the
+/// agent republishing the route for another reason).
+fn measure_kernel(
+    changes: usize,
+    kernel: &PinnedL4,
+    route: u32,
+    mut change: impl FnMut(usize) -> anyhow::Result<BTreeSet<SocketAddr>>,
+) -> anyhow::Result<(Latencies, usize)> {
+    let mut took = Vec::with_capacity(changes);
+    let mut other = 0;
+    let mut seen = kernel.meta(route)?;
+    for i in 1..=changes {
+        interrupted()?;
+        let want = change(i)?;
+        let t0 = Instant::now();
+        loop {
+            let meta = kernel.meta(route)?;
+            let at = t0.elapsed();
+            if meta != seen {
+                seen = meta;
+                if kernel.live_backends(route, &meta)? == want {
+                    took.push(at);
+                    break;
+                }
+                other += 1;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("change {i} to the kernel route not in its table after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Spaced out as the other changes are.
+        std::thread::sleep(Duration::from_millis(20 + (i as u64 * 37) % 80));
+    }
+    Ok((Latencies(took), other))
 }
 
 struct Latencies(Vec<Duration>);
@@ -521,4 +724,29 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
         n += e?.metadata()?.len();
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_change_swaps_one_of_four_endpoints() {
+        let (a, b) = (kernel_endpoints(0), kernel_endpoints(1));
+        assert_eq!((a.len(), b.len()), (4, 4));
+        assert_eq!(a.intersection(&b).count(), 3);
+    }
+
+    #[test]
+    fn the_gateway_has_a_tcp_listener_with_a_route() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = "2/2/4".parse::<Size>().expect("size");
+        write_cluster(dir.path(), size).expect("write");
+        let base = std::fs::read_to_string(dir.path().join("base.yaml")).expect("read");
+        assert!(base.contains(&format!(
+            "{{name: tcp, protocol: TCP, port: {KERNEL_PORT}}}"
+        )));
+        assert!(base.contains("kind: TCPRoute"));
+        assert!(base.contains("parentRefs: [{name: gw, sectionName: tcp}]"));
+    }
 }
