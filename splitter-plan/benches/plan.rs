@@ -1,6 +1,7 @@
 //! Plan benchmarks (not tests): `cargo bench -p splitter-plan --bench plan`.
 //!
 //! 1. A full plan for 10,000 HTTPRoutes over 1,000 Services (3 ready endpoints each).
+//! 1b. An endpoint refresh of that plan after one EndpointSlice changes.
 //! 2. A weighted Maglev table, M = 65537, over 1,000 endpoints (target: under 20 ms).
 //!
 //! Plain timing loops: each case runs a few times and prints the best and the mean.
@@ -15,6 +16,7 @@ use std::{
 use splitter_plan::{
     model::{
         Index,
+        index::{Changes, Update},
         parse::{Parsed, parse},
     },
     plan::{
@@ -112,6 +114,31 @@ fn main() {
         p.listeners.len(),
         p.routes.len()
     );
+    // One Service's slice changes (its 3 endpoints shift): the refresh instead of a build.
+    let mut version = 0u8;
+    time(
+        "plan::refresh_endpoints: one Service's EndpointSlice changed",
+        20,
+        || {
+            version = version.wrapping_add(1);
+            let mut changes = Changes::default();
+            let slice = format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: svc7-1, namespace: bench, labels: {{kubernetes.io/service-name: svc7}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+                 endpoints: [{{addresses: [10.200.0.{version}]}}]\n"
+            );
+            let doc = splitter_plan::model::parse::documents(&slice)
+                .expect("slice YAML")
+                .remove(0);
+            let Ok(Parsed::Object(o)) = parse(doc) else {
+                panic!("slice")
+            };
+            index.update_noting(Update::Apply(o), &mut changes);
+            plan::refresh_endpoints(&p, &index, &config, &changes.endpoints_of).expect("refreshed")
+        },
+    );
+    time("Plan::clone at 10k routes", 5, || p.clone());
 
     let shares: Vec<TableShare> = (0..ENDPOINTS)
         .map(|i| TableShare {

@@ -130,7 +130,7 @@ pub fn patches(plan: &Plan, observed: &Observed, ctx: &StatusContext<'_>) -> Vec
         push(&mut out, key, seen, Value::Object(status), false);
     }
     let mut planned = std::collections::BTreeSet::new();
-    for r in &plan.routes {
+    for r in plan.routes.iter() {
         let key = r.route.clone();
         planned.insert(key.clone());
         let Some(seen) = observed.get(&key) else {

@@ -127,7 +127,7 @@ pub fn text(report: &LoadReport, plan: &Plan, problems: &[String], ok: bool) -> 
             }
         }
     }
-    for r in &plan.routes {
+    for r in plan.routes.iter() {
         for p in &r.parents {
             let _ = writeln!(o, "  {} -> {}:", r.route, p.parent_ref);
             for cond in &p.conditions {

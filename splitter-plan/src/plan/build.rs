@@ -88,7 +88,7 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
         gateway_classes,
         gateways: gateway_status::gateways(&listeners, &mut dataplane),
         listeners: plans,
-        routes,
+        routes: std::sync::Arc::new(routes),
         diagnostics,
     }
 }

@@ -54,7 +54,9 @@ pub struct Plan {
     pub gateways: Vec<GatewayStatus>,
     /// Data plane listeners, sorted by (port, transport, addresses).
     pub listeners: Vec<ListenerPlan>,
-    pub routes: Vec<RouteStatus>,
+    /// Shared: an endpoint refresh changes no status, and at thousands of routes a copy of
+    /// the statuses costs more than the refresh itself.
+    pub routes: Arc<Vec<RouteStatus>>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -92,21 +94,56 @@ impl Plan {
     }
 
     /// Equal but for the disruption figures of the L4 tables, which compare a table against
-    /// the one it replaced and so change with every rebuild.
+    /// the one it replaced and so change with every rebuild. Compares in place: a copy of a
+    /// plan of thousands of routes costs tens of milliseconds.
     pub fn same_except_disruption(&self, other: &Plan) -> bool {
-        fn strip(p: &Plan) -> Plan {
-            let mut p = p.clone();
-            for l in &mut p.listeners {
-                if let ListenerPlan::L4 { l4, .. } = l {
-                    l4.table.disruption = None;
-                    if let Some(t) = &mut l4.table_v6 {
-                        t.disruption = None;
-                    }
-                }
-            }
-            p
+        fn same_table(a: &WeightedTable, b: &WeightedTable) -> bool {
+            a.m == b.m && a.backends == b.backends && a.slots == b.slots
         }
-        strip(self) == strip(other)
+        fn same_l4(a: &L4Plan, b: &L4Plan) -> bool {
+            a.route == b.route
+                && a.backends == b.backends
+                && same_table(&a.table, &b.table)
+                && match (&a.table_v6, &b.table_v6) {
+                    (Some(x), Some(y)) => same_table(x, y),
+                    (None, None) => true,
+                    _ => false,
+                }
+                && a.endpoint_nodes == b.endpoint_nodes
+        }
+        let same_listener = |a: &ListenerPlan, b: &ListenerPlan| match (a, b) {
+            (
+                ListenerPlan::L4 {
+                    listener: la,
+                    l4: a,
+                },
+                ListenerPlan::L4 {
+                    listener: lb,
+                    l4: b,
+                },
+            ) => la == lb && same_l4(a, b),
+            (
+                ListenerPlan::L7 {
+                    listener: la,
+                    l7: a,
+                },
+                ListenerPlan::L7 {
+                    listener: lb,
+                    l7: b,
+                },
+            ) => la == lb && (Arc::ptr_eq(a, b) || a.same_as(b)),
+            _ => false,
+        };
+        self.gateway_classes == other.gateway_classes
+            && self.gateways == other.gateways
+            && (Arc::ptr_eq(&self.routes, &other.routes) || self.routes == other.routes)
+            && self.diagnostics == other.diagnostics
+            && self.listeners.len() == other.listeners.len()
+            && self
+                .listeners
+                .iter()
+                .zip(&other.listeners)
+                .all(|(a, b)| same_listener(a, b))
     }
 
     pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerPlan> {
@@ -151,7 +188,7 @@ impl Plan {
                 }
             }
         }
-        for r in &self.routes {
+        for r in self.routes.iter() {
             for p in &r.parents {
                 for c in &p.conditions {
                     let bad = if c.type_ == super::status::reason::PARTIALLY_INVALID {

@@ -10,7 +10,10 @@
 //! or back, changes whether the kernel can serve its listener and what its conditions say)
 //! the refresh declines and the caller builds.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
 
 use super::{
     backends::Resolver,
@@ -34,7 +37,18 @@ pub fn refresh_endpoints(
 ) -> Option<(Plan, bool)> {
     let refresher = Refresher {
         index,
-        services,
+        services: services
+            .iter()
+            .map(|(ns, name)| (ns.as_str(), name.as_str()))
+            .collect(),
+        prefixes: if services.len() <= 8 {
+            services
+                .iter()
+                .map(|(ns, name)| format!("{ns}/{name}:"))
+                .collect()
+        } else {
+            Vec::new()
+        },
         resolver: Resolver::for_services(index, services),
     };
     let mut changed = false;
@@ -93,7 +107,10 @@ pub fn refresh_endpoints(
 
 struct Refresher<'a> {
     index: &'a Index,
-    services: &'a BTreeSet<NsName>,
+    /// Borrowed, so that the check of every backend of every route allocates nothing.
+    services: HashSet<(&'a str, &'a str)>,
+    /// `namespace/name:` of each Service, when there are few.
+    prefixes: Vec<String>,
     resolver: Resolver<'a>,
 }
 
@@ -182,14 +199,21 @@ impl Refresher<'_> {
     /// The ready endpoints of the resolved backend `name` (`namespace/name:port`) when its
     /// Service is one of those refreshed.
     fn endpoints(&self, name: &str) -> Option<Vec<std::net::SocketAddr>> {
+        // Most refreshes are of a few Services, and every backend of every route is checked:
+        // a comparison of prefixes rules out almost all of them before anything is parsed.
+        if !self.prefixes.is_empty() && !self.prefixes.iter().any(|p| name.starts_with(p)) {
+            return None;
+        }
         let (service, port) = name.rsplit_once(':')?;
         let (ns, svc) = service.split_once('/')?;
-        let key = (ns.to_string(), svc.to_string());
-        if !self.services.contains(&key) {
+        if !self.services.contains(&(ns, svc)) {
             return None;
         }
         let port: u16 = port.parse().ok()?;
-        let s = self.index.services.get(&key)?;
+        let s = self
+            .index
+            .services
+            .get(&(ns.to_string(), svc.to_string()))?;
         let sp = s.ports.iter().find(|p| p.port == port)?;
         Some(self.resolver.ready_endpoints(s, sp))
     }
