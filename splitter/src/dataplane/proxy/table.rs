@@ -178,142 +178,195 @@ impl fmt::Display for TableIssue {
     }
 }
 
-/// A plan route and the serving route compiled from it.
-type CompiledFrom = (Arc<L7Route>, Arc<ServingRoute>);
+/// A plan route and the serving route compiled from it (`None`: it could not be).
+type CompiledFrom<'a> = (&'a Arc<L7Route>, Option<&'a Arc<ServingRoute>>);
 
 /// The installed, immutable table of one listener.
 #[derive(Debug, Default)]
 pub struct ServingTable {
+    /// The routes served, in precedence order.
     routes: Vec<Arc<ServingRoute>>,
-    rules: HashMap<RuleKey, Arc<RuleState>>,
-    /// The plan route each serving route was compiled from, by rule: the next table reuses a
-    /// compiled route whose plan route it holds again (the same `Arc`, as an endpoint refresh
-    /// leaves every route it does not touch, or an equal one, as a full build makes).
-    compiled_from: HashMap<RuleKey, Vec<CompiledFrom>>,
+    /// The plan's routes this was compiled from, and what each became, in the plan's order:
+    /// the next install reuses the compiled route of a plan route it holds again at the same
+    /// place (the same `Arc`, as an endpoint refresh leaves every route it does not touch, or
+    /// an equal one, as a full build makes it) without hashing or comparing anything.
+    sources: Vec<Arc<L7Route>>,
+    served: Vec<Option<Arc<ServingRoute>>>,
 }
+
+/// The routes of a previous table by rule, built only when a route is not found in its place
+/// (routes added or removed before it): an equal one is reused, and a changed one takes over
+/// its rule's balancer state.
+type ByRule<'a> = HashMap<(&'a ObjectKey, usize), Vec<CompiledFrom<'a>>>;
+
+/// Balancer state of the rules compiled in this install, for their other matches.
+type FreshRules = HashMap<RuleKey, Arc<RuleState>>;
 
 impl ServingTable {
     /// Compiles `table`, reusing from `previous` the routes that did not change and the
     /// balancer state of rules whose backendRefs did not change.
     pub fn compile(table: &L7RouteTable, previous: &ServingTable) -> (Self, Vec<TableIssue>) {
-        let mut out = Self::default();
+        let mut out = Self {
+            routes: Vec::with_capacity(table.routes.len()),
+            sources: Vec::with_capacity(table.routes.len()),
+            served: Vec::with_capacity(table.routes.len()),
+        };
         let mut issues = Vec::new();
         // Most endpoints appear in several routes: each authority is written once.
         let mut authorities = HashMap::new();
-        for route in &table.routes {
-            let key = RuleKey {
-                route: route.route.clone(),
-                rule_index: route.rule_index,
-            };
-            let reused = previous.compiled_from.get(&key).and_then(|v| {
-                v.iter()
-                    .find(|(from, _)| Arc::ptr_eq(from, route) || **from == **route)
-                    .map(|(_, served)| served.clone())
-            });
-            let served = match reused {
-                Some(served) => {
-                    out.rules
-                        .entry(key.clone())
-                        .or_insert_with(|| served.state.clone());
-                    served
-                }
-                None => match out.compile_route(route, previous, &mut authorities) {
-                    Ok(r) => Arc::new(r),
-                    Err(error) => {
-                        issues.push(TableIssue {
-                            route: route.route.clone(),
-                            rule_index: route.rule_index,
-                            error,
-                        });
-                        continue;
+        let mut by_rule: Option<ByRule<'_>> = None;
+        let mut fresh = FreshRules::new();
+        for (i, route) in table.routes.iter().enumerate() {
+            let in_place: Option<CompiledFrom<'_>> = previous
+                .sources
+                .get(i)
+                .map(|from| (from, previous.served[i].as_ref()));
+            let served = match in_place {
+                Some((from, Some(served))) if Arc::ptr_eq(from, route) => Some(served.clone()),
+                _ => {
+                    // The predecessor of this route: the one in its place if it is the same
+                    // match of the same rule (changed, say, by an endpoint refresh), else the
+                    // previous routes of the rule wherever they were.
+                    let same_rule: Vec<CompiledFrom<'_>> = match in_place {
+                        Some((from, s))
+                            if from.route == route.route
+                                && from.rule_index == route.rule_index
+                                && from.matched == route.matched
+                                && from.hostnames == route.hostnames =>
+                        {
+                            vec![(from, s)]
+                        }
+                        _ => by_rule
+                            .get_or_insert_with(|| previous.by_rule())
+                            .get(&(&route.route, route.rule_index))
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    let equal = same_rule
+                        .iter()
+                        .find(|(from, _)| Arc::ptr_eq(from, route) || ***from == **route)
+                        .and_then(|(_, served)| served.cloned());
+                    match equal {
+                        Some(served) => Some(served),
+                        None => {
+                            match compile_route(route, &same_rule, &mut fresh, &mut authorities) {
+                                Ok(r) => Some(Arc::new(r)),
+                                Err(error) => {
+                                    issues.push(TableIssue {
+                                        route: route.route.clone(),
+                                        rule_index: route.rule_index,
+                                        error,
+                                    });
+                                    None
+                                }
+                            }
+                        }
                     }
-                },
+                }
             };
-            out.compiled_from
-                .entry(key)
-                .or_default()
-                .push((route.clone(), served.clone()));
-            out.routes.push(served);
+            if let Some(s) = &served {
+                out.routes.push(s.clone());
+            }
+            out.sources.push(route.clone());
+            out.served.push(served);
         }
         (out, issues)
     }
 
-    fn compile_route(
-        &mut self,
-        r: &L7Route,
-        previous: &ServingTable,
-        authorities: &mut HashMap<SocketAddr, Authority>,
-    ) -> Result<ServingRoute, RouteError> {
-        let filters = RuleFilters::of(&r.filters);
-        let prefix = match &r.matched.path {
-            PathMatch::Prefix(p) => Some(p.trim_end_matches('/').to_owned()),
-            PathMatch::Exact(p) => Some(p.clone()),
-            PathMatch::Regex(_) => None,
-        };
-        let backends = r
-            .backends
-            .iter()
-            .map(|b| {
-                Ok(ServingBackend {
-                    name: Arc::from(b.name.as_str()),
-                    target: match &b.target {
-                        BackendTarget::Endpoints(eps) if !eps.is_empty() => {
-                            ServingTarget::Endpoints(
-                                eps.iter()
-                                    .map(|a| {
-                                        Ok(ServingEndpoint {
-                                            addr: *a,
-                                            authority: authority(authorities, *a)?,
-                                        })
-                                    })
-                                    .collect::<Result<_, RouteError>>()?,
-                            )
-                        }
-                        BackendTarget::Endpoints(_) | BackendTarget::NoEndpoints => {
-                            ServingTarget::NoEndpoints
-                        }
-                        BackendTarget::Invalid(reason) => ServingTarget::Invalid(*reason),
-                    },
-                    filters: BackendFilters::of(&b.filters),
-                    protocol: b.protocol,
-                })
-            })
-            .collect::<Result<_, RouteError>>()?;
-        // Only a route that will be served claims or creates balancer state.
-        let signature: Vec<(String, u32)> = r
-            .backends
-            .iter()
-            .map(|b| (b.name.clone(), b.weight))
-            .collect();
-        let key = RuleKey {
-            route: r.route.clone(),
-            rule_index: r.rule_index,
-        };
-        let state = [self.rules.get(&key), previous.rules.get(&key)]
-            .into_iter()
-            .flatten()
-            .find(|s| s.signature == signature)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(RuleState::new(signature)));
-        self.rules.entry(key).or_insert_with(|| state.clone());
-        Ok(ServingRoute {
-            label: Arc::from(format!(
-                "{}/{}/{}",
-                r.route.namespace, r.route.name, r.rule_index
-            )),
-            hostnames: r.hostnames.clone(),
-            shadowed_by: r.shadowed_by.clone(),
-            matched: r.matched.clone(),
-            prefix,
-            filters,
-            timeouts: r.timeouts,
-            grpc: r.route.kind == Kind::GrpcRoute,
-            backends,
-            mirrors: r.mirrors.iter().filter_map(ServingMirror::new).collect(),
-            state,
-        })
+    fn by_rule(&self) -> ByRule<'_> {
+        let mut out: ByRule<'_> = HashMap::new();
+        for (from, served) in self.sources.iter().zip(&self.served) {
+            out.entry((&from.route, from.rule_index))
+                .or_default()
+                .push((from, served.as_ref()));
+        }
+        out
     }
+}
 
+/// Compiles one route; its rule's balancer state comes from a match of the rule compiled in
+/// this install (`fresh`) or from the previous table's routes of the rule (`same_rule`) when
+/// the backendRefs are the same.
+fn compile_route(
+    r: &L7Route,
+    same_rule: &[CompiledFrom<'_>],
+    fresh: &mut FreshRules,
+    authorities: &mut HashMap<SocketAddr, Authority>,
+) -> Result<ServingRoute, RouteError> {
+    let filters = RuleFilters::of(&r.filters);
+    let prefix = match &r.matched.path {
+        PathMatch::Prefix(p) => Some(p.trim_end_matches('/').to_owned()),
+        PathMatch::Exact(p) => Some(p.clone()),
+        PathMatch::Regex(_) => None,
+    };
+    let backends = r
+        .backends
+        .iter()
+        .map(|b| {
+            Ok(ServingBackend {
+                name: Arc::from(b.name.as_str()),
+                target: match &b.target {
+                    BackendTarget::Endpoints(eps) if !eps.is_empty() => ServingTarget::Endpoints(
+                        eps.iter()
+                            .map(|a| {
+                                Ok(ServingEndpoint {
+                                    addr: *a,
+                                    authority: authority(authorities, *a)?,
+                                })
+                            })
+                            .collect::<Result<_, RouteError>>()?,
+                    ),
+                    BackendTarget::Endpoints(_) | BackendTarget::NoEndpoints => {
+                        ServingTarget::NoEndpoints
+                    }
+                    BackendTarget::Invalid(reason) => ServingTarget::Invalid(*reason),
+                },
+                filters: BackendFilters::of(&b.filters),
+                protocol: b.protocol,
+            })
+        })
+        .collect::<Result<_, RouteError>>()?;
+    // Only a route that will be served claims or creates balancer state.
+    let signature: Vec<(String, u32)> = r
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), b.weight))
+        .collect();
+    let key = RuleKey {
+        route: r.route.clone(),
+        rule_index: r.rule_index,
+    };
+    let state = fresh
+        .get(&key)
+        .into_iter()
+        .chain(
+            same_rule
+                .iter()
+                .filter_map(|(_, served)| served.map(|s| &s.state)),
+        )
+        .find(|s| s.signature == signature)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(RuleState::new(signature)));
+    fresh.entry(key).or_insert_with(|| state.clone());
+    Ok(ServingRoute {
+        label: Arc::from(format!(
+            "{}/{}/{}",
+            r.route.namespace, r.route.name, r.rule_index
+        )),
+        hostnames: r.hostnames.clone(),
+        shadowed_by: r.shadowed_by.clone(),
+        matched: r.matched.clone(),
+        prefix,
+        filters,
+        timeouts: r.timeouts,
+        grpc: r.route.kind == Kind::GrpcRoute,
+        backends,
+        mirrors: r.mirrors.iter().filter_map(ServingMirror::new).collect(),
+        state,
+    })
+}
+
+impl ServingTable {
     /// How many of this table's routes are the very ones of `other` (reused, not compiled).
     #[cfg(test)]
     fn shared_routes(&self, other: &ServingTable) -> usize {
@@ -481,5 +534,20 @@ mod tests {
             picks(&second.routes[0], 2),
             vec!["ns/svc1:80", "ns/svc0:80"]
         );
+
+        // A route added before the others moves them all: found by rule, still reused, and
+        // the sequence still goes on (a, b, a, a, then b; a restart would give a).
+        assert_eq!(picks(&second.routes[0], 1), vec!["ns/svc0:80"]);
+        let mut first_route = rule("/0", &[1]);
+        first_route.route.name = "first".into();
+        let shifted = L7RouteTable {
+            routes: [vec![Arc::new(first_route)], refreshed.routes.clone()].concat(),
+            tls: None,
+            passthrough: None,
+        };
+        let (third, issues) = ServingTable::compile(&shifted, &second);
+        assert!(issues.is_empty());
+        assert_eq!(third.shared_routes(&second), 3);
+        assert_eq!(picks(&third.routes[1], 1), vec!["ns/svc1:80"]);
     }
 }
