@@ -199,12 +199,7 @@ fn perform(maps: &mut impl L4Maps, step: &Step<'_>) -> Result<(), L4ApplyError> 
             route_id,
             half,
             slots,
-        } => {
-            for (slot, backend_id) in slots.iter().enumerate() {
-                maps.write_table_slot(*route_id, *half, slot as u32, *backend_id)?;
-            }
-            Ok(())
-        }
+        } => maps.write_table_half(*route_id, *half, slots),
         Step::FlipRoute { route_id, meta, .. } => maps.write_route_meta(*route_id, *meta),
         Step::WriteVip { key, value } => maps.write_vip(*key, *value),
         Step::RemoveVip { key } => maps.remove_vip(key),
