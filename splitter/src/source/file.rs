@@ -88,8 +88,9 @@ pub struct FileSource {
     roots: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
     /// The files defining each object, in path order, each with the first document defining it
-    /// there: that document of the first file is served.
-    owners: BTreeMap<ObjectKey, BTreeMap<PathBuf, usize>>,
+    /// there: that document of the first file is served. A sorted `Vec`: almost every object has
+    /// one file, and a one-entry tree costs a whole node per object.
+    owners: BTreeMap<ObjectKey, Vec<(PathBuf, usize)>>,
     /// The objects more than one file defines, kept with `owners` for the keys a scan touches:
     /// a report lists duplicates from these rather than by going through every object again
     /// (at tens of thousands of objects, that walk was most of a scan).
@@ -124,7 +125,7 @@ impl FileSource {
 
     /// Where the version of `key` served comes from: its file and 1-based document number.
     pub fn origin(&self, key: &ObjectKey) -> Option<(&Path, usize)> {
-        let (path, doc) = self.owners.get(key)?.first_key_value()?;
+        let (path, doc) = self.owners.get(key)?.first()?;
         Some((path, *doc))
     }
 
@@ -240,7 +241,7 @@ impl FileSource {
             for (_, o) in objects {
                 let key = o.key();
                 if let Some(paths) = self.owners.get_mut(&key) {
-                    paths.remove(path);
+                    paths.retain(|(p, _)| p != path);
                     if paths.is_empty() {
                         self.owners.remove(&key);
                     }
@@ -254,10 +255,9 @@ impl FileSource {
             state.repeats.clear();
             for (doc, o) in &state.objects {
                 let paths = self.owners.entry(o.key()).or_default();
-                if paths.contains_key(path) {
-                    state.repeats.push((*doc, o.key()));
-                } else {
-                    paths.insert(path.clone(), *doc);
+                match paths.binary_search_by(|(p, _)| p.cmp(path)) {
+                    Ok(_) => state.repeats.push((*doc, o.key())),
+                    Err(i) => paths.insert(i, (path.clone(), *doc)),
                 }
             }
         }
