@@ -4,7 +4,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use serde::Serialize;
 
-use crate::source::{file::LoadReport, file::load};
+use crate::source::{FileSource, file::LoadReport};
 use splitter_plan::plan::{
     self, L4Plan, ListenerPlan, Plan, PlanConfig, Transport,
     l7::{BackendTarget, Filter, L7Route, PathMatch, PathModifier, PlannedBackend},
@@ -34,13 +34,14 @@ struct JsonReport<'a> {
 }
 
 pub fn run(paths: &[PathBuf], output: Output, config: &PlanConfig) -> CheckOutcome {
-    let (index, report) = load(paths);
-    let plan = plan::build(&index, config, None);
+    let mut source = FileSource::new(paths.iter().cloned());
+    let report = source.scan();
+    let plan = plan::build(&source.index(), config, None);
     // Each problem of an object says where the object is: file and document.
     let problems: Vec<String> = plan
         .problems_by_object()
         .into_iter()
-        .map(|(key, p)| match key.and_then(|k| report.origins.get(k)) {
+        .map(|(key, p)| match key.and_then(|k| source.origin(k)) {
             Some((path, doc)) => format!("{}: document {doc}: {p}", path.display()),
             None => p,
         })

@@ -63,8 +63,6 @@ pub struct LoadReport {
     pub skipped: Vec<Skipped>,
     /// Files read in this scan.
     pub files: usize,
-    /// Where each object served comes from: its file and 1-based document number.
-    pub origins: BTreeMap<ObjectKey, (PathBuf, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -74,18 +72,14 @@ struct FileState {
     objects: Vec<(usize, Object)>,
     errors: Vec<SourceError>,
     skipped: Vec<Skipped>,
+    /// The documents that define an object an earlier document of the same file defines too.
+    repeats: Vec<(usize, ObjectKey)>,
 }
 
-impl FileState {
-    fn find(&self, key: &ObjectKey) -> Option<&Object> {
-        find(&self.objects, key)
-    }
-}
-
-fn find<'a>(objects: &'a [(usize, Object)], key: &ObjectKey) -> Option<&'a Object> {
-    objects.iter().map(|(_, o)| o).find(|o| {
-        o.kind() == key.kind && o.meta().namespace == key.namespace && o.meta().name == key.name
-    })
+/// The object of document `doc` (objects are in document order, one per document at most).
+fn at(objects: &[(usize, Object)], doc: usize) -> Option<&Object> {
+    let i = objects.binary_search_by_key(&doc, |(d, _)| *d).ok()?;
+    Some(&objects[i].1)
 }
 
 /// The manifests under a set of paths, re-read when they change.
@@ -93,8 +87,14 @@ fn find<'a>(objects: &'a [(usize, Object)], key: &ObjectKey) -> Option<&'a Objec
 pub struct FileSource {
     roots: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
-    /// The files defining each object, in path order: the first one's version is served.
-    owners: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// The files defining each object, in path order, each with the first document defining it
+    /// there: that document of the first file is served. A sorted `Vec`: almost every object has
+    /// one file, and a one-entry tree costs a whole node per object.
+    owners: BTreeMap<ObjectKey, Vec<(PathBuf, usize)>>,
+    /// The objects more than one file defines, kept with `owners` for the keys a scan touches:
+    /// a report lists duplicates from these rather than by going through every object again
+    /// (at tens of thousands of objects, that walk was most of a scan).
+    shadowed: BTreeSet<ObjectKey>,
     /// What the scans since the last [`take_changes`](Self::take_changes) changed.
     changes: Vec<Update>,
 }
@@ -105,6 +105,7 @@ impl FileSource {
             roots: roots.into_iter().collect(),
             files: BTreeMap::new(),
             owners: BTreeMap::new(),
+            shadowed: BTreeSet::new(),
             changes: Vec::new(),
         }
     }
@@ -118,8 +119,14 @@ impl FileSource {
 
     /// The version of `key` served: the one of the first file in path order that defines it.
     fn served(&self, key: &ObjectKey) -> Option<&Object> {
-        let path = self.owners.get(key)?.first()?;
-        self.files.get(path)?.find(key)
+        let (path, doc) = self.origin(key)?;
+        at(&self.files.get(path)?.objects, doc)
+    }
+
+    /// Where the version of `key` served comes from: its file and 1-based document number.
+    pub fn origin(&self, key: &ObjectKey) -> Option<(&Path, usize)> {
+        let (path, doc) = self.owners.get(key)?.first()?;
+        Some((path, *doc))
     }
 
     /// The paths given at start (files or directories).
@@ -160,10 +167,10 @@ impl FileSource {
             let stamp = std::fs::metadata(&path)
                 .ok()
                 .and_then(|m| Some((m.modified().ok()?, m.len())));
-            let state = self.files.entry(path.clone()).or_default();
-            if stamp.is_some() && state.stamp == stamp {
+            if stamp.is_some() && self.files.get(&path).is_some_and(|s| s.stamp == stamp) {
                 continue;
             }
+            let state = self.files.entry(path.clone()).or_default();
             report.changed = true;
             report.files += 1;
             state.stamp = stamp;
@@ -177,20 +184,26 @@ impl FileSource {
             self.files.remove(path);
         }
         report.errors = root_errors;
-        let mut seen: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        // Every copy of an object but the one served is a duplicate: the copies in later files
+        // of the shadowed objects, and the repeats within a file. Listed by file, then document.
+        let mut duplicates: BTreeMap<&Path, Vec<(usize, &ObjectKey)>> = BTreeMap::new();
+        for key in &self.shadowed {
+            for (path, doc) in self.owners.get(key).into_iter().flatten().skip(1) {
+                duplicates.entry(path).or_default().push((*doc, key));
+            }
+        }
         for (path, state) in &self.files {
-            for (doc, o) in &state.objects {
-                let key = o.key();
-                if let Some(first) = seen.get(&key) {
+            let mut dups = duplicates.remove(path.as_path()).unwrap_or_default();
+            dups.extend(state.repeats.iter().map(|(doc, key)| (*doc, key)));
+            dups.sort_unstable_by_key(|(doc, _)| *doc);
+            for (doc, key) in dups {
+                if let Some((first, _)) = self.origin(key) {
                     report.errors.push(SourceError::Duplicate {
                         path: path.clone(),
-                        document: *doc,
-                        key,
-                        first: first.clone(),
+                        document: doc,
+                        key: key.clone(),
+                        first: first.to_path_buf(),
                     });
-                } else {
-                    report.origins.insert(key.clone(), (path.clone(), *doc));
-                    seen.insert(key, path.clone());
                 }
             }
             report.errors.extend(state.errors.iter().map(clone_error));
@@ -200,7 +213,8 @@ impl FileSource {
     }
 
     /// Records what re-reading `reread` and dropping the files that are gone (the objects of
-    /// both, before, are in `old`) changed of what is served, and updates the owners.
+    /// both, before, are in `old`) changed of what is served, and updates the owners, the
+    /// shadowed objects and the repeats of the files re-read.
     fn diff(&mut self, old: &BTreeMap<PathBuf, Vec<(usize, Object)>>, reread: &[PathBuf]) {
         let mut touched: BTreeSet<ObjectKey> = old
             .values()
@@ -215,10 +229,10 @@ impl FileSource {
         let before: Vec<Option<Object>> = touched
             .iter()
             .map(|key| {
-                let path = self.owners.get(key)?.first()?;
+                let (path, doc) = self.origin(key)?;
                 match old.get(path) {
-                    Some(objects) => find(objects, key),
-                    None => self.files.get(path)?.find(key),
+                    Some(objects) => at(objects, doc),
+                    None => at(&self.files.get(path)?.objects, doc),
                 }
                 .cloned()
             })
@@ -227,7 +241,7 @@ impl FileSource {
             for (_, o) in objects {
                 let key = o.key();
                 if let Some(paths) = self.owners.get_mut(&key) {
-                    paths.remove(path);
+                    paths.retain(|(p, _)| p != path);
                     if paths.is_empty() {
                         self.owners.remove(&key);
                     }
@@ -235,10 +249,24 @@ impl FileSource {
             }
         }
         for path in reread {
-            if let Some(state) = self.files.get(path) {
-                for (_, o) in &state.objects {
-                    self.owners.entry(o.key()).or_default().insert(path.clone());
+            let Some(state) = self.files.get_mut(path) else {
+                continue;
+            };
+            state.repeats.clear();
+            for (doc, o) in &state.objects {
+                let paths = self.owners.entry(o.key()).or_default();
+                match paths.binary_search_by(|(p, _)| p.cmp(path)) {
+                    Ok(_) => state.repeats.push((*doc, o.key())),
+                    Err(i) => paths.insert(i, (path.clone(), *doc)),
                 }
+            }
+        }
+        // Only the touched objects can have gained or lost a copy in another file.
+        for key in &touched {
+            if self.owners.get(key).is_some_and(|paths| paths.len() > 1) {
+                self.shadowed.insert(key.clone());
+            } else {
+                self.shadowed.remove(key);
             }
         }
         for (key, before) in touched.into_iter().zip(before) {

@@ -4,7 +4,7 @@
 use std::{fs, path::Path};
 
 use splitter::source::{FileSource, SourceError};
-use splitter_plan::model::{Kind, Object, index::Update};
+use splitter_plan::model::{Kind, Object, ObjectKey, index::Update};
 
 const ROUTE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -442,22 +442,120 @@ fn scans_report_the_objects_that_changed_first_file_winning() {
     source.scan();
     let changes = source.take_changes();
     assert_eq!(changes.len(), 2, "{changes:?}");
-    assert!(
-        changes.contains(&Update::Delete(splitter_plan::model::ObjectKey::new(
-            Kind::Namespace,
-            "",
-            "x"
-        )))
-    );
+    assert!(changes.contains(&Update::Delete(ObjectKey::new(Kind::Namespace, "", "x"))));
     assert!(!source.scan().changed);
     assert_eq!(source.take_changes(), []);
+}
+
+/// The duplicates a scan reports, as (file name, document, object, first file name).
+fn duplicates(report: &splitter::source::LoadReport) -> Vec<(String, usize, ObjectKey, String)> {
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    report
+        .errors
+        .iter()
+        .map(|e| match e {
+            SourceError::Duplicate {
+                path,
+                document,
+                key,
+                first,
+            } => (name(path), *document, key.clone(), name(first)),
+            other => panic!("{other}"),
+        })
+        .collect()
+}
+
+/// Duplicates and origins as one file at a time changes: a file that is not re-read keeps its
+/// origins, and its copy of an object becomes or stops being a duplicate as another file's
+/// copy comes and goes.
+#[test]
+fn duplicates_and_origins_follow_edits_of_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    let put = |path: &Path, names: &[&str]| {
+        let docs: Vec<String> = names
+            .iter()
+            .map(|n| namespace_doc(&format!("ns-{n}"), 1))
+            .collect();
+        fs::write(path, docs.join("---\n")).unwrap();
+        bump_mtime(path);
+    };
+    // Prefixed: a bare `y` is a boolean in YAML.
+    let key = |name: &str| ObjectKey::new(Kind::Namespace, "", format!("ns-{name}"));
+    let origin = |source: &FileSource, name: &str| {
+        source
+            .origin(&key(name))
+            .map(|(p, doc)| (p.file_name().unwrap().to_string_lossy().into_owned(), doc))
+    };
+    let at = |file: &str, doc: usize| Some((file.to_string(), doc));
+    let dup = |file: &str, doc: usize, name: &str, first: &str| {
+        (file.to_string(), doc, key(name), first.to_string())
+    };
+
+    put(&a, &["x", "y"]);
+    put(&b, &["z"]);
+    let mut source = FileSource::new([dir.path().to_path_buf()]);
+    assert_eq!(duplicates(&source.scan()), []);
+    assert_eq!(origin(&source, "x"), at("a.yaml", 1));
+    assert_eq!(origin(&source, "z"), at("b.yaml", 1));
+
+    // b gains copies of y and x: ignored, reported in document order; a, not re-read, keeps
+    // its origins.
+    put(&b, &["z", "y", "x"]);
+    let both = [
+        dup("b.yaml", 2, "y", "a.yaml"),
+        dup("b.yaml", 3, "x", "a.yaml"),
+    ];
+    assert_eq!(duplicates(&source.scan()), both);
+    assert_eq!(origin(&source, "x"), at("a.yaml", 1));
+    assert_eq!(origin(&source, "y"), at("a.yaml", 2));
+    // A scan that reads nothing still reports them.
+    let report = source.scan();
+    assert!(!report.changed);
+    assert_eq!(duplicates(&report), both);
+
+    // a drops x: b's copy is served, no longer a duplicate, though b was not re-read.
+    put(&a, &["y"]);
+    assert_eq!(
+        duplicates(&source.scan()),
+        [dup("b.yaml", 2, "y", "a.yaml")]
+    );
+    assert_eq!(origin(&source, "x"), at("b.yaml", 3));
+    assert_eq!(origin(&source, "y"), at("a.yaml", 1));
+
+    // a defines x again, twice: its first copy is served; its second and b's are duplicates.
+    put(&a, &["x", "y", "x"]);
+    assert_eq!(
+        duplicates(&source.scan()),
+        [
+            dup("a.yaml", 3, "x", "a.yaml"),
+            dup("b.yaml", 2, "y", "a.yaml"),
+            dup("b.yaml", 3, "x", "a.yaml")
+        ]
+    );
+    assert_eq!(origin(&source, "x"), at("a.yaml", 1));
+
+    // b is fixed: only a's own repeat is left.
+    put(&b, &["z"]);
+    assert_eq!(
+        duplicates(&source.scan()),
+        [dup("a.yaml", 3, "x", "a.yaml")]
+    );
+    assert_eq!(origin(&source, "z"), at("b.yaml", 1));
+
+    // a goes: its objects and its duplicate with it; b's origins stay.
+    fs::remove_file(&a).unwrap();
+    assert_eq!(duplicates(&source.scan()), []);
+    assert_eq!(origin(&source, "x"), None);
+    assert_eq!(origin(&source, "z"), at("b.yaml", 1));
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
     /// Any sequence of file writes and removals: the changes, applied to an index that started
-    /// from the first scan, give the index of the source's content (what a relist would give).
+    /// from the first scan, give the index of the source's content (what a relist would give),
+    /// and each scan reports the duplicates and origins a fresh source reading the files would.
     #[test]
     fn changes_applied_in_turn_equal_a_relist(
         steps in proptest::collection::vec((0usize..3, proptest::collection::vec((0usize..4, 0u32..3), 0..4), proptest::bool::weighted(0.2)), 1..12)
@@ -474,11 +572,16 @@ proptest::proptest! {
                 fs::write(&path, text.join("---\n")).unwrap();
                 bump_mtime(&path);
             }
-            source.scan();
+            let report = source.scan();
             for u in source.take_changes() {
                 index.update(u);
             }
             proptest::prop_assert_eq!(&index, &source.index());
+            let mut fresh = FileSource::new([dir.path().to_path_buf()]);
+            proptest::prop_assert_eq!(duplicates(&report), duplicates(&fresh.scan()));
+            for o in fresh.objects() {
+                proptest::prop_assert_eq!(source.origin(&o.key()), fresh.origin(&o.key()));
+            }
         }
     }
 }
