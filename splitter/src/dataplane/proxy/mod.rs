@@ -48,6 +48,7 @@ mod error;
 mod grpc;
 mod h2c;
 mod handler;
+mod host_index;
 mod hygiene;
 mod idle;
 mod listeners;

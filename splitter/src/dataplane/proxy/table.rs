@@ -9,6 +9,7 @@ use http::uri::Authority;
 use super::{
     balance::{EndpointCursor, SmoothWrr},
     error::RouteError,
+    host_index::HostIndex,
     mirror::ServingMirror,
 };
 use splitter_plan::{
@@ -184,14 +185,15 @@ type CompiledFrom<'a> = (&'a Arc<L7Route>, Option<&'a Arc<ServingRoute>>);
 /// The installed, immutable table of one listener.
 #[derive(Debug, Default)]
 pub struct ServingTable {
-    /// The routes served, in precedence order.
-    routes: Vec<Arc<ServingRoute>>,
     /// The plan's routes this was compiled from, and what each became, in the plan's order:
     /// the next install reuses the compiled route of a plan route it holds again at the same
     /// place (the same `Arc`, as an endpoint refresh leaves every route it does not touch, or
     /// an equal one, as a full build makes it) without hashing or comparing anything.
     sources: Vec<Arc<L7Route>>,
     served: Vec<Option<Arc<ServingRoute>>>,
+    /// The candidates for a request's host, by position in `sources`; kept from the previous
+    /// table when no route's hostnames moved or changed (an endpoint refresh).
+    hosts: Arc<HostIndex>,
 }
 
 /// The routes of a previous table by rule, built only when a route is not found in its place
@@ -207,10 +209,11 @@ impl ServingTable {
     /// balancer state of rules whose backendRefs did not change.
     pub fn compile(table: &L7RouteTable, previous: &ServingTable) -> (Self, Vec<TableIssue>) {
         let mut out = Self {
-            routes: Vec::with_capacity(table.routes.len()),
             sources: Vec::with_capacity(table.routes.len()),
             served: Vec::with_capacity(table.routes.len()),
+            hosts: Arc::default(),
         };
+        let mut same_hosts = table.routes.len() == previous.sources.len();
         let mut issues = Vec::new();
         // Most endpoints appear in several routes: each authority is written once.
         let mut authorities = HashMap::new();
@@ -264,12 +267,18 @@ impl ServingTable {
                     }
                 }
             };
-            if let Some(s) = &served {
-                out.routes.push(s.clone());
-            }
+            same_hosts = same_hosts
+                && in_place.is_some_and(|(from, _)| {
+                    Arc::ptr_eq(from, route) || from.hostnames == route.hostnames
+                });
             out.sources.push(route.clone());
             out.served.push(served);
         }
+        out.hosts = if same_hosts {
+            previous.hosts.clone()
+        } else {
+            Arc::new(HostIndex::new(table.routes.iter().map(|r| &**r)))
+        };
         (out, issues)
     }
 
@@ -370,15 +379,24 @@ impl ServingTable {
     /// How many of this table's routes are the very ones of `other` (reused, not compiled).
     #[cfg(test)]
     fn shared_routes(&self, other: &ServingTable) -> usize {
-        self.routes
+        self.routes()
             .iter()
-            .filter(|r| other.routes.iter().any(|o| Arc::ptr_eq(r, o)))
+            .filter(|r| other.routes().iter().any(|o| Arc::ptr_eq(r, o)))
             .count()
+    }
+
+    /// The routes served, in precedence order.
+    #[cfg(test)]
+    fn routes(&self) -> Vec<Arc<ServingRoute>> {
+        self.served.iter().flatten().cloned().collect()
     }
 
     /// The first route, in precedence order, that accepts the request.
     pub fn find(&self, host: Option<&str>, req: &RequestView<'_>) -> Option<&Arc<ServingRoute>> {
-        self.routes.iter().find(|r| r.accepts(host, req))
+        self.hosts
+            .candidates(host)
+            .filter_map(|i| self.served.get(i as usize)?.as_ref())
+            .find(|r| r.accepts(host, req))
     }
 }
 
@@ -455,7 +473,7 @@ mod tests {
         };
         let (s, issues) = ServingTable::compile(&t, &ServingTable::default());
         assert!(issues.is_empty());
-        let (a, b) = (&s.routes[0], &s.routes[1]);
+        let (a, b) = (&s.routes()[0], &s.routes()[1]);
         let seq = [picks(a, 1), picks(b, 1), picks(a, 1)].concat();
         assert_eq!(seq, vec!["ns/svc0:80", "ns/svc1:80", "ns/svc0:80"]);
     }
@@ -468,11 +486,11 @@ mod tests {
             passthrough: None,
         };
         let (first, _) = ServingTable::compile(&t, &ServingTable::default());
-        assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
+        assert_eq!(picks(&first.routes()[0], 1), vec!["ns/svc0:80"]);
         // Same rule, same backendRefs: the sequence goes on where it was.
         let (second, _) = ServingTable::compile(&t, &first);
         assert_eq!(
-            picks(&second.routes[0], 2),
+            picks(&second.routes()[0], 2),
             vec!["ns/svc1:80", "ns/svc0:80"]
         );
         // New weights: a fresh sequence.
@@ -483,7 +501,7 @@ mod tests {
         };
         let (third, _) = ServingTable::compile(&changed, &second);
         assert_eq!(
-            picks(&third.routes[0], 3),
+            picks(&third.routes()[0], 3),
             vec!["ns/svc1:80", "ns/svc0:80", "ns/svc1:80"]
         );
     }
@@ -500,7 +518,7 @@ mod tests {
             passthrough: None,
         };
         let (first, _) = ServingTable::compile(&t, &ServingTable::default());
-        assert_eq!(picks(&first.routes[0], 1), vec!["ns/svc0:80"]);
+        assert_eq!(picks(&first.routes()[0], 1), vec!["ns/svc0:80"]);
         // An endpoint refresh: /b has a new endpoint (a new Arc), /a is the same Arc, and /c an
         // equal route in a new Arc (as a full build makes it).
         let mut b = rule("/b", &[1]);
@@ -519,10 +537,10 @@ mod tests {
         assert!(issues.is_empty());
         assert_eq!(second.shared_routes(&first), 2, "/a and /c reused");
         assert!(
-            !Arc::ptr_eq(&second.routes[1], &first.routes[1]),
+            !Arc::ptr_eq(&second.routes()[1], &first.routes()[1]),
             "/b compiled"
         );
-        match second.routes[1].pick() {
+        match second.routes()[1].pick() {
             Pick::Endpoint { endpoint, .. } => {
                 assert_eq!(endpoint.addr, SocketAddr::from(([127, 0, 0, 2], 9)));
                 assert_eq!(endpoint.authority.as_str(), "127.0.0.2:9");
@@ -531,13 +549,13 @@ mod tests {
         }
         // The reused route's sequence goes on where it was.
         assert_eq!(
-            picks(&second.routes[0], 2),
+            picks(&second.routes()[0], 2),
             vec!["ns/svc1:80", "ns/svc0:80"]
         );
 
         // A route added before the others moves them all: found by rule, still reused, and
         // the sequence still goes on (a, b, a, a, then b; a restart would give a).
-        assert_eq!(picks(&second.routes[0], 1), vec!["ns/svc0:80"]);
+        assert_eq!(picks(&second.routes()[0], 1), vec!["ns/svc0:80"]);
         let mut first_route = rule("/0", &[1]);
         first_route.route.name = "first".into();
         let shifted = L7RouteTable {
@@ -548,6 +566,6 @@ mod tests {
         let (third, issues) = ServingTable::compile(&shifted, &second);
         assert!(issues.is_empty());
         assert_eq!(third.shared_routes(&second), 3);
-        assert_eq!(picks(&third.routes[1], 1), vec!["ns/svc1:80"]);
+        assert_eq!(picks(&third.routes()[1], 1), vec!["ns/svc1:80"]);
     }
 }
