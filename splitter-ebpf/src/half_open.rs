@@ -152,14 +152,14 @@ pub fn track(meta: &mut PacketMeta, recreated: bool) {
             let rk = k.twin(f);
             take_over_v4(&rk);
             let _ = HALF_OPEN_V4.insert(k, f, 0);
-            let _ = HALF_OPEN_V4.insert(&rk, reply, 0);
+            let _ = HALF_OPEN_V4.insert(rk, reply, 0);
         }
         Family::V6 => {
             let k: &FlowKey = &meta.key;
             let rk = k.twin(f);
             take_over_v6(&rk);
             let _ = HALF_OPEN.insert(k, f, 0);
-            let _ = HALF_OPEN.insert(&rk, reply, 0);
+            let _ = HALF_OPEN.insert(rk, reply, 0);
         }
     }
 }
@@ -176,12 +176,12 @@ pub fn track(meta: &mut PacketMeta, recreated: bool) {
 fn take_over_v4(rk: &FlowKey4) {
     if let Some(old) = CONNTRACK_V4.get_ptr(rk) {
         // SAFETY: an entry of the map, alive for this program run.
-        let _ = CONNTRACK_V4.remove(&rk.twin(unsafe { &*old }));
+        let _ = CONNTRACK_V4.remove(rk.twin(unsafe { &*old }));
         let _ = CONNTRACK_V4.remove(rk);
     }
     if let Some(old) = HALF_OPEN_V4.get_ptr(rk) {
         // SAFETY: as above.
-        let _ = HALF_OPEN_V4.remove(&rk.twin(unsafe { &*old }));
+        let _ = HALF_OPEN_V4.remove(rk.twin(unsafe { &*old }));
     }
 }
 
@@ -189,12 +189,12 @@ fn take_over_v4(rk: &FlowKey4) {
 fn take_over_v6(rk: &FlowKey) {
     if let Some(old) = CONNTRACK.get_ptr(rk) {
         // SAFETY: an entry of the map, alive for this program run.
-        let _ = CONNTRACK.remove(&rk.twin(unsafe { &*old }));
+        let _ = CONNTRACK.remove(rk.twin(unsafe { &*old }));
         let _ = CONNTRACK.remove(rk);
     }
     if let Some(old) = HALF_OPEN.get_ptr(rk) {
         // SAFETY: as above.
-        let _ = HALF_OPEN.remove(&rk.twin(unsafe { &*old }));
+        let _ = HALF_OPEN.remove(rk.twin(unsafe { &*old }));
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
     gateway_status,
     gateways::{self, GatewayListener, ListenerClass},
     hostname,
-    l7::PlannedBackend,
+    l7::{L7RouteTable, PlannedBackend},
     listener::{
         DataplaneListener, ListenerKey, ListenerPlan, ListenerSource, Mode, Plan, PlanConfig,
     },
@@ -54,6 +54,7 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
             wanted: annotation_override(&listeners, &members, &mut diagnostics),
             generation: listeners[members[0]].gateway.meta.generation,
             previous: previous_tables.get(&key).copied(),
+            previous_l7: previous.and_then(|p| p.listener(&key)).and_then(|l| l.l7()),
         };
         let (plan, condition) = match class {
             ListenerClass::Http | ListenerClass::Https => {
@@ -234,6 +235,8 @@ struct ListenerGroup<'a> {
     generation: i64,
     /// This listener's table in the previous plan, for the disruption figure.
     previous: Option<&'a WeightedTable>,
+    /// This listener's L7 routes in the previous plan, whose equal routes the new table shares.
+    previous_l7: Option<&'a L7RouteTable>,
 }
 
 /// The mode of an HTTP listener and why, with its `DataplaneMode` condition.
@@ -321,6 +324,9 @@ fn http_listener_plan(
         }
     }
     let mut l7 = table::into_table(entries);
+    if let Some(before) = group.previous_l7 {
+        share_unchanged(&mut l7, before);
+    }
     let https = group
         .members
         .iter()
@@ -366,6 +372,17 @@ fn http_listener_plan(
         },
     };
     (plan, decision.condition)
+}
+
+/// Makes each route of `table` that equals the route in the same place of `before` that
+/// route's `Arc`: a plan built after a change to a few routes then holds one copy of the
+/// others, shared with the plan before it and with the proxy's compiled routes.
+fn share_unchanged(table: &mut L7RouteTable, before: &L7RouteTable) {
+    for (new, old) in table.routes.iter_mut().zip(&before.routes) {
+        if **new == **old {
+            *new = old.clone();
+        }
+    }
 }
 
 /// The hostnames of the listeners on the port (`members`) that lie within listener `i`'s own
@@ -556,7 +573,7 @@ fn tls_listener_plan(
         },
         None => ListenerPlan::L7 {
             listener,
-            l7: std::sync::Arc::new(super::l7::L7RouteTable {
+            l7: std::sync::Arc::new(L7RouteTable {
                 passthrough: Some(table),
                 ..Default::default()
             }),

@@ -18,7 +18,7 @@ use splitter_plan::{
         ObjectKey,
         l7::{
             BackendProtocol, BackendTarget, Filter, HeaderModifier, InvalidReason, L7Route,
-            L7RouteTable, PathMatch, RouteMatch, Timeouts,
+            L7RouteTable, PathMatch, Timeouts,
         },
         l7_filters::RuleFilters,
         l7_match::{RequestView, hostname_matches},
@@ -126,10 +126,9 @@ pub enum Pick<'a> {
 pub struct ServingRoute {
     /// `namespace/name/rule-index`, the metrics label.
     pub label: Arc<str>,
-    hostnames: Vec<String>,
-    /// Hosts that belong to more specific listeners on the port (listener isolation).
-    shadowed_by: Vec<String>,
-    matched: RouteMatch,
+    /// The plan's route: its hostnames, the hosts of more specific listeners on the port
+    /// (listener isolation) and its match, read in place rather than copied.
+    plan: Arc<L7Route>,
     /// The matched path prefix without a trailing `/` (empty for `/`), for ReplacePrefixMatch.
     pub prefix: Option<String>,
     pub filters: RuleFilters,
@@ -144,9 +143,10 @@ pub struct ServingRoute {
 
 impl ServingRoute {
     pub fn accepts(&self, host: Option<&str>, req: &RequestView<'_>) -> bool {
-        hostname_matches(&self.hostnames, host)
-            && (self.shadowed_by.is_empty() || !hostname_matches(&self.shadowed_by, host))
-            && self.matched.matches(req)
+        let r = &*self.plan;
+        hostname_matches(&r.hostnames, host)
+            && (r.shadowed_by.is_empty() || !hostname_matches(&r.shadowed_by, host))
+            && r.matched.matches(req)
     }
 
     pub fn pick(&self) -> Pick<'_> {
@@ -297,7 +297,7 @@ impl ServingTable {
 /// this install (`fresh`) or from the previous table's routes of the rule (`same_rule`) when
 /// the backendRefs are the same.
 fn compile_route(
-    r: &L7Route,
+    r: &Arc<L7Route>,
     same_rule: &[CompiledFrom<'_>],
     fresh: &mut FreshRules,
     authorities: &mut HashMap<SocketAddr, Authority>,
@@ -362,9 +362,7 @@ fn compile_route(
             "{}/{}/{}",
             r.route.namespace, r.route.name, r.rule_index
         )),
-        hostnames: r.hostnames.clone(),
-        shadowed_by: r.shadowed_by.clone(),
-        matched: r.matched.clone(),
+        plan: r.clone(),
         prefix,
         filters,
         timeouts: r.timeouts,
