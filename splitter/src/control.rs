@@ -557,6 +557,18 @@ mod tests {
             ["Endpoints([10.0.0.2:8080])", "Endpoints([10.0.0.2:8080])"]
         );
         assert_eq!((h.metrics.builds(), h.metrics.refreshes()), (1, 1));
+        // As operators see it on /metrics.
+        let mut registry = Registry::default();
+        h.metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "splitter_plan_builds_total 1",
+            "splitter_plan_endpoint_refreshes_total 1",
+            "splitter_plan_endpoint_refresh_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
         // No ready endpoint left changes what the proxy answers (503) and how the listener is
         // described: that is a build.
         h.send(vec![object(serde_json::json!({
