@@ -38,10 +38,7 @@ pub trait L4Maps {
         half: u32,
         slots: &[u32],
     ) -> Result<(), L4ApplyError> {
-        for (slot, backend_id) in slots.iter().enumerate() {
-            self.write_table_slot(route_id, half, slot as u32, *backend_id)?;
-        }
-        Ok(())
+        slot_by_slot(self, route_id, half, slots)
     }
     fn write_route_meta(&mut self, route_id: u32, meta: RouteMeta) -> Result<(), L4ApplyError>;
     fn write_vip(&mut self, key: VipKey, value: VipValue) -> Result<(), L4ApplyError>;
@@ -54,6 +51,18 @@ pub trait L4Maps {
     fn for_each_flow(&self, f: &mut dyn FnMut(CtKey, FlowValue)) -> Result<(), L4ApplyError>;
     /// Removing a flow that is not there succeeds: the LRU may have evicted it since the scan.
     fn remove_flow(&mut self, key: &CtKey) -> Result<(), L4ApplyError>;
+}
+
+fn slot_by_slot(
+    maps: &mut (impl L4Maps + ?Sized),
+    route_id: u32,
+    half: u32,
+    slots: &[u32],
+) -> Result<(), L4ApplyError> {
+    for (slot, backend_id) in slots.iter().enumerate() {
+        maps.write_table_slot(route_id, half, slot as u32, *backend_id)?;
+    }
+    Ok(())
 }
 
 /// The L4 maps of a loaded object (pinned or not).
@@ -201,10 +210,7 @@ impl L4Maps for KernelL4Maps {
             // Kernels before 5.6 have no batch operations: slot by slot (idempotent, so what
             // a partial batch wrote is simply written again).
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
-                for (slot, backend_id) in slots.iter().enumerate() {
-                    self.write_table_slot(route_id, half, slot as u32, *backend_id)?;
-                }
-                Ok(())
+                slot_by_slot(self, route_id, half, slots)
             }
             Err(io_error) => Err(L4ApplyError::Map {
                 name: TABLES,
