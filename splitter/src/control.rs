@@ -128,12 +128,12 @@ impl PlanMetrics {
 /// while idle: `/healthz` fails when it stops.
 ///
 /// Passes are coalesced: a change that arrives after a quiet spell is planned at once (a lone
-/// endpoint change is not delayed), and changes that arrive within a window after the last
-/// pass ([`window`]: at most `coalesce`) wait for it and are planned together, so a stream of
-/// watch events costs at most one full build per `coalesce`. A batch that changes nothing the
-/// plan reads (a status-only update, a resync, the echo of our own status write) plans
-/// nothing; one confined to EndpointSlices refreshes the last plan instead of building a new
-/// one. Planning runs on the blocking pool ([`plan_off_runtime`]).
+/// endpoint change is not delayed), and changes that arrive soon after the last pass wait and
+/// are planned together ([`due`]): a stream of watch events costs at most one full build per
+/// `coalesce`. A batch that changes nothing the plan reads (a status-only update, a resync, the
+/// echo of our own status write) plans nothing; one confined to EndpointSlices refreshes the
+/// last plan instead of building one. Planning runs on the blocking pool
+/// ([`plan_off_runtime`]).
 pub async fn run(
     mut updates: mpsc::Receiver<Vec<Update>>,
     mut config: PlanConfig,
@@ -154,46 +154,47 @@ pub async fn run(
     // A closed port watch (tests, or a failed scanner) keeps the last ports it sent.
     let mut ports_open = true;
     let mut sources_open = true;
-    // When the last pass started; `None` before the first.
-    let mut last_pass: Option<Instant> = None;
-    // How long the last endpoint refresh took.
-    let mut refresh_took = Duration::ZERO;
+    // When the last build and the last endpoint refresh started, and how long that took.
+    let mut last_build: Option<Instant> = None;
+    let mut last_refresh: Option<(Instant, Duration)> = None;
     config.node_ports = node_ports.borrow_and_update().clone();
+    // Endpoint changes whose refresh was declined inside the build window: they wait for it
+    // as any change that needs a build.
+    let mut declined: Option<Changes> = None;
     loop {
         heartbeat.beat();
         if !sources_open {
             return;
         }
-        let mut changes = Changes::default();
-        // Waits for the first change of the next pass.
-        tokio::select! {
-            _ = idle.tick() => continue,
-            batch = updates.recv() => match batch {
-                Some(batch) => apply(&mut index, batch, &mut changes),
-                None => return,
-            },
-            r = node_ports.changed(), if ports_open => {
-                if r.is_err() {
-                    ports_open = false;
-                    continue;
+        let mut changes = declined.take().unwrap_or_default();
+        if !changes.any() {
+            // Waits for the first change of the next pass.
+            tokio::select! {
+                _ = idle.tick() => continue,
+                batch = updates.recv() => match batch {
+                    Some(batch) => apply(&mut index, batch, &mut changes),
+                    None => return,
+                },
+                r = node_ports.changed(), if ports_open => {
+                    if r.is_err() {
+                        ports_open = false;
+                        continue;
+                    }
+                    config.node_ports = node_ports.borrow_and_update().clone();
+                    // Nothing planned yet: the first batch builds with these ports.
+                    changes.other |= current.is_some();
                 }
-                config.node_ports = node_ports.borrow_and_update().clone();
-                // Nothing planned yet: the first batch builds with these ports.
-                changes.other |= current.is_some();
-            }
-        };
-        // Changes arriving within the window after the last pass join this pass; a change
-        // other than an endpoint one joining makes the window the full `coalesce`.
-        if let Some(last) = last_pass {
-            loop {
-                let due = last + window(coalesce, &changes, refresh_took);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due) => break,
+            };
+        }
+        // Changes arriving within the window join this pass ([`due`]); a change other than an
+        // endpoint one joining makes it the build's.
+        while let Some(at) = due(&changes, coalesce, last_build, last_refresh) {
+            tokio::select! {
+                    _ = tokio::time::sleep_until(at) => break,
                     batch = updates.recv(), if sources_open => match batch {
                         Some(batch) => apply(&mut index, batch, &mut changes),
                         None => sources_open = false,
                     },
-                }
             }
         }
         // And whatever is already queued.
@@ -210,17 +211,43 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let refresh = !changes.other;
-        let Some((back, next, same)) =
-            plan_off_runtime(index, config.clone(), current.clone(), changes, &metrics).await
-        else {
-            // A panicking build took the index with it; the agent cannot go on planning.
-            tracing::error!("plan build failed; the control loop stops");
-            return;
+        // A refresh that must build instead (a Service's endpoints went to none or came back)
+        // builds now only if the window of the last build has passed.
+        let may_build = changes.other || last_build.is_none_or(|t| Instant::now() >= t + coalesce);
+        let planned = plan_off_runtime(
+            index,
+            config.clone(),
+            current.clone(),
+            changes,
+            may_build,
+            &metrics,
+        )
+        .await;
+        let Planned {
+            index: back,
+            plan: next,
+            same,
+            refreshed,
+        } = match planned {
+            Some(Outcome::Planned(p)) => p,
+            Some(Outcome::Declined {
+                index: back,
+                changes,
+            }) => {
+                index = back;
+                declined = Some(changes);
+                continue;
+            }
+            None => {
+                // A panicking build took the index with it; the agent cannot go on planning.
+                tracing::error!("plan build failed; the control loop stops");
+                return;
+            }
         };
-        last_pass = Some(started);
-        if refresh {
-            refresh_took = started.elapsed();
+        if refreshed {
+            last_refresh = Some((started, started.elapsed()));
+        } else {
+            last_build = Some(started);
         }
         index = back;
         if same {
@@ -236,55 +263,101 @@ pub async fn run(
     }
 }
 
-/// How long after the start of the last pass `changes` wait for more: `coalesce` when they
-/// need a full build, which at thousands of routes takes hundreds of milliseconds; for
-/// EndpointSlice changes alone, which an endpoint refresh plans in about a millisecond, four
-/// times the last refresh (planning then takes at most a fifth of a CPU while endpoints churn,
-/// and an endpoint change is live within milliseconds, not a whole window, later).
-fn window(coalesce: Duration, changes: &Changes, refresh_took: Duration) -> Duration {
+/// Until when `changes` wait for more (`None`: not at all). Changes that need a build wait
+/// until `coalesce` after the last build started: at thousands of routes a build takes
+/// hundreds of milliseconds, and a stream of changes makes at most one per `coalesce`.
+/// EndpointSlice changes alone, which an endpoint refresh plans in about a millisecond, wait
+/// four times the last refresh after it started (planning then takes at most a fifth of a CPU
+/// while endpoints churn, and an endpoint change is live within milliseconds, not a window,
+/// later).
+fn due(
+    changes: &Changes,
+    coalesce: Duration,
+    last_build: Option<Instant>,
+    last_refresh: Option<(Instant, Duration)>,
+) -> Option<Instant> {
     if changes.other {
-        coalesce
+        last_build.map(|t| t + coalesce)
     } else {
-        coalesce.min(refresh_took * 4)
+        last_refresh.map(|(t, took)| t + coalesce.min(took * 4))
     }
+}
+
+enum Outcome {
+    Planned(Planned),
+    /// The refresh needs a build, which may not run yet: the index back, and the changes, now
+    /// marked as needing a build.
+    Declined {
+        index: Index,
+        changes: Changes,
+    },
+}
+
+/// What a planning pass gives back.
+struct Planned {
+    index: Index,
+    plan: Plan,
+    /// The plan equals the previous one but for its disruption figures.
+    same: bool,
+    /// It was an endpoint refresh, not a build.
+    refreshed: bool,
 }
 
 /// Plans on the blocking pool: at thousands of routes a build takes long enough to stall the
 /// runtime the watchers, the admin server and the status writer share. A change confined to
 /// EndpointSlices refreshes the backends of their Services in `previous`
-/// ([`plan::refresh_endpoints`]) where it can; anything else builds. Returns the index back,
-/// the plan, and whether it equals `previous` but for its disruption figures; `None` when the
-/// build panicked.
+/// ([`plan::refresh_endpoints`]) where it can; anything else builds, if `may_build`. `None`
+/// when the build panicked.
 async fn plan_off_runtime(
     index: Index,
     config: PlanConfig,
     previous: Option<Arc<Plan>>,
     changes: Changes,
+    may_build: bool,
     metrics: &PlanMetrics,
-) -> Option<(Index, Plan, bool)> {
+) -> Option<Outcome> {
     let metrics = metrics.clone();
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         if let Some(prev) = previous.as_deref()
             && !changes.other
-            && let Some((next, changed)) =
+            && let Some((plan, changed)) =
                 plan::refresh_endpoints(prev, &index, &config, &changes.endpoints_of)
         {
             metrics.refreshes.inc();
             metrics
                 .refresh_seconds
                 .observe(started.elapsed().as_secs_f64());
-            return (index, next, !changed);
+            return Outcome::Planned(Planned {
+                index,
+                plan,
+                same: !changed,
+                refreshed: true,
+            });
+        }
+        if !may_build {
+            return Outcome::Declined {
+                index,
+                changes: Changes {
+                    other: true,
+                    ..changes
+                },
+            };
         }
         metrics.builds.inc();
-        let next = plan::build(&index, &config, previous.as_deref());
+        let plan = plan::build(&index, &config, previous.as_deref());
         metrics
             .build_seconds
             .observe(started.elapsed().as_secs_f64());
         let same = previous
             .as_deref()
-            .is_some_and(|c| c.same_except_disruption(&next));
-        (index, next, same)
+            .is_some_and(|c| c.same_except_disruption(&plan));
+        Outcome::Planned(Planned {
+            index,
+            plan,
+            same,
+            refreshed: false,
+        })
     })
     .await
     .ok()
@@ -570,7 +643,8 @@ mod tests {
             assert!(text.contains(line), "{line} in\n{text}");
         }
         // No ready endpoint left changes what the proxy answers (503) and how the listener is
-        // described: that is a build.
+        // described: that is a build, and waits for the window of the last one like any.
+        let built = Instant::now();
         h.send(vec![object(serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
@@ -581,7 +655,32 @@ mod tests {
         }))])
         .await;
         h.plans.changed().await.expect("a built plan");
+        assert!(
+            built.elapsed() >= Duration::from_secs(590),
+            "{:?}",
+            built.elapsed()
+        );
         assert_eq!(endpoints(&h.plans), ["NoEndpoints", "NoEndpoints"]);
         assert_eq!((h.metrics.builds(), h.metrics.refreshes()), (2, 1));
+
+        // Endpoints again: built too.
+        h.send(vec![slice("10.0.0.3")]).await;
+        h.plans.changed().await.expect("a built plan");
+        assert_eq!((h.metrics.builds(), h.metrics.refreshes()), (3, 1));
+
+        // Refreshes do not hold back a change that needs a build: its window counts from the
+        // last build, long ago.
+        tokio::time::sleep(Duration::from_secs(700)).await;
+        h.send(vec![slice("10.0.0.4")]).await;
+        h.plans.changed().await.expect("a refreshed plan");
+        let sent = Instant::now();
+        h.send(vec![class(5)]).await;
+        assert_eq!(h.next_plan().await, ["splitter@5"]);
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert_eq!((h.metrics.builds(), h.metrics.refreshes()), (4, 2));
     }
 }
