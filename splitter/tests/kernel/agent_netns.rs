@@ -628,7 +628,10 @@ fn an_agent_started_on_stale_pins_removes_what_its_plan_does_not_name() {
     let vip_a: SocketAddr = format!("{GATEWAY}:8080").parse().expect("vip");
     let vip_b: SocketAddr = format!("{GATEWAY}:8081").parse().expect("vip");
     wait_for("both L4 routes served", &rig, || {
-        rig.pin_dir().join("VIPS").exists()
+        // The agent pins its maps one after the other while it loads: wait for both read.
+        ["VIPS", "BACKENDS"]
+            .iter()
+            .all(|m| rig.pin_dir().join(m).exists())
             && pinned_vips_and_backends(&rig.pin_dir()).0 == [8080, 8081]
             && connect_and_get(&rig, vip_b).is_ok_and(|n| n == "echo2-pod")
     });
