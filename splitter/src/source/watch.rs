@@ -65,7 +65,14 @@ pub async fn watch(mut source: FileSource, poll: Duration, tx: mpsc::Sender<Vec<
         }
         // The first batch relists every kind; later ones carry what changed.
         let changes = source.take_changes();
-        let batch = if first { source.updates() } else { changes };
+        let batch = if first {
+            // The first scan's changes are a copy of every object: gone before the relist
+            // makes another.
+            drop(changes);
+            source.updates()
+        } else {
+            changes
+        };
         first = false;
         for e in &report.errors {
             tracing::error!("manifests: {e}");
