@@ -11,7 +11,7 @@ use http::{HeaderName, Method};
 
 use super::{
     FieldPath, GATEWAY_GROUP, Meta, ModelError, Refusal, STRIP_PATH_ANNOTATION,
-    crd::{L4RouteBackendRef, L4RouteParentRef, L4RouteRule},
+    crd::{L4RouteParentRef, L4RouteRule},
     filters,
     http::{Filter, HeaderMatch, PathMatch, Pattern, QueryMatch, RouteMatch, Timeouts, ValueMatch},
     validate,
@@ -522,6 +522,30 @@ pub(crate) fn backend_ref(
     })
 }
 
+/// The backendRefs of a route kind with exactly one rule of 1 to 16 of them (TCPRoute,
+/// UDPRoute, TLSRoute), each made by `resolve` with its field path.
+fn one_rule<R: Default, B>(
+    rules: Vec<R>,
+    refs_of: impl FnOnce(R) -> Vec<B>,
+    spec: &FieldPath<'_>,
+    resolve: impl Fn(B, &FieldPath<'_>) -> Result<BackendRef, ModelError>,
+) -> Result<Vec<BackendRef>, ModelError> {
+    if rules.len() != 1 {
+        return Err(spec
+            .field("rules")
+            .err(format!("must hold exactly one rule, found {}", rules.len())));
+    }
+    let refs = refs_of(rules.into_iter().next().unwrap_or_default());
+    let at = spec.field("rules").index(0).field("backendRefs");
+    if refs.is_empty() || refs.len() > 16 {
+        return Err(at.err("needs 1 to 16 backendRefs"));
+    }
+    refs.into_iter()
+        .enumerate()
+        .map(|(i, b)| resolve(b, &at.index(i)))
+        .collect()
+}
+
 pub(crate) fn l4_route(
     meta: Meta,
     parent_refs: Option<Vec<L4RouteParentRef>>,
@@ -530,21 +554,11 @@ pub(crate) fn l4_route(
 ) -> Result<L4Route, ModelError> {
     let spec = FieldPath::root(id, "spec");
     let parent_refs = parent_refs_of!(parent_refs, &meta.namespace, &spec)?;
-    if rules.len() != 1 {
-        return Err(spec
-            .field("rules")
-            .err(format!("must hold exactly one rule, found {}", rules.len())));
-    }
-    let rule = rules.into_iter().next().unwrap_or_default();
-    let at = spec.field("rules").index(0).field("backendRefs");
-    if rule.backend_refs.is_empty() || rule.backend_refs.len() > 16 {
-        return Err(at.err("needs 1 to 16 backendRefs"));
-    }
-    let backends = rule
-        .backend_refs
-        .into_iter()
-        .enumerate()
-        .map(|(i, b): (usize, L4RouteBackendRef)| {
+    let backends = one_rule(
+        rules,
+        |r| r.backend_refs,
+        &spec,
+        |b, at| {
             backend_ref(
                 &meta.namespace,
                 b.group,
@@ -553,10 +567,10 @@ pub(crate) fn l4_route(
                 b.name,
                 b.port,
                 b.weight,
-                &at.index(i),
+                at,
             )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     Ok(L4Route {
         meta,
         parent_refs,
@@ -584,22 +598,11 @@ pub(crate) fn tls_route(
     for (i, h) in hostnames.iter().enumerate() {
         validate::hostname(h, true).map_err(|e| spec.field("hostnames").index(i).err(e))?;
     }
-    if raw.spec.rules.len() != 1 {
-        return Err(spec.field("rules").err(format!(
-            "must hold exactly one rule, found {}",
-            raw.spec.rules.len()
-        )));
-    }
-    let rule = raw.spec.rules.into_iter().next().unwrap_or_default();
-    let at = spec.field("rules").index(0).field("backendRefs");
-    if rule.backend_refs.is_empty() || rule.backend_refs.len() > 16 {
-        return Err(at.err("needs 1 to 16 backendRefs"));
-    }
-    let backends = rule
-        .backend_refs
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| {
+    let backends = one_rule(
+        raw.spec.rules,
+        |r| r.backend_refs,
+        &spec,
+        |b, at| {
             backend_ref(
                 &meta.namespace,
                 b.group,
@@ -608,10 +611,10 @@ pub(crate) fn tls_route(
                 b.name,
                 b.port,
                 b.weight,
-                &at.index(i),
+                at,
             )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     Ok(TlsRoute {
         meta,
         parent_refs,
