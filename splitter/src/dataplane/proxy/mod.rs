@@ -38,6 +38,7 @@
 //!
 //! [`L7RouteTable`]: splitter_plan::plan::l7::L7RouteTable
 
+mod accept_task;
 mod access;
 mod balance;
 mod body;

@@ -22,14 +22,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
-    task::{JoinHandle, JoinSet},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
 };
 
 pub use client_hello::{ClientHello, HelloError, MAX_CLIENT_HELLO, read_client_hello};
 pub use table::{Pick, ServingSniTable};
 
 use super::{
+    accept_task::{AcceptTask, StopSignals},
     error::ProxyError,
     metrics::{ListenerLabels, PassthroughLabels, ProxyMetrics},
     server::{Proxy, ProxyConfig, bind},
@@ -55,9 +56,7 @@ struct Shared {
 pub struct PassthroughListener {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    stop: watch::Sender<()>,
-    closed: Option<tokio::sync::oneshot::Receiver<()>>,
-    task: JoinHandle<()>,
+    accept: AcceptTask,
 }
 
 impl std::fmt::Debug for PassthroughListener {
@@ -92,21 +91,19 @@ impl Proxy {
             header_read_timeout: config.header_read_timeout,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
         });
-        let (stop_tx, stop_rx) = watch::channel(());
-        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            shared.clone(),
-            config.clone(),
-            sources.clone(),
-            (stop_rx, closed_tx),
-        ));
+        let accept = AcceptTask::spawn("passthrough", |signals| {
+            accept_loop(
+                listener,
+                shared.clone(),
+                config.clone(),
+                sources.clone(),
+                signals,
+            )
+        });
         Ok(PassthroughListener {
             shared,
             local_addr,
-            stop: stop_tx,
-            closed: Some(closed_rx),
-            task,
+            accept,
         })
     }
 }
@@ -133,19 +130,12 @@ impl PassthroughListener {
 
     /// Stops accepting and returns once the listening socket is closed.
     pub async fn stop_accepting(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(closed) = self.closed.take() {
-            let _ = closed.await;
-        }
+        self.accept.stop_accepting().await;
     }
 
     /// Stops accepting, lets open connections go on for the drain timeout, then cuts them.
     pub async fn shutdown(self) {
-        let Self { stop, task, .. } = self;
-        drop(stop);
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "passthrough listener task ended abnormally");
-        }
+        self.accept.shutdown().await;
     }
 }
 
@@ -168,7 +158,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     config: ProxyConfig,
     sources: SourceSlots,
-    (mut stop, closed): (watch::Receiver<()>, tokio::sync::oneshot::Sender<()>),
+    (mut stop, closed): StopSignals,
 ) {
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let labels = ListenerLabels {

@@ -21,12 +21,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use socket2::{Domain, Socket, Type};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
-    task::{JoinHandle, JoinSet},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
 };
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{
+    accept_task::{AcceptTask, StopSignals},
     access::AccessLog,
     drain::Drain,
     error::ProxyError,
@@ -231,24 +232,22 @@ impl Proxy {
             body_read_timeout: self.config.body_read_timeout,
         });
         report(&shared.listener, &issues);
-        let (stop_tx, stop_rx) = watch::channel(());
-        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            shared.clone(),
-            workers,
-            self.config.clone(),
-            self.sources.clone(),
-            (stop_rx, closed_tx),
-        ));
+        let accept = AcceptTask::spawn("L7", |signals| {
+            accept_loop(
+                listener,
+                shared.clone(),
+                workers,
+                self.config.clone(),
+                self.sources.clone(),
+                signals,
+            )
+        });
         Ok((
             ProxyListener {
                 shared,
                 local_addr,
                 install_lock: Mutex::new(table.tls.clone()),
-                stop: stop_tx,
-                closed: Some(closed_rx),
-                task,
+                accept,
             },
             issues,
         ))
@@ -282,10 +281,7 @@ pub struct ProxyListener {
     local_addr: SocketAddr,
     /// Held while installing; the TLS plan installed last.
     install_lock: Mutex<Option<TlsPlan>>,
-    stop: watch::Sender<()>,
-    /// Fires once the accept loop has closed the listening socket.
-    closed: Option<tokio::sync::oneshot::Receiver<()>>,
-    task: JoinHandle<()>,
+    accept: AcceptTask,
 }
 
 impl std::fmt::Debug for ListenerShared {
@@ -356,22 +352,13 @@ impl ProxyListener {
     /// address refuses connections and can be bound again. In-flight requests go on until
     /// [`Self::shutdown`].
     pub async fn stop_accepting(&mut self) {
-        // Sent, not dropped: `changed()` fires either way, and `shutdown` still owns the sender.
-        let _ = self.stop.send(());
-        if let Some(closed) = self.closed.take() {
-            // An error means the task ended already, which closed the socket too.
-            let _ = closed.await;
-        }
+        self.accept.stop_accepting().await;
     }
 
     /// Stops accepting (new connections are refused), lets in-flight requests finish within the
     /// drain timeout, then cuts what is left.
     pub async fn shutdown(self) {
-        let Self { stop, task, .. } = self;
-        drop(stop);
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "L7 listener task ended abnormally");
-        }
+        self.accept.shutdown().await;
     }
 }
 
@@ -609,7 +596,7 @@ async fn accept_loop(
     workers: Arc<ProxyWorkers>,
     config: ProxyConfig,
     sources: SourceSlots,
-    (mut stop, closed): (watch::Receiver<()>, tokio::sync::oneshot::Sender<()>),
+    (mut stop, closed): StopSignals,
 ) {
     let acceptor = Acceptor {
         builder: connection_builder(&config),
