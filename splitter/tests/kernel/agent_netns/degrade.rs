@@ -22,6 +22,16 @@ pub(super) fn admin(rig: &Rig, path: &str) -> (String, String) {
     (code.to_owned(), body.to_owned())
 }
 
+/// The kernel's count of confirmed handshakes, from `/metrics` (read from the pinned maps,
+/// so it survives a re-attach).
+fn confirmed(rig: &Rig) -> Option<u64> {
+    admin(rig, "/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("splitter_l4_events_total{event=\"confirmed\"} "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 fn inspect(rig: &Rig) -> String {
     Command::new(env!("CARGO_BIN_EXE_splitter"))
         .arg("inspect")
@@ -133,11 +143,8 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
     let metrics = admin(&rig, "/metrics").1;
     assert!(metrics.contains("splitter_l4_up 1"), "{metrics}");
     // The kernel's own counters: the connection's handshake was confirmed.
-    let confirmed = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("splitter_l4_events_total{event=\"confirmed\"} "))
-        .and_then(|n| n.trim().parse::<u64>().ok());
-    assert!(confirmed.is_some_and(|n| n >= 1), "{metrics}");
+    let confirmed_first = confirmed(&rig);
+    assert!(confirmed_first.is_some_and(|n| n >= 1), "{metrics}");
     let (status, _, message) = listener_programmed(&rig, "l4", "tcp");
     assert_eq!(status, "True", "{message}");
     assert!(
@@ -157,16 +164,21 @@ fn an_interface_that_appears_late_is_attached_and_l7_serves_meanwhile() {
         code == "503" && body.contains(&late)
     });
     create();
+    // The pinned maps kept the listener's VIP, so the kernel serves the moment the programs
+    // are attached, a few ms before the agent reports the half back: wait for the report,
+    // then for a connection the kernel counts.
+    wait_for("the agent to report the kernel half back", &rig, || {
+        admin(&rig, "/readyz").0 == "200"
+    });
     wait_for(
-        "an L4 connection through the re-created interface",
+        "an L4 connection through the re-created interface, confirmed by the kernel",
         &rig,
         || {
             rig.curl(&["-s", "--max-time", "2", "http://10.249.0.2:8080/hostname"])
                 .is_some_and(|b| b.starts_with("echo"))
+                && confirmed(&rig) > confirmed_first
         },
     );
-    let (code, body) = admin(&rig, "/readyz");
-    assert_eq!(code, "200", "{body}");
     assert!(
         rig.agent_log().contains("attaching afresh"),
         "the defunct pinned links were replaced: {}",
