@@ -4,7 +4,10 @@
 //! same three operations: `apply` (create or replace), `delete`, and `reset` (a relist: the given
 //! objects become the whole content of that kind).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{
     EndpointSlice, Gateway, GatewayClass, HttpRoute, Kind, L4Route, Namespace, Object, ObjectKey,
@@ -55,19 +58,19 @@ impl Changes {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Index {
-    pub gateway_classes: BTreeMap<String, GatewayClass>,
-    pub gateways: BTreeMap<NsName, Gateway>,
-    pub http_routes: BTreeMap<NsName, HttpRoute>,
+    pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
+    pub gateways: BTreeMap<NsName, Arc<Gateway>>,
+    pub http_routes: BTreeMap<NsName, Arc<HttpRoute>>,
     /// GRPCRoutes, in the HTTPRoute shape they are lowered to.
-    pub grpc_routes: BTreeMap<NsName, HttpRoute>,
-    pub tcp_routes: BTreeMap<NsName, L4Route>,
-    pub udp_routes: BTreeMap<NsName, L4Route>,
-    pub tls_routes: BTreeMap<NsName, TlsRoute>,
-    pub services: BTreeMap<NsName, Service>,
-    pub endpoint_slices: BTreeMap<NsName, EndpointSlice>,
-    pub reference_grants: BTreeMap<NsName, ReferenceGrant>,
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub secrets: BTreeMap<NsName, Secret>,
+    pub grpc_routes: BTreeMap<NsName, Arc<HttpRoute>>,
+    pub tcp_routes: BTreeMap<NsName, Arc<L4Route>>,
+    pub udp_routes: BTreeMap<NsName, Arc<L4Route>>,
+    pub tls_routes: BTreeMap<NsName, Arc<TlsRoute>>,
+    pub services: BTreeMap<NsName, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<NsName, Arc<EndpointSlice>>,
+    pub reference_grants: BTreeMap<NsName, Arc<ReferenceGrant>>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub secrets: BTreeMap<NsName, Arc<Secret>>,
 }
 
 impl Index {
@@ -104,8 +107,8 @@ impl Index {
                     if self.endpoint_slices.get(&nn) == Some(&slice) {
                         return false;
                     }
-                    changes.slice(&nn.0, self.endpoint_slices.get(&nn));
-                    changes.slice(&nn.0, Some(&slice));
+                    changes.slice(&nn.0, self.endpoint_slices.get(&nn).map(Arc::as_ref));
+                    changes.slice(&nn.0, Some(&*slice));
                     self.endpoint_slices.insert(nn, slice);
                     true
                 }
@@ -119,11 +122,11 @@ impl Index {
                 let old = self
                     .endpoint_slices
                     .remove(&(key.namespace.clone(), key.name));
-                changes.slice(&key.namespace, old.as_ref());
+                changes.slice(&key.namespace, old.as_deref());
                 old.is_some()
             }
             Update::Reset(Kind::EndpointSlice, objects) => {
-                let fresh: BTreeMap<NsName, EndpointSlice> = objects
+                let fresh: BTreeMap<NsName, Arc<EndpointSlice>> = objects
                     .into_iter()
                     .filter_map(|o| match o {
                         Object::EndpointSlice(s) => {
@@ -136,8 +139,8 @@ impl Index {
                 for key in held.keys().chain(fresh.keys()) {
                     let (a, b) = (held.get(key), fresh.get(key));
                     if a != b {
-                        changes.slice(&key.0, a);
-                        changes.slice(&key.0, b);
+                        changes.slice(&key.0, a.map(Arc::as_ref));
+                        changes.slice(&key.0, b.map(Arc::as_ref));
                     }
                 }
                 let changed = *held != fresh;
@@ -174,7 +177,7 @@ impl Index {
     }
 
     /// The HTTPRoutes or the GRPCRoutes.
-    pub fn routes_of(&self, kind: super::RouteKind) -> &BTreeMap<NsName, HttpRoute> {
+    pub fn routes_of(&self, kind: super::RouteKind) -> &BTreeMap<NsName, Arc<HttpRoute>> {
         match kind {
             super::RouteKind::Http => &self.http_routes,
             super::RouteKind::Grpc => &self.grpc_routes,
@@ -262,12 +265,12 @@ mod tests {
     use crate::model::{Meta, Namespace};
 
     fn ns(name: &str) -> Object {
-        Object::Namespace(Namespace {
+        Object::Namespace(Arc::new(Namespace {
             meta: Meta {
                 name: name.into(),
                 ..Meta::default()
             },
-        })
+        }))
     }
 
     #[test]
@@ -302,7 +305,10 @@ mod tests {
         assert!(index.update(Update::Delete(ObjectKey::new(Kind::Namespace, "", "b"))));
         let mut labelled = ns("a");
         if let Object::Namespace(n) = &mut labelled {
-            n.meta.labels.insert("team".into(), "x".into());
+            Arc::make_mut(n)
+                .meta
+                .labels
+                .insert("team".into(), "x".into());
         }
         assert!(index.update(Update::Apply(Box::new(labelled))));
     }

@@ -4,6 +4,8 @@
 //! `serde_path_to_error` so a wrong field is named by its path, and then the converters apply
 //! CRD defaults and validation.
 
+use std::sync::Arc;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -137,31 +139,43 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
         },
     );
     let object = match kind {
-        Kind::GatewayClass => {
-            Object::GatewayClass(gateway::gateway_class(typed(value, &id, "")?, meta, &id)?)
-        }
-        Kind::Gateway => Object::Gateway(gateway::gateway(typed(value, &id, "")?, meta, &id)?),
-        Kind::HttpRoute => Object::HttpRoute(route::http_route(typed(value, &id, "")?, meta, &id)?),
-        Kind::GrpcRoute => {
-            Object::GrpcRoute(grpc_route::grpc_route(typed(value, &id, "")?, meta, &id)?)
-        }
+        Kind::GatewayClass => Object::GatewayClass(Arc::new(gateway::gateway_class(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
+        Kind::Gateway => Object::Gateway(Arc::new(gateway::gateway(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
+        Kind::HttpRoute => Object::HttpRoute(Arc::new(route::http_route(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
+        Kind::GrpcRoute => Object::GrpcRoute(Arc::new(grpc_route::grpc_route(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
         Kind::TcpRoute => {
             let raw: crd::TcpRoute = typed(value, &id, "")?;
-            Object::TcpRoute(route::l4_route(
+            Object::TcpRoute(Arc::new(route::l4_route(
                 meta,
                 raw.spec.parent_refs,
                 raw.spec.rules,
                 &id,
-            )?)
+            )?))
         }
         Kind::UdpRoute => {
             let raw: crd::UdpRoute = typed(value, &id, "")?;
-            Object::UdpRoute(route::l4_route(
+            Object::UdpRoute(Arc::new(route::l4_route(
                 meta,
                 raw.spec.parent_refs,
                 raw.spec.rules,
                 &id,
-            )?)
+            )?))
         }
         Kind::TlsRoute => {
             let v1 = api_version.ends_with("/v1");
@@ -171,17 +185,32 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
                 spec.entry("hostnames")
                     .or_insert_with(|| Value::Array(Vec::new()));
             }
-            Object::TlsRoute(route::tls_route(typed(value, &id, "")?, meta, v1, &id)?)
+            Object::TlsRoute(Arc::new(route::tls_route(
+                typed(value, &id, "")?,
+                meta,
+                v1,
+                &id,
+            )?))
         }
-        Kind::ReferenceGrant => {
-            Object::ReferenceGrant(gateway::reference_grant(typed(value, &id, "")?, meta, &id)?)
+        Kind::ReferenceGrant => Object::ReferenceGrant(Arc::new(gateway::reference_grant(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
+        Kind::Service => Object::Service(Arc::new(service::service(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
+        Kind::EndpointSlice => Object::EndpointSlice(Arc::new(service::endpoint_slice(
+            typed(value, &id, "")?,
+            meta,
+            &id,
+        )?)),
+        Kind::Namespace => {
+            Object::Namespace(Arc::new(gateway::namespace(typed(value, &id, "")?, meta)))
         }
-        Kind::Service => Object::Service(service::service(typed(value, &id, "")?, meta, &id)?),
-        Kind::EndpointSlice => {
-            Object::EndpointSlice(service::endpoint_slice(typed(value, &id, "")?, meta, &id)?)
-        }
-        Kind::Namespace => Object::Namespace(gateway::namespace(typed(value, &id, "")?, meta)),
-        Kind::Secret => Object::Secret(secret::secret(typed(value, &id, "")?, meta)),
+        Kind::Secret => Object::Secret(Arc::new(secret::secret(typed(value, &id, "")?, meta))),
     };
     Ok(Parsed::Object(Box::new(object)))
 }
@@ -283,7 +312,7 @@ mod tests {
         let Parsed::Object(o) = p else { panic!() };
         let Object::Gateway(g) = *o else { panic!() };
         assert_eq!(
-            g.meta.annotations.into_iter().collect::<Vec<_>>(),
+            g.meta.annotations.clone().into_iter().collect::<Vec<_>>(),
             [("splitter.dev/dataplane".to_string(), "l7".to_string())]
         );
     }

@@ -207,6 +207,7 @@ pub(crate) fn gateway_listeners<'a>(
         .gateways
         .values()
         .filter(|g| g.class_name == config.gateway_class)
+        .map(Arc::as_ref)
         .collect();
     gateways.sort_by(|a, b| {
         age_key(a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&age_key(
