@@ -6,10 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use splitter::{check, dataplane::ebpf, doctor, inspect};
 use splitter_common::pin::DEFAULT_PIN_DIR;
 
-// The proxy allocates and frees per request on each worker thread (header maps, buffers);
-// mimalloc's per-thread free lists take less time there than glibc malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 #[derive(Parser)]
 #[command(

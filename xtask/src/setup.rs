@@ -15,6 +15,9 @@ const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 
 /// (command on PATH, Debian package that provides it).
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    // jemalloc (the agent's allocator) is built from C by its crate's build script.
+    ("cc", "gcc"),
+    ("make", "make"),
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),

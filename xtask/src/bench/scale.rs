@@ -99,6 +99,8 @@ const PORT: u16 = 8080;
 const ADMIN: &str = "127.0.0.1:19901";
 const ECHO: [(&str, &str); 2] = [("127.0.0.2", "scale-a"), ("127.0.0.3", "scale-b")];
 const ECHO_PORT: u16 = 1027;
+/// How long the bench leaves the agent idle before reading its settled RSS.
+const SETTLE: Duration = Duration::from_secs(3);
 /// Objects per generated file: a rewrite of one (churn) re-reads this many.
 const PER_FILE: usize = 500;
 /// The node address on the interface the kernel half attaches to: the L4 listener's VIP.
@@ -204,11 +206,17 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
         .with_context(|| format!("the probe route (agent log: {})", work.path().display()))?;
     let first = started.elapsed();
     let rss_start = memory(pid)?;
+    // What the agent keeps, rather than what it freed a moment ago and its allocator has not
+    // handed back yet (about a second: `splitter/src/allocator.rs`).
+    std::thread::sleep(SETTLE);
+    let rss_settled = memory(pid)?;
     println!(
-        "start -> probe route served: {:.2} s; RSS {:.1} MiB (peak {:.1} MiB)",
+        "start -> probe route served: {:.2} s; RSS {:.1} MiB then, {:.1} MiB {} s later (peak {:.1} MiB)",
         first.as_secs_f64(),
         rss_start.0,
-        rss_start.1
+        rss_settled.0,
+        SETTLE.as_secs(),
+        rss_settled.1
     );
     let vip = SocketAddr::new(NODE.parse()?, KERNEL_PORT);
     let (kernel, route) = wait_kernel(&pin_dir, vip, Duration::from_secs(300))
@@ -249,6 +257,8 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
     }
     let (endpoint, edit, (table, other_publishes)) = measured?;
     let rss_end = memory(pid)?;
+    std::thread::sleep(SETTLE);
+    let rss_end_settled = memory(pid)?;
     let builds = ns.run(plan_builds).unwrap_or(f64::NAN);
     drop(kernel);
     drop(agent);
@@ -266,8 +276,11 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
         churned.load(Ordering::Relaxed)
     );
     println!(
-        "RSS after: {:.1} MiB (peak {:.1} MiB)",
-        rss_end.0, rss_end.1
+        "RSS after: {:.1} MiB as the changes end, {:.1} MiB {} s later (peak {:.1} MiB)",
+        rss_end.0,
+        rss_end_settled.0,
+        SETTLE.as_secs(),
+        rss_end_settled.1
     );
     Ok(())
 }
