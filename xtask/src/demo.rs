@@ -143,6 +143,26 @@ pub fn run() -> anyhow::Result<()> {
     println!(
         "\n== L4: http://{GATEWAY}:{L4_PORT}/ served in the kernel; 200 fresh connections (Connection: close)"
     );
+    // The kernel half loads (the verifier runs) while L7 already serves; on a busy machine
+    // that can take longer than the L7 rounds above. Its listener is in the pinned maps once
+    // the agent programmed it.
+    let inspect = || {
+        Command::new(&bins.splitter)
+            .arg("inspect")
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .output()
+    };
+    wait_for(
+        "the L4 listener in the kernel",
+        Duration::from_secs(60),
+        || {
+            inspect().is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains(&format!("[{GATEWAY}:{L4_PORT}/tcp]"))
+            })
+        },
+    )
+    .with_context(|| format!("agent log: {}", log.display()))?;
     let url = format!("http://{GATEWAY}:{L4_PORT}/l4?n=[1-200]");
     let out = topo.curl(&["-s", "-H", "Connection: close", "-w", "\\n", &url])?;
     let mut names = Vec::new();
@@ -159,11 +179,7 @@ pub fn run() -> anyhow::Result<()> {
         "    client addresses the backends saw: {:?} (the client is {CLIENT})",
         uniq_c(peers.into_iter())
     );
-    let inspect = Command::new(&bins.splitter)
-        .arg("inspect")
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .output()?;
+    let inspect = inspect()?;
     println!(
         "\n== splitter inspect (the kernel's live table and counters)\n{}",
         String::from_utf8_lossy(&inspect.stdout)
