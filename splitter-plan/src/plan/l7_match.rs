@@ -115,11 +115,16 @@ pub fn hostname_matches(patterns: &[String], host: Option<&str>) -> bool {
     if patterns.is_empty() {
         return true;
     }
-    let Some(host) = host.map(strip_port) else {
+    let Some(host) = host.map(bare_host) else {
         return false;
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
     patterns.iter().any(|p| hostname::matches(p, host))
+}
+
+/// A request's host as route hostnames are written, but for case: no port, no trailing dot.
+pub fn bare_host(host: &str) -> &str {
+    let h = strip_port(host);
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 /// `host:port` -> `host`; `[v6]:port` -> `[v6]`.

@@ -97,19 +97,33 @@ impl Plan {
     /// the one it replaced and so change with every rebuild. Compares in place: a copy of a
     /// plan of thousands of routes costs tens of milliseconds.
     pub fn same_except_disruption(&self, other: &Plan) -> bool {
+        // Destructured whole, so that a field added to either struct has to be compared here.
         fn same_table(a: &WeightedTable, b: &WeightedTable) -> bool {
-            a.m == b.m && a.backends == b.backends && a.slots == b.slots
+            let WeightedTable {
+                m,
+                backends,
+                slots,
+                disruption: _,
+            } = a;
+            *m == b.m && *backends == b.backends && *slots == b.slots
         }
         fn same_l4(a: &L4Plan, b: &L4Plan) -> bool {
-            a.route == b.route
-                && a.backends == b.backends
-                && same_table(&a.table, &b.table)
-                && match (&a.table_v6, &b.table_v6) {
+            let L4Plan {
+                route,
+                backends,
+                table,
+                table_v6,
+                endpoint_nodes,
+            } = a;
+            *route == b.route
+                && *backends == b.backends
+                && same_table(table, &b.table)
+                && match (table_v6, &b.table_v6) {
                     (Some(x), Some(y)) => same_table(x, y),
                     (None, None) => true,
                     _ => false,
                 }
-                && a.endpoint_nodes == b.endpoint_nodes
+                && *endpoint_nodes == b.endpoint_nodes
         }
         let same_listener = |a: &ListenerPlan, b: &ListenerPlan| match (a, b) {
             (

@@ -79,8 +79,8 @@ pub struct KernelObject {
 pub fn load_object(pin_dir: Option<&Path>) -> Result<KernelObject, EbpfLoadError> {
     let mut loader = EbpfLoader::new();
     // The programs read no kernel structure through CO-RE, so the kernel's BTF is not needed:
-    // parsing it (several MB on a distribution kernel) cost the agent about 45 MiB of resident
-    // memory for good.
+    // parsing it (several MB on a distribution kernel) cost the agent about 18 MiB of resident
+    // memory (README, `cargo xtask bench scale`).
     loader.btf(None);
     if let Some(dir) = pin_dir {
         if let Some(at) = prepare_pin_dir(dir)? {

@@ -8,7 +8,7 @@
 
 use std::{borrow::Cow, collections::HashMap};
 
-use splitter_plan::plan::{l7::L7Route, l7_match::strip_port};
+use splitter_plan::plan::{l7::L7Route, l7_match::bare_host};
 
 #[derive(Debug, Default)]
 pub struct HostIndex {
@@ -53,8 +53,7 @@ impl HostIndex {
 
 /// A request's host as route hostnames are written: no port, no trailing dot, lower case.
 fn normalize(host: &str) -> Cow<'_, str> {
-    let h = strip_port(host);
-    let h = h.strip_suffix('.').unwrap_or(h);
+    let h = bare_host(host);
     if h.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(h.to_ascii_lowercase())
     } else {

@@ -227,43 +227,22 @@ impl ServingTable {
             let served = match in_place {
                 Some((from, Some(served))) if Arc::ptr_eq(from, route) => Some(served.clone()),
                 _ => {
-                    // The predecessor of this route: the one in its place if it is the same
-                    // match of the same rule (changed, say, by an endpoint refresh), else the
-                    // previous routes of the rule wherever they were.
-                    let same_rule: Vec<CompiledFrom<'_>> = match in_place {
-                        Some((from, s))
-                            if from.route == route.route
-                                && from.rule_index == route.rule_index
-                                && from.matched == route.matched
-                                && from.hostnames == route.hostnames =>
-                        {
-                            vec![(from, s)]
-                        }
-                        _ => by_rule
-                            .get_or_insert_with(|| previous.by_rule())
-                            .get(&(&route.route, route.rule_index))
-                            .cloned()
-                            .unwrap_or_default(),
-                    };
-                    let equal = same_rule
+                    let same_rule = previous.predecessors(route, in_place, &mut by_rule);
+                    match same_rule
                         .iter()
                         .find(|(from, _)| Arc::ptr_eq(from, route) || ***from == **route)
-                        .and_then(|(_, served)| served.cloned());
-                    match equal {
-                        Some(served) => Some(served),
-                        None => {
-                            match compile_route(route, &same_rule, &mut fresh, &mut authorities) {
-                                Ok(r) => Some(Arc::new(r)),
-                                Err(error) => {
-                                    issues.push(TableIssue {
-                                        route: route.route.clone(),
-                                        rule_index: route.rule_index,
-                                        error,
-                                    });
-                                    None
-                                }
-                            }
-                        }
+                    {
+                        Some((_, served)) => served.cloned(),
+                        None => compile_route(route, &same_rule, &mut fresh, &mut authorities)
+                            .map(Arc::new)
+                            .map_err(|error| {
+                                issues.push(TableIssue {
+                                    route: route.route.clone(),
+                                    rule_index: route.rule_index,
+                                    error,
+                                })
+                            })
+                            .ok(),
                     }
                 }
             };
@@ -280,6 +259,33 @@ impl ServingTable {
             Arc::new(HostIndex::new(table.routes.iter().map(|r| &**r)))
         };
         (out, issues)
+    }
+
+    /// The previous routes `route` may continue (reuse if equal, or take the balancer state
+    /// of): the one in its place if it is the same match of the same rule (changed, say, by an
+    /// endpoint refresh), else the previous routes of its rule wherever they were (`by_rule`,
+    /// built on first need).
+    fn predecessors<'p>(
+        &'p self,
+        route: &L7Route,
+        in_place: Option<CompiledFrom<'p>>,
+        by_rule: &mut Option<ByRule<'p>>,
+    ) -> Vec<CompiledFrom<'p>> {
+        match in_place {
+            Some((from, s))
+                if from.route == route.route
+                    && from.rule_index == route.rule_index
+                    && from.matched == route.matched
+                    && from.hostnames == route.hostnames =>
+            {
+                vec![(from, s)]
+            }
+            _ => by_rule
+                .get_or_insert_with(|| self.by_rule())
+                .get(&(&route.route, route.rule_index))
+                .cloned()
+                .unwrap_or_default(),
+        }
     }
 
     fn by_rule(&self) -> ByRule<'_> {
