@@ -4,11 +4,11 @@
 //! The control plane frees in bursts (the previous plan, a re-read manifest, the kernel
 //! object's parse at start) on threads that then idle. mimalloc, the allocator before, returns
 //! memory only on a later allocation of the thread that owns it, so an idle agent sat on what
-//! it had freed: 45 MiB resident with two routes (15 with this), 180 MiB at 10,000 routes
-//! (134). Making mimalloc purge at once cost the proxy 3 to 8% of its requests per second;
-//! jemalloc's background thread purges on a clock instead, off the request path, and the
-//! proxy measured the same or faster (`cargo xtask bench l7 --baseline` against the mimalloc
-//! build; README, "Memory").
+//! it had freed: 59 MiB resident with two routes (17 settled with this), 180 MiB at 10,000
+//! routes (109 settled). Making mimalloc purge at once cost the proxy 3 to 8% of its requests
+//! per second; jemalloc's background thread purges on a clock instead, off the request path,
+//! and the proxy measured the same within this machine's noise (`cargo xtask bench l7
+//! --baseline` against the mimalloc build; README, "Memory").
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
