@@ -519,6 +519,7 @@ impl L4Runner {
         self.flow_limits.write_into(&mut config);
         let programs = l4_programs(plan, &addrs, &node_addrs, self.node_name.as_deref());
         let actuator = self.actuator.clone();
+        let started = Instant::now();
         let applied = tokio::task::spawn_blocking(move || {
             let mut actuator = actuator.lock().expect("actuator lock");
             actuator.set_config(config)?;
@@ -530,7 +531,7 @@ impl L4Runner {
                 for (route, why) in &report.rejected {
                     tracing::warn!(%route, "L4 route not served: {why}");
                 }
-                tracing::info!(?report, "L4 programmed");
+                tracing::info!(?report, took = ?started.elapsed(), "L4 programmed");
                 Ok(report.rejected.into_iter().collect())
             }
             Ok(Err(e)) => {

@@ -36,7 +36,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, bail};
@@ -56,7 +56,14 @@ pub struct ScaleOptions {
     /// Other objects changed per second while measuring (0: none).
     #[arg(long, default_value_t = 100)]
     churn: u32,
+    /// The agent's log filter (`RUST_LOG`). Other than the default, the work directory (the
+    /// manifests and `agent.log`) is kept, and the bench prints its path. `info,splitter::control=debug` logs each plan published and each
+    /// kernel apply with its time, to match with the slowest changes the bench lists.
+    #[arg(long, default_value = DEFAULT_AGENT_LOG)]
+    agent_log: String,
 }
+
+const DEFAULT_AGENT_LOG: &str = "warn";
 
 #[derive(Clone, Copy, Debug)]
 struct Size {
@@ -195,7 +202,7 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
                 "--pin-dir",
             ])
             .arg(&pin_dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &opts.agent_log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -271,6 +278,19 @@ fn one_size(bins: &topology::Binaries, size: Size, opts: &ScaleOptions) -> anyho
          endpoints, read from the pinned maps about every 1 ms; no packet sent; {other_publishes} \
          other publishes of that route seen meanwhile)"
     );
+    for (what, l) in [
+        ("endpoint change -> served", &endpoint),
+        ("route edit -> served", &edit),
+        ("endpoint change -> kernel table", &table),
+    ] {
+        println!("  slowest {what}: {}", l.slowest(3));
+    }
+    if opts.agent_log != DEFAULT_AGENT_LOG {
+        println!(
+            "  (agent log kept: {})",
+            work.keep().join("agent.log").display()
+        );
+    }
     println!(
         "other objects changed meanwhile: {}; plans built: {builds}",
         churned.load(Ordering::Relaxed)
@@ -542,6 +562,7 @@ fn measure(
     // Change 0 is the state at start; the measured changes alternate from there.
     for i in 1..=changes {
         interrupted()?;
+        let wall = SystemTime::now();
         let want = change(i)?;
         let t0 = Instant::now();
         loop {
@@ -553,7 +574,7 @@ fn measure(
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        took.push(t0.elapsed());
+        took.push((t0.elapsed(), wall));
         // Spaced out, so that changes are not all coalesced with the previous one.
         std::thread::sleep(Duration::from_millis(20 + (i as u64 * 37) % 80));
     }
@@ -578,6 +599,7 @@ fn measure_kernel(
     let mut seen = kernel.meta(route)?;
     for i in 1..=changes {
         interrupted()?;
+        let wall = SystemTime::now();
         let want = change(i)?;
         let t0 = Instant::now();
         loop {
@@ -586,7 +608,7 @@ fn measure_kernel(
             if meta != seen {
                 seen = meta;
                 if kernel.live_backends(route, &meta)? == want {
-                    took.push(at);
+                    took.push((at, wall));
                     break;
                 }
                 other += 1;
@@ -602,11 +624,39 @@ fn measure_kernel(
     Ok((Latencies(took), other))
 }
 
-struct Latencies(Vec<Duration>);
+/// Each change's latency, and when (wall clock) its file was written.
+struct Latencies(Vec<(Duration, SystemTime)>);
+
+impl Latencies {
+    /// The `n` slowest changes, each with the UTC time of its write (the agent logs in UTC).
+    fn slowest(&self, n: usize) -> String {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.iter()
+            .take(n)
+            .map(|(took, at)| {
+                let ms = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                let s = (ms / 1000) % 86_400;
+                format!(
+                    "{:.1} ms at {:02}:{:02}:{:02}.{:03}",
+                    took.as_secs_f64() * 1e3,
+                    s / 3600,
+                    s / 60 % 60,
+                    s % 60,
+                    ms % 1000
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 impl std::fmt::Display for Latencies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut v = self.0.clone();
+        let mut v: Vec<Duration> = self.0.iter().map(|(d, _)| *d).collect();
         v.sort();
         let at = |q: f64| {
             let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
