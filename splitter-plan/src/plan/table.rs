@@ -3,7 +3,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -427,15 +427,23 @@ fn family_table(
     maglev::build(m, &shares, previous)
 }
 
-/// The node of every endpoint address whose EndpointSlice names one. A pod address is on one
-/// node; should two slices disagree (a pod moving while slices are rebalanced), the first
-/// slice in index order wins, the same on every node.
-pub(crate) fn endpoint_nodes(index: &Index) -> HashMap<IpAddr, &str> {
+/// The node of each of the endpoint addresses `wanted` whose EndpointSlice names one. A pod
+/// address is on one node; should two slices disagree (a pod moving while slices are
+/// rebalanced), the first slice in index order wins, the same on every node. Only the
+/// addresses the kernel's tables name are wanted: a cluster's slices name tens of thousands,
+/// and a map of them all, made on every endpoint refresh, cost more than the refresh.
+pub(crate) fn endpoint_nodes<'a>(
+    index: &'a Index,
+    wanted: &BTreeSet<IpAddr>,
+) -> HashMap<IpAddr, &'a str> {
     let mut nodes = HashMap::new();
+    if wanted.is_empty() {
+        return nodes;
+    }
     for slice in index.endpoint_slices.values() {
         for e in &slice.endpoints {
             if let Some(node) = &e.node_name {
-                for ip in &e.addresses {
+                for ip in e.addresses.iter().filter(|ip| wanted.contains(ip)) {
                     nodes.entry(*ip).or_insert(node.as_str());
                 }
             }
@@ -444,17 +452,22 @@ pub(crate) fn endpoint_nodes(index: &Index) -> HashMap<IpAddr, &str> {
     nodes
 }
 
-/// Records the nodes of the endpoints `l4`'s table names.
-pub(crate) fn place_endpoints(l4: &mut L4Plan, nodes: &HashMap<IpAddr, &str>) {
-    l4.endpoint_nodes = l4
-        .table
+/// The addresses of the endpoints `l4`'s tables name.
+pub(crate) fn table_ips(l4: &L4Plan) -> impl Iterator<Item = IpAddr> + '_ {
+    l4.table
         .backends
         .iter()
         .chain(l4.table_v6.iter().flat_map(|t| &t.backends))
         .filter_map(|b| match b.target {
-            TableTarget::Endpoint(a) => nodes.get(&a.ip()).map(|n| (a.ip(), (*n).to_string())),
+            TableTarget::Endpoint(a) => Some(a.ip()),
             TableTarget::Reject => None,
         })
+}
+
+/// Records the nodes of the endpoints `l4`'s table names.
+pub(crate) fn place_endpoints(l4: &mut L4Plan, nodes: &HashMap<IpAddr, &str>) {
+    l4.endpoint_nodes = table_ips(l4)
+        .filter_map(|ip| nodes.get(&ip).map(|n| (ip, (*n).to_string())))
         .collect();
 }
 

@@ -631,7 +631,7 @@ impl Latencies {
     /// The `n` slowest changes, each with the UTC time of its write (the agent logs in UTC).
     fn slowest(&self, n: usize) -> String {
         let mut v = self.0.clone();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|x| std::cmp::Reverse(x.0));
         v.iter()
             .take(n)
             .map(|(took, at)| {

@@ -19,7 +19,10 @@ use tokio::{
     time::Instant,
 };
 
+mod planner;
+
 use crate::health::{HEARTBEAT_EVERY, Heartbeat};
+use planner::{Planner, ThreadCpu};
 
 use splitter_plan::{
     model::{
@@ -132,7 +135,7 @@ impl PlanMetrics {
 /// are planned together ([`due`]): a stream of watch events costs at most one full build per
 /// `coalesce`. A batch that changes nothing the plan reads (a status-only update, a resync, the
 /// echo of our own status write) plans nothing; one confined to EndpointSlices refreshes the
-/// last plan instead of building one. Planning runs on the blocking pool
+/// last plan instead of building one. Planning runs on a thread of its own
 /// ([`plan_off_runtime`]).
 pub async fn run(
     mut updates: mpsc::Receiver<Vec<Update>>,
@@ -147,6 +150,13 @@ pub async fn run(
         metrics,
     } = settings;
     heartbeat.beat();
+    let planner = match Planner::start() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("starting the planning thread: {e}; the control loop stops");
+            return;
+        }
+    };
     let mut idle = tokio::time::interval(HEARTBEAT_EVERY);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut index = Index::new();
@@ -216,6 +226,7 @@ pub async fn run(
         // builds now only if the window of the last build has passed.
         let may_build = changes.other || last_build.is_none_or(|t| Instant::now() >= t + coalesce);
         let planned = plan_off_runtime(
+            &planner,
             index,
             config.clone(),
             current.clone(),
@@ -316,12 +327,12 @@ struct Planned {
     cpu: Duration,
 }
 
-/// Plans on the blocking pool: at thousands of routes a build takes long enough to stall the
-/// runtime the watchers, the admin server and the status writer share. A change confined to
+/// Plans on the planning thread ([`planner`]). A change confined to
 /// EndpointSlices refreshes the backends of their Services in `previous`
 /// ([`plan::refresh_endpoints`]) where it can; anything else builds, if `may_build`. `None`
 /// when the build panicked.
 async fn plan_off_runtime(
+    planner: &Planner,
     index: Index,
     config: PlanConfig,
     previous: Option<Arc<Plan>>,
@@ -330,76 +341,53 @@ async fn plan_off_runtime(
     metrics: &PlanMetrics,
 ) -> Option<Outcome> {
     let metrics = metrics.clone();
-    tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        let cpu = ThreadCpu::start();
-        if let Some(prev) = previous.as_deref()
-            && !changes.other
-            && let Some((plan, changed)) =
-                plan::refresh_endpoints(prev, &index, &config, &changes.endpoints_of)
-        {
-            metrics.refreshes.inc();
+    planner
+        .run(move || {
+            let started = std::time::Instant::now();
+            let cpu = ThreadCpu::start();
+            if let Some(prev) = previous.as_deref()
+                && !changes.other
+                && let Some((plan, changed)) =
+                    plan::refresh_endpoints(prev, &index, &config, &changes.endpoints_of)
+            {
+                metrics.refreshes.inc();
+                metrics
+                    .refresh_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Outcome::Planned(Planned {
+                    index,
+                    plan,
+                    same: !changed,
+                    refreshed: true,
+                    cpu: cpu.elapsed(),
+                });
+            }
+            if !may_build {
+                return Outcome::Declined {
+                    index,
+                    changes: Changes {
+                        other: true,
+                        ..changes
+                    },
+                };
+            }
+            metrics.builds.inc();
+            let plan = plan::build(&index, &config, previous.as_deref());
             metrics
-                .refresh_seconds
+                .build_seconds
                 .observe(started.elapsed().as_secs_f64());
-            return Outcome::Planned(Planned {
+            let same = previous
+                .as_deref()
+                .is_some_and(|c| c.same_except_disruption(&plan));
+            Outcome::Planned(Planned {
                 index,
                 plan,
-                same: !changed,
-                refreshed: true,
+                same,
+                refreshed: false,
                 cpu: cpu.elapsed(),
-            });
-        }
-        if !may_build {
-            return Outcome::Declined {
-                index,
-                changes: Changes {
-                    other: true,
-                    ..changes
-                },
-            };
-        }
-        metrics.builds.inc();
-        let plan = plan::build(&index, &config, previous.as_deref());
-        metrics
-            .build_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let same = previous
-            .as_deref()
-            .is_some_and(|c| c.same_except_disruption(&plan));
-        Outcome::Planned(Planned {
-            index,
-            plan,
-            same,
-            refreshed: false,
-            cpu: cpu.elapsed(),
+            })
         })
-    })
-    .await
-    .ok()
-}
-
-/// CPU time of the calling thread since [`ThreadCpu::start`]; zero where the clock cannot be
-/// read (the pause after a refresh is then none, as for a first one).
-struct ThreadCpu(Option<Duration>);
-
-impl ThreadCpu {
-    fn now() -> Option<Duration> {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-            .ok()
-            .map(Duration::from)
-    }
-
-    fn start() -> Self {
-        Self(Self::now())
-    }
-
-    fn elapsed(&self) -> Duration {
-        match (self.0, Self::now()) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
-            _ => Duration::ZERO,
-        }
-    }
+        .await
 }
 
 /// Applies a batch, noting what changed.
