@@ -4,6 +4,8 @@
 //! other processes share the machine), and everything is torn down in `Drop`, which also runs
 //! while a failing test unwinds.
 
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 mod bpffs;
 mod child;
 mod cluster_net;

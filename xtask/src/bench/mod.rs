@@ -40,7 +40,7 @@ pub enum Bench {
     Plan,
     /// The control plane at scale: memory, time to the first plan, and endpoint-change and
     /// route-edit latencies to the proxy, and endpoint-change latency to the kernel table, at
-    /// 1k and 10k routes, in files mode (root).
+    /// 1k and 10k routes, fed from manifest files and from a mock Kubernetes API server (root).
     Scale(ScaleOptions),
 }
 

@@ -1,5 +1,7 @@
 //! A stateful mock Kubernetes API server on loopback (hyper), for kube::Client as it is used
-//! in production: real HTTP, real watch streams, one [`Store`] behind every client.
+//! in production: real HTTP, real watch streams, one [`Store`] behind every client. The kube
+//! tests drive the agent's parts against it in process; `cargo xtask bench scale --source kube`
+//! serves a whole agent from it ([`serve`]).
 //!
 //! It serves the resources it is told to and answers 404 for every other path, as the real
 //! server does for a CRD that is not installed. Lists and watches honour `resourceVersion`
@@ -14,6 +16,7 @@
 //!
 //! [`bookmark`]: ApiServer::bookmark
 //! [`client`]: ApiServer::client
+//! [`serve`]: ApiServer::serve
 //! [`partition`]: ApiServer::partition
 //! [`heal`]: ApiServer::heal
 
@@ -145,26 +148,29 @@ impl ApiServer {
     pub async fn client(&self, name: &str) -> kube::Client {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let server = server.clone();
-                let name = name.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let server = server.clone();
-                        let name = name.clone();
-                        async move { Ok::<_, Infallible>(server.handle(&name, req).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        tokio::spawn(self.clone().serve(listener, name.to_string()));
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         kube::Client::try_from(config).unwrap()
+    }
+
+    /// Answers every connection to `listener` as the client `name` of the log, until the
+    /// listener fails. For a client in another process (the agent), which gets the listener's
+    /// address in a kubeconfig.
+    pub async fn serve(self, listener: tokio::net::TcpListener, name: String) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let server = self.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let server = server.clone();
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(server.handle(&name, req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     }
 
     pub fn log(&self) -> Vec<Logged> {
