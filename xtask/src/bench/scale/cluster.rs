@@ -10,12 +10,15 @@ use std::{collections::BTreeSet, net::SocketAddr};
 
 use serde_json::{Value, json};
 
-use super::{ECHO, ECHO_PORT, KERNEL_PORT, KERNEL_TARGET, PORT, Size};
+use super::{ECHO, ECHO_PORT, KERNEL_PORT, KERNEL_TARGET, NODE_NAME, PORT, Size};
 
 /// The namespace of every namespaced object.
 const NS: &str = "scale";
 /// Objects per generated file: a rewrite of one (churn) re-reads this many.
 const PER_FILE: usize = 500;
+/// The nodes the made-up endpoints are spread over: a cluster's slices name the node of every
+/// endpoint, and the agent looks the kernel's endpoints up among them.
+const NODES: usize = 100;
 
 /// The manifest files of the measured changes, each holding the one object a change rewrites.
 pub const PROBE_SLICE: &str = "probe-slice.yaml";
@@ -74,7 +77,7 @@ pub fn files(size: Size) -> Vec<(String, Vec<Value>)> {
                 let name = format!("svc{s}");
                 [
                     service(&name),
-                    slice(&name, "1", &made_up(s, per_service, 0), 8080),
+                    made_up_slice(s, "1", per_service, 0),
                 ]
             })
             .collect();
@@ -125,13 +128,16 @@ pub fn kernel_endpoints(which: usize) -> BTreeSet<SocketAddr> {
         .collect()
 }
 
-/// The kernel route's Service's slice in state `which`.
+/// The kernel route's Service's slice in state `which`, its endpoints on the agent's node (in
+/// kube mode; files mode runs without `--node-name`, where every endpoint is local anyway).
 pub fn kernel_slice(which: usize) -> Value {
     let addrs: Vec<String> = kernel_endpoints(which)
         .iter()
         .map(|a| a.ip().to_string())
         .collect();
-    slice("kern", "1", &addrs, KERNEL_TARGET)
+    slice_on("kern", "1", &addrs, KERNEL_TARGET, |_| {
+        Some(NODE_NAME.to_string())
+    })
 }
 
 /// The `n`th churned object: a second slice of one made-up Service after another, with two
@@ -140,7 +146,18 @@ pub fn kernel_slice(which: usize) -> Value {
 /// has one, each write updates one.
 pub fn churn_slice(size: Size, n: u64) -> Value {
     let s = (n as usize * 7919) % size.services;
-    slice(&format!("svc{s}"), "2", &made_up(s, 2, n + 1), 8080)
+    made_up_slice(s, "2", 2, n + 1)
+}
+
+/// A slice of made-up Service `s`: `n` endpoints shifted by `version`, on made-up nodes.
+fn made_up_slice(s: usize, suffix: &str, n: usize, version: u64) -> Value {
+    slice_on(
+        &format!("svc{s}"),
+        suffix,
+        &made_up(s, n, version),
+        8080,
+        |i| Some(format!("node-{}", (s + i) % NODES)),
+    )
 }
 
 /// Made-up endpoints of Service `s` (TEST-NET and 10/8 addresses that nothing connects to),
@@ -162,7 +179,27 @@ fn service(name: &str) -> Value {
     })
 }
 
+/// A slice whose endpoints are on the nodes `node(i)` names (`None`: no node, as for the echo
+/// servers on loopback).
 fn slice(service: &str, suffix: &str, addrs: &[String], port: u16) -> Value {
+    slice_on(service, suffix, addrs, port, |_| None)
+}
+
+fn slice_on(
+    service: &str,
+    suffix: &str,
+    addrs: &[String],
+    port: u16,
+    node: impl Fn(usize) -> Option<String>,
+) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match node(i) {
+            Some(n) => json!({"addresses": [a], "nodeName": n}),
+            None => json!({"addresses": [a]}),
+        })
+        .collect();
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
@@ -171,7 +208,7 @@ fn slice(service: &str, suffix: &str, addrs: &[String], port: u16) -> Value {
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": addrs.iter().map(|a| json!({"addresses": [a]})).collect::<Vec<_>>()
+        "endpoints": endpoints
     })
 }
 
