@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::{
     Api, Client,
     api::DynamicObject,
@@ -45,6 +45,8 @@ pub struct WatchState {
     synced: BTreeSet<Kind>,
     held: Vec<Update>,
     observed: Observed,
+    /// `observed` changed since [`WatchState::observed_change`] last gave it out.
+    observed_dirty: bool,
 }
 
 impl WatchState {
@@ -61,6 +63,18 @@ impl WatchState {
 
     pub fn observed(&self) -> &Observed {
         &self.observed
+    }
+
+    /// The observed statuses, once every kind is listed and when they changed since the last
+    /// call. The status writer gets a copy of them all, so the copy is made only for a change:
+    /// comparing or copying ten thousand statuses on every event (each endpoint change, each
+    /// echo of a status write) had cost more than the events' own handling.
+    pub fn observed_change(&mut self) -> Option<&Observed> {
+        if !(self.observed_dirty && self.synced()) {
+            return None;
+        }
+        self.observed_dirty = false;
+        Some(&self.observed)
     }
 
     /// The API server does not serve `resource` (its list answered 404: the CRD is not
@@ -107,13 +121,17 @@ impl WatchState {
                 let (objects, observed) = self.relisting.remove(&kind).unwrap_or_default();
                 self.observed.retain(|k, _| k.kind != kind);
                 self.observed.extend(observed);
+                self.observed_dirty = true;
                 self.synced.insert(kind);
                 tracing::info!(%kind, objects = objects.len(), "kube: listed");
                 Some(Update::Reset(kind, objects))
             }
             watcher::Event::Apply(o) => {
-                if let Some((key, status)) = observe(resource, &o) {
+                if let Some((key, status)) = observe(resource, &o)
+                    && self.observed.get(&key) != Some(&status)
+                {
                     self.observed.insert(key, status);
+                    self.observed_dirty = true;
                 }
                 match convert(resource, o) {
                     Ok(object) => Some(Update::Apply(Box::new(object))),
@@ -126,7 +144,7 @@ impl WatchState {
             }
             watcher::Event::Delete(o) => {
                 let key = key_of(resource, &o);
-                self.observed.remove(&key);
+                self.observed_dirty |= self.observed.remove(&key).is_some();
                 Some(Update::Delete(key))
             }
         };
@@ -161,22 +179,37 @@ pub async fn run(
     });
     let mut events = futures::stream::select_all(streams);
     let mut state = WatchState::new();
-    while let Some((resource, event)) = events.next().await {
-        let batch = match event {
-            Ok(e) => state.event(resource, e),
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
-                state.unavailable(resource)
-            }
-            Err(e) => {
-                tracing::warn!(kind = %resource.kind, "kube: watch failed, retrying: {e}");
-                Vec::new()
-            }
-        };
-        if state.synced() && **observed.borrow() != *state.observed() {
-            let _ = observed.send(Arc::new(state.observed().clone()));
+    while let Some(first) = events.next().await {
+        // With it, every event already received: one batch for the control loop and one copy
+        // of the statuses for a burst (a relist, the echoes of a status write per route).
+        let mut batch = handle(&mut state, first);
+        while let Some(Some(next)) = events.next().now_or_never() {
+            batch.extend(handle(&mut state, next));
+        }
+        if let Some(changed) = state.observed_change() {
+            let _ = observed.send(Arc::new(changed.clone()));
         }
         if !batch.is_empty() && updates.send(batch).await.is_err() {
             return;
+        }
+    }
+}
+
+fn handle(
+    state: &mut WatchState,
+    (resource, event): (
+        &Resource,
+        Result<watcher::Event<DynamicObject>, watcher::Error>,
+    ),
+) -> Vec<Update> {
+    match event {
+        Ok(e) => state.event(resource, e),
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+            state.unavailable(resource)
+        }
+        Err(e) => {
+            tracing::warn!(kind = %resource.kind, "kube: watch failed, retrying: {e}");
+            Vec::new()
         }
     }
 }
@@ -340,6 +373,47 @@ mod tests {
         assert!(batch.contains(&Update::Reset(Kind::TcpRoute, Vec::new())));
         // Once listed, a later 404 (the CRD removed) changes nothing by itself.
         assert!(state.unavailable(tcp).is_empty());
+    }
+
+    #[test]
+    fn statuses_go_to_the_writer_when_they_change_not_on_every_event() {
+        let mut state = WatchState::new();
+        let route = resource(Kind::HttpRoute);
+        let http = |rv: &str| DynamicObject {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some("r".into()),
+                namespace: Some("default".into()),
+                resource_version: Some(rv.into()),
+                generation: Some(1),
+                ..Default::default()
+            },
+            data: json!({
+                "spec": {"parentRefs": [{"name": "gw"}]},
+                "status": {"parents": []}
+            }),
+        };
+        list_all_empty_but(&mut state, Kind::HttpRoute);
+        state.event(route, watcher::Event::Init);
+        state.event(route, watcher::Event::InitApply(http("1")));
+        assert!(
+            state.observed_change().is_none(),
+            "nothing before every kind is listed"
+        );
+        state.event(route, watcher::Event::InitDone);
+        assert_eq!(state.observed_change().map(|o| o.len()), Some(1));
+        assert!(state.observed_change().is_none(), "given out once");
+        // An endpoint or Service change, or the same route again, observes nothing new.
+        state.event(resource(Kind::Service), watcher::Event::Apply(service("s")));
+        state.event(route, watcher::Event::Apply(http("1")));
+        assert!(state.observed_change().is_none());
+        // The echo of a status write carries a new resourceVersion: the writer must see it.
+        state.event(route, watcher::Event::Apply(http("2")));
+        let seen = state.observed_change().expect("changed");
+        let key = ObjectKey::new(Kind::HttpRoute, "default", "r");
+        assert_eq!(seen[&key].resource_version.as_deref(), Some("2"));
+        state.event(route, watcher::Event::Delete(http("2")));
+        assert_eq!(state.observed_change().map(|o| o.len()), Some(0));
     }
 
     #[test]

@@ -75,10 +75,7 @@ pub fn files(size: Size) -> Vec<(String, Vec<Value>)> {
         let objects = (chunk * PER_FILE..((chunk + 1) * PER_FILE).min(size.services))
             .flat_map(|s| {
                 let name = format!("svc{s}");
-                [
-                    service(&name),
-                    made_up_slice(s, "1", per_service, 0),
-                ]
+                [service(&name), made_up_slice(s, "1", per_service, 0)]
             })
             .collect();
         files.push((format!("services-{chunk:03}.yaml"), objects));
