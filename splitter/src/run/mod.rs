@@ -343,7 +343,7 @@ fn status_page(
             .map(|c| c.class.clone())
             .chain(plan.gateways.iter().map(|g| g.gateway.clone()))
             .chain(plan.routes.iter().map(|r| r.route.clone()));
-        let observed: Observed = keys.map(|k| (k, ObservedStatus::default())).collect();
+        let observed: Observed = keys.map(|k| (k, Arc::default())).collect();
         let now = status::writer::now();
         let ctx = StatusContext {
             controller_name: &controller_name,

@@ -245,17 +245,17 @@ fn key_of(resource: &Resource, o: &DynamicObject) -> ObjectKey {
     )
 }
 
-fn observe(resource: &Resource, o: &DynamicObject) -> Option<(ObjectKey, ObservedStatus)> {
+fn observe(resource: &Resource, o: &DynamicObject) -> Option<(ObjectKey, Arc<ObservedStatus>)> {
     if !access::STATUS_WRITTEN.contains(&resource.kind) {
         return None;
     }
     Some((
         key_of(resource, o),
-        ObservedStatus {
+        Arc::new(ObservedStatus {
             generation: o.metadata.generation,
             resource_version: o.metadata.resource_version.clone(),
             status: o.data.get("status").cloned().unwrap_or(Value::Null),
-        },
+        }),
     ))
 }
 
