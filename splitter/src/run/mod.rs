@@ -34,7 +34,7 @@ use splitter_plan::{
         Plan, PlanConfig,
         applied::{NodeReport, NodeView},
     },
-    status::{Observed, ObservedStatus, StatusContext},
+    status::{Observed, StatusContext},
 };
 
 pub use default_iface::default_route_iface;
