@@ -298,6 +298,27 @@ mod tests {
         assert_eq!(e.field, "spec.rules[0].matches[0].path.type");
     }
 
+    /// An endpoint keeps the address the data plane uses, its first; every one is checked.
+    #[test]
+    fn an_endpoint_keeps_its_first_address_and_checks_them_all() {
+        let slice = |addresses: &str| {
+            parse_yaml(&format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s}}\n\
+                 addressType: IPv4\nendpoints:\n- addresses: {addresses}\n  nodeName: n1\n"
+            ))
+        };
+        let Ok(Parsed::Object(o)) = slice("[10.0.0.1, 10.0.0.2]") else {
+            panic!("parsed")
+        };
+        let Object::EndpointSlice(s) = *o else {
+            panic!("a slice")
+        };
+        assert_eq!(s.endpoints[0].address, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(s.endpoints[0].node_name.as_deref(), Some("n1"));
+        let e = slice("[10.0.0.1, nope]").unwrap_err();
+        assert_eq!(e.field, "endpoints[0].addresses[1]");
+    }
+
     /// kubectl's last-applied copy of the whole object (and any annotation the plan does not
     /// read) is not kept: it would double the index and make its edits look like changes.
     #[test]

@@ -53,7 +53,11 @@ pub struct SlicePort {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SliceEndpoint {
-    pub addresses: Vec<IpAddr>,
+    /// The endpoint's first address: the one a data plane sends to (kube-proxy uses only it
+    /// too). The others are checked and dropped: held inline, a cluster's tens of thousands of
+    /// endpoints are not as many allocations, and the walks over them (the node of each
+    /// address the kernel serves, on every endpoint refresh) do not miss the cache on each.
+    pub address: Option<IpAddr>,
     /// `conditions.ready`; unknown counts as ready, as the EndpointSlice API says.
     pub ready: bool,
     /// `nodeName`: the node the endpoint runs on. The kernel path DNATs to a local endpoint
@@ -105,7 +109,7 @@ pub(crate) fn endpoint_slice(
     let mut endpoints = Vec::new();
     for (i, e) in raw.endpoints.into_iter().enumerate() {
         let at = root.field("endpoints").index(i);
-        let mut addresses = Vec::new();
+        let mut address = None;
         // FQDN slices name hosts rather than addresses; a data plane that splits by address
         // cannot use them, so they count as having no endpoints.
         if !fqdn {
@@ -115,13 +119,13 @@ pub(crate) fn endpoint_slice(
                         .index(j)
                         .err(format!("{a:?} is not an IP address"))
                 })?;
-                addresses.push(ip);
+                address = address.or(Some(ip));
             }
         }
         let ready = e.conditions.and_then(|c| c.ready).unwrap_or(true);
         let node_name = e.node_name.filter(|n| !n.is_empty());
         endpoints.push(SliceEndpoint {
-            addresses,
+            address,
             ready,
             node_name,
         });

@@ -181,8 +181,8 @@ impl<'a> Resolver<'a> {
                 None => continue,
             };
             for e in s.endpoints.iter().filter(|e| e.ready) {
-                if let Some(ip) = e.addresses.first() {
-                    out.insert(SocketAddr::new(*ip, port));
+                if let Some(ip) = e.address {
+                    out.insert(SocketAddr::new(ip, port));
                 }
             }
         }

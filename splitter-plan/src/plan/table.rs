@@ -427,7 +427,8 @@ fn family_table(
     maglev::build(m, &shares, previous)
 }
 
-/// The node of each of the endpoint addresses `wanted` whose EndpointSlice names one. A pod
+/// The node of each of the endpoint addresses `wanted` whose EndpointSlice names one (an
+/// endpoint's first address: the only one a table can hold). A pod
 /// address is on one node; should two slices disagree (a pod moving while slices are
 /// rebalanced), the first slice in index order wins, the same on every node. Only the
 /// addresses the kernel's tables name are wanted: a cluster's slices name tens of thousands,
@@ -442,10 +443,10 @@ pub(crate) fn endpoint_nodes<'a>(
     }
     for slice in index.endpoint_slices.values() {
         for e in &slice.endpoints {
-            if let Some(node) = &e.node_name {
-                for ip in e.addresses.iter().filter(|ip| wanted.contains(ip)) {
-                    nodes.entry(*ip).or_insert(node.as_str());
-                }
+            if let (Some(ip), Some(node)) = (e.address, &e.node_name)
+                && wanted.contains(&ip)
+            {
+                nodes.entry(ip).or_insert(node.as_str());
             }
         }
     }
