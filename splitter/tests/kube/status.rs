@@ -51,7 +51,7 @@ fn fresh(plan: &Plan) -> Observed {
             let rv = format!("rv-{}", k.name);
             (
                 k,
-                std::sync::Arc::new(ObservedStatus {
+                Arc::new(ObservedStatus {
                     generation: Some(1),
                     resource_version: Some(rv),
                     status: Value::Null,
@@ -290,7 +290,7 @@ fn unchanged_statuses_are_not_patched_and_transition_times_are_kept() {
         .map(|p| {
             (
                 p.key.clone(),
-                std::sync::Arc::new(ObservedStatus {
+                Arc::new(ObservedStatus {
                     generation: Some(1),
                     resource_version: Some(format!("rv-{}", p.key.name)),
                     status: p.body["status"].clone(),
@@ -307,7 +307,7 @@ fn unchanged_statuses_are_not_patched_and_transition_times_are_kept() {
     // A condition whose status flips gets the new time; the one that stays keeps the old.
     let mut flipped = observed.clone();
     let key = route_key("infra", "accepted");
-    let seen = std::sync::Arc::make_mut(flipped.get_mut(&key).unwrap());
+    let seen = Arc::make_mut(flipped.get_mut(&key).unwrap());
     seen.status["parents"][0]["conditions"][1]["status"] = json!("False");
     let out = patches(&plan, &flipped, &later);
     assert_eq!(out.len(), 1);
@@ -326,12 +326,12 @@ fn other_controllers_parents_are_kept_and_stale_ones_of_ours_removed() {
     let stale_ours = json!({"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                           "namespace": "infra", "name": "gone"},
                             "controllerName": CONTROLLER, "conditions": []});
-    std::sync::Arc::make_mut(observed.get_mut(&route_key("infra", "accepted")).unwrap()).status =
+    Arc::make_mut(observed.get_mut(&route_key("infra", "accepted")).unwrap()).status =
         json!({"parents": [theirs.clone(), stale_ours.clone()]});
     // A route that no longer reaches any of our Gateways but still carries our entry.
     observed.insert(
         route_key("infra", "moved-away"),
-        std::sync::Arc::new(ObservedStatus {
+        Arc::new(ObservedStatus {
             generation: Some(4),
             resource_version: Some("rv-moved".into()),
             status: json!({"parents": [stale_ours, theirs.clone()]}),
@@ -879,7 +879,7 @@ async fn the_leader_writes_tlsroute_statuses_to_their_own_resource() {
         .map(|r| {
             (
                 r.route.clone(),
-                std::sync::Arc::new(ObservedStatus {
+                Arc::new(ObservedStatus {
                     generation: Some(1),
                     resource_version: Some(format!("rv-{}", r.route.name)),
                     status: Value::Null,
