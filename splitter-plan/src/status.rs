@@ -36,8 +36,8 @@ pub struct ObservedStatus {
 }
 
 /// The observed status of every object of the kinds the status writer patches. Each behind
-/// an `Arc`: the watchers keep the map and hand the writer a copy of it after each change, and
-/// at 10k routes copies of the statuses themselves would be tens of MiB.
+/// an `Arc`: the watchers keep the map and hand the writer a copy of it after each change,
+/// which then copies pointers, not every route's status.
 pub type Observed = BTreeMap<ObjectKey, Arc<ObservedStatus>>;
 
 /// One server-side apply of a `status` subresource.
