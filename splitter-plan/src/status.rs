@@ -27,12 +27,54 @@ use crate::{
 
 /// What the status writer needs to know of an object it may patch: the status as the API
 /// server last reported it, and the versions it belongs to.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ObservedStatus {
     pub generation: Option<i64>,
     pub resource_version: Option<String>,
-    /// `status`, or `Null` when the object has none yet.
-    pub status: Value,
+    /// `status` as JSON text (`null` when the object has none yet). Text rather than a
+    /// `Value`: the watchers keep one per route, a `Value` spends a B-tree node on each JSON
+    /// object of it, and the status writer reads them only when statuses change.
+    status: Box<str>,
+}
+
+impl Default for ObservedStatus {
+    fn default() -> Self {
+        Self::new(None, None, &Value::Null)
+    }
+}
+
+impl ObservedStatus {
+    pub fn new(generation: Option<i64>, resource_version: Option<String>, status: &Value) -> Self {
+        Self {
+            generation,
+            resource_version,
+            status: status.to_string().into_boxed_str(),
+        }
+    }
+
+    /// `status` (`Null` when the object has none yet).
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.status).unwrap_or(Value::Null)
+    }
+
+    pub fn set_status(&mut self, status: &Value) {
+        self.status = status.to_string().into_boxed_str();
+    }
+}
+
+/// An observed status read for one pass of [`patches`].
+struct Seen<'a> {
+    status: Value,
+    resource_version: Option<&'a str>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(o: &'a ObservedStatus) -> Self {
+        Self {
+            status: o.status(),
+            resource_version: o.resource_version.as_deref(),
+        }
+    }
 }
 
 /// The observed status of every object of the kinds the status writer patches. Each behind
@@ -83,6 +125,7 @@ pub fn gateway_patches(
         let Some(seen) = observed.get(&key) else {
             continue;
         };
+        let seen = &Seen::of(seen);
         let status =
             json!({ "conditions": conditions(&c.conditions, field(seen, "conditions"), ctx.now) });
         push(&mut out, key, seen, status, false);
@@ -97,6 +140,7 @@ pub fn gateway_patches(
         let Some(seen) = observed.get(&key) else {
             continue;
         };
+        let seen = &Seen::of(seen);
         let seen_listeners = field(seen, "listeners");
         let listeners: Vec<Value> = g
             .listeners
@@ -164,6 +208,7 @@ pub fn route_patches(
         let Some(seen) = observed.get(&key) else {
             continue;
         };
+        let seen = &Seen::of(seen);
         let parents = route_parents(&r.parents, seen, ctx);
         push(&mut out, key, seen, json!({ "parents": parents }), true);
     }
@@ -176,6 +221,7 @@ pub fn route_patches(
         {
             continue;
         }
+        let seen = &Seen::of(seen);
         let ours = field(seen, "parents").as_array().is_some_and(|ps| {
             ps.iter()
                 .any(|p| p["controllerName"] == ctx.controller_name)
@@ -197,7 +243,7 @@ pub fn route_patches(
 /// Other controllers' entries as observed, then ours as planned.
 fn route_parents(
     planned: &[RouteParentStatus],
-    seen: &ObservedStatus,
+    seen: &Seen<'_>,
     ctx: &StatusContext<'_>,
 ) -> Vec<Value> {
     let before: &[Value] = field(seen, "parents").as_array().map_or(&[], Vec::as_slice);
@@ -263,18 +309,12 @@ fn conditions(planned: &[Condition], before: &Value, now: &str) -> Value {
         .collect()
 }
 
-fn field<'s>(seen: &'s ObservedStatus, name: &str) -> &'s Value {
+fn field<'s>(seen: &'s Seen<'_>, name: &str) -> &'s Value {
     seen.status.get(name).unwrap_or(&Value::Null)
 }
 
 /// Adds the patch unless every field we own already reads as we would write it.
-fn push(
-    out: &mut Vec<StatusPatch>,
-    key: ObjectKey,
-    seen: &ObservedStatus,
-    status: Value,
-    guard: bool,
-) {
+fn push(out: &mut Vec<StatusPatch>, key: ObjectKey, seen: &Seen<'_>, status: Value, guard: bool) {
     let unchanged = status
         .as_object()
         .is_some_and(|m| m.iter().all(|(k, v)| seen.status.get(k) == Some(v)));
@@ -288,7 +328,7 @@ fn push(
     if !key.namespace.is_empty() {
         metadata["namespace"] = json!(key.namespace);
     }
-    if guard && let Some(rv) = &seen.resource_version {
+    if guard && let Some(rv) = seen.resource_version {
         metadata["resourceVersion"] = json!(rv);
     }
     out.push(StatusPatch {

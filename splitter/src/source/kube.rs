@@ -251,11 +251,11 @@ fn observe(resource: &Resource, o: &DynamicObject) -> Option<(ObjectKey, Arc<Obs
     }
     Some((
         key_of(resource, o),
-        Arc::new(ObservedStatus {
-            generation: o.metadata.generation,
-            resource_version: o.metadata.resource_version.clone(),
-            status: o.data.get("status").cloned().unwrap_or(Value::Null),
-        }),
+        Arc::new(ObservedStatus::new(
+            o.metadata.generation,
+            o.metadata.resource_version.clone(),
+            o.data.get("status").unwrap_or(&Value::Null),
+        )),
     ))
 }
 

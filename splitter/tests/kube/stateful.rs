@@ -427,7 +427,7 @@ async fn the_echo_of_our_own_status_writes_builds_no_plan() {
     let key = ObjectKey::new(Kind::HttpRoute, "infra", "split");
     eventually(WAIT, "our status, echoed", || {
         a.observed.borrow().get(&key).is_some_and(|o| {
-            o.status["parents"]
+            o.status()["parents"]
                 .as_array()
                 .is_some_and(|p| p.iter().any(|p| p["controllerName"] == OURS))
         })

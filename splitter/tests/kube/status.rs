@@ -51,11 +51,7 @@ fn fresh(plan: &Plan) -> Observed {
             let rv = format!("rv-{}", k.name);
             (
                 k,
-                Arc::new(ObservedStatus {
-                    generation: Some(1),
-                    resource_version: Some(rv),
-                    status: Value::Null,
-                }),
+                Arc::new(ObservedStatus::new(Some(1), Some(rv), &Value::Null)),
             )
         })
         .collect()
@@ -290,11 +286,11 @@ fn unchanged_statuses_are_not_patched_and_transition_times_are_kept() {
         .map(|p| {
             (
                 p.key.clone(),
-                Arc::new(ObservedStatus {
-                    generation: Some(1),
-                    resource_version: Some(format!("rv-{}", p.key.name)),
-                    status: p.body["status"].clone(),
-                }),
+                Arc::new(ObservedStatus::new(
+                    Some(1),
+                    Some(format!("rv-{}", p.key.name)),
+                    &p.body["status"].clone(),
+                )),
             )
         })
         .collect();
@@ -308,7 +304,9 @@ fn unchanged_statuses_are_not_patched_and_transition_times_are_kept() {
     let mut flipped = observed.clone();
     let key = route_key("infra", "accepted");
     let seen = Arc::make_mut(flipped.get_mut(&key).unwrap());
-    seen.status["parents"][0]["conditions"][1]["status"] = json!("False");
+    let mut status = seen.status();
+    status["parents"][0]["conditions"][1]["status"] = json!("False");
+    seen.set_status(&status);
     let out = patches(&plan, &flipped, &later);
     assert_eq!(out.len(), 1);
     let conditions = &out[0].body["status"]["parents"][0]["conditions"];
@@ -326,16 +324,16 @@ fn other_controllers_parents_are_kept_and_stale_ones_of_ours_removed() {
     let stale_ours = json!({"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                           "namespace": "infra", "name": "gone"},
                             "controllerName": CONTROLLER, "conditions": []});
-    Arc::make_mut(observed.get_mut(&route_key("infra", "accepted")).unwrap()).status =
-        json!({"parents": [theirs.clone(), stale_ours.clone()]});
+    Arc::make_mut(observed.get_mut(&route_key("infra", "accepted")).unwrap())
+        .set_status(&json!({"parents": [theirs.clone(), stale_ours.clone()]}));
     // A route that no longer reaches any of our Gateways but still carries our entry.
     observed.insert(
         route_key("infra", "moved-away"),
-        Arc::new(ObservedStatus {
-            generation: Some(4),
-            resource_version: Some("rv-moved".into()),
-            status: json!({"parents": [stale_ours, theirs.clone()]}),
-        }),
+        Arc::new(ObservedStatus::new(
+            Some(4),
+            Some("rv-moved".into()),
+            &json!({"parents": [stale_ours, theirs.clone()]}),
+        )),
     );
     let out = patches(&plan, &observed, &ctx());
     let accepted = out
@@ -879,11 +877,11 @@ async fn the_leader_writes_tlsroute_statuses_to_their_own_resource() {
         .map(|r| {
             (
                 r.route.clone(),
-                Arc::new(ObservedStatus {
-                    generation: Some(1),
-                    resource_version: Some(format!("rv-{}", r.route.name)),
-                    status: Value::Null,
-                }),
+                Arc::new(ObservedStatus::new(
+                    Some(1),
+                    Some(format!("rv-{}", r.route.name)),
+                    &Value::Null,
+                )),
             )
         })
         .collect();
