@@ -76,17 +76,7 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
         plans.push(plan);
     }
 
-    let wanted = plans
-        .iter()
-        .filter_map(ListenerPlan::l4)
-        .flat_map(table::table_ips)
-        .collect();
-    let nodes = table::endpoint_nodes(index, &wanted);
-    for plan in &mut plans {
-        if let ListenerPlan::L4 { l4, .. } = plan {
-            table::place_endpoints(l4, &nodes);
-        }
-    }
+    table::place_endpoints(index, &mut plans);
 
     let mut routes = attached.statuses;
     routes.sort_by(|a, b| a.route.cmp(&b.route));

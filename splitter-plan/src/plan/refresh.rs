@@ -82,18 +82,14 @@ pub fn refresh_endpoints(
     // Node names are read from every slice (the first slice wins an address), as `build`
     // does: any slice can move an address of a table to another node.
     if listeners.iter().any(|l| l.l4().is_some()) {
-        let wanted = listeners
+        table::place_endpoints(index, &mut listeners);
+        changed |= listeners
             .iter()
-            .filter_map(ListenerPlan::l4)
-            .flat_map(table::table_ips)
-            .collect();
-        let nodes = table::endpoint_nodes(index, &wanted);
-        for (l, before) in listeners.iter_mut().zip(&previous.listeners) {
-            if let (ListenerPlan::L4 { l4, .. }, Some(old)) = (l, before.l4()) {
-                table::place_endpoints(l4, &nodes);
-                changed |= l4.endpoint_nodes != old.endpoint_nodes;
-            }
-        }
+            .zip(&previous.listeners)
+            .any(|(l, before)| match (l.l4(), before.l4()) {
+                (Some(now), Some(old)) => now.endpoint_nodes != old.endpoint_nodes,
+                _ => false,
+            });
     }
     if !changed {
         return Some((previous.clone(), false));

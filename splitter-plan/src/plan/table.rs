@@ -16,7 +16,7 @@ use super::{
         BackendProtocol, BackendTarget, Filter, L7Route, L7RouteTable, PathMatch, PathModifier,
         PlannedBackend, RouteMatch, UrlRewrite,
     },
-    listener::{L4Plan, ListenerSource, Mode},
+    listener::{L4Plan, ListenerPlan, ListenerSource, Mode},
     maglev::{self, TableShare, TableTarget, WeightedTable},
 };
 use crate::model::{DATAPLANE_ANNOTATION, HttpRoute, Index, Kind, ObjectKey};
@@ -433,10 +433,7 @@ fn family_table(
 /// rebalanced), the first slice in index order wins, the same on every node. Only the
 /// addresses the kernel's tables name are wanted: a cluster's slices name tens of thousands,
 /// and a map of them all, made on every endpoint refresh, cost more than the refresh.
-pub(crate) fn endpoint_nodes<'a>(
-    index: &'a Index,
-    wanted: &BTreeSet<IpAddr>,
-) -> HashMap<IpAddr, &'a str> {
+fn endpoint_nodes<'a>(index: &'a Index, wanted: &BTreeSet<IpAddr>) -> HashMap<IpAddr, &'a str> {
     let mut nodes = HashMap::new();
     if wanted.is_empty() {
         return nodes;
@@ -454,7 +451,7 @@ pub(crate) fn endpoint_nodes<'a>(
 }
 
 /// The addresses of the endpoints `l4`'s tables name.
-pub(crate) fn table_ips(l4: &L4Plan) -> impl Iterator<Item = IpAddr> + '_ {
+fn table_ips(l4: &L4Plan) -> impl Iterator<Item = IpAddr> + '_ {
     l4.table
         .backends
         .iter()
@@ -465,11 +462,21 @@ pub(crate) fn table_ips(l4: &L4Plan) -> impl Iterator<Item = IpAddr> + '_ {
         })
 }
 
-/// Records the nodes of the endpoints `l4`'s table names.
-pub(crate) fn place_endpoints(l4: &mut L4Plan, nodes: &HashMap<IpAddr, &str>) {
-    l4.endpoint_nodes = table_ips(l4)
-        .filter_map(|ip| nodes.get(&ip).map(|n| (ip, (*n).to_string())))
+/// Records in each L4 listener of `listeners` the nodes of the endpoints its table names.
+pub(crate) fn place_endpoints(index: &Index, listeners: &mut [ListenerPlan]) {
+    let wanted = listeners
+        .iter()
+        .filter_map(ListenerPlan::l4)
+        .flat_map(table_ips)
         .collect();
+    let nodes = endpoint_nodes(index, &wanted);
+    for l in listeners {
+        if let ListenerPlan::L4 { l4, .. } = l {
+            l4.endpoint_nodes = table_ips(l4)
+                .filter_map(|ip| nodes.get(&ip).map(|n| (ip, (*n).to_string())))
+                .collect();
+        }
+    }
 }
 
 /// The route that gets an L4 listener's traffic: the oldest, then by `namespace/name`.
