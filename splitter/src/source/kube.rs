@@ -61,10 +61,6 @@ impl WatchState {
             .all(|r| self.synced.contains(&r.kind))
     }
 
-    pub fn observed(&self) -> &Observed {
-        &self.observed
-    }
-
     /// The observed statuses, once every kind is listed and when they changed since the last
     /// call. The status writer gets a copy of them all, so the copy is made only for a change:
     /// comparing or copying ten thousand statuses on every event (each endpoint change, each

@@ -14,10 +14,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -154,7 +152,7 @@ impl MockApi {
                     open.push(tx);
                     rx
                 });
-                return stream(rx);
+                return testbed::apiserver::watch_stream(rx);
             }
             let n = s.list_calls.entry(plural.clone()).or_default();
             *n += 1;
@@ -193,20 +191,6 @@ fn json_response(code: u16, body: Value) -> Response<ResBody> {
         .status(StatusCode::from_u16(code).unwrap())
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes).boxed_unsync())
-        .unwrap()
-}
-
-fn stream(rx: mpsc::UnboundedReceiver<Value>) -> Response<ResBody> {
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        let v = rx.recv().await?;
-        let mut line = serde_json::to_vec(&v).unwrap();
-        line.push(b'\n');
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
-    });
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(StreamBody::new(events.boxed()).boxed_unsync())
         .unwrap()
 }
 

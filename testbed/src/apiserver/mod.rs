@@ -413,7 +413,7 @@ impl ApiServer {
                     req.watch_error = Some(f.code);
                     let _ = tx.send(json!({"type": "ERROR", "object": f.body}));
                     drop(tx);
-                    return stream(rx);
+                    return watch_stream(rx);
                 }
             },
         }
@@ -424,7 +424,7 @@ impl ApiServer {
             bookmarks: req.param("allowWatchBookmarks") == Some("true"),
             tx,
         });
-        stream(rx)
+        watch_stream(rx)
     }
 }
 
@@ -474,8 +474,9 @@ fn failure(f: &Failure) -> Response<Body> {
     json_response(f.code, &f.body)
 }
 
-/// A watch response: one JSON event a line, for as long as the sender lives.
-fn stream(rx: mpsc::UnboundedReceiver<Value>) -> Response<Body> {
+/// A watch response: one JSON event a line, for as long as the sender lives (the kube tests'
+/// scripted mock answers its watches with it too).
+pub fn watch_stream(rx: mpsc::UnboundedReceiver<Value>) -> Response<Body> {
     let events = futures::stream::unfold(rx, |mut rx| async move {
         let v = rx.recv().await?;
         let mut line = serde_json::to_vec(&v).unwrap();

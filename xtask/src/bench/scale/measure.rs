@@ -38,8 +38,7 @@ pub fn measure(
             std::thread::sleep(Duration::from_micros(200));
         }
         took.push((t0.elapsed(), wall));
-        // Spaced out, so that changes are not all coalesced with the previous one.
-        std::thread::sleep(Duration::from_millis(20 + (i as u64 * 37) % 80));
+        space_out(i);
     }
     Ok(Latencies(took))
 }
@@ -81,10 +80,15 @@ pub fn measure_kernel(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Spaced out as the other changes are.
-        std::thread::sleep(Duration::from_millis(20 + (i as u64 * 37) % 80));
+        space_out(i);
     }
     Ok((Latencies(took), other))
+}
+
+/// A pause after change `i`, 20 to 99 ms, so that changes are not all coalesced with the
+/// previous one.
+fn space_out(i: usize) {
+    std::thread::sleep(Duration::from_millis(20 + (i as u64 * 37) % 80));
 }
 
 /// Each change's latency, and when (wall clock) it was written.
