@@ -116,10 +116,15 @@ fn main() -> ExitCode {
         for i in issues {
             eprintln!("l7_proxy: {i}");
         }
+        let terminated = match splitter::signal::terminated() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("l7_proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         println!("listening on {}", listener.local_addr());
-        if let Err(e) = splitter::signal::terminated().await {
-            eprintln!("l7_proxy: {e}");
-        }
+        terminated.await;
         listener.shutdown().await;
         ExitCode::SUCCESS
     })

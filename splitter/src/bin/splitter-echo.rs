@@ -59,11 +59,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // One line on stdout, so a parent that asked for port 0 learns the real one.
+        let terminated = match splitter::signal::terminated() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("splitter-echo: cannot wait for signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // One line on stdout, so a parent that asked for port 0 learns the real one; a
+        // SIGTERM from then on is a clean stop.
         println!("listening on {}", server.local_addr());
-        if let Err(e) = splitter::signal::terminated().await {
-            eprintln!("splitter-echo: cannot wait for signals: {e}");
-        }
+        terminated.await;
         server.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -98,10 +104,15 @@ async fn serve_tls(args: &Args, cert: &std::path::Path, key: &std::path::Path) -
             return ExitCode::FAILURE;
         }
     };
+    let terminated = match splitter::signal::terminated() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("splitter-echo: cannot wait for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("listening on {} (TLS)", server.local_addr());
-    if let Err(e) = splitter::signal::terminated().await {
-        eprintln!("splitter-echo: cannot wait for signals: {e}");
-    }
+    terminated.await;
     server.shutdown().await;
     ExitCode::SUCCESS
 }

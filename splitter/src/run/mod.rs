@@ -104,6 +104,10 @@ pub struct RunOptions {
 /// Runs until SIGTERM/SIGINT. The kernel programs stay attached (pinned) when the agent exits,
 /// so established L4 connections survive a restart; `splitter detach` removes them.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // First, so that a pod stopped while it starts shuts down as it should rather than dying of
+    // the signal's default action.
+    let terminated = crate::signal::terminated()
+        .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
     // Every connection is a file descriptor: at a soft limit of 1,024, a few hundred idle
     // clients would make accept fail for everyone.
     match crate::dataplane::proxy::raise_nofile_limit() {
@@ -223,10 +227,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         status_addresses,
     ));
     let shutdown = async {
-        if let Err(e) = crate::signal::terminated().await {
-            tracing::error!("signal handler: {e}");
-            std::future::pending::<()>().await;
-        }
+        terminated.await;
         tracing::info!("termination signal received");
     };
     run_l7(agent, plans, Plan::l7_tables, shutdown).await?;
