@@ -183,6 +183,7 @@ where
         let metrics = ProxyMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        crate::heap::register(&mut registry);
         if let Some(k) = &config.kernel {
             k.register(&mut registry);
         }

@@ -14,6 +14,7 @@ pub mod echo;
 pub mod echo_tls;
 pub mod grpc_echo;
 pub mod health;
+pub mod heap;
 pub mod inspect;
 pub mod run;
 pub mod signal;

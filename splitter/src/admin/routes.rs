@@ -46,6 +46,7 @@ pub(super) async fn answer(
             }
         }
         "/debug/plan" => json(&(state.plan)()),
+        "/debug/heap" => text(StatusCode::OK, &crate::heap::report()),
         "/debug/status" => match &state.status {
             Some(status) => json(&status()),
             None => text(StatusCode::NOT_FOUND, "no status here\n"),

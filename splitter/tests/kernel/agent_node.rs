@@ -284,10 +284,11 @@ fn debug_pages_answer_loopback_peers_only() {
         ("/debug/plan", "403"),
         ("/debug/status", "403"),
         ("/debug/l4", "403"),
+        ("/debug/heap", "403"),
     ] {
         assert_eq!(get("10.252.0.1", path), code, "{path} from 10.252.0.1");
     }
-    for path in ["/debug/plan", "/debug/status", "/debug/l4"] {
+    for path in ["/debug/plan", "/debug/status", "/debug/l4", "/debug/heap"] {
         assert_eq!(get("127.0.0.1", path), "200", "{path} from loopback");
     }
 }

@@ -81,6 +81,11 @@ async fn admin_pages() {
     let json: serde_json::Value =
         serde_json::from_slice(&get_once(addr, "/debug/plan").await.body).unwrap();
     assert_eq!(json["routes"].as_array().map(Vec::len), Some(0));
+
+    // The allocator's report, for telling held memory from fragmentation.
+    let heap = get_once(addr, "/debug/heap").await;
+    assert_eq!(heap.status, 200);
+    assert!(heap.text().contains("Allocated:"), "{}", heap.text());
     admin.shutdown().await;
 }
 

@@ -233,17 +233,50 @@ pub fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
 }
 
-/// `splitter_plan_builds_total` from the agent's `/metrics`.
-pub fn plan_builds() -> anyhow::Result<f64> {
+/// The agent's `/metrics` page.
+pub fn scrape() -> anyhow::Result<String> {
+    scrape_path("/metrics")
+}
+
+/// One page of the agent's admin endpoint, head included.
+pub fn scrape_path(path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(ADMIN)?;
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("splitter_plan_builds_total "))
+    Ok(text)
+}
+
+/// The value of the sample `series` (name and labels as printed) on a `/metrics` page.
+pub fn sample(metrics: &str, series: &str) -> anyhow::Result<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .context("no splitter_plan_builds_total on /metrics")
+        .with_context(|| format!("no {series} on /metrics"))
+}
+
+/// `splitter_plan_builds_total` from the agent's `/metrics`.
+pub fn plan_builds() -> anyhow::Result<f64> {
+    sample(&scrape()?, "splitter_plan_builds_total")
+}
+
+/// The allocator's share of the agent's RSS, from `splitter_heap_bytes`: in use, in the pages
+/// of runs in use, its metadata, resident (MiB), which tells what the agent holds from what
+/// its allocator keeps.
+pub fn heap() -> anyhow::Result<String> {
+    let text = scrape()?;
+    let mib = |kind: &str| -> anyhow::Result<f64> {
+        Ok(sample(&text, &format!("splitter_heap_bytes{{kind=\"{kind}\"}}"))? / (1024.0 * 1024.0))
+    };
+    Ok(format!(
+        "heap {:.1} MiB allocated, {:.1} active, {:.1} metadata, {:.1} resident",
+        mib("allocated")?,
+        mib("active")?,
+        mib("metadata")?,
+        mib("resident")?
+    ))
 }

@@ -52,7 +52,7 @@ use testbed::{BpfFs, ChildGuard, NetNs, VethPair};
 use super::{interrupted, pinned::PinnedL4};
 use crate::topology::{self, Profile};
 use cluster::kernel_endpoints;
-use measure::{measure, measure_kernel, memory, plan_builds, wait_served};
+use measure::{heap, measure, measure_kernel, memory, plan_builds, scrape_path, wait_served};
 
 #[derive(clap::Args, Debug)]
 pub struct ScaleOptions {
@@ -299,6 +299,7 @@ fn one_size(
         pin_dir: &pin_dir,
         feed: &feed,
         pid: agent.id(),
+        work: work.path(),
         started,
         size,
         opts,
@@ -313,8 +314,8 @@ fn one_size(
     }
     if opts.agent_log != DEFAULT_AGENT_LOG {
         println!(
-            "  (agent log kept: {})",
-            work.keep().join("agent.log").display()
+            "  (agent log and allocator reports kept: {})",
+            work.keep().display()
         );
     }
     Ok(())
@@ -327,12 +328,24 @@ struct Run<'a> {
     pin_dir: &'a Path,
     feed: &'a Feed,
     pid: u32,
+    /// Where the agent's allocator reports go (`heap-start.txt`, `heap-end.txt`), kept with
+    /// the agent's log.
+    work: &'a Path,
     started: Instant,
     size: Size,
     opts: &'a ScaleOptions,
 }
 
 impl Run<'_> {
+    /// The allocator's figures from `/metrics`, with its full report (`/debug/heap`) saved
+    /// as `file` in the work directory.
+    fn heap(&self, file: &str) -> String {
+        if let Ok(report) = self.ns.run(|| scrape_path("/debug/heap")) {
+            let _ = std::fs::write(self.work.join(file), report);
+        }
+        self.ns.run(heap).unwrap_or_else(|e| format!("heap: {e:#}"))
+    }
+
     fn measure(&self) -> anyhow::Result<()> {
         let Self {
             ns,
@@ -365,6 +378,7 @@ impl Run<'_> {
             SETTLE.as_secs(),
             rss_settled.1
         );
+        println!("  {}", self.heap("heap-start.txt"));
         let vip = SocketAddr::new(NODE.parse()?, KERNEL_PORT);
         let (kernel, route) =
             wait_kernel(pin_dir, vip, Duration::from_secs(300)).context("the kernel route")?;
@@ -438,6 +452,7 @@ impl Run<'_> {
             SETTLE.as_secs(),
             rss_end_settled.1
         );
+        println!("  {}", self.heap("heap-end.txt"));
         if let (Some(start), Some(before), Some(after), Some(all)) =
             (asked_start, asked_before, asked_after, requests())
         {
