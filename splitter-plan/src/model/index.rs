@@ -28,11 +28,11 @@ pub enum Update {
 
 /// What updates changed, for choosing how to plan again: a change confined to the
 /// EndpointSlices of some Services refreshes their backends in the last plan
-/// (`plan::refresh_endpoints`); anything else builds a whole plan.
+/// (`plan::refresh_endpoints`); anything else builds a whole plan. A slice of no Service is
+/// read by nothing in the plan, so its changes are none of these.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Something other than the EndpointSlices of a Service changed (a slice without a
-    /// Service name counts here: the plan reads its endpoints' node names).
+    /// Something other than the EndpointSlices of a Service changed.
     pub other: bool,
     /// The Services (namespace, name) whose EndpointSlices changed.
     pub endpoints_of: BTreeSet<NsName>,
@@ -45,13 +45,9 @@ impl Changes {
 
     /// Records that `slice` (its old or its new version) changed.
     fn slice(&mut self, namespace: &str, slice: Option<&EndpointSlice>) {
-        match slice.map(|s| s.service_name.as_ref()) {
-            None => {}
-            Some(Some(svc)) => {
-                self.endpoints_of
-                    .insert((namespace.to_string(), svc.clone()));
-            }
-            Some(None) => self.other = true,
+        if let Some(svc) = slice.and_then(|s| s.service_name.as_ref()) {
+            self.endpoints_of
+                .insert((namespace.to_string(), svc.clone()));
         }
     }
 }
@@ -67,7 +63,13 @@ pub struct Index {
     pub udp_routes: BTreeMap<NsName, Arc<L4Route>>,
     pub tls_routes: BTreeMap<NsName, Arc<TlsRoute>>,
     pub services: BTreeMap<NsName, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<NsName, Arc<EndpointSlice>>,
+    /// Private, so that every change goes through [`Self::put_slice`], which keeps
+    /// `slices_of_service` in step; read with [`Self::endpoint_slices`] and [`Self::slices_of`].
+    endpoint_slices: BTreeMap<NsName, Arc<EndpointSlice>>,
+    /// `(namespace, Service, slice name)` of every slice that names a Service: the slices of
+    /// one Service without a walk of the cluster's (an endpoint refresh reads a few Services'
+    /// slices among thousands).
+    slices_of_service: BTreeSet<(String, String, String)>,
     pub reference_grants: BTreeMap<NsName, Arc<ReferenceGrant>>,
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     pub secrets: BTreeMap<NsName, Arc<Secret>>,
@@ -85,6 +87,43 @@ impl Index {
             index.apply(o);
         }
         index
+    }
+
+    /// Every EndpointSlice, by namespace and name.
+    pub fn endpoint_slices(&self) -> &BTreeMap<NsName, Arc<EndpointSlice>> {
+        &self.endpoint_slices
+    }
+
+    /// The EndpointSlices of Service `namespace/service`, by slice name.
+    pub fn slices_of<'a>(
+        &'a self,
+        namespace: &str,
+        service: &str,
+    ) -> impl Iterator<Item = &'a Arc<EndpointSlice>> + 'a {
+        let (ns, svc) = (namespace.to_string(), service.to_string());
+        self.slices_of_service
+            .range((ns.clone(), svc.clone(), String::new())..)
+            .take_while(move |(n, s, _)| *n == ns && *s == svc)
+            .filter_map(|(n, _, name)| self.endpoint_slices.get(&(n.clone(), name.clone())))
+    }
+
+    /// Puts (`Some`) or removes (`None`) the slice `nn`; whether that changed the index.
+    fn put_slice(&mut self, nn: NsName, slice: Option<Arc<EndpointSlice>>) -> bool {
+        if self.endpoint_slices.get(&nn) == slice.as_ref() {
+            return false;
+        }
+        let old = match &slice {
+            Some(new) => self.endpoint_slices.insert(nn.clone(), new.clone()),
+            None => self.endpoint_slices.remove(&nn),
+        };
+        if let Some(svc) = old.as_ref().and_then(|o| o.service_name.as_ref()) {
+            self.slices_of_service
+                .remove(&(nn.0.clone(), svc.clone(), nn.1.clone()));
+        }
+        if let Some(svc) = slice.as_ref().and_then(|s| s.service_name.as_ref()) {
+            self.slices_of_service.insert((nn.0, svc.clone(), nn.1));
+        }
+        true
     }
 
     /// Applies one update; whether the index changed. The index holds only what the plan reads,
@@ -109,8 +148,7 @@ impl Index {
                     }
                     changes.slice(&nn.0, self.endpoint_slices.get(&nn).map(Arc::as_ref));
                     changes.slice(&nn.0, Some(&*slice));
-                    self.endpoint_slices.insert(nn, slice);
-                    true
+                    self.put_slice(nn, Some(slice))
                 }
                 other => {
                     let changed = self.apply(other);
@@ -119,11 +157,9 @@ impl Index {
                 }
             },
             Update::Delete(key) if key.kind == Kind::EndpointSlice => {
-                let old = self
-                    .endpoint_slices
-                    .remove(&(key.namespace.clone(), key.name));
-                changes.slice(&key.namespace, old.as_deref());
-                old.is_some()
+                let nn = (key.namespace, key.name);
+                changes.slice(&nn.0, self.endpoint_slices.get(&nn).map(Arc::as_ref));
+                self.put_slice(nn, None)
             }
             Update::Reset(Kind::EndpointSlice, objects) => {
                 let fresh: BTreeMap<NsName, Arc<EndpointSlice>> = objects
@@ -144,7 +180,7 @@ impl Index {
                     }
                 }
                 let changed = *held != fresh;
-                self.endpoint_slices = fresh;
+                self.set_slices(fresh);
                 changed
             }
             other => {
@@ -169,7 +205,7 @@ impl Index {
             Object::UdpRoute(o) => put(&mut self.udp_routes, nn, o),
             Object::TlsRoute(o) => put(&mut self.tls_routes, nn, o),
             Object::Service(o) => put(&mut self.services, nn, o),
-            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, nn, o),
+            Object::EndpointSlice(o) => self.put_slice(nn, Some(o)),
             Object::ReferenceGrant(o) => put(&mut self.reference_grants, nn, o),
             Object::Namespace(o) => put(&mut self.namespaces, nn.1, o),
             Object::Secret(o) => put(&mut self.secrets, nn, o),
@@ -196,7 +232,7 @@ impl Index {
             Kind::UdpRoute => self.udp_routes.remove(&nn).is_some(),
             Kind::TlsRoute => self.tls_routes.remove(&nn).is_some(),
             Kind::Service => self.services.remove(&nn).is_some(),
-            Kind::EndpointSlice => self.endpoint_slices.remove(&nn).is_some(),
+            Kind::EndpointSlice => self.put_slice(nn, None),
             Kind::ReferenceGrant => self.reference_grants.remove(&nn).is_some(),
             Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
             Kind::Secret => self.secrets.remove(&nn).is_some(),
@@ -217,11 +253,27 @@ impl Index {
             Kind::UdpRoute => swap(&mut self.udp_routes, &mut f.udp_routes),
             Kind::TlsRoute => swap(&mut self.tls_routes, &mut f.tls_routes),
             Kind::Service => swap(&mut self.services, &mut f.services),
-            Kind::EndpointSlice => swap(&mut self.endpoint_slices, &mut f.endpoint_slices),
+            Kind::EndpointSlice => {
+                let changed = self.endpoint_slices != f.endpoint_slices;
+                self.set_slices(std::mem::take(&mut f.endpoint_slices));
+                changed
+            }
             Kind::ReferenceGrant => swap(&mut self.reference_grants, &mut f.reference_grants),
             Kind::Namespace => swap(&mut self.namespaces, &mut f.namespaces),
             Kind::Secret => swap(&mut self.secrets, &mut f.secrets),
         }
+    }
+
+    /// Makes `slices` every EndpointSlice of the index.
+    fn set_slices(&mut self, slices: BTreeMap<NsName, Arc<EndpointSlice>>) {
+        self.slices_of_service = slices
+            .iter()
+            .filter_map(|((ns, name), s)| {
+                let svc = s.service_name.as_ref()?;
+                Some((ns.clone(), svc.clone(), name.clone()))
+            })
+            .collect();
+        self.endpoint_slices = slices;
     }
 
     /// How many objects of each kind the index holds.
@@ -289,6 +341,70 @@ mod tests {
         // A reset of another kind leaves namespaces alone.
         index.reset(Kind::Service, vec![ns("e")]);
         assert_eq!(index.namespaces.len(), 2);
+    }
+
+    fn slice(name: &str, service: Option<&str>) -> Object {
+        Object::EndpointSlice(Arc::new(EndpointSlice {
+            meta: Meta {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Meta::default()
+            },
+            service_name: service.map(Into::into),
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        }))
+    }
+
+    fn slices_of(index: &Index, service: &str) -> Vec<String> {
+        index
+            .slices_of("ns", service)
+            .map(|s| s.meta.name.clone())
+            .collect()
+    }
+
+    /// A Service's slices are found without a walk of every slice: the lookup follows every
+    /// way a slice comes, goes or changes its Service.
+    #[test]
+    fn the_slices_of_a_service_follow_every_update() {
+        let mut index = Index::new();
+        let mut changes = Changes::default();
+        index.apply(slice("a-1", Some("a")));
+        index.update_noting(Update::Apply(Box::new(slice("a-2", Some("a")))), &mut changes);
+        index.apply(slice("b-1", Some("b")));
+        index.apply(slice("orphan", None));
+        assert_eq!(slices_of(&index, "a"), ["a-1", "a-2"]);
+        assert_eq!(slices_of(&index, "b"), ["b-1"]);
+        // Another namespace, and a Service whose name extends another's, stay apart.
+        assert!(index.slices_of("other", "a").next().is_none());
+        assert!(slices_of(&index, "a-").is_empty());
+
+        // A slice relabelled to another Service moves.
+        index.apply(slice("a-2", Some("b")));
+        assert_eq!(slices_of(&index, "a"), ["a-1"]);
+        assert_eq!(slices_of(&index, "b"), ["a-2", "b-1"]);
+        index.update_noting(
+            Update::Delete(ObjectKey::new(Kind::EndpointSlice, "ns", "b-1")),
+            &mut changes,
+        );
+        index.delete(&ObjectKey::new(Kind::EndpointSlice, "ns", "a-1"));
+        assert!(slices_of(&index, "a").is_empty());
+        assert_eq!(slices_of(&index, "b"), ["a-2"]);
+
+        // A relist replaces them all, both ways of applying it.
+        index.update(Update::Reset(
+            Kind::EndpointSlice,
+            vec![slice("c-1", Some("c")), slice("a-9", Some("a"))],
+        ));
+        assert_eq!(slices_of(&index, "a"), ["a-9"]);
+        assert!(slices_of(&index, "b").is_empty());
+        index.update_noting(
+            Update::Reset(Kind::EndpointSlice, vec![slice("b-7", Some("b"))]),
+            &mut changes,
+        );
+        assert!(slices_of(&index, "a").is_empty());
+        assert_eq!(slices_of(&index, "b"), ["b-7"]);
+        assert_eq!(index.endpoint_slices().len(), 1);
     }
 
     /// What the control loop skips builds on: an update that leaves the index as it was.

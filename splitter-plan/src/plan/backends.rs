@@ -1,15 +1,10 @@
 //! backendRef -> [`PlannedBackend`]: kind check, ReferenceGrant check, Service and port
 //! lookup, ready endpoints from the Service's EndpointSlices.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::SocketAddr,
-};
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use super::l7::{BackendProtocol, BackendTarget, InvalidReason, PlannedBackend};
-use crate::model::{
-    BackendRef, EndpointSlice, Index, Service, ServicePort, TargetPort, index::NsName,
-};
+use crate::model::{BackendRef, Index, Service, ServicePort, TargetPort};
 
 /// Why a backendRef did not resolve, for the route's `ResolvedRefs` condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,40 +15,11 @@ pub struct Unresolved {
 
 pub(crate) struct Resolver<'a> {
     index: &'a Index,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
 impl<'a> Resolver<'a> {
     pub fn new(index: &'a Index) -> Self {
-        Self::with_slices(index, |_, _| true)
-    }
-
-    /// A resolver that knows the endpoints of `services` only (an endpoint refresh).
-    pub fn for_services(index: &'a Index, services: &BTreeSet<NsName>) -> Self {
-        // Looked up without allocating a key per slice.
-        let wanted: HashMap<&str, BTreeSet<&str>> =
-            services.iter().fold(HashMap::new(), |mut m, (ns, name)| {
-                m.entry(ns.as_str()).or_default().insert(name.as_str());
-                m
-            });
-        Self::with_slices(index, |ns, svc| {
-            wanted.get(ns).is_some_and(|names| names.contains(svc))
-        })
-    }
-
-    fn with_slices(index: &'a Index, keep: impl Fn(&str, &str) -> bool) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for ((ns, _), s) in &index.endpoint_slices {
-            if let Some(svc) = &s.service_name
-                && keep(ns, svc)
-            {
-                slices
-                    .entry((ns.as_str(), svc.as_str()))
-                    .or_default()
-                    .push(s);
-            }
-        }
-        Self { index, slices }
+        Self { index }
     }
 
     /// Resolves one backendRef of a route of kind `route_kind` in `route_ns`.
@@ -160,13 +126,7 @@ impl<'a> Resolver<'a> {
     /// deduplicated (a pod can sit in two slices while they are rebalanced) and sorted.
     pub fn ready_endpoints(&self, svc: &Service, sp: &ServicePort) -> Vec<SocketAddr> {
         let mut out = BTreeSet::new();
-        let Some(slices) = self
-            .slices
-            .get(&(svc.meta.namespace.as_str(), svc.meta.name.as_str()))
-        else {
-            return Vec::new();
-        };
-        for s in slices {
+        for s in self.index.slices_of(&svc.meta.namespace, &svc.meta.name) {
             let port = match s
                 .ports
                 .iter()

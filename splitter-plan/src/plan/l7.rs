@@ -110,6 +110,17 @@ pub struct PlannedBackend {
     pub protocol: BackendProtocol,
 }
 
+impl PlannedBackend {
+    /// `(namespace, name)` of the Service, when the ref resolved to one.
+    pub fn service(&self) -> Option<(&str, &str)> {
+        if matches!(self.target, BackendTarget::Invalid(_)) {
+            return None;
+        }
+        let (service, _port) = self.name.rsplit_once(':')?;
+        service.split_once('/')
+    }
+}
+
 /// The protocol the proxy speaks to a backend (GEP-1911).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum BackendProtocol {

@@ -18,7 +18,7 @@ use std::{
 use super::{
     backends::Resolver,
     l7::{BackendTarget, L7Route, L7RouteTable, PlannedBackend},
-    listener::{ListenerPlan, Plan, PlanConfig},
+    listener::{L4Plan, ListenerPlan, Plan, PlanConfig},
     passthrough::PassthroughTable,
     table,
 };
@@ -39,17 +39,9 @@ pub fn refresh_endpoints(
         index,
         services: services
             .iter()
-            .map(|(ns, name)| (ns.as_str(), name.as_str()))
+            .map(|(ns, name)| format!("{ns}/{name}"))
             .collect(),
-        prefixes: if services.len() <= 8 {
-            services
-                .iter()
-                .map(|(ns, name)| format!("{ns}/{name}:"))
-                .collect()
-        } else {
-            Vec::new()
-        },
-        resolver: Resolver::for_services(index, services),
+        resolver: Resolver::new(index),
     };
     let mut changed = false;
     let mut listeners = Vec::with_capacity(previous.listeners.len());
@@ -61,35 +53,15 @@ pub fn refresh_endpoints(
                     l7: Arc::new(t),
                 })
             }
-            ListenerPlan::L4 { listener, l4 } => {
-                refresher
-                    .backends(&l4.backends)
-                    .ok()?
-                    .map(|backends| ListenerPlan::L4 {
-                        listener: listener.clone(),
-                        l4: table::l4_plan(
-                            l4.route.clone(),
-                            backends,
-                            config.maglev_m,
-                            Some(&l4.table),
-                        ),
-                    })
-            }
+            ListenerPlan::L4 { listener, l4 } => refresher.l4(l4, config).ok()?.map(|l4| {
+                ListenerPlan::L4 {
+                    listener: listener.clone(),
+                    l4,
+                }
+            }),
         };
         changed |= next.is_some();
         listeners.push(next.unwrap_or_else(|| l.clone()));
-    }
-    // Node names are read from every slice (the first slice wins an address), as `build`
-    // does: any slice can move an address of a table to another node.
-    if listeners.iter().any(|l| l.l4().is_some()) {
-        table::place_endpoints(index, &mut listeners);
-        changed |= listeners
-            .iter()
-            .zip(&previous.listeners)
-            .any(|(l, before)| match (l.l4(), before.l4()) {
-                (Some(now), Some(old)) => now.endpoint_nodes != old.endpoint_nodes,
-                _ => false,
-            });
     }
     if !changed {
         return Some((previous.clone(), false));
@@ -108,10 +80,9 @@ pub fn refresh_endpoints(
 
 struct Refresher<'a> {
     index: &'a Index,
-    /// Borrowed, so that the check of every backend of every route allocates nothing.
-    services: HashSet<(&'a str, &'a str)>,
-    /// `namespace/name:` of each Service, when there are few.
-    prefixes: Vec<String>,
+    /// `namespace/name` of each refreshed Service: every backend of every route is checked
+    /// against it, by one hash of the Service part of its name.
+    services: HashSet<String>,
     resolver: Resolver<'a>,
 }
 
@@ -168,6 +139,31 @@ impl Refresher<'_> {
         Ok(routes.map(|routes| PassthroughTable { routes }))
     }
 
+    /// The L4 plan with its backends re-read, its table made again when they changed and its
+    /// endpoints placed again when it names a refreshed Service (a slice can move an endpoint
+    /// to another node without changing it); `None` when nothing changed.
+    fn l4(&self, l4: &L4Plan, config: &PlanConfig) -> Result<Option<L4Plan>, Declined> {
+        let mut next = match self.backends(&l4.backends)? {
+            Some(backends) => table::l4_plan(
+                l4.route.clone(),
+                backends,
+                config.maglev_m,
+                Some(&l4.table),
+            ),
+            None if l4.backends.iter().any(|b| self.refreshed(b)) => l4.clone(),
+            None => return Ok(None),
+        };
+        table::place(self.index, &mut next);
+        Ok((next != *l4).then_some(next))
+    }
+
+    fn refreshed(&self, b: &PlannedBackend) -> bool {
+        b.service().is_some_and(|(ns, svc)| {
+            let service = &b.name[..ns.len() + 1 + svc.len()];
+            self.services.contains(service)
+        })
+    }
+
     /// The backends with their endpoints re-read; `None` when none changed.
     fn backends(
         &self,
@@ -200,16 +196,11 @@ impl Refresher<'_> {
     /// The ready endpoints of the resolved backend `name` (`namespace/name:port`) when its
     /// Service is one of those refreshed.
     fn endpoints(&self, name: &str) -> Option<Vec<std::net::SocketAddr>> {
-        // Most refreshes are of a few Services, and every backend of every route is checked:
-        // a comparison of prefixes rules out almost all of them before anything is parsed.
-        if !self.prefixes.is_empty() && !self.prefixes.iter().any(|p| name.starts_with(p)) {
-            return None;
-        }
         let (service, port) = name.rsplit_once(':')?;
-        let (ns, svc) = service.split_once('/')?;
-        if !self.services.contains(&(ns, svc)) {
+        if !self.services.contains(service) {
             return None;
         }
+        let (ns, svc) = service.split_once('/')?;
         let port: u16 = port.parse().ok()?;
         let s = self
             .index

@@ -427,29 +427,6 @@ fn family_table(
     maglev::build(m, &shares, previous)
 }
 
-/// The node of each of the endpoint addresses `wanted` whose EndpointSlice names one (an
-/// endpoint's first address: the only one a table can hold). A pod
-/// address is on one node; should two slices disagree (a pod moving while slices are
-/// rebalanced), the first slice in index order wins, the same on every node. Only the
-/// addresses the kernel's tables name are wanted: a cluster's slices name tens of thousands,
-/// and a map of them all, made on every endpoint refresh, cost more than the refresh.
-fn endpoint_nodes<'a>(index: &'a Index, wanted: &BTreeSet<IpAddr>) -> HashMap<IpAddr, &'a str> {
-    let mut nodes = HashMap::new();
-    if wanted.is_empty() {
-        return nodes;
-    }
-    for slice in index.endpoint_slices.values() {
-        for e in &slice.endpoints {
-            if let (Some(ip), Some(node)) = (e.address, &e.node_name)
-                && wanted.contains(&ip)
-            {
-                nodes.entry(ip).or_insert(node.as_str());
-            }
-        }
-    }
-    nodes
-}
-
 /// The addresses of the endpoints `l4`'s tables name.
 fn table_ips(l4: &L4Plan) -> impl Iterator<Item = IpAddr> + '_ {
     l4.table
@@ -462,19 +439,35 @@ fn table_ips(l4: &L4Plan) -> impl Iterator<Item = IpAddr> + '_ {
         })
 }
 
-/// Records in each L4 listener of `listeners` the nodes of the endpoints its table names.
+/// Records in `l4` the node of each endpoint its tables name, from the EndpointSlices of its
+/// backends' Services (an endpoint's first address: the only one a table can hold). A pod
+/// address is on one node; should two slices disagree (a pod moving while slices are
+/// rebalanced), the first backend's Service, then its first slice by name, wins, the same on
+/// every node. Only the listener's own Services are read, as kube-proxy reads a Service's own
+/// slices: the node of its endpoints changes only with their slices, so an endpoint refresh
+/// places only the listeners of the Services it re-read.
+pub(crate) fn place(index: &Index, l4: &mut L4Plan) {
+    let wanted: BTreeSet<IpAddr> = table_ips(l4).collect();
+    let mut nodes = BTreeMap::new();
+    if !wanted.is_empty() {
+        for (ns, svc) in l4.backends.iter().filter_map(PlannedBackend::service) {
+            for e in index.slices_of(ns, svc).flat_map(|s| &s.endpoints) {
+                if let (Some(ip), Some(node)) = (e.address, &e.node_name)
+                    && wanted.contains(&ip)
+                {
+                    nodes.entry(ip).or_insert_with(|| node.clone());
+                }
+            }
+        }
+    }
+    l4.endpoint_nodes = nodes;
+}
+
+/// [`place`] for every L4 listener of `listeners`.
 pub(crate) fn place_endpoints(index: &Index, listeners: &mut [ListenerPlan]) {
-    let wanted = listeners
-        .iter()
-        .filter_map(ListenerPlan::l4)
-        .flat_map(table_ips)
-        .collect();
-    let nodes = endpoint_nodes(index, &wanted);
     for l in listeners {
         if let ListenerPlan::L4 { l4, .. } = l {
-            l4.endpoint_nodes = table_ips(l4)
-                .filter_map(|ip| nodes.get(&ip).map(|n| (ip, (*n).to_string())))
-                .collect();
+            place(index, l4);
         }
     }
 }

@@ -74,7 +74,7 @@ enum Event {
         service: usize,
         slot: usize,
     },
-    /// A slice of no Service: its nodes still count.
+    /// A slice of no Service: nothing in the plan reads it, so it changes nothing.
     Orphan {
         endpoints: Vec<(u8, bool, u8)>,
     },
