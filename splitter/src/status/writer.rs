@@ -11,7 +11,7 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, Client,
+    Client, Resource,
     api::{DynamicObject, Patch, PatchParams},
 };
 use serde_json::Value;
@@ -209,14 +209,18 @@ pub async fn apply(client: &Client, patch: &StatusPatch) -> Result<(), StatusErr
         .filter(|_| access::STATUS_WRITTEN.contains(&key.kind))
         .ok_or_else(|| StatusError::Kind { key: key.clone() })?;
     let ar = resource.api_resource();
-    let api: Api<DynamicObject> = if key.namespace.is_empty() {
-        Api::all_with(client.clone(), &ar)
-    } else {
-        Api::namespaced_with(client.clone(), &key.namespace, &ar)
-    };
+    let namespace = (!key.namespace.is_empty()).then_some(key.namespace.as_str());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let body = Patch::Apply(&patch.body);
-    let call = api.patch_status(&key.name, &params, &body);
+    let request = kube::core::Request::new(DynamicObject::url_path(&ar, namespace))
+        .patch_subresource("status", &key.name, &params, &body)
+        .map_err(|e| StatusError::Patch {
+            key: key.clone(),
+            source: kube::Error::BuildRequest(e),
+        })?;
+    // The answer is the whole object, which the watch brings anyway: checked to be JSON,
+    // not built into a tree that nothing reads (at start, one per route).
+    let call = client.request::<serde::de::IgnoredAny>(request);
     match tokio::time::timeout(WRITE_TIMEOUT, call).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(source)) => Err(StatusError::Patch {
