@@ -370,7 +370,10 @@ mod tests {
         let mut index = Index::new();
         let mut changes = Changes::default();
         index.apply(slice("a-1", Some("a")));
-        index.update_noting(Update::Apply(Box::new(slice("a-2", Some("a")))), &mut changes);
+        index.update_noting(
+            Update::Apply(Box::new(slice("a-2", Some("a")))),
+            &mut changes,
+        );
         index.apply(slice("b-1", Some("b")));
         index.apply(slice("orphan", None));
         assert_eq!(slices_of(&index, "a"), ["a-1", "a-2"]);

@@ -53,12 +53,12 @@ pub fn refresh_endpoints(
                     l7: Arc::new(t),
                 })
             }
-            ListenerPlan::L4 { listener, l4 } => refresher.l4(l4, config).ok()?.map(|l4| {
-                ListenerPlan::L4 {
+            ListenerPlan::L4 { listener, l4 } => {
+                refresher.l4(l4, config).ok()?.map(|l4| ListenerPlan::L4 {
                     listener: listener.clone(),
                     l4,
-                }
-            }),
+                })
+            }
         };
         changed |= next.is_some();
         listeners.push(next.unwrap_or_else(|| l.clone()));
@@ -144,12 +144,9 @@ impl Refresher<'_> {
     /// to another node without changing it); `None` when nothing changed.
     fn l4(&self, l4: &L4Plan, config: &PlanConfig) -> Result<Option<L4Plan>, Declined> {
         let mut next = match self.backends(&l4.backends)? {
-            Some(backends) => table::l4_plan(
-                l4.route.clone(),
-                backends,
-                config.maglev_m,
-                Some(&l4.table),
-            ),
+            Some(backends) => {
+                table::l4_plan(l4.route.clone(), backends, config.maglev_m, Some(&l4.table))
+            }
             None if l4.backends.iter().any(|b| self.refreshed(b)) => l4.clone(),
             None => return Ok(None),
         };

@@ -256,16 +256,26 @@ fn observe(resource: &Resource, o: &DynamicObject) -> Option<(ObjectKey, Arc<Obs
 }
 
 /// A watched object through the model's parser. List items carry no `apiVersion`/`kind`, so
-/// they are set from the resource that was watched.
+/// they are set from the resource that was watched. The object's fields are moved into the
+/// parser's input, not copied; its status (the statuses the writer needs are taken by
+/// [`observe`] first) and managed fields are read by nothing in the plan and are left out.
 fn convert(resource: &Resource, o: DynamicObject) -> Result<Object, ModelError> {
     let label = key_of(resource, &o).to_string();
-    let mut value = serde_json::to_value(o)
-        .map_err(|e| ModelError::new(&label, "", format!("not serialisable: {e}")))?;
-    if let Value::Object(map) = &mut value {
-        map.insert("apiVersion".into(), resource.api_version().into());
-        map.insert("kind".into(), resource.kind.as_str().into());
-    }
-    match parse::parse(value)? {
+    let DynamicObject {
+        mut metadata, data, ..
+    } = o;
+    metadata.managed_fields = None;
+    let mut map = match data {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    map.remove("status");
+    let metadata = serde_json::to_value(metadata)
+        .map_err(|e| ModelError::new(&label, "metadata", format!("not serialisable: {e}")))?;
+    map.insert("metadata".into(), metadata);
+    map.insert("apiVersion".into(), resource.api_version().into());
+    map.insert("kind".into(), resource.kind.as_str().into());
+    match parse::parse(Value::Object(map))? {
         Parsed::Object(o) => Ok(*o),
         Parsed::Skipped { kind, .. } => Err(ModelError::new(
             label,
@@ -430,5 +440,28 @@ mod tests {
         let batch = state.event(svc, watcher::Event::InitDone);
         assert!(matches!(&batch[..], [Update::Reset(Kind::Service, v)] if v.len() == 1));
         assert!(state.event(svc, watcher::Event::Apply(bad)).is_empty());
+    }
+
+    /// What the plan reads of an object is the same with or without its status and managed
+    /// fields (which `convert` leaves out), and a malformed status does not spoil it.
+    #[test]
+    fn an_objects_status_and_managed_fields_do_not_reach_the_model() {
+        let svc = resource(Kind::Service);
+        let plain = convert(svc, service("s")).expect("converts");
+        let mut busy = service("s");
+        busy.data["status"] = json!({"loadBalancer": "not even the right shape"});
+        busy.metadata.managed_fields = Some(vec![Default::default()]);
+        busy.metadata.labels = plain_labels();
+        let mut expected = service("s");
+        expected.metadata.labels = plain_labels();
+        assert_eq!(
+            convert(svc, busy).expect("converts"),
+            convert(svc, expected).expect("converts")
+        );
+        assert!(matches!(plain, Object::Service(_)));
+    }
+
+    fn plain_labels() -> Option<std::collections::BTreeMap<String, String>> {
+        Some([("app".to_string(), "x".to_string())].into())
     }
 }
