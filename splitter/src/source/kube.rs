@@ -461,7 +461,7 @@ mod tests {
         assert!(matches!(plain, Object::Service(_)));
     }
 
-    fn plain_labels() -> Option<std::collections::BTreeMap<String, String>> {
+    fn plain_labels() -> Option<BTreeMap<String, String>> {
         Some([("app".to_string(), "x".to_string())].into())
     }
 }
