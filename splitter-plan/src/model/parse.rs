@@ -4,7 +4,7 @@
 //! `serde_path_to_error` so a wrong field is named by its path, and then the converters apply
 //! CRD defaults and validation.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -131,6 +131,7 @@ pub fn parse(value: Value) -> Result<Parsed, ModelError> {
         return Err(ModelError::new(id, "metadata.name", "missing"));
     }
     let meta = meta(
+        kind,
         raw_meta,
         if kind.is_namespaced() {
             ns
@@ -227,13 +228,20 @@ fn typed<T: DeserializeOwned>(value: Value, id: &str, prefix: &str) -> Result<T,
     })
 }
 
-fn meta(m: ObjectMeta, namespace: String) -> Meta {
+fn meta(kind: Kind, m: ObjectMeta, namespace: String) -> Meta {
+    // Labels are read on Namespaces (a listener's `allowedRoutes` selector) and for an
+    // EndpointSlice's Service, which its conversion takes out; a cluster labels everything
+    // (app, chart, team), and held for every object they would be a small map each.
+    let labels = match kind {
+        Kind::Namespace | Kind::EndpointSlice => m.labels.unwrap_or_default(),
+        _ => BTreeMap::new(),
+    };
     Meta {
         namespace,
         name: m.name.unwrap_or_default(),
         generation: m.generation.unwrap_or(1),
         created: m.creation_timestamp.map(|t| t.0.as_second()),
-        labels: m.labels.unwrap_or_default(),
+        labels,
         // Only the annotations the plan reads: the others (kubectl's last-applied copy of the
         // whole object among them) would double the index's memory and make a change to them
         // look like a change to the plan's input.
@@ -336,5 +344,36 @@ mod tests {
             g.meta.annotations.clone().into_iter().collect::<Vec<_>>(),
             [("splitter.dev/dataplane".to_string(), "l7".to_string())]
         );
+    }
+
+    /// Labels are kept where the plan reads them (a Namespace's, for `allowedRoutes`
+    /// selectors) and dropped elsewhere, an EndpointSlice's once its Service is read from them:
+    /// a relabelled object is no change to the plan's input.
+    #[test]
+    fn labels_are_kept_only_where_the_plan_reads_them() {
+        let object = |yaml: &str| match parse_yaml(yaml).unwrap() {
+            Parsed::Object(o) => *o,
+            Parsed::Skipped { .. } => panic!("skipped"),
+        };
+        let labelled = "metadata: {name: x, namespace: ns, labels: {team: a, kubernetes.io/service-name: svc}}";
+        let Object::Namespace(n) =
+            object("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns, labels: {team: a}}\n")
+        else {
+            panic!()
+        };
+        assert_eq!(n.meta.labels.get("team").map(String::as_str), Some("a"));
+        let Object::Service(svc) = object(&format!(
+            "apiVersion: v1\nkind: Service\n{labelled}\nspec: {{ports: [{{port: 80}}]}}\n"
+        )) else {
+            panic!()
+        };
+        assert!(svc.meta.labels.is_empty(), "{:?}", svc.meta.labels);
+        let Object::EndpointSlice(slice) = object(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n{labelled}\naddressType: IPv4\nendpoints: []\n"
+        )) else {
+            panic!()
+        };
+        assert_eq!(slice.service_name.as_deref(), Some("svc"));
+        assert!(slice.meta.labels.is_empty(), "{:?}", slice.meta.labels);
     }
 }

@@ -101,7 +101,7 @@ pub(crate) fn service(raw: RawService, meta: Meta, id: &str) -> Result<Service, 
 
 pub(crate) fn endpoint_slice(
     raw: RawSlice,
-    meta: Meta,
+    mut meta: Meta,
     id: &str,
 ) -> Result<EndpointSlice, ModelError> {
     let root = FieldPath::root(id, "");
@@ -141,7 +141,8 @@ pub(crate) fn endpoint_slice(
             protocol: p.protocol.unwrap_or_else(|| "TCP".to_string()),
         });
     }
-    let service_name = meta.labels.get(SERVICE_NAME_LABEL).cloned();
+    // The only label read; the map goes, not to be held for every slice.
+    let service_name = std::mem::take(&mut meta.labels).remove(SERVICE_NAME_LABEL);
     Ok(EndpointSlice {
         meta,
         service_name,
