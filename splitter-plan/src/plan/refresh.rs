@@ -155,10 +155,10 @@ impl Refresher<'_> {
     }
 
     fn refreshed(&self, b: &PlannedBackend) -> bool {
-        b.service().is_some_and(|(ns, svc)| {
-            let service = &b.name[..ns.len() + 1 + svc.len()];
-            self.services.contains(service)
-        })
+        b.service().is_some()
+            && b.name
+                .rsplit_once(':')
+                .is_some_and(|(service, _)| self.services.contains(service))
     }
 
     /// The backends with their endpoints re-read; `None` when none changed.
