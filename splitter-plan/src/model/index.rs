@@ -66,10 +66,10 @@ pub struct Index {
     /// Private, so that every change goes through [`Self::put_slice`], which keeps
     /// `slices_of_service` in step; read with [`Self::endpoint_slices`] and [`Self::slices_of`].
     endpoint_slices: BTreeMap<NsName, Arc<EndpointSlice>>,
-    /// `(namespace, Service, slice name)` of every slice that names a Service: the slices of
+    /// Every slice that names a Service, by `(namespace, Service, slice name)`: the slices of
     /// one Service without a walk of the cluster's (an endpoint refresh reads a few Services'
     /// slices among thousands).
-    slices_of_service: BTreeSet<(String, String, String)>,
+    slices_of_service: BTreeMap<(String, String, String), Arc<EndpointSlice>>,
     pub reference_grants: BTreeMap<NsName, Arc<ReferenceGrant>>,
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     pub secrets: BTreeMap<NsName, Arc<Secret>>,
@@ -103,8 +103,8 @@ impl Index {
         let (ns, svc) = (namespace.to_string(), service.to_string());
         self.slices_of_service
             .range((ns.clone(), svc.clone(), String::new())..)
-            .take_while(move |(n, s, _)| *n == ns && *s == svc)
-            .filter_map(|(n, _, name)| self.endpoint_slices.get(&(n.clone(), name.clone())))
+            .take_while(move |((n, s, _), _)| *n == ns && *s == svc)
+            .map(|(_, slice)| slice)
     }
 
     /// Puts (`Some`) or removes (`None`) the slice `nn`; whether that changed the index.
@@ -120,8 +120,10 @@ impl Index {
             self.slices_of_service
                 .remove(&(nn.0.clone(), svc.clone(), nn.1.clone()));
         }
-        if let Some(svc) = slice.as_ref().and_then(|s| s.service_name.as_ref()) {
-            self.slices_of_service.insert((nn.0, svc.clone(), nn.1));
+        if let Some(s) = slice
+            && let Some(svc) = s.service_name.clone()
+        {
+            self.slices_of_service.insert((nn.0, svc, nn.1), s);
         }
         true
     }
@@ -269,8 +271,8 @@ impl Index {
         self.slices_of_service = slices
             .iter()
             .filter_map(|((ns, name), s)| {
-                let svc = s.service_name.as_ref()?;
-                Some((ns.clone(), svc.clone(), name.clone()))
+                let svc = s.service_name.clone()?;
+                Some(((ns.clone(), svc, name.clone()), s.clone()))
             })
             .collect();
         self.endpoint_slices = slices;

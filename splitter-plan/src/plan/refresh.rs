@@ -41,7 +41,6 @@ pub fn refresh_endpoints(
             .iter()
             .map(|(ns, name)| format!("{ns}/{name}"))
             .collect(),
-        resolver: Resolver::new(index),
     };
     let mut changed = false;
     let mut listeners = Vec::with_capacity(previous.listeners.len());
@@ -83,7 +82,6 @@ struct Refresher<'a> {
     /// `namespace/name` of each refreshed Service: every backend of every route is checked
     /// against it, by one hash of the Service part of its name.
     services: HashSet<String>,
-    resolver: Resolver<'a>,
 }
 
 impl Refresher<'_> {
@@ -204,6 +202,6 @@ impl Refresher<'_> {
             .services
             .get(&(ns.to_string(), svc.to_string()))?;
         let sp = s.ports.iter().find(|p| p.port == port)?;
-        Some(self.resolver.ready_endpoints(s, sp))
+        Some(Resolver::new(self.index).ready_endpoints(s, sp))
     }
 }

@@ -250,10 +250,7 @@ impl Store {
         part: Part,
         patch: &Value,
     ) -> Result<(Value, Option<Event>), Failure> {
-        let old = self.get(id, ns, name)?;
-        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
-            self.check_version(id, name, &old, rv)?;
-        }
+        let old = self.get_if_current(id, ns, name, patch)?;
         let mut new = old.clone();
         match part {
             Part::Status => {
@@ -284,10 +281,7 @@ impl Store {
         name: &str,
         body: &Value,
     ) -> Result<(Value, Option<Event>), Failure> {
-        let old = self.get(id, ns, name)?;
-        if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
-            self.check_version(id, name, &old, rv)?;
-        }
+        let old = self.get_if_current(id, ns, name, body)?;
         let mut new = old.clone();
         if !new["status"].is_object() {
             new["status"] = json!({});
@@ -305,6 +299,22 @@ impl Store {
         old["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let event = self.record(id, "DELETED", old.clone());
         Ok((old, event))
+    }
+
+    /// The object, when `body` names no resourceVersion or names its current one (a
+    /// precondition, as on the real server).
+    fn get_if_current(
+        &self,
+        id: &str,
+        ns: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Value, Failure> {
+        let old = self.get(id, ns, name)?;
+        if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
+            self.check_version(id, name, &old, rv)?;
+        }
+        Ok(old)
     }
 
     fn check_version(&self, id: &str, name: &str, old: &Value, rv: &str) -> Result<(), Failure> {
