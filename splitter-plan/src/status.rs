@@ -11,7 +11,11 @@
 //! - our entries for parents the route no longer has are removed;
 //! - nothing is patched when the observed status already says what we would write.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use serde_json::{Map, Value, json};
 
@@ -128,7 +132,7 @@ pub fn gateway_patches(
         let seen = &Seen::of(seen);
         let status =
             json!({ "conditions": conditions(&c.conditions, field(seen, "conditions"), ctx.now) });
-        push(&mut out, key, seen, status, false);
+        out.extend(patch(key, seen, status, false));
     }
     let gateways = match ctx.node {
         Some(report) => applied::gateway_statuses(plan, report),
@@ -185,7 +189,7 @@ pub fn gateway_patches(
             );
         }
         status.insert("listeners".into(), Value::Array(listeners));
-        push(&mut out, key, seen, Value::Object(status), false);
+        out.extend(patch(key, seen, Value::Object(status), false));
     }
     out
 }
@@ -195,49 +199,48 @@ pub fn gateway_patches(
 /// caller holding both unchanged since its last pass (the plan of an endpoint refresh shares
 /// its route statuses) need not make them again: at ten thousand routes that is the costly
 /// part.
-pub fn route_patches(
-    plan: &Plan,
-    observed: &Observed,
-    ctx: &StatusContext<'_>,
-) -> Vec<StatusPatch> {
-    let mut out = Vec::new();
-    let mut planned = std::collections::BTreeSet::new();
-    for r in plan.routes.iter() {
-        let key = r.route.clone();
-        planned.insert(key.clone());
-        let Some(seen) = observed.get(&key) else {
-            continue;
-        };
-        let seen = &Seen::of(seen);
+///
+/// Made one at a time as the caller asks for them, not all before the first is written: the
+/// first pass at 10k routes patches every route, and ten thousand patch documents held at once
+/// (a JSON tree each) left the allocator's pages pinned by the long-lived data allocated among
+/// them meanwhile.
+pub fn route_patches<'a>(
+    plan: &'a Plan,
+    observed: &'a Observed,
+    ctx: &'a StatusContext<'a>,
+) -> impl Iterator<Item = StatusPatch> + 'a {
+    let planned: HashSet<&ObjectKey> = plan.routes.iter().map(|r| &r.route).collect();
+    let ours = plan.routes.iter().filter_map(move |r| {
+        let seen = &Seen::of(observed.get(&r.route)?);
         let parents = route_parents(&r.parents, seen, ctx);
-        push(&mut out, key, seen, json!({ "parents": parents }), true);
-    }
+        patch(r.route.clone(), seen, json!({ "parents": parents }), true)
+    });
     // Routes that no longer reach any of our Gateways: take our entries out.
-    for (key, seen) in observed {
-        if !matches!(
-            key.kind,
-            Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::UdpRoute | Kind::TlsRoute
-        ) || planned.contains(key)
-        {
-            continue;
-        }
-        let seen = &Seen::of(seen);
-        let ours = field(seen, "parents").as_array().is_some_and(|ps| {
-            ps.iter()
-                .any(|p| p["controllerName"] == ctx.controller_name)
-        });
-        if ours {
+    let gone = observed
+        .iter()
+        .filter(move |(key, _)| {
+            matches!(
+                key.kind,
+                Kind::HttpRoute
+                    | Kind::GrpcRoute
+                    | Kind::TcpRoute
+                    | Kind::UdpRoute
+                    | Kind::TlsRoute
+            ) && !planned.contains(key)
+        })
+        .filter_map(move |(key, seen)| {
+            let seen = &Seen::of(seen);
+            let ours = field(seen, "parents").as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["controllerName"] == ctx.controller_name)
+            });
+            if !ours {
+                return None;
+            }
             let parents = route_parents(&[], seen, ctx);
-            push(
-                &mut out,
-                key.clone(),
-                seen,
-                json!({ "parents": parents }),
-                true,
-            );
-        }
-    }
-    out
+            patch(key.clone(), seen, json!({ "parents": parents }), true)
+        });
+    ours.chain(gone)
 }
 
 /// Other controllers' entries as observed, then ours as planned.
@@ -314,16 +317,15 @@ fn field<'s>(seen: &'s Seen<'_>, name: &str) -> &'s Value {
 }
 
 /// Adds the patch unless every field we own already reads as we would write it.
-fn push(out: &mut Vec<StatusPatch>, key: ObjectKey, seen: &Seen<'_>, status: Value, guard: bool) {
+/// The apply of `status` to `key`, unless the observed status already says it.
+fn patch(key: ObjectKey, seen: &Seen<'_>, status: Value, guard: bool) -> Option<StatusPatch> {
     let unchanged = status
         .as_object()
         .is_some_and(|m| m.iter().all(|(k, v)| seen.status.get(k) == Some(v)));
     if unchanged {
-        return;
+        return None;
     }
-    let Some(resource) = access::watched(key.kind) else {
-        return;
-    };
+    let resource = access::watched(key.kind)?;
     let mut metadata = json!({ "name": key.name });
     if !key.namespace.is_empty() {
         metadata["namespace"] = json!(key.namespace);
@@ -331,7 +333,7 @@ fn push(out: &mut Vec<StatusPatch>, key: ObjectKey, seen: &Seen<'_>, status: Val
     if guard && let Some(rv) = seen.resource_version {
         metadata["resourceVersion"] = json!(rv);
     }
-    out.push(StatusPatch {
+    Some(StatusPatch {
         body: json!({
             "apiVersion": resource.api_version(),
             "kind": key.kind.as_str(),
@@ -339,5 +341,5 @@ fn push(out: &mut Vec<StatusPatch>, key: ObjectKey, seen: &Seen<'_>, status: Val
             "status": status,
         }),
         key,
-    });
+    })
 }

@@ -147,12 +147,15 @@ pub async fn run(
             let routes_same = routes_done
                 .as_ref()
                 .is_some_and(|(r, o)| Arc::ptr_eq(r, &plan.routes) && Arc::ptr_eq(o, &seen));
-            let mut all = status::gateway_patches(&plan, &seen, &ctx);
-            if !routes_same {
-                all.extend(status::route_patches(&plan, &seen, &ctx));
-            }
+            let routes = (!routes_same)
+                .then(|| status::route_patches(&plan, &seen, &ctx))
+                .into_iter()
+                .flatten();
             let mut failed = false;
-            for p in all {
+            for p in status::gateway_patches(&plan, &seen, &ctx)
+                .into_iter()
+                .chain(routes)
+            {
                 let fingerprint = fingerprint(&p.body);
                 if applied.get(&p.key) == Some(&fingerprint) {
                     continue;

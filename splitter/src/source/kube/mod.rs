@@ -7,34 +7,35 @@
 //! kind. Nothing is sent until every kind has finished its first list: a plan built from
 //! Gateways without their routes would program empty listeners and report `attachedRoutes: 0`.
 //!
-//! Objects are watched as `DynamicObject`s and converted by the same [`parse`] the file source
-//! uses, so one invalid object is logged and skipped instead of failing a typed list of its kind.
+//! Objects are converted by the same parser the file source uses as each is decoded
+//! ([`watched`]), so one invalid object is logged and skipped instead of failing a typed list of
+//! its kind, and a relist never holds its objects as JSON.
 //!
 //! [`access::WATCHED`]: splitter_plan::access::WATCHED
+
+mod watched;
+
+pub use watched::Watched;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
 use kube::{
     Api, Client,
-    api::DynamicObject,
     runtime::{WatchStreamExt, watcher},
 };
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use splitter_plan::{
     access::{self, Resource},
-    model::{
-        Kind, ModelError, Object, ObjectKey,
-        index::Update,
-        parse::{self, Parsed},
-    },
-    status::{Observed, ObservedStatus},
+    model::{Kind, Object, index::Update},
+    status::Observed,
 };
+
+use watched::Typed;
 
 /// The watchers' state: buffers of relists in progress, which kinds have been listed once,
 /// the updates held back until all have, and the observed statuses. Pure: events in, updates
@@ -91,11 +92,7 @@ impl WatchState {
 
     /// Takes one watcher event of `resource`'s kind; returns the updates to send now (empty
     /// while the first lists are still running).
-    pub fn event(
-        &mut self,
-        resource: &Resource,
-        event: watcher::Event<DynamicObject>,
-    ) -> Vec<Update> {
+    pub fn event(&mut self, resource: &Resource, event: watcher::Event<Watched>) -> Vec<Update> {
         let kind = resource.kind;
         let update = match event {
             watcher::Event::Init => {
@@ -104,10 +101,10 @@ impl WatchState {
             }
             watcher::Event::InitApply(o) => {
                 let buffer = self.relisting.entry(kind).or_default();
-                if let Some((key, status)) = observe(resource, &o) {
-                    buffer.1.insert(key, status);
+                if let Some((key, status)) = o.status() {
+                    buffer.1.insert(key.clone(), status.clone());
                 }
-                match convert(resource, o) {
+                match o.into_object() {
                     Ok(object) => buffer.0.push(object),
                     Err(e) => tracing::warn!("kube: skipping an invalid object: {e}"),
                 }
@@ -123,13 +120,13 @@ impl WatchState {
                 Some(Update::Reset(kind, objects))
             }
             watcher::Event::Apply(o) => {
-                if let Some((key, status)) = observe(resource, &o)
-                    && self.observed.get(&key) != Some(&status)
+                if let Some((key, status)) = o.status()
+                    && self.observed.get(key) != Some(status)
                 {
-                    self.observed.insert(key, status);
+                    self.observed.insert(key.clone(), status.clone());
                     self.observed_dirty = true;
                 }
-                match convert(resource, o) {
+                match o.into_object() {
                     Ok(object) => Some(Update::Apply(Box::new(object))),
                     // The last good version stays in the index, as with a broken manifest file.
                     Err(e) => {
@@ -139,7 +136,7 @@ impl WatchState {
                 }
             }
             watcher::Event::Delete(o) => {
-                let key = key_of(resource, &o);
+                let key = o.key();
                 self.observed_dirty |= self.observed.remove(&key).is_some();
                 Some(Update::Delete(key))
             }
@@ -166,13 +163,20 @@ pub async fn run(
     updates: mpsc::Sender<Vec<Update>>,
     observed: watch::Sender<Arc<Observed>>,
 ) {
-    let streams = access::WATCHED.iter().map(|resource| {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.api_resource());
-        watcher(api, watch_config(resource))
-            .default_backoff()
-            .map(move |event| (resource, event))
-            .boxed()
-    });
+    let streams = [
+        watch::<0>(&client),
+        watch::<1>(&client),
+        watch::<2>(&client),
+        watch::<3>(&client),
+        watch::<4>(&client),
+        watch::<5>(&client),
+        watch::<6>(&client),
+        watch::<7>(&client),
+        watch::<8>(&client),
+        watch::<9>(&client),
+        watch::<10>(&client),
+        watch::<11>(&client),
+    ];
     let mut events = futures::stream::select_all(streams);
     let mut state = WatchState::new();
     while let Some(first) = events.next().await {
@@ -191,12 +195,41 @@ pub async fn run(
     }
 }
 
+/// One watched kind's events, as [`Typed`]'s type number `R` gives the kind to the decoder.
+type Events = BoxStream<
+    'static,
+    (
+        &'static Resource,
+        Result<watcher::Event<Watched>, watcher::Error>,
+    ),
+>;
+
+// `run` starts one watcher per entry, by number.
+const _: () = assert!(access::WATCHED.len() == 12);
+
+/// The watcher of the `R`th kind of [`access::WATCHED`].
+fn watch<const R: usize>(client: &Client) -> Events {
+    let resource = &access::WATCHED[R];
+    let api: Api<Typed<R>> = Api::all(client.clone());
+    watcher(api, watch_config(resource))
+        .default_backoff()
+        .map(move |event| (resource, event.map(untyped)))
+        .boxed()
+}
+
+fn untyped<const R: usize>(event: watcher::Event<Typed<R>>) -> watcher::Event<Watched> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(Typed(o)) => watcher::Event::InitApply(o),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(Typed(o)) => watcher::Event::Apply(o),
+        watcher::Event::Delete(Typed(o)) => watcher::Event::Delete(o),
+    }
+}
+
 fn handle(
     state: &mut WatchState,
-    (resource, event): (
-        &Resource,
-        Result<watcher::Event<DynamicObject>, watcher::Error>,
-    ),
+    (resource, event): (&Resource, Result<watcher::Event<Watched>, watcher::Error>),
 ) -> Vec<Update> {
     match event {
         Ok(e) => state.event(resource, e),
@@ -228,83 +261,25 @@ pub fn watch_config(resource: &Resource) -> watcher::Config {
     }
 }
 
-fn key_of(resource: &Resource, o: &DynamicObject) -> ObjectKey {
-    let namespace = if resource.kind.is_namespaced() {
-        o.metadata.namespace.clone().unwrap_or_default()
-    } else {
-        String::new()
-    };
-    ObjectKey::new(
-        resource.kind,
-        namespace,
-        o.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-fn observe(resource: &Resource, o: &DynamicObject) -> Option<(ObjectKey, Arc<ObservedStatus>)> {
-    if !access::STATUS_WRITTEN.contains(&resource.kind) {
-        return None;
-    }
-    Some((
-        key_of(resource, o),
-        Arc::new(ObservedStatus::new(
-            o.metadata.generation,
-            o.metadata.resource_version.clone(),
-            o.data.get("status").unwrap_or(&Value::Null),
-        )),
-    ))
-}
-
-/// A watched object through the model's parser. List items carry no `apiVersion`/`kind`, so
-/// they are set from the resource that was watched. The object's fields are moved into the
-/// parser's input, not copied; its status (the statuses the writer needs are taken by
-/// [`observe`] first) and managed fields are read by nothing in the plan and are left out.
-fn convert(resource: &Resource, o: DynamicObject) -> Result<Object, ModelError> {
-    let label = key_of(resource, &o).to_string();
-    let DynamicObject {
-        mut metadata, data, ..
-    } = o;
-    metadata.managed_fields = None;
-    let mut map = match data {
-        Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    };
-    map.remove("status");
-    let metadata = serde_json::to_value(metadata)
-        .map_err(|e| ModelError::new(&label, "metadata", format!("not serialisable: {e}")))?;
-    map.insert("metadata".into(), metadata);
-    map.insert("apiVersion".into(), resource.api_version().into());
-    map.insert("kind".into(), resource.kind.as_str().into());
-    match parse::parse(Value::Object(map))? {
-        Parsed::Object(o) => Ok(*o),
-        Parsed::Skipped { kind, .. } => Err(ModelError::new(
-            label,
-            "kind",
-            format!("{kind} is not a kind the agent reads"),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::api::ObjectMeta;
-    use serde_json::json;
+    use serde_json::{Value, json};
+    use splitter_plan::model::ObjectKey;
 
     fn resource(kind: Kind) -> &'static Resource {
         access::watched(kind).unwrap()
     }
 
-    fn service(name: &str) -> DynamicObject {
-        DynamicObject {
-            types: None,
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("default".into()),
-                ..Default::default()
-            },
-            data: json!({"spec": {"ports": [{"port": 80}]}}),
-        }
+    fn service_json(name: &str) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "spec": {"ports": [{"port": 80}]}
+        })
+    }
+
+    fn service(name: &str) -> Watched {
+        Watched::decode(resource(Kind::Service), service_json(name))
     }
 
     fn list_all_empty_but(state: &mut WatchState, except: Kind) -> Vec<Update> {
@@ -385,19 +360,16 @@ mod tests {
     fn statuses_go_to_the_writer_when_they_change_not_on_every_event() {
         let mut state = WatchState::new();
         let route = resource(Kind::HttpRoute);
-        let http = |rv: &str| DynamicObject {
-            types: None,
-            metadata: ObjectMeta {
-                name: Some("r".into()),
-                namespace: Some("default".into()),
-                resource_version: Some(rv.into()),
-                generation: Some(1),
-                ..Default::default()
-            },
-            data: json!({
-                "spec": {"parentRefs": [{"name": "gw"}]},
-                "status": {"parents": []}
-            }),
+        let http = |rv: &str| {
+            Watched::decode(
+                route,
+                json!({
+                    "metadata": {"name": "r", "namespace": "default", "resourceVersion": rv,
+                                 "generation": 1},
+                    "spec": {"parentRefs": [{"name": "gw"}]},
+                    "status": {"parents": []}
+                }),
+            )
         };
         list_all_empty_but(&mut state, Kind::HttpRoute);
         state.event(route, watcher::Event::Init);
@@ -432,8 +404,9 @@ mod tests {
             state.event(svc, watcher::Event::InitDone).len(),
             access::WATCHED.len()
         );
-        let mut bad = service("bad");
-        bad.data = json!({"spec": {"ports": [{"port": "eighty"}]}});
+        let mut bad = service_json("bad");
+        bad["spec"] = json!({"ports": [{"port": "eighty"}]});
+        let bad = Watched::decode(svc, bad);
         state.event(svc, watcher::Event::Init);
         state.event(svc, watcher::Event::InitApply(bad.clone()));
         state.event(svc, watcher::Event::InitApply(service("good")));
@@ -443,25 +416,69 @@ mod tests {
     }
 
     /// What the plan reads of an object is the same with or without its status and managed
-    /// fields (which `convert` leaves out), and a malformed status does not spoil it.
+    /// fields (which `decode` leaves out), and a malformed status does not spoil it.
     #[test]
     fn an_objects_status_and_managed_fields_do_not_reach_the_model() {
         let svc = resource(Kind::Service);
-        let plain = convert(svc, service("s")).expect("converts");
-        let mut busy = service("s");
-        busy.data["status"] = json!({"loadBalancer": "not even the right shape"});
-        busy.metadata.managed_fields = Some(vec![Default::default()]);
-        busy.metadata.labels = plain_labels();
-        let mut expected = service("s");
-        expected.metadata.labels = plain_labels();
+        let plain = service("s").into_object().expect("converts");
+        let mut busy = service_json("s");
+        busy["status"] = json!({"loadBalancer": "not even the right shape"});
+        busy["metadata"]["managedFields"] = json!([{"manager": "kubectl", "fieldsV1": {}}]);
+        busy["metadata"]["labels"] = json!({"app": "x"});
+        let mut expected = service_json("s");
+        expected["metadata"]["labels"] = json!({"app": "x"});
         assert_eq!(
-            convert(svc, busy).expect("converts"),
-            convert(svc, expected).expect("converts")
+            Watched::decode(svc, busy).into_object().expect("converts"),
+            Watched::decode(svc, expected)
+                .into_object()
+                .expect("converts")
         );
         assert!(matches!(plain, Object::Service(_)));
     }
 
-    fn plain_labels() -> Option<BTreeMap<String, String>> {
-        Some([("app".to_string(), "x".to_string())].into())
+    /// A list is decoded straight into model objects, kind and all, although its items name no
+    /// kind; an item the parser refuses is kept as refused (its key still known, for a later
+    /// delete) instead of failing the list.
+    #[test]
+    fn a_list_is_decoded_into_model_objects_and_one_bad_item_does_not_fail_it() {
+        let index = access::WATCHED
+            .iter()
+            .position(|r| r.kind == Kind::HttpRoute)
+            .expect("watched");
+        assert_eq!(index, 2, "the test's type number");
+        let route = |name: &str, port: Value| {
+            json!({
+                "metadata": {"name": name, "namespace": "apps", "resourceVersion": "7"},
+                "spec": {"parentRefs": [{"name": "gw"}],
+                         "rules": [{"backendRefs": [{"name": "echo", "port": port}]}]},
+                "status": {"parents": []}
+            })
+        };
+        let text = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRouteList",
+            "metadata": {"resourceVersion": "9"},
+            "items": [route("good", json!(80)), route("bad", json!("eighty"))]
+        })
+        .to_string();
+        let list: kube::core::ObjectList<Typed<2>> =
+            serde_json::from_str(&text).expect("the list decodes");
+        assert_eq!(list.metadata.resource_version.as_deref(), Some("9"));
+        let [Typed(good), Typed(bad)] = <[_; 2]>::try_from(list.items).expect("two items");
+        assert_eq!(
+            kube::Resource::meta(&Typed::<2>(good.clone()))
+                .resource_version
+                .as_deref(),
+            Some("7")
+        );
+        assert!(good.status().is_some(), "an HTTPRoute's status is observed");
+        match good.into_object() {
+            Ok(Object::HttpRoute(r)) => {
+                assert_eq!(r.key(), ObjectKey::new(Kind::HttpRoute, "apps", "good"))
+            }
+            other => panic!("not an HTTPRoute: {other:?}"),
+        }
+        assert_eq!(bad.key(), ObjectKey::new(Kind::HttpRoute, "apps", "bad"));
+        let error = bad.into_object().expect_err("refused").to_string();
+        assert!(error.contains("port"), "{error}");
     }
 }
