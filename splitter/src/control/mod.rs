@@ -22,7 +22,6 @@ use tokio::{
 mod planner;
 
 use crate::health::{HEARTBEAT_EVERY, Heartbeat};
-use crate::heap::Generations;
 use planner::{Planner, ThreadCpu};
 
 use splitter_plan::{
@@ -346,8 +345,6 @@ async fn plan_off_runtime(
         .run(move || {
             let started = std::time::Instant::now();
             let cpu = ThreadCpu::start();
-            // A refresh changes the live plan: made where it lives; a build is the next plan.
-            planner::generations(Generations::enter_live);
             if let Some(prev) = previous.as_deref()
                 && !changes.other
                 && let Some((plan, changed)) =
@@ -375,7 +372,6 @@ async fn plan_off_runtime(
                 };
             }
             metrics.builds.inc();
-            planner::generations(Generations::enter_next);
             let plan = plan::build(&index, &config, previous.as_deref());
             metrics
                 .build_seconds
@@ -383,9 +379,6 @@ async fn plan_off_runtime(
             let same = previous
                 .as_deref()
                 .is_some_and(|c| c.same_except_disruption(&plan));
-            if !same {
-                planner::generations(Generations::adopt);
-            }
             Outcome::Planned(Planned {
                 index,
                 plan,

@@ -5,30 +5,14 @@
 //! blocking pool before, a different thread from one build to the next; with jemalloc each
 //! thread allocates from an arena of its own (eight on two cores) and each arena keeps the
 //! pages freed in it for a while, so successive builds spread over several arenas and their
-//! garbage added up. The thread allocates from two arenas of its own, a plan in the one the
-//! live plan is not in ([`Generations`]).
+//! garbage added up. One thread allocates from one arena, where each build reuses what the
+//! previous one freed.
 
-use std::{cell::RefCell, sync::mpsc, time::Duration};
-
-use crate::heap::Generations;
+use std::{sync::mpsc, time::Duration};
 
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
-
-thread_local! {
-    /// The planning thread's arenas; `None` on every other thread.
-    static GENERATIONS: RefCell<Option<Generations>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` on the planning thread's [`Generations`]; does nothing on another thread.
-pub fn generations(f: impl FnOnce(&mut Generations)) {
-    GENERATIONS.with_borrow_mut(|g| {
-        if let Some(g) = g {
-            f(g)
-        }
-    });
-}
 
 /// The planning thread; it ends when this is dropped (after the job it runs).
 pub struct Planner {
@@ -41,7 +25,6 @@ impl Planner {
         std::thread::Builder::new()
             .name("splitter-plan".into())
             .spawn(move || {
-                GENERATIONS.set(Some(Generations::new()));
                 for job in queue {
                     // A job that panics drops its reply: the caller sees `None`.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));

@@ -9,7 +9,7 @@
 //!
 //! Objects are converted by the same parser the file source uses as each is decoded
 //! ([`watched`]), so one invalid object is logged and skipped instead of failing a typed list of
-//! its kind, and a relist never holds its objects as JSON.
+//! its kind, and a relist never holds its objects as JSON trees.
 //!
 //! [`access::WATCHED`]: splitter_plan::access::WATCHED
 
