@@ -293,6 +293,7 @@ fn http_listener_plan(
     attached: &AttachedRoutes,
     group: ListenerGroup<'_>,
 ) -> (ListenerPlan, Condition) {
+    let live = table::LiveRoutes::of(group.previous_l7);
     let mut entries = Vec::new();
     for &i in group.members {
         let l = &listeners[i];
@@ -314,14 +315,12 @@ fn http_listener_plan(
                     l.listener.hostname.as_deref(),
                     &a.hostnames,
                     &shadowed_by,
+                    &live,
                 ));
             }
         }
     }
     let mut l7 = table::into_table(entries);
-    if let Some(before) = group.previous_l7 {
-        share_unchanged(&mut l7, before);
-    }
     let https = group
         .members
         .iter()
@@ -367,17 +366,6 @@ fn http_listener_plan(
         },
     };
     (plan, decision.condition)
-}
-
-/// Makes each route of `table` that equals the route in the same place of `before` that
-/// route's `Arc`: a plan built after a change to a few routes then holds one copy of the
-/// others, shared with the plan before it and with the proxy's compiled routes.
-fn share_unchanged(table: &mut L7RouteTable, before: &L7RouteTable) {
-    for (new, old) in table.routes.iter_mut().zip(&before.routes) {
-        if **new == **old {
-            *new = old.clone();
-        }
-    }
 }
 
 /// The hostnames of the listeners on the port (`members`) that lie within listener `i`'s own

@@ -1,10 +1,10 @@
 //! Plan-level tests, one or more per rule of DESIGN section 3 and 4, from YAML fixtures.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use crate::support::*;
 use splitter_plan::plan::{
-    Mode,
+    self, ListenerPlan, Mode, Plan, PlanConfig,
     l7::{BackendTarget, Filter, InvalidReason, PathMatch, PathModifier, UrlRewrite},
     maglev::TableTarget,
     status::ConditionStatus,
@@ -1149,5 +1149,45 @@ fn mirrors_and_backend_filters_keep_a_catch_all_listener_on_l7() {
         let l = listener(&plan, 80);
         assert_eq!(l.mode(), Mode::L7, "{what}");
         assert!(l.reason().contains(what), "{what}: {}", l.reason());
+    }
+}
+
+/// A build takes every L7 route that did not change from the live plan (the same `Arc`, which
+/// the proxy does not compile again), wherever the change moved it in the table: here a new
+/// route's exact path sorts first and shifts every other one place down.
+#[test]
+fn a_build_shares_every_unchanged_route_wherever_it_moved() {
+    let config = PlanConfig::default();
+    let base = fixture("base.yaml");
+    let routes = fixture("precedence.yaml");
+    let before = plan::build(&index_of(&[&base, &routes]), &config, None);
+    let first = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: first, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: Exact, value: /a/path/longer/than/any/other}}]
+    backendRefs: [{name: a, port: 8080}]
+"#;
+    let after = plan::build(&index_of(&[&base, &routes, first]), &config, Some(&before));
+    let table = |p: &Plan| match listener(p, 80) {
+        ListenerPlan::L7 { l7, .. } => l7.clone(),
+        ListenerPlan::L4 { .. } => panic!("port 80 is served by the proxy"),
+    };
+    let (old, new) = (table(&before), table(&after));
+    assert_eq!(new.routes.len(), old.routes.len() + 1);
+    assert_eq!(
+        new.routes[0].route.name, "first",
+        "the new route sorts first"
+    );
+    for (shifted, live) in new.routes[1..].iter().zip(&old.routes) {
+        assert!(
+            Arc::ptr_eq(shifted, live),
+            "{} rule {} is a fresh copy",
+            live.route,
+            live.rule_index
+        );
     }
 }
