@@ -15,10 +15,7 @@ fn ep(s: &str) -> TableTarget {
 }
 
 /// Every quota is within one slot of m * share.
-fn assert_quotas(
-    table: &splitter_plan::plan::maglev::WeightedTable,
-    expected: &[(TableTarget, f64)],
-) {
+fn assert_quotas(table: &plan::maglev::WeightedTable, expected: &[(TableTarget, f64)]) {
     let m = f64::from(table.m);
     for (t, share) in expected {
         let q = f64::from(table.quota_of(t));
@@ -521,7 +518,7 @@ fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
     assert!(l4.iter().all(|l| l.mode() == Mode::L4));
     let tcp = l4
         .iter()
-        .find(|l| l.key().transport == splitter_plan::plan::Transport::Tcp)
+        .find(|l| l.key().transport == plan::Transport::Tcp)
         .unwrap();
     assert_eq!(
         tcp.key().addresses,
@@ -540,7 +537,7 @@ fn tcp_and_udp_routes_are_always_l4_and_the_oldest_wins() {
     );
     let udp = l4
         .iter()
-        .find(|l| l.key().transport == splitter_plan::plan::Transport::Udp)
+        .find(|l| l.key().transport == plan::Transport::Udp)
         .unwrap();
     assert_quotas(
         &udp.l4().unwrap().table,
@@ -604,7 +601,7 @@ fn conditions_carry_the_observed_generation() {
 fn disruption_is_measured_against_the_previous_plan() {
     let before = plan_with(&["weights-default.yaml"]);
     let index = index_of(&[&fixture("base.yaml"), &fixture("weights-70-30-0.yaml")]);
-    let after = splitter_plan::plan::build(&index, &Default::default(), Some(&before));
+    let after = plan::build(&index, &Default::default(), Some(&before));
     let d = listener(&after, 80)
         .l4()
         .as_ref()
@@ -797,12 +794,10 @@ fn l4_plans_know_each_endpoints_node_and_the_table_ignores_it() {
     let routes = fixture("l4-routes.yaml");
     let with_nodes = plan_of(&[&placed, &routes]);
     let without = plan_of(&[&base, &routes]);
-    let tcp = |plan: &splitter_plan::plan::Plan| {
+    let tcp = |plan: &Plan| {
         plan.listeners
             .iter()
-            .find(|l| {
-                l.key().port == 9000 && l.key().transport == splitter_plan::plan::Transport::Tcp
-            })
+            .find(|l| l.key().port == 9000 && l.key().transport == plan::Transport::Tcp)
             .and_then(|l| l.l4().cloned())
             .expect("the TCP listener is L4")
     };
@@ -899,7 +894,7 @@ spec:
         ..PlanConfig::default()
     };
     let index = index_of(&[&fixture("base.yaml"), gateways]);
-    let plan = splitter_plan::plan::build(&index, &config, None);
+    let plan = plan::build(&index, &config, None);
     let gw = |name: &str| {
         plan.gateways
             .iter()
@@ -947,7 +942,7 @@ spec:
     assert_eq!(planned.len(), 2, "{planned:?}");
     assert!(planned.contains(&(22, false)) && planned.contains(&(9100, true)));
     // Without a node (as `splitter check` plans), nothing is refused.
-    let plain = splitter_plan::plan::build(&index, &PlanConfig::default(), None);
+    let plain = plan::build(&index, &PlanConfig::default(), None);
     assert!(plain.listeners.iter().any(|l| l.key().port == 30080));
 }
 
@@ -1036,7 +1031,7 @@ fn a_cors_filter_is_planned_with_its_lists_joined() {
     assert_eq!(c.allow_origins.len(), 2);
     assert_eq!(
         c.allow_methods,
-        splitter_plan::plan::l7::Allowed::List(Some("GET, OPTIONS".into()))
+        plan::l7::Allowed::List(Some("GET, OPTIONS".into()))
     );
     assert_eq!(c.expose_headers.as_deref(), Some("x-header-3"));
     assert_eq!(c.max_age, 5, "the CRD default");
