@@ -5,7 +5,10 @@
 //! the HTTP or L4 listener plan; then the Gateway and listener statuses
 //! ([`super::gateway_status`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{
     attach::{Attacher, ResolvedRules},
@@ -35,7 +38,7 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
     } else {
         Vec::new()
     };
-    let attached = attach_routes(index, config, &mut listeners, &mut diagnostics);
+    let attached = attach_routes(index, config, &mut listeners, &mut diagnostics, previous);
 
     let previous_tables = table::previous_tables(previous);
     let mut dataplane: HashMap<usize, Condition> = HashMap::new();
@@ -80,18 +83,38 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
 
     let mut routes = attached.statuses;
     routes.sort_by(|a, b| a.route.cmp(&b.route));
+    let routes = match previous {
+        Some(p) if *p.routes == routes => p.routes.clone(),
+        _ => Arc::new(routes),
+    };
     Plan {
         gateway_classes,
         gateways: gateway_status::gateways(&listeners, &mut dataplane),
         listeners: plans,
-        routes: std::sync::Arc::new(routes),
+        routes,
         diagnostics,
     }
 }
 
+/// `fresh`, or the live plan's status of that route when it is the same. A build after a
+/// change to a few routes then holds one copy of the others' statuses, shared with the live
+/// plan, and makes none that outlives it: each fresh copy is dropped as soon as it is compared,
+/// rather than a plan's worth of them replacing the live ones among the blocks the build keeps
+/// (at 10k routes, ten thousand statuses of a dozen small blocks each). When every status is
+/// the same, so is the list, which tells the status writer that no route needs a patch.
+fn share_status(live: Option<&Plan>, fresh: RouteStatus) -> Arc<RouteStatus> {
+    if let Some(live) = live
+        && let Ok(i) = live.routes.binary_search_by(|s| s.route.cmp(&fresh.route))
+        && *live.routes[i] == fresh
+    {
+        return live.routes[i].clone();
+    }
+    Arc::new(fresh)
+}
+
 /// Every route attached to the listeners, resolved.
 struct AttachedRoutes {
-    statuses: Vec<RouteStatus>,
+    statuses: Vec<Arc<RouteStatus>>,
     /// HTTPRoute and GRPCRoute rules with resolved backends, by (kind, namespace, name).
     http_rules: HashMap<(RouteKind, String, String), ResolvedRules>,
     /// TCPRoute/UDPRoute backends, by (kind, namespace, name).
@@ -105,6 +128,7 @@ fn attach_routes<'i>(
     config: &'i PlanConfig,
     listeners: &mut [GatewayListener<'i>],
     diagnostics: &mut Vec<Diagnostic>,
+    live: Option<&Plan>,
 ) -> AttachedRoutes {
     let mut out = AttachedRoutes {
         statuses: Vec::new(),
@@ -137,7 +161,7 @@ fn attach_routes<'i>(
     });
     for r in routes {
         let (status, rules) = attacher.http_route(r);
-        out.statuses.extend(status);
+        out.statuses.extend(status.map(|s| share_status(live, s)));
         out.http_rules.insert(
             (r.kind, r.meta.namespace.clone(), r.meta.name.clone()),
             rules,
@@ -149,14 +173,14 @@ fn attach_routes<'i>(
     ] {
         for ((ns, name), r) in map {
             let (status, backends) = attacher.l4_route(kind, r);
-            out.statuses.extend(status);
+            out.statuses.extend(status.map(|s| share_status(live, s)));
             out.l4_backends
                 .insert((kind, ns.clone(), name.clone()), backends);
         }
     }
     for (key, r) in &index.tls_routes {
         let (status, backends) = attacher.tls_route(r);
-        out.statuses.extend(status);
+        out.statuses.extend(status.map(|s| share_status(live, s)));
         out.tls_backends.insert(key.clone(), backends);
     }
     out
@@ -362,7 +386,7 @@ fn http_listener_plan(
         },
         _ => ListenerPlan::L7 {
             listener,
-            l7: std::sync::Arc::new(l7),
+            l7: Arc::new(l7),
         },
     };
     (plan, decision.condition)
@@ -556,7 +580,7 @@ fn tls_listener_plan(
         },
         None => ListenerPlan::L7 {
             listener,
-            l7: std::sync::Arc::new(L7RouteTable {
+            l7: Arc::new(L7RouteTable {
                 passthrough: Some(table),
                 ..Default::default()
             }),

@@ -13,7 +13,7 @@ use super::{
     ObjectKey,
     l7::{L7RouteTable, PlannedBackend},
     maglev::WeightedTable,
-    status::{Diagnostic, GatewayClassStatus, GatewayStatus, RouteStatus, Severity},
+    status::{Diagnostic, GatewayClassStatus, GatewayStatus, RouteStatuses, Severity},
 };
 
 /// Our controller name (`GatewayClass.spec.controllerName`).
@@ -56,7 +56,7 @@ pub struct Plan {
     pub listeners: Vec<ListenerPlan>,
     /// Shared: an endpoint refresh changes no status, and at thousands of routes a copy of
     /// the statuses costs more than the refresh itself.
-    pub routes: Arc<Vec<RouteStatus>>,
+    pub routes: RouteStatuses,
     pub diagnostics: Vec<Diagnostic>,
 }
 

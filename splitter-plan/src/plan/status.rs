@@ -136,6 +136,10 @@ pub struct ListenerStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// Every route's status, sorted by route. Each behind an `Arc`: a build keeps the live plan's
+/// status of each route it did not change, and an endpoint refresh keeps the whole list.
+pub type RouteStatuses = std::sync::Arc<Vec<std::sync::Arc<RouteStatus>>>;
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteStatus {
     pub route: ObjectKey,

@@ -1149,9 +1149,10 @@ fn mirrors_and_backend_filters_keep_a_catch_all_listener_on_l7() {
 
 /// A build takes every L7 route that did not change from the live plan (the same `Arc`, which
 /// the proxy does not compile again), wherever the change moved it in the table: here a new
-/// route's exact path sorts first and shifts every other one place down.
+/// route's exact path sorts first and shifts every other one place down. The same for route
+/// statuses (the status writer skips a list it has seen).
 #[test]
-fn a_build_shares_every_unchanged_route_wherever_it_moved() {
+fn a_build_shares_every_unchanged_route_and_status_wherever_it_moved() {
     let config = PlanConfig::default();
     let base = fixture("base.yaml");
     let routes = fixture("precedence.yaml");
@@ -1185,4 +1186,16 @@ spec:
             live.rule_index
         );
     }
+    // So is the status of every route but the new one; with no route changed, the whole list.
+    assert_eq!(after.routes.len(), before.routes.len() + 1);
+    for live in before.routes.iter() {
+        let kept = after.routes.iter().find(|s| s.route == live.route);
+        assert!(
+            kept.is_some_and(|k| Arc::ptr_eq(k, live)),
+            "{} has a fresh status",
+            live.route
+        );
+    }
+    let again = plan::build(&index_of(&[&base, &routes, first]), &config, Some(&after));
+    assert!(Arc::ptr_eq(&again.routes, &after.routes));
 }

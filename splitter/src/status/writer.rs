@@ -25,7 +25,7 @@ use super::{
 use splitter_plan::{
     access,
     model::ObjectKey,
-    plan::{Plan, applied::NodeView, status::RouteStatus},
+    plan::{Plan, applied::NodeView, status::RouteStatuses},
     status,
 };
 
@@ -89,7 +89,7 @@ pub async fn run(
     // route patches are the same too, and are not made again. An endpoint refresh keeps the
     // plan's route statuses: without this, every refresh made a patch per route (10,000 JSON
     // documents at 10k routes) on the async runtime the watchers share.
-    let mut routes_done: Option<(Arc<Vec<RouteStatus>>, Arc<Observed>)> = None;
+    let mut routes_done: Option<(RouteStatuses, Arc<Observed>)> = None;
     // The Ready agents' node addresses; listed while leader, every AGENT_PODS_EVERY.
     let mut agent_addresses: Vec<IpAddr> = Vec::new();
     let mut pods_tick = tokio::time::interval(AGENT_PODS_EVERY);
