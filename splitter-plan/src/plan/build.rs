@@ -28,8 +28,9 @@ use super::{
 };
 use crate::model::{DATAPLANE_ANNOTATION, Index, Kind, ObjectKey, RouteKind};
 
-/// Builds the plan. `previous` is the plan currently applied; it only feeds the disruption
-/// figures of the L4 tables.
+/// Builds the plan. `previous` is the plan currently applied: it feeds the disruption figures
+/// of the L4 tables, and the new plan takes from it each L7 route and route status that did not
+/// change (the same `Arc`s), so that what did not change is held once and compiled once.
 pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Plan {
     let mut diagnostics = Vec::new();
     let (ours, gateway_classes) = gateways::class_status(index, config, &mut diagnostics);
