@@ -195,7 +195,7 @@ pub async fn run(
     }
 }
 
-/// One watched kind's events, as [`Typed`]'s type number `R` gives the kind to the decoder.
+/// The events of one watched kind, each object already decoded to the model by [`Typed`].
 type Events = BoxStream<
     'static,
     (
