@@ -84,8 +84,14 @@ pub fn build(index: &Index, config: &PlanConfig, previous: Option<&Plan>) -> Pla
 
     let mut routes = attached.statuses;
     routes.sort_by(|a, b| a.route.cmp(&b.route));
+    // An unchanged status is the live one's `Arc` (`share_status`): no need to compare contents.
     let routes = match previous {
-        Some(p) if *p.routes == routes => p.routes.clone(),
+        Some(p)
+            if p.routes.len() == routes.len()
+                && p.routes.iter().zip(&routes).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+        {
+            p.routes.clone()
+        }
         _ => Arc::new(routes),
     };
     Plan {

@@ -42,7 +42,6 @@ type SortKey<'a> = (
 /// table then shares what the proxy already compiled (it reuses its work for the same `Arc`),
 /// and a build at 10k routes no longer frees ten thousand copies among the blocks of the plan
 /// it keeps (the allocator's pages stayed pinned by those blocks; README, "bench scale").
-#[derive(Default)]
 pub(crate) struct LiveRoutes<'a>(HashMap<(&'a ObjectKey, usize), Vec<&'a Arc<L7Route>>>);
 
 impl<'a> LiveRoutes<'a> {
