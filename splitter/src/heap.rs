@@ -114,8 +114,12 @@ mod tests {
         let during = stats().expect("jemalloc statistics");
         // SAFETY: allocated above by the same allocator with this layout.
         unsafe { std::alloc::GlobalAlloc::dealloc(&tikv_jemallocator::Jemalloc, block, layout) };
+        // Other test threads of this process may hand their cached blocks back to jemalloc
+        // between the two reads (about 100 KiB when one exits): the 64 MiB block shows all the
+        // same.
+        let slack = 1 << 20;
         assert!(
-            during.allocated >= before.allocated + size as u64,
+            during.allocated + slack >= before.allocated + size as u64,
             "{before:?} -> {during:?}"
         );
         assert!(during.active >= during.allocated, "{during:?}");
